@@ -1,0 +1,424 @@
+"""nsproxy_instance: config rendering, per-tenant diff, atomic write, the action plan, and
+the module run end to end in check mode and with a stand-in `nsproxy` CLI (the real daemon is
+exercised by tests/roles/test_nsproxy_role.py), plus the supervisor with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import textwrap
+import time
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils import nsproxy_config as cfg
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.nsproxy_service import (
+    SupervisedManager,
+    listener_report,
+    read_pid_file,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.modules import nsproxy_instance
+
+ACME = {
+    "name": "acme",
+    "netns": "acme",
+    "listeners": [{"listen": "10.0.0.250:80", "protocol": "http"}],
+    "routes": [{"host": "*", "path_prefix": "/", "upstream": "shared"}],
+    "upstreams": {"shared": {"netns": None, "servers": ["127.0.0.1:8080"]}},
+}
+GLOBEX = dict(ACME, name="globex", netns="globex")
+
+
+def _config(*tenants, **settings):
+    return cfg.build_config("main", list(tenants), "/run/nsproxy/main.sock", **settings)
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def test_config_carries_instance_socket_and_only_the_settings_given():
+    config = _config(
+        ACME,
+        metrics={"listen": "127.0.0.1:9108"},
+        limits={"max_headers": 50, "max_header_bytes": None},
+        timeouts={"connect": None},
+    )
+    assert config == {
+        "instance": "main",
+        "admin_socket": "/run/nsproxy/main.sock",
+        "metrics": {"listen": "127.0.0.1:9108"},
+        "limits": {"max_headers": 50},
+        "tenants": [ACME],
+    }
+
+
+def test_empty_access_log_means_no_access_log():
+    assert _config(ACME, access_log="")["access_log"] is None
+    assert _config(ACME, access_log="-")["access_log"] == "-"
+    assert "access_log" not in _config(ACME)
+
+
+def test_rendering_is_independent_of_key_order():
+    shuffled = dict(reversed(list(ACME.items())))
+    assert cfg.render(_config(ACME)) == cfg.render(_config(shuffled))
+    assert json.loads(cfg.render(_config(ACME)))["tenants"] == [ACME]
+
+
+def test_digest_is_sha256_of_the_file_bytes():
+    data = cfg.render(_config(ACME))
+    import hashlib
+
+    assert cfg.digest(data) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("tenants", "field"),
+    [
+        ([ACME, ACME], "tenants[1].name: tenant 'acme' is listed twice"),
+        ([{"netns": "x"}], "tenants[0].name: required"),
+        ([ACME, "acme"], "tenants[1]: must be a mapping"),
+    ],
+)
+def test_bad_tenant_list_is_refused_naming_the_field(tenants, field):
+    with pytest.raises(cfg.ConfigError) as err:
+        _config(*tenants)
+    assert field in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["", "Main", "a/b", "x" * 65, "-lead", "a.b"])
+def test_bad_instance_name_is_refused(name):
+    with pytest.raises(cfg.ConfigError) as err:
+        cfg.check_instance_name(name)
+    assert str(err.value).startswith("name:")
+
+
+# -- per-tenant changes and diff -------------------------------------------------------------
+
+
+def test_changes_name_added_removed_and_changed_tenants_with_fields():
+    new_acme = dict(ACME, routes=[{"host": "api.example", "path_prefix": "/", "upstream": "x"}])
+    initech = dict(ACME, name="initech", netns="initech")
+    changes = cfg.tenant_changes(
+        _config(ACME, GLOBEX), _config(new_acme, initech, metrics={"listen": "127.0.0.1:1"})
+    )
+    assert changes == {
+        "added": ["initech"],
+        "removed": ["globex"],
+        "changed": [{"name": "acme", "fields": ["routes"]}],
+        "settings": ["metrics"],
+    }
+
+
+def test_no_changes_for_equal_configs():
+    changes = cfg.tenant_changes(_config(ACME, GLOBEX), _config(ACME, GLOBEX))
+    assert changes == {"added": [], "removed": [], "changed": [], "settings": []}
+
+
+def test_diff_of_one_route_change_shows_only_that_tenant():
+    new_acme = dict(ACME, routes=[{"host": "api.example", "path_prefix": "/", "upstream": "x"}])
+    entries = cfg.diff_entries(
+        "/etc/nsproxy/main.json", _config(ACME, GLOBEX), _config(new_acme, GLOBEX)
+    )
+    assert len(entries) == 1
+    entry = entries[0]
+    assert entry["after_header"] == "tenant acme (changed: routes)"
+    assert "globex" not in entry["before"] + entry["after"]
+    assert json.loads(entry["after"]) == new_acme
+
+
+def test_diff_of_new_file_shows_settings_and_each_added_tenant():
+    entries = cfg.diff_entries("/etc/nsproxy/main.json", None, _config(ACME, GLOBEX))
+    headers = [entry["after_header"] for entry in entries]
+    assert headers == [
+        "/etc/nsproxy/main.json: settings",
+        "tenant acme (added)",
+        "tenant globex (added)",
+    ]
+    assert all(entry["before"] == "" for entry in entries)
+
+
+def test_diff_of_removal_shows_each_removed_tenant():
+    entries = cfg.diff_entries("/etc/nsproxy/main.json", _config(ACME), None)
+    assert [entry["after_header"] for entry in entries] == [
+        "/etc/nsproxy/main.json (absent)",
+        "tenant acme (removed)",
+    ]
+
+
+# -- atomic write ----------------------------------------------------------------------------
+
+
+def test_atomic_write_replaces_the_file_with_mode_0640_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "main.json"
+    path.write_bytes(b"old")
+    os.chmod(path, 0o644)
+    cfg.write_atomic(str(path), b"new\n")
+    assert path.read_bytes() == b"new\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert os.listdir(tmp_path) == ["main.json"]
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "main.json"
+    path.write_bytes(b"old")
+    with pytest.raises(TypeError):
+        cfg.write_atomic(str(path), "not bytes")
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["main.json"]
+
+
+def test_attribute_drift_is_detected(tmp_path):
+    path = tmp_path / "main.json"
+    path.write_bytes(b"{}")
+    os.chmod(path, 0o644)
+    assert cfg.file_attributes_differ(str(path), 0o640, -1, -1)
+    os.chmod(path, 0o640)
+    assert not cfg.file_attributes_differ(str(path), 0o640, -1, -1)
+    assert cfg.file_attributes_differ(str(path), 0o640, -1, path.stat().st_gid + 1)
+
+
+# -- plan ------------------------------------------------------------------------------------
+
+plan = nsproxy_instance.plan_actions
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # state, exists, running, content_changed, attrs_changed, runtime
+        (("started", False, False, True, False, None), ["write_config", "start"]),
+        (("started", True, True, False, False, "current"), []),
+        (("started", True, True, True, False, "stale"), ["write_config", "reload"]),
+        (("started", True, True, False, False, "stale"), ["reload"]),
+        (("started", True, True, False, True, "current"), ["write_config"]),
+        (("started", True, True, True, False, "socket_moved"), ["write_config", "restart"]),
+        (("started", True, True, False, False, "unreachable"), ["restart"]),
+        (("present", True, False, True, False, None), ["write_config"]),
+        (("present", True, True, True, False, "stale"), ["write_config", "reload"]),
+        (("stopped", True, True, False, False, "current"), ["stop"]),
+        (("stopped", True, False, False, False, None), []),
+        (("reloaded", True, True, False, False, "current"), ["reload"]),
+        (("reloaded", True, False, False, False, None), ["start"]),
+        (("absent", True, True, False, False, "current"), ["stop", "remove_config"]),
+        (("absent", False, False, False, False, None), []),
+    ],
+)
+def test_plan(args, expected):
+    assert plan(*args) == expected
+
+
+# -- the module, end to end ------------------------------------------------------------------
+
+
+def run_module(args, check_mode=False, diff=False):
+    args = dict(args)
+    args["_ansible_check_mode"] = check_mode
+    args["_ansible_diff"] = diff
+    with patch_module_args(args), pytest.raises(SystemExit):
+        nsproxy_instance.main()
+
+
+def module_result(capsys):
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def fake_nsproxy(tmp_path):
+    """A stand-in for the daemon's CLI: `check` refuses any config with a tenant named
+    'bad' the way the contract says (one line per problem, exit 1)."""
+    script = tmp_path / "bin" / "nsproxy"
+    script.parent.mkdir()
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!{sys.executable}
+            import json, sys
+            if sys.argv[1] == "check":
+                config = json.load(open(sys.argv[2]))
+                bad = [t for t in config["tenants"] if t["name"] == "bad"]
+                if bad:
+                    print("tenant 'bad': listeners[0].listen: 'nowhere' is not HOST:PORT")
+                    sys.exit(1)
+                print("ok: %d tenants" % len(config["tenants"]))
+                sys.exit(0)
+            sys.exit(2)
+            """
+        )
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+def base_args(tmp_path, nsproxy_bin, **extra):
+    args = {
+        "name": "main",
+        "state": "present",
+        "config_dir": str(tmp_path / "etc"),
+        "run_dir": str(tmp_path / "run"),
+        "log_dir": str(tmp_path / "log"),
+        "service_manager": "supervised",
+        "nsproxy_bin": nsproxy_bin,
+        "tenants": [ACME],
+    }
+    args.update(extra)
+    return args
+
+
+def test_check_mode_reports_the_plan_and_writes_nothing(tmp_path, capsys, fake_nsproxy):
+    run_module(
+        base_args(tmp_path, fake_nsproxy, tenants=[ACME, GLOBEX]), check_mode=True, diff=True
+    )
+    result = module_result(capsys)
+    assert result["changed"] is True
+    assert result["actions"] == ["write_config"]
+    assert result["tenant_changes"]["added"] == ["acme", "globex"]
+    assert [entry["after_header"] for entry in result["diff"]][1:] == [
+        "tenant acme (added)",
+        "tenant globex (added)",
+    ]
+    assert not (tmp_path / "etc").exists()
+
+
+def test_present_writes_the_file_then_second_run_is_unchanged(tmp_path, capsys, fake_nsproxy):
+    run_module(base_args(tmp_path, fake_nsproxy))
+    first = module_result(capsys)
+    path = tmp_path / "etc" / "main.json"
+    assert first["changed"] is True
+    assert json.loads(path.read_text())["tenants"] == [ACME]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert first["config_digest"] == cfg.digest(path.read_bytes())
+
+    run_module(base_args(tmp_path, fake_nsproxy), diff=True)
+    second = module_result(capsys)
+    assert second["changed"] is False
+    assert second["actions"] == []
+    assert "diff" not in second
+
+
+def test_bad_tenant_is_refused_with_the_daemons_message_and_the_file_kept(
+    tmp_path, capsys, fake_nsproxy
+):
+    run_module(base_args(tmp_path, fake_nsproxy))
+    capsys.readouterr()
+    path = tmp_path / "etc" / "main.json"
+    before = path.read_bytes()
+    bad = dict(ACME, name="bad", listeners=[{"listen": "nowhere", "protocol": "http"}])
+    run_module(base_args(tmp_path, fake_nsproxy, tenants=[ACME, bad]))
+    result = module_result(capsys)
+    assert result["failed"] is True
+    assert "tenant 'bad': listeners[0].listen: 'nowhere' is not HOST:PORT" in result["msg"]
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path / "etc") == ["main.json"]
+
+
+def test_missing_nsproxy_fails_outside_check_mode_naming_the_option(tmp_path, capsys):
+    run_module(base_args(tmp_path, str(tmp_path / "nope")))
+    result = module_result(capsys)
+    assert result["failed"] is True
+    assert result["msg"].startswith("nsproxy_bin: ")
+    assert not (tmp_path / "etc" / "main.json").exists()
+
+
+def test_tenants_are_required_for_a_new_instance(tmp_path, capsys, fake_nsproxy):
+    args = base_args(tmp_path, fake_nsproxy)
+    del args["tenants"]
+    run_module(args)
+    result = module_result(capsys)
+    assert result["failed"] is True
+    assert result["msg"].startswith("tenants: required")
+
+
+def test_absent_removes_the_config_file(tmp_path, capsys, fake_nsproxy):
+    run_module(base_args(tmp_path, fake_nsproxy))
+    capsys.readouterr()
+    run_module(base_args(tmp_path, fake_nsproxy, state="absent"), diff=True)
+    result = module_result(capsys)
+    assert result["actions"] == ["remove_config"]
+    assert result["tenant_changes"]["removed"] == ["acme"]
+    assert not (tmp_path / "etc" / "main.json").exists()
+    run_module(base_args(tmp_path, fake_nsproxy, state="absent"))
+    assert module_result(capsys)["changed"] is False
+
+
+def test_status_report_keeps_listener_states():
+    status = {
+        "tenants": [
+            {
+                "name": "acme",
+                "netns": "acme",
+                "state": "serving",
+                "listeners": [
+                    {"listen": "10.0.0.250:80", "protocol": "http", "state": "bound"},
+                    {"listen": "10.0.0.250:81", "protocol": "tcp", "state": "error", "error": "x"},
+                ],
+            }
+        ]
+    }
+    report = listener_report(status)
+    assert [listener["state"] for listener in report[0]["listeners"]] == ["bound", "error"]
+    assert report[0]["listeners"][1]["error"] == "x"
+
+
+# -- supervisor, real processes --------------------------------------------------------------
+
+
+def _wait(predicate, what, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purpose.
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_supervisor_runs_the_process_and_stop_ends_both(tmp_path):
+    manager = SupervisedManager(
+        "demo", ["sleep", "300"], str(tmp_path / "run"), str(tmp_path / "log")
+    )
+    manager.start()
+    supervisor = read_pid_file(manager.pid_file)
+    assert supervisor is not None and manager.running()
+
+    def child_cmdline():
+        child = manager.pid()
+        if child is None:
+            return []
+        with open(f"/proc/{child}/cmdline") as handle:
+            return handle.read().split("\0")[:2]
+
+    _wait(lambda: child_cmdline() == ["sleep", "300"], "the supervised sleep 300")
+    child = manager.pid()
+    manager.stop(timeout=10)
+    _wait(lambda: not _alive(child), "the child to end")
+    assert not _alive(supervisor)
+    assert not os.path.exists(manager.pid_file)
+    assert "starting sleep 300" in (tmp_path / "log" / "demo.log").read_text()
+
+
+def test_supervisor_restarts_a_failed_process(tmp_path):
+    counter = tmp_path / "runs"
+    script = f"echo run >> {counter}; [ $(wc -l < {counter}) -ge 2 ] && exec sleep 300; exit 3"
+    manager = SupervisedManager(
+        "flaky", ["sh", "-c", script], str(tmp_path / "run"), str(tmp_path / "log")
+    )
+    manager.start()
+    try:
+        _wait(lambda: counter.exists() and len(counter.read_text().split()) >= 2, "a restart")
+        log = (tmp_path / "log" / "flaky.log").read_text()
+        assert "exited with status 3; restarting" in log
+        assert manager.running()
+    finally:
+        manager.stop(timeout=10)
+    assert not manager.running()
