@@ -651,6 +651,20 @@ def predict_routes(have, actions):
     return sorted(result.values(), key=route_sort_key)
 
 
+def guess_devices(routes, addresses):
+    """Fill in ``dev`` of predicted gateway routes the way the kernel will: the interface whose
+    address prefix holds the gateway (check mode only; a real run reads the kernel)."""
+    nets = [(name, ipaddress.ip_interface(cidr).network) for name, cidr in addresses]
+    for route in routes:
+        if route.get("dev") is None and route.get("gateway"):
+            gateway = ipaddress.ip_address(route["gateway"])
+            for name, net in nets:
+                if net.version == gateway.version and gateway in net:
+                    route["dev"] = name
+                    break
+    return routes
+
+
 def route_sort_key(route):
     return (
         route["table"],
@@ -735,3 +749,17 @@ def apply_route_action(ipr, action, ifindex_by_name):
     if route.get("onlink"):
         request["flags"] = RTNH_F_ONLINK
     ipr.route("replace", **request)
+
+
+def read_namespace(ns):
+    """Links and addresses of an open namespace (a ``netlink.Netns``), for validation:
+    ``({ifindex: name}, [(name, "addr/prefix"), ...])``."""
+    links = {}
+    for msg in ns.call("reading interfaces", ns.ipr.get_links):
+        links[msg["index"]] = msg.get_attr("IFLA_IFNAME")
+    addresses = []
+    for msg in ns.call("reading addresses", ns.ipr.get_addr):
+        address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if address and msg["index"] in links:
+            addresses.append((links[msg["index"]], f"{address}/{msg['prefixlen']}"))
+    return links, addresses

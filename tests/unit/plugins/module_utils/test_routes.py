@@ -430,3 +430,10 @@ def test_route_request_keeps_identity_and_resolves_dev():
         "priority": 5,
         "oif": 3,
     }
+
+
+def test_check_mode_prediction_names_the_device_of_the_gateway_subnet():
+    predicted = R.predict_routes(
+        [], R.plan_routes(want({"dst": "default", "gateway": "192.0.2.1"}), [])
+    )
+    assert R.guess_devices(predicted, ADDRS)[0]["dev"] == "eth0"
