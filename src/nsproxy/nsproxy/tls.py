@@ -1,0 +1,312 @@
+"""TLS termination for ``https`` listeners: config checks and the server SSLContext.
+
+A listener has a list of certificates; the client's SNI picks the one whose DNS names
+(subjectAltName, or the subject CN when the certificate has no DNS SAN, RFC 6125 6.4.4)
+match, exact names before ``*.`` wildcards; the first certificate is the default. This is
+the Python form of HAProxy's ``crt-list``: one SSLContext per certificate, and an
+``sni_callback`` on the listener's context that swaps ``ssl_object.context``.
+
+Reading the names from a certificate: the standard library has no public call for a
+certificate that is not a peer's (``get_ca_certs`` skips non-CA certificates, and
+``ssl._ssl._test_decode_cert`` is private), and the ``cryptography`` package costs about
+11 MB of RSS and 55 ms of import here, a third of the daemon's memory budget. So this
+module walks the few DER fields it needs (subject CN, subjectAltName dNSName) itself, only
+after OpenSSL has accepted the very same file through ``load_cert_chain``, and with every
+length checked. The unit tests compare its answers with ``openssl x509`` on real
+certificates.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import ssl
+from typing import Mapping
+
+__all__ = [
+    "ALPN",
+    "CIPHERS_TLS12",
+    "MIN_VERSIONS",
+    "TLSConfigError",
+    "build_server_context",
+    "certificate_names",
+    "validate_listener",
+]
+
+#: Allowed ``tls.min_version`` values. TLS 1.0 and 1.1 are never offered.
+MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+#: TLS 1.2 suites: forward secret AEAD only (TLS 1.3 suites are OpenSSL's fixed AEAD set).
+CIPHERS_TLS12 = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!SHA1:!DSS"
+
+#: The HTTP layer speaks HTTP/1.1 only; a client offering h2 alone gets no ALPN answer.
+ALPN = ["http/1.1"]
+
+_TLS_KEYS = {"certificates", "min_version"}
+_CERT_KEYS = {"cert", "key"}
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.S)
+_PEM_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
+
+
+class TLSConfigError(ValueError):
+    """The listener's TLS settings cannot be served; ``problems`` lists "field: message"."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_password():
+    # Without a password callback OpenSSL would prompt on the terminal and block the daemon.
+    raise _EncryptedKey
+
+
+# -- certificate names ------------------------------------------------------------------
+
+
+class _DERError(ValueError):
+    pass
+
+
+def _der_item(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the DER item at ``pos``."""
+    if pos + 2 > end:
+        raise _DERError("truncated")
+    tag, first = buf[pos], buf[pos + 1]
+    pos += 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or pos + count > end:
+            raise _DERError("bad length")
+        length = int.from_bytes(buf[pos : pos + count], "big")
+        pos += count
+    if pos + length > end:
+        raise _DERError("overrun")
+    return tag, pos, pos + length
+
+
+def _der_children(buf: bytes, start: int, end: int):
+    pos = start
+    while pos < end:
+        tag, cstart, cend = _der_item(buf, pos, end)
+        yield tag, cstart, cend
+        pos = cend
+
+
+_SEQUENCE, _SET, _OID, _OCTETS = 0x30, 0x31, 0x06, 0x04
+_OID_CN = bytes.fromhex("550403")  # 2.5.4.3
+_OID_SAN = bytes.fromhex("551d11")  # 2.5.29.17
+_DNS_NAME = 0x82  # GeneralName [2] IMPLICIT IA5String
+
+
+def certificate_names(der: bytes) -> list[str]:
+    """The DNS names a DER certificate serves: its SAN dNSNames, else its subject CNs.
+
+    Lower case, in certificate order. Raises ValueError if the DER is not a certificate.
+    """
+    tag, start, end = _der_item(der, 0, len(der))
+    if tag != _SEQUENCE:
+        raise _DERError("not a SEQUENCE")
+    tag, start, end = _der_item(der, start, end)  # tbsCertificate
+    if tag != _SEQUENCE:
+        raise _DERError("no tbsCertificate")
+    fields = list(_der_children(der, start, end))
+    if fields and fields[0][0] == 0xA0:  # explicit version
+        fields = fields[1:]
+    # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ...
+    if len(fields) < 6 or fields[4][0] != _SEQUENCE:
+        raise _DERError("no subject")
+    common_names = []
+    for rdn_tag, rs, re_ in _der_children(der, fields[4][1], fields[4][2]):
+        if rdn_tag != _SET:
+            raise _DERError("bad RDN")
+        for atv_tag, as_, ae in _der_children(der, rs, re_):
+            parts = list(_der_children(der, as_, ae)) if atv_tag == _SEQUENCE else []
+            is_cn = len(parts) == 2 and der[parts[0][1] : parts[0][2]] == _OID_CN
+            if is_cn and parts[0][0] == _OID:
+                common_names.append(der[parts[1][1] : parts[1][2]].decode("utf-8", "replace"))
+    dns_names = []
+    for ext_tag, es, ee in fields[6:]:
+        if ext_tag != 0xA3:
+            continue
+        seq_tag, ss, se = _der_item(der, es, ee)
+        if seq_tag != _SEQUENCE:
+            raise _DERError("bad extensions")
+        for _t, xs, xe in _der_children(der, ss, se):
+            parts = list(_der_children(der, xs, xe))
+            if not parts or parts[0][0] != _OID or der[parts[0][1] : parts[0][2]] != _OID_SAN:
+                continue
+            if parts[-1][0] != _OCTETS:
+                raise _DERError("bad subjectAltName")
+            gn_tag, gs, ge = _der_item(der, parts[-1][1], parts[-1][2])
+            if gn_tag != _SEQUENCE:
+                raise _DERError("bad GeneralNames")
+            for name_tag, ns, ne in _der_children(der, gs, ge):
+                if name_tag == _DNS_NAME:
+                    dns_names.append(der[ns:ne].decode("ascii", "replace"))
+    names = dns_names or common_names
+    return [n.lower().rstrip(".") for n in names]
+
+
+def _read_pem_certificate(path: str) -> bytes:
+    with open(path, "rb") as f:
+        text = f.read()
+    match = _PEM_CERT.search(text)
+    if not match:
+        raise _DERError("no PEM 'BEGIN CERTIFICATE' block")
+    try:
+        return base64.b64decode(b"".join(match.group(1).split()), validate=True)
+    except ValueError as exc:
+        raise _DERError("bad base64 in the PEM block") from exc
+
+
+# -- validation -------------------------------------------------------------------------
+
+
+def validate_listener(listener: Mapping) -> list[str]:
+    """Problems with an https listener's ``tls`` settings, as "field: message" strings."""
+    problems: list[str] = []
+    _load(listener, problems)
+    return problems
+
+
+def _load(listener: Mapping, problems: list[str]):
+    """Check and load every certificate; returns [(names, context)] or None on problems."""
+    tls = listener.get("tls")
+    if not isinstance(tls, Mapping):
+        problems.append("tls: required for an https listener, an object with 'certificates'")
+        return None
+    for key in sorted(set(tls) - _TLS_KEYS):
+        problems.append(f"tls.{key}: unknown key (allowed: {', '.join(sorted(_TLS_KEYS))})")
+    min_version = tls.get("min_version", "1.2")
+    if min_version not in MIN_VERSIONS:
+        problems.append(f"tls.min_version: {min_version!r} is not allowed (use '1.2' or '1.3')")
+        min_version = "1.2"
+    certificates = tls.get("certificates")
+    if not isinstance(certificates, list) or not certificates:
+        problems.append("tls.certificates: must be a non-empty list of {cert, key} objects")
+        return None
+    loaded = []
+    for i, entry in enumerate(certificates):
+        field = f"tls.certificates[{i}]"
+        if not isinstance(entry, Mapping):
+            problems.append(f"{field}: must be an object with 'cert' and 'key' file paths")
+            continue
+        for key in sorted(set(entry) - _CERT_KEYS):
+            problems.append(f"{field}.{key}: unknown key (allowed: cert, key)")
+        one = _load_certificate(field, entry, MIN_VERSIONS[min_version], problems)
+        if one is not None:
+            names, context = one
+            if i > 0 and not names:
+                problems.append(
+                    f"{field}.cert: has no DNS name (subjectAltName or CN), so SNI can never "
+                    "select it; only the first certificate may be nameless"
+                )
+            loaded.append((names, context))
+    return None if problems else loaded
+
+
+def _load_certificate(field: str, entry: Mapping, version, problems: list[str]):
+    cert, key = entry.get("cert"), entry.get("key")
+    if not isinstance(cert, str) or not cert:
+        problems.append(f"{field}.cert: required, the path of a PEM certificate (chain) file")
+        return None
+    if key is not None and (not isinstance(key, str) or not key):
+        problems.append(f"{field}.key: must be the path of a PEM private key file")
+        return None
+    try:
+        names = certificate_names(_read_pem_certificate(cert))
+    except OSError as exc:
+        problems.append(f"{field}.cert: cannot read {cert}: {exc.strerror or exc}")
+        return None
+    except _DERError as exc:
+        problems.append(f"{field}.cert: {cert} is not a PEM X.509 certificate ({exc})")
+        return None
+    key_path = key or cert
+    key_field = f"{field}.key" if key else f"{field}.cert"
+    try:
+        with open(key_path, "rb") as f:
+            has_key = _PEM_KEY.search(f.read()) is not None
+    except OSError as exc:
+        problems.append(f"{key_field}: cannot read {key_path}: {exc.strerror or exc}")
+        return None
+    if not has_key:
+        problems.append(f"{key_field}: {key_path} has no PEM 'PRIVATE KEY' block")
+        return None
+    context = _new_context(version)
+    try:
+        context.load_cert_chain(cert, key, password=_no_password)
+    except _EncryptedKey:
+        problems.append(f"{key_field}: {key_path} is encrypted; nsproxy needs an unencrypted key")
+        return None
+    except ssl.SSLError as exc:
+        # A key of another type than the certificate's lands in another slot and OpenSSL
+        # then reports NO_CERTIFICATE_ASSIGNED; the same type reports KEY_VALUES_MISMATCH.
+        if getattr(exc, "reason", None) in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
+            problems.append(f"{key_field}: the key in {key_path} does not match {cert}")
+        else:
+            problems.append(f"{field}: OpenSSL refused {cert} / {key_path}: {exc}")
+        return None
+    except OSError as exc:
+        problems.append(f"{field}: cannot load {cert} / {key_path}: {exc.strerror or exc}")
+        return None
+    return names, context
+
+
+def _new_context(version) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = version
+    context.set_ciphers(CIPHERS_TLS12)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    context.options &= ~ssl.OP_NO_TICKET  # session tickets on (stateless resumption)
+    context.set_alpn_protocols(ALPN)
+    return context
+
+
+# -- the listener's context -------------------------------------------------------------
+
+
+def build_server_context(listener: Mapping) -> ssl.SSLContext:
+    """The listener's server SSLContext (TLS 1.2+, SNI picks the certificate).
+
+    Raises :class:`TLSConfigError` with the same messages as :func:`validate_listener`.
+    """
+    problems: list[str] = []
+    loaded = _load(listener, problems)
+    if loaded is None:
+        raise TLSConfigError(problems)
+    default = loaded[0][1]
+    exact: dict[str, ssl.SSLContext] = {}
+    wildcard: dict[str, ssl.SSLContext] = {}  # "example.com" for "*.example.com"
+    for names, context in loaded:
+        for name in names:
+            if name.startswith("*."):
+                wildcard.setdefault(name[2:], context)
+            elif "*" not in name:
+                exact.setdefault(name, context)
+    if len(loaded) > 1:
+        default.sni_callback = _sni_selector(exact, wildcard)
+    return default
+
+
+def _sni_selector(exact: dict, wildcard: dict):
+    def select(ssl_object, server_name, _context):
+        # Runs inside OpenSSL's handshake: it must not raise. No match keeps the default.
+        if server_name:
+            name = server_name.lower().rstrip(".")
+            chosen = exact.get(name)
+            if chosen is None:
+                _label, dot, parent = name.partition(".")
+                chosen = wildcard.get(parent) if dot else None
+            if chosen is not None and chosen is not ssl_object.context:
+                ssl_object.context = chosen
+        return None
+
+    return select

@@ -1,0 +1,354 @@
+"""TLS listener checks and the SNI-selecting server context, with real certificates made by
+the openssl CLI and real handshakes between Python ssl objects."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import ssl
+import subprocess
+import warnings
+from pathlib import Path
+
+import pytest
+
+from nsproxy import tls
+
+
+def openssl(*args: str) -> str:
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command line tool")
+    return subprocess.run(["openssl", *args], check=True, capture_output=True, text=True).stdout
+
+
+def make_cert(folder: Path, name: str, subject: str, san: str | None, key="ec") -> dict:
+    cert, key_file = folder / f"{name}.pem", folder / f"{name}.key"
+    newkey = (
+        ["-newkey", "rsa:2048"]
+        if key == "rsa"
+        else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    )
+    extra = ["-addext", f"subjectAltName={san}"] if san else []
+    openssl(
+        "req",
+        "-x509",
+        *newkey,
+        "-nodes",
+        "-keyout",
+        str(key_file),
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-subj",
+        subject,
+        *extra,
+    )
+    return {"cert": str(cert), "key": str(key_file)}
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    return {
+        "a": make_cert(d, "a", "/CN=a.example", "DNS:a.example,DNS:*.a.example"),
+        "b": make_cert(d, "b", "/CN=b.example", None, key="rsa"),  # names only in the CN
+        "w": make_cert(d, "w", "/O=W/CN=not-used.example", "DNS:*.W.example,DNS:exact.a.example"),
+        "ip": make_cert(d, "ip", "/O=nameless", "IP:10.0.0.250"),
+        "c": make_cert(d, "c", "/CN=c.example", None, key="rsa"),
+    }
+
+
+def listener(*entries, **tls_extra):
+    return {
+        "listen": "10.0.0.250:443",
+        "protocol": "https",
+        "tls": {"certificates": list(entries), **tls_extra},
+    }
+
+
+def client_context(cafile=None, min_version=None, max_version=None, alpn=None):
+    """A Python client context; without ``cafile`` it verifies nothing."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile:
+        ctx.load_verify_locations(cafile=cafile)
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if min_version:
+        ctx.minimum_version = min_version
+    if max_version:
+        ctx.maximum_version = max_version
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def connect(client_ctx, server_ctx, server_name, session=None):
+    """A full in-memory handshake plus one byte of data; returns the client SSLObject."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=server_name, session=session)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = set()
+    for _ in range(20):
+        for obj in (client, server):
+            if obj not in done:
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    obj.do_handshake()
+                    done.add(obj)
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if len(done) == 2:
+            server.write(b"x")  # data after the handshake carries TLS 1.3 session tickets
+            c_in.write(s_out.read())
+            assert client.read(1) == b"x"
+            return client
+    raise AssertionError("handshake did not finish")
+
+
+def handshake(server_ctx, server_name, cafile, **client_options):
+    """Handshake with a client that verifies the served certificate against ``cafile``."""
+    return connect(client_context(cafile, **client_options), server_ctx, server_name)
+
+
+def served_common_name(client) -> str:
+    subject = dict(x[0] for x in client.getpeercert()["subject"])
+    return subject.get("commonName") or subject.get("organizationName")
+
+
+# -- certificate names ------------------------------------------------------------------
+
+
+def openssl_dns_names(cert_path: str) -> list[str]:
+    text = openssl("x509", "-in", cert_path, "-noout", "-ext", "subjectAltName")
+    return [n.lower() for n in re.findall(r"DNS:([^,\s]+)", text)]
+
+
+@pytest.mark.parametrize("name", ["a", "w", "ip"])
+def test_certificate_names_agree_with_openssl_x509(certs, name):
+    der = ssl.PEM_cert_to_DER_cert(Path(certs[name]["cert"]).read_text())
+    assert tls.certificate_names(der) == openssl_dns_names(certs[name]["cert"])
+
+
+def test_certificate_without_dns_san_is_named_by_its_cn(certs):
+    der = ssl.PEM_cert_to_DER_cert(Path(certs["b"]["cert"]).read_text())
+    assert tls.certificate_names(der) == ["b.example"]
+
+
+def test_certificate_names_reject_non_certificates_without_crashing():
+    for junk in (b"", b"\x30", b"\x30\x84\xff\xff\xff\xff", b"\x04\x03abc", bytes(64)):
+        with pytest.raises(ValueError):
+            tls.certificate_names(junk)
+
+
+# -- validate_listener --------------------------------------------------------------------
+
+
+def test_valid_listener_has_no_problems(certs):
+    assert tls.validate_listener(listener(certs["a"], certs["b"], certs["w"])) == []
+    assert tls.validate_listener(listener(certs["a"], min_version="1.3")) == []
+
+
+def test_combined_pem_with_key_needs_no_key_field(certs, tmp_path):
+    both = tmp_path / "both.pem"
+    both.write_text(Path(certs["a"]["cert"]).read_text() + Path(certs["a"]["key"]).read_text())
+    assert tls.validate_listener(listener({"cert": str(both)})) == []
+
+
+def test_missing_files_name_the_field_and_path(certs, tmp_path):
+    problems = tls.validate_listener(
+        listener(
+            {"cert": str(tmp_path / "nope.pem"), "key": certs["a"]["key"]},
+            {"cert": certs["a"]["cert"], "key": str(tmp_path / "nope.key")},
+        )
+    )
+    assert problems == [
+        f"tls.certificates[0].cert: cannot read {tmp_path}/nope.pem: No such file or directory",
+        f"tls.certificates[1].key: cannot read {tmp_path}/nope.key: No such file or directory",
+    ]
+
+
+def test_unreadable_file_is_reported(certs, tmp_path):
+    # root reads any mode bits, so a directory stands in for an unreadable file
+    (tmp_path / "dir.key").mkdir()
+    problems = tls.validate_listener(
+        listener({"cert": certs["a"]["cert"], "key": str(tmp_path / "dir.key")})
+    )
+    assert problems == [f"tls.certificates[0].key: cannot read {tmp_path}/dir.key: Is a directory"]
+
+
+@pytest.mark.parametrize(("cert", "key"), [("a", "w"), ("b", "c"), ("a", "b")])
+def test_key_not_matching_certificate_is_reported(certs, cert, key):
+    problems = tls.validate_listener(
+        listener({"cert": certs[cert]["cert"], "key": certs[key]["key"]})
+    )
+    assert problems == [
+        f"tls.certificates[0].key: the key in {certs[key]['key']} does not match "
+        f"{certs[cert]['cert']}"
+    ]
+
+
+def test_swapped_cert_and_key_files_are_reported(certs):
+    problems = tls.validate_listener(
+        listener({"cert": certs["a"]["key"], "key": certs["a"]["cert"]})
+    )
+    assert len(problems) == 1
+    assert problems[0].startswith("tls.certificates[0].cert: ")
+    assert "is not a PEM X.509 certificate" in problems[0]
+
+
+def test_encrypted_key_is_refused_without_prompting(certs, tmp_path):
+    enc = tmp_path / "enc.key"
+    openssl(
+        "pkey", "-in", certs["a"]["key"], "-aes256", "-passout", "pass:secret", "-out", str(enc)
+    )
+    problems = tls.validate_listener(listener({"cert": certs["a"]["cert"], "key": str(enc)}))
+    assert problems == [
+        f"tls.certificates[0].key: {enc} is encrypted; nsproxy needs an unencrypted key"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1.1", "tls.min_version: '1.1' is not allowed (use '1.2' or '1.3')"),
+        (1.2, "tls.min_version: 1.2 is not allowed (use '1.2' or '1.3')"),
+    ],
+)
+def test_bad_min_version_is_reported(certs, value, message):
+    assert tls.validate_listener(listener(certs["a"], min_version=value)) == [message]
+
+
+def test_shape_problems_are_reported(certs):
+    assert tls.validate_listener({"listen": "1.2.3.4:443", "protocol": "https"}) == [
+        "tls: required for an https listener, an object with 'certificates'"
+    ]
+    assert tls.validate_listener({"tls": {"certificates": []}}) == [
+        "tls.certificates: must be a non-empty list of {cert, key} objects"
+    ]
+    assert tls.validate_listener(listener({**certs["a"], "chain": "x"}, sni="y")) == [
+        "tls.sni: unknown key (allowed: certificates, min_version)",
+        "tls.certificates[0].chain: unknown key (allowed: cert, key)",
+    ]
+
+
+def test_nameless_certificate_after_the_first_is_reported(certs):
+    assert tls.validate_listener(listener(certs["ip"])) == []
+    problems = tls.validate_listener(listener(certs["a"], certs["ip"]))
+    assert len(problems) == 1 and problems[0].startswith("tls.certificates[1].cert: has no DNS")
+
+
+def test_build_server_context_raises_with_the_problems(certs, tmp_path):
+    with pytest.raises(tls.TLSConfigError) as err:
+        tls.build_server_context(listener({"cert": str(tmp_path / "x.pem"), "key": "k"}))
+    assert err.value.problems[0].startswith("tls.certificates[0].cert: cannot read")
+
+
+# -- the server context ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_ctx(certs):
+    return tls.build_server_context(listener(certs["a"], certs["b"], certs["w"]))
+
+
+@pytest.mark.parametrize(
+    ("sni", "expected"),
+    [
+        ("a.example", "a.example"),
+        ("B.EXAMPLE", "b.example"),  # case-insensitive
+        ("www.a.example", "a.example"),  # *.a.example
+        ("exact.a.example", "not-used.example"),  # an exact name beats the wildcard
+        ("x.w.example", "not-used.example"),  # *.W.example, from the SAN; the CN is ignored
+    ],
+)
+def test_sni_selects_the_certificate_whose_names_match(server_ctx, certs, sni, expected):
+    owner = {"a.example": "a", "b.example": "b", "not-used.example": "w"}[expected]
+    client = handshake(server_ctx, sni, certs[owner]["cert"])
+    assert served_common_name(client) == expected
+
+
+@pytest.mark.parametrize("sni", ["unknown.example", "a.b.w.example", None])
+def test_unknown_deeper_or_no_name_gets_the_first_certificate(server_ctx, sni):
+    client = connect(client_context(), server_ctx, sni)
+    der = client.getpeercert(binary_form=True)
+    assert tls.certificate_names(der) == ["a.example", "*.a.example"]
+
+
+@pytest.mark.parametrize("old", ["TLSv1", "TLSv1_1"])
+def test_tls_below_1_2_is_refused(server_ctx, old):
+    version = getattr(ssl.TLSVersion, old)
+    client_ctx = client_context()
+    # OpenSSL's default security level disables TLS < 1.2 in clients too; lift it so the
+    # refusal proven is the server's.
+    client_ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client_ctx.minimum_version = client_ctx.maximum_version = version
+    with pytest.raises(ssl.SSLError, match="UNSUPPORTED_PROTOCOL|VERSION|PROTOCOL"):
+        connect(client_ctx, server_ctx, "a.example")
+
+
+def test_tls_1_2_and_1_3_are_served(server_ctx, certs):
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        client = handshake(
+            server_ctx, "a.example", certs["a"]["cert"], min_version=version, max_version=version
+        )
+        assert client.version() == {"TLSv1_2": "TLSv1.2", "TLSv1_3": "TLSv1.3"}[version.name]
+
+
+def test_min_version_1_3_refuses_tls_1_2(certs):
+    ctx = tls.build_server_context(listener(certs["a"], min_version="1.3"))
+    with pytest.raises(ssl.SSLError):
+        handshake(ctx, "a.example", certs["a"]["cert"], max_version=ssl.TLSVersion.TLSv1_2)
+    assert handshake(ctx, "a.example", certs["a"]["cert"]).version() == "TLSv1.3"
+
+
+def test_tls12_cipher_is_forward_secret_aead(server_ctx, certs):
+    client = handshake(
+        server_ctx, "b.example", certs["b"]["cert"], max_version=ssl.TLSVersion.TLSv1_2
+    )
+    name = client.cipher()[0]
+    assert name.startswith("ECDHE-") and ("GCM" in name or "CHACHA20" in name)
+
+
+def test_alpn_answers_http_1_1_only(server_ctx, certs):
+    assert (
+        handshake(
+            server_ctx, "a.example", certs["a"]["cert"], alpn=["h2", "http/1.1"]
+        ).selected_alpn_protocol()
+        == "http/1.1"
+    )
+    assert (
+        handshake(server_ctx, "a.example", certs["a"]["cert"], alpn=["h2"]).selected_alpn_protocol()
+        is None
+    )
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("sni", ["a.example", "b.example"])
+def test_session_tickets_resume_sessions(server_ctx, certs, sni, version):
+    owner = sni[0]
+    client_ctx = client_context(certs[owner]["cert"], max_version=version)
+    first = connect(client_ctx, server_ctx, sni)
+    assert first.session is not None and first.session.has_ticket
+    assert not first.session_reused
+    second = connect(client_ctx, server_ctx, sni, session=first.session)
+    assert second.session_reused
+    assert served_common_name(second) == f"{owner}.example"
+
+
+def test_single_certificate_listener_has_no_sni_callback(certs):
+    assert tls.build_server_context(listener(certs["a"])).sni_callback is None
+
+
+def test_certificate_files_are_read_once_when_building(certs, tmp_path):
+    cert, key = tmp_path / "c.pem", tmp_path / "c.key"
+    cert.write_bytes(Path(certs["a"]["cert"]).read_bytes())
+    key.write_bytes(Path(certs["a"]["key"]).read_bytes())
+    ctx = tls.build_server_context(listener({"cert": str(cert), "key": str(key)}))
+    os.unlink(cert)
+    os.unlink(key)
+    assert served_common_name(handshake(ctx, "a.example", certs["a"]["cert"])) == "a.example"
