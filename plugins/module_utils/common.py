@@ -395,3 +395,45 @@ def run_module(module, body):
     except ModuleFailure as failure:
         module.fail_json(msg=failure.msg, **failure.extra)
     module.exit_json(**result)
+
+
+# -- link attributes ---------------------------------------------------------------------------
+
+LINK_ATTRS = ("mtu", "mac", "master", "state", "addresses")
+"""Keys of ``want`` understood by ``plan_link_changes``."""
+
+
+def plan_link_changes(plan, tracker, ifname, netns, want, have, purge_addresses=False, prefix=""):
+    """Compare the common link attributes and append the actions that make ``have`` match.
+
+    ``want`` may hold ``mtu``, ``mac``, ``master`` (bridge name, ``""`` = no master),
+    ``state`` (``up``/``down``) and ``addresses`` (normalised CIDR list); a missing or None
+    key is not managed. ``have`` is a ``describe_link`` dict, or None for a link this plan
+    creates (then every wanted value is planned). Tracker keys get ``prefix`` (``peer.``).
+    Actions, in order: ``link_set`` (mtu, mac, master), ``addr_del``, ``addr_add``,
+    ``link_set`` (state), each with ``ifname`` and ``netns``."""
+    have = have or {}
+    attrs = {}
+    for key in ("mtu", "mac"):
+        if tracker.add(prefix + key, want.get(key), have.get(key)):
+            attrs[key] = want[key]
+    master = want.get("master")
+    if tracker.add(prefix + "master", master, have.get("master") or ""):
+        attrs["master"] = master
+    if attrs:
+        plan.add("link_set", ifname=ifname, netns=netns, **attrs)
+    wanted_addresses = want.get("addresses")
+    if wanted_addresses is not None:
+        current = have.get("addresses") or []
+        tracker.add(
+            prefix + "addresses",
+            addresses_after(wanted_addresses, current, purge_addresses),
+            sorted(current, key=cidr_sort_key),
+        )
+        to_add, to_remove = plan_addresses(wanted_addresses, current, purge_addresses)
+        for cidr in to_remove:
+            plan.add("addr_del", ifname=ifname, netns=netns, address=cidr)
+        for cidr in to_add:
+            plan.add("addr_add", ifname=ifname, netns=netns, address=cidr)
+    if tracker.add(prefix + "state", want.get("state"), have.get("state")):
+        plan.add("link_set", ifname=ifname, netns=netns, state=want["state"])

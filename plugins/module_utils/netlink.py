@@ -516,3 +516,56 @@ def netnsid_of(ns, other):
         return None
     nsid = reply.get("nsid")
     return None if nsid is None or nsid < 0 else nsid
+
+
+def links_with_master(ns, master_index):
+    """Names of the links in ``ns`` enslaved to ``master_index`` (a bridge's ports), sorted."""
+    names = []
+    for msg in ns.call("listing links", ns.ipr.get_links):
+        if msg.get_attr("IFLA_MASTER") == master_index:
+            names.append(msg.get_attr("IFLA_IFNAME"))
+    return sorted(names)
+
+
+def _index_of(ns, ifname):
+    msg = find_link(ns, ifname)
+    if msg is None:
+        raise ModuleFailure(f"interface '{ifname}' disappeared from {ns.label} meanwhile")
+    return msg["index"]
+
+
+def apply_link_action(nsset, action, rollback=None):
+    """Execute one planned action whose ``op`` is ``link_set`` (mtu, mac, master, state, ...),
+    ``addr_add``, ``addr_del`` or ``link_del`` on ``action['ifname']`` in
+    ``nsset.get(action['netns'])``. Interfaces are looked up by name at apply time, since a
+    move or rename changes the index. Return True if the op was handled here."""
+    op = action["op"]
+    if op not in ("link_set", "addr_add", "addr_del", "link_del"):
+        return False
+    ns = nsset.get(action.get("netns"))
+    ifname = action["ifname"]
+    index = _index_of(ns, ifname)
+    if op == "link_set":
+        attrs = {}
+        for key, value in action.items():
+            if key in ("op", "ifname", "netns"):
+                continue
+            if key == "mac":
+                attrs["address"] = value
+            elif key == "master":
+                attrs["master"] = _index_of(ns, value) if value else 0
+            else:
+                attrs[key] = value
+        set_link(ns, index, ifname, **attrs)
+    elif op == "addr_add":
+        add_address(ns, index, ifname, action["address"])
+        if rollback is not None:
+            rollback.push(
+                f"adding {action['address']} to '{ifname}'",
+                lambda: remove_address(ns, _index_of(ns, ifname), ifname, action["address"]),
+            )
+    elif op == "addr_del":
+        remove_address(ns, index, ifname, action["address"])
+    elif op == "link_del":
+        delete_link(ns, index, ifname)
+    return True
