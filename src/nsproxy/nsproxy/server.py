@@ -1,0 +1,602 @@
+"""The daemon: tenants, their listeners, reload by difference, retry, namespace watch, drain.
+
+One event loop serves every tenant. A tenant whose namespace is missing or whose address is not
+configured yet waits (retried with backoff, reported in status); the others are unaffected. A
+one-second sweep updates the coarse clock, enforces connection timeouts, flushes the access log
+and notices a tenant namespace that disappeared or was recreated (same path, new inode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import resource
+import signal
+import time
+
+from nsproxy import accesslog, config, metrics, netns, systemd
+from nsproxy.http import ClientConnection, Router
+from nsproxy.upstream import Upstream
+
+log = logging.getLogger("nsproxy")
+
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
+
+
+class Shared:
+    """What every connection reads: limits, timeouts, the coarse clock, the access log."""
+
+    def __init__(self, loop, cfg: config.Config):
+        self.loop = loop
+        self.loop_time = time.monotonic  # uvloop's loop.time() only has millisecond steps
+        self.now = loop.time()
+        self.limits = cfg.limits
+        self.timeouts = cfg.timeouts
+        self.access_log: accesslog.AccessLog | None = None
+        self.connections: set = set()
+        self.draining = False
+
+
+class ListenerRuntime:
+    __slots__ = ("error", "factory", "server", "spec", "state")
+
+    def __init__(self, spec: config.Listener):
+        self.spec = spec
+        self.server = None
+        self.factory = None  # tcp.RelayFactory, for draining its relays
+        self.state = "waiting"
+        self.error: str | None = None
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        self.state = "waiting"
+
+
+class TenantRuntime:
+    """A tenant as served: its namespace, listeners, router, upstream pools and counters."""
+
+    __slots__ = (
+        "active",
+        "closing",
+        "last_error",
+        "listeners",
+        "metrics",
+        "name",
+        "name_bytes",
+        "ns",
+        "retry_delay",
+        "retry_handle",
+        "router",
+        "spec",
+        "upstreams",
+    )
+
+    def __init__(self, spec: config.Tenant):
+        self.spec = spec
+        self.name = spec.name
+        self.name_bytes = spec.name.encode()
+        self.ns: netns.Namespace | None = None
+        self.listeners: dict[bytes, ListenerRuntime] = {}
+        self.router = Router(spec.routes)
+        self.upstreams: dict[str, Upstream] = {}
+        self.metrics = metrics.TenantMetrics()
+        self.active = 0
+        self.closing = False
+        self.last_error: str | None = None
+        self.retry_delay = 0.0
+        self.retry_handle = None
+
+    @property
+    def state(self) -> str:
+        states = {li.state for li in self.listeners.values()}
+        if self.closing:
+            return "draining"
+        if not states or states == {"bound"}:
+            return "serving"
+        if "bound" in states:
+            return "partial"
+        return "waiting"
+
+
+class Daemon:
+    """Serves one configuration file; ``reload`` re-reads it and applies the difference."""
+
+    def __init__(self, config_path: str, cfg: config.Config):
+        self.config_path = config_path
+        self.config = cfg
+        self.loop = asyncio.get_running_loop()
+        self.shared = Shared(self.loop, cfg)
+        self.registry = netns.Registry()
+        self.tenants: dict[str, TenantRuntime] = {}
+        self.generation = 1
+        self.metrics_server = None
+        self.admin_server = None
+        self.reload_lock = asyncio.Lock()
+        self.stopped = asyncio.Event()
+        self.sweeper = None
+        self.draining_tenants: list[tuple[TenantRuntime, float]] = []
+        self.last_reload_error: str | None = None
+        self.tls = self.tcp = None
+
+    # -- start / stop -------------------------------------------------------------------
+    async def start(self) -> None:
+        raise_nofile_limit()
+        self._open_access_log(self.config.access_log)
+        started = time.monotonic()
+        for spec in self.config.tenants:
+            tenant = TenantRuntime(spec)
+            self.tenants[spec.name] = tenant
+            self._build_upstreams(tenant, {})
+            await self._bind_tenant(tenant)
+        await self._start_metrics(self.config.metrics_listen)
+        from nsproxy import admin
+
+        self.admin_server = await admin.start(self, self.config.admin_socket)
+        self.sweeper = self.loop.call_later(1.0, self._sweep)
+        bound = sum(
+            1 for t in self.tenants.values() for li in t.listeners.values() if li.state == "bound"
+        )
+        log.info(
+            "serving %d tenants, %d/%d listeners bound in %.3f s (generation %d)",
+            len(self.tenants),
+            bound,
+            self.config.listener_count(),
+            time.monotonic() - started,
+            self.generation,
+        )
+        for sig, handler in (
+            (signal.SIGHUP, self._sighup),
+            (signal.SIGTERM, self._sigterm),
+            (signal.SIGINT, self._sigterm),
+        ):
+            self.loop.add_signal_handler(sig, handler)
+        systemd.ready(f"{len(self.tenants)} tenants")
+
+    def _sighup(self) -> None:
+        self.loop.create_task(self.reload())
+
+    def _sigterm(self) -> None:
+        if not self.shared.draining:
+            self.loop.create_task(self.shutdown())
+
+    async def shutdown(self) -> None:
+        """Stop accepting everywhere, let open requests finish (up to timeouts.drain), exit."""
+        systemd.stopping()
+        self.shared.draining = True
+        log.info("stopping: draining %d connections", len(self.shared.connections))
+        for tenant in self.tenants.values():
+            for li in tenant.listeners.values():
+                li.close()
+        for conn in list(self.shared.connections):
+            conn.drain()
+        deadline = time.monotonic() + self.config.timeouts["drain"]
+        while self._open_connections() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for conn in list(self.shared.connections):
+            conn.abort()
+        for tenant in self.tenants.values():
+            self._abort_tcp(tenant)
+            for up in tenant.upstreams.values():
+                up.close()
+        if self.admin_server is not None:
+            self.admin_server.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.admin_socket)
+        if self.shared.access_log is not None:
+            self.shared.access_log.close()
+        self.stopped.set()
+
+    def _open_connections(self) -> int:
+        n = len(self.shared.connections)
+        for tenant in self.tenants.values():
+            for li in tenant.listeners.values():
+                if li.factory is not None:
+                    n += len(li.factory.connections)
+        return n
+
+    # -- binding ------------------------------------------------------------------------
+    async def _bind_tenant(self, tenant: TenantRuntime) -> None:
+        """Bind every listener of the tenant that is not bound yet; schedule a retry if needed."""
+        if tenant.closing:
+            return
+        tenant.retry_handle = None
+        spec = tenant.spec
+        path = netns.ns_path(spec.netns)
+        identity = netns.current_identity(path)
+        if tenant.ns is not None and tenant.ns.identity != identity:
+            self._unbind(tenant, "network namespace was replaced" if identity else "gone")
+        if identity is None:
+            self._waiting(tenant, f"network namespace {path} does not exist")
+            return
+        if tenant.ns is None:
+            try:
+                tenant.ns = self.registry.acquire(spec.netns)
+            except netns.NetnsError as exc:
+                self._waiting(tenant, str(exc))
+                return
+        missing = False
+        for listener in spec.listeners:
+            key = listener.digest
+            li = tenant.listeners.get(key)
+            if li is None:
+                li = tenant.listeners[key] = ListenerRuntime(listener)
+            if li.state == "bound":
+                continue
+            try:
+                await self._bind_listener(tenant, li)
+            except OSError as exc:
+                missing = True
+                li.state = "waiting" if exc.errno in (errno.EADDRNOTAVAIL,) else "error"
+                li.error = f"{listener.listen}: {_os_reason(exc)}"
+                tenant.last_error = li.error
+                log.warning(
+                    "tenant %s: listener %s: %s (retrying)",
+                    tenant.name,
+                    listener.listen,
+                    _os_reason(exc),
+                )
+            except netns.NetnsError as exc:
+                missing = True
+                li.state = "error"
+                li.error = tenant.last_error = str(exc)
+                log.warning("tenant %s: %s (retrying)", tenant.name, exc)
+            except Exception as exc:
+                missing = True
+                li.state = "error"
+                li.error = tenant.last_error = f"{listener.listen}: {exc}"
+                log.exception("tenant %s: listener %s failed", tenant.name, listener.listen)
+        if missing:
+            self._schedule_retry(tenant)
+        else:
+            tenant.retry_delay = 0.0
+
+    async def _bind_listener(self, tenant: TenantRuntime, li: ListenerRuntime) -> None:
+        spec = li.spec
+        protocol = spec.protocol
+        ssl_ctx = None
+        if protocol == "https":
+            from nsproxy import tls
+
+            ssl_ctx = tls.build_server_context(spec.spec)
+        sock = self.registry.listening_socket(tenant.ns, spec.host, spec.port)
+        try:
+            if protocol == "tcp":
+                from nsproxy import tcp
+
+                factory = tcp.RelayFactory(
+                    spec.spec,
+                    tenant.name,
+                    tenant.upstreams,
+                    self._log_tcp,
+                    timeouts=self.config.timeouts,
+                )
+                li.factory = factory
+            else:
+                scheme = b"https" if protocol == "https" else b"http"
+                shared = self.shared
+                listen = spec.listen
+
+                def factory(tenant=tenant, listen=listen, scheme=scheme, shared=shared):
+                    return ClientConnection(tenant, listen, scheme, shared)
+
+            li.server = await self.loop.create_server(factory, sock=sock, ssl=ssl_ctx)
+        except BaseException:
+            sock.close()
+            raise
+        li.state = "bound"
+        li.error = None
+
+    def _log_tcp(self, record: dict) -> None:
+        access = self.shared.access_log
+        if access is not None:
+            access.event(**record)
+
+    def _waiting(self, tenant: TenantRuntime, reason: str) -> None:
+        if tenant.last_error != reason:
+            log.warning("tenant %s: %s (retrying)", tenant.name, reason)
+        tenant.last_error = reason
+        for listener in tenant.spec.listeners:
+            li = tenant.listeners.get(listener.digest)
+            if li is None:
+                li = tenant.listeners[listener.digest] = ListenerRuntime(listener)
+            li.state = "waiting"
+            li.error = reason
+        self._schedule_retry(tenant)
+
+    def _schedule_retry(self, tenant: TenantRuntime) -> None:
+        if tenant.retry_handle is not None or tenant.closing:
+            return
+        delay = tenant.retry_delay = min(RETRY_MAX, max(RETRY_FIRST, tenant.retry_delay * 2))
+        tenant.retry_handle = self.loop.call_later(
+            delay, lambda: self.loop.create_task(self._bind_tenant(tenant))
+        )
+
+    def _unbind(self, tenant: TenantRuntime, reason: str) -> None:
+        """Close a tenant's listeners and give its namespace back (it vanished or changed)."""
+        log.warning("tenant %s: %s: rebuilding its listeners", tenant.name, reason)
+        for li in tenant.listeners.values():
+            li.close()
+        if tenant.ns is not None:
+            self.registry.release(tenant.ns)
+            tenant.ns = None
+        tenant.retry_delay = 0.0
+
+    # -- upstreams ----------------------------------------------------------------------
+    def _build_upstreams(self, tenant: TenantRuntime, old: dict) -> None:
+        """Fill tenant.upstreams in place (tcp factories hold the dict), keeping unchanged pools."""
+        fresh = {}
+        for name, spec in tenant.spec.upstreams.items():
+            current = old.get(name)
+            if current is not None and current.digest == spec.digest:
+                fresh[name] = current
+            else:
+                fresh[name] = Upstream(spec, tenant.name, self.registry, self.shared)
+        for name, up in old.items():
+            if fresh.get(name) is not up:
+                up.close()
+        tenant.upstreams.clear()
+        tenant.upstreams.update(fresh)
+
+    # -- reload -------------------------------------------------------------------------
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file and apply the difference; (ok, message)."""
+        async with self.reload_lock:
+            systemd.reloading()
+            try:
+                new = config.load(self.config_path)
+            except config.ConfigError as exc:
+                message = "new configuration refused, the running one stays: " + "; ".join(
+                    exc.problems
+                )
+                log.error("%s", message)
+                self.last_reload_error = message
+                systemd.ready()
+                return False, message
+            started = time.monotonic()
+            added, removed, changed = await self._apply(new)
+            self.generation += 1
+            self.last_reload_error = None
+            log.info(
+                "reloaded in %.3f s: generation %d, %d added, %d removed, %d changed, %d kept",
+                time.monotonic() - started,
+                self.generation,
+                added,
+                removed,
+                changed,
+                len(self.tenants) - added - changed,
+            )
+            systemd.ready(f"{len(self.tenants)} tenants")
+            return True, f"generation {self.generation}"
+
+    async def _apply(self, new: config.Config) -> tuple[int, int, int]:
+        old_cfg = self.config
+        self.config = new
+        shared = self.shared
+        shared.limits = new.limits
+        shared.timeouts = new.timeouts
+        if new.access_log != old_cfg.access_log:
+            if shared.access_log is not None:
+                shared.access_log.close()
+                shared.access_log = None
+            self._open_access_log(new.access_log)
+        if new.metrics_listen != old_cfg.metrics_listen:
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+                self.metrics_server = None
+            await self._start_metrics(new.metrics_listen)
+        wanted = {t.name: t for t in new.tenants}
+        added = removed = changed = 0
+        for name in [n for n in self.tenants if n not in wanted]:
+            self._remove_tenant(self.tenants.pop(name))
+            removed += 1
+        for spec in new.tenants:
+            tenant = self.tenants.get(spec.name)
+            if tenant is None:
+                tenant = TenantRuntime(spec)
+                self.tenants[spec.name] = tenant
+                self._build_upstreams(tenant, {})
+                await self._bind_tenant(tenant)
+                added += 1
+            elif tenant.spec.digest != spec.digest:
+                await self._update_tenant(tenant, spec)
+                changed += 1
+        return added, removed, changed
+
+    async def _update_tenant(self, tenant: TenantRuntime, spec: config.Tenant) -> None:
+        old = tenant.spec
+        tenant.spec = spec
+        if old.netns != spec.netns:
+            self._unbind(tenant, f"netns changed from {old.netns!r} to {spec.netns!r}")
+            self._drain_listeners(tenant, list(tenant.listeners.values()))
+            tenant.listeners = {}
+        else:
+            keep = {li.digest for li in spec.listeners}
+            gone = [li for key, li in tenant.listeners.items() if key not in keep]
+            for li in gone:
+                del tenant.listeners[li.spec.digest]
+            self._drain_listeners(tenant, gone)
+        tenant.router = Router(spec.routes)
+        self._build_upstreams(tenant, dict(tenant.upstreams))
+        if tenant.retry_handle is not None:
+            tenant.retry_handle.cancel()
+            tenant.retry_handle = None
+        tenant.retry_delay = 0.0
+        await self._bind_tenant(tenant)
+
+    def _drain_listeners(self, tenant: TenantRuntime, gone: list[ListenerRuntime]) -> None:
+        for li in gone:
+            li.close()
+            if li.factory is not None:
+                factory = li.factory
+                self.loop.call_later(self.config.timeouts["drain"], factory.abort_all)
+
+    def _remove_tenant(self, tenant: TenantRuntime) -> None:
+        """Stop accepting for a removed tenant and drain its connections up to timeouts.drain."""
+        tenant.closing = True
+        if tenant.retry_handle is not None:
+            tenant.retry_handle.cancel()
+            tenant.retry_handle = None
+        for li in tenant.listeners.values():
+            li.close()
+        for conn in list(self.shared.connections):
+            if conn.tenant is tenant:
+                conn.drain()
+        if tenant.ns is not None:
+            self.registry.release(tenant.ns)
+            tenant.ns = None
+        self.draining_tenants.append((tenant, time.monotonic() + self.config.timeouts["drain"]))
+        log.info("tenant %s removed: draining %d connections", tenant.name, tenant.active)
+
+    def _abort_tcp(self, tenant: TenantRuntime) -> None:
+        for li in tenant.listeners.values():
+            if li.factory is not None:
+                li.factory.abort_all()
+
+    # -- the one-second sweep -----------------------------------------------------------
+    def _sweep(self) -> None:
+        self.sweeper = self.loop.call_later(1.0, self._sweep)
+        try:
+            self._sweep_once()
+        except Exception:
+            log.exception("internal error in the periodic sweep")
+
+    def _sweep_once(self) -> None:
+        shared = self.shared
+        now = shared.now = self.loop.time()
+        timeouts = shared.timeouts
+        for conn in list(shared.connections):
+            conn.check_timeout(now, timeouts)
+        idle = timeouts["idle"]
+        for tenant in self.tenants.values():
+            for up in tenant.upstreams.values():
+                if up.idle:
+                    up.expire_idle(now, idle)
+            if tenant.ns is not None and not tenant.closing:
+                identity = netns.current_identity(tenant.ns.path)
+                if identity != tenant.ns.identity:
+                    self._unbind(
+                        tenant,
+                        "network namespace was replaced"
+                        if identity
+                        else f"network namespace {tenant.ns.path} disappeared",
+                    )
+                    if tenant.retry_handle is not None:
+                        tenant.retry_handle.cancel()
+                        tenant.retry_handle = None
+                    self.loop.create_task(self._bind_tenant(tenant))
+            elif (
+                tenant.retry_handle is not None
+                and not tenant.closing
+                and tenant.ns is None
+                and netns.current_identity(netns.ns_path(tenant.spec.netns)) is not None
+            ):
+                # Waiting for the namespace: bind as soon as it appears, not at the next backoff.
+                tenant.retry_handle.cancel()
+                tenant.retry_handle = None
+                self.loop.create_task(self._bind_tenant(tenant))
+        if self.draining_tenants:
+            mono = time.monotonic()
+            still = []
+            for tenant, deadline in self.draining_tenants:
+                if tenant.active and mono < deadline:
+                    still.append((tenant, deadline))
+                    continue
+                for conn in list(shared.connections):
+                    if conn.tenant is tenant:
+                        conn.abort()
+                self._abort_tcp(tenant)
+                for up in tenant.upstreams.values():
+                    up.close()
+            self.draining_tenants = still
+        if shared.access_log is not None:
+            shared.access_log.flush()
+
+    # -- misc ---------------------------------------------------------------------------
+    def _open_access_log(self, target: str | None) -> None:
+        if target is None:
+            return
+        try:
+            self.shared.access_log = accesslog.AccessLog(target)
+        except OSError as exc:
+            log.error("access_log %s: %s; requests are not logged", target, exc.strerror)
+
+    async def _start_metrics(self, address) -> None:
+        if address is None:
+            return
+        try:
+            sock = self.registry.listening_socket(None, *address)
+            self.metrics_server = await self.loop.create_server(
+                lambda: metrics.MetricsProtocol(self), sock=sock
+            )
+        except OSError as exc:
+            log.error("metrics.listen %s:%d: %s", address[0], address[1], _os_reason(exc))
+
+    def status(self) -> dict:
+        """The status document of the contract (``nsproxy status --json``)."""
+        tenants = []
+        for tenant in self.tenants.values():
+            tenants.append(
+                {
+                    "name": tenant.name,
+                    "netns": tenant.spec.netns,
+                    "netns_inode": tenant.ns.inode if tenant.ns is not None else None,
+                    "state": tenant.state,
+                    "listeners": [
+                        {
+                            "listen": li.spec.listen,
+                            "protocol": li.spec.protocol,
+                            "state": li.state,
+                            "error": li.error,
+                        }
+                        for li in tenant.listeners.values()
+                    ],
+                    "upstreams": [
+                        {"name": up.name, "servers": up.health()}
+                        for up in tenant.upstreams.values()
+                    ],
+                    "last_error": tenant.last_error,
+                }
+            )
+        return {
+            "instance": self.config.instance,
+            "pid": os.getpid(),
+            "generation": self.generation,
+            "config_digest": self.config.digest,
+            "last_reload_error": self.last_reload_error,
+            "tenants": tenants,
+        }
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available in the tenant's namespace (not configured yet?)"
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno == errno.EACCES:
+        return "permission denied (binding a port below 1024 needs CAP_NET_BIND_SERVICE)"
+    return exc.strerror or str(exc)
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; the new (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
+
+async def serve(config_path: str, cfg: config.Config) -> int:
+    daemon = Daemon(config_path, cfg)
+    await daemon.start()
+    await daemon.stopped.wait()
+    return 0

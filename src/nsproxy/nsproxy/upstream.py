@@ -1,0 +1,178 @@
+"""Upstreams: servers of one tenant, round-robin, passive health, keep-alive pool.
+
+An ``Upstream`` belongs to exactly one tenant (pools are per (tenant, upstream)), so a
+connection opened for one tenant is never handed to another. Sockets for an upstream inside a
+network namespace are created there by netns.py and connected from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from nsproxy import netns
+
+FAIL_TIMEOUT = 10.0  # seconds a failed server is skipped
+MAX_IDLE = 64  # idle keep-alive connections kept per upstream
+
+
+class UpstreamError(Exception):
+    """No server of the upstream could be reached; the message says why."""
+
+    def __init__(self, message: str, timeout: bool = False):
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class Server:
+    __slots__ = ("address", "down_until", "family", "label", "last_error")
+
+    def __init__(self, host: str, port: int):
+        self.address = (host, port)
+        self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.down_until = 0.0
+        self.last_error: str | None = None
+
+
+class Upstream:
+    """The servers of one upstream of one tenant; ``connect`` is the UpstreamLike contract."""
+
+    __slots__ = (
+        "digest",
+        "idle",
+        "name",
+        "netns",
+        "ns",
+        "registry",
+        "servers",
+        "tenant",
+        "rr",
+        "shared",
+    )
+
+    def __init__(self, spec, tenant: str, registry: netns.Registry, shared):
+        self.name = spec.name
+        self.digest = spec.digest
+        self.netns = spec.netns
+        self.tenant = tenant
+        self.registry = registry
+        self.shared = shared  # for timeouts (connect) that a reload may change
+        self.servers = [Server(h, p) for h, p in spec.servers]
+        self.ns: netns.Namespace | None = None
+        self.rr = 0
+        self.idle: list = []
+
+    # -- UpstreamLike ---------------------------------------------------------------------
+    async def connect(self, protocol_factory):
+        """Connect to the next healthy server; (transport, protocol) or UpstreamError."""
+        loop = asyncio.get_running_loop()
+        ns = self._namespace()
+        timeout = self.shared.timeouts["connect"]
+        errors = []
+        for server in self._order():
+            try:
+                sock = self.registry.unconnected_socket(ns, server.family)
+            except (OSError, netns.NetnsError) as exc:
+                raise UpstreamError(
+                    f"cannot create a socket for upstream {self.name}: {exc}"
+                ) from None
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, server.address), timeout)
+                transport, protocol = await loop.create_connection(protocol_factory, sock=sock)
+            except asyncio.TimeoutError:
+                sock.close()
+                self._failed(server, f"connect timeout after {timeout}s")
+                errors.append(f"{server.label}: connect timeout")
+                continue
+            except OSError as exc:
+                sock.close()
+                self._failed(server, exc.strerror or str(exc))
+                errors.append(f"{server.label}: {exc.strerror or exc}")
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            server.down_until = 0.0
+            protocol.server_label = server.label
+            return transport, protocol
+        only_timeouts = all(e.endswith("connect timeout") for e in errors)
+        raise UpstreamError(f"upstream {self.name}: " + "; ".join(errors), timeout=only_timeouts)
+
+    # -- pool -----------------------------------------------------------------------------
+    def take_idle(self):
+        """An idle keep-alive connection of this upstream, or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.usable():
+                return conn
+        return None
+
+    def put_idle(self, conn) -> None:
+        if len(self.idle) >= MAX_IDLE or self.shared.draining:
+            conn.close()
+        else:
+            self.idle.append(conn)
+
+    def close(self) -> None:
+        """Close the pool and give the namespace back (the upstream was removed)."""
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+        if self.ns is not None:
+            self.registry.release(self.ns)
+            self.ns = None
+
+    def expire_idle(self, now: float, idle_timeout: float) -> None:
+        if self.idle:
+            keep = []
+            for conn in self.idle:
+                if now - conn.idle_since > idle_timeout or not conn.usable():
+                    conn.close()
+                else:
+                    keep.append(conn)
+            self.idle[:] = keep
+
+    def health(self) -> list[dict]:
+        now = time.monotonic()
+        return [{"address": s.label, "healthy": s.down_until <= now} for s in self.servers]
+
+    # -- internals ------------------------------------------------------------------------
+    def _namespace(self) -> netns.Namespace | None:
+        """The upstream's namespace, reopened when its path now names a new one."""
+        if self.netns is None:
+            return None
+        path = netns.ns_path(self.netns)
+        identity = netns.current_identity(path)
+        if identity is None:
+            raise UpstreamError(f"upstream {self.name}: network namespace {path} does not exist")
+        if self.ns is None or self.ns.identity != identity:
+            if self.ns is not None:
+                for conn in self.idle:
+                    conn.close()
+                self.idle.clear()
+                self.registry.release(self.ns)
+                self.ns = None
+            try:
+                self.ns = self.registry.acquire(self.netns)
+            except netns.NetnsError as exc:
+                raise UpstreamError(f"upstream {self.name}: {exc}") from None
+        return self.ns
+
+    def _order(self) -> list[Server]:
+        n = len(self.servers)
+        start = self.rr % n
+        self.rr = start + 1
+        ordered = self.servers[start:] + self.servers[:start]
+        now = time.monotonic()
+        healthy = [s for s in ordered if s.down_until <= now]
+        if healthy:
+            return healthy
+        # Everything is marked down: try the one that failed longest ago rather than nothing.
+        return [min(ordered, key=lambda s: s.down_until)]
+
+    def _failed(self, server: Server, reason: str) -> None:
+        server.down_until = time.monotonic() + FAIL_TIMEOUT
+        server.last_error = reason
