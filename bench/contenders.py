@@ -1,0 +1,397 @@
+"""The things being compared: how each is configured, started, grown by one tenant and stopped.
+
+Every proxy does the same work per request: plain HTTP on :80 and TLS on :443 in every tenant
+namespace, keep-alive to the backend, and the tenant headers nsproxy adds
+(X-Nsproxy-Tenant, X-Forwarded-For/-Proto/-Host). Access logs are off for all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from bench import topology as topo
+
+REPO = Path(__file__).resolve().parents[1]
+NSPROXY = REPO / ".venv" / "bin" / "nsproxy"
+
+
+class ContenderError(RuntimeError):
+    """A contender could not be configured, started or grown."""
+
+
+def _pin(cpu: int | None) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if cpu is not None else []
+
+
+def _stop(procs: list[subprocess.Popen], timeout: float = 10) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(sig)
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        if all(p.poll() is not None for p in procs):
+            return
+
+
+class Contender:
+    """Base class. A proxy contender listens in tenant namespaces; ``direct`` does not."""
+
+    name = "?"
+    is_proxy = True
+    add_method = ""
+
+    def __init__(self, workdir: Path, cert: Path, key: Path, cpu: int | None):
+        self.workdir = workdir / self.name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.cert, self.key, self.cpu = cert, key, cpu
+        self.procs: list[subprocess.Popen] = []
+
+    # what the harness needs ----------------------------------------------------------
+    def available(self) -> str | None:
+        """None when this contender can run here, else the reason it cannot."""
+        return None
+
+    def start(self, tenants: list[str]) -> None:
+        raise NotImplementedError
+
+    def prepare_add(self, tenants: list[str]) -> None:
+        """Write what growing the running instance to ``tenants`` (old list plus one) needs."""
+        raise NotImplementedError
+
+    def trigger_add(self) -> None:
+        """Make the running instance pick up the prepared tenant; do not wait for it."""
+        raise NotImplementedError
+
+    def roots(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def target(self, tls: bool, tenant: str) -> tuple[str | None, str]:
+        """(netns the load generator runs in, URL it loads)."""
+        scheme, port = ("https", topo.HTTPS_PORT) if tls else ("http", topo.HTTP_PORT)
+        return tenant, f"{scheme}://{topo.LISTEN_ADDR}:{port}/"
+
+    def listen_targets(self, tenants: list[str]) -> list[tuple[str, str, int]]:
+        ports = (topo.HTTP_PORT, topo.HTTPS_PORT)
+        return [(t, topo.LISTEN_ADDR, port) for t in tenants for port in ports]
+
+    def check_alive(self) -> None:
+        for p in self.procs:
+            if p.poll() is not None:
+                raise ContenderError(f"{self.name} exited with {p.returncode}: {self.log_tail()}")
+
+    def log_tail(self) -> str:
+        log = self.workdir / "stderr.log"
+        return log.read_text()[-2000:].strip() if log.exists() else ""
+
+    def stop(self) -> None:
+        _stop(self.procs)
+        self.procs = []
+
+    def version(self) -> str:
+        return ""
+
+
+class Direct(Contender):
+    """No proxy: the load generator talks to the backend over loopback in the host namespace."""
+
+    name = "direct"
+    is_proxy = False
+
+    def start(self, tenants: list[str]) -> None:
+        pass
+
+    def target(self, tls: bool, tenant: str) -> tuple[str | None, str]:
+        if tls:
+            return None, f"https://127.0.0.1:{topo.BACKEND_TLS_PORT}/"
+        return None, f"http://127.0.0.1:{topo.BACKEND_PORT}/"
+
+
+class Backend:
+    """nginx in the host namespace answering every request with a 3-byte body."""
+
+    def __init__(self, workdir: Path, cert: Path, key: Path, cpu: int | None):
+        self.workdir = workdir / "backend"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.cert, self.key, self.cpu = cert, key, cpu
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        wd = self.workdir
+        conf = wd / "nginx.conf"
+        conf.write_text(
+            f"""worker_processes 1;
+daemon off;
+pid {wd}/nginx.pid;
+error_log {wd}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  {_nginx_temp_paths(wd)}
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  default_type text/plain;
+  server {{
+    listen 127.0.0.1:{topo.BACKEND_PORT} backlog=4096;
+    listen {topo.BRIDGE_ADDR}:{topo.BACKEND_PORT} backlog=4096;
+    listen 127.0.0.1:{topo.BACKEND_TLS_PORT} ssl;
+    ssl_certificate {self.cert};
+    ssl_certificate_key {self.key};
+    location / {{ return 200 "ok\\n"; }}
+  }}
+}}
+"""
+        )
+        with open(wd / "stderr.log", "w") as log:
+            self.proc = subprocess.Popen(
+                [*_pin(self.cpu), "nginx", "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def roots(self) -> list[int]:
+        return [self.proc.pid] if self.proc else []
+
+    def stop(self) -> None:
+        if self.proc:
+            _stop([self.proc])
+            self.proc = None
+
+
+def _nginx_temp_paths(wd: Path) -> str:
+    return " ".join(
+        f"{kind}_temp_path {wd}/tmp-{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+
+
+class HAProxy(Contender):
+    """One HAProxy process (master-worker, 1 thread) with ``bind ... namespace tN`` per tenant."""
+
+    name = "haproxy"
+    add_method = "master-worker reload (SIGUSR2), listeners handed over"
+
+    def available(self) -> str | None:
+        return None if shutil.which("haproxy") else "haproxy is not installed"
+
+    def _write(self, tenants: list[str]) -> Path:
+        wd = self.workdir
+        pem = wd / "cert.pem"
+        if not pem.exists():
+            pem.write_text(self.cert.read_text() + self.key.read_text())
+        parts = [
+            f"""global
+  nbthread 1
+  stats socket {wd}/admin.sock mode 600 level admin expose-fd listeners
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+  option forwardfor
+"""
+        ]
+        for t in tenants:
+            parts.append(
+                f"""
+frontend fe_{t}
+  bind {topo.LISTEN_ADDR}:{topo.HTTP_PORT} namespace {t}
+  bind {topo.LISTEN_ADDR}:{topo.HTTPS_PORT} ssl crt {pem} namespace {t}
+  http-request set-header X-Nsproxy-Tenant {t}
+  http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+  http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  default_backend be_{t}
+
+backend be_{t}
+  server s1 127.0.0.1:{topo.BACKEND_PORT}
+"""
+            )
+        conf = wd / "haproxy.cfg"
+        tmp = wd / "haproxy.cfg.tmp"
+        tmp.write_text("".join(parts))
+        check = subprocess.run(
+            ["haproxy", "-c", "-q", "-f", str(tmp)], capture_output=True, text=True
+        )
+        if check.returncode != 0:
+            raise ContenderError(f"haproxy config check failed: {check.stderr.strip()[-1500:]}")
+        os.replace(tmp, conf)
+        return conf
+
+    def start(self, tenants: list[str]) -> None:
+        conf = self._write(tenants)
+        argv = [*_pin(self.cpu), "haproxy", "-W", "-S", f"{self.workdir}/master.sock", "-f"]
+        with open(self.workdir / "stderr.log", "w") as log:
+            self.procs = [
+                subprocess.Popen([*argv, str(conf)], stdout=log, stderr=subprocess.STDOUT)
+            ]
+
+    def prepare_add(self, tenants: list[str]) -> None:
+        self._write(tenants)
+
+    def trigger_add(self) -> None:
+        self.procs[0].send_signal(signal.SIGUSR2)
+
+    def version(self) -> str:
+        out = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout
+        return out.splitlines()[0] if out else ""
+
+
+def _spawn_quiet(argv: list[str]) -> subprocess.Popen:
+    # stderr stays the harness's, so an instance that cannot start says why
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+class NginxPerNetns(Contender):
+    """One nginx (master + 1 worker) per tenant, started with ``ip netns exec``, reaching the
+    backend over the tenant's veth."""
+
+    name = "nginx"
+    add_method = "start one more instance in the new namespace"
+
+    def available(self) -> str | None:
+        return None if shutil.which("nginx") else "nginx is not installed"
+
+    def _configure(self, tenant: str) -> list[str]:
+        wd = self.workdir / tenant
+        wd.mkdir(exist_ok=True)
+        conf = wd / "nginx.conf"
+        conf.write_text(
+            f"""worker_processes 1;
+daemon off;
+pid {wd}/nginx.pid;
+error_log {wd}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  {_nginx_temp_paths(wd)}
+  access_log off;
+  keepalive_requests 10000000;
+  upstream backend {{
+    server {topo.BRIDGE_ADDR}:{topo.BACKEND_PORT};
+    keepalive 64;
+    keepalive_requests 10000000;
+  }}
+  server {{
+    listen {topo.LISTEN_ADDR}:{topo.HTTP_PORT};
+    listen {topo.LISTEN_ADDR}:{topo.HTTPS_PORT} ssl;
+    ssl_certificate {self.cert};
+    ssl_certificate_key {self.key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Nsproxy-Tenant {tenant};
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+    }}
+  }}
+}}
+"""
+        )
+        return [*_pin(self.cpu), "ip", "netns", "exec", tenant, "nginx", "-c", str(conf)]
+
+    def start(self, tenants: list[str]) -> None:
+        commands = [self._configure(t) for t in tenants]
+        self.procs = [_spawn_quiet(argv) for argv in commands]
+
+    def prepare_add(self, tenants: list[str]) -> None:
+        self._pending = self._configure(tenants[-1])
+
+    def trigger_add(self) -> None:
+        self.procs.append(_spawn_quiet(self._pending))
+
+    def log_tail(self) -> str:
+        for p in self.procs:
+            if p.poll() is not None:
+                logs = sorted(self.workdir.glob("*/error.log"))
+                return "; ".join(x.read_text()[-300:].strip() for x in logs[:3])
+        return ""
+
+    def version(self) -> str:
+        return subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+
+
+class Nsproxy(Contender):
+    """This project's daemon, one process, at its default settings (access log off, as for the
+    others)."""
+
+    name = "nsproxy"
+    add_method = "config reload (SIGHUP)"
+
+    def available(self) -> str | None:
+        if not NSPROXY.exists():
+            return f"{NSPROXY} is missing: run scripts/bootstrap.sh once src/nsproxy exists"
+        return None
+
+    def _write(self, tenants: list[str]) -> Path:
+        cert, key = str(self.cert), str(self.key)
+        config = {
+            "instance": "bench",
+            "admin_socket": str(self.workdir / "admin.sock"),
+            "access_log": None,
+            "tenants": [
+                {
+                    "name": t,
+                    "netns": t,
+                    "listeners": [
+                        {"listen": f"{topo.LISTEN_ADDR}:{topo.HTTP_PORT}", "protocol": "http"},
+                        {
+                            "listen": f"{topo.LISTEN_ADDR}:{topo.HTTPS_PORT}",
+                            "protocol": "https",
+                            "tls": {"certificates": [{"cert": cert, "key": key}]},
+                        },
+                    ],
+                    "routes": [{"host": "*", "path_prefix": "/", "upstream": "backend"}],
+                    "upstreams": {
+                        "backend": {"netns": None, "servers": [f"127.0.0.1:{topo.BACKEND_PORT}"]}
+                    },
+                }
+                for t in tenants
+            ],
+        }
+        conf = self.workdir / "nsproxy.json"
+        tmp = self.workdir / "nsproxy.json.tmp"
+        tmp.write_text(json.dumps(config, indent=1))
+        check = subprocess.run([str(NSPROXY), "check", str(tmp)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise ContenderError(f"nsproxy check refused the config: {check.stdout}{check.stderr}")
+        os.replace(tmp, conf)
+        return conf
+
+    def start(self, tenants: list[str]) -> None:
+        conf = self._write(tenants)
+        argv = [*_pin(self.cpu), str(NSPROXY), "run", "--config", str(conf)]
+        with open(self.workdir / "stderr.log", "w") as log:
+            self.procs = [subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)]
+
+    def prepare_add(self, tenants: list[str]) -> None:
+        self._write(tenants)
+
+    def trigger_add(self) -> None:
+        self.procs[0].send_signal(signal.SIGHUP)
+
+    def version(self) -> str:
+        from importlib import metadata
+
+        try:
+            return f"nsproxy {metadata.version('nsproxy')}"
+        except metadata.PackageNotFoundError:
+            return "nsproxy (not installed)"
+
+
+ALL = {c.name: c for c in (Nsproxy, HAProxy, NginxPerNetns, Direct)}

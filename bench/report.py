@@ -1,0 +1,423 @@
+"""Summaries, nsproxy's targets, the stdout table and the PNG charts of a benchmark run."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+MIB = 1024.0  # /proc reports kB (KiB); charts and targets use MiB
+
+# Targets of the daemon issue, checked on every run. kB and MB are read as KiB and MiB.
+TARGET_RSS_1000_MIB = 32
+TARGET_RSS_PER_TENANT_KB = 2
+TARGET_LISTEN_1000_S = 1.0
+TARGET_REQ_PER_CPU_VS_HAPROXY = 0.7
+TARGET_ADD_MS = 50
+TARGET_N = 1000
+
+LABELS = {
+    "listen_all_s": ("all listeners accept", "s"),
+    "listen_http_s": ("all :80 listeners accept", "s"),
+    "idle_rss_kb": ("idle RSS (sum)", "MiB"),
+    "idle_pss_kb": ("idle PSS (sum)", "MiB"),
+    "load_rss_kb": ("RSS under load", "MiB"),
+    "processes": ("processes", ""),
+    "http_rps": ("HTTP req/s", ""),
+    "http_req_per_cpu_s": ("HTTP req/proxy-CPU-s", ""),
+    "http_p50_ms": ("HTTP p50", "ms"),
+    "http_p99_ms": ("HTTP p99", "ms"),
+    "http_failed": ("HTTP failed req", ""),
+    "https_rps": ("TLS req/s", ""),
+    "https_req_per_cpu_s": ("TLS req/proxy-CPU-s", ""),
+    "https_p50_ms": ("TLS p50", "ms"),
+    "https_p99_ms": ("TLS p99", "ms"),
+    "https_failed": ("TLS failed req", ""),
+    "add_tenant_ms": ("add one tenant", "ms"),
+    "add_failed_requests": ("failed req during add", ""),
+}
+COLORS = {"nsproxy": "tab:blue", "haproxy": "tab:orange", "nginx": "tab:green", "direct": "black"}
+
+
+def summarise(samples: list[dict], fields: list[str]) -> dict:
+    """Median, min, max and spread of every field present (as a number) in all samples."""
+    out = {}
+    for f in fields:
+        values = [s[f] for s in samples if isinstance(s.get(f), (int, float))]
+        if not values or len(values) != len(samples):
+            continue
+        med = statistics.median(values)
+        out[f] = {
+            "median": med,
+            "min": min(values),
+            "max": max(values),
+            "spread_pct": round(100 * (max(values) - min(values)) / med, 1) if med else 0.0,
+            "n": len(values),
+        }
+    return out
+
+
+def one_line(sample: dict) -> str:
+    parts = []
+    if "idle_rss_kb" in sample:
+        parts.append(f"rss {sample['idle_rss_kb'] / MIB:.1f} MiB")
+        parts.append(f"up {sample['listen_all_s']:.2f} s")
+    parts.append(f"http {sample['http_rps']:.0f}/s")
+    if sample.get("http_req_per_cpu_s"):
+        parts.append(f"{sample['http_req_per_cpu_s']:.0f}/cpu-s")
+    parts.append(f"p99 {sample['http_p99_ms']:.2f} ms")
+    parts.append(f"tls {sample['https_rps']:.0f}/s")
+    if "add_tenant_ms" in sample:
+        parts.append(
+            f"add {sample['add_tenant_ms']:.0f} ms ({sample['add_failed_requests']} failed)"
+        )
+    return ", ".join(parts)
+
+
+def _median(points: list[dict], contender: str, n: int, field: str):
+    for p in points:
+        if p["contender"] == contender and p["tenants"] == n and p["status"] == "ok":
+            s = p.get("summary", {}).get(field)
+            return s["median"] if s else None
+    return None
+
+
+def _max(points: list[dict], contender: str, n: int, field: str):
+    for p in points:
+        if p["contender"] == contender and p["tenants"] == n and p["status"] == "ok":
+            s = p.get("summary", {}).get(field)
+            return s["max"] if s else None
+    return None
+
+
+def _verdict(target: str, met, value: str, note: str = "") -> dict:
+    status = {True: "MET", False: "MISSED", None: "NOT MEASURED"}[met]
+    return {"target": target, "status": status, "met": met, "value": value, "note": note}
+
+
+def evaluate_targets(points: list[dict]) -> list[dict]:
+    """nsproxy's targets from the daemon issue, judged on this run's medians."""
+    counts = sorted({p["tenants"] for p in points if p["contender"] == "nsproxy"})
+    ok = [n for n in counts if _median(points, "nsproxy", n, "http_rps") is not None]
+    at = TARGET_N if TARGET_N in ok else None
+    missing = f"nsproxy was not measured at {TARGET_N} tenants in this run" + (
+        f" (measured: {', '.join(map(str, ok))})" if ok else ""
+    )
+    out = []
+
+    rss = _median(points, "nsproxy", at, "idle_rss_kb") if at else None
+    out.append(
+        _verdict(
+            f"idle RSS at {TARGET_N} tenants <= {TARGET_RSS_1000_MIB} MiB",
+            None if rss is None else rss / MIB <= TARGET_RSS_1000_MIB,
+            "-" if rss is None else f"{rss / MIB:.1f} MiB",
+            "" if rss is not None else missing,
+        )
+    )
+
+    if len(ok) >= 2:
+        lo, hi = ok[-2], ok[-1]
+        slope = (
+            _median(points, "nsproxy", hi, "idle_rss_kb")
+            - _median(points, "nsproxy", lo, "idle_rss_kb")
+        ) / (hi - lo)
+        out.append(
+            _verdict(
+                f"idle RSS per added tenant <= {TARGET_RSS_PER_TENANT_KB} kB",
+                slope <= TARGET_RSS_PER_TENANT_KB,
+                f"{slope:.2f} kB/tenant",
+                f"slope of the medians between {lo} and {hi} tenants"
+                + ("" if hi == TARGET_N else f"; not at {TARGET_N}"),
+            )
+        )
+    else:
+        out.append(
+            _verdict(
+                f"idle RSS per added tenant <= {TARGET_RSS_PER_TENANT_KB} kB",
+                None,
+                "-",
+                "needs nsproxy measured at two tenant counts",
+            )
+        )
+
+    up = _median(points, "nsproxy", at, "listen_all_s") if at else None
+    up_http = _median(points, "nsproxy", at, "listen_http_s") if at else None
+    out.append(
+        _verdict(
+            f"all {TARGET_N} tenants' listeners accept in < {TARGET_LISTEN_1000_S} s",
+            None if up is None else up < TARGET_LISTEN_1000_S,
+            "-" if up is None else f"{up:.3f} s",
+            missing
+            if up is None
+            else f"counts both :80 and :443 of every tenant ({2 * TARGET_N} sockets); "
+            f":80 alone: {up_http:.3f} s",
+        )
+    )
+
+    ratios, detail = [], []
+    for n in ok:
+        mine = _median(points, "nsproxy", n, "http_req_per_cpu_s")
+        theirs = _median(points, "haproxy", n, "http_req_per_cpu_s")
+        if mine and theirs:
+            ratios.append(mine / theirs)
+            detail.append(f"N={n}: {mine:.0f} vs {theirs:.0f} ({mine / theirs:.2f}x)")
+    out.append(
+        _verdict(
+            f"plain-HTTP req per proxy CPU-second >= {TARGET_REQ_PER_CPU_VS_HAPROXY}x HAProxy's",
+            None if not ratios else min(ratios) >= TARGET_REQ_PER_CPU_VS_HAPROXY,
+            "-" if not ratios else f"{min(ratios):.2f}x (worst N)",
+            "; ".join(detail) if detail else "needs nsproxy and haproxy in the same run",
+        )
+    )
+
+    add = _median(points, "nsproxy", at, "add_tenant_ms") if at else None
+    worst = _max(points, "nsproxy", at, "add_tenant_ms") if at else None
+    out.append(
+        _verdict(
+            f"adding one tenant to {TARGET_N} takes < {TARGET_ADD_MS} ms",
+            None if add is None else add < TARGET_ADD_MS,
+            "-" if add is None else f"{add:.1f} ms",
+            missing
+            if add is None
+            else f"signal sent -> new tenant's :80 and :443 accept; worst run {worst:.1f} ms",
+        )
+    )
+
+    failed = [
+        (n, _max(points, "nsproxy", n, "add_failed_requests"))
+        for n in ok
+        if _max(points, "nsproxy", n, "add_failed_requests") is not None
+    ]
+    out.append(
+        _verdict(
+            "no failed request on a kept tenant while a tenant is added",
+            None if not failed else all(f == 0 for _, f in failed),
+            "-" if not failed else f"{max(f for _, f in failed)} failed (worst run)",
+            "; ".join(f"N={n}: worst {f}" for n, f in failed),
+        )
+    )
+    return out
+
+
+RATIO_FIELDS = [
+    "idle_rss_kb",
+    "listen_all_s",
+    "http_rps",
+    "http_req_per_cpu_s",
+    "http_p50_ms",
+    "http_p99_ms",
+    "https_rps",
+    "https_req_per_cpu_s",
+    "https_p99_ms",
+    "add_tenant_ms",
+]
+
+
+def ratios(points: list[dict]) -> list[dict]:
+    """Every contender's medians divided by HAProxy's and by the direct path's, per N."""
+    out = []
+    for p in points:
+        if p["status"] != "ok":
+            continue
+        for ref in ("haproxy", "direct"):
+            if p["contender"] == ref:
+                continue
+            row = {"tenants": p["tenants"], "contender": p["contender"], "vs": ref}
+            for f in RATIO_FIELDS:
+                a = _median(points, p["contender"], p["tenants"], f)
+                b = _median(points, ref, p["tenants"], f)
+                if a is not None and b:
+                    row[f] = round(a / b, 3)
+            if len(row) > 3:
+                out.append(row)
+    return out
+
+
+def _cell(summary: dict, field: str) -> str:
+    s = summary.get(field)
+    if not s:
+        return "-"
+    scale = MIB if field.endswith("_kb") else 1
+    if all(isinstance(s[k], int) for k in ("median", "min", "max")) and scale == 1:
+        if s["min"] == s["max"]:
+            return str(s["median"])
+        return f"{s['median']} ({s['min']}-{s['max']})"
+    med = s["median"] / scale
+    text = f"{med:.1f}" if abs(med) < 100 else f"{med:.0f}"
+    if field.endswith("_ms") or field.endswith("_s"):
+        text = f"{med:.3g}" if med < 10 else f"{med:.0f}"
+    if s["n"] > 1 and s["median"]:
+        text += f" ±{s['spread_pct'] / 2:.0f}%"
+    return text
+
+
+def table(result: dict) -> str:
+    """Contenders as columns, one block per tenant count; cells are 'median ±half-spread%'."""
+    points = result["points"]
+    names = result["parameters"]["contenders"]
+    lines = []
+    width = 20
+    for n in result["parameters"]["tenant_counts"]:
+        row_points = {p["contender"]: p for p in points if p["tenants"] == n}
+        lines.append("")
+        lines.append(f"N = {n} tenants".ljust(28) + "".join(c.rjust(width) for c in names))
+        for field, (label, unit) in LABELS.items():
+            if field == "listen_http_s":
+                continue
+            cells = []
+            for c in names:
+                p = row_points.get(c)
+                if p is None:
+                    cells.append("")
+                elif p["status"] != "ok":
+                    cells.append(p["status"])
+                elif field in p.get("not_applicable", []):
+                    cells.append("n/a")
+                else:
+                    cells.append(_cell(p.get("summary", {}), field))
+            name = f"{label} ({unit})" if unit else label
+            lines.append(name.ljust(28) + "".join(x.rjust(width) for x in cells))
+        for p in row_points.values():
+            if p["status"] != "ok":
+                lines.append(f"  {p['contender']}: {p['status']}: {p['reason']}")
+    lines.append("")
+    lines.append("nsproxy targets (issue 3), judged on this run's medians:")
+    for t in result["targets"]:
+        note = f"  [{t['note']}]" if t["note"] else ""
+        lines.append(f"  {t['status']:<13} {t['target']}: {t['value']}{note}")
+    m = result["machine"]
+    lines.append("")
+    lines.append(
+        f"machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, kernel "
+        f"{m['kernel']}; proxies on CPU {result['parameters']['proxy_cpu']}, wrk+backend on CPU "
+        f"{result['parameters']['load_cpu']}; {result['parameters']['repeat']} repetition(s) of "
+        f"{result['parameters']['duration_s']} s"
+    )
+    return "\n".join(lines)
+
+
+# -- charts --------------------------------------------------------------------------------
+def _series(points: list[dict], contender: str, field: str, scale: float = 1.0):
+    xs, ys, lo, hi = [], [], [], []
+    for p in sorted(points, key=lambda p: p["tenants"]):
+        if p["contender"] != contender or p["status"] != "ok":
+            continue
+        s = p.get("summary", {}).get(field)
+        if not s:
+            continue
+        xs.append(p["tenants"])
+        ys.append(s["median"] / scale)
+        lo.append((s["median"] - s["min"]) / scale)
+        hi.append((s["max"] - s["median"]) / scale)
+    return xs, ys, [lo, hi]
+
+
+def _plot(ax, points, contenders, field, scale=1.0, style="-", label_suffix=""):
+    for c in contenders:
+        xs, ys, err = _series(points, c, field, scale)
+        if xs:
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=err,
+                fmt=style + "o",
+                color=COLORS.get(c),
+                capsize=3,
+                label=c + label_suffix,
+            )
+
+
+def charts(result: dict, out: Path, stamp: str) -> list[Path]:
+    """Write the PNG charts; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = result["points"]
+    names = result["parameters"]["contenders"]
+    proxies = [c for c in names if c != "direct"]
+    counts = result["parameters"]["tenant_counts"]
+    m = result["machine"]
+    footer = (
+        f"{m['cpu_model']}, {m['cpus']} CPUs, kernel {m['kernel']}; medians of "
+        f"{result['parameters']['repeat']} run(s), bars = min..max; {stamp}"
+    )
+    paths = []
+
+    def finish(fig, name):
+        fig.text(0.5, 0.005, footer, ha="center", va="bottom", fontsize=7, color="gray")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        path = out / f"{stamp}-{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+
+    def axes_style(ax, title, ylabel, logy=False):
+        ax.set_title(title)
+        ax.set_xlabel("tenants")
+        ax.set_ylabel(ylabel)
+        ax.set_xscale("log")
+        ax.set_xticks(counts, [str(c) for c in counts])
+        ax.minorticks_off() if not logy else None
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+
+    # memory
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _plot(ax, points, proxies, "idle_rss_kb", MIB, "-", " idle")
+    _plot(ax, points, proxies, "load_rss_kb", MIB, ":", " under load")
+    ax.axhline(TARGET_RSS_1000_MIB, color="tab:red", lw=0.8, ls="--")
+    ax.text(
+        counts[0], TARGET_RSS_1000_MIB * 1.05, "nsproxy target at 1000", color="tab:red", fontsize=8
+    )
+    axes_style(ax, "Resident memory, summed over the proxy's processes", "MiB (log)", logy=True)
+    finish(fig, "rss")
+
+    # throughput and efficiency
+    fig, axs = plt.subplots(2, 2, figsize=(10, 7.5))
+    for col, v, title in ((0, "http", "plain HTTP"), (1, "https", "TLS")):
+        _plot(axs[0][col], points, names, f"{v}_rps")
+        axes_style(axs[0][col], f"{title}: requests/s (wrk in t0, keep-alive)", "req/s")
+        axs[0][col].set_ylim(0, axs[0][col].get_ylim()[1] * 1.08)
+        _plot(axs[1][col], points, proxies, f"{v}_req_per_cpu_s")
+        if v == "http":
+            xs, ys, _ = _series(points, "haproxy", "http_req_per_cpu_s")
+            if xs:
+                axs[1][col].plot(
+                    xs,
+                    [y * TARGET_REQ_PER_CPU_VS_HAPROXY for y in ys],
+                    "--_",
+                    color="tab:red",
+                    lw=0.8,
+                    markersize=16,
+                    label="nsproxy target (0.7x haproxy)",
+                )
+        axes_style(axs[1][col], f"{title}: requests per proxy CPU-second", "req / CPU-s")
+        axs[1][col].set_ylim(0, axs[1][col].get_ylim()[1] * 1.08)
+    finish(fig, "req-per-cpu")
+
+    # latency
+    fig, axs = plt.subplots(1, 2, figsize=(10, 4.5))
+    for col, v, title in ((0, "http", "plain HTTP"), (1, "https", "TLS")):
+        _plot(axs[col], points, names, f"{v}_p50_ms", 1.0, "-", " p50")
+        _plot(axs[col], points, names, f"{v}_p99_ms", 1.0, ":", " p99")
+        axes_style(
+            axs[col],
+            f"{title} latency, {result['parameters']['connections']} connections",
+            "ms (log)",
+            logy=True,
+        )
+    finish(fig, "latency")
+
+    # start-up and growth
+    fig, axs = plt.subplots(1, 2, figsize=(10, 4.5))
+    _plot(axs[0], points, proxies, "listen_all_s")
+    axs[0].plot([TARGET_N], [TARGET_LISTEN_1000_S], "rx", label="nsproxy target")
+    axes_style(axs[0], "Start: all listeners accept", "s (log)", logy=True)
+    _plot(axs[1], points, proxies, "add_tenant_ms")
+    axs[1].plot([TARGET_N], [TARGET_ADD_MS], "rx", label="nsproxy target")
+    axes_style(axs[1], "Add one tenant to a running instance", "ms (log)", logy=True)
+    finish(fig, "start-add")
+    return paths

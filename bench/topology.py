@@ -1,0 +1,82 @@
+"""The benchmark's network: N tenant namespaces with one identical listen address each, and a
+veth per tenant into a host bridge so that per-namespace proxies (nginx) reach the backend.
+
+Runs inside the throwaway sandbox only (its "host" namespace is the sandbox's own).
+
+    host (sandbox root netns)            tenant tI (I = 0..N)
+    lo 127.0.0.1  <- backend :8080/:8443  lo 127.0.0.1, 10.0.0.250/32  <- proxy listeners
+    br-bench 172.16.0.1/16 --- vhI  ==== eth0 172.16.x.y/16, default via 172.16.0.1
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from bench.netns import Namespaces
+
+LISTEN_ADDR = "10.0.0.250"
+HTTP_PORT = 80
+HTTPS_PORT = 443
+BRIDGE = "br-bench"
+BRIDGE_ADDR = "172.16.0.1"
+BACKEND_PORT = 8080
+BACKEND_TLS_PORT = 8443
+
+
+def tenant_name(index: int) -> str:
+    return f"t{index}"
+
+
+def tenant_veth_addr(index: int) -> str:
+    n = index + 2
+    return f"172.16.{n // 256}.{n % 256}"
+
+
+def _ip_batch(lines: list[str], netns: str | None = None) -> None:
+    argv = ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
+    proc = subprocess.run(argv, input="\n".join(lines) + "\n", capture_output=True, text=True)
+    if proc.returncode != 0:
+        where = f" in namespace {netns}" if netns else ""
+        raise RuntimeError(f"ip -batch failed{where}: {proc.stderr.strip()}")
+
+
+def _write_sysctl(key: str, value: str) -> None:
+    with open(f"/proc/sys/{key}", "w") as f:
+        f.write(value)
+
+
+def build(count: int, namespaces: Namespaces) -> list[str]:
+    """Create tenants t0..t{count-1}; return their names. IPv6 is off to keep the veths quiet."""
+    names = [tenant_name(i) for i in range(count)]
+    _write_sysctl("net/ipv6/conf/default/disable_ipv6", "1")
+    _ip_batch(
+        [
+            f"link add {BRIDGE} type bridge",
+            f"addr add {BRIDGE_ADDR}/16 dev {BRIDGE}",
+            f"link set {BRIDGE} up",
+        ]
+    )
+    _ip_batch([f"netns add {name}" for name in names])
+    for name in names:
+        namespaces.write_sysctl(name, "net/ipv6/conf/default/disable_ipv6", "1")
+        namespaces.write_sysctl(name, "net/ipv6/conf/all/disable_ipv6", "1")
+    host_side = []
+    for i, name in enumerate(names):
+        host_side += [
+            f"link add vh{i} type veth peer name eth0 netns {name}",
+            f"link set vh{i} master {BRIDGE}",
+            f"link set vh{i} up",
+        ]
+    _ip_batch(host_side)
+    for i, name in enumerate(names):
+        _ip_batch(
+            [
+                "link set lo up",
+                f"addr add {LISTEN_ADDR}/32 dev lo",
+                f"addr add {tenant_veth_addr(i)}/16 dev eth0",
+                "link set eth0 up",
+                f"route add default via {BRIDGE_ADDR}",
+            ],
+            netns=name,
+        )
+    return names
