@@ -146,7 +146,7 @@ class SystemdManager:
 
 
 def _proc_start_time(pid: int):
-    """Start time of pid in clock ticks (field 22 of /proc/PID/stat), None if gone."""
+    """Start time of pid in clock ticks (field 22 of /proc/PID/stat), None if it exited."""
     try:
         with open(f"/proc/{pid}/stat") as handle:
             stat = handle.read()
@@ -154,6 +154,8 @@ def _proc_start_time(pid: int):
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):  # exited, waiting to be reaped: gone for our purpose
+        return None
     return int(fields[19])
 
 

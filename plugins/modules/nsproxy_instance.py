@@ -42,10 +42,12 @@ options:
         the config changed).
       - V(stopped) writes the config when O(tenants) is given and stops the instance.
       - V(reloaded) writes the config and always reloads (starts when stopped).
+      - V(restarted) writes the config and always restarts the process (after a daemon upgrade;
+        a config change alone never needs it).
       - V(absent) stops the instance and removes its config file (and, supervised, its pid and
         log files); under systemd it also disables the unit instance.
     type: str
-    choices: [present, absent, started, stopped, reloaded]
+    choices: [present, absent, started, stopped, reloaded, restarted]
     default: started
   tenants:
     description:
@@ -274,7 +276,7 @@ ARGUMENT_SPEC = dict(
     state=dict(
         type="str",
         default="started",
-        choices=["present", "absent", "started", "stopped", "reloaded"],
+        choices=["present", "absent", "started", "stopped", "reloaded", "restarted"],
     ),
     tenants=dict(type="list", elements="dict"),
     metrics=dict(type="dict", options=dict(listen=dict(type="str", required=True))),
@@ -330,10 +332,10 @@ def plan_actions(state, exists, running, content_changed, attrs_changed, runtime
             actions.append("stop")
         return actions
     if not running:
-        if state in ("started", "reloaded"):
+        if state in ("started", "reloaded", "restarted"):
             actions.append("start")
         return actions
-    if runtime in ("socket_moved", "unreachable"):
+    if state == "restarted" or runtime in ("socket_moved", "unreachable"):
         actions.append("restart")
     elif content_changed or runtime == "stale" or state == "reloaded":
         actions.append("reload")

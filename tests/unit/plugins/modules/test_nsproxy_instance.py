@@ -202,6 +202,9 @@ plan = nsproxy_instance.plan_actions
         (("stopped", True, False, False, False, None), []),
         (("reloaded", True, True, False, False, "current"), ["reload"]),
         (("reloaded", True, False, False, False, None), ["start"]),
+        (("restarted", True, True, False, False, "current"), ["restart"]),
+        (("restarted", True, True, True, False, "stale"), ["write_config", "restart"]),
+        (("restarted", True, False, False, False, None), ["start"]),
         (("absent", True, True, False, False, "current"), ["stop", "remove_config"]),
         (("absent", False, False, False, False, None), []),
     ],
@@ -383,11 +386,21 @@ def _alive(pid):
         return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_supervisor_runs_the_process_and_stop_ends_both(tmp_path):
+@pytest.fixture
+def request_cleanup():
+    """Stops supervisors a failing test left running."""
+    managers = []
+    yield managers.append
+    for manager in managers:
+        manager.stop(timeout=10)
+
+
+def test_supervisor_runs_the_process_and_stop_ends_both(tmp_path, request_cleanup):
     manager = SupervisedManager(
         "demo", ["sleep", "300"], str(tmp_path / "run"), str(tmp_path / "log")
     )
     manager.start()
+    request_cleanup(manager)
     supervisor = read_pid_file(manager.pid_file)
     assert supervisor is not None and manager.running()
 
