@@ -117,7 +117,8 @@ class Direct(Contender):
 
 
 class Backend:
-    """nginx in the host namespace answering every request with a 3-byte body."""
+    """nginx in the host namespace answering every request with a tiny body: "ok <tenant>"
+    (the X-Nsproxy-Tenant header it received), so a check can see each proxy adds it."""
 
     def __init__(self, workdir: Path, cert: Path, key: Path, cpu: int | None):
         self.workdir = workdir / "backend"
@@ -146,7 +147,7 @@ http {{
     listen 127.0.0.1:{topo.BACKEND_TLS_PORT} ssl;
     ssl_certificate {self.cert};
     ssl_certificate_key {self.key};
-    location / {{ return 200 "ok\\n"; }}
+    location / {{ return 200 "ok $http_x_nsproxy_tenant\\n"; }}
   }}
 }}
 """

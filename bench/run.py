@@ -222,6 +222,7 @@ class Harness:
             sample["idle_rss_kb"] = measure.rss_kb(pids)
             sample["idle_pss_kb"] = measure.pss_kb(pids)
             sample["processes"] = len(pids)
+        self.check_answers(contender, tenants)
         peak = 0
         for tls in (False, True):
             fields, rss = self.load(contender, tls, args.duration)
@@ -232,6 +233,24 @@ class Harness:
             sample["load_rss_kb"] = peak
             self.add_tenant(contender, tenants + [extra], sample)
         return sample
+
+    def check_answers(self, contender: Contender, tenants: list[str]) -> None:
+        """Before timing anything: the first and last tenant get the backend's answer, with
+        their own tenant name forwarded (HTTP and TLS)."""
+        probes = sorted({tenants[0], tenants[-1]}) if contender.is_proxy else [None]
+        for tenant in probes:
+            for tls in (False, True):
+                netns, url = contender.target(tls, tenant or self.tenants[0])
+                argv = ["curl", "-sS", "-k", "--max-time", "10", url]
+                if netns:
+                    argv = ["ip", "netns", "exec", netns, *argv]
+                got = subprocess.run(argv, capture_output=True, text=True)
+                want = f"ok {tenant or ''}".strip()
+                if got.returncode != 0 or got.stdout.strip() != want:
+                    raise ContenderError(
+                        f"{contender.name}: {url} from {netns or 'host'} answered "
+                        f"{(got.stdout + got.stderr).strip()[:300]!r}, expected {want!r}"
+                    )
 
     def add_tenant(self, contender: Contender, grown: list[str], sample: dict) -> None:
         """Grow the running contender by one tenant while t0 is under load."""

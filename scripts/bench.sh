@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The benchmark in one command: nsproxy against HAProxy, nginx-per-namespace and the direct path
+# at 10, 100 and 1000 tenants, inside a throwaway sandbox. Arguments go to bench/run.py
+# (see bench/README.md), e.g.  scripts/bench.sh --tenants 10,100 --repeat 3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+exec .venv/bin/python bench/run.py "$@"
