@@ -7,8 +7,10 @@ Paths with special behaviour:
   /chunked?n=N&size=S   N chunks of S bytes each, Transfer-Encoding: chunked
   /close-delimited      a body without length, ended by closing the connection
   /ws                   WebSocket handshake, then echoes every frame back (unmasked)
+  ?delay=S              answer after S seconds; ?status=N answers with status N
+With $ECHO_LOG set, every request line is appended to that file.
 Anything else: 200 with a JSON document {"server", "method", "path", "headers", "body_len",
-"body_sha256"}; the request body is read whatever its framing (Content-Length or chunked).
+"body_sha256", "peer"}; the request body is read whatever its framing (Content-Length or chunked).
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import base64
 import hashlib
 import http.server
 import json
+import os
 import socketserver
 import struct
 import sys
 import threading
+import time
 import urllib.parse
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -57,6 +61,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 "headers": [[k, v] for k, v in self.headers.items()],
                 "body_len": len(body),
                 "body_sha256": hashlib.sha256(body).hexdigest(),
+                "peer": list(self.client_address),
             }
         ).encode()
 
@@ -66,6 +71,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if url.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
             return self._websocket()
         body = self._read_body()
+        if os.environ.get("ECHO_LOG"):
+            with open(os.environ["ECHO_LOG"], "a") as f:
+                f.write(f"{self.server.label} {self.command} {self.path}\n")
+        if "delay" in query:
+            time.sleep(float(query["delay"]))
         if url.path == "/chunked":
             n, size = int(query.get("n", 3)), int(query.get("size", 10))
             self.send_response(200)
