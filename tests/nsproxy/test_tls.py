@@ -1,0 +1,263 @@
+"""HTTPS listeners of the real daemon: two tenants on the same address, each with its own
+certificates chosen by SNI, checked with openssl s_client and curl run inside the tenants'
+namespaces; TLS older than 1.2 refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+from conftest import ADDR, headers_of
+
+OLD_TLS_ENV = {**os.environ, "OPENSSL_CONF": "/dev/null"}  # no system MinProtocol/SECLEVEL
+
+
+def make_cert(folder, name: str, *dns: str) -> dict:
+    """A self-signed certificate (its own CA) with the given DNS SANs, made by openssl."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    san = ",".join(f"DNS:{d}" for d in dns)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={dns[0]}",
+            "-addext",
+            f"subjectAltName={san}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return {"cert": str(cert), "key": str(key)}
+
+
+def https_tenant(name, certificates, port=443, min_version=None, upstream="127.0.0.1:18080"):
+    tls = {"certificates": certificates}
+    if min_version:
+        tls["min_version"] = min_version
+    return {
+        "name": name,
+        "netns": name,
+        "listeners": [{"listen": f"{ADDR}:{port}", "protocol": "https", "tls": tls}],
+        "routes": [{"host": "*", "path_prefix": "/", "upstream": "app"}],
+        "upstreams": {"app": {"netns": None, "servers": [upstream]}},
+    }
+
+
+@pytest.fixture
+def two_tenants(proxy, tmp_path):
+    """t1 and t2 on 10.0.0.250:443, each with two certificates; the echo upstream on the host."""
+    certs = {
+        "t1": make_cert(tmp_path, "t1", "t1.example", "*.t1.example"),
+        "t1-api": make_cert(tmp_path, "t1-api", "api.shared.example"),
+        "t2": make_cert(tmp_path, "t2", "t2.example"),
+        "t2-api": make_cert(tmp_path, "t2-api", "api.shared.example", "*.t2.example"),
+    }
+    proxy.add_netns("t1", "t2")
+    proxy.start_echo("echo", "127.0.0.1:18080")
+    tenants = [
+        https_tenant("t1", [certs["t1"], certs["t1-api"]]),
+        https_tenant("t2", [certs["t2"], certs["t2-api"]]),
+    ]
+    tenants[1]["listeners"].append(
+        {
+            "listen": f"{ADDR}:8443",
+            "protocol": "https",
+            "tls": {"certificates": [certs["t2"]], "min_version": "1.3"},
+        }
+    )
+    proxy.write_config(tenants, timeouts={"drain": 1})
+    proxy.start()
+    return proxy, certs
+
+
+def s_client(proxy, netns, *args, port=443, env=None):
+    return proxy.sb.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "openssl",
+            "s_client",
+            "-connect",
+            f"{ADDR}:{port}",
+            "-verify_return_error",
+            *args,
+        ],
+        check=False,
+        input="",
+        env=env,
+        timeout=60,
+    )
+
+
+def curl_https(proxy, netns, host, cafile, path="/"):
+    return proxy.curl(
+        netns, "--resolve", f"{host}:443:{ADDR}", "--cacert", cafile, f"https://{host}{path}"
+    )
+
+
+SNI_CASES = [  # (tenant, SNI sent, certificate expected, its CN)
+    ("t1", "t1.example", "t1", "t1.example"),
+    ("t1", "www.t1.example", "t1", "t1.example"),
+    ("t1", "api.shared.example", "t1-api", "api.shared.example"),
+    ("t2", "t2.example", "t2", "t2.example"),
+    ("t2", "api.shared.example", "t2-api", "api.shared.example"),  # same name, its own cert
+    ("t2", "shop.t2.example", "t2-api", "api.shared.example"),
+]
+
+
+def handshake_failed(out) -> bool:
+    """s_client finished without a session: no cipher was ever agreed."""
+    return out.returncode != 0 and "Cipher is (NONE)" in out.stdout
+
+
+def test_each_tenant_serves_its_own_certificates_by_sni_on_the_same_address(two_tenants):
+    proxy, certs = two_tenants
+    for netns, sni, cert, common_name in SNI_CASES:
+        out = s_client(
+            proxy,
+            netns,
+            "-servername",
+            sni,
+            "-CAfile",
+            certs[cert]["cert"],
+            "-verify_hostname",
+            sni,
+        )
+        assert out.returncode == 0, (netns, sni, out.stdout + out.stderr)
+        assert "Verify return code: 0 (ok)" in out.stdout
+        assert f"subject=CN = {common_name}" in out.stdout
+        assert "TLSv1.3" in out.stdout
+    # A name no certificate has, or no SNI at all: the tenant's first certificate.
+    for netns in ("t1", "t2"):
+        for sni_args in (["-servername", "unknown.example"], ["-noservername"]):
+            out = s_client(proxy, netns, *sni_args, "-CAfile", certs[netns]["cert"])
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert f"subject=CN = {netns}.example" in out.stdout
+    # t1 has no certificate for t2's names: it answers with its own, which curl refuses.
+    out = curl_https(proxy, "t1", "t2.example", certs["t2"]["cert"])
+    assert out.returncode == 60, out.stderr  # CURLE_PEER_FAILED_VERIFICATION
+    out = curl_https(proxy, "t1", "api.shared.example", certs["t2-api"]["cert"])
+    assert out.returncode == 60, out.stderr
+
+
+def test_curl_reaches_the_upstream_over_https_and_sessions_resume(two_tenants):
+    proxy, certs = two_tenants
+    for netns, host, cert in (
+        ("t1", "www.t1.example", "t1"),
+        ("t2", "api.shared.example", "t2-api"),
+    ):
+        out = curl_https(proxy, netns, host, certs[cert]["cert"], "/hello")
+        assert out.returncode == 0, out.stderr + proxy.log()
+        doc = json.loads(out.stdout)
+        headers = headers_of(doc)
+        assert headers["x-nsproxy-tenant"] == [netns]
+        assert headers["x-forwarded-proto"] == ["https"]
+        assert headers["x-forwarded-host"] == [host]
+        assert doc["path"] == "/hello"
+    # Python's ssl client resumes its TLS 1.2 session from the ticket it was given.
+    code = r"""
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+session = None
+for attempt in range(2):
+    with socket.create_connection((sys.argv[2], 443)) as raw:
+        with ctx.wrap_socket(raw, server_hostname="www.t1.example", session=session) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: www.t1.example\r\nConnection: close\r\n\r\n")
+            while tls.recv(65536):
+                pass
+            print(attempt, tls.session_reused, tls.session.has_ticket)
+            session = tls.session
+"""
+    out = proxy.python("t1", code, certs["t1"]["cert"], ADDR, check=False)
+    assert out.stdout.split() == ["0", "False", "True", "1", "True", "True"], (
+        out.stdout + out.stderr
+    )
+
+
+def test_tls_older_than_1_2_is_refused_and_min_version_1_3_is_enforced(two_tenants):
+    proxy, certs = two_tenants
+    old = ["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]
+    # Control: the same client command completes TLS 1.1 with an s_server that allows it,
+    # so the refusal below is nsproxy's, not the client's.
+    server = proxy.sb.popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            "t1",
+            "openssl",
+            "s_server",
+            "-accept",
+            "127.0.0.1:9444",
+            "-cert",
+            certs["t1"]["cert"],
+            "-key",
+            certs["t1"]["key"],
+            "-tls1_1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+            "-naccept",
+            "1",
+            "-quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=OLD_TLS_ENV,
+    )
+    control = None
+    for _ in range(100):
+        control = proxy.sb.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                "t1",
+                "openssl",
+                "s_client",
+                "-connect",
+                "127.0.0.1:9444",
+                *old,
+            ],
+            check=False,
+            input="",
+            env=OLD_TLS_ENV,
+            timeout=60,
+        )
+        if "CONNECTED" in control.stdout:
+            break
+        time.sleep(0.1)
+    server.kill()
+    assert "Protocol  : TLSv1.1" in control.stdout, control.stdout + control.stderr
+    for netns in ("t1", "t2"):
+        out = s_client(proxy, netns, "-servername", f"{netns}.example", *old, env=OLD_TLS_ENV)
+        assert handshake_failed(out), out.stdout + out.stderr
+    # TLS 1.2 is served on the default listener, refused where min_version is 1.3.
+    ok = s_client(
+        proxy, "t2", "-servername", "t2.example", "-CAfile", certs["t2"]["cert"], "-tls1_2"
+    )
+    assert ok.returncode == 0 and "Protocol  : TLSv1.2" in ok.stdout, ok.stdout + ok.stderr
+    refused = s_client(proxy, "t2", "-servername", "t2.example", "-tls1_2", port=8443)
+    assert handshake_failed(refused), refused.stdout + refused.stderr
+    ok13 = s_client(
+        proxy, "t2", "-servername", "t2.example", "-CAfile", certs["t2"]["cert"], port=8443
+    )
+    assert ok13.returncode == 0 and "Protocol  : TLSv1.3" in ok13.stdout
