@@ -126,6 +126,8 @@ class ClientConnection(asyncio.Protocol):
         self.upgrade = None
         self.conn_tokens = None
         self.method = b""
+        self.version = "1.1"
+        self.keep_alive = True
         self.request_done = False
         self.response_started = False
         self.head_only = False
@@ -262,10 +264,13 @@ class ClientConnection(asyncio.Protocol):
             self._header(name, value)
 
     def on_headers_complete(self):
+        # The parser's getters describe the latest message parsed: read them now, not at replay.
+        p = self.parser
+        meta = (p.get_method(), p.get_http_version(), p.should_keep_alive(), p.should_upgrade())
         if self.backlog is not None:
-            self.backlog.append((self._headers_complete,))
+            self.backlog.append((self._headers_complete, meta))
         else:
-            self._headers_complete()
+            self._headers_complete(meta)
 
     def on_body(self, body):
         if self.backlog is not None:
@@ -304,13 +309,13 @@ class ClientConnection(asyncio.Protocol):
         if self.head_size > self.shared.limits["max_header_bytes"]:
             raise Reject(431, "request head larger than max_header_bytes")
 
-    def _headers_complete(self):
+    def _headers_complete(self, meta):
         shared = self.shared
         self.head_size += len(self.url)
         if self.head_size > shared.limits["max_header_bytes"]:
             raise Reject(431, "request head larger than max_header_bytes")
-        parser = self.parser
-        self.method = method = parser.get_method()
+        method, self.version, self.keep_alive, should_upgrade = meta
+        self.method = method
         if method == b"CONNECT":
             raise Reject(405, "CONNECT is not supported by a reverse proxy")
         out = []
@@ -346,7 +351,7 @@ class ClientConnection(asyncio.Protocol):
             nominated = set(self.conn_tokens) - {b"close", b"keep-alive", b"upgrade"}
             if nominated:
                 out = [h for h in out if h.split(b":", 1)[0].lower() not in nominated]
-        if not parser.should_upgrade():
+        if not should_upgrade:
             self.upgrade = None
         url = self.url
         if url[:1] != b"/":
@@ -360,7 +365,7 @@ class ClientConnection(asyncio.Protocol):
             elif not (url == b"*" and method == b"OPTIONS"):
                 raise Reject(400, "invalid request target")
         if host is None:
-            if parser.get_http_version() != "1.0":
+            if self.version != "1.0":
                 raise Reject(400, "missing Host header")
             host = b""
         self.host = host
@@ -396,7 +401,7 @@ class ClientConnection(asyncio.Protocol):
         head = b"".join(parts)
         self.state = BUSY
         self.since = shared.now
-        if self.expect and parser.get_http_version() == "1.1":
+        if self.expect and self.version == "1.1":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         conn = upstream.take_idle()
         self.t_sent = shared.loop_time()
@@ -425,7 +430,7 @@ class ClientConnection(asyncio.Protocol):
         self.request_done = True
         if self.chunked:
             self._to_upstream(b"0\r\n\r\n")
-        if not self.parser.should_keep_alive():
+        if not self.keep_alive:
             self.close_after = True
 
     def _to_upstream(self, data):
@@ -489,14 +494,14 @@ class ClientConnection(asyncio.Protocol):
             self.close_after = True
         no_body = self.method == b"HEAD" or status in (204, 304)
         if not no_body and upstream_cl is None:
-            if self.parser.get_http_version() == "1.1":
+            if self.version == "1.1":
                 self.chunk_out = True
                 out.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.close_after = True
         if self.close_after:
             out.append(b"Connection: close\r\n\r\n")
-        elif self.parser.get_http_version() == "1.0":
+        elif self.version == "1.0":
             out.append(b"Connection: keep-alive\r\n\r\n")
         else:
             out.append(b"\r\n")
@@ -707,6 +712,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.chunked = False
         self.cl = None
         self.interim = False
+        self.keep = False
         self.status = 0
         self.until_close = False
         self.done = False
@@ -800,14 +806,8 @@ class UpstreamConnection(asyncio.Protocol):
             and not (self.head_only)
         ):
             self.until_close = True
-        client.response_head(
-            status,
-            self.reason,
-            self.headers,
-            self.chunked,
-            self.cl,
-            self.parser.should_keep_alive(),
-        )
+        self.keep = self.parser.should_keep_alive()
+        client.response_head(status, self.reason, self.headers, self.chunked, self.cl, self.keep)
         if self.head_only and self.client is not None:
             # llhttp cannot be told that a HEAD response has no body: finish it here and
             # start a fresh parser for the next response on this connection.
@@ -828,7 +828,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.done = True
         client = self.client
         if client is not None:
-            client.response_done(self.parser.should_keep_alive())
+            client.response_done(self.keep)
 
 
 def _local_response(status: int, detail: str, close: bool) -> bytes:
