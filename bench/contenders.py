@@ -55,13 +55,15 @@ class Contender:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cert, self.key, self.cpu = cert, key, cpu
         self.procs: list[subprocess.Popen] = []
+        self.tls = False  # whether the running instance has a TLS listener per tenant too
 
     # what the harness needs ----------------------------------------------------------
     def available(self) -> str | None:
         """None when this contender can run here, else the reason it cannot."""
         return None
 
-    def start(self, tenants: list[str]) -> None:
+    def start(self, tenants: list[str], tls: bool) -> None:
+        """Start serving ``tenants`` on :80, and on :443 with TLS too when ``tls``."""
         raise NotImplementedError
 
     def prepare_add(self, tenants: list[str]) -> None:
@@ -81,7 +83,7 @@ class Contender:
         return tenant, f"{scheme}://{topo.LISTEN_ADDR}:{port}/"
 
     def listen_targets(self, tenants: list[str]) -> list[tuple[str, str, int]]:
-        ports = (topo.HTTP_PORT, topo.HTTPS_PORT)
+        ports = (topo.HTTP_PORT, topo.HTTPS_PORT) if self.tls else (topo.HTTP_PORT,)
         return [(t, topo.LISTEN_ADDR, port) for t in tenants for port in ports]
 
     def check_alive(self) -> None:
@@ -107,8 +109,8 @@ class Direct(Contender):
     name = "direct"
     is_proxy = False
 
-    def start(self, tenants: list[str]) -> None:
-        pass
+    def start(self, tenants: list[str], tls: bool) -> None:
+        self.tls = tls
 
     def target(self, tls: bool, tenant: str) -> tuple[str | None, str]:
         if tls:
@@ -204,13 +206,17 @@ defaults
   option forwardfor
 """
         ]
+        tls_bind = (
+            f"  bind {topo.LISTEN_ADDR}:{topo.HTTPS_PORT} ssl crt {pem} namespace {{t}}\n"
+            if self.tls
+            else ""
+        )
         for t in tenants:
             parts.append(
                 f"""
 frontend fe_{t}
   bind {topo.LISTEN_ADDR}:{topo.HTTP_PORT} namespace {t}
-  bind {topo.LISTEN_ADDR}:{topo.HTTPS_PORT} ssl crt {pem} namespace {t}
-  http-request set-header X-Nsproxy-Tenant {t}
+{tls_bind.format(t=t)}  http-request set-header X-Nsproxy-Tenant {t}
   http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
   http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
@@ -231,7 +237,8 @@ backend be_{t}
         os.replace(tmp, conf)
         return conf
 
-    def start(self, tenants: list[str]) -> None:
+    def start(self, tenants: list[str], tls: bool) -> None:
+        self.tls = tls
         conf = self._write(tenants)
         argv = [*_pin(self.cpu), "haproxy", "-W", "-S", f"{self.workdir}/master.sock", "-f"]
         with open(self.workdir / "stderr.log", "w") as log:
@@ -269,6 +276,15 @@ class NginxPerNetns(Contender):
         wd = self.workdir / tenant
         wd.mkdir(exist_ok=True)
         conf = wd / "nginx.conf"
+        tls = (
+            f"""    listen {topo.LISTEN_ADDR}:{topo.HTTPS_PORT} ssl;
+    ssl_certificate {self.cert};
+    ssl_certificate_key {self.key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+"""
+            if self.tls
+            else ""
+        )
         conf.write_text(
             f"""worker_processes 1;
 daemon off;
@@ -286,11 +302,7 @@ http {{
   }}
   server {{
     listen {topo.LISTEN_ADDR}:{topo.HTTP_PORT};
-    listen {topo.LISTEN_ADDR}:{topo.HTTPS_PORT} ssl;
-    ssl_certificate {self.cert};
-    ssl_certificate_key {self.key};
-    ssl_protocols TLSv1.2 TLSv1.3;
-    location / {{
+{tls}    location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -306,7 +318,8 @@ http {{
         )
         return [*_pin(self.cpu), "ip", "netns", "exec", tenant, "nginx", "-c", str(conf)]
 
-    def start(self, tenants: list[str]) -> None:
+    def start(self, tenants: list[str], tls: bool) -> None:
+        self.tls = tls
         commands = [self._configure(t) for t in tenants]
         self.procs = [_spawn_quiet(argv) for argv in commands]
 
@@ -341,6 +354,15 @@ class Nsproxy(Contender):
 
     def _write(self, tenants: list[str]) -> Path:
         cert, key = str(self.cert), str(self.key)
+        listeners = [{"listen": f"{topo.LISTEN_ADDR}:{topo.HTTP_PORT}", "protocol": "http"}]
+        if self.tls:
+            listeners.append(
+                {
+                    "listen": f"{topo.LISTEN_ADDR}:{topo.HTTPS_PORT}",
+                    "protocol": "https",
+                    "tls": {"certificates": [{"cert": cert, "key": key}]},
+                }
+            )
         config = {
             "instance": "bench",
             "admin_socket": str(self.workdir / "admin.sock"),
@@ -349,14 +371,7 @@ class Nsproxy(Contender):
                 {
                     "name": t,
                     "netns": t,
-                    "listeners": [
-                        {"listen": f"{topo.LISTEN_ADDR}:{topo.HTTP_PORT}", "protocol": "http"},
-                        {
-                            "listen": f"{topo.LISTEN_ADDR}:{topo.HTTPS_PORT}",
-                            "protocol": "https",
-                            "tls": {"certificates": [{"cert": cert, "key": key}]},
-                        },
-                    ],
+                    "listeners": listeners,
                     "routes": [{"host": "*", "path_prefix": "/", "upstream": "backend"}],
                     "upstreams": {
                         "backend": {"netns": None, "servers": [f"127.0.0.1:{topo.BACKEND_PORT}"]}
@@ -374,7 +389,8 @@ class Nsproxy(Contender):
         os.replace(tmp, conf)
         return conf
 
-    def start(self, tenants: list[str]) -> None:
+    def start(self, tenants: list[str], tls: bool) -> None:
+        self.tls = tls
         conf = self._write(tenants)
         argv = [*_pin(self.cpu), str(NSPROXY), "run", "--config", str(conf)]
         with open(self.workdir / "stderr.log", "w") as log:

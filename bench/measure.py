@@ -94,17 +94,17 @@ def host_cpu_busy() -> list[float]:
 
 
 class RssSampler:
-    """Samples the summed RSS of a process tree in the background; keeps the maximum."""
+    """Samples the summed RSS of fixed processes in the background; keeps the maximum."""
 
-    def __init__(self, roots: list[int], period: float = 0.25):
-        self.roots, self.period = roots, period
+    def __init__(self, pids: list[int], period: float = 0.25):
+        self.pids, self.period = pids, period
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, rss_kb(process_tree(self.roots)))
+            self.peak = max(self.peak, rss_kb(self.pids))
             self._stop.wait(self.period)
 
     def __enter__(self) -> RssSampler:
@@ -114,7 +114,7 @@ class RssSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss_kb(process_tree(self.roots)))
+        self.peak = max(self.peak, rss_kb(self.pids))
 
 
 # -- wrk -----------------------------------------------------------------------------------

@@ -40,21 +40,27 @@ INSIDE_ENV = "NSPROXY_BENCH_IN_SANDBOX"
 
 # Fields every proxy point has; the direct path has only the load ones (no proxy to measure).
 LOAD_FIELDS = [f"{v}_{f}" for v in ("http", "https") for f in ("rps", "p50_ms", "p99_ms", "failed")]
-PROXY_FIELDS = [
+# Measured twice per proxy: with an HTTP listener per tenant, and ("tls_") with an HTTPS one too.
+CONFIG_FIELDS = [
     "listen_all_s",
-    "listen_http_s",
     "idle_rss_kb",
     "idle_pss_kb",
     "load_rss_kb",
     "processes",
-    *LOAD_FIELDS,
-    "http_proxy_cpu_s",
-    "http_req_per_cpu_s",
-    "https_proxy_cpu_s",
-    "https_req_per_cpu_s",
     "add_tenant_ms",
     "add_failed_requests",
     "add_requests",
+]
+PROXY_FIELDS = [
+    *CONFIG_FIELDS,
+    *(f"tls_{f}" for f in CONFIG_FIELDS),
+    *LOAD_FIELDS,
+    "http_proxy_cpu_s",
+    "http_proxy_cpu_share",
+    "http_req_per_cpu_s",
+    "https_proxy_cpu_s",
+    "https_proxy_cpu_share",
+    "https_req_per_cpu_s",
 ]
 
 
@@ -192,54 +198,59 @@ class Harness:
         }
         if contender.is_proxy:
             fields[f"{v}_proxy_cpu_s"] = cpu
+            fields[f"{v}_proxy_cpu_share"] = round(cpu / wall, 3)
             fields[f"{v}_req_per_cpu_s"] = result.requests / cpu if cpu > 0 else None
         return fields, sampler.peak
 
     def measure_once(self, contender: Contender, n: int) -> dict:
-        args = self.args
-        tenants, extra = self.tenants[:n], self.tenants[n]
+        """One repetition: for a proxy, two starts (HTTP listeners only, then HTTP + TLS), each
+        with start time, idle RSS, one load run and a tenant add; for direct, the two loads."""
         sample: dict = {}
-        if contender.is_proxy:
-            t0 = time.monotonic()
-            contender.start(tenants)
-            try:
-                accepted = wait_listening(
-                    self.namespaces,
-                    contender.listen_targets(tenants),
-                    timeout=60 + n * 0.1,
-                    alive=contender.check_alive,
-                )
-            except TimeoutError as exc:
-                contender.check_alive()
-                raise ContenderError(f"{contender.name}: {exc}") from None
-            sample["listen_all_s"] = max(accepted.values()) - t0
-            sample["listen_http_s"] = (
-                max(t for (_, _, port), t in accepted.items() if port == topo.HTTP_PORT) - t0
-            )
-            contender.check_alive()
-            time.sleep(args.settle)
-            pids = measure.process_tree(contender.roots())
-            sample["idle_rss_kb"] = measure.rss_kb(pids)
-            sample["idle_pss_kb"] = measure.pss_kb(pids)
-            sample["processes"] = len(pids)
-        self.check_answers(contender, tenants)
-        peak = 0
+        if not contender.is_proxy:
+            self.check_answers(contender, [])
+            for tls in (False, True):
+                sample.update(self.load(contender, tls, self.args.duration)[0])
+            return sample
+        tenants, extra = self.tenants[:n], self.tenants[n]
         for tls in (False, True):
-            fields, rss = self.load(contender, tls, args.duration)
-            sample.update(fields)
-            peak = max(peak, rss)
-        if contender.is_proxy:
-            contender.check_alive()
-            sample["load_rss_kb"] = peak
-            self.add_tenant(contender, tenants + [extra], sample)
+            prefix = "tls_" if tls else ""
+            t0 = time.monotonic()
+            contender.start(tenants, tls)
+            try:
+                try:
+                    accepted = wait_listening(
+                        self.namespaces,
+                        contender.listen_targets(tenants),
+                        timeout=60 + n * 0.1,
+                        alive=contender.check_alive,
+                    )
+                except TimeoutError as exc:
+                    raise ContenderError(f"{contender.name}: {exc}") from None
+                sample[f"{prefix}listen_all_s"] = max(accepted.values()) - t0
+                time.sleep(self.args.settle)
+                contender.check_alive()
+                pids = measure.process_tree(contender.roots())
+                sample[f"{prefix}idle_rss_kb"] = measure.rss_kb(pids)
+                sample[f"{prefix}idle_pss_kb"] = measure.pss_kb(pids)
+                sample[f"{prefix}processes"] = len(pids)
+                self.check_answers(contender, tenants)
+                fields, peak = self.load(contender, tls, self.args.duration)
+                sample.update(fields)
+                sample[f"{prefix}load_rss_kb"] = peak
+                contender.check_alive()
+                self.add_tenant(contender, [*tenants, extra], sample, prefix)
+            finally:
+                contender.stop()
+                self.kill_tenant_processes()
         return sample
 
     def check_answers(self, contender: Contender, tenants: list[str]) -> None:
         """Before timing anything: the first and last tenant get the backend's answer, with
         their own tenant name forwarded (HTTP and TLS)."""
         probes = sorted({tenants[0], tenants[-1]}) if contender.is_proxy else [None]
+        variants = (False, True) if contender.tls or not contender.is_proxy else (False,)
         for tenant in probes:
-            for tls in (False, True):
+            for tls in variants:
                 netns, url = contender.target(tls, tenant or self.tenants[0])
                 argv = ["curl", "-sS", "-k", "--max-time", "10", url]
                 if netns:
@@ -252,7 +263,7 @@ class Harness:
                         f"{(got.stdout + got.stderr).strip()[:300]!r}, expected {want!r}"
                     )
 
-    def add_tenant(self, contender: Contender, grown: list[str], sample: dict) -> None:
+    def add_tenant(self, contender: Contender, grown: list[str], sample: dict, prefix: str) -> None:
         """Grow the running contender by one tenant while t0 is under load."""
         netns, url = contender.target(False, self.tenants[0])
         window = self.args.add_window
@@ -269,13 +280,13 @@ class Harness:
                 timeout=60,
                 alive=contender.check_alive,
             )
-            sample["add_tenant_ms"] = (max(accepted.values()) - t0) * 1000
+            sample[f"{prefix}add_tenant_ms"] = (max(accepted.values()) - t0) * 1000
         finally:
             result = measure.finish_wrk(wrk)
-        sample["add_failed_requests"] = result.failed
-        sample["add_requests"] = result.requests
-        sample["add_socket_errors"] = result.socket_errors
-        sample["add_non_2xx"] = result.non_2xx
+        sample[f"{prefix}add_failed_requests"] = result.failed
+        sample[f"{prefix}add_requests"] = result.requests
+        sample[f"{prefix}add_socket_errors"] = result.socket_errors
+        sample[f"{prefix}add_non_2xx"] = result.non_2xx
 
     # -- cleanup ------------------------------------------------------------------------
     def kill_tenant_processes(self) -> None:
@@ -302,19 +313,23 @@ class Harness:
 
 def nginx_skip_reason(args, n: int, points: list[dict]) -> str | None:
     if args.nginx_max_tenants is not None and n > args.nginx_max_tenants:
-        return f"skipped: above --nginx-max-tenants {args.nginx_max_tenants}"
-    per_tenant_kb = 6000.0
-    measured = [p for p in points if p["contender"] == "nginx" and p["summary"].get("idle_rss_kb")]
+        return f"above --nginx-max-tenants {args.nginx_max_tenants}"
+    # What the instances really occupy is their PSS (shared pages counted once); twice the
+    # idle figure leaves room for the loaded instance and the kernel's per-socket memory.
+    per_tenant_kb = 4000.0
+    measured = [
+        p for p in points if p["contender"] == "nginx" and p.get("summary", {}).get("idle_pss_kb")
+    ]
     if measured:
         last = measured[-1]
-        per_tenant_kb = last["summary"]["idle_rss_kb"]["median"] / last["tenants"]
+        per_tenant_kb = last["summary"]["tls_idle_pss_kb"]["median"] / last["tenants"]
     with open("/proc/meminfo") as f:
         avail_kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-    need = per_tenant_kb * (n + 1) * 1.5
+    need = per_tenant_kb * (n + 1) * 2
     if need > avail_kb / 2:
         return (
-            f"skipped: {n} nginx instances would need about {need / 2**20:.1f} GiB "
-            f"(summed RSS under load), more than half of the {avail_kb / 2**20:.1f} GiB available"
+            f"{n} nginx instances would need about {need / 2**20:.1f} GiB (twice their "
+            f"measured PSS), more than half of the {avail_kb / 2**20:.1f} GiB available"
         )
     return None
 

@@ -98,15 +98,17 @@ def test_proxies_really_carried_the_load(smoke_run):
             assert sample[f"{v}_requests"] > 0, point["contender"]
             assert sample[f"{v}_failed"] == 0, point["contender"]
         if ALL[point["contender"]].is_proxy:
-            assert sample["http_proxy_cpu_s"] > 0 and sample["idle_rss_kb"] > 0
-            assert sample["processes"] >= 1
+            assert sample["http_proxy_cpu_s"] > 0 and sample["https_proxy_cpu_s"] > 0
+            assert sample["idle_rss_kb"] > 0 and sample["tls_idle_rss_kb"] > 0
+            assert sample["processes"] >= 1 and sample["tls_processes"] >= 1
+            assert sample["add_requests"] > 0 and sample["tls_add_requests"] > 0
 
 
 def test_targets_are_judged_and_printed(smoke_run):
     proc, out = smoke_run
     result = json.loads((out / "smoke.json").read_text())
     targets = result["targets"]
-    assert len(targets) == 6
+    assert len(targets) == 11  # five per listener configuration, plus the CPU ratio
     for t in targets:
         assert t["status"] in VERDICTS
         assert f"{t['status']:<13} {t['target']}" in proc.stdout
