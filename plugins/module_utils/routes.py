@@ -648,7 +648,7 @@ def predict_routes(have, actions):
             result.pop(key, None)
         else:
             result[key] = action.get("predicted", action["route"])
-    return sorted(result.values(), key=route_sort_key)
+    return sorted((dict(route) for route in result.values()), key=route_sort_key)
 
 
 def guess_devices(routes, addresses):

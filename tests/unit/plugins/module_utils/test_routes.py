@@ -437,3 +437,9 @@ def test_check_mode_prediction_names_the_device_of_the_gateway_subnet():
         [], R.plan_routes(want({"dst": "default", "gateway": "192.0.2.1"}), [])
     )
     assert R.guess_devices(predicted, ADDRS)[0]["dev"] == "eth0"
+
+
+def test_prediction_does_not_alter_the_planned_actions():
+    actions = R.plan_routes(want({"dst": "default", "gateway": "192.0.2.1"}), [])
+    R.guess_devices(R.predict_routes([], actions), ADDRS)
+    assert actions[0]["route"]["dev"] is None
