@@ -252,6 +252,59 @@ def test_upstream_is_paused_while_the_client_does_not_read(loop_name):
     assert got == total
 
 
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_client_is_paused_while_the_upstream_does_not_read(loop_name):
+    total = 96 * 1024 * 1024
+    release = asyncio.Event()
+    got = [0]
+
+    async def slow_sink(backend, reader, writer):
+        await release.wait()
+        while True:
+            data = await reader.read(1 << 20)
+            if not data:
+                break
+            got[0] += len(data)
+        writer.write(b"done")
+        await writer.drain()
+
+    async def main():
+        backend = Backend(slow_sink)
+        up = await backend.start()
+        server, port, factory, _ = await start_relay({"upstream": "db"}, {"db": up})
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        chunk = bytes(256 * 1024)
+        sent = [0]
+
+        async def send():
+            while sent[0] < total:
+                writer.write(chunk)
+                await writer.drain()
+                sent[0] += len(chunk)
+            writer.write_eof()
+
+        sender = asyncio.ensure_future(send())
+        last, still = -1, 0
+        while still < 25:
+            await asyncio.sleep(0.02)
+            still = still + 1 if sent[0] == last else 0
+            last = sent[0]
+        (relay,) = factory.connections
+        buffered = relay.client.get_write_buffer_size() + relay.upstream.get_write_buffer_size()
+        stuck_at = sent[0]
+        release.set()
+        await sender
+        answer = await reader.read()
+        writer.close()
+        server.close()
+        return stuck_at, buffered, answer
+
+    stuck_at, buffered, answer = run(loop_name, main())
+    assert stuck_at < total / 2
+    assert buffered <= 1024 * 1024
+    assert (answer, got[0]) == (b"done", total)
+
+
 # -- SNI routing ----------------------------------------------------------------------------
 
 SNI_LISTENER = {
