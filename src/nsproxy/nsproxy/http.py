@@ -687,6 +687,7 @@ class ClientConnection(asyncio.Protocol):
         access = shared.access_log
         if access is not None:
             access.request(self, shared.loop_time() - self.t_start)
+        self.t_start = 0.0  # logged once: a close after this is not another request
 
 
 class UpstreamConnection(asyncio.Protocol):
