@@ -95,8 +95,10 @@ class RelayFactory:
 
     ``upstreams`` maps the tenant's upstream names to objects with
     ``async connect(protocol_factory) -> (transport, protocol)``. ``log`` gets one dict per
-    finished connection. ``timeouts`` may override :data:`DEFAULT_TIMEOUTS` (the config's
-    ``timeouts`` section fits). ``connections`` holds the open relays, for draining.
+    finished connection (tenant, listener, protocol "tcp", client, client_port, sni, upstream,
+    server, bytes_in, bytes_out, duration_ms, error). ``timeouts`` may override
+    :data:`DEFAULT_TIMEOUTS` (the config's ``timeouts`` section fits). ``connections`` holds
+    the open relays, for draining and counting.
     """
 
     def __init__(
@@ -284,13 +286,14 @@ class _Relay:
             "tenant": self.factory.tenant,
             "listener": self.factory.listen,
             "protocol": "tcp",
-            "client": f"{peer[0]}:{peer[1]}" if peer else None,
+            "client": peer[0] if peer else None,
+            "client_port": peer[1] if peer else None,
             "sni": self.sni,
             "upstream": self.upstream_name,
             "server": getattr(self.upstream_protocol, "server_label", None),
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
-            "duration": round(time.monotonic() - self.started, 6),
+            "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
             "error": self.error,
         }
         with contextlib.suppress(Exception):  # a broken log sink must not break the relay
