@@ -192,6 +192,8 @@ class Harness:
             f"{v}_p50_ms": result.p50_ms,
             f"{v}_p99_ms": result.p99_ms,
             f"{v}_failed": result.failed,
+            f"{v}_socket_errors": result.socket_errors,
+            f"{v}_non_2xx": result.non_2xx,
             f"{v}_requests": result.requests,
             f"{v}_backend_cpu_s": measure.cpu_seconds(backend_pids) - backend0,
             f"{v}_host_cpu_busy": [round(x, 3) for x in host],

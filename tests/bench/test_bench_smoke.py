@@ -96,7 +96,8 @@ def test_proxies_really_carried_the_load(smoke_run):
         sample = point["samples"][0]
         for v in ("http", "https"):
             assert sample[f"{v}_requests"] > 0, point["contender"]
-            assert sample[f"{v}_failed"] == 0, point["contender"]
+            errors = (sample[f"{v}_socket_errors"], sample[f"{v}_non_2xx"])
+            assert sample[f"{v}_failed"] == 0, f"{point['contender']} {v}: {errors}"
         if ALL[point["contender"]].is_proxy:
             assert sample["http_proxy_cpu_s"] > 0 and sample["https_proxy_cpu_s"] > 0
             assert sample["idle_rss_kb"] > 0 and sample["tls_idle_rss_kb"] > 0
