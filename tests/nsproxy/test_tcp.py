@@ -35,10 +35,12 @@ def pp2(conn):
     fixed = read_exactly(conn, 16)
     body = read_exactly(conn, struct.unpack("!H", fixed[14:16])[0])
     doc = {"signature": fixed[:12].hex(), "ver_cmd": fixed[12], "fam": fixed[13]}
-    if fixed[13] == 0x11:
-        doc["src"] = [socket.inet_ntoa(body[0:4]), struct.unpack("!H", body[8:10])[0]]
-        doc["dst"] = [socket.inet_ntoa(body[4:8]), struct.unpack("!H", body[10:12])[0]]
-        pos, tlvs = 12, []
+    if fixed[13] in (0x11, 0x21):
+        family, size = (socket.AF_INET, 4) if fixed[13] == 0x11 else (socket.AF_INET6, 16)
+        sport, dport = struct.unpack("!HH", body[2 * size:2 * size + 4])
+        doc["src"] = [socket.inet_ntop(family, body[:size]), sport]
+        doc["dst"] = [socket.inet_ntop(family, body[size:2 * size]), dport]
+        pos, tlvs = 2 * size + 4, []
         while pos < len(body):
             kind, size = struct.unpack("!BH", body[pos:pos + 3])
             tlvs.append([kind, body[pos + 3:pos + 3 + size].decode()])
@@ -86,7 +88,7 @@ import json, socket, sys
 with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20) as s:
     s.sendall(b"ping from " + sys.argv[3].encode() + b"\n")
     answer = s.makefile().readline()
-    print(json.dumps({"me": list(s.getsockname()), "answer": json.loads(answer)}))
+    print(json.dumps({"me": list(s.getsockname()[:2]), "answer": json.loads(answer)}))
 """
 
 # Send SIZE pseudo-random bytes, half-close, read the whole answer; print hashes and sizes.
@@ -273,29 +275,42 @@ def test_tls_passthrough_is_routed_by_sni_to_two_tls_backends(proxy, tmp_path):
 
 
 def test_proxy_v2_header_carries_client_addresses_and_tenant_name(proxy):
+    addr6 = "fd00::250"
     proxy.add_netns("t1", "t2")
-    start_upstream(proxy, "pp2", 9500)
-    proxy.write_config(
-        [
-            tcp_tenant(
-                name,
-                {"listen": f"{ADDR}:7000", "upstream": "pp", "proxy_protocol": "v2"},
-                {"pp": "127.0.0.1:9500"},
-            )
-            for name in ("t1", "t2")
-        ],
-        timeouts={"drain": 1},
-    )
-    proxy.start()
     for netns in ("t1", "t2"):
-        out = proxy.python(netns, PP2_CLIENT, ADDR, "7000", netns, check=False)
+        proxy.sb.sh(f"ip -n {netns} addr add {addr6}/128 dev lo nodad")
+    start_upstream(proxy, "pp2", 9500)
+    tenants = []
+    for name in ("t1", "t2"):
+        tenant = tcp_tenant(
+            name,
+            {"listen": f"{ADDR}:7000", "upstream": "pp", "proxy_protocol": "v2"},
+            {"pp": "127.0.0.1:9500"},
+        )
+        tenant["listeners"].append(
+            {
+                "listen": f"[{addr6}]:7000",
+                "protocol": "tcp",
+                "upstream": "pp",
+                "proxy_protocol": "v2",
+            }
+        )
+        tenants.append(tenant)
+    proxy.write_config(tenants, timeouts={"drain": 1})
+    proxy.start()
+    for netns, address, family in [
+        (netns, address, family)
+        for netns in ("t1", "t2")
+        for address, family in ((ADDR, 0x11), (addr6, 0x21))
+    ]:
+        out = proxy.python(netns, PP2_CLIENT, address, "7000", netns, check=False)
         assert out.returncode == 0, out.stderr + proxy.log()
         doc = json.loads(out.stdout)
         seen = doc["answer"]
         assert seen["signature"] == "0d0a0d0a000d0a515549540a"
-        assert (seen["ver_cmd"], seen["fam"]) == (0x21, 0x11)
+        assert (seen["ver_cmd"], seen["fam"]) == (0x21, family)  # v2 PROXY; TCP4 or TCP6
         assert seen["src"] == doc["me"]  # the client's own address and port, in its namespace
-        assert seen["dst"] == [ADDR, 7000]
+        assert seen["dst"] == [address, 7000]
         assert seen["tlvs"] == [[0x30, netns]]  # PP2_TYPE_NETNS = the tenant
         assert seen["payload"] == f"ping from {netns}\n"
 
