@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Union
 
-__all__ = ["MAX_HELLO_BYTES", "NEED_MORE", "ClientHello", "peek_client_hello"]
+__all__ = ["MAX_HELLO_BYTES", "MAX_RECORDS", "NEED_MORE", "ClientHello", "peek_client_hello"]
 
 _RECORD_HANDSHAKE = 22
 _HANDSHAKE_CLIENT_HELLO = 1
@@ -29,6 +29,10 @@ _MAX_HOSTNAME = 253
 #: Largest ClientHello accepted, in handshake-message bytes. Post-quantum key shares make
 #: real hellos around 1.8 kB; anything near this cap is abuse, not a client.
 MAX_HELLO_BYTES = 64 * 1024
+
+#: Most records a ClientHello may be split into. Stacks send one or two; tools that split
+#: hellos to dodge middleboxes use a few dozen. The cap bounds the work per read.
+MAX_RECORDS = 64
 
 _HOST_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._*")
 
@@ -108,7 +112,8 @@ def peek_client_hello(data: bytes | bytearray | memoryview) -> PeekResult:
     Returns a :class:`ClientHello` when complete and well formed, :data:`NEED_MORE` when
     ``data`` is a valid prefix of one, and ``None`` for anything else. Never raises.
     """
-    data = bytes(data)
+    if isinstance(data, memoryview):
+        data = data.tobytes()
     message = _reassemble(data)
     if message is None or message is NEED_MORE:
         return message
@@ -118,9 +123,13 @@ def peek_client_hello(data: bytes | bytearray | memoryview) -> PeekResult:
         return None
 
 
-def _reassemble(data: bytes) -> bytes | _NeedMore | None:
-    """The first handshake message's body, joined from consecutive handshake records."""
-    fragments = []
+def _reassemble(data: bytes | bytearray) -> bytes | _NeedMore | None:
+    """The first handshake message's body, joined from consecutive handshake records.
+
+    Called again on every read while the hello is incomplete, so it copies nothing until
+    the message is complete and looks at no more than MAX_RECORDS record headers.
+    """
+    spans = []  # (start, end) of each record's payload in data
     have = 0
     wanted = None  # total handshake bytes: 4-byte header + body length
     pos = 0
@@ -131,26 +140,25 @@ def _reassemble(data: bytes) -> bytes | _NeedMore | None:
         length = int.from_bytes(data[pos + 3 : pos + 5], "big")
         if rtype != _RECORD_HANDSHAKE or major != 3 or minor > 4:
             return None
-        if length == 0 or length > _MAX_RECORD:
+        if length == 0 or length > _MAX_RECORD or len(spans) >= MAX_RECORDS:
             return None
         if len(data) - pos - 5 < length:
             # Check what we can of a partial record before asking for more.
-            partial = data[pos + 5 :]
-            if not fragments and not _handshake_header_ok(partial):
+            if not spans and not _handshake_header_ok(data[pos + 5 : pos + 9]):
                 return None
             return NEED_MORE
-        fragments.append(data[pos + 5 : pos + 5 + length])
+        spans.append((pos + 5, pos + 5 + length))
         have += length
         pos += 5 + length
         if wanted is None and have >= 4:
-            head = b"".join(fragments)
+            head = b"".join(data[start : min(end, start + 4)] for start, end in spans)[:4]
             if head[0] != _HANDSHAKE_CLIENT_HELLO:
                 return None
             wanted = 4 + int.from_bytes(head[1:4], "big")
             if wanted > 4 + MAX_HELLO_BYTES or wanted < 4 + 2 + 32 + 1 + 2 + 1:
                 return None
         if wanted is not None and have >= wanted:
-            message = b"".join(fragments)
+            message = b"".join(bytes(data[start:end]) for start, end in spans)
             return message[4:wanted]
 
 

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from nsproxy.clienthello import NEED_MORE, ClientHello, peek_client_hello
+from nsproxy.clienthello import MAX_RECORDS, NEED_MORE, ClientHello, peek_client_hello
 
 
 def python_hello(server_name=None, alpn=None, max_version=None) -> bytes:
@@ -123,13 +123,22 @@ def test_trailing_bytes_after_the_hello_are_ignored():
     assert peek_client_hello(hello + b"\x17\x03\x03\x00\x05hello").sni == "a.example"
 
 
-@pytest.mark.parametrize("size", [1, 3, 4, 7, 100, 300])
+@pytest.mark.parametrize("size", [9, 16, 100, 300])
 def test_hello_fragmented_over_many_records_is_reassembled(size):
     hello = python_hello("frag.example", alpn=["x"])
     split = records(hello, size)
     assert peek_client_hello(split) == ClientHello("frag.example", ("x",))
     for n in range(0, len(split), max(1, len(split) // 97)):
         assert peek_client_hello(split[:n]) is NEED_MORE, n
+
+
+def test_hello_split_into_more_records_than_the_cap_is_refused():
+    hello = craft(sni_ext(b"frag.example"))
+    assert MAX_RECORDS < len(hello) - 5 <= 2 * MAX_RECORDS
+    one_byte_records = records(hello, 1)
+    assert peek_client_hello(one_byte_records[: 6 * MAX_RECORDS]) is NEED_MORE
+    assert peek_client_hello(one_byte_records) is None
+    assert peek_client_hello(records(hello, 2)).sni == "frag.example"
 
 
 @pytest.mark.parametrize(
