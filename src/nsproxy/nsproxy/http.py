@@ -112,6 +112,7 @@ class ClientConnection(asyncio.Protocol):
         self.fixed = b""
         self.counted = False
         self.write_paused = False
+        self.wbuf = None  # while the upstream's bytes are parsed: response pieces, one write
         self._reset_request()
 
     def _reset_request(self):
@@ -486,7 +487,7 @@ class ClientConnection(asyncio.Protocol):
                 out.append(name + b": " + value + b"\r\n")
         if status == 101:
             out.append(b"Connection: upgrade\r\nUpgrade: " + (self.upgrade or b"") + b"\r\n\r\n")
-            self.transport.write(b"".join(out))
+            self._send(b"".join(out))
             return
         if self.upgrade is not None:
             self.close_after = True  # the client may already have sent tunnel bytes
@@ -507,19 +508,33 @@ class ClientConnection(asyncio.Protocol):
             out.append(b"\r\n")
         head = b"".join(out)
         self.bytes_out += len(head)
-        self.transport.write(head)
+        self._send(head)
 
     def response_body(self, data):
         self.last_io = self.shared.now
         if self.chunk_out:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         self.bytes_out += len(data)
-        self.transport.write(data)
+        self._send(data)
+
+    def _send(self, data):
+        if self.wbuf is not None:
+            self.wbuf.append(data)
+        else:
+            self.transport.write(data)
+
+    def flush(self):
+        """Write what was batched while the upstream's bytes were parsed (one send, not N)."""
+        buf = self.wbuf
+        self.wbuf = None
+        if buf:
+            self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
     def response_done(self, upstream_reusable):
         """The upstream finished its response; recycle it and go on with the next request."""
         if self.chunk_out:
-            self.transport.write(b"0\r\n\r\n")
+            self._send(b"0\r\n\r\n")
+        self.flush()
         conn = self.up
         self.up = None
         if conn is not None:
@@ -543,6 +558,7 @@ class ClientConnection(asyncio.Protocol):
 
     def start_tunnel(self, tail):
         """The upstream answered 101: from now on bytes flow unchanged both ways."""
+        self.flush()
         self._log_request()
         self.state = TUNNEL
         self.up.tunnel = True
@@ -553,6 +569,7 @@ class ClientConnection(asyncio.Protocol):
         """The upstream connection closed before the response was complete."""
         conn = self.up
         self.up = None
+        self.flush()
         if self.state == CLOSED:
             return
         if self.state == TUNNEL:
@@ -584,6 +601,7 @@ class ClientConnection(asyncio.Protocol):
     def _reject(self, status, detail):
         if self.state == CLOSED:
             return
+        self.flush()
         self.status = status
         log.info(
             "tenant %s listener %s client %s: %d %s",
@@ -754,6 +772,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             client.transport.write(data)
             return
+        client.wbuf = []
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -768,6 +787,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
             client.upstream_lost(f"invalid response: {exc}")
+        finally:
+            client.flush()
 
     def pause_writing(self):
         if self.client is not None:
