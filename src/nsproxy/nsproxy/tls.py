@@ -19,6 +19,7 @@ certificates.
 from __future__ import annotations
 
 import base64
+import os
 import re
 import ssl
 from typing import Mapping
@@ -29,7 +30,9 @@ __all__ = [
     "MIN_VERSIONS",
     "TLSConfigError",
     "build_server_context",
+    "certificate_files_state",
     "certificate_names",
+    "update_server_context",
     "validate_listener",
 ]
 
@@ -278,35 +281,89 @@ def build_server_context(listener: Mapping) -> ssl.SSLContext:
 
     Raises :class:`TLSConfigError` with the same messages as :func:`validate_listener`.
     """
+    loaded = _load_or_raise(listener)
+    front = loaded[0][1]
+    front.sni_callback = _Selector(loaded)
+    return front
+
+
+def update_server_context(context: ssl.SSLContext, listener: Mapping) -> None:
+    """Load the listener's certificates again into a context from :func:`build_server_context`.
+
+    For certificate rotation without rebinding: handshakes that start afterwards get the new
+    certificates (and the new SNI names); open connections are not touched. On a problem
+    nothing changes and :class:`TLSConfigError` is raised.
+    """
+    selector = context.sni_callback
+    if not isinstance(selector, _Selector):
+        raise TypeError("not a context made by nsproxy.tls.build_server_context")
+    selector.use(_load_or_raise(listener))
+
+
+def certificate_files_state(listener: Mapping) -> tuple:
+    """A cheap fingerprint (inode, size, mtime) of the listener's certificate and key files.
+
+    Compare two of them to know whether :func:`update_server_context` has anything to do.
+    """
+    state = []
+    tls = listener.get("tls") if isinstance(listener, Mapping) else None
+    entries = tls.get("certificates") if isinstance(tls, Mapping) else None
+    for entry in entries if isinstance(entries, list) else ():
+        for key in ("cert", "key"):
+            path = entry.get(key) if isinstance(entry, Mapping) else None
+            if not isinstance(path, str):
+                state.append((key, None))
+                continue
+            try:
+                st = os.stat(path)
+                state.append((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError as exc:
+                state.append((path, exc.errno))
+    return tuple(state)
+
+
+def _load_or_raise(listener: Mapping) -> list:
     problems: list[str] = []
     loaded = _load(listener, problems)
     if loaded is None:
         raise TLSConfigError(problems)
-    default = loaded[0][1]
-    exact: dict[str, ssl.SSLContext] = {}
-    wildcard: dict[str, ssl.SSLContext] = {}  # "example.com" for "*.example.com"
-    for names, context in loaded:
-        for name in names:
-            if name.startswith("*."):
-                wildcard.setdefault(name[2:], context)
-            elif "*" not in name:
-                exact.setdefault(name, context)
-    if len(loaded) > 1:
-        default.sni_callback = _sni_selector(exact, wildcard)
-    return default
+    return loaded
 
 
-def _sni_selector(exact: dict, wildcard: dict):
-    def select(ssl_object, server_name, _context):
-        # Runs inside OpenSSL's handshake: it must not raise. No match keeps the default.
+class _Selector:
+    """The sni_callback: picks the context whose certificate names the requested host.
+
+    OpenSSL calls it for every handshake, with or without SNI, so the default can be
+    replaced too. It runs inside the handshake and must not raise.
+    """
+
+    __slots__ = ("tables",)
+
+    def __init__(self, loaded: list):
+        self.use(loaded)
+
+    def use(self, loaded: list) -> None:
+        exact: dict[str, ssl.SSLContext] = {}
+        wildcard: dict[str, ssl.SSLContext] = {}  # "example.com" for "*.example.com"
+        for names, context in loaded:
+            for name in names:
+                if name.startswith("*."):
+                    wildcard.setdefault(name[2:], context)
+                elif "*" not in name:
+                    exact.setdefault(name, context)
+        self.tables = (loaded[0][1], exact, wildcard)  # one assignment: handshakes see all or none
+
+    def __call__(self, ssl_object, server_name, _context):
+        default, exact, wildcard = self.tables
+        chosen = None
         if server_name:
             name = server_name.lower().rstrip(".")
             chosen = exact.get(name)
             if chosen is None:
                 _label, dot, parent = name.partition(".")
                 chosen = wildcard.get(parent) if dot else None
-            if chosen is not None and chosen is not ssl_object.context:
-                ssl_object.context = chosen
+        if chosen is None:
+            chosen = default
+        if chosen is not ssl_object.context:
+            ssl_object.context = chosen
         return None
-
-    return select

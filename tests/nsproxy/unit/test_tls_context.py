@@ -340,8 +340,37 @@ def test_session_tickets_resume_sessions(server_ctx, certs, sni, version):
     assert served_common_name(second) == f"{owner}.example"
 
 
-def test_single_certificate_listener_has_no_sni_callback(certs):
-    assert tls.build_server_context(listener(certs["a"])).sni_callback is None
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_rotated_certificates_are_served_after_update_without_a_new_context(
+    certs, tmp_path, version
+):
+    cert, key = tmp_path / "site.pem", tmp_path / "site.key"
+    cert.write_bytes(Path(certs["a"]["cert"]).read_bytes())
+    key.write_bytes(Path(certs["a"]["key"]).read_bytes())
+    spec = listener({"cert": str(cert), "key": str(key)})
+    ctx = tls.build_server_context(spec)
+    before = tls.certificate_files_state(spec)
+    assert tls.certificate_files_state(spec) == before
+    assert served_common_name(handshake(ctx, "a.example", certs["a"]["cert"])) == "a.example"
+    # rotate: same paths, another certificate (and key type)
+    cert.write_bytes(Path(certs["b"]["cert"]).read_bytes())
+    key.write_bytes(Path(certs["b"]["key"]).read_bytes())
+    assert tls.certificate_files_state(spec) != before
+    tls.update_server_context(ctx, spec)
+    for sni in ("b.example", "a.example", None):  # the new names, an old one, no SNI at all
+        client = connect(client_context(max_version=version), ctx, sni)
+        assert tls.certificate_names(client.getpeercert(binary_form=True)) == ["b.example"]
+
+
+def test_failed_update_keeps_the_certificates_in_use(certs, tmp_path):
+    cert = tmp_path / "site.pem"
+    cert.write_bytes(Path(certs["a"]["cert"]).read_bytes())
+    spec = listener({"cert": str(cert), "key": certs["a"]["key"]})
+    ctx = tls.build_server_context(spec)
+    cert.write_bytes(Path(certs["b"]["cert"]).read_bytes())  # no longer matches the key
+    with pytest.raises(tls.TLSConfigError, match="does not match"):
+        tls.update_server_context(ctx, spec)
+    assert served_common_name(handshake(ctx, "a.example", certs["a"]["cert"])) == "a.example"
 
 
 def test_certificate_files_are_read_once_when_building(certs, tmp_path):
