@@ -1,0 +1,395 @@
+"""The nsproxy role and the nsproxy_instance module against the real daemon, in a sandbox.
+
+One sandbox for the whole file: its own network namespace with two tenant namespaces (acme and
+globex, both 10.0.0.250/24) and upstream HTTP servers on 127.0.0.1, and overlay mounts on /etc,
+/opt and /var/log so the role can create its user, virtualenv, unit, config and logs without
+touching this machine. The role installs the daemon offline from a local wheelhouse (the
+sandbox has no network at all), and the instance runs supervised (no systemd as PID 1 here).
+Every check goes to the system: curl from inside a tenant, `nsproxy status`, files, processes.
+The tests build on each other in file order (install first, removal last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tools.sandbox import Sandbox
+
+VENV_BIN = Path(sys.executable).parent
+WHEELHOUSE = REPO / "build" / "nsproxy-wheelhouse"
+SCRATCH = "/var/tmp/tenantnet-nsproxy-role"  # private tmpfs inside the sandbox
+OVERLAID = ("/etc", "/opt", "/var/log")
+NSPROXY = "/opt/nsproxy/bin/nsproxy"
+CONFIG = "/etc/nsproxy/main.json"
+SOCKET = "/run/nsproxy/main.sock"
+BACKENDS = {"a": 8081, "b": 8082}
+
+UPSTREAM = textwrap.dedent(
+    """\
+    import http.server, sys
+    label, port = sys.argv[1], int(sys.argv[2])
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def log_message(self, *args):
+            pass
+        def do_GET(self):
+            tenant = self.headers.get("X-Nsproxy-Tenant", "-")
+            body = f"backend={label} tenant={tenant} path={self.path}\\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    """
+)
+
+# A client that loops on one tenant until a stop file appears (bounded in count and time) and
+# reports how many requests failed or were answered by something else than expected.
+CLIENT_LOOP = textwrap.dedent(
+    """\
+    import http.client, json, os, sys, time
+    url_host, expect, stop_file, report = sys.argv[1:5]
+    ok, failed, wrong = 0, [], 0
+    deadline = time.monotonic() + 120
+    while not os.path.exists(stop_file) and ok + len(failed) < 20000:
+        if time.monotonic() > deadline:
+            break
+        try:
+            conn = http.client.HTTPConnection(url_host, 80, timeout=5)
+            conn.request("GET", "/loop")
+            body = conn.getresponse().read().decode()
+            conn.close()
+            if expect in body:
+                ok += 1
+            else:
+                wrong += 1
+        except OSError as exc:
+            failed.append(str(exc))
+        time.sleep(0.01)
+    json.dump({"ok": ok, "failed": failed, "wrong": wrong}, open(report, "w"))
+    """
+)
+
+
+def tenant(name: str, backend: str) -> dict:
+    return {
+        "name": name,
+        "netns": name,
+        "listeners": [{"listen": "10.0.0.250:80", "protocol": "http"}],
+        "routes": [{"host": "*", "path_prefix": "/", "upstream": "web"}],
+        "upstreams": {"web": {"netns": None, "servers": [f"127.0.0.1:{BACKENDS[backend]}"]}},
+    }
+
+
+def instance(*tenants: dict, state: str = "started") -> dict:
+    return {"name": "main", "state": state, "tenants": list(tenants)}
+
+
+def ensure_wheelhouse() -> Path:
+    """Wheels of the daemon's dependencies and build backend, for the offline install.
+    Downloaded once (PyPI) into build/ and reused."""
+    marker = WHEELHOUSE / ".complete"
+    if marker.exists():
+        return WHEELHOUSE
+    shutil.rmtree(WHEELHOUSE, ignore_errors=True)
+    WHEELHOUSE.mkdir(parents=True)
+    proc = subprocess.run(
+        [
+            str(VENV_BIN / "pip"),
+            "download",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "-d",
+            str(WHEELHOUSE),
+            "setuptools>=61",
+            "wheel",
+            "httptools>=0.6",
+            "uvloop>=0.19",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"could not build the wheelhouse from PyPI:\n{proc.stderr}")
+    marker.touch()
+    return WHEELHOUSE
+
+
+class Host:
+    """The sandboxed host: runs the role, talks to tenants."""
+
+    def __init__(self, sb: Sandbox, workdir: Path, wheelhouse: Path):
+        self.sb = sb
+        self.workdir = workdir
+        self.wheelhouse = wheelhouse
+        self.runs = 0
+
+    def playbook(self, instances=None, extra=None, flags=()) -> subprocess.CompletedProcess:
+        """ansible-playbook with the role; returns the finished process (output captured)."""
+        self.runs += 1
+        variables = {
+            "nsproxy_install_source": "offline",
+            "nsproxy_wheelhouse_src": str(self.wheelhouse),
+            "nsproxy_instances": instances if instances is not None else [],
+            "nsproxy_wait_timeout": 60,
+        }
+        variables.update(extra or {})
+        vars_file = self.workdir / f"vars-{self.runs}.json"
+        vars_file.write_text(json.dumps(variables))
+        play = self.workdir / "play.yml"
+        play.write_text(
+            textwrap.dedent(
+                f"""\
+                - name: nsproxy role
+                  hosts: localhost
+                  connection: local
+                  gather_facts: false
+                  vars:
+                    ansible_python_interpreter: {sys.executable}
+                  roles:
+                    - tenantnet.nsproxy.nsproxy
+                """
+            )
+        )
+        env = dict(
+            os.environ,
+            ANSIBLE_COLLECTIONS_PATH=str(REPO / "build" / "collections"),
+            ANSIBLE_NOCOLOR="1",
+            ANSIBLE_RETRY_FILES_ENABLED="0",
+            ANSIBLE_LOCALHOST_WARNING="0",
+            ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+        )
+        argv = [str(VENV_BIN / "ansible-playbook"), str(play), "-e", f"@{vars_file}", *flags]
+        return self.sb.run(argv, check=False, env=env)
+
+    def converge(self, instances=None, extra=None) -> str:
+        proc = self.playbook(instances, extra)
+        assert proc.returncode == 0, f"playbook failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
+    def curl(self, tenant_name: str, path: str = "/") -> subprocess.CompletedProcess:
+        return self.sb.run(
+            ["ip", "netns", "exec", tenant_name, "curl", "-sS", "--max-time", "5",
+             f"http://10.0.0.250{path}"],
+            check=False,
+        )  # fmt: skip
+
+    def answer(self, tenant_name: str, path: str = "/") -> str:
+        proc = self.curl(tenant_name, path)
+        assert proc.returncode == 0, f"curl in {tenant_name} failed: {proc.stderr}"
+        return proc.stdout.strip()
+
+    def status(self) -> dict:
+        return json.loads(self.sb.run([NSPROXY, "status", "--socket", SOCKET, "--json"]).stdout)
+
+    def config_bytes(self) -> bytes:
+        return self.sb.run(["cat", CONFIG], text=False).stdout
+
+
+def recap_changed(output: str) -> int:
+    line = next(line for line in output.splitlines() if line.startswith("localhost"))
+    return int(line.split("changed=")[1].split()[0])
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates network and mount namespaces")
+    wheelhouse = ensure_wheelhouse()
+    workdir = tmp_path_factory.mktemp("nsproxy-role")
+    with Sandbox(private=[SCRATCH]) as sb:
+        overlays = " && ".join(
+            f"mkdir -p {SCRATCH}/{i}/upper {SCRATCH}/{i}/work && mount -t overlay "
+            f"tenantnet-overlay -o lowerdir={d},upperdir={SCRATCH}/{i}/upper,"
+            f"workdir={SCRATCH}/{i}/work {d}"
+            for i, d in enumerate(OVERLAID)
+        )
+        sb.sh(overlays)
+        for name in ("acme", "globex"):
+            sb.sh(
+                f"ip netns add {name} && ip link add eth0 netns {name} type veth peer "
+                f"name h-{name} && ip -n {name} link set lo up && ip -n {name} link set eth0 up"
+                f" && ip link set h-{name} up && ip -n {name} addr add 10.0.0.250/24 dev eth0"
+            )
+        upstream = workdir / "upstream.py"
+        upstream.write_text(UPSTREAM)
+        for label, port in BACKENDS.items():
+            sb.popen([sys.executable, str(upstream), label, str(port)])
+        for port in BACKENDS.values():
+            deadline = time.monotonic() + 20
+            while sb.run(["curl", "-s", f"http://127.0.0.1:{port}/"], check=False).returncode:
+                assert time.monotonic() < deadline, f"upstream on port {port} did not start"
+                time.sleep(0.1)
+        yield Host(sb, workdir, wheelhouse)
+
+
+# -- install and serve -----------------------------------------------------------------------
+
+
+def test_role_installs_the_daemon_and_serves_two_tenants(host):
+    output = host.converge([instance(tenant("acme", "a"), tenant("globex", "a"))])
+    assert "instances run as supervised" in output  # no systemd here, and the role says so
+    assert host.answer("acme", "/x") == "backend=a tenant=acme path=/x"
+    assert host.answer("globex", "/y") == "backend=a tenant=globex path=/y"
+
+    status = host.status()
+    listeners = {t["name"]: [lis["state"] for lis in t["listeners"]] for t in status["tenants"]}
+    assert listeners == {"acme": ["bound"], "globex": ["bound"]}
+    # The daemon came from the offline install, in its own virtualenv, with the extra.
+    pkgs = host.sb.run(["/opt/nsproxy/bin/python", "-m", "pip", "list", "--format=json"]).stdout
+    names = {p["name"].lower() for p in json.loads(pkgs)}
+    assert {"nsproxy", "httptools", "uvloop"} <= names
+    # Config: 0640, group nsproxy; pid file and log of the supervised instance.
+    info = host.sb.sh(f"stat -c '%a %U %G' {CONFIG}").stdout.split()
+    assert info == ["640", "root", "nsproxy"]
+    assert host.sb.sh("getent passwd nsproxy").stdout.split(":")[6].strip() == "/usr/sbin/nologin"
+    pid = int(host.sb.sh("cut -d' ' -f1 /run/nsproxy/main.pid").stdout)
+    assert host.sb.run(["kill", "-0", str(pid)], check=False).returncode == 0
+    assert host.sb.sh("test -s /var/log/nsproxy/main.log", check=False).returncode == 0
+
+
+def test_second_run_changes_nothing(host):
+    generation = host.status()["generation"]
+    output = host.converge([instance(tenant("acme", "a"), tenant("globex", "a"))])
+    assert recap_changed(output) == 0, output
+    assert host.status()["generation"] == generation
+
+
+def test_installed_unit_file_passes_systemd_analyze_verify(host):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    unit = host.sb.run(["cat", "/etc/systemd/system/nsproxy@.service"]).stdout
+    for line in (
+        "Type=notify",
+        "ExecReload=/opt/nsproxy/bin/nsproxy reload --config /etc/nsproxy/%i.json",
+        "Restart=on-failure",
+        "LimitNOFILE=1048576",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "RestrictNamespaces=net",
+        "CapabilityBoundingSet=CAP_SYS_ADMIN CAP_NET_BIND_SERVICE CAP_DAC_READ_SEARCH "
+        "CAP_SYS_PTRACE",
+    ):
+        assert line in unit.splitlines(), f"missing {line!r}"
+    assert "PrivateNetwork" not in unit.replace("PrivateNetwork= /", "")
+    proc = host.sb.sh(
+        "mkdir -p /tmp/unit-check && cp /etc/systemd/system/nsproxy@.service "
+        "/tmp/unit-check/nsproxy@main.service && "
+        "systemd-analyze verify --man=no /tmp/unit-check/nsproxy@main.service",
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "nsproxy@main.service" not in proc.stderr, proc.stderr
+
+
+# -- change, check mode, diff ----------------------------------------------------------------
+
+
+def test_check_mode_shows_the_tenant_diff_and_changes_nothing(host):
+    before, generation = host.config_bytes(), host.status()["generation"]
+    proc = host.playbook(
+        [instance(tenant("acme", "b"), tenant("globex", "a"))], flags=("--check", "--diff")
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "tenant acme (changed: routes" not in proc.stdout  # routes are equal...
+    assert "tenant acme (changed: upstreams)" in proc.stdout  # ...the upstream's server moved
+    assert '"127.0.0.1:8082"' in proc.stdout
+    assert "tenant globex" not in proc.stdout
+    assert host.config_bytes() == before
+    assert host.status()["generation"] == generation
+    assert host.answer("acme") == "backend=a tenant=acme path=/"
+
+
+def test_route_change_reloads_while_the_other_tenant_keeps_serving(host):
+    pid_before = host.status()["pid"]
+    generation = host.status()["generation"]
+    loop = host.workdir / "loop.py"
+    loop.write_text(CLIENT_LOOP)
+    stop, report = host.workdir / "stop", host.workdir / "report.json"
+    client = host.sb.popen(
+        ["ip", "netns", "exec", "globex", sys.executable, str(loop), "10.0.0.250",
+         "tenant=globex", str(stop), str(report)]
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)  # let it run before the change, so the reload falls inside the loop
+        acme_api = dict(
+            tenant("acme", "a"),
+            routes=[
+                {"host": "*", "path_prefix": "/api", "upstream": "api"},
+                {"host": "*", "path_prefix": "/", "upstream": "web"},
+            ],
+            upstreams={
+                "web": {"netns": None, "servers": ["127.0.0.1:8081"]},
+                "api": {"netns": None, "servers": ["127.0.0.1:8082"]},
+            },
+        )
+        output = host.converge([instance(acme_api, tenant("globex", "a"))])
+        assert host.answer("acme", "/api/v1") == "backend=b tenant=acme path=/api/v1"
+        assert host.answer("acme", "/other") == "backend=a tenant=acme path=/other"
+        time.sleep(0.5)
+    finally:
+        stop.touch()
+        client.wait(timeout=60)
+    result = json.loads(report.read_text())
+    assert result["ok"] > 0
+    assert result["failed"] == [] and result["wrong"] == 0, result
+    status = host.status()
+    assert status["pid"] == pid_before  # reloaded in place, not restarted
+    assert status["generation"] > generation
+    assert recap_changed(output) == 1, output  # only the instance task
+
+
+def test_bad_tenant_data_is_refused_and_the_running_instance_untouched(host):
+    before, status_before = host.config_bytes(), host.status()
+    broken = dict(tenant("globex", "a"), listeners=[{"listen": "nowhere", "protocol": "http"}])
+    proc = host.playbook([instance(tenant("acme", "a"), broken)])
+    assert proc.returncode != 0
+    assert "nsproxy check refused the config" in proc.stdout
+    assert "tenant 'globex'" in proc.stdout and "listen" in proc.stdout
+    assert host.config_bytes() == before
+    status = host.status()
+    assert (status["pid"], status["generation"]) == (
+        status_before["pid"],
+        status_before["generation"],
+    )
+    assert host.answer("globex") == "backend=a tenant=globex path=/"
+    assert host.answer("acme", "/api/x") == "backend=b tenant=acme path=/api/x"
+
+
+def test_removing_a_tenant_closes_its_listener_only(host):
+    host.converge([instance(tenant("acme", "a"))])
+    assert host.curl("globex").returncode != 0  # nothing listens in globex any more
+    assert host.answer("acme") == "backend=a tenant=acme path=/"
+    assert [t["name"] for t in host.status()["tenants"]] == ["acme"]
+
+
+def test_state_absent_removes_everything(host):
+    pid = int(host.sb.sh("cut -d' ' -f1 /run/nsproxy/main.pid").stdout)
+    host.converge([instance(tenant("acme", "a"))], extra={"nsproxy_state": "absent"})
+    assert host.curl("acme").returncode != 0
+    assert host.sb.run(["kill", "-0", str(pid)], check=False).returncode != 0
+    for path in (
+        "/opt/nsproxy",
+        "/etc/nsproxy",
+        "/etc/systemd/system/nsproxy@.service",
+        "/var/log/nsproxy",
+        "/run/nsproxy",
+    ):
+        assert host.sb.run(["test", "-e", path], check=False).returncode != 0, f"{path} remains"
+    assert host.sb.run(["getent", "passwd", "nsproxy"], check=False).returncode != 0
+    assert host.sb.run(["getent", "group", "nsproxy"], check=False).returncode != 0
+    # And a second removal has nothing left to do.
+    output = host.converge([], extra={"nsproxy_state": "absent"})
+    assert recap_changed(output) == 0, output
