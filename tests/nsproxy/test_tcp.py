@@ -19,7 +19,7 @@ from conftest import ADDR
 #   sink mode: read until EOF, answer the SHA-256 of it and then N bytes of a fixed pattern.
 UPSTREAM = r"""
 import hashlib, json, socket, struct, sys, threading
-mode, port = sys.argv[1], int(sys.argv[2])
+mode, (host, _, port) = sys.argv[1], sys.argv[2].rpartition(":")
 reply_size = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 
 def read_exactly(conn, n):
@@ -74,7 +74,7 @@ def serve(conn):
         except Exception as exc:
             print("upstream error:", exc, file=sys.stderr, flush=True)
 
-srv = socket.create_server(("127.0.0.1", port))
+srv = socket.create_server((host, int(port)))
 print("ready", flush=True)
 while True:
     conn, _ = srv.accept()
@@ -146,10 +146,11 @@ def make_cert(folder, name: str) -> dict:
     return {"cert": str(cert), "key": str(key)}
 
 
-def start_upstream(proxy, mode: str, port: int, *extra: str):
-    proc = proxy.sb.popen(
-        [sys.executable, "-c", UPSTREAM, mode, str(port), *extra], stdout=subprocess.PIPE, text=True
-    )
+def start_upstream(proxy, mode: str, address: str, *extra: str, netns: str | None = None):
+    argv = [sys.executable, "-c", UPSTREAM, mode, address, *extra]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    proc = proxy.sb.popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -279,7 +280,7 @@ def test_proxy_v2_header_carries_client_addresses_and_tenant_name(proxy):
     proxy.add_netns("t1", "t2")
     for netns in ("t1", "t2"):
         proxy.sb.sh(f"ip -n {netns} addr add {addr6}/128 dev lo nodad")
-    start_upstream(proxy, "pp2", 9500)
+    start_upstream(proxy, "pp2", "127.0.0.1:9500")
     tenants = []
     for name in ("t1", "t2"):
         tenant = tcp_tenant(
@@ -351,16 +352,15 @@ def test_haproxy_accepts_the_proxy_v2_header(proxy, tmp_path):
 def test_plain_relay_moves_large_payloads_both_ways_with_half_close(proxy):
     upload, download = 48 * 1024 * 1024, 24 * 1024 * 1024
     proxy.add_netns("t1", "t2")
-    start_upstream(proxy, "sink", 9700, str(download))
-    proxy.write_config(
-        [
-            tcp_tenant(
-                name, {"listen": f"{ADDR}:6000", "upstream": "sink"}, {"sink": "127.0.0.1:9700"}
-            )
-            for name in ("t1", "t2")
-        ],
-        timeouts={"drain": 1},
+    # t1's upstream is in the host namespace, t2's inside t2 itself on the tenant's address.
+    start_upstream(proxy, "sink", "127.0.0.1:9700", str(download))
+    start_upstream(proxy, "sink", f"{ADDR}:9700", str(download), netns="t2")
+    t1 = tcp_tenant(
+        "t1", {"listen": f"{ADDR}:6000", "upstream": "sink"}, {"sink": "127.0.0.1:9700"}
     )
+    t2 = tcp_tenant("t2", {"listen": f"{ADDR}:6000", "upstream": "sink"}, {"sink": f"{ADDR}:9700"})
+    t2["upstreams"]["sink"]["netns"] = "t2"
+    proxy.write_config([t1, t2], timeouts={"drain": 1})
     proxy.start()
     expected_rest = hashlib.sha256(
         (bytes(range(256)) * 4096 * (download // (256 * 4096) + 1))[:download]
@@ -378,3 +378,5 @@ def test_plain_relay_moves_large_payloads_both_ways_with_half_close(proxy):
     for r in records:
         assert r["bytes_in"] == upload and r["error"] is None
         assert r["bytes_out"] > download
+    servers = {r["tenant"]: r["server"] for r in records}
+    assert servers == {"t1": "127.0.0.1:9700", "t2": f"{ADDR}:9700"}
