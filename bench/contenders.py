@@ -253,8 +253,8 @@ backend be_{t}
         self.procs[0].send_signal(signal.SIGUSR2)
 
     def version(self) -> str:
-        out = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout
-        return out.splitlines()[0] if out else ""
+        out = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split()
+        return out[2] if len(out) > 2 else ""
 
 
 def _spawn_quiet(argv: list[str]) -> subprocess.Popen:
@@ -337,7 +337,8 @@ http {{
         return ""
 
     def version(self) -> str:
-        return subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+        out = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
+        return out.strip().rsplit("/", 1)[-1]
 
 
 class Nsproxy(Contender):
@@ -406,9 +407,9 @@ class Nsproxy(Contender):
         from importlib import metadata
 
         try:
-            return f"nsproxy {metadata.version('nsproxy')}"
+            return metadata.version("nsproxy")
         except metadata.PackageNotFoundError:
-            return "nsproxy (not installed)"
+            return "not installed"
 
 
 ALL = {c.name: c for c in (Nsproxy, HAProxy, NginxPerNetns, Direct)}

@@ -19,6 +19,7 @@ CONFIGS = (("", "HTTP listener per tenant"), ("tls_", "HTTP + TLS listeners per 
 
 LABELS = {
     "listen_all_s": ("all listeners accept", "s"),
+    "listen_cpu_s": ("CPU used to start", "s"),
     "idle_rss_kb": ("idle RSS (sum)", "MiB"),
     "idle_pss_kb": ("idle PSS (sum)", "MiB"),
     "load_rss_kb": ("RSS under load", "MiB"),
@@ -26,6 +27,7 @@ LABELS = {
     "add_tenant_ms": ("add one tenant", "ms"),
     "add_failed_requests": ("failed req during add", ""),
     "tls_listen_all_s": ("+TLS: all listeners accept", "s"),
+    "tls_listen_cpu_s": ("+TLS: CPU used to start", "s"),
     "tls_idle_rss_kb": ("+TLS: idle RSS (sum)", "MiB"),
     "tls_idle_pss_kb": ("+TLS: idle PSS (sum)", "MiB"),
     "tls_load_rss_kb": ("+TLS: RSS under TLS load", "MiB"),
@@ -157,7 +159,8 @@ def evaluate_targets(points: list[dict]) -> list[dict]:
                 "-" if up is None else f"{up:.3f} s",
                 missing
                 if up is None
-                else f"process start -> all {sockets} listening sockets complete a handshake",
+                else f"process start -> all {sockets} listening sockets complete a handshake; "
+                f"{_median(points, 'nsproxy', at, f'{prefix}listen_cpu_s'):.2f} CPU-s used",
             )
         )
 
@@ -227,7 +230,7 @@ def ratios(points: list[dict]) -> list[dict]:
     """Every contender's medians divided by HAProxy's and by the direct path's, per N."""
     out = []
     for p in points:
-        if p["status"] != "ok":
+        if p["status"] != "ok" or p["contender"] == "direct":
             continue
         for ref in ("haproxy", "direct"):
             if p["contender"] == ref:
@@ -304,6 +307,58 @@ def table(result: dict) -> str:
         f"{result['parameters']['duration_s']} s"
     )
     return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    """The run as Markdown: machine, per-N tables, ratios against HAProxy and direct, targets."""
+    p = result["parameters"]
+    m = result["machine"]
+    names = p["contenders"]
+    out = [
+        f"# Benchmark run {result['started']}",
+        "",
+        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, kernel "
+        f"{m['kernel']}, {m['os']}; load average at start {' '.join(m['loadavg_at_start'])}.",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; "
+        f"commit {m['git_commit']}.",
+        f"Proxies pinned to CPU {p['proxy_cpu']}; wrk, backend and harness to CPU "
+        f"{p['load_cpu']}. {p['repeat']} repetition(s), {p['duration_s']} s per load, "
+        f"{p['connections']} keep-alive connections. Cells: median ±half the min-max spread.",
+        "",
+    ]
+    for n in p["tenant_counts"]:
+        row_points = {q["contender"]: q for q in result["points"] if q["tenants"] == n}
+        out += [f"## {n} tenants", "", "| figure | " + " | ".join(names) + " |"]
+        out.append("|---|" + "---:|" * len(names))
+        for field, (label, unit) in LABELS.items():
+            cells = []
+            for c in names:
+                q = row_points.get(c)
+                if q is None:
+                    cells.append("")
+                elif q["status"] != "ok":
+                    cells.append(q["status"])
+                elif field in q.get("not_applicable", []):
+                    cells.append("n/a")
+                else:
+                    cells.append(_cell(q.get("summary", {}), field))
+            name = f"{label} ({unit})" if unit else label
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        for q in row_points.values():
+            if q["status"] != "ok":
+                out.append(f"\n{q['contender']} {q['status']}: {q['reason']}")
+        out.append("")
+    out += ["## Ratios (medians)", "", "| tenants | contender | vs | " + " | ".join(RATIO_FIELDS)]
+    out[-1] += " |"
+    out.append("|---|---|---|" + "---:|" * len(RATIO_FIELDS))
+    for r in result["ratios"]:
+        cells = [f"{r[f]:.2f}" if f in r else "" for f in RATIO_FIELDS]
+        out.append(f"| {r['tenants']} | {r['contender']} | {r['vs']} | " + " | ".join(cells) + " |")
+    out += ["", "## nsproxy targets", ""]
+    for t in result["targets"]:
+        note = f" ({t['note']})" if t["note"] else ""
+        out.append(f"- **{t['status']}** {t['target']}: {t['value']}{note}")
+    return "\n".join(out) + "\n"
 
 
 # -- charts --------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ LOAD_FIELDS = [f"{v}_{f}" for v in ("http", "https") for f in ("rps", "p50_ms", 
 # Measured twice per proxy: with an HTTP listener per tenant, and ("tls_") with an HTTPS one too.
 CONFIG_FIELDS = [
     "listen_all_s",
+    "listen_cpu_s",
     "idle_rss_kb",
     "idle_pss_kb",
     "load_rss_kb",
@@ -229,6 +230,10 @@ class Harness:
                 except TimeoutError as exc:
                     raise ContenderError(f"{contender.name}: {exc}") from None
                 sample[f"{prefix}listen_all_s"] = max(accepted.values()) - t0
+                # CPU spent getting there: unlike the wall time, not inflated by other load
+                sample[f"{prefix}listen_cpu_s"] = measure.cpu_seconds(
+                    measure.process_tree(contender.roots())
+                )
                 time.sleep(self.args.settle)
                 contender.check_alive()
                 pids = measure.process_tree(contender.roots())
@@ -346,9 +351,8 @@ def machine_info(contenders: dict[str, Contender]) -> dict:
     with open("/proc/meminfo") as f:
         mem_kb = int(f.readline().split()[1])
     versions = {name: c.version() for name, c in contenders.items() if c.version()}
-    versions["wrk"] = (
-        subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    ).split(" Copyright")[0]
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split()
+    versions["wrk"] = wrk[1] if len(wrk) > 1 else ""
     with contextlib.suppress(Exception):
         from importlib import metadata
 
@@ -366,7 +370,7 @@ def machine_info(contenders: dict[str, Contender]) -> dict:
         "python": platform.python_version(),
         "versions": versions,
         "git_commit": commit,
-        "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
     }
 
 
@@ -478,6 +482,7 @@ def run_inside(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{args.stamp}.json"
     json_path.write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{args.stamp}.md").write_text(report.markdown(result))
     print(report.table(result))
     print(f"\nresults: {json_path}")
     if not args.no_charts:
