@@ -26,7 +26,7 @@ from tests.conftest import REPO
 from tools.sandbox import Sandbox
 
 VENV_BIN = Path(sys.executable).parent
-WHEELHOUSE = REPO / "build" / "nsproxy-wheelhouse"
+WHEELHOUSE = REPO / "build" / "nsproxy-role-test-wheelhouse"
 SCRATCH = "/var/tmp/tenantnet-nsproxy-role"  # private tmpfs inside the sandbox
 OVERLAID = ("/etc", "/opt", "/var/log")
 NSPROXY = "/opt/nsproxy/bin/nsproxy"

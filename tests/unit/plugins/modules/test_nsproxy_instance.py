@@ -435,3 +435,34 @@ def test_supervisor_restarts_a_failed_process(tmp_path):
     finally:
         manager.stop(timeout=10)
     assert not manager.running()
+
+
+# -- documentation matches the argument spec (what ansible-test validate-modules checks) -----
+
+
+def _compare_options(documented: dict, spec: dict, where: str = "") -> list:
+    problems = []
+    if set(documented) != set(spec):
+        problems.append(f"{where}: documented {sorted(documented)} vs spec {sorted(spec)}")
+    for name in set(documented) & set(spec):
+        doc, arg = documented[name], spec[name]
+        for key, default in (("type", "str"), ("required", False), ("default", None)):
+            if doc.get(key, default) != arg.get(key, default):
+                problems.append(f"{where}{name}.{key}: {doc.get(key)!r} vs {arg.get(key)!r}")
+        for key in ("choices", "elements"):
+            if doc.get(key) != arg.get(key):
+                problems.append(f"{where}{name}.{key}: {doc.get(key)!r} vs {arg.get(key)!r}")
+        if "suboptions" in doc or "options" in arg:
+            problems += _compare_options(
+                doc.get("suboptions", {}), arg.get("options", {}), f"{where}{name}."
+            )
+    return problems
+
+
+def test_documentation_matches_the_argument_spec():
+    import yaml
+
+    documented = yaml.safe_load(nsproxy_instance.DOCUMENTATION)["options"]
+    assert _compare_options(documented, nsproxy_instance.ARGUMENT_SPEC) == []
+    yaml.safe_load(nsproxy_instance.EXAMPLES)
+    yaml.safe_load(nsproxy_instance.RETURN)
