@@ -398,6 +398,7 @@ def charts(result: dict, out: Path, stamp: str) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     points = result["points"]
     names = result["parameters"]["contenders"]
@@ -418,28 +419,40 @@ def charts(result: dict, out: Path, stamp: str) -> list[Path]:
         plt.close(fig)
         paths.append(path)
 
-    def axes_style(ax, title, ylabel, logy=False):
-        ax.set_title(title)
+    def axes_style(ax, title, ylabel, logy=False, legend_outside=False):
+        ax.set_title(title, fontsize=11)
         ax.set_xlabel("tenants")
         ax.set_ylabel(ylabel)
         ax.set_xscale("log")
         ax.set_xticks(counts, [str(c) for c in counts])
-        ax.minorticks_off() if not logy else None
+        ax.xaxis.set_minor_locator(NullLocator())
         if logy:
             ax.set_yscale("log")
         ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        if legend_outside:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+        else:
+            ax.legend(fontsize=8)
 
     # memory
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    _plot(ax, points, proxies, "idle_rss_kb", MIB, "-", " idle, HTTP")
-    _plot(ax, points, proxies, "tls_idle_rss_kb", MIB, "--", " idle, HTTP+TLS")
-    _plot(ax, points, proxies, "tls_load_rss_kb", MIB, ":", " under TLS load")
-    ax.axhline(TARGET_RSS_1000_MIB, color="tab:red", lw=0.8, ls="--")
-    ax.text(
-        counts[0], TARGET_RSS_1000_MIB * 1.05, "nsproxy target at 1000", color="tab:red", fontsize=8
+    fig, ax = plt.subplots(figsize=(9.5, 5))
+    _plot(ax, points, proxies, "idle_rss_kb", MIB, "-", ", idle, HTTP listeners")
+    _plot(ax, points, proxies, "tls_idle_rss_kb", MIB, "--", ", idle, HTTP+TLS listeners")
+    _plot(ax, points, proxies, "tls_load_rss_kb", MIB, ":", ", under TLS load")
+    ax.plot(
+        [TARGET_N],
+        [TARGET_RSS_1000_MIB],
+        "rx",
+        markersize=10,
+        label=f"nsproxy target: {TARGET_RSS_1000_MIB} MiB at {TARGET_N}",
     )
-    axes_style(ax, "Resident memory, summed over the proxy's processes", "MiB (log)", logy=True)
+    axes_style(
+        ax,
+        "Resident memory, summed over each proxy's processes",
+        "MiB (log)",
+        logy=True,
+        legend_outside=True,
+    )
     finish(fig, "rss")
 
     # throughput and efficiency
@@ -465,28 +478,50 @@ def charts(result: dict, out: Path, stamp: str) -> list[Path]:
         axs[1][col].set_ylim(0, axs[1][col].get_ylim()[1] * 1.08)
     finish(fig, "req-per-cpu")
 
-    # latency
-    fig, axs = plt.subplots(1, 2, figsize=(10, 4.5))
+    # latency: bars per tenant count, p50 solid and p99 pale behind it
+    fig, axs = plt.subplots(1, 2, figsize=(11, 4.8))
+    width = 0.8 / max(1, len(names))
     for col, v, title in ((0, "http", "plain HTTP"), (1, "https", "TLS")):
-        _plot(axs[col], points, names, f"{v}_p50_ms", 1.0, "-", " p50")
-        _plot(axs[col], points, names, f"{v}_p99_ms", 1.0, ":", " p99")
-        axes_style(
-            axs[col],
-            f"{title} latency, {result['parameters']['connections']} connections",
-            "ms (log)",
-            logy=True,
+        ax = axs[col]
+        for i, c in enumerate(names):
+            for kind, alpha in (("p99", 0.35), ("p50", 1.0)):
+                xs, ys = [], []
+                for g, n in enumerate(counts):
+                    value = _median(points, c, n, f"{v}_{kind}_ms")
+                    if value is not None:
+                        xs.append(g - 0.4 + width * (i + 0.5))
+                        ys.append(value)
+                if xs:
+                    ax.bar(
+                        xs,
+                        ys,
+                        width * 0.9,
+                        color=COLORS.get(c),
+                        alpha=alpha,
+                        label=f"{c} {kind}",
+                    )
+        ax.set_xticks(range(len(counts)), [str(n) for n in counts])
+        ax.set_xlabel("tenants")
+        ax.set_yscale("log")
+        ax.set_ylabel("ms (log)")
+        ax.set_title(
+            f"{title} latency, {result['parameters']['connections']} connections "
+            "(p50 solid, p99 pale)",
+            fontsize=11,
         )
+        ax.grid(True, axis="y", alpha=0.3, which="both")
+        ax.legend(fontsize=7, ncol=2)
     finish(fig, "latency")
 
     # start-up and growth
-    fig, axs = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig, axs = plt.subplots(1, 2, figsize=(11, 4.8))
     _plot(axs[0], points, proxies, "listen_all_s", 1.0, "-", ", HTTP")
     _plot(axs[0], points, proxies, "tls_listen_all_s", 1.0, "--", ", HTTP+TLS")
-    axs[0].plot([TARGET_N], [TARGET_LISTEN_1000_S], "rx", label="nsproxy target")
-    axes_style(axs[0], "Start: all listeners accept", "s (log)", logy=True)
+    axs[0].plot([TARGET_N], [TARGET_LISTEN_1000_S], "rx", markersize=10, label="nsproxy target")
+    axes_style(axs[0], "Start: every tenant's listeners accept", "s (log)", logy=True)
     _plot(axs[1], points, proxies, "add_tenant_ms", 1.0, "-", ", HTTP")
     _plot(axs[1], points, proxies, "tls_add_tenant_ms", 1.0, "--", ", HTTP+TLS")
-    axs[1].plot([TARGET_N], [TARGET_ADD_MS], "rx", label="nsproxy target")
+    axs[1].plot([TARGET_N], [TARGET_ADD_MS], "rx", markersize=10, label="nsproxy target")
     axes_style(axs[1], "Add one tenant to a running instance", "ms (log)", logy=True)
     finish(fig, "start-add")
     return paths
