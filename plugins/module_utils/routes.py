@@ -518,7 +518,7 @@ def check_routes_against_namespace(routes, links, addresses, kernel_routes, netn
     for route in routes:
         if route["gateway"] is None and route["dst"] != "default":
             connected.append((route["dev"], ipaddress.ip_network(route["dst"])))
-    local = {str(ipaddress.ip_interface(cidr).ip) for _, cidr in addresses}
+    local = {str(ipaddress.ip_interface(cidr).ip) for _ifname, cidr in addresses}
 
     for index, route in enumerate(routes):
         if route["dev"] is not None and route["dev"] not in links:

@@ -28,9 +28,9 @@ description:
     I(recreate=true), which deletes and creates it again (deleting a VLAN also deletes the
     macvlans on it; the listed ones are created again).
   - Links this module creates carry the interface alias C(tenantnet.nsproxy).
-  - Changes are runtime only: re-run after a reboot or when a tenant namespace is recreated.
+  - Changes are runtime only; re-run after a reboot or when a tenant namespace is recreated.
 author:
-  - tenantnet developers
+  - tenantnet developers (@tenantnet)
 requirements:
   - pyroute2 >= 0.7.2 (Debian 12 python3-pyroute2, or 0.9.x from PyPI)
   - Linux with macvlan, and 802.1Q (C(8021q)) when I(vlan_id) is set; root
@@ -83,7 +83,7 @@ options:
         required: true
       netns:
         description:
-          - Target namespace (a tenant's): a name under C(/run/netns) or an absolute path such as
+          - Target namespace (a tenant's), a name under C(/run/netns) or an absolute path such as
             C(/var/run/docker/netns/ID). Omitted means the parent's namespace. Never created; a
             missing one fails before anything changes.
         type: str

@@ -26,9 +26,9 @@ description:
   - Only the keys set in a route are compared, except I(gateway) (a route without a gateway is
     a device route). Values are normalised first (CIDR forms, C(0.0.0.0/0) = C(default), IPv6
     metric 0 = 1024), so a second run reports no change.
-  - Changes are runtime only: the kernel forgets them with the namespace or at reboot.
+  - Changes are runtime only. The kernel forgets them with the namespace or at reboot.
 author:
-  - tenantnet developers
+  - tenantnet developers (@tenantnet)
 requirements:
   - pyroute2 >= 0.7.2 (Debian 12 python3-pyroute2, or 0.9.x from PyPI)
   - Linux, root (CAP_NET_ADMIN, CAP_SYS_ADMIN to enter a namespace)

@@ -212,7 +212,7 @@ def test_matching_kernel_state_plans_nothing():
 def test_mode_changes_in_place_but_passthru_needs_recreate():
     want = M.normalize_params(params(macvlans=[mv("m1", mode="private")]))
     have = {"parent": PARENT, "macvlans": [link("m1", "macvlan", "eth0", "bridge")]}
-    actions, _ = M.plan(want, have)
+    actions, _tracker = M.plan(want, have)
     assert actions.ops() == ["macvlan_mode"]
     want = M.normalize_params(params(macvlans=[mv("m1", mode="passthru")]))
     with pytest.raises(ModuleFailure, match="passthru cannot be switched"):
@@ -263,7 +263,7 @@ def test_macvlan_on_another_parent_is_recreated_only_when_asked():
     }
     with pytest.raises(ModuleFailure, match="parent link #4 of another namespace instead of eth0"):
         M.plan(M.normalize_params(params(macvlans=[mv("m1")])), have)
-    actions, _ = M.plan(M.normalize_params(params(recreate=True, macvlans=[mv("m1")])), have)
+    actions, _tracker = M.plan(M.normalize_params(params(recreate=True, macvlans=[mv("m1")])), have)
     assert actions.ops() == ["link_del", "macvlan_create", "link_set"]
 
 
@@ -288,7 +288,7 @@ def test_shim_routes_are_exact():
         "shim": link("shim", "macvlan", "eth0", "bridge", addresses=["192.0.2.254/32"]),
         "shim_routes": [old],
     }
-    actions, _ = M.plan(want, have)
+    actions, _tracker = M.plan(want, have)
     assert [(a["op"], a["route"]["dst"]) for a in actions] == [
         ("route_replace", "192.0.2.11/32"),
         ("route_delete", "192.0.2.10/32"),
@@ -310,14 +310,14 @@ def test_absent_deletes_macvlans_shim_and_only_our_vlan():
         "macvlans": [link("m1", "macvlan", "eth0.50", "bridge")],
         "shim": link("shim", "macvlan", "eth0.50", "bridge"),
     }
-    actions, _ = M.plan(want, have)
+    actions, _tracker = M.plan(want, have)
     assert [(a["op"], a["ifname"]) for a in actions] == [
         ("link_del", "m1"),
         ("link_del", "shim"),
         ("link_del", "eth0.50"),
     ]
     have["vlan"]["owned"] = False
-    actions, _ = M.plan(want, have)
+    actions, _tracker = M.plan(want, have)
     assert [a["ifname"] for a in actions] == ["m1", "shim"]
     assert M.unowned_vlan_left(want, have) == "eth0.50"
     gone = {"parent": PARENT, "vlan": None, "macvlans": [None], "shim": None}
