@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -200,7 +201,10 @@ def start_wrk(argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish_wrk(proc: subprocess.Popen) -> WrkResult:
+def finish_wrk(proc: subprocess.Popen, interrupt: bool = False) -> WrkResult:
+    """Wait for wrk's report; with ``interrupt``, first tell it to stop now (SIGINT)."""
+    if interrupt and proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {err.strip()}")

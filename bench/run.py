@@ -271,10 +271,12 @@ class Harness:
                     )
 
     def add_tenant(self, contender: Contender, grown: list[str], sample: dict, prefix: str) -> None:
-        """Grow the running contender by one tenant while t0 is under load."""
+        """Grow the running contender by one tenant while t0 is under load. The load starts
+        ``--add-window``/3 s before the add and goes on until ``--add-window``*2/3 s after the
+        new tenant accepts, however long the add takes (wrk stops on SIGINT and reports)."""
         netns, url = contender.target(False, self.tenants[0])
         window = self.args.add_window
-        argv = measure.wrk_command(url, window, self.args.connections, self.args.load_cpu, netns)
+        argv = measure.wrk_command(url, 900, self.args.connections, self.args.load_cpu, netns)
         contender.prepare_add(grown)
         wrk = measure.start_wrk(argv)
         try:
@@ -284,12 +286,13 @@ class Harness:
             accepted = wait_listening(
                 self.namespaces,
                 contender.listen_targets(grown[-1:]),
-                timeout=60,
+                timeout=120,
                 alive=contender.check_alive,
             )
             sample[f"{prefix}add_tenant_ms"] = (max(accepted.values()) - t0) * 1000
+            time.sleep(window * 2 / 3)
         finally:
-            result = measure.finish_wrk(wrk)
+            result = measure.finish_wrk(wrk, interrupt=True)
         sample[f"{prefix}add_failed_requests"] = result.failed
         sample[f"{prefix}add_requests"] = result.requests
         sample[f"{prefix}add_socket_errors"] = result.socket_errors
