@@ -133,6 +133,14 @@ class Host:
         self.workdir = workdir
         self.wheelhouse = wheelhouse
         self.runs = 0
+        # The daemon's source as of now: other work in the tree must not look like a new
+        # release between two runs (that rightly reinstalls and restarts).
+        self.source = workdir / "nsproxy-src"
+        shutil.copytree(
+            REPO / "src" / "nsproxy",
+            self.source,
+            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"),
+        )
 
     def playbook(self, instances=None, extra=None, flags=()) -> subprocess.CompletedProcess:
         """ansible-playbook with the role; returns the finished process (output captured)."""
@@ -140,6 +148,7 @@ class Host:
         variables = {
             "nsproxy_install_source": "offline",
             "nsproxy_wheelhouse_src": str(self.wheelhouse),
+            "nsproxy_source_dir": str(self.source),
             "nsproxy_instances": instances if instances is not None else [],
             "nsproxy_wait_timeout": 60,
         }

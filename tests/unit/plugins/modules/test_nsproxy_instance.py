@@ -466,3 +466,62 @@ def test_documentation_matches_the_argument_spec():
     assert _compare_options(documented, nsproxy_instance.ARGUMENT_SPEC) == []
     yaml.safe_load(nsproxy_instance.EXAMPLES)
     yaml.safe_load(nsproxy_instance.RETURN)
+
+
+# -- a refused reload, with a stand-in daemon that refuses every reload -----------------------
+
+
+@pytest.fixture
+def refusing_nsproxy(tmp_path):
+    """`run` records the digest of the config it serves and sleeps; `status` reports it;
+    `reload` is refused with a reason, the way the real daemon refuses a config."""
+    state = tmp_path / "applied"
+    script = tmp_path / "bin" / "nsproxy"
+    script.parent.mkdir()
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!{sys.executable}
+            import hashlib, json, os, sys
+            state = {str(state)!r}
+            if sys.argv[1] == "check":
+                sys.exit(0)
+            if sys.argv[1] == "run":
+                data = open(sys.argv[3], "rb").read()
+                open(state, "w").write(hashlib.sha256(data).hexdigest())
+                os.execvp("sleep", ["sleep", "300"])
+            if sys.argv[1] == "status":
+                print(json.dumps({{"generation": 1, "config_digest": open(state).read(),
+                                  "tenants": []}}))
+                sys.exit(0)
+            if sys.argv[1] == "reload":
+                print("new configuration refused, the running one stays: tenant 'acme': boom")
+                sys.exit(1)
+            sys.exit(2)
+            """
+        )
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_refused_reload_fails_with_the_reason_and_restores_the_file(
+    tmp_path, capsys, refusing_nsproxy, request_cleanup
+):
+    args = base_args(tmp_path, refusing_nsproxy, state="started")
+    run_module(args)
+    started = module_result(capsys)
+    manager = SupervisedManager("main", [], args["run_dir"], args["log_dir"])
+    request_cleanup(manager)
+    assert started["actions"] == ["write_config", "start"], started
+    supervisor = manager.supervisor_pid()
+    path = tmp_path / "etc" / "main.json"
+    before = path.read_bytes()
+
+    run_module(dict(args, tenants=[ACME, GLOBEX]))
+    result = module_result(capsys)
+    assert result["failed"] is True
+    assert "tenant 'acme': boom" in result["msg"]
+    assert "was restored" in result["msg"]
+    assert path.read_bytes() == before
+    assert manager.supervisor_pid() == supervisor
