@@ -105,7 +105,9 @@ def test_metrics_per_tenant_and_json_access_log(proxy):
     assert metrics['nsproxy_upstream_latency_seconds_bucket{tenant="blue",le="+Inf"}'] == 3
     assert "# TYPE nsproxy_upstream_latency_seconds histogram" in text
 
-    time.sleep(1.5)  # the access log is flushed once a second
+    deadline = time.monotonic() + 15  # the access log is flushed once a second
+    while len(proxy.access_records()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
     records = proxy.access_records()
     assert len(records) == 5
     green = [r for r in records if r["tenant"] == "green"]

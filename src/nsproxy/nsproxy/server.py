@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import logging
 import os
@@ -42,14 +43,22 @@ class Shared:
 
 
 class ListenerRuntime:
-    __slots__ = ("error", "factory", "server", "spec", "state")
+    """One listener as served; for http/https it is also the protocol factory (saves memory)."""
 
-    def __init__(self, spec: config.Listener):
+    __slots__ = ("error", "factory", "scheme", "server", "shared", "spec", "state", "tenant")
+
+    def __init__(self, spec: config.Listener, tenant, shared):
         self.spec = spec
+        self.tenant = tenant
+        self.shared = shared
+        self.scheme = b"https" if spec.protocol == "https" else b"http"
         self.server = None
         self.factory = None  # tcp.RelayFactory, for draining its relays
         self.state = "waiting"
         self.error: str | None = None
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self.tenant, self.spec.listen, self.scheme, self.shared)
 
     def close(self) -> None:
         if self.server is not None:
@@ -82,7 +91,7 @@ class TenantRuntime:
         self.name = spec.name
         self.name_bytes = spec.name.encode()
         self.ns: netns.Namespace | None = None
-        self.listeners: dict[bytes, ListenerRuntime] = {}
+        self.listeners: list[ListenerRuntime] = []
         self.router = Router(spec.routes)
         self.upstreams: dict[str, Upstream] = {}
         self.metrics = metrics.TenantMetrics()
@@ -94,7 +103,7 @@ class TenantRuntime:
 
     @property
     def state(self) -> str:
-        states = {li.state for li in self.listeners.values()}
+        states = {li.state for li in self.listeners}
         if self.closing:
             return "draining"
         if not states or states == {"bound"}:
@@ -139,9 +148,7 @@ class Daemon:
 
         self.admin_server = await admin.start(self, self.config.admin_socket)
         self.sweeper = self.loop.call_later(1.0, self._sweep)
-        bound = sum(
-            1 for t in self.tenants.values() for li in t.listeners.values() if li.state == "bound"
-        )
+        bound = sum(1 for t in self.tenants.values() for li in t.listeners if li.state == "bound")
         log.info(
             "serving %d tenants, %d/%d listeners bound in %.3f s (generation %d)",
             len(self.tenants),
@@ -156,6 +163,7 @@ class Daemon:
             (signal.SIGINT, self._sigterm),
         ):
             self.loop.add_signal_handler(sig, handler)
+        release_free_memory()
         systemd.ready(f"{len(self.tenants)} tenants")
 
     def _sighup(self) -> None:
@@ -171,7 +179,7 @@ class Daemon:
         self.shared.draining = True
         log.info("stopping: draining %d connections", len(self.shared.connections))
         for tenant in self.tenants.values():
-            for li in tenant.listeners.values():
+            for li in tenant.listeners:
                 li.close()
         for conn in list(self.shared.connections):
             conn.drain()
@@ -195,7 +203,7 @@ class Daemon:
     def _open_connections(self) -> int:
         n = len(self.shared.connections)
         for tenant in self.tenants.values():
-            for li in tenant.listeners.values():
+            for li in tenant.listeners:
                 if li.factory is not None:
                     n += len(li.factory.connections)
         return n
@@ -222,10 +230,7 @@ class Daemon:
                 return
         missing = False
         for listener in spec.listeners:
-            key = listener.digest
-            li = tenant.listeners.get(key)
-            if li is None:
-                li = tenant.listeners[key] = ListenerRuntime(listener)
+            li = self._listener_runtime(tenant, listener)
             if li.state == "bound":
                 continue
             try:
@@ -278,13 +283,7 @@ class Daemon:
                 )
                 li.factory = factory
             else:
-                scheme = b"https" if protocol == "https" else b"http"
-                shared = self.shared
-                listen = spec.listen
-
-                def factory(tenant=tenant, listen=listen, scheme=scheme, shared=shared):
-                    return ClientConnection(tenant, listen, scheme, shared)
-
+                factory = li
             li.server = await self.loop.create_server(factory, sock=sock, ssl=ssl_ctx)
         except BaseException:
             sock.close()
@@ -302,9 +301,7 @@ class Daemon:
             log.warning("tenant %s: %s (retrying)", tenant.name, reason)
         tenant.last_error = reason
         for listener in tenant.spec.listeners:
-            li = tenant.listeners.get(listener.digest)
-            if li is None:
-                li = tenant.listeners[listener.digest] = ListenerRuntime(listener)
+            li = self._listener_runtime(tenant, listener)
             li.state = "waiting"
             li.error = reason
         self._schedule_retry(tenant)
@@ -320,12 +317,20 @@ class Daemon:
     def _unbind(self, tenant: TenantRuntime, reason: str) -> None:
         """Close a tenant's listeners and give its namespace back (it vanished or changed)."""
         log.warning("tenant %s: %s: rebuilding its listeners", tenant.name, reason)
-        for li in tenant.listeners.values():
+        for li in tenant.listeners:
             li.close()
         if tenant.ns is not None:
             self.registry.release(tenant.ns)
             tenant.ns = None
         tenant.retry_delay = 0.0
+
+    def _listener_runtime(self, tenant: TenantRuntime, listener: config.Listener):
+        for li in tenant.listeners:
+            if li.spec.digest == listener.digest:
+                return li
+        li = ListenerRuntime(listener, tenant, self.shared)
+        tenant.listeners.append(li)
+        return li
 
     # -- upstreams ----------------------------------------------------------------------
     def _build_upstreams(self, tenant: TenantRuntime, old: dict) -> None:
@@ -348,6 +353,7 @@ class Daemon:
         """Re-read the config file and apply the difference; (ok, message)."""
         async with self.reload_lock:
             systemd.reloading()
+            started = time.monotonic()
             try:
                 new = config.load(self.config_path)
             except config.ConfigError as exc:
@@ -358,12 +364,12 @@ class Daemon:
                 self.last_reload_error = message
                 systemd.ready()
                 return False, message
-            started = time.monotonic()
             added, removed, changed = await self._apply(new)
             self.generation += 1
             self.last_reload_error = None
             log.info(
-                "reloaded in %.3f s: generation %d, %d added, %d removed, %d changed, %d kept",
+                "reloaded in %.3f s (read, check, apply): generation %d, "
+                "%d added, %d removed, %d changed, %d kept",
                 time.monotonic() - started,
                 self.generation,
                 added,
@@ -371,6 +377,7 @@ class Daemon:
                 changed,
                 len(self.tenants) - added - changed,
             )
+            release_free_memory()
             systemd.ready(f"{len(self.tenants)} tenants")
             return True, f"generation {self.generation}"
 
@@ -395,9 +402,11 @@ class Daemon:
         for name in [n for n in self.tenants if n not in wanted]:
             self._remove_tenant(self.tenants.pop(name))
             removed += 1
-        for spec in new.tenants:
+        for index, spec in enumerate(new.tenants):
             tenant = self.tenants.get(spec.name)
-            if tenant is None:
+            if tenant is not None and tenant.spec.digest == spec.digest:
+                new.tenants[index] = tenant.spec  # keep one copy of an unchanged tenant
+            elif tenant is None:
                 tenant = TenantRuntime(spec)
                 self.tenants[spec.name] = tenant
                 self._build_upstreams(tenant, {})
@@ -413,13 +422,12 @@ class Daemon:
         tenant.spec = spec
         if old.netns != spec.netns:
             self._unbind(tenant, f"netns changed from {old.netns!r} to {spec.netns!r}")
-            self._drain_listeners(tenant, list(tenant.listeners.values()))
-            tenant.listeners = {}
+            self._drain_listeners(tenant, tenant.listeners)
+            tenant.listeners = []
         else:
             keep = {li.digest for li in spec.listeners}
-            gone = [li for key, li in tenant.listeners.items() if key not in keep]
-            for li in gone:
-                del tenant.listeners[li.spec.digest]
+            gone = [li for li in tenant.listeners if li.spec.digest not in keep]
+            tenant.listeners = [li for li in tenant.listeners if li.spec.digest in keep]
             self._drain_listeners(tenant, gone)
         tenant.router = Router(spec.routes)
         self._build_upstreams(tenant, dict(tenant.upstreams))
@@ -442,7 +450,7 @@ class Daemon:
         if tenant.retry_handle is not None:
             tenant.retry_handle.cancel()
             tenant.retry_handle = None
-        for li in tenant.listeners.values():
+        for li in tenant.listeners:
             li.close()
         for conn in list(self.shared.connections):
             if conn.tenant is tenant:
@@ -454,7 +462,7 @@ class Daemon:
         log.info("tenant %s removed: draining %d connections", tenant.name, tenant.active)
 
     def _abort_tcp(self, tenant: TenantRuntime) -> None:
-        for li in tenant.listeners.values():
+        for li in tenant.listeners:
             if li.factory is not None:
                 li.factory.abort_all()
 
@@ -554,7 +562,7 @@ class Daemon:
                             "state": li.state,
                             "error": li.error,
                         }
-                        for li in tenant.listeners.values()
+                        for li in tenant.listeners
                     ],
                     "upstreams": [
                         {"name": up.name, "servers": up.health()}
@@ -581,6 +589,12 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno == errno.EACCES:
         return "permission denied (binding a port below 1024 needs CAP_NET_BIND_SERVICE)"
     return exc.strerror or str(exc)
+
+
+def release_free_memory() -> None:
+    """Give the heap freed by parsing a config back to the kernel (glibc); no-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def raise_nofile_limit() -> tuple[int, int]:
