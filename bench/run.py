@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -393,6 +394,34 @@ def _in_sandbox() -> bool:
         )
 
 
+def assemble(args, started, info, contenders, points, complete: bool) -> dict:
+    """The result document: machine, parameters, points, target verdicts and ratios."""
+    result = {
+        "started": started.isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "complete": complete,
+        "machine": info,
+        "parameters": {
+            "tenant_counts": args.tenant_counts,
+            "contenders": args.contender_names,
+            "duration_s": args.duration,
+            "repeat": args.repeat,
+            "connections": args.connections,
+            "wrk_threads": 1,
+            "settle_s": args.settle,
+            "add_window_s": args.add_window,
+            "proxy_cpu": args.proxy_cpu,
+            "load_cpu": args.load_cpu,
+            "listen": f"{topo.LISTEN_ADDR}:{topo.HTTP_PORT} (http), :{topo.HTTPS_PORT} (https)",
+            "add_methods": {n: c.add_method for n, c in contenders.items() if c.add_method},
+        },
+        "points": points,
+    }
+    result["targets"] = report.evaluate_targets(points)
+    result["ratios"] = report.ratios(points)
+    return result
+
+
 def run_inside(args: argparse.Namespace) -> int:
     if not _in_sandbox():
         print("bench: refusing to build tenants in the machine's own namespace", file=sys.stderr)
@@ -401,6 +430,9 @@ def run_inside(args: argparse.Namespace) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.sched_setaffinity(0, {args.load_cpu})
 
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{args.stamp}.json"
     workdir = Path(tempfile.mkdtemp(prefix="nsproxy-bench-"))
     harness = Harness(args, workdir)
     contenders = {
@@ -433,7 +465,9 @@ def run_inside(args: argparse.Namespace) -> int:
                     t = time.monotonic()
                     try:
                         sample = harness.measure_once(c, n)
-                    except (ContenderError, RuntimeError, TimeoutError, ValueError) as exc:
+                    except Exception as exc:  # one broken point must not lose the whole run
+                        if not isinstance(exc, (ContenderError, TimeoutError)):
+                            traceback.print_exc()
                         point.update(status="failed", reason=str(exc)[-2000:])
                         print(f"! {name} at {n} tenants failed: {exc}", file=sys.stderr)
                         continue
@@ -453,37 +487,16 @@ def run_inside(args: argparse.Namespace) -> int:
                     point["summary"] = report.summarise(point["samples"], fields)
                     if not ALL[point["contender"]].is_proxy:
                         point["not_applicable"] = sorted(set(PROXY_FIELDS) - set(fields))
+            # a checkpoint, so that an interrupted long run still leaves what it measured
+            partial = assemble(args, started, info, contenders, points, complete=False)
+            json_path.write_text(json.dumps(partial, indent=1) + "\n")
     finally:
         for c in contenders.values():
             c.stop()
         harness.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    result = {
-        "started": started.isoformat(timespec="seconds"),
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": info,
-        "parameters": {
-            "tenant_counts": args.tenant_counts,
-            "contenders": args.contender_names,
-            "duration_s": args.duration,
-            "repeat": args.repeat,
-            "connections": args.connections,
-            "wrk_threads": 1,
-            "settle_s": args.settle,
-            "add_window_s": args.add_window,
-            "proxy_cpu": args.proxy_cpu,
-            "load_cpu": args.load_cpu,
-            "listen": f"{topo.LISTEN_ADDR}:{topo.HTTP_PORT} (http), :{topo.HTTPS_PORT} (https)",
-            "add_methods": {n: c.add_method for n, c in contenders.items() if c.add_method},
-        },
-        "points": points,
-    }
-    result["targets"] = report.evaluate_targets(points)
-    result["ratios"] = report.ratios(points)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"{args.stamp}.json"
+    result = assemble(args, started, info, contenders, points, complete=True)
     json_path.write_text(json.dumps(result, indent=1) + "\n")
     (out / f"{args.stamp}.md").write_text(report.markdown(result))
     print(report.table(result))

@@ -63,6 +63,7 @@ def test_benchmark_command_succeeds_and_writes_json(smoke_run):
     proc, out = smoke_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "smoke.json").read_text())
+    assert result["complete"] is True
     assert result["parameters"]["tenant_counts"] == [3]
     assert result["machine"]["cpu_model"] and result["machine"]["kernel"]
 
