@@ -107,6 +107,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "bench" / "results"), help="results directory")
     p.add_argument("--stamp", default=None, help="file name stem (default: UTC date and time)")
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    p.add_argument(
+        "--keep-workdir",
+        action="store_true",
+        help="keep the configs and logs of the contenders (path printed at the end)",
+    )
     args = p.parse_args(argv)
     try:
         args.tenant_counts = sorted({int(x) for x in args.tenants.split(",") if x.strip()})
@@ -494,7 +499,10 @@ def run_inside(args: argparse.Namespace) -> int:
         for c in contenders.values():
             c.stop()
         harness.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep_workdir:
+            print(f"# configs and logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     result = assemble(args, started, info, contenders, points, complete=True)
     json_path.write_text(json.dumps(result, indent=1) + "\n")
