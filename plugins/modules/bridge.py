@@ -19,7 +19,7 @@ description:
   - If O(name) exists but is not a bridge, the module fails unless O(recreate=true).
   - If anything fails half-way, what this call created is removed again.
 author:
-  - tenantnet developers
+  - tenantnet developers (@tenantnet)
 requirements:
   - pyroute2 0.7 or later (Debian 12 python3-pyroute2, or 0.9.x from PyPI) on the managed host
   - root (CAP_NET_ADMIN, and CAP_SYS_ADMIN to enter namespaces)
@@ -114,8 +114,10 @@ seealso:
   - module: tenantnet.nsproxy.netns
 attributes:
   check_mode:
+    description: Computes the same plan as a real run, reports it, and changes nothing.
     support: full
   diff_mode:
+    description: Shows the before and after values of the options that were set.
     support: full
 """
 

@@ -13,8 +13,8 @@ description:
   - Without a target, creates a new empty network namespace named O(name) under O(netns_dir)
     (like C(ip netns add)).
   - With a target (O(pid), O(path) or O(container)), gives the existing namespace of that
-    target the name O(name) (like C(ip netns attach)), so other modules can use
-    C(netns: <name>).
+    target the name O(name) (like C(ip netns attach)), so other modules can refer to it
+    by that name in their C(netns) option.
   - A container is resolved through the Docker Engine API on its unix socket (O(docker_host));
     the docker CLI is not needed. Its sandbox path (C(/var/run/docker/netns/ID)) is preferred
     over C(/proc/PID/ns/net).
@@ -24,7 +24,7 @@ description:
     namespace keeps it, untouched.
   - Brings the loopback interface up unless O(loopback_up=false).
 author:
-  - tenantnet developers
+  - tenantnet developers (@tenantnet)
 requirements:
   - pyroute2 0.7 or later (Debian 12 python3-pyroute2, or 0.9.x from PyPI) on the managed host
   - root (CAP_SYS_ADMIN for mounts and setns, CAP_NET_ADMIN)
@@ -54,7 +54,8 @@ options:
   container:
     description:
       - Attach the network namespace of this running Docker container (name or id).
-      - Containers with C(network_mode: host) are refused: their namespace is the host's.
+      - Containers on the host network (C(--network host)) are refused, because their
+        namespace is the host's own.
       - Mutually exclusive with O(pid) and O(path).
     type: str
   docker_host:
@@ -82,8 +83,10 @@ seealso:
   - module: tenantnet.nsproxy.bridge
 attributes:
   check_mode:
+    description: Computes the same plan as a real run, reports it, and changes nothing.
     support: full
   diff_mode:
+    description: Shows the before and after values of the options that were set.
     support: full
 """
 

@@ -23,7 +23,7 @@ description:
     or is not paired with O(peer) in O(peer_netns), the module fails unless O(recreate=true).
   - If anything fails half-way, what this call created is removed again.
 author:
-  - tenantnet developers
+  - tenantnet developers (@tenantnet)
 requirements:
   - pyroute2 0.7 or later (Debian 12 python3-pyroute2, or 0.9.x from PyPI) on the managed host
   - root (CAP_NET_ADMIN and CAP_SYS_ADMIN to enter namespaces)
@@ -116,8 +116,10 @@ seealso:
   - module: tenantnet.nsproxy.bridge
 attributes:
   check_mode:
+    description: Computes the same plan as a real run, reports it, and changes nothing.
     support: full
   diff_mode:
+    description: Shows the before and after values of the options that were set.
     support: full
 """
 

@@ -156,7 +156,7 @@ def test_veth_existing_name_of_other_kind_fails_without_recreate():
 def test_veth_recreate_deletes_first_then_creates():
     want = veth.build_want(veth_params(recreate=True))
     have = dict(end=link("vh0", kind="bridge"), peer_end=None, paired=False)
-    plan, _ = veth.build_plan(want, have, LABELS)
+    plan = veth.build_plan(want, have, LABELS)[0]
     assert plan.ops()[:2] == ["link_del", "veth_add"]
 
 
@@ -185,7 +185,7 @@ def test_veth_absent_plans_one_delete_and_never_deletes_other_kinds():
         veth.build_plan(
             want, dict(end=link("vh0", kind="bridge"), peer_end=None, paired=False), LABELS
         )
-    plan, _ = veth.build_plan(want, dict(end=None, peer_end=None, paired=False), LABELS)
+    plan = veth.build_plan(want, dict(end=None, peer_end=None, paired=False), LABELS)[0]
     assert not plan
 
 
@@ -212,13 +212,13 @@ def test_bridge_view_normalises_kernel_values():
 
 def test_bridge_defaults_match_the_kernel_so_an_existing_plain_bridge_is_unchanged():
     want = bridge.build_want(bridge_params())
-    plan, _ = bridge.build_plan(want, bridge_have(), "netns 'bt'")
+    plan = bridge.build_plan(want, bridge_have(), "netns 'bt'")[0]
     assert plan.actions == []
 
 
 def test_bridge_new_bridge_is_created_with_stp_off_only_unset_options_left_out():
     want = bridge.build_want(bridge_params(ports=["p1"]))
-    plan, _ = bridge.build_plan(want, None, "netns 'bt'")
+    plan = bridge.build_plan(want, None, "netns 'bt'")[0]
     assert plan.actions[0] == {"op": "bridge_add", "ifname": "br0", "netns": "bt", "stp": False}
     assert {"op": "link_set", "ifname": "p1", "netns": "bt", "master": "br0"} in plan.actions
 
@@ -255,9 +255,8 @@ def test_bridge_conflict_and_bad_input():
     veth_named_br0 = bridge.bridge_view(link("br0", kind="veth"), [])
     with pytest.raises(ModuleFailure, match="as a veth, not a bridge"):
         bridge.build_plan(bridge.build_want(bridge_params()), veth_named_br0, "netns 'bt'")
-    plan, _ = bridge.build_plan(
-        bridge.build_want(bridge_params(recreate=True)), veth_named_br0, "x"
-    )
+    want = bridge.build_want(bridge_params(recreate=True))
+    plan = bridge.build_plan(want, veth_named_br0, "x")[0]
     assert plan.ops()[:2] == ["link_del", "bridge_add"]
 
 
@@ -291,13 +290,13 @@ def test_netns_new_name_is_created_and_lo_brought_up():
 
 
 def test_netns_existing_name_is_unchanged():
-    plan, _ = netns.build_plan(netns.build_want(netns_params()), LIVE, None)
+    plan = netns.build_plan(netns.build_want(netns_params()), LIVE, None)[0]
     assert not plan
 
 
 def test_netns_stale_file_is_replaced():
     stale = dict(exists=True, live=False, inode=None, loopback=None)
-    plan, _ = netns.build_plan(netns.build_want(netns_params()), stale, None)
+    plan = netns.build_plan(netns.build_want(netns_params()), stale, None)[0]
     assert plan.ops() == ["netns_remove", "netns_create", "loopback_up"]
 
 
@@ -312,13 +311,13 @@ def test_netns_name_pointing_at_an_old_namespace_is_reattached():
 
 def test_netns_same_inode_is_unchanged():
     target = dict(source="/proc/42/ns/net", inode=111, pid=42)
-    plan, _ = netns.build_plan(netns.build_want(netns_params(pid=42)), LIVE, target)
+    plan = netns.build_plan(netns.build_want(netns_params(pid=42)), LIVE, target)[0]
     assert not plan
 
 
 def test_netns_absent_removes_only_the_name():
     want = netns.build_want(netns_params(state="absent"))
-    plan, _ = netns.build_plan(want, LIVE, None)
+    plan = netns.build_plan(want, LIVE, None)[0]
     assert plan.actions == [{"op": "netns_remove", "path": "/run/netns/n1"}]
     assert not netns.build_plan(want, ABSENT, None)[0]
 
