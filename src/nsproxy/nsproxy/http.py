@@ -404,7 +404,8 @@ class ClientConnection(asyncio.Protocol):
         self.since = shared.now
         if self.expect and self.version == "1.1":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        conn = upstream.take_idle()
+        server = upstream.pick()
+        conn = upstream.take_idle(server)
         self.t_sent = shared.loop_time()
         if conn is not None:
             if not self.chunked and self.cl is None:
@@ -415,7 +416,7 @@ class ClientConnection(asyncio.Protocol):
             self.pending = [head]
             self.pending_size = len(head)
             self._pause(PAUSE_CONNECTING)
-            shared.loop.create_task(self._connect(upstream))
+            shared.loop.create_task(self._connect(upstream, server))
 
     def _body(self, body):
         n = len(body)
@@ -442,9 +443,9 @@ class ClientConnection(asyncio.Protocol):
             self.pending.append(data)
             self.pending_size += len(data)
 
-    async def _connect(self, upstream):
+    async def _connect(self, upstream, server=None):
         try:
-            _, conn = await upstream.connect(lambda: UpstreamConnection(upstream))
+            _, conn = await upstream.connect(lambda: UpstreamConnection(upstream), server)
         except UpstreamError as exc:
             if self.state != CLOSED and self.pending is not None:
                 self.pending = None
@@ -716,6 +717,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = None
         self.client = None
         self.parser = httptools.HttpResponseParser(self)
+        self.server = None  # upstream.Server, set by Upstream.connect
         self.server_label = "-"
         self.closed = False
         self.tunnel = False

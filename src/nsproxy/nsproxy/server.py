@@ -483,8 +483,7 @@ class Daemon:
         idle = timeouts["idle"]
         for tenant in self.tenants.values():
             for up in tenant.upstreams.values():
-                if up.idle:
-                    up.expire_idle(now, idle)
+                up.expire_idle(now, idle)
             if tenant.ns is not None and not tenant.closing:
                 identity = netns.current_identity(tenant.ns.path)
                 if identity != tenant.ns.identity:

@@ -26,7 +26,9 @@ class UpstreamError(Exception):
 
 
 class Server:
-    __slots__ = ("address", "down_until", "family", "label", "last_error")
+    """One server of an upstream, with its own pool of idle keep-alive connections."""
+
+    __slots__ = ("address", "down_until", "family", "idle", "label", "last_error")
 
     def __init__(self, host: str, port: int):
         self.address = (host, port)
@@ -34,23 +36,13 @@ class Server:
         self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.down_until = 0.0
         self.last_error: str | None = None
+        self.idle: list | None = None
 
 
 class Upstream:
     """The servers of one upstream of one tenant; ``connect`` is the UpstreamLike contract."""
 
-    __slots__ = (
-        "digest",
-        "idle",
-        "name",
-        "netns",
-        "ns",
-        "registry",
-        "servers",
-        "tenant",
-        "rr",
-        "shared",
-    )
+    __slots__ = ("digest", "name", "netns", "ns", "registry", "rr", "servers", "shared", "tenant")
 
     def __init__(self, spec, tenant: str, registry: netns.Registry, shared):
         self.name = spec.name
@@ -62,16 +54,19 @@ class Upstream:
         self.servers = [Server(h, p) for h, p in spec.servers]
         self.ns: netns.Namespace | None = None
         self.rr = 0
-        self.idle: list = []
 
     # -- UpstreamLike ---------------------------------------------------------------------
-    async def connect(self, protocol_factory):
-        """Connect to the next healthy server; (transport, protocol) or UpstreamError."""
+    async def connect(self, protocol_factory, first: Server | None = None):
+        """Connect to the next healthy server (``first`` if given, then the others);
+        (transport, protocol) or UpstreamError."""
         loop = asyncio.get_running_loop()
         ns = self._namespace()
         timeout = self.shared.timeouts["connect"]
         errors = []
-        for server in self._order():
+        order = self._order()
+        if first is not None:
+            order = [first] + [s for s in order if s is not first]
+        for server in order:
             try:
                 sock = self.registry.unconnected_socket(ns, server.family)
             except (OSError, netns.NetnsError) as exc:
@@ -95,15 +90,25 @@ class Upstream:
                 sock.close()
                 raise
             server.down_until = 0.0
-            protocol.server_label = server.label
+            protocol.server_label = server.label  # tcp.py logs it
+            if hasattr(protocol, "server"):
+                protocol.server = server
             return transport, protocol
         only_timeouts = all(e.endswith("connect timeout") for e in errors)
         raise UpstreamError(f"upstream {self.name}: " + "; ".join(errors), timeout=only_timeouts)
 
     # -- pool -----------------------------------------------------------------------------
-    def take_idle(self):
-        """An idle keep-alive connection of this upstream, or None."""
-        idle = self.idle
+    def pick(self) -> Server:
+        """The server for the next request: round-robin over the healthy ones."""
+        servers = self.servers
+        if len(servers) == 1:
+            return servers[0]
+        return self._order()[0]
+
+    @staticmethod
+    def take_idle(server: Server):
+        """An idle keep-alive connection to ``server``, or None."""
+        idle = server.idle
         while idle:
             conn = idle.pop()
             if conn.usable():
@@ -111,29 +116,41 @@ class Upstream:
         return None
 
     def put_idle(self, conn) -> None:
-        if len(self.idle) >= MAX_IDLE or self.shared.draining:
+        server = conn.server
+        if server is None or self.shared.draining or server not in self.servers:
+            conn.close()
+            return
+        if server.idle is None:
+            server.idle = []
+        if len(server.idle) >= MAX_IDLE:
             conn.close()
         else:
-            self.idle.append(conn)
+            server.idle.append(conn)
+
+    def close_idle(self) -> None:
+        for server in self.servers:
+            if server.idle:
+                for conn in server.idle:
+                    conn.close()
+            server.idle = None
 
     def close(self) -> None:
-        """Close the pool and give the namespace back (the upstream was removed)."""
-        for conn in self.idle:
-            conn.close()
-        self.idle.clear()
+        """Close the pools and give the namespace back (the upstream was removed)."""
+        self.close_idle()
         if self.ns is not None:
             self.registry.release(self.ns)
             self.ns = None
 
     def expire_idle(self, now: float, idle_timeout: float) -> None:
-        if self.idle:
-            keep = []
-            for conn in self.idle:
-                if now - conn.idle_since > idle_timeout or not conn.usable():
-                    conn.close()
-                else:
-                    keep.append(conn)
-            self.idle[:] = keep
+        for server in self.servers:
+            if server.idle:
+                keep = []
+                for conn in server.idle:
+                    if now - conn.idle_since > idle_timeout or not conn.usable():
+                        conn.close()
+                    else:
+                        keep.append(conn)
+                server.idle = keep
 
     def health(self) -> list[dict]:
         now = time.monotonic()
@@ -150,9 +167,7 @@ class Upstream:
             raise UpstreamError(f"upstream {self.name}: network namespace {path} does not exist")
         if self.ns is None or self.ns.identity != identity:
             if self.ns is not None:
-                for conn in self.idle:
-                    conn.close()
-                self.idle.clear()
+                self.close_idle()
                 self.registry.release(self.ns)
                 self.ns = None
             try:

@@ -1,0 +1,105 @@
+"""Upstream round-robin and passive health, per-tenant connection limit, drain on removal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+from conftest import ADDR, http_tenant
+
+
+def test_round_robin_skips_a_dead_server_and_status_marks_it_unhealthy(proxy):
+    proxy.add_netns("rr")
+    proxy.start_echo("echo", "127.0.0.1:9901", "127.0.0.1:9902")
+    servers = ["127.0.0.1:9901", "127.0.0.1:9999", "127.0.0.1:9902"]  # 9999: nothing listens
+    proxy.write_config([http_tenant("rr", servers)])
+    proxy.start()
+    code = f"""
+import http.client, json
+seen = []
+for i in range(12):
+    c = http.client.HTTPConnection("{ADDR}", 80, timeout=10)
+    c.request("GET", "/", headers={{"Connection": "close"}})
+    r = c.getresponse()
+    seen.append([r.status, json.loads(r.read())["server"]])
+print(json.dumps(seen))
+"""
+    seen = json.loads(proxy.python("rr", code).stdout)
+    assert all(status == 200 for status, _ in seen), seen  # the dead server cost no request
+    assert {server for _, server in seen} == {"echo@9901", "echo@9902"}
+    health = proxy.tenant_status("rr")["upstreams"][0]["servers"]
+    assert health == [
+        {"address": "127.0.0.1:9901", "healthy": True},
+        {"address": "127.0.0.1:9999", "healthy": False},
+        {"address": "127.0.0.1:9902", "healthy": True},
+    ]
+
+
+def test_connections_beyond_the_tenant_limit_get_503(proxy):
+    proxy.add_netns("lim", "free")
+    proxy.start_echo("echo", "127.0.0.1:9911")
+    proxy.write_config(
+        [http_tenant("lim", ["127.0.0.1:9911"]), http_tenant("free", ["127.0.0.1:9911"])],
+        limits={"max_connections_per_tenant": 2},
+    )
+    proxy.start()
+    holder = proxy.sb.popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            "lim",
+            "python3",
+            "-c",
+            f"import socket,time; a=socket.create_connection(('{ADDR}',80)); "
+            f"b=socket.create_connection(('{ADDR}',80)); print('up',flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    proxy.helpers.append(holder)
+    assert holder.stdout.readline().strip() == "up"
+    proxy.wait_for(lambda s: True, "status")
+    third = proxy.curl("lim", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ADDR}/")
+    assert third.stdout == "503"
+    # Another tenant is not affected by lim's limit.
+    assert proxy.get_json("free", f"http://{ADDR}/")["server"] == "echo@9911"
+    assert "max_connections_per_tenant reached" in proxy.log()
+
+
+def test_removed_tenant_finishes_its_request_in_flight(proxy):
+    proxy.add_netns("stay", "leave")
+    proxy.start_echo("echo", "127.0.0.1:9921")
+    stay = http_tenant("stay", ["127.0.0.1:9921"])
+    proxy.write_config([stay, http_tenant("leave", ["127.0.0.1:9921"])])
+    proxy.start()
+    slow = proxy.sb.popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            "leave",
+            "curl",
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_code}",
+            f"http://{ADDR}/slow?delay=2",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    proxy.helpers.append(slow)
+    deadline = time.monotonic() + 10
+    while "/slow" not in (proxy.echo_log.read_text() if proxy.echo_log.exists() else ""):
+        assert time.monotonic() < deadline, "the slow request never reached the upstream"
+        time.sleep(0.1)
+    proxy.write_config([stay])
+    assert proxy.reload().returncode == 0
+    assert proxy.curl("leave", f"http://{ADDR}/").returncode == 7  # no longer accepting
+    out, _ = slow.communicate(timeout=30)
+    body, _, status = out.rpartition("\n")
+    assert status == "200" and json.loads(body)["path"] == "/slow?delay=2"
+    assert [t["name"] for t in proxy.status_json()["tenants"]] == ["stay"]
