@@ -144,7 +144,7 @@ def test_each_tenant_serves_its_own_certificates_by_sni_on_the_same_address(two_
         assert out.returncode == 0, (netns, sni, out.stdout + out.stderr)
         assert "Verify return code: 0 (ok)" in out.stdout
         assert f"subject=CN = {common_name}" in out.stdout
-        assert "TLSv1.3" in out.stdout
+        assert "New, TLSv1.3, Cipher is TLS_" in out.stdout
     # A name no certificate has, or no SNI at all: the tenant's first certificate.
     for netns in ("t1", "t2"):
         for sni_args in (["-servername", "unknown.example"], ["-noservername"]):
@@ -254,10 +254,13 @@ def test_tls_older_than_1_2_is_refused_and_min_version_1_3_is_enforced(two_tenan
     ok = s_client(
         proxy, "t2", "-servername", "t2.example", "-CAfile", certs["t2"]["cert"], "-tls1_2"
     )
-    assert ok.returncode == 0 and "Protocol  : TLSv1.2" in ok.stdout, ok.stdout + ok.stderr
+    assert ok.returncode == 0 and "New, TLSv1.2, Cipher is ECDHE-" in ok.stdout, (
+        ok.stdout + ok.stderr
+    )
     refused = s_client(proxy, "t2", "-servername", "t2.example", "-tls1_2", port=8443)
     assert handshake_failed(refused), refused.stdout + refused.stderr
     ok13 = s_client(
         proxy, "t2", "-servername", "t2.example", "-CAfile", certs["t2"]["cert"], port=8443
     )
-    assert ok13.returncode == 0 and "Protocol  : TLSv1.3" in ok13.stdout
+    # (the "Protocol :" block needs the TLS 1.3 session ticket, which may come after EOF)
+    assert ok13.returncode == 0 and "New, TLSv1.3, Cipher is TLS_" in ok13.stdout
