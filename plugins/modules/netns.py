@@ -135,7 +135,8 @@ target:
   returned: when O(state=present) and a target was given
   type: dict
   sample: {"container": "web1", "container_id": "0f1e...", "pid": 4242,
-           "source": "/var/run/docker/netns/1a2b3c4d5e6f", "inode": 4026532321}
+           "source": "/var/run/docker/netns/1a2b3c4d5e6f", "inode": 4026532321,
+           "loopback": "up"}
 netns:
   description: The namespace after the call; C(path) is where the name lives.
   returned: always
@@ -249,6 +250,7 @@ def resolve_target(want):
             "container" if want["container"] else ("pid" if want["pid"] else "path"),
             f"{target['source']} is not a network namespace",
         )
+    target["loopback"] = loopback_state(target["source"])
     return target
 
 
@@ -277,7 +279,8 @@ def read_have(want):
 
 
 def build_plan(want, have, target):
-    """want + have (+ resolved target) -> (plan, tracker). Pure; same result in check mode."""
+    """want + have (+ resolved target, with its lo state) -> (plan, tracker). Pure: no kernel
+    access, same result in check mode."""
     plan, tracker = Plan(), DiffTracker()
     path = want["path"]
     if want["state"] == "absent":
@@ -303,7 +306,7 @@ def build_plan(want, have, target):
                 )
                 plan.add("netns_remove", path=path, reason=reason)
             plan.add("netns_attach", path=path, source=target["source"])
-            loopback = loopback_state(target["source"])
+            loopback = target.get("loopback")
     if want["loopback_up"]:
         tracker.add("loopback", "up", have["loopback"])
         if loopback != "up":
