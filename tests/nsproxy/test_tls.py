@@ -264,3 +264,29 @@ def test_tls_older_than_1_2_is_refused_and_min_version_1_3_is_enforced(two_tenan
     )
     # (the "Protocol :" block needs the TLS 1.3 session ticket, which may come after EOF)
     assert ok13.returncode == 0 and "New, TLSv1.3, Cipher is TLS_" in ok13.stdout
+
+
+def test_reload_with_a_new_certificate_path_serves_the_new_certificate(proxy, tmp_path):
+    old = make_cert(tmp_path, "old", "rot.example")
+    new = make_cert(tmp_path, "new", "rot.example", "www.rot.example")
+    proxy.add_netns("t1")
+    proxy.start_echo("echo", "127.0.0.1:18080")
+    proxy.write_config([https_tenant("t1", [old])], timeouts={"drain": 1})
+    proxy.start()
+    out = s_client(proxy, "t1", "-servername", "rot.example", "-CAfile", old["cert"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    proxy.write_config([https_tenant("t1", [new])], timeouts={"drain": 1})
+    assert proxy.reload().returncode == 0, proxy.log()
+    out = s_client(
+        proxy,
+        "t1",
+        "-servername",
+        "www.rot.example",
+        "-CAfile",
+        new["cert"],
+        "-verify_hostname",
+        "www.rot.example",
+    )
+    assert out.returncode == 0, out.stdout + out.stderr + proxy.log()
+    out = curl_https(proxy, "t1", "www.rot.example", new["cert"], "/after")
+    assert out.returncode == 0 and json.loads(out.stdout)["path"] == "/after", out.stderr
