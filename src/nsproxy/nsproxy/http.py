@@ -259,10 +259,10 @@ class ClientConnection(asyncio.Protocol):
             self.url += url
 
     def on_header(self, name, value):
-        if self.backlog is not None:
-            self.backlog.append((self._header, name, value))
+        if self.backlog is None:
+            self.headers.append((name, value))
         else:
-            self._header(name, value)
+            self.backlog.append((self._header, name, value))
 
     def on_headers_complete(self):
         # The parser's getters describe the latest message parsed: read them now, not at replay.
@@ -303,36 +303,37 @@ class ClientConnection(asyncio.Protocol):
         self.url += url
 
     def _header(self, name, value):
-        self.head_size += len(name) + len(value) + 4
         self.headers.append((name, value))
-        if len(self.headers) > self.shared.limits["max_headers"]:
-            raise Reject(431, "more request headers than max_headers")
-        if self.head_size > self.shared.limits["max_header_bytes"]:
-            raise Reject(431, "request head larger than max_header_bytes")
 
     def _headers_complete(self, meta):
+        # Header count and size are checked here once; a head that never completes is bounded
+        # by the raw byte count in data_received.
         shared = self.shared
-        self.head_size += len(self.url)
-        if self.head_size > shared.limits["max_header_bytes"]:
-            raise Reject(431, "request head larger than max_header_bytes")
+        limits = shared.limits
+        headers = self.headers
+        if len(headers) > limits["max_headers"]:
+            raise Reject(431, "more request headers than max_headers")
         method, self.version, self.keep_alive, should_upgrade = meta
         self.method = method
         if method == b"CONNECT":
             raise Reject(405, "CONNECT is not supported by a reverse proxy")
         out = []
+        extend = out.extend
         host = None
         special = REQUEST_SPECIAL
-        for name, value in self.headers:
+        size = len(self.url) + 4 * len(headers)
+        for name, value in headers:
+            size += len(name) + len(value)
             code = special.get(name.lower())
             if code is None:
-                out.append(name + b": " + value + b"\r\n")
+                extend((name, b": ", value, b"\r\n"))
             elif code == _H_HOST:
                 if host is not None:
                     raise Reject(400, "more than one Host header")
                 host = value
             elif code == _H_CL:
                 self.cl = value
-                out.append(b"Content-Length: " + value + b"\r\n")
+                extend((b"Content-Length: ", value, b"\r\n"))
             elif code == _H_TE:
                 if value.strip().lower() != b"chunked" or self.chunked:
                     raise Reject(501, "only Transfer-Encoding: chunked is supported")
@@ -346,12 +347,21 @@ class ClientConnection(asyncio.Protocol):
                 self.expect = True
             elif code == _H_UPGRADE:
                 self.upgrade = value
+        self.head_size = size
+        if size > limits["max_header_bytes"]:
+            raise Reject(431, "request head larger than max_header_bytes")
         if self.chunked and self.cl is not None:
             raise Reject(400, "both Content-Length and Transfer-Encoding")
         if self.conn_tokens:
             nominated = set(self.conn_tokens) - {b"close", b"keep-alive", b"upgrade"}
-            if nominated:
-                out = [h for h in out if h.split(b":", 1)[0].lower() not in nominated]
+            if nominated:  # headers the client declared hop-by-hop: not forwarded either
+                out = []
+                for name, value in headers:
+                    lname = name.lower()
+                    if lname not in nominated and (
+                        lname not in special or lname == b"content-length"
+                    ):
+                        out.extend((name, b": ", value, b"\r\n"))
         if not should_upgrade:
             self.upgrade = None
         url = self.url
@@ -474,28 +484,35 @@ class ClientConnection(asyncio.Protocol):
             conn.transport.pause_reading()
 
     # -- response from the upstream ---------------------------------------------------------
-    def response_head(self, status, reason, headers, upstream_chunked, upstream_cl, keep):
-        """Called by the upstream connection when the response head is complete."""
+    def response_head(self, status, reason, headers):
+        """Called by the upstream connection when the response head is complete; whether the
+        upstream framed the body (Content-Length or chunked)."""
         self.status = status
         self.response_started = True
         self.retry_head = None
-        tenant_metrics = self.tenant.metrics
-        tenant_metrics.observe(self.shared.loop_time() - self.t_sent)
+        self.tenant.metrics.observe(self.shared.loop_time() - self.t_sent)
         out = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
+        extend = out.extend
         drop = RESPONSE_DROP
+        upstream_cl = upstream_chunked = False
         for name, value in headers:
-            if name.lower() not in drop:
-                out.append(name + b": " + value + b"\r\n")
+            lname = name.lower()
+            if lname not in drop:
+                extend((name, b": ", value, b"\r\n"))
+                if lname == b"content-length":
+                    upstream_cl = True
+            elif lname == b"transfer-encoding":
+                upstream_chunked = True
         if status == 101:
             out.append(b"Connection: upgrade\r\nUpgrade: " + (self.upgrade or b"") + b"\r\n\r\n")
             self._send(b"".join(out))
-            return
+            return True
         if self.upgrade is not None:
             self.close_after = True  # the client may already have sent tunnel bytes
         if self.shared.draining or self.tenant.closing:
             self.close_after = True
         no_body = self.method == b"HEAD" or status in (204, 304)
-        if not no_body and upstream_cl is None:
+        if not no_body and not upstream_cl:
             if self.version == "1.1":
                 self.chunk_out = True
                 out.append(b"Transfer-Encoding: chunked\r\n")
@@ -510,6 +527,7 @@ class ClientConnection(asyncio.Protocol):
         head = b"".join(out)
         self.bytes_out += len(head)
         self._send(head)
+        return upstream_cl or upstream_chunked
 
     def response_body(self, data):
         self.last_io = self.shared.now
@@ -730,8 +748,6 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset(self):
         self.headers = []
         self.reason = b""
-        self.chunked = False
-        self.cl = None
         self.interim = False
         self.keep = False
         self.status = 0
@@ -809,11 +825,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name, value):
         self.headers.append((name, value))
-        lname = name.lower()
-        if lname == b"transfer-encoding":
-            self.chunked = True
-        elif lname == b"content-length":
-            self.cl = value
 
     def on_headers_complete(self):
         self.status = status = self.parser.get_status_code()
@@ -823,15 +834,10 @@ class UpstreamConnection(asyncio.Protocol):
         client = self.client
         if client is None:
             return
-        if (
-            not self.chunked
-            and self.cl is None
-            and status not in (204, 304)
-            and not (self.head_only)
-        ):
-            self.until_close = True
         self.keep = self.parser.should_keep_alive()
-        client.response_head(status, self.reason, self.headers, self.chunked, self.cl, self.keep)
+        framed = client.response_head(status, self.reason, self.headers)
+        if not framed and status not in (204, 304) and not self.head_only:
+            self.until_close = True  # the body ends when the upstream closes
         if self.head_only and self.client is not None:
             # llhttp cannot be told that a HEAD response has no body: finish it here and
             # start a fresh parser for the next response on this connection.
