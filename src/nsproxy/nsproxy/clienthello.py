@@ -14,6 +14,7 @@ one).
 
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple, Union
 
 __all__ = ["MAX_HELLO_BYTES", "MAX_RECORDS", "NEED_MORE", "ClientHello", "peek_client_hello"]
@@ -25,6 +26,7 @@ _EXT_ALPN = 16
 _SNI_HOST_NAME = 0
 _MAX_RECORD = 1 << 14  # RFC 8446 5.1: a plaintext record carries at most 2^14 bytes
 _MAX_HOSTNAME = 253
+_EXT_HEADER = struct.Struct("!HH")
 
 #: Largest ClientHello accepted, in handshake-message bytes. Post-quantum key shares make
 #: real hellos around 1.8 kB; anything near this cap is abuse, not a client.
@@ -207,16 +209,23 @@ def _parse_hello_body(body: bytes) -> ClientHello:
     sni = None
     alpn: tuple[str, ...] = ()
     seen = set()
-    while extensions.left:
-        ext_type = extensions.uint(2)
-        ext = extensions.sub(2)
+    # Hot loop (a dozen or more extensions per hello): plain offsets, one unpack per header.
+    pos, end = extensions.pos, extensions.end
+    while pos < end:
+        if end - pos < 4:
+            raise _Malformed
+        ext_type, length = _EXT_HEADER.unpack_from(body, pos)
+        pos += 4
+        if end - pos < length:
+            raise _Malformed
         if ext_type in seen:
             raise _Malformed  # RFC 8446 4.2: no extension type may appear twice
         seen.add(ext_type)
         if ext_type == _EXT_SERVER_NAME:
-            sni = _server_name(ext)
+            sni = _server_name(_Reader(body, pos, pos + length))
         elif ext_type == _EXT_ALPN:
-            alpn = _alpn(ext)
+            alpn = _alpn(_Reader(body, pos, pos + length))
+        pos += length
     return ClientHello(sni, alpn)
 
 
