@@ -154,7 +154,8 @@ def normalize_params(params):
                 [{"dst": dst, "dev": name} for dst in shim_spec.get("routes") or []]
             )
         except RouteSpecError as exc:
-            raise ParamError("host_shim." + str(exc).split(":", 1)[0], str(exc)) from None
+            problem = str(exc)[len(exc.field) :].lstrip(": ")
+            raise ParamError("host_shim." + exc.field, problem) from None
         shim = {
             "name": name,
             "address": address,
@@ -478,11 +479,22 @@ def _lower_of(link, link_ns, parent_ns, parent_names):
     return f"link #{index} of another namespace"
 
 
+def _open_target(nss, macvlan, absent):
+    """The macvlan's namespace. For state=absent a namespace that is gone means the macvlan is
+    gone too (a tenant torn down first): None instead of a failure."""
+    try:
+        return nss.get(macvlan["netns"], f"{macvlan['field']}.netns")
+    except ParamError:
+        if absent:
+            return None
+        raise
+
+
 def gather(nss, want):
     """Read everything ``plan`` needs. Opens every namespace first, so a missing one fails
     (naming its field) before anything is touched."""
     ns = nss.get(want["netns"], "netns")
-    targets = [nss.get(m["netns"], f"{m['field']}.netns") for m in want["macvlans"]]
+    targets = [_open_target(nss, m, want["state"] == "absent") for m in want["macvlans"]]
     names = _link_names(ns)
     have = {"parent": read_link(ns, want["parent"]), "vlan": None, "macvlans": [], "shim": None}
     if want["vlan"]:
@@ -490,7 +502,7 @@ def gather(nss, want):
         if have["vlan"] is not None:
             have["vlan"]["lower"] = _lower_of(have["vlan"], ns, ns, names)
     for macvlan, tns in zip(want["macvlans"], targets):
-        link = read_link(tns, macvlan["name"])
+        link = read_link(tns, macvlan["name"]) if tns is not None else None
         if link is not None:
             link["lower"] = _lower_of(link, tns, ns, names)
         have["macvlans"].append(link)
@@ -597,7 +609,8 @@ def read_result(nss, want):
     vlan = read_link(ns, want["vlan"]["name"]) if want["vlan"] else None
     macvlans = []
     for macvlan in want["macvlans"]:
-        link = read_link(nss.get(macvlan["netns"], "netns"), macvlan["name"])
+        tns = _open_target(nss, macvlan, want["state"] == "absent")
+        link = read_link(tns, macvlan["name"]) if tns is not None else None
         if link is not None:
             link["lower"] = want["lower"]
             macvlans.append(link)

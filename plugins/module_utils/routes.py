@@ -14,6 +14,7 @@ as "add the new route, then delete the old one".
 from __future__ import annotations
 
 import ipaddress
+import re
 
 AF_INET = 2
 AF_INET6 = 10
@@ -86,6 +87,12 @@ ROUTE_KEYS = (
 
 class RouteSpecError(ValueError):
     """A route in the user's input is invalid; the message names the field."""
+
+    @property
+    def field(self):
+        """The field the message starts with (``routes[2].gateway``, ``routes[1]``)."""
+        match = re.match(r"^(routes\[\d+\](\.\w+)?)", str(self))
+        return match.group(1) if match else "routes"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +171,7 @@ def _parse_dst(value, family, index):
         return "default", family
     try:
         network = ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
+    except ValueError:
         try:
             loose = ipaddress.ip_network(text, strict=False)
         except ValueError:
@@ -173,7 +180,7 @@ def _parse_dst(value, family, index):
                 "10.0.0.0/8 or 2001:db8::/32, or a host address"
             ) from None
         raise RouteSpecError(
-            f"{field}: {value!r} has host bits set ({exc}); did you mean {loose}?"
+            f"{field}: {value!r} has host bits set; did you mean {loose}?"
         ) from None
     net_family = AF_INET if network.version == 4 else AF_INET6
     if family is not None and family != net_family:
@@ -739,6 +746,9 @@ def apply_route_action(ipr, action, ifindex_by_name):
         # The kernel matches a deletion on the identity (plus what we pass); pass the protocol
         # too, so that a route rewritten meanwhile by someone else is not removed by accident.
         request["proto"] = proto_number(route["proto"])
+        # Scope "nowhere" in a deletion means "any scope" (what `ip route del` sends); pyroute2
+        # would otherwise send "global" and a link route would not match (ESRCH).
+        request["scope"] = SCOPE_NAMES["nowhere"]
         ipr.route("del", **request)
         return
     request["proto"] = proto_number(route.get("proto") or DEFAULT_PROTO)

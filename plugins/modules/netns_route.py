@@ -322,7 +322,7 @@ def _want(params):
     try:
         return normalize_route_specs(params["routes"], require_nexthop=params["state"] == "present")
     except RouteSpecError as exc:
-        raise ModuleFailure(str(exc), field=str(exc).split(":", 1)[0]) from None
+        raise ModuleFailure(str(exc), field=exc.field) from None
 
 
 def _managed_tables(want, purge):
@@ -351,7 +351,7 @@ def run(module):
             try:
                 check_routes_against_namespace(want, links.values(), addresses, have, ns.label)
             except RouteSpecError as exc:
-                raise ModuleFailure(str(exc), field=str(exc).split(":", 1)[0]) from None
+                raise ModuleFailure(str(exc), field=exc.field) from None
         actions = plan_routes(want, have, params["state"], params["purge"])
         # Tables touched by absent deletions are shown too.
         tables |= {action["route"]["table"] for action in actions}

@@ -443,3 +443,40 @@ def test_prediction_does_not_alter_the_planned_actions():
     actions = R.plan_routes(want({"dst": "default", "gateway": "192.0.2.1"}), [])
     R.guess_devices(R.predict_routes([], actions), ADDRS)
     assert actions[0]["route"]["dev"] is None
+
+
+def test_errors_carry_their_field():
+    with pytest.raises(R.RouteSpecError) as err:
+        want({"dst": "default", "gateway": "10.0.0.1"}, {"dst": "default", "gateway": "10.0.0.2"})
+    assert err.value.field == "routes[0]"
+    with pytest.raises(R.RouteSpecError) as err:
+        want({"dst": "10.0.0.1/8", "dev": "e"})
+    assert err.value.field == "routes[0].dst"
+    assert (
+        str(err.value) == "routes[0].dst: '10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8?"
+    )
+
+
+def test_deleting_asks_for_any_scope_like_ip_route_del():
+    calls = []
+
+    class Recorder:
+        def route(self, command, **request):
+            calls.append((command, request))
+
+    route = R.requested_route(R.normalize_route_spec({"dst": "10.9.0.0/16", "dev": "eth0"}))
+    R.apply_route_action(Recorder(), {"op": "delete", "route": route}, {"eth0": 3})
+    assert calls == [
+        (
+            "del",
+            {
+                "family": 2,
+                "dst": "10.9.0.0/16",
+                "table": 254,
+                "priority": 0,
+                "oif": 3,
+                "proto": 4,
+                "scope": 255,
+            },
+        )
+    ]
