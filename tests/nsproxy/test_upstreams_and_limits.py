@@ -103,3 +103,24 @@ def test_removed_tenant_finishes_its_request_in_flight(proxy):
     body, _, status = out.rpartition("\n")
     assert status == "200" and json.loads(body)["path"] == "/slow?delay=2"
     assert [t["name"] for t in proxy.status_json()["tenants"]] == ["stay"]
+
+
+def test_slow_upstream_gets_504_and_silent_keep_alive_is_closed_after_idle(proxy):
+    proxy.add_netns("slow")
+    proxy.start_echo("echo", "127.0.0.1:9931")
+    proxy.write_config([http_tenant("slow", ["127.0.0.1:9931"])], timeouts={"read": 1, "idle": 1})
+    proxy.start()
+    late = proxy.curl("slow", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ADDR}/?delay=4")
+    assert late.stdout == "504"
+    assert "504 upstream did not answer within the read timeout" in proxy.log()
+    code = f"""
+import json, socket
+s = socket.create_connection(("{ADDR}", 80), timeout=20)
+s.sendall(b"GET /first HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+first = s.recv(65536)
+rest = s.recv(65536)  # nothing more is sent: the proxy closes the idle connection
+print(json.dumps({{"first": first.split(b"\\r\\n")[0].decode(), "rest": rest.decode()}}))
+"""
+    out = json.loads(proxy.python("slow", code).stdout)
+    assert out["first"] == "HTTP/1.1 200 OK"
+    assert out["rest"] == ""  # closed by the proxy (a client timeout would raise instead)
