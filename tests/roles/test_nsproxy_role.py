@@ -32,6 +32,7 @@ OVERLAID = ("/etc", "/opt", "/var/log")
 NSPROXY = "/opt/nsproxy/bin/nsproxy"
 CONFIG = "/etc/nsproxy/main.json"
 SOCKET = "/run/nsproxy/main.sock"
+CERT_DIR = "/etc/nsproxy/certs"
 BACKENDS = {"a": 8081, "b": 8082}
 
 UPSTREAM = textwrap.dedent(
@@ -82,10 +83,16 @@ CLIENT_LOOP = textwrap.dedent(
 
 
 def tenant(name: str, backend: str) -> dict:
+    """A tenant at 10.0.0.250:80 whose upstream is backend; acme also has HTTPS on 443 with
+    the certificate the role deploys."""
+    listeners = [{"listen": "10.0.0.250:80", "protocol": "http"}]
+    if name == "acme":
+        tls = {"certificates": [{"cert": f"{CERT_DIR}/acme.pem", "key": f"{CERT_DIR}/acme.key"}]}
+        listeners.append({"listen": "10.0.0.250:443", "protocol": "https", "tls": tls})
     return {
         "name": name,
         "netns": name,
-        "listeners": [{"listen": "10.0.0.250:80", "protocol": "http"}],
+        "listeners": listeners,
         "routes": [{"host": "*", "path_prefix": "/", "upstream": "web"}],
         "upstreams": {"web": {"netns": None, "servers": [f"127.0.0.1:{BACKENDS[backend]}"]}},
     }
@@ -135,6 +142,19 @@ class Host:
         self.runs = 0
         # The daemon's source as of now: other work in the tree must not look like a new
         # release between two runs (that rightly reinstalls and restarts).
+        # acme's certificate: one file from the controller (src), the key as a variable.
+        self.cert = workdir / "acme.pem"
+        key = workdir / "acme.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=acme.example", "-addext", "subjectAltName=DNS:acme.example",
+             "-keyout", str(key), "-out", str(self.cert)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        self.certificates = [
+            {"dest": "acme.pem", "src": str(self.cert)},
+            {"dest": "acme.key", "content": key.read_text()},
+        ]
         self.source = workdir / "nsproxy-src"
         shutil.copytree(
             REPO / "src" / "nsproxy",
@@ -149,6 +169,7 @@ class Host:
             "nsproxy_install_source": "offline",
             "nsproxy_wheelhouse_src": str(self.wheelhouse),
             "nsproxy_source_dir": str(self.source),
+            "nsproxy_certificates": self.certificates,
             "nsproxy_instances": instances if instances is not None else [],
             "nsproxy_wait_timeout": 60,
         }
@@ -177,6 +198,7 @@ class Host:
             ANSIBLE_RETRY_FILES_ENABLED="0",
             ANSIBLE_LOCALHOST_WARNING="0",
             ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+            ANSIBLE_PIPELINING="1",
         )
         argv = [str(VENV_BIN / "ansible-playbook"), str(play), "-e", f"@{vars_file}", *flags]
         return self.sb.run(argv, check=False, env=env)
@@ -251,9 +273,22 @@ def test_role_installs_the_daemon_and_serves_two_tenants(host):
     assert host.answer("acme", "/x") == "backend=a tenant=acme path=/x"
     assert host.answer("globex", "/y") == "backend=a tenant=globex path=/y"
 
+    https = host.sb.run(
+        ["ip", "netns", "exec", "acme", "curl", "-sS", "--max-time", "5", "--cacert",
+         str(host.cert), "--resolve", "acme.example:443:10.0.0.250", "https://acme.example/tls"],
+        check=False,
+    )  # fmt: skip
+    assert https.returncode == 0, https.stderr
+    assert https.stdout.strip() == "backend=a tenant=acme path=/tls"
+
     status = host.status()
     listeners = {t["name"]: [lis["state"] for lis in t["listeners"]] for t in status["tenants"]}
-    assert listeners == {"acme": ["bound"], "globex": ["bound"]}
+    assert listeners == {"acme": ["bound", "bound"], "globex": ["bound"]}
+    # Certificate and key: the service user's, 0600.
+    for name in ("acme.pem", "acme.key"):
+        info = host.sb.sh(f"stat -c '%a %U %G' {CERT_DIR}/{name}").stdout.split()
+        assert info == ["600", "nsproxy", "nsproxy"], name
+    assert host.sb.run(["cat", f"{CERT_DIR}/acme.pem"]).stdout == host.cert.read_text()
     # The daemon came from the offline install, in its own virtualenv, with the extra.
     pkgs = host.sb.run(["/opt/nsproxy/bin/python", "-m", "pip", "list", "--format=json"]).stdout
     names = {p["name"].lower() for p in json.loads(pkgs)}
