@@ -26,7 +26,7 @@ description:
     global settings, not the whole file.
 version_added: 0.1.0
 author:
-  - tenantnet developers
+  - tenantnet developers (@tenantnet)
 options:
   name:
     description:
@@ -358,14 +358,16 @@ def choose_manager(module, name, config_file, params):
 
 
 def resolve_gid(module, group):
-    if group is None:
-        return -1
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        if group.isdigit():
-            return int(group)
-        module.fail_json(msg=f"config_group: group {group!r} does not exist on the target")
+    """gid of config_group (-1: leave the group alone); fails naming the option if unknown."""
+    gid = -1
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            if not group.isdigit():
+                module.fail_json(msg=f"config_group: group {group!r} does not exist on the target")
+            gid = int(group)
+    return gid
 
 
 def drain_timeout(config):
@@ -398,8 +400,9 @@ def main():
     broken = old_bytes is not None and old_config is None
 
     # -- want ----------------------------------------------------------------------------
+    new_config, new_bytes = None, None  # absent, or stopped without any config
     if state == "absent":
-        new_config, new_bytes = None, None
+        pass
     elif params["tenants"] is not None:
         try:
             new_config = build_config(
@@ -418,9 +421,7 @@ def main():
             new_bytes = old_bytes  # same content, other formatting: keep the file as it is
     elif old_bytes is not None:
         new_config, new_bytes = old_config, old_bytes
-    elif state == "stopped":
-        new_config, new_bytes = None, None
-    else:
+    elif state != "stopped":
         module.fail_json(
             msg=f"tenants: required, because {path} does not exist yet "
             "(give the tenant list; [] is allowed)",
