@@ -364,9 +364,13 @@ def resolve_gid(module, group):
         try:
             gid = grp.getgrnam(group).gr_gid
         except KeyError:
-            if not group.isdigit():
+            if group.isdigit():
+                gid = int(group)
+            elif module.check_mode:
+                # A role run in check mode plans the group before this task: not an error yet.
+                module.warn(f"config_group: group {group!r} does not exist (yet)")
+            else:
                 module.fail_json(msg=f"config_group: group {group!r} does not exist on the target")
-            gid = int(group)
     return gid
 
 

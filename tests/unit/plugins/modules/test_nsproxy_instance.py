@@ -525,3 +525,23 @@ def test_refused_reload_fails_with_the_reason_and_restores_the_file(
     assert "was restored" in result["msg"]
     assert path.read_bytes() == before
     assert manager.supervisor_pid() == supervisor
+
+
+def test_unknown_config_group_fails_naming_the_option_and_writes_nothing(
+    tmp_path, capsys, fake_nsproxy
+):
+    run_module(base_args(tmp_path, fake_nsproxy, config_group="no-such-group-here"))
+    result = module_result(capsys)
+    assert result["failed"] is True
+    assert result["msg"] == "config_group: group 'no-such-group-here' does not exist on the target"
+    assert not (tmp_path / "etc" / "main.json").exists()
+
+
+def test_config_group_is_applied_to_the_file(tmp_path, capsys, fake_nsproxy):
+    import grp
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    run_module(base_args(tmp_path, fake_nsproxy, config_group=group))
+    assert module_result(capsys)["changed"] is True
+    info = (tmp_path / "etc" / "main.json").stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o640, os.getgid())
