@@ -38,6 +38,8 @@ _SNI_RE = re.compile(
 _ROUTE_KEYS = {"sni", "upstream"}
 # A ClientHello may arrive in several records; beyond this many buffered bytes, stop looking.
 _PEEK_LIMIT = MAX_HELLO_BYTES + 1024
+# Client bytes buffered while the upstream connection is being made.
+_PENDING_LIMIT = 256 * 1024
 
 
 def validate_listener(listener: Mapping, upstream_names: set[str] | frozenset[str]) -> list[str]:
@@ -212,7 +214,6 @@ class _Relay:
         self.peeked = True
         if self.peek_timer is not None:
             self.peek_timer.cancel()
-        self.client.pause_reading()  # until the upstream is there to take the bytes
         self.upstream_name = name
         upstream = self.factory.upstreams.get(name) if name is not None else None
         if upstream is None:
@@ -281,6 +282,8 @@ class _Relay:
         for timer in (self.idle_timer, self.peek_timer):
             if timer is not None:
                 timer.cancel()
+        if self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()  # the client is gone: stop trying the upstream's servers
         peer = self.client.get_extra_info("peername") if self.client else None
         record = {
             "tenant": self.factory.tenant,
@@ -324,6 +327,10 @@ class _Relay:
             if hello is NEED_MORE and len(self.pending) < _PEEK_LIMIT:
                 return
             self._route_peeked(hello)
+        elif len(self.pending) > _PENDING_LIMIT:
+            # Still connecting: hold further bytes in the kernel. Reading stays on below the
+            # limit so that a client that resets is noticed (and the connect cancelled).
+            self.client.pause_reading()
 
     def _route_peeked(self, hello) -> None:
         self.sni = hello.sni if hello else None

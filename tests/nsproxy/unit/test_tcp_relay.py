@@ -538,3 +538,76 @@ def test_abort_all_cuts_open_relays():
 
     rest, record = asyncio.run(main())
     assert rest == b"" and record["error"] == "drain timeout"
+
+
+def test_client_leaving_during_a_slow_connect_cancels_the_connect():
+    async def main():
+        started, cancelled = asyncio.Event(), asyncio.Event()
+
+        class Hanging:
+            async def connect(self, protocol_factory):
+                started.set()
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    cancelled.set()
+                    raise
+
+        server, port, factory, records = await start_relay({"upstream": "db"}, {"db": Hanging()})
+        sock = socket.create_connection(("127.0.0.1", port))
+        await asyncio.wait_for(started.wait(), 30)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST: the client is gone
+        await asyncio.wait_for(cancelled.wait(), 30)
+        await wait_for(lambda: records, "log record")
+        server.close()
+        return records[0], factory.connections
+
+    record, open_relays = asyncio.run(main())
+    assert record["upstream"] == "db" and not open_relays
+
+
+def test_bytes_held_while_connecting_are_bounded():
+    async def main():
+        release = asyncio.Event()
+        backend = Backend(lambda b, r, w: sink_all(b, r))
+        real = await backend.start()
+
+        class Slow:
+            async def connect(self, protocol_factory):
+                await release.wait()
+                return await real.connect(protocol_factory)
+
+        server, port, factory, records = await start_relay({"upstream": "db"}, {"db": Slow()})
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        total, sent = 32 * 1024 * 1024, [0]
+
+        async def send():
+            chunk = bytes(256 * 1024)
+            while sent[0] < total:
+                writer.write(chunk)
+                await writer.drain()
+                sent[0] += len(chunk)
+            writer.write_eof()
+
+        sender = asyncio.ensure_future(send())
+        last, still = -1, 0
+        while still < 25:
+            await asyncio.sleep(0.02)
+            still = still + 1 if sent[0] == last else 0
+            last = sent[0]
+        (relay,) = factory.connections
+        held, stuck_at = len(relay.pending), sent[0]
+        release.set()
+        await sender
+        await wait_for(lambda: records, "log record")
+        writer.close()
+        server.close()
+        return held, stuck_at, backend.received, records[0]
+
+    async def sink_all(backend, reader):
+        backend.received.append(len(await reader.read()))
+
+    held, stuck_at, received, record = asyncio.run(main())
+    assert held <= 1024 * 1024 and stuck_at < 24 * 1024 * 1024
+    assert received == [32 * 1024 * 1024] and record["bytes_in"] == 32 * 1024 * 1024
