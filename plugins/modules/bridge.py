@@ -96,7 +96,8 @@ options:
   purge_ports:
     description:
       - Release ports of this bridge that are not listed in O(ports), so the port set is exact.
-        Released ports are detached, never deleted.
+        Released ports are detached, never deleted. This includes ports attached by other
+        tools (they carry no C(tenantnet.nsproxy) alias), since the user declared the set.
     type: bool
     default: false
   recreate:
