@@ -125,6 +125,21 @@ def normalize_cidrs(values, field):
     return result
 
 
+def normalize_link_addresses(values, field):
+    """Like ``normalize_cidrs`` for addresses to put on a link, but IPv6 link-local addresses
+    (fe80::/10) are refused: the kernel makes and owns them, and they are never compared."""
+    result = normalize_cidrs(values, field)
+    for i, cidr in enumerate(result or []):
+        iface = ipaddress.ip_interface(cidr)
+        if iface.version == 6 and iface.ip.is_link_local:
+            raise ParamError(
+                f"{field}[{i}]",
+                f"'{cidr}' is an IPv6 link-local address; the kernel manages those, list "
+                "global or unique-local addresses only",
+            )
+    return result
+
+
 def cidr_sort_key(cidr):
     """Sort key for CIDR strings: IPv4 before IPv6, then by address and prefix."""
     iface = ipaddress.ip_interface(cidr)

@@ -185,7 +185,7 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
     apply_plan,
     build_result,
     netns_path,
-    normalize_cidrs,
+    normalize_link_addresses,
     normalize_mac,
     plan_link_changes,
     run_module,
@@ -260,7 +260,7 @@ def build_want(params):
             mtu=validate_mtu(params["mtu"], "mtu"),
             mac=normalize_mac(params["mac"], "mac"),
             state=params["link_state"],
-            addresses=normalize_cidrs(params["addresses"], "addresses"),
+            addresses=normalize_link_addresses(params["addresses"], "addresses"),
         ),
     )
 

@@ -196,7 +196,7 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
     apply_plan,
     build_result,
     netns_path,
-    normalize_cidrs,
+    normalize_link_addresses,
     normalize_mac,
     plan_link_changes,
     run_module,
@@ -261,13 +261,13 @@ def build_want(params):
         mac=normalize_mac(params["mac"], "mac"),
         master=master,
         state=params["link_state"],
-        addresses=normalize_cidrs(params["addresses"], "addresses"),
+        addresses=normalize_link_addresses(params["addresses"], "addresses"),
     )
     want["peer_end"] = dict(
         mtu=mtu,
         mac=normalize_mac(params["peer_mac"], "peer_mac"),
         state=params["peer_link_state"],
-        addresses=normalize_cidrs(params["peer_addresses"], "peer_addresses"),
+        addresses=normalize_link_addresses(params["peer_addresses"], "peer_addresses"),
     )
     return want
 

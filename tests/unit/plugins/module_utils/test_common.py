@@ -18,6 +18,7 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
     netns_path,
     normalize_cidr,
     normalize_cidrs,
+    normalize_link_addresses,
     normalize_mac,
     plan_addresses,
     validate_ifname,
@@ -218,3 +219,9 @@ def test_errno_sentence_carries_kernel_extended_ack_text():
     assert "kernel says: mtu less than device minimum" in text
     # the plain strerror is not repeated as if it were kernel detail
     assert "kernel says" not in errno_sentence(errno.EEXIST, None, "File exists")
+
+
+def test_ipv6_link_local_cannot_be_managed_on_a_link():
+    with pytest.raises(ParamError, match=r"^addresses\[1\]: .*link-local"):
+        normalize_link_addresses(["10.0.0.1/24", "fe80::1/64"], "addresses")
+    assert normalize_link_addresses(["fd00::1/64"], "addresses") == ["fd00::1/64"]
