@@ -35,7 +35,7 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
 try:
     from pyroute2 import IPRoute
     from pyroute2 import netns as pyroute2_netns
-    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 
     HAS_PYROUTE2 = True
     PYROUTE2_IMPORT_ERROR = None
@@ -50,6 +50,9 @@ except Exception:
 
         code = 0
 
+    class NetlinkDumpInterrupted(NetlinkError):
+        """Placeholder, see NetlinkError."""
+
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
@@ -58,6 +61,7 @@ MS_SHARED = 1 << 20
 MNT_DETACH = 2
 IFF_UP = 1
 SELF_NETNS = "/proc/self/ns/net"
+DUMP_RETRIES = 3
 
 
 def pyroute2_version():
@@ -146,8 +150,14 @@ class Netns:
 
     def call(self, action, method, *args, **kwargs):
         """Run ``method(*args, **kwargs)`` (an IPRoute method); a NetlinkError or OSError becomes
-        ModuleFailure whose message reads ``<action> in <label> failed: <sentence>``."""
+        ModuleFailure whose message reads ``<action> in <label> failed: <sentence>``. A dump
+        interrupted by concurrent changes (busy Docker hosts) is retried a few times."""
         try:
+            for _attempt in range(DUMP_RETRIES):
+                try:
+                    return method(*args, **kwargs)
+                except NetlinkDumpInterrupted:
+                    continue
             return method(*args, **kwargs)
         except NetlinkError as exc:
             text = exc.args[1] if len(exc.args) > 1 else None
