@@ -25,13 +25,15 @@ description:
   - Namespaces of C(container) tenants are attached by M(tenantnet.nsproxy.netns) beforehand
     (the role does this); this module only manages addresses and routes inside them.
 author:
-  - tenantnet developers
+  - tenantnet developers (@tenantnet)
 requirements:
   - pyroute2 >= 0.7 on the target (not needed with O(validate_only=true))
 attributes:
   check_mode:
+    description: Computes the same per-tenant plan as a real run, reports it, and changes nothing.
     support: full
   diff_mode:
+    description: Shows, per changed tenant, whether it existed before and the actions taken.
     support: full
 options:
   tenants:
