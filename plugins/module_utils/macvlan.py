@@ -190,6 +190,13 @@ def check_environment(want, have):
         )
     if want["state"] != "present":
         return
+    if want["vlan"] and parent.get("state") != "up":
+        # vlan_dev_open refuses (ENETDOWN) while the real device is down.
+        raise ParamError(
+            "parent",
+            f"'{want['parent']}' is down, so the VLAN subinterface could not be brought up; "
+            "bring the parent up first (this module never changes the parent)",
+        )
     parent_mtu = parent.get("mtu") or 0
     lower_mtu = parent_mtu
     if want["vlan"]:

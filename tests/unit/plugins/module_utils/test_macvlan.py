@@ -322,3 +322,13 @@ def test_absent_deletes_macvlans_shim_and_only_our_vlan():
     assert M.unowned_vlan_left(want, have) == "eth0.50"
     gone = {"parent": PARENT, "vlan": None, "macvlans": [None], "shim": None}
     assert M.plan(want, gone)[0].ops() == []
+
+
+def test_vlan_on_a_parent_that_is_down_is_refused_before_anything():
+    want = M.normalize_params(params(vlan_id=5))
+    with pytest.raises(ParamError, match="^parent: 'eth0' is down"):
+        M.check_environment(want, {"parent": link("eth0", None, state="down"), "vlan": None})
+    M.check_environment(
+        M.normalize_params(params(macvlans=[mv("m1")])),
+        {"parent": link("eth0", None, state="down")},
+    )
