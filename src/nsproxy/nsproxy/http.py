@@ -197,7 +197,8 @@ class ClientConnection(asyncio.Protocol):
         self.last_io = self.shared.now
         state = self.state
         if state == TUNNEL:
-            self.up.transport.write(data)
+            if self.up is not None:
+                self.up.transport.write(data)
             return
         if self.upgrade is not None and self.request_done:
             self._to_upstream(data)  # tunnel bytes before the 101 arrives

@@ -355,7 +355,7 @@ class Daemon:
             systemd.reloading()
             started = time.monotonic()
             try:
-                new = config.load(self.config_path)
+                new = config.load(self.config_path, {t.name: t.spec for t in self.tenants.values()})
             except config.ConfigError as exc:
                 message = "new configuration refused, the running one stays: " + "; ".join(
                     exc.problems
