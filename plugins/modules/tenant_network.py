@@ -125,8 +125,9 @@ options:
       routes:
         description:
           - Static routes of the namespace (main table), in the form of
-            M(tenantnet.nsproxy.netns_route). The set is exact; kernel and link routes are never
-            removed.
+            M(tenantnet.nsproxy.netns_route). The set is exact (static and boot routes not listed
+            are removed; kernel and link routes never are), except in a container's namespace,
+            where routes are only added.
         type: list
         elements: dict
         default: []
@@ -745,7 +746,8 @@ class Converger:
                 for route in tenant.routes:
                     actions.append("replace route {}".format(route["dst"]))
                 return
-        plan = plan_routes(tenant.routes, have, state="present", purge=True)
+        # In a container's namespace Docker's own routes (proto boot) must survive: add only.
+        plan = plan_routes(tenant.routes, have, state="present", purge=tenant.kind != "container")
         for action in plan:
             actions.append(action_text(action))
             if not self.check:
