@@ -12,6 +12,7 @@ import importlib
 import ipaddress
 import json
 import re
+import sys
 
 DEFAULT_LIMITS = {
     "max_header_bytes": 32768,
@@ -50,10 +51,11 @@ class Listener:
     __slots__ = ("digest", "host", "listen", "port", "protocol", "spec")
 
     def __init__(self, spec: dict, host: str, port: int):
-        self.spec = spec
-        self.listen = spec["listen"]
-        self.protocol = spec["protocol"]
-        self.host = host
+        # Thousands of tenants share these few values: intern them (memory per tenant).
+        self.protocol = sys.intern(spec["protocol"])
+        self.spec = None if self.protocol == "http" else spec  # tls.py / tcp.py read the rest
+        self.listen = sys.intern(spec["listen"])
+        self.host = sys.intern(host)
         self.port = port
         self.digest = _digest(spec)
 
@@ -62,7 +64,7 @@ class UpstreamSpec:
     __slots__ = ("digest", "name", "netns", "servers")
 
     def __init__(self, name: str, netns: str | None, servers: list[tuple[str, int]], digest):
-        self.name = name
+        self.name = sys.intern(name)
         self.netns = netns
         self.servers = servers
         self.digest = digest
@@ -72,9 +74,9 @@ class Route:
     __slots__ = ("host", "path_prefix", "upstream")
 
     def __init__(self, host: str, path_prefix: str, upstream: str):
-        self.host = host
-        self.path_prefix = path_prefix
-        self.upstream = upstream
+        self.host = sys.intern(host)
+        self.path_prefix = sys.intern(path_prefix)
+        self.upstream = sys.intern(upstream)
 
 
 class Tenant:
