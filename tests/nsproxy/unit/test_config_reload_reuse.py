@@ -1,0 +1,55 @@
+"""A reload re-checks only tenants whose JSON changed, yet still checks across tenants."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nsproxy import config
+
+
+def tenant(name, port=80, netns=None, upstream="app"):
+    return {
+        "name": name,
+        "netns": netns or name,
+        "listeners": [{"listen": f"10.0.0.250:{port}", "protocol": "http"}],
+        "routes": [{"host": "*", "path_prefix": "/", "upstream": upstream}],
+        "upstreams": {"app": {"netns": None, "servers": ["127.0.0.1:8080"]}},
+    }
+
+
+def parse(tenants, previous=None):
+    return config.parse(json.dumps({"tenants": tenants}).encode(), previous)
+
+
+def test_unchanged_tenants_are_reused_and_changed_ones_rebuilt():
+    first = parse([tenant("a"), tenant("b")])
+    previous = {t.name: t for t in first.tenants}
+    second = parse([tenant("a"), tenant("b", port=81), tenant("c")], previous)
+    by_name = {t.name: t for t in second.tenants}
+    assert by_name["a"] is previous["a"]
+    assert by_name["b"] is not previous["b"] and by_name["b"].listeners[0].port == 81
+    assert by_name["c"].digest != previous["a"].digest
+
+
+def test_checks_across_tenants_still_apply_to_reused_tenants():
+    first = parse([tenant("a"), tenant("b")])
+    previous = {t.name: t for t in first.tenants}
+    with pytest.raises(config.ConfigError) as err:
+        parse([tenant("a"), tenant("b"), tenant("intruder", netns="a")], previous)
+    assert err.value.problems == [
+        "tenant 'intruder': listeners[0].listen: duplicate listener: 10.0.0.250:80 overlaps "
+        "tenant 'a': listeners[0] in network namespace 'a'"
+    ]
+    with pytest.raises(config.ConfigError) as err:
+        parse([tenant("a"), tenant("a", netns="x")], previous)
+    assert err.value.problems == ["tenant 'a': duplicate tenant name"]
+
+
+def test_a_changed_tenant_is_validated_again():
+    first = parse([tenant("a")])
+    previous = {t.name: t for t in first.tenants}
+    with pytest.raises(config.ConfigError) as err:
+        parse([tenant("a", upstream="missing")], previous)
+    assert err.value.problems[0].startswith("tenant 'a': routes[0].upstream: unknown upstream")
