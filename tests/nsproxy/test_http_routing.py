@@ -96,8 +96,16 @@ def test_routes_pick_exact_host_then_longest_wildcard_then_star_and_longest_path
         doc = proxy.get_json("acme", f"http://{ADDR}:8080{path}", "-H", f"Host: {host}")
         assert doc["server"] == f"u@{servers[upstream].split(':')[1]}", (host, path)
     for host, path in (("other.org", "/"), ("example", "/")):
-        proc = proxy.curl("acme", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Host: {host}",
-                          f"http://{ADDR}:8080{path}")
+        proc = proxy.curl(
+            "acme",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            f"Host: {host}",
+            f"http://{ADDR}:8080{path}",
+        )
         assert proc.stdout == "404", (host, path)
 
 
