@@ -199,6 +199,8 @@ class Host:
             ANSIBLE_LOCALHOST_WARNING="0",
             ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
             ANSIBLE_PIPELINING="1",
+            # Only the wheelhouse or index the role is given: no pip.conf of this machine.
+            PIP_CONFIG_FILE="/dev/null",
         )
         argv = [str(VENV_BIN / "ansible-playbook"), str(play), "-e", f"@{vars_file}", *flags]
         return self.sb.run(argv, check=False, env=env)
@@ -232,6 +234,18 @@ def recap_changed(output: str) -> int:
     return int(line.split("changed=")[1].split()[0])
 
 
+def overlay_system_dirs(sb: Sandbox) -> None:
+    """Writable copies of /etc, /opt and /var/log inside the sandbox (writes land in its tmpfs)."""
+    sb.sh(
+        " && ".join(
+            f"mkdir -p {SCRATCH}/{i}/upper {SCRATCH}/{i}/work && mount -t overlay "
+            f"tenantnet-overlay -o lowerdir={d},upperdir={SCRATCH}/{i}/upper,"
+            f"workdir={SCRATCH}/{i}/work {d}"
+            for i, d in enumerate(OVERLAID)
+        )
+    )
+
+
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     if os.geteuid() != 0:
@@ -239,13 +253,7 @@ def host(tmp_path_factory):
     wheelhouse = ensure_wheelhouse()
     workdir = tmp_path_factory.mktemp("nsproxy-role")
     with Sandbox(private=[SCRATCH]) as sb:
-        overlays = " && ".join(
-            f"mkdir -p {SCRATCH}/{i}/upper {SCRATCH}/{i}/work && mount -t overlay "
-            f"tenantnet-overlay -o lowerdir={d},upperdir={SCRATCH}/{i}/upper,"
-            f"workdir={SCRATCH}/{i}/work {d}"
-            for i, d in enumerate(OVERLAID)
-        )
-        sb.sh(overlays)
+        overlay_system_dirs(sb)
         for name in ("acme", "globex"):
             sb.sh(
                 f"ip netns add {name} && ip link add eth0 netns {name} type veth peer "
@@ -437,3 +445,47 @@ def test_state_absent_removes_everything(host):
     # And a second removal has nothing left to do.
     output = host.converge([], extra={"nsproxy_state": "absent"})
     assert recap_changed(output) == 0, output
+
+
+# -- install from a package index ------------------------------------------------------------
+
+
+def test_install_from_a_package_index(tmp_path):
+    """nsproxy_install_source: index, against a PEP 503 index served on the sandbox's loopback
+    (made from the wheelhouse): the role's pip must fetch the dependencies from it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates network and mount namespaces")
+    wheelhouse = ensure_wheelhouse()
+    simple = tmp_path / "index" / "simple"
+    for wheel in wheelhouse.glob("*.whl"):
+        project = wheel.name.split("-")[0].lower().replace("_", "-")
+        (simple / project).mkdir(parents=True, exist_ok=True)
+        shutil.copy(wheel, simple / project / wheel.name)
+    with Sandbox(private=[SCRATCH]) as sb:
+        overlay_system_dirs(sb)
+        log = tmp_path / "index.log"
+        with open(log, "w") as out:
+            sb.popen(
+                [sys.executable, "-m", "http.server", "8765", "--bind", "127.0.0.1",
+                 "--directory", str(tmp_path / "index")],
+                stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while sb.run(["curl", "-sf", "http://127.0.0.1:8765/simple/"], check=False).returncode:
+            assert time.monotonic() < deadline, "the index did not start"
+            time.sleep(0.1)
+        host = Host(sb, tmp_path, wheelhouse)
+        host.converge(
+            [],
+            extra={
+                "nsproxy_install_source": "index",
+                "nsproxy_pip_index_url": "http://127.0.0.1:8765/simple/",
+                "nsproxy_wheelhouse_src": "",
+            },
+        )
+        pkgs = sb.run(["/opt/nsproxy/bin/python", "-m", "pip", "list", "--format=json"]).stdout
+        assert {"nsproxy", "httptools", "uvloop"} <= {p["name"].lower() for p in json.loads(pkgs)}
+        assert sb.run([NSPROXY, "--version"]).stdout.startswith("nsproxy ")
+        assert sb.run(["test", "-e", "/opt/nsproxy/wheelhouse"], check=False).returncode != 0
+    served = log.read_text()
+    assert "GET /simple/httptools/" in served and "GET /simple/uvloop/" in served
