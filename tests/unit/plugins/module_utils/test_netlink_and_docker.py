@@ -40,7 +40,7 @@ def test_present_pyroute2_passes_the_guard():
 
 
 def test_temp_names_fit_ifnamsiz_and_differ():
-    names = {netlink.temp_ifname("tnv") for _ in range(50)}
+    names = {netlink.temp_ifname("tnv") for _attempt in range(50)}
     assert len(names) == 50
     assert all(len(n) <= 15 and n.startswith("tnv") for n in names)
 
