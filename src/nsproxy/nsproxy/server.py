@@ -479,7 +479,13 @@ class Daemon:
         now = shared.now = self.loop.time()
         timeouts = shared.timeouts
         for conn in list(shared.connections):
-            conn.check_timeout(now, timeouts)
+            try:
+                conn.check_timeout(now, timeouts)
+            except Exception:  # one broken connection must not stop the sweep
+                log.exception(
+                    "tenant %s: closing a connection after an internal error", conn.tenant.name
+                )
+                conn.abort()
         idle = timeouts["idle"]
         for tenant in self.tenants.values():
             for up in tenant.upstreams.values():
