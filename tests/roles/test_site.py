@@ -16,6 +16,7 @@ import os
 import pytest
 import yaml
 
+from tests.conftest import kernel_has
 from tests.roles.site_sandbox import (
     EXAMPLE,
     changed_tasks,
@@ -197,6 +198,24 @@ def test_bad_tenant_data_is_rejected_before_anything_changes(host, tenants, mess
     assert message in proc.stdout, proc.stdout[-3000:]
     assert recap(proc.stdout)["changed"] == 0
     assert host.read("/etc/docker/daemon.json") == daemon_json
+    assert set(host.links()) == links
+
+
+def test_a_kernel_without_8021q_fails_clearly_unless_told_to_fall_back(host):
+    if kernel_has("vlan"):
+        pytest.skip("this kernel has 802.1Q VLAN support; the failure path needs one without")
+    links = set(host.links())
+    proc = host.playbook(
+        extra={"docker_host_kernel_modules_missing": "fail"}, flags=["--tags", "docker_host"]
+    )
+    assert proc.returncode != 0
+    assert "has no 8021q (802.1Q VLAN subinterfaces (VLAN tenants)) support" in proc.stdout
+    proc = host.playbook(
+        extra={"tenant_network_vlan_fallback": "fail"}, flags=["--tags", "tenant_network"]
+    )
+    assert proc.returncode != 0
+    assert "this kernel has no 802.1Q VLAN support" in proc.stdout
+    assert "VLAN tenants acme, globex need; nothing was changed" in proc.stdout
     assert set(host.links()) == links
 
 
