@@ -413,10 +413,13 @@ def test_supervisor_runs_the_process_and_stop_ends_both(tmp_path, request_cleanu
 
     _wait(lambda: child_cmdline() == ["sleep", "300"], "the supervised sleep 300")
     child = manager.pid()
+    with open(f"/proc/{supervisor}/comm") as handle:
+        comm = handle.read().strip()
     manager.stop(timeout=10)
     _wait(lambda: not _alive(child), "the child to end")
     assert not _alive(supervisor)
     assert not os.path.exists(manager.pid_file)
+    assert comm == "nsproxy-superv"
     assert "starting sleep 300" in (tmp_path / "log" / "demo.log").read_text()
 
 
