@@ -844,7 +844,7 @@ class UpstreamConnection(asyncio.Protocol):
             # start a fresh parser for the next response on this connection.
             self.parser = httptools.HttpResponseParser(self)
             self.done = True
-            self.client.response_done(not self.until_close)
+            self.client.response_done(self.keep and not self.until_close)
 
     def on_body(self, body):
         if self.client is not None:
