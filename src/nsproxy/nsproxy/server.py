@@ -45,7 +45,18 @@ class Shared:
 class ListenerRuntime:
     """One listener as served; for http/https it is also the protocol factory (saves memory)."""
 
-    __slots__ = ("error", "factory", "scheme", "server", "shared", "spec", "state", "tenant")
+    __slots__ = (
+        "cert_state",
+        "error",
+        "factory",
+        "scheme",
+        "server",
+        "shared",
+        "spec",
+        "ssl_ctx",
+        "state",
+        "tenant",
+    )
 
     def __init__(self, spec: config.Listener, tenant, shared):
         self.spec = spec
@@ -54,6 +65,8 @@ class ListenerRuntime:
         self.scheme = b"https" if spec.protocol == "https" else b"http"
         self.server = None
         self.factory = None  # tcp.RelayFactory, for draining its relays
+        self.ssl_ctx = None  # https: the context, updated in place when certificate files change
+        self.cert_state = None
         self.state = "waiting"
         self.error: str | None = None
 
@@ -268,7 +281,9 @@ class Daemon:
         if protocol == "https":
             from nsproxy import tls
 
+            cert_state = tls.certificate_files_state(spec.spec)
             ssl_ctx = tls.build_server_context(spec.spec)
+            li.ssl_ctx, li.cert_state = ssl_ctx, cert_state
         sock = self.registry.listening_socket(tenant.ns, spec.host, spec.port)
         try:
             if protocol == "tcp":
@@ -415,7 +430,31 @@ class Daemon:
             elif tenant.spec.digest != spec.digest:
                 await self._update_tenant(tenant, spec)
                 changed += 1
+        self._reload_certificates()
         return added, removed, changed
+
+    def _reload_certificates(self) -> None:
+        """Kept https listeners whose certificate or key files changed load them again."""
+        tls = None
+        for tenant in self.tenants.values():
+            for li in tenant.listeners:
+                if li.ssl_ctx is None or li.state != "bound":
+                    continue
+                if tls is None:
+                    from nsproxy import tls
+                state = tls.certificate_files_state(li.spec.spec)
+                if state == li.cert_state:
+                    continue
+                try:
+                    tls.update_server_context(li.ssl_ctx, li.spec.spec)
+                except Exception as exc:  # the old certificates stay in use
+                    li.error = tenant.last_error = f"{li.spec.listen}: certificates: {exc}"
+                    log.error(
+                        "tenant %s: %s; the previous certificates stay", tenant.name, li.error
+                    )
+                    continue
+                li.cert_state = state
+                log.info("tenant %s: %s: certificates reloaded", tenant.name, li.spec.listen)
 
     async def _update_tenant(self, tenant: TenantRuntime, spec: config.Tenant) -> None:
         old = tenant.spec
