@@ -290,3 +290,29 @@ def test_reload_with_a_new_certificate_path_serves_the_new_certificate(proxy, tm
     assert out.returncode == 0, out.stdout + out.stderr + proxy.log()
     out = curl_https(proxy, "t1", "www.rot.example", new["cert"], "/after")
     assert out.returncode == 0 and json.loads(out.stdout)["path"] == "/after", out.stderr
+
+
+SILENT_CLIENT = """
+import socket, sys, time
+sock = socket.create_connection((sys.argv[1], 443), timeout=30)
+start = time.monotonic()
+try:
+    data = sock.recv(1)  # never send a ClientHello; wait for the proxy to give up
+except socket.timeout:
+    data = None
+print("closed" if data == b"" else "still-open", round(time.monotonic() - start, 1))
+"""
+
+
+def test_a_client_that_never_finishes_the_tls_handshake_is_closed_after_header_read(
+    proxy, tmp_path
+):
+    cert = make_cert(tmp_path, "t1", "t1.example")
+    proxy.add_netns("t1")
+    proxy.start_echo("echo", "127.0.0.1:18080")
+    proxy.write_config([https_tenant("t1", [cert])], timeouts={"drain": 1, "header_read": 2})
+    proxy.start()
+    # header_read is 2 s; without a handshake timeout asyncio would wait 60 s and the client's
+    # own 30 s socket timeout would expire first ("still-open").
+    out = proxy.python("t1", SILENT_CLIENT, ADDR, check=False, timeout=60)
+    assert out.stdout.split()[0] == "closed", out.stdout + out.stderr + proxy.log()

@@ -299,7 +299,14 @@ class Daemon:
                 li.factory = factory
             else:
                 factory = li
-            li.server = await self.loop.create_server(factory, sock=sock, ssl=ssl_ctx)
+            # A client that never finishes its TLS handshake is held no longer than one that
+            # never sends its request head (asyncio's own default would be 60 s).
+            tls_opts = (
+                {"ssl": ssl_ctx, "ssl_handshake_timeout": self.config.timeouts["header_read"]}
+                if ssl_ctx
+                else {}
+            )
+            li.server = await self.loop.create_server(factory, sock=sock, **tls_opts)
         except BaseException:
             sock.close()
             raise
