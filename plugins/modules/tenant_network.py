@@ -464,6 +464,8 @@ class Converger:
                     tenant.label, name, link_kind(msg) or "plain device"
                 )
             )
+        if msg is None and self.check and name in self.bridges_ready:
+            return None  # planned by an earlier tenant of this check-mode run
         if msg is None:
             actions.append(f"create bridge {name}")
             if self.check:
@@ -505,6 +507,8 @@ class Converger:
                 self._ensure_up(self.host, msg, name, actions, "subinterface")
             self.subifs_ready.add(name)
             return msg["index"]
+        if self.check and name in self.subifs_ready:
+            return None  # planned by an earlier tenant of this check-mode run
         actions.append(f"create VLAN subinterface {name}")
         self.subifs_ready.add(name)
         if self.check:
