@@ -425,7 +425,7 @@ class Converger:
         self.netns_dir = netns_dir
         self.fallback_vlan = fallback_vlan
         self.host = open_netns(None)
-        self.bridges_ready = set()
+        self.bridges_ready = {}  # name -> ifindex, checked once per run
         self.subifs_ready = set()
 
     def close(self):
@@ -456,7 +456,10 @@ class Converger:
 
     # -- host side infrastructure
     def ensure_bridge(self, tenant, name, actions, rollback):
-        """The host bridge exists (created STP-off and up when missing); returns its index."""
+        """The host bridge exists (created STP-off and up when missing); returns its index
+        (None in check mode when it is still to be created). Checked once per run."""
+        if name in self.bridges_ready:
+            return self.bridges_ready[name]
         msg = find_link(self.host, name)
         if msg is not None and link_kind(msg) != "bridge":
             raise ModuleFailure(
@@ -464,20 +467,17 @@ class Converger:
                     tenant.label, name, link_kind(msg) or "plain device"
                 )
             )
-        if msg is None and self.check and name in self.bridges_ready:
-            return None  # planned by an earlier tenant of this check-mode run
         if msg is None:
             actions.append(f"create bridge {name}")
-            if self.check:
-                self.bridges_ready.add(name)
-                return None
-            index = create_link(self.host, rollback, name, "bridge", br_stp_state=0)
-            set_link(self.host, index, name, state="up")
-            self.bridges_ready.add(name)
+            index = None
+            if not self.check:
+                index = create_link(self.host, rollback, name, "bridge", br_stp_state=0)
+                set_link(self.host, index, name, state="up")
+            self.bridges_ready[name] = index
             return index
-        if name not in self.bridges_ready and self._owned(msg):
+        if self._owned(msg):
             self._ensure_up(self.host, msg, name, actions, "bridge")
-        self.bridges_ready.add(name)
+        self.bridges_ready[name] = msg["index"]
         return msg["index"]
 
     def ensure_subinterface(self, tenant, actions, rollback):
