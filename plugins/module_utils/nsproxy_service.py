@@ -42,6 +42,7 @@ class NsproxyCli:
         try:
             return subprocess.run(
                 [self.binary, *args],
+                check=False,  # callers read the exit code: a refusal is an answer, not a crash
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -83,7 +84,7 @@ class NsproxyCli:
 def run_command(argv: list) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(
-            argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300
+            argv, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300
         )
     except OSError as exc:
         raise ServiceError(f"cannot run {argv[0]}: {exc.strerror}") from exc
