@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -53,3 +55,54 @@ def test_a_changed_tenant_is_validated_again():
     with pytest.raises(config.ConfigError) as err:
         parse([tenant("a", upstream="missing")], previous)
     assert err.value.problems[0].startswith("tenant 'a': routes[0].upstream: unknown upstream")
+
+
+def https_tenant(name, cert, key):
+    spec = tenant(name)
+    spec["listeners"] = [
+        {
+            "listen": "10.0.0.250:443",
+            "protocol": "https",
+            "tls": {"certificates": [{"cert": str(cert), "key": str(key)}]},
+        }
+    ]
+    return spec
+
+
+def make_cert(folder, name):
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "2", "-subj", f"/CN={name}.example", "-keyout", str(key),
+         "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_unchanged_https_tenants_are_reused_without_loading_their_certificates(
+    tmp_path, monkeypatch
+):
+    cert, key = make_cert(tmp_path, "a")
+    first = parse([https_tenant("a", cert, key)])
+    previous = {t.name: t for t in first.tenants}
+    from nsproxy import tls
+
+    loads = []
+    real = tls.validate_listener
+    monkeypatch.setattr(tls, "validate_listener", lambda li: loads.append(li) or real(li))
+    second = parse([https_tenant("a", cert, key), https_tenant("b", cert, key)], previous)
+    assert second.tenants[0] is previous["a"]
+    assert len(loads) == 1  # only the added tenant "b" loaded its certificate
+
+
+def test_an_https_tenant_whose_certificate_file_changed_is_validated_again(tmp_path):
+    cert, key = make_cert(tmp_path, "a")
+    first = parse([https_tenant("a", cert, key)])
+    previous = {t.name: t for t in first.tenants}
+    other_cert, _ = make_cert(tmp_path, "other")
+    os.replace(other_cert, cert)  # same path, new file whose key is not `key`
+    with pytest.raises(config.ConfigError) as err:
+        parse([https_tenant("a", cert, key)], previous)
+    assert "tenant 'a': listeners[0].tls" in err.value.problems[0]
