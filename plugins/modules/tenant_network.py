@@ -249,6 +249,7 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
     remove_named_netns,
     require_pyroute2,
     set_link,
+    temp_ifname,
 )
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.routes import (
     RouteSpecError,
@@ -645,16 +646,19 @@ class Converger:
                     attrs["address"] = tenant.mac
                 if tenant.mtu:
                     attrs["mtu"] = tenant.mtu
-                # Created directly inside the tenant namespace: nothing appears on the host.
+                # Created directly inside the tenant namespace (nothing appears on the host),
+                # under a temporary name: the kernel checks a new macvlan's name against the
+                # host's links too, so the final name (often eth0) is given inside the netns.
+                temp = temp_ifname("tnm")
                 self.host.call(
                     f"creating macvlan {tenant.interface} for {tenant.name}",
                     self.host.ipr.link,
                     "add",
-                    ifname=tenant.interface,
+                    ifname=temp,
                     kind="macvlan",
                     **attrs,
                 )
-                created = find_link(ns, tenant.interface)
+                created = find_link(ns, temp)
                 if created is None:
                     raise ModuleFailure(
                         f"{tenant.label}: the macvlan did not appear in netns '{tenant.name}'"
@@ -663,7 +667,8 @@ class Converger:
                     f"creating macvlan {tenant.interface}",
                     lambda: delete_link(ns, created["index"], tenant.interface),
                 )
-                set_link(ns, created["index"], tenant.interface, ifalias=OWNER_TAG, state="up")
+                set_link(ns, created["index"], temp, ifname=tenant.interface, ifalias=OWNER_TAG)
+                set_link(ns, created["index"], tenant.interface, state="up")
                 return find_link(ns, tenant.interface)
             mode = link_kind_data(msg).get("mode")
             mode = MACVLAN_MODES.get(mode, mode)
