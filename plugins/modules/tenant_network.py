@@ -207,6 +207,15 @@ fallback:
   type: list
   elements: str
   sample: ["acme"]
+bridges:
+  description:
+    - Host bridges the present tenants hang on (their own C(bridge), or C(tnvlan<vlan_id>) for
+      VLAN tenants on the veth fallback). The tenant_network role lets traffic between the ports
+      of each through the host firewall.
+  returned: unless validate_only
+  type: list
+  elements: str
+  sample: ["br-tenants"]
 vlan_supported:
   description: Whether the kernel supports 802.1Q VLANs (null when no VLAN tenant was present).
   returned: unless validate_only
@@ -851,6 +860,13 @@ def run(module):
     finally:
         converger.close()
     result["changed"] = bool(result["tenants"])
+    result["bridges"] = sorted(
+        {
+            converger._bridge_of(t)
+            for t in tenants
+            if t.state == "present" and (t.kind == "bridge" or (t.kind == "vlan" and fallback))
+        }
+    )
     result["summary"] = dict(
         tenants=len(tenants), changed=len(result["tenants"]), created=created, removed=removed
     )

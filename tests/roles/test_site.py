@@ -125,6 +125,34 @@ def test_second_run_changes_nothing(host):
     assert recap(output)["changed"] == 0, f"changed: {changed_tasks(output)}"
 
 
+def test_a_machine_on_a_tenant_bridge_reaches_nsproxy_through_dockers_firewall(host):
+    """A tenant's own machine sits on the tenant bridge, like the tenant namespace does.
+
+    Docker loads br_netfilter, and sets the FORWARD policy to DROP when it enabled IP forwarding
+    itself (as on the VM; here docker_host enabled it first, so the test sets the policy). Then
+    bridged frames between the two ports are dropped unless the tenant_network role lets them
+    through.
+    """
+    nf_call = host.read("/proc/sys/net/bridge/bridge-nf-call-iptables").strip()
+    assert nf_call == "1", "precondition: bridged frames traverse iptables (br_netfilter)"
+    script = (
+        "iptables -P FORWARD DROP && "
+        "ip netns add machine && "
+        "ip link add mach-port type veth peer name eth0 netns machine && "
+        "ip link set mach-port master br-tenants up && "
+        "ip -n machine addr add 10.0.0.10/24 dev eth0 && "
+        "ip -n machine link set eth0 up && ip -n machine link set lo up"
+    )
+    host.sb.sh(script)
+    try:
+        reply = host.curl("machine", "http://10.0.0.250/hello")
+        forward = host.sb.run(["iptables", "-S", "FORWARD"]).stdout
+        assert reply.returncode == 0, reply.stderr + forward
+        assert reply.stdout.strip() == "backend=shared tenant=initech path=/hello"
+    finally:
+        host.sb.sh("ip netns del machine; iptables -P FORWARD ACCEPT")
+
+
 def test_daemon_json_change_restarts_dockerd_once(host):
     before = dockerd_pid(host)
     output = host.converge(extra={"docker_host_log_max_size": "20m"})
