@@ -182,7 +182,11 @@ _NS_GET_NSTYPE = 0xB703
 
 
 def _is_netns(fd: int) -> bool:
-    """Whether fd is a network namespace (ioctl NS_GET_NSTYPE); True if the kernel can't say."""
+    """Whether fd is a network namespace (ioctl NS_GET_NSTYPE, Linux 4.11+).
+
+    False for anything else, including a stale plain file left under /run/netns (the ioctl
+    fails on it): such a tenant is reported as waiting, never entered.
+    """
     import fcntl
 
     try:
