@@ -192,3 +192,34 @@ def proxy(sandbox, tmp_path):
         except subprocess.TimeoutExpired:
             helper.kill()
             helper.wait()
+
+
+def make_cert(folder, name: str, *dns: str) -> dict:
+    """A self-signed certificate (its own CA) with the given DNS SANs, made by openssl."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    san = ",".join(f"DNS:{d}" for d in dns)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={dns[0]}",
+            "-addext",
+            f"subjectAltName={san}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return {"cert": str(cert), "key": str(key)}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from test_tls import https_tenant, make_cert, s_client
+from conftest import make_cert
+from test_tls import https_tenant, s_client
 
 
 def test_reload_with_rotated_certificate_files_serves_the_new_certificate(proxy, tmp_path):

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import ADDR
+from conftest import ADDR, make_cert
 
 # A test upstream in the host namespace, independent of nsproxy's own parser.
 #   pp2 mode: read a PROXY v2 header and one line, answer with what it saw, as JSON.
@@ -117,35 +117,6 @@ print(json.dumps({"sent_sha": hashlib.sha256(data).hexdigest(), "head": head.dec
 """
 
 
-def make_cert(folder, name: str) -> dict:
-    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={name}",
-            "-addext",
-            f"subjectAltName=DNS:{name}",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return {"cert": str(cert), "key": str(key)}
-
-
 def start_upstream(proxy, mode: str, address: str, *extra: str, netns: str | None = None):
     argv = [sys.executable, "-c", UPSTREAM, mode, address, *extra]
     if netns:
@@ -174,7 +145,7 @@ def tcp_tenant(name, listener: dict, upstreams: dict) -> dict:
 
 
 def test_tls_passthrough_is_routed_by_sni_to_two_tls_backends(proxy, tmp_path):
-    certs = {name: make_cert(tmp_path, name) for name in ("a.example", "b.example")}
+    certs = {name: make_cert(tmp_path, name, name) for name in ("a.example", "b.example")}
     proxy.add_netns("t1", "t2")
     for port, name in ((9441, "a.example"), (9442, "b.example")):
         proxy.sb.popen(

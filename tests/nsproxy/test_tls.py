@@ -10,40 +10,9 @@ import subprocess
 import time
 
 import pytest
-from conftest import ADDR, headers_of
+from conftest import ADDR, headers_of, make_cert
 
 OLD_TLS_ENV = {**os.environ, "OPENSSL_CONF": "/dev/null"}  # no system MinProtocol/SECLEVEL
-
-
-def make_cert(folder, name: str, *dns: str) -> dict:
-    """A self-signed certificate (its own CA) with the given DNS SANs, made by openssl."""
-    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-    san = ",".join(f"DNS:{d}" for d in dns)
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={dns[0]}",
-            "-addext",
-            f"subjectAltName={san}",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return {"cert": str(cert), "key": str(key)}
 
 
 def https_tenant(name, certificates, port=443, min_version=None, upstream="127.0.0.1:18080"):
