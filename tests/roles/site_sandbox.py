@@ -34,6 +34,7 @@ UPSTREAM = textwrap.dedent(
     import http.server, sys
     label, port = sys.argv[1], int(sys.argv[2])
     class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as nsproxy's upstream pools expect
         def log_message(self, *args):
             pass
         def do_GET(self):

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.roles.site_sandbox import UPSTREAM
 from tools.sandbox import Sandbox
 
 VENV_BIN = Path(sys.executable).parent
@@ -34,25 +35,6 @@ CONFIG = "/etc/nsproxy/main.json"
 SOCKET = "/run/nsproxy/main.sock"
 CERT_DIR = "/etc/nsproxy/certs"
 BACKENDS = {"a": 8081, "b": 8082}
-
-UPSTREAM = textwrap.dedent(
-    """\
-    import http.server, sys
-    label, port = sys.argv[1], int(sys.argv[2])
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        def log_message(self, *args):
-            pass
-        def do_GET(self):
-            tenant = self.headers.get("X-Nsproxy-Tenant", "-")
-            body = f"backend={label} tenant={tenant} path={self.path}\\n".encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-    http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
-    """
-)
 
 # A client that loops on one tenant until a stop file appears (bounded in count and time) and
 # reports how many requests failed or were answered by something else than expected.
