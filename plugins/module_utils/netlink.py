@@ -148,10 +148,11 @@ class Netns:
         """True if both handles point at the same namespace (compares inodes)."""
         return self.inode == other.inode
 
-    def call(self, action, method, *args, **kwargs):
+    def call(self, action, method, *args, ignore=(), **kwargs):
         """Run ``method(*args, **kwargs)`` (an IPRoute method); a NetlinkError or OSError becomes
-        ModuleFailure whose message reads ``<action> in <label> failed: <sentence>``. A dump
-        interrupted by concurrent changes (busy Docker hosts) is retried a few times."""
+        ModuleFailure whose message reads ``<action> in <label> failed: <sentence>``, except the
+        errnos in ``ignore`` (then None is returned). A dump interrupted by concurrent changes
+        (busy Docker hosts) is retried a few times."""
         try:
             for _attempt in range(DUMP_RETRIES):
                 try:
@@ -160,6 +161,8 @@ class Netns:
                     continue
             return method(*args, **kwargs)
         except NetlinkError as exc:
+            if exc.code in ignore:
+                return None
             text = exc.args[1] if len(exc.args) > 1 else None
             raise ModuleFailure(
                 errno_sentence(exc.code, f"{action} in {self.label}", text),
@@ -476,43 +479,35 @@ def set_link(ns, index, current_name, **attrs):
 
 def delete_link(ns, index, ifname):
     """Delete link ``index``; a link that is already gone is not an error."""
-    try:
-        ns.ipr.link("del", index=index)
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return
-        text = exc.args[1] if len(exc.args) > 1 else None
-        raise ModuleFailure(
-            errno_sentence(exc.code, f"deleting '{ifname}' in {ns.label}", text)
-        ) from None
+    ns.call(f"deleting '{ifname}'", ns.ipr.link, "del", index=index, ignore=(errno.ENODEV,))
 
 
 def add_address(ns, index, ifname, cidr):
     """Add CIDR address ``cidr`` to link ``index``; already present is not an error."""
     iface = ipaddress.ip_interface(cidr)
-    try:
-        ns.ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-    except NetlinkError as exc:
-        if exc.code == errno.EEXIST:
-            return
-        text = exc.args[1] if len(exc.args) > 1 else None
-        raise ModuleFailure(
-            errno_sentence(exc.code, f"adding {cidr} to '{ifname}' in {ns.label}", text)
-        ) from None
+    ns.call(
+        f"adding {cidr} to '{ifname}'",
+        ns.ipr.addr,
+        "add",
+        index=index,
+        address=str(iface.ip),
+        prefixlen=iface.network.prefixlen,
+        ignore=(errno.EEXIST,),
+    )
 
 
 def remove_address(ns, index, ifname, cidr):
     """Remove CIDR address ``cidr`` from link ``index``; already absent is not an error."""
     iface = ipaddress.ip_interface(cidr)
-    try:
-        ns.ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-    except NetlinkError as exc:
-        if exc.code in (errno.EADDRNOTAVAIL, errno.ENODEV):
-            return
-        text = exc.args[1] if len(exc.args) > 1 else None
-        raise ModuleFailure(
-            errno_sentence(exc.code, f"removing {cidr} from '{ifname}' in {ns.label}", text)
-        ) from None
+    ns.call(
+        f"removing {cidr} from '{ifname}'",
+        ns.ipr.addr,
+        "del",
+        index=index,
+        address=str(iface.ip),
+        prefixlen=iface.network.prefixlen,
+        ignore=(errno.EADDRNOTAVAIL, errno.ENODEV),
+    )
 
 
 def netnsid_of(ns, other):
