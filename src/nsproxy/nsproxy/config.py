@@ -240,10 +240,13 @@ def validate(raw, previous: dict | None = None) -> tuple[Config, list[str]]:
         tcp = _optional_module("nsproxy.tcp")
     seen_names: set[str] = set()
     bound: dict[tuple[str, int], list[tuple[str, str]]] = {}  # (netns, port) -> [(host, where)]
+    # Many tenants usually name the same certificate files: load each set once per check.
+    tls_checked: dict = {}
     for index, spec in enumerate(tenants):
         tenant = _tenant(
-            index, spec, problems, seen_names, httptools_ok, tls, tcp, bound, previous or {}
-        )
+            index, spec, problems, seen_names, httptools_ok, (tls, tls_checked), tcp, bound,
+            previous or {},
+        )  # fmt: skip
         if tenant is not None:
             config.tenants.append(tenant)
     return config, problems
@@ -270,7 +273,8 @@ def _numbers(raw, key, defaults, into, problems, integer):
             into[name] = value
 
 
-def _tenant(index, spec, problems, seen_names, httptools_ok, tls, tcp, bound, previous):
+def _tenant(index, spec, problems, seen_names, httptools_ok, tls_pair, tcp, bound, previous):
+    tls = tls_pair[0]
     where = f"tenants[{index}]"
     if not isinstance(spec, dict):
         problems.append(f"{where}: must be an object")
@@ -319,7 +323,7 @@ def _tenant(index, spec, problems, seen_names, httptools_ok, tls, tcp, bound, pr
         raw_listeners = []
     for li_index, li in enumerate(raw_listeners):
         lw = f"{where}: listeners[{li_index}]"
-        listener = _listener(lw, li, problems, httptools_ok, tls, tcp, names)
+        listener = _listener(lw, li, problems, httptools_ok, tls_pair, tcp, names)
         if listener is None:
             continue
         if isinstance(netns, str):
@@ -392,7 +396,8 @@ def _upstream(where, name, up, problems):
     return UpstreamSpec(name, netns, parsed, _digest(up))
 
 
-def _listener(lw, li, problems, httptools_ok, tls, tcp, upstream_names):
+def _listener(lw, li, problems, httptools_ok, tls_pair, tcp, upstream_names):
+    tls, tls_checked = tls_pair
     if not isinstance(li, dict):
         problems.append(f"{lw}: must be an object with 'listen' and 'protocol'")
         return None
@@ -423,7 +428,13 @@ def _listener(lw, li, problems, httptools_ok, tls, tcp, upstream_names):
         else:
             # Fingerprint first: a file replaced during validation is validated again next time.
             cert_state = tls.certificate_files_state(li)
-            problems.extend(f"{lw}.{p}" for p in tls.validate_listener(li))
+            # The same settings and the same files (path, inode, size, mtime) give the same
+            # answer: validate (load) them once, not once per tenant.
+            key = (tls.settings_key(li), cert_state)
+            found = tls_checked.get(key)
+            if found is None:
+                found = tls_checked[key] = tls.validate_listener(li)
+            problems.extend(f"{lw}.{p}" for p in found)
     if protocol == "tcp":
         if tcp is None:
             problems.append(

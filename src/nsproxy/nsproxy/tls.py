@@ -19,6 +19,7 @@ certificates.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import ssl
@@ -32,6 +33,7 @@ __all__ = [
     "build_server_context",
     "certificate_files_state",
     "certificate_names",
+    "settings_key",
     "update_server_context",
     "validate_listener",
 ]
@@ -320,6 +322,12 @@ def certificate_files_state(listener: Mapping) -> tuple:
             except OSError as exc:
                 state.append((path, exc.errno))
     return tuple(state)
+
+
+def settings_key(listener: Mapping) -> str:
+    """The listener's ``tls`` settings as one string: listeners with equal keys and equal
+    :func:`certificate_files_state` can share one server context (and one validation)."""
+    return json.dumps(listener.get("tls"), sort_keys=True, default=repr)
 
 
 def _load_or_raise(listener: Mapping) -> list:
