@@ -33,12 +33,12 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
     apply_link_action,
     create_link,
+    create_link_in,
     delete_link,
     find_link,
     netnsid_of,
     read_link,
     set_link,
-    temp_ifname,
 )
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.routes import (
     RouteSpecError,
@@ -534,33 +534,18 @@ def _index(ns, ifname):
 
 
 def create_macvlan(nss, action, rollback):
-    """Create a macvlan on ``lower`` directly inside its target namespace under a temporary
-    name (so it never collides with a name in the lower device's namespace), then rename it
-    there and tag it as ours."""
+    """Create a macvlan on ``lower`` directly inside its target namespace."""
     lns = nss.get(action["lower_netns"], "netns")
     tns = nss.get(action["netns"], "netns")
-    lower_index = _index(lns, action["lower"])
-    tmp = temp_ifname("tnm")
-    lns.call(
-        f"creating macvlan '{action['ifname']}' on '{action['lower']}'",
-        lns.ipr.link,
-        "add",
-        ifname=tmp,
-        kind="macvlan",
-        link=lower_index,
+    create_link_in(
+        lns,
+        tns,
+        rollback,
+        action["ifname"],
+        "macvlan",
+        link=_index(lns, action["lower"]),
         macvlan_mode=action["mode"],
-        net_ns_fd=tns.fd,
     )
-    msg = find_link(tns, tmp)
-    if msg is None:
-        raise ModuleFailure(f"the new macvlan '{tmp}' did not appear in {tns.label}")
-    index = msg["index"]
-    rollback.push(
-        f"creating macvlan '{action['ifname']}' in {tns.label}",
-        lambda: delete_link(tns, index, action["ifname"]),
-    )
-    set_link(tns, index, tmp, ifname=action["ifname"])
-    set_link(tns, index, action["ifname"], ifalias=OWNER_TAG)
 
 
 def apply(nss, actions):

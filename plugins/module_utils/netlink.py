@@ -470,6 +470,32 @@ def create_link(ns, rollback, ifname, kind, tag=True, **attrs):
     return index
 
 
+def create_link_in(ns, target, rollback, ifname, kind, **attrs):
+    """Create link ``ifname`` of ``kind`` from ``ns`` (where its lower device is) directly
+    inside ``target``, tag it and return its ifindex there. It is made under a temporary name
+    and renamed inside ``target``: the kernel checks a new link's name against ``ns`` too, so a
+    tenant's ``eth0`` could not be made from a host that has an ``eth0`` of its own."""
+    tmp = temp_ifname("tnm")
+    ns.call(
+        f"creating {kind} '{ifname}' for {target.label}",
+        ns.ipr.link,
+        "add",
+        ifname=tmp,
+        kind=kind,
+        net_ns_fd=target.fd,
+        **attrs,
+    )
+    msg = find_link(target, tmp)
+    if msg is None:
+        raise ModuleFailure(f"the new {kind} '{ifname}' did not appear in {target.label}")
+    index = msg["index"]
+    rollback.push(
+        f"creating {kind} '{ifname}' in {target.label}", lambda: delete_link(target, index, ifname)
+    )
+    set_link(target, index, tmp, ifname=ifname, ifalias=OWNER_TAG)
+    return index
+
+
 def set_link(ns, index, current_name, **attrs):
     """Change attributes of link ``index`` (``mtu``, ``address``, ``ifname``, ``master``,
     ``state='up'|'down'``, ``ifalias``, ``kind='bridge', br_*``...)."""

@@ -246,6 +246,7 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
     IFF_UP,
     add_address,
     create_link,
+    create_link_in,
     create_named_netns,
     delete_link,
     find_link,
@@ -258,7 +259,6 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
     remove_named_netns,
     require_pyroute2,
     set_link,
-    temp_ifname,
 )
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.routes import (
     RouteSpecError,
@@ -650,34 +650,16 @@ class Converger:
                 actions.append(f"create macvlan {tenant.interface} in {tenant.name}")
                 if self.check:
                     return None
-                attrs = {"link": sub_index, "macvlan_mode": tenant.mode, "net_ns_fd": ns.fd}
+                attrs = {"link": sub_index, "macvlan_mode": tenant.mode}
                 if tenant.mac:
                     attrs["address"] = tenant.mac
                 if tenant.mtu:
                     attrs["mtu"] = tenant.mtu
-                # Created directly inside the tenant namespace (nothing appears on the host),
-                # under a temporary name: the kernel checks a new macvlan's name against the
-                # host's links too, so the final name (often eth0) is given inside the netns.
-                temp = temp_ifname("tnm")
-                self.host.call(
-                    f"creating macvlan {tenant.interface} for {tenant.name}",
-                    self.host.ipr.link,
-                    "add",
-                    ifname=temp,
-                    kind="macvlan",
-                    **attrs,
+                # Created directly inside the tenant namespace: nothing appears on the host.
+                index = create_link_in(
+                    self.host, ns, rollback, tenant.interface, "macvlan", **attrs
                 )
-                created = find_link(ns, temp)
-                if created is None:
-                    raise ModuleFailure(
-                        f"{tenant.label}: the macvlan did not appear in netns '{tenant.name}'"
-                    )
-                rollback.push(
-                    f"creating macvlan {tenant.interface}",
-                    lambda: delete_link(ns, created["index"], tenant.interface),
-                )
-                set_link(ns, created["index"], temp, ifname=tenant.interface, ifalias=OWNER_TAG)
-                set_link(ns, created["index"], tenant.interface, state="up")
+                set_link(ns, index, tenant.interface, state="up")
                 return find_link(ns, tenant.interface)
             mode = link_kind_data(msg).get("mode")
             mode = MACVLAN_MODES.get(mode, mode)
