@@ -299,6 +299,36 @@ def test_second_run_changes_nothing(host):
     assert host.status()["generation"] == generation
 
 
+def test_new_package_content_is_reinstalled_and_restarts_the_instance(host):
+    instances = [instance(tenant("acme", "a"), tenant("globex", "a"))]
+    pid = host.sb.sh("cut -d' ' -f1 /run/nsproxy/main.pid").stdout.strip()
+    # Caches and pip's build metadata in a source checkout are not a new version.
+    (host.source / "nsproxy" / "__pycache__").mkdir(exist_ok=True)
+    (host.source / "nsproxy" / "__pycache__" / "cli.cpython-311.pyc").write_bytes(b"\0cache")
+    (host.source / "nsproxy.egg-info").mkdir(exist_ok=True)
+    (host.source / "nsproxy.egg-info" / "PKG-INFO").write_text("Name: nsproxy\n")
+    assert recap_changed(host.converge(instances)) == 0
+
+    marker = f"# build marker {time.time_ns()}\n"
+    with open(host.source / "nsproxy" / "__init__.py", "a") as f:
+        f.write(marker)
+    output = host.converge(instances)
+    assert "Install the daemon into the virtualenv" in output
+    installed = host.sb.sh("cat /opt/nsproxy/lib/python3*/site-packages/nsproxy/__init__.py")
+    assert installed.stdout.endswith(marker)
+    # One archive went over, without the caches: it holds the package's files only.
+    archive = host.sb.run(["tar", "tzf", "/opt/nsproxy/src/nsproxy.tar.gz"]).stdout.split()
+    expected = sorted(
+        str(p.relative_to(host.source))
+        for p in host.source.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and "nsproxy.egg-info" not in p.parts
+    )
+    assert sorted(n.removeprefix("./") for n in archive if not n.endswith("/")) == expected
+    assert host.sb.sh("cut -d' ' -f1 /run/nsproxy/main.pid").stdout.strip() != pid
+    assert host.answer("acme", "/after-upgrade") == "backend=a tenant=acme path=/after-upgrade"
+    assert recap_changed(host.converge(instances)) == 0
+
+
 def test_installed_unit_file_passes_systemd_analyze_verify(host):
     if not shutil.which("systemd-analyze"):
         pytest.skip("systemd-analyze is not installed (Debian package systemd)")
