@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import functools
 import gc
 import logging
 import os
@@ -144,6 +145,7 @@ class Daemon:
         self.reload_lock = asyncio.Lock()
         self.stopped = asyncio.Event()
         self.sweeper = None
+        self.free_after_trim = 0  # heap bytes free right after the last malloc_trim
         self.draining_tenants: list[tuple[TenantRuntime, float]] = []
         self.last_reload_error: str | None = None
         self.tls = self.tcp = None
@@ -613,6 +615,16 @@ class Daemon:
             self.draining_tenants = still
         if shared.access_log is not None:
             shared.access_log.flush()
+        # After a burst of connections (or of TLS handshakes that never completed), give the
+        # freed heap back now rather than at the next reload. Trimmed pages still count as
+        # free in malloc's books, hence the comparison with the level after the last trim.
+        free = heap_free_bytes()
+        if free is not None:
+            if free > self.free_after_trim + TRIM_WHEN_FREE:
+                release_free_memory()
+                self.free_after_trim = heap_free_bytes() or 0
+            elif free < self.free_after_trim:
+                self.free_after_trim = free
 
     # -- misc ---------------------------------------------------------------------------
     def _open_access_log(self, target: str | None) -> None:
@@ -691,10 +703,50 @@ def settle_heap() -> None:
     release_free_memory()
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+TRIM_WHEN_FREE = 2 * 1024 * 1024  # bytes free inside the heap that make the sweep trim it
+
+
+@functools.cache
+def _libc():
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim  # noqa: B018 (glibc only: AttributeError elsewhere)
+        return libc
+    return None
+
+
+def heap_free_bytes() -> int | None:
+    """Bytes free inside the malloc heap (glibc mallinfo2), or None where unavailable."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _MallInfo2
+    return libc.mallinfo2().fordblks
+
+
 def release_free_memory() -> None:
     """Give the heap freed by parsing a config back to the kernel (glibc); no-op elsewhere."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def raise_nofile_limit() -> tuple[int, int]:
