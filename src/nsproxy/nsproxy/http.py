@@ -11,6 +11,7 @@ by a timer per request.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 import httptools
@@ -32,6 +33,8 @@ PAUSE_PIPELINE = 2
 PAUSE_CONNECTING = 4
 
 HIGH_WATER = 256 * 1024
+
+_flatten = itertools.chain.from_iterable
 
 REASONS = {
     400: b"Bad Request",
@@ -372,9 +375,9 @@ class ClientConnection(asyncio.Protocol):
         extend = out.extend
         host = None
         special = REQUEST_SPECIAL
-        size = len(self.url) + 4 * len(headers)
+        # Names and values summed in C (a Python loop here cost more than the routing).
+        size = len(self.url) + 4 * len(headers) + sum(map(len, _flatten(headers)))
         for name, value in headers:
-            size += len(name) + len(value)
             code = special.get(name.lower())
             if code is None:
                 extend((name, b": ", value, b"\r\n"))
