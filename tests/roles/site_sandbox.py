@@ -72,15 +72,21 @@ def recap(output: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", lines[-1])}
 
 
-def changed_tasks(output: str) -> list[str]:
-    """Names of the tasks that reported changed (for assertion messages)."""
-    names, current = [], None
+def task_results(output: str) -> dict[str, set[str]]:
+    """Each task's result words in ansible-playbook's output, e.g. {"role : Task": {"ok"}}."""
+    results, current = {}, None
     for line in output.splitlines():
         if line.startswith(("TASK [", "RUNNING HANDLER [")):
             current = line.split("[", 1)[1].rsplit("]", 1)[0]
-        elif line.startswith("changed:") and current and current not in names:
-            names.append(current)
-    return names
+            results.setdefault(current, set())
+        elif current and (word := re.match(r"^(ok|changed|skipping|fatal|failed):", line)):
+            results[current].add(word.group(1))
+    return results
+
+
+def changed_tasks(output: str) -> list[str]:
+    """Names of the tasks that reported changed (for assertion messages)."""
+    return [name for name, words in task_results(output).items() if "changed" in words]
 
 
 class SiteHost:
