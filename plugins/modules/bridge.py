@@ -113,13 +113,7 @@ notes:
 seealso:
   - module: tenantnet.nsproxy.veth
   - module: tenantnet.nsproxy.netns
-attributes:
-  check_mode:
-    description: Computes the same plan as a real run, reports it, and changes nothing.
-    support: full
-  diff_mode:
-    description: Shows the before and after values of the options that were set.
-    support: full
+extends_documentation_fragment: [tenantnet.nsproxy.attributes]
 """
 
 EXAMPLES = r"""

@@ -170,6 +170,7 @@ notes:
 seealso:
   - module: tenantnet.nsproxy.netns
   - module: tenantnet.nsproxy.netns_route
+extends_documentation_fragment: [tenantnet.nsproxy.attributes]
 """
 
 EXAMPLES = r"""

@@ -138,6 +138,7 @@ seealso:
   - module: tenantnet.nsproxy.netns
   - module: tenantnet.nsproxy.veth
   - module: tenantnet.nsproxy.macvlan_vlan
+extends_documentation_fragment: [tenantnet.nsproxy.attributes]
 """
 
 EXAMPLES = r"""

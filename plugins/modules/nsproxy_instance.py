@@ -155,6 +155,7 @@ seealso:
   - name: nsproxy role
     description: Installs the daemon and the systemd unit, and calls this module per instance.
     link: https://example.invalid/tenantnet/nsproxy
+extends_documentation_fragment: [tenantnet.nsproxy.attributes]
 """
 
 EXAMPLES = r"""

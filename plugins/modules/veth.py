@@ -114,13 +114,7 @@ notes:
 seealso:
   - module: tenantnet.nsproxy.netns
   - module: tenantnet.nsproxy.bridge
-attributes:
-  check_mode:
-    description: Computes the same plan as a real run, reports it, and changes nothing.
-    support: full
-  diff_mode:
-    description: Shows the before and after values of the options that were set.
-    support: full
+extends_documentation_fragment: [tenantnet.nsproxy.attributes]
 """
 
 EXAMPLES = r"""
