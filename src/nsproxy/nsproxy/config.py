@@ -241,7 +241,9 @@ def validate(raw, previous: dict | None = None) -> tuple[Config, list[str]]:
     seen_names: set[str] = set()
     bound: dict[tuple[str, int], list[tuple[str, str]]] = {}  # (netns, port) -> [(host, where)]
     # Many tenants usually name the same certificate files: load each set once per check.
-    tls_checked: dict = {}
+    # Also "stat": path -> file state for this pass, and "kept": https listeners of unchanged
+    # tenants, whose certificates were validated with these very files last time.
+    tls_checked: dict = {"stat": {}, "kept": []}
     for index, spec in enumerate(tenants):
         tenant = _tenant(
             index, spec, problems, seen_names, httptools_ok, (tls, tls_checked), tcp, bound,
@@ -291,8 +293,13 @@ def _tenant(index, spec, problems, seen_names, httptools_ok, tls_pair, tcp, boun
     seen_names.add(name)
     digest = _digest(spec)
     known = previous.get(name)
-    if known is not None and known.digest == digest and _certificates_unchanged(known, tls):
+    if (
+        known is not None
+        and known.digest == digest
+        and _certificates_unchanged(known, tls, tls_pair[1]["stat"])
+    ):
         # Unchanged since it was last validated: only the checks across tenants remain.
+        tls_pair[1]["kept"].extend(li for li in known.listeners if li.protocol == "https")
         for li_index, listener in enumerate(known.listeners):
             _claim(bound, known.netns, listener, f"{where}: listeners[{li_index}]", problems)
         return known
@@ -427,13 +434,20 @@ def _listener(lw, li, problems, httptools_ok, tls_pair, tcp, upstream_names):
             )
         else:
             # Fingerprint first: a file replaced during validation is validated again next time.
-            cert_state = tls.certificate_files_state(li)
+            cert_state = tls.certificate_files_state(li, tls_checked["stat"])
             # The same settings and the same files (path, inode, size, mtime) give the same
             # answer: validate (load) them once, not once per tenant.
             key = (tls.settings_key(li), cert_state)
             found = tls_checked.get(key)
             if found is None:
-                found = tls_checked[key] = tls.validate_listener(li)
+                settings = li.get("tls")
+                same = (
+                    kept
+                    for kept in tls_checked["kept"]
+                    if kept.cert_state == cert_state and kept.spec.get("tls") == settings
+                )
+                found = [] if next(same, None) is not None else tls.validate_listener(li)
+                tls_checked[key] = found
             problems.extend(f"{lw}.{p}" for p in found)
     if protocol == "tcp":
         if tcp is None:
@@ -447,7 +461,7 @@ def _listener(lw, li, problems, httptools_ok, tls_pair, tcp, upstream_names):
     return Listener(li, host, port, cert_state)
 
 
-def _certificates_unchanged(tenant, tls) -> bool:
+def _certificates_unchanged(tenant, tls, memo) -> bool:
     """Whether every https listener's certificate files are the ones validated last time.
 
     Loading a certificate costs milliseconds; stat-ing its files costs microseconds. Without
@@ -455,7 +469,7 @@ def _certificates_unchanged(tenant, tls) -> bool:
     """
     return all(
         li.protocol != "https"
-        or (tls is not None and tls.certificate_files_state(li.spec) == li.cert_state)
+        or (tls is not None and tls.certificate_files_state(li.spec, memo) == li.cert_state)
         for li in tenant.listeners
     )
 

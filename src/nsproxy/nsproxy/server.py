@@ -472,13 +472,14 @@ class Daemon:
         the new certificates apply to all of them."""
         tls = None
         updated: dict[int, Exception | None] = {}  # id(context) -> None (done) or the error
+        memo: dict = {}  # path -> file state: each certificate file is stat-ed once per pass
         for tenant in self.tenants.values():
             for li in tenant.listeners:
                 if li.ssl_ctx is None or li.state != "bound":
                     continue
                 if tls is None:
                     from nsproxy import tls
-                state = tls.certificate_files_state(li.spec.spec)
+                state = tls.certificate_files_state(li.spec.spec, memo)
                 if state == li.cert_state:
                     continue
                 ctx = li.ssl_ctx

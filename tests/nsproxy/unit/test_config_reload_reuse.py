@@ -89,12 +89,49 @@ def test_unchanged_https_tenants_are_reused_without_loading_their_certificates(
     previous = {t.name: t for t in first.tenants}
     from nsproxy import tls
 
+    other_cert, other_key = make_cert(tmp_path, "other")
     loads = []
     real = tls.validate_listener
     monkeypatch.setattr(tls, "validate_listener", lambda li: loads.append(li) or real(li))
-    second = parse([https_tenant("a", cert, key), https_tenant("b", cert, key)], previous)
+    tenants = [https_tenant("a", cert, key), https_tenant("b", other_cert, other_key)]
+    second = parse(tenants, previous)
     assert second.tenants[0] is previous["a"]
     assert len(loads) == 1  # only the added tenant "b" loaded its certificate
+
+
+def test_an_added_https_tenant_with_the_files_and_settings_of_a_kept_one_loads_nothing(
+    tmp_path, monkeypatch
+):
+    cert, key = make_cert(tmp_path, "a")
+    previous = {t.name: t for t in parse([https_tenant("a", cert, key)]).tenants}
+    from nsproxy import tls
+
+    loads = []
+    real = tls.validate_listener
+    monkeypatch.setattr(tls, "validate_listener", lambda li: loads.append(li) or real(li))
+    same = https_tenant("b", cert, key)
+    stricter = https_tenant("c", cert, key)
+    stricter["listeners"][0]["tls"]["min_version"] = "1.3"
+    third = https_tenant("d", cert, key)
+    second = parse([https_tenant("a", cert, key), same, stricter, third], previous)
+    assert [t.name for t in second.tenants] == ["a", "b", "c", "d"]
+    # b and d: same files (same inode, size, mtime) and same settings as the kept a: nothing
+    # to load. c: other settings, so its certificate is validated again, once.
+    assert [li["tls"].get("min_version") for li in loads] == ["1.3"]
+
+
+def test_an_added_https_tenant_sharing_a_kept_tenants_path_is_validated_if_the_file_changed(
+    tmp_path,
+):
+    cert, key = make_cert(tmp_path, "a")
+    previous = {t.name: t for t in parse([https_tenant("a", cert, key)]).tenants}
+    other_cert, _ = make_cert(tmp_path, "other")
+    os.replace(other_cert, cert)  # same path, new file whose key is not `key`
+    with pytest.raises(config.ConfigError) as err:
+        parse([https_tenant("a", cert, key), https_tenant("b", cert, key)], previous)
+    problems = "\n".join(err.value.problems)
+    assert "tenant 'a': listeners[0].tls" in problems
+    assert "tenant 'b': listeners[0].tls" in problems
 
 
 def test_an_https_tenant_whose_certificate_file_changed_is_validated_again(tmp_path):
