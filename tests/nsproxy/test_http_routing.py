@@ -140,3 +140,69 @@ print(json.dumps({{"peers": len(set(peers)), "sock": c.sock is not None}}))
     out = json.loads(proxy.python("ka", code).stdout)
     # 20 requests over one client connection, forwarded over one pooled upstream connection.
     assert out == {"peers": 1, "sock": True}
+
+
+def _ask_all(proxy, requests):
+    """(tenant, host, path) -> (status, echo document or body) with one shell loop of curl."""
+    script = [
+        f"echo '>>> {name} {host} {path}'; ip netns exec {name} curl -sS --max-time 10 "
+        f"-w '\\n%{{http_code}}\\n' -H 'Host: {host}' http://{ADDR}{path}"
+        for name, host, path in requests
+    ]
+    out = proxy.sb.sh("\n".join(script)).stdout
+    results = {}
+    for block in out.split(">>> ")[1:]:
+        head, _, rest = block.partition("\n")
+        body, _, code = rest.rstrip("\n").rpartition("\n")
+        results[tuple(head.split())] = (int(code), json.loads(body) if code == "200" else body)
+    assert len(results) == len(requests), out
+    return results
+
+
+def test_tenants_with_identical_route_tables_each_reach_only_their_own_servers(proxy):
+    # Identical routes and upstream names (the daemon shares one route table between them),
+    # but every tenant's upstreams point at its own servers.
+    names = [f"t{i}" for i in range(12)]
+    proxy.add_netns(*names)
+    ports = {name: (9200 + 2 * i, 9201 + 2 * i) for i, name in enumerate(names)}
+    proxy.start_echo("echo", *(f"127.0.0.1:{p}" for pair in ports.values() for p in pair))
+    routes = [
+        {"host": "api.example", "path_prefix": "/", "upstream": "api"},
+        {"host": "*", "path_prefix": "/", "upstream": "app"},
+    ]
+
+    def tenant(name, routes):
+        api, app = ports[name]
+        return {
+            "name": name,
+            "netns": name,
+            "listeners": [{"listen": f"{ADDR}:80", "protocol": "http"}],
+            "routes": routes,
+            "upstreams": {
+                "api": {"netns": None, "servers": [f"127.0.0.1:{api}"]},
+                "app": {"netns": None, "servers": [f"127.0.0.1:{app}"]},
+            },
+        }
+
+    proxy.write_config([tenant(name, routes) for name in names])
+    proxy.start()
+    requests = [(n, h, "/x") for n in names for h in ("api.example", "www.example")]
+    for (name, host, _), (code, doc) in _ask_all(proxy, requests).items():
+        assert code == 200, (name, host, doc)
+        api, app = ports[name]
+        assert doc["server"] == f"echo@{api if host == 'api.example' else app}", (name, host)
+        assert headers_of(doc)["x-nsproxy-tenant"] == [name]
+
+    # One tenant's table changes on reload: only that tenant routes differently.
+    changed = names[5]
+    only_api = [{"host": "api.example", "path_prefix": "/", "upstream": "api"}]
+    proxy.write_config([tenant(n, only_api if n == changed else routes) for n in names])
+    assert proxy.reload().returncode == 0, proxy.log()
+    for (name, host, _), (code, doc) in _ask_all(proxy, requests).items():
+        api, app = ports[name]
+        if name == changed and host == "www.example":
+            assert code == 404, (name, host, doc)
+            continue
+        assert code == 200, (name, host, doc)
+        assert doc["server"] == f"echo@{api if host == 'api.example' else app}", (name, host)
+        assert headers_of(doc)["x-nsproxy-tenant"] == [name]

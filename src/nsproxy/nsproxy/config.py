@@ -244,10 +244,16 @@ def validate(raw, previous: dict | None = None) -> tuple[Config, list[str]]:
     # Also "stat": path -> file state for this pass, and "kept": https listeners of unchanged
     # tenants, whose certificates were validated with these very files last time.
     tls_checked: dict = {"stat": {}, "kept": []}
+    # Tenants usually declare identical listeners, routes and upstreams: one object per distinct
+    # value serves all of them (they are never modified once built). Seeded with the running
+    # config's objects, so that a reload keeps sharing with the kept tenants.
+    shared: dict = {}
+    for known in (previous or {}).values():
+        _share_tenant(known, shared)
     for index, spec in enumerate(tenants):
         tenant = _tenant(
             index, spec, problems, seen_names, httptools_ok, (tls, tls_checked), tcp, bound,
-            previous or {},
+            previous or {}, shared,
         )  # fmt: skip
         if tenant is not None:
             config.tenants.append(tenant)
@@ -275,7 +281,37 @@ def _numbers(raw, key, defaults, into, problems, integer):
             into[name] = value
 
 
-def _tenant(index, spec, problems, seen_names, httptools_ok, tls_pair, tcp, bound, previous):
+def _share_tenant(tenant: Tenant, shared: dict) -> None:
+    """Replace the tenant's listeners, routes and upstreams by equal objects already in
+    ``shared``, or register its own there (kept tenants are seeded this way, unchanged)."""
+    ups = {n: shared.setdefault(("upstream", n, u.digest), u) for n, u in tenant.upstreams.items()}
+    tenant.upstreams = _one(shared, "upstreams", tenant.upstreams, ups, ups.items())
+    listeners = [shared.setdefault(("listener", li.digest, li.cert_state), li) for li in
+                 tenant.listeners]  # fmt: skip
+    tenant.listeners = _one(shared, "listeners", tenant.listeners, listeners, listeners)
+    routes = tuple(
+        shared.setdefault(("route", r.host, r.path_prefix, r.upstream), r) for r in tenant.routes
+    )
+    tenant.routes = _one(shared, "routes", tenant.routes, routes, routes)
+
+
+def _one(shared: dict, kind: str, own, rebuilt, parts):
+    """The shared container for these (shared) parts: the first one registered wins; the
+    tenant's own container is registered when it already holds exactly these parts."""
+    key = (kind, *((p[0], id(p[1])) if isinstance(p, tuple) else id(p) for p in parts))
+    found = shared.get(key)
+    if found is None:
+        if kind == "upstreams":
+            same = own.keys() == rebuilt.keys() and all(own[n] is u for n, u in rebuilt.items())
+        else:
+            same = type(own) is type(rebuilt) and all(a is b for a, b in zip(own, rebuilt))
+        found = shared[key] = own if same else rebuilt
+    return found
+
+
+def _tenant(
+    index, spec, problems, seen_names, httptools_ok, tls_pair, tcp, bound, previous, shared=None
+):
     tls = tls_pair[0]
     where = f"tenants[{index}]"
     if not isinstance(spec, dict):
@@ -357,7 +393,9 @@ def _tenant(index, spec, problems, seen_names, httptools_ok, tls_pair, tcp, boun
         routes.append(route)
     if len(problems) > start:
         return None
-    return Tenant(name, netns, listeners, routes, upstreams, digest)
+    tenant = Tenant(name, netns, listeners, routes, upstreams, digest)
+    _share_tenant(tenant, {} if shared is None else shared)
+    return tenant
 
 
 def _netns_ok(netns) -> bool:

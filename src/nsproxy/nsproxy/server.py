@@ -102,13 +102,13 @@ class TenantRuntime:
         "upstreams",
     )
 
-    def __init__(self, spec: config.Tenant):
+    def __init__(self, spec: config.Tenant, router: Router):
         self.spec = spec
         self.name = spec.name
         self.name_bytes = spec.name.encode()
         self.ns: netns.Namespace | None = None
         self.listeners: list[ListenerRuntime] = []
-        self.router = Router(spec.routes)
+        self.router = router
         self.upstreams: dict[str, Upstream] = {}
         self.metrics = metrics.TenantMetrics()
         self.active = 0
@@ -142,6 +142,9 @@ class Daemon:
         self.generation = 1
         self.metrics_server = None
         self.admin_server = None
+        # Compiled route tables, one per distinct routes tuple of the config (tenants with
+        # identical routes share the tuple, see config._share_tenant): id -> (routes, Router).
+        self.routers: dict[int, tuple[tuple, Router]] = {}
         self.reload_lock = asyncio.Lock()
         self.stopped = asyncio.Event()
         self.sweeper = None
@@ -160,7 +163,7 @@ class Daemon:
         self._open_access_log(self.config.access_log)
         started = time.monotonic()
         for spec in self.config.tenants:
-            tenant = TenantRuntime(spec)
+            tenant = TenantRuntime(spec, self._router(spec.routes))
             self.tenants[spec.name] = tenant
             self._build_upstreams(tenant, {})
             await self._bind_tenant(tenant)
@@ -454,7 +457,7 @@ class Daemon:
             if tenant is not None and tenant.spec.digest == spec.digest:
                 new.tenants[index] = tenant.spec  # keep one copy of an unchanged tenant
             elif tenant is None:
-                tenant = TenantRuntime(spec)
+                tenant = TenantRuntime(spec, self._router(spec.routes))
                 self.tenants[spec.name] = tenant
                 self._build_upstreams(tenant, {})
                 await self._bind_tenant(tenant)
@@ -463,7 +466,18 @@ class Daemon:
                 await self._update_tenant(tenant, spec)
                 changed += 1
         self._reload_certificates()
+        live = {id(t.spec.routes) for t in self.tenants.values()}
+        live.update(id(t.spec.routes) for t, _ in self.draining_tenants)
+        self.routers = {k: v for k, v in self.routers.items() if k in live}
         return added, removed, changed
+
+    def _router(self, routes: tuple) -> Router:
+        """The compiled route table for this routes tuple, shared by every tenant that has the
+        very same tuple (the entry holds the tuple, so its id cannot be reused meanwhile)."""
+        entry = self.routers.get(id(routes))
+        if entry is None:
+            entry = self.routers[id(routes)] = (routes, Router(routes))
+        return entry[1]
 
     def _reload_certificates(self) -> None:
         """Kept https listeners whose certificate or key files changed load them again.
@@ -516,7 +530,7 @@ class Daemon:
             gone = [li for li in tenant.listeners if li.spec.digest not in keep]
             tenant.listeners = [li for li in tenant.listeners if li.spec.digest in keep]
             self._drain_listeners(tenant, gone)
-        tenant.router = Router(spec.routes)
+        tenant.router = self._router(spec.routes)
         self._build_upstreams(tenant, dict(tenant.upstreams))
         if tenant.retry_handle is not None:
             tenant.retry_handle.cancel()

@@ -8,6 +8,7 @@ network namespace are created there by netns.py and connected from the event loo
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import time
 
@@ -25,15 +26,22 @@ class UpstreamError(Exception):
         self.timeout = timeout
 
 
+@functools.lru_cache(maxsize=4096)
+def _label(host: str, port: int) -> str:
+    """'host:port' ('[v6]:port'); one string for every tenant naming the same server."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Server:
     """One server of an upstream, with its own pool of idle keep-alive connections."""
 
     __slots__ = ("address", "down_until", "family", "idle", "label", "last_error")
 
-    def __init__(self, host: str, port: int):
-        self.address = (host, port)
+    def __init__(self, address: tuple[str, int]):
+        host, port = address
+        self.address = address  # the config's tuple, shared by every tenant naming this server
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.label = _label(host, port)
         self.down_until = 0.0
         self.last_error: str | None = None
         self.idle: list | None = None
@@ -51,7 +59,7 @@ class Upstream:
         self.tenant = tenant
         self.registry = registry
         self.shared = shared  # for timeouts (connect) that a reload may change
-        self.servers = [Server(h, p) for h, p in spec.servers]
+        self.servers = [Server(address) for address in spec.servers]
         self.ns: netns.Namespace | None = None
         self.rr = 0
 
