@@ -33,7 +33,6 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
     apply_link_action,
     create_link,
-    create_link_in,
     delete_link,
     find_link,
     netnsid_of,
@@ -537,12 +536,12 @@ def create_macvlan(nss, action, rollback):
     """Create a macvlan on ``lower`` directly inside its target namespace."""
     lns = nss.get(action["lower_netns"], "netns")
     tns = nss.get(action["netns"], "netns")
-    create_link_in(
+    create_link(
         lns,
-        tns,
         rollback,
         action["ifname"],
         "macvlan",
+        target=tns,
         link=_index(lns, action["lower"]),
         macvlan_mode=action["mode"],
     )

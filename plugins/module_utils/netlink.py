@@ -453,46 +453,40 @@ def read_link(ns, name):
     return describe_link(ns, msg) if msg is not None else None
 
 
-def create_link(ns, rollback, ifname, kind, tag=True, **attrs):
-    """Create link ``ifname`` of ``kind`` in ``ns`` (extra IFLA attributes in ``attrs``, e.g.
+def create_link(ns, rollback, ifname, kind, tag=True, target=None, **attrs):
+    """Create link ``ifname`` of ``kind`` (extra IFLA attributes in ``attrs``, e.g.
     ``peer={...}`` or ``br_stp_state=0``), tag it with OWNER_TAG, register its deletion on
-    ``rollback`` and return its ifindex."""
-    ns.call(f"creating {kind} '{ifname}'", ns.ipr.link, "add", ifname=ifname, kind=kind, **attrs)
-    msg = find_link(ns, ifname)
-    if msg is None:
-        raise ModuleFailure(f"{kind} '{ifname}' vanished right after it was created in {ns.label}")
-    index = msg["index"]
-    rollback.push(
-        f"creating {kind} '{ifname}' in {ns.label}", lambda: delete_link(ns, index, ifname)
-    )
-    if tag:
-        set_link(ns, index, ifname, ifalias=OWNER_TAG)
-    return index
+    ``rollback`` and return its ifindex.
 
-
-def create_link_in(ns, target, rollback, ifname, kind, **attrs):
-    """Create link ``ifname`` of ``kind`` from ``ns`` (where its lower device is) directly
-    inside ``target``, tag it and return its ifindex there. It is made under a temporary name
-    and renamed inside ``target``: the kernel checks a new link's name against ``ns`` too, so a
-    tenant's ``eth0`` could not be made from a host that has an ``eth0`` of its own."""
-    tmp = temp_ifname("tnm")
+    The link is made from ``ns`` (where its lower device is) and lives there, or with
+    ``target`` directly inside that namespace: then it is made under a temporary name and
+    renamed inside ``target``, because the kernel checks a new link's name against ``ns`` too
+    (a tenant's ``eth0`` could not be made from a host that has an ``eth0`` of its own)."""
+    where = target or ns
+    name = ifname
+    if target is not None:
+        name = temp_ifname("tnm")
+        attrs["net_ns_fd"] = target.fd
     ns.call(
-        f"creating {kind} '{ifname}' for {target.label}",
+        f"creating {kind} '{ifname}'" + (f" for {target.label}" if target else ""),
         ns.ipr.link,
         "add",
-        ifname=tmp,
+        ifname=name,
         kind=kind,
-        net_ns_fd=target.fd,
         **attrs,
     )
-    msg = find_link(target, tmp)
+    msg = find_link(where, name)
     if msg is None:
-        raise ModuleFailure(f"the new {kind} '{ifname}' did not appear in {target.label}")
+        raise ModuleFailure(f"the new {kind} '{ifname}' did not appear in {where.label}")
     index = msg["index"]
     rollback.push(
-        f"creating {kind} '{ifname}' in {target.label}", lambda: delete_link(target, index, ifname)
+        f"creating {kind} '{ifname}' in {where.label}", lambda: delete_link(where, index, ifname)
     )
-    set_link(target, index, tmp, ifname=ifname, ifalias=OWNER_TAG)
+    change = {"ifname": ifname} if name != ifname else {}
+    if tag:
+        change["ifalias"] = OWNER_TAG
+    if change:
+        set_link(where, index, name, **change)
     return index
 
 

@@ -246,7 +246,6 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
     IFF_UP,
     add_address,
     create_link,
-    create_link_in,
     create_named_netns,
     delete_link,
     find_link,
@@ -656,8 +655,8 @@ class Converger:
                 if tenant.mtu:
                     attrs["mtu"] = tenant.mtu
                 # Created directly inside the tenant namespace: nothing appears on the host.
-                index = create_link_in(
-                    self.host, ns, rollback, tenant.interface, "macvlan", **attrs
+                index = create_link(
+                    self.host, rollback, tenant.interface, "macvlan", target=ns, **attrs
                 )
                 set_link(ns, index, tenant.interface, state="up")
                 return find_link(ns, tenant.interface)
