@@ -23,7 +23,7 @@ import weakref
 
 from nsproxy import accesslog, config, metrics, netns, systemd
 from nsproxy.http import ClientConnection, Router
-from nsproxy.upstream import Upstream
+from nsproxy.upstream import Upstreams
 
 log = logging.getLogger("nsproxy")
 
@@ -42,6 +42,7 @@ class Shared:
         self.timeouts = cfg.timeouts
         self.access_log: accesslog.AccessLog | None = None
         self.connections: set = set()
+        self.accepted = 0  # client connections accepted (http/https), for the sweep's tidy
         self.draining = False
 
 
@@ -102,14 +103,15 @@ class TenantRuntime:
         "upstreams",
     )
 
-    def __init__(self, spec: config.Tenant, router: Router):
+    def __init__(self, spec: config.Tenant, router: Router, upstreams: Upstreams):
         self.spec = spec
         self.name = spec.name
         self.name_bytes = spec.name.encode()
         self.ns: netns.Namespace | None = None
         self.listeners: list[ListenerRuntime] = []
         self.router = router
-        self.upstreams: dict[str, Upstream] = {}
+        self.upstreams = upstreams
+        upstreams.use_specs(spec.upstreams)
         self.metrics = metrics.TenantMetrics()
         self.active = 0
         self.closing = False
@@ -149,6 +151,8 @@ class Daemon:
         self.stopped = asyncio.Event()
         self.sweeper = None
         self.free_after_trim = 0  # heap bytes free right after the last malloc_trim
+        self.accepted_at_tidy = 0  # shared.accepted when the heap was last tidied
+        self.tidied_at = 0.0
         self.draining_tenants: list[tuple[TenantRuntime, float]] = []
         self.last_reload_error: str | None = None
         self.tls = self.tcp = None
@@ -163,9 +167,8 @@ class Daemon:
         self._open_access_log(self.config.access_log)
         started = time.monotonic()
         for spec in self.config.tenants:
-            tenant = TenantRuntime(spec, self._router(spec.routes))
+            tenant = self._tenant_runtime(spec)
             self.tenants[spec.name] = tenant
-            self._build_upstreams(tenant, {})
             await self._bind_tenant(tenant)
         await self._start_metrics(self.config.metrics_listen)
         from nsproxy import admin
@@ -375,21 +378,10 @@ class Daemon:
         tenant.listeners.append(li)
         return li
 
-    # -- upstreams ----------------------------------------------------------------------
-    def _build_upstreams(self, tenant: TenantRuntime, old: dict) -> None:
-        """Fill tenant.upstreams in place (tcp factories hold the dict), keeping unchanged pools."""
-        fresh = {}
-        for name, spec in tenant.spec.upstreams.items():
-            current = old.get(name)
-            if current is not None and current.digest == spec.digest:
-                fresh[name] = current
-            else:
-                fresh[name] = Upstream(spec, tenant.name, self.registry, self.shared)
-        for name, up in old.items():
-            if fresh.get(name) is not up:
-                up.close()
-        tenant.upstreams.clear()
-        tenant.upstreams.update(fresh)
+    # -- tenants ------------------------------------------------------------------------
+    def _tenant_runtime(self, spec: config.Tenant) -> TenantRuntime:
+        upstreams = Upstreams(spec.name, self.registry, self.shared)
+        return TenantRuntime(spec, self._router(spec.routes), upstreams)
 
     # -- reload -------------------------------------------------------------------------
     async def reload(self) -> tuple[bool, str]:
@@ -457,9 +449,8 @@ class Daemon:
             if tenant is not None and tenant.spec.digest == spec.digest:
                 new.tenants[index] = tenant.spec  # keep one copy of an unchanged tenant
             elif tenant is None:
-                tenant = TenantRuntime(spec, self._router(spec.routes))
+                tenant = self._tenant_runtime(spec)
                 self.tenants[spec.name] = tenant
-                self._build_upstreams(tenant, {})
                 await self._bind_tenant(tenant)
                 added += 1
             elif tenant.spec.digest != spec.digest:
@@ -531,7 +522,7 @@ class Daemon:
             tenant.listeners = [li for li in tenant.listeners if li.spec.digest in keep]
             self._drain_listeners(tenant, gone)
         tenant.router = self._router(spec.routes)
-        self._build_upstreams(tenant, dict(tenant.upstreams))
+        tenant.upstreams.use_specs(spec.upstreams)
         if tenant.retry_handle is not None:
             tenant.retry_handle.cancel()
             tenant.retry_handle = None
@@ -633,6 +624,23 @@ class Daemon:
         # After a burst of connections (or of TLS handshakes that never completed), give the
         # freed heap back now rather than at the next reload. Trimmed pages still count as
         # free in malloc's books, hence the comparison with the level after the last trim.
+        # A burst of connections that has ended (e.g. a health prober touching every tenant's
+        # listener at once) leaves its memory scattered: free-list objects and empty pools
+        # pinned by a few survivors. A collection empties the interpreter's free lists, the
+        # trim gives glibc's free pages back. At most once per TIDY_INTERVAL; the tenants'
+        # objects are frozen, so the collection only walks what is not.
+        burst = shared.accepted - self.accepted_at_tidy
+        if (
+            burst >= TIDY_AFTER_CONNECTIONS
+            and len(shared.connections) * 4 < burst
+            and now - self.tidied_at >= TIDY_INTERVAL
+        ):
+            self.accepted_at_tidy = shared.accepted
+            self.tidied_at = now
+            gc.collect()
+            release_free_memory()
+            self.free_after_trim = heap_free_bytes() or 0
+            return
         free = heap_free_bytes()
         if free is not None:
             if free > self.free_after_trim + TRIM_WHEN_FREE:
@@ -681,8 +689,8 @@ class Daemon:
                         for li in tenant.listeners
                     ],
                     "upstreams": [
-                        {"name": up.name, "servers": up.health()}
-                        for up in tenant.upstreams.values()
+                        {"name": name, "servers": tenant.upstreams.health(name)}
+                        for name in tenant.spec.upstreams
                     ],
                     "last_error": tenant.last_error,
                 }
@@ -737,6 +745,8 @@ class _MallInfo2(ctypes.Structure):
 
 
 TRIM_WHEN_FREE = 2 * 1024 * 1024  # bytes free inside the heap that make the sweep trim it
+TIDY_AFTER_CONNECTIONS = 64  # connections accepted since the last tidy that make a burst
+TIDY_INTERVAL = 10.0  # seconds between two tidies at least
 
 
 @functools.cache

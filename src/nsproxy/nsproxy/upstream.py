@@ -47,6 +47,49 @@ class Server:
         self.idle: list | None = None
 
 
+class Upstreams(dict):
+    """A tenant's upstreams by name. Each Upstream (health and keep-alive pools of its
+    servers) is made at its first use, so that idle tenants cost no upstream objects; until
+    then ``health`` reports the configured servers as healthy."""
+
+    __slots__ = ("registry", "shared", "specs", "tenant")
+
+    def __init__(self, tenant: str, registry: netns.Registry, shared):
+        super().__init__()
+        self.tenant = tenant
+        self.registry = registry
+        self.shared = shared
+        self.specs: dict = {}  # name -> config.UpstreamSpec (the tenant's, often shared)
+
+    def __missing__(self, name: str) -> Upstream:
+        spec = self.specs[name]  # KeyError: the tenant has no such upstream
+        up = self[name] = Upstream(spec, self.tenant, self.registry, self.shared)
+        return up
+
+    def get(self, name, default=None):
+        """The Upstream of this name (made now if needed), or ``default`` if undeclared."""
+        try:
+            return self[name]
+        except KeyError:
+            return default
+
+    def use_specs(self, specs: dict) -> None:
+        """Switch to a new set of specs: an Upstream whose spec changed or went away is closed
+        (its pools with it); unchanged ones keep their pools and health."""
+        for name, up in list(self.items()):
+            spec = specs.get(name)
+            if spec is None or spec.digest != up.digest:
+                up.close()
+                del self[name]
+        self.specs = specs
+
+    def health(self, name: str) -> list[dict]:
+        up = dict.get(self, name)
+        if up is not None:
+            return up.health()
+        return [{"address": _label(*a), "healthy": True} for a in self.specs[name].servers]
+
+
 class Upstream:
     """The servers of one upstream of one tenant; ``connect`` is the UpstreamLike contract."""
 
