@@ -22,6 +22,7 @@ import time
 import weakref
 
 from nsproxy import accesslog, config, metrics, netns, systemd
+from nsproxy.accept import Acceptor
 from nsproxy.http import ClientConnection, Router
 from nsproxy.upstream import Upstreams
 
@@ -43,6 +44,7 @@ class Shared:
         self.access_log: accesslog.AccessLog | None = None
         self.connections: set = set()
         self.accepted = 0  # client connections accepted (http/https), for the sweep's tidy
+        self.acceptor = Acceptor(loop)
         self.draining = False
 
 
@@ -67,7 +69,7 @@ class ListenerRuntime:
         self.tenant = tenant
         self.shared = shared
         self.scheme = b"https" if spec.protocol == "https" else b"http"
-        self.server = None
+        self.server = None  # the listening socket while bound (accept.Acceptor serves it)
         self.factory = None  # tcp.RelayFactory, for draining its relays
         self.ssl_ctx = None  # https: the context, updated in place when certificate files change
         self.cert_state = None
@@ -79,7 +81,7 @@ class ListenerRuntime:
 
     def close(self) -> None:
         if self.server is not None:
-            self.server.close()
+            self.shared.acceptor.remove(self.server)
             self.server = None
         self.state = "waiting"
 
@@ -312,12 +314,8 @@ class Daemon:
                 factory = li
             # A client that never finishes its TLS handshake is held no longer than one that
             # never sends its request head (asyncio's own default would be 60 s).
-            tls_opts = (
-                {"ssl": ssl_ctx, "ssl_handshake_timeout": self.config.timeouts["header_read"]}
-                if ssl_ctx
-                else {}
-            )
-            li.server = await self.loop.create_server(factory, sock=sock, **tls_opts)
+            self.shared.acceptor.add(sock, factory, ssl_ctx, self.config.timeouts["header_read"])
+            li.server = sock
         except BaseException:
             sock.close()
             raise

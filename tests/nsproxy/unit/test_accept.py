@@ -1,0 +1,109 @@
+"""The shared accept path: many listening sockets served through one epoll set."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from nsproxy.accept import ACCEPT_BATCH, Acceptor
+
+try:
+    import uvloop
+except ImportError:  # the daemon's fast path is optional
+    uvloop = None
+
+LOOPS = ["asyncio"] + (["uvloop"] if uvloop else [])
+
+
+def run(loop_name, coro):
+    loop = uvloop.new_event_loop() if loop_name == "uvloop" else asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro, 20))
+    finally:
+        loop.close()
+
+
+class Echo(asyncio.Protocol):
+    """Answers every chunk with its tag and the chunk, so a client sees which listener it hit."""
+
+    def __init__(self, tag: bytes, seen: list):
+        self.tag = tag
+        self.seen = seen
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.seen.append(self.tag)
+
+    def data_received(self, data):
+        self.transport.write(self.tag + b":" + data)
+
+
+def listening():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(256)
+    return sock
+
+
+async def ask(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    answer = await reader.read(100)
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_each_listener_hands_its_connections_to_its_own_factory(loop_name):
+    async def main():
+        acceptor = Acceptor(asyncio.get_running_loop())
+        seen: list = []
+        socks = [listening() for _ in range(20)]
+        for i, sock in enumerate(socks):
+            tag = f"l{i}".encode()
+            acceptor.add(sock, lambda tag=tag: Echo(tag, seen))
+        ports = [s.getsockname()[1] for s in socks]
+        answers = await asyncio.gather(*(ask(p, b"hi") for p in ports))
+        assert answers == [f"l{i}:hi".encode() for i in range(20)]
+        assert sorted(seen) == sorted(f"l{i}".encode() for i in range(20))
+        acceptor.close()
+
+    run(loop_name, main())
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_more_waiting_clients_than_one_batch_are_all_served(loop_name):
+    async def main():
+        acceptor = Acceptor(asyncio.get_running_loop())
+        seen: list = []
+        sock = listening()
+        acceptor.add(sock, lambda: Echo(b"x", seen))
+        port = sock.getsockname()[1]
+        count = ACCEPT_BATCH * 3
+        answers = await asyncio.gather(*(ask(port, b"%d" % i) for i in range(count)))
+        assert answers == [b"x:%d" % i for i in range(count)]
+        acceptor.close()
+
+    run(loop_name, main())
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_removed_listener_refuses_while_the_others_keep_serving(loop_name):
+    async def main():
+        acceptor = Acceptor(asyncio.get_running_loop())
+        seen: list = []
+        kept, removed = listening(), listening()
+        acceptor.add(kept, lambda: Echo(b"kept", seen))
+        acceptor.add(removed, lambda: Echo(b"removed", seen))
+        removed_port = removed.getsockname()[1]
+        assert await ask(removed_port, b"a") == b"removed:a"
+        acceptor.remove(removed)
+        assert removed.fileno() == -1  # closed
+        with pytest.raises(ConnectionRefusedError):
+            await ask(removed_port, b"b")
+        assert await ask(kept.getsockname()[1], b"c") == b"kept:c"
+        acceptor.close()
+
+    run(loop_name, main())
