@@ -31,6 +31,7 @@ class Acceptor:
         self.epoll = select.epoll()
         # fd -> (listening socket, protocol factory, ssl context or None, handshake timeout)
         self.listeners: dict[int, tuple] = {}
+        self.accepted = 0  # connections accepted so far (the daemon's sweep watches bursts)
         loop.add_reader(self.epoll.fileno(), self._ready)
 
     def add(self, sock: socket.socket, factory, ssl_ctx=None, handshake_timeout=None) -> None:
@@ -77,6 +78,7 @@ class Acceptor:
                     return
                 continue  # ECONNABORTED and the like: that client is gone, accept the next
             conn.setblocking(False)
+            self.accepted += 1
             self.loop.create_task(self._serve(conn, factory, ssl_ctx, handshake_timeout))
 
     def _resume(self, fd: int, sock: socket.socket) -> None:

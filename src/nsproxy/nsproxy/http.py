@@ -214,7 +214,6 @@ class ClientConnection(asyncio.Protocol):
         tenant.active += 1
         self.counted = True
         shared.connections.add(self)
-        shared.accepted += 1
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "-"
         transport.set_write_buffer_limits(high=HIGH_WATER)

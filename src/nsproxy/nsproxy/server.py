@@ -43,7 +43,6 @@ class Shared:
         self.timeouts = cfg.timeouts
         self.access_log: accesslog.AccessLog | None = None
         self.connections: set = set()
-        self.accepted = 0  # client connections accepted (http/https), for the sweep's tidy
         self.acceptor = Acceptor(loop)
         self.draining = False
 
@@ -153,7 +152,7 @@ class Daemon:
         self.stopped = asyncio.Event()
         self.sweeper = None
         self.free_after_trim = 0  # heap bytes free right after the last malloc_trim
-        self.accepted_at_tidy = 0  # shared.accepted when the heap was last tidied
+        self.accepted_at_tidy = 0  # acceptor.accepted when the heap was last tidied
         self.tidied_at = 0.0
         self.draining_tenants: list[tuple[TenantRuntime, float]] = []
         self.last_reload_error: str | None = None
@@ -627,13 +626,14 @@ class Daemon:
         # pinned by a few survivors. A collection empties the interpreter's free lists, the
         # trim gives glibc's free pages back. At most once per TIDY_INTERVAL; the tenants'
         # objects are frozen, so the collection only walks what is not.
-        burst = shared.accepted - self.accepted_at_tidy
+        accepted = shared.acceptor.accepted
+        burst = accepted - self.accepted_at_tidy
         if (
             burst >= TIDY_AFTER_CONNECTIONS
             and len(shared.connections) * 4 < burst
             and now - self.tidied_at >= TIDY_INTERVAL
         ):
-            self.accepted_at_tidy = shared.accepted
+            self.accepted_at_tidy = accepted
             self.tidied_at = now
             gc.collect()
             release_free_memory()
