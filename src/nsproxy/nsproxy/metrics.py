@@ -38,50 +38,55 @@ class TenantMetrics:
         self.latency_sum += seconds
 
 
+_NONE_YET = TenantMetrics()  # read by render() for tenants without counters; never written
+
+
+def _counters(tenant) -> TenantMetrics:
+    """The tenant's counters, without making them for a tenant that has not counted yet."""
+    counters = tenant.counters
+    return _NONE_YET if counters is None else counters
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def render(tenants) -> bytes:
-    """The exposition text for an iterable of tenant runtimes (name, metrics, active)."""
-    tenants = list(tenants)
+    """The exposition text for an iterable of tenant runtimes (name, counters, active)."""
+    tenants = [(t, _counters(t)) for t in tenants]
     lines = [
         "# HELP nsproxy_requests_total HTTP requests answered, per tenant.",
         "# TYPE nsproxy_requests_total counter",
     ]
     lines += [
-        f'nsproxy_requests_total{{tenant="{_label(t.name)}"}} {t.metrics.requests}' for t in tenants
+        f'nsproxy_requests_total{{tenant="{_label(t.name)}"}} {m.requests}' for t, m in tenants
     ]
     lines += [
         "# HELP nsproxy_errors_total Requests answered with a 4xx/5xx by the proxy or a 5xx "
         "by the upstream, per tenant.",
         "# TYPE nsproxy_errors_total counter",
     ]
-    lines += [
-        f'nsproxy_errors_total{{tenant="{_label(t.name)}"}} {t.metrics.errors}' for t in tenants
-    ]
+    lines += [f'nsproxy_errors_total{{tenant="{_label(t.name)}"}} {m.errors}' for t, m in tenants]
     lines += [
         "# HELP nsproxy_upstream_failures_total Upstream connects or responses that failed.",
         "# TYPE nsproxy_upstream_failures_total counter",
     ]
     lines += [
-        f'nsproxy_upstream_failures_total{{tenant="{_label(t.name)}"}} '
-        f"{t.metrics.upstream_failures}"
-        for t in tenants
+        f'nsproxy_upstream_failures_total{{tenant="{_label(t.name)}"}} {m.upstream_failures}'
+        for t, m in tenants
     ]
     lines += [
         "# HELP nsproxy_active_connections Open client connections, per tenant.",
         "# TYPE nsproxy_active_connections gauge",
     ]
     lines += [
-        f'nsproxy_active_connections{{tenant="{_label(t.name)}"}} {t.active}' for t in tenants
+        f'nsproxy_active_connections{{tenant="{_label(t.name)}"}} {t.active}' for t, _ in tenants
     ]
     lines += [
         "# HELP nsproxy_upstream_latency_seconds Time from request sent to response head.",
         "# TYPE nsproxy_upstream_latency_seconds histogram",
     ]
-    for t in tenants:
-        m = t.metrics
+    for t, m in tenants:
         name = _label(t.name)
         counts = m.buckets or [0] * (len(BUCKETS) + 1)
         total = 0

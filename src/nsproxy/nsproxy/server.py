@@ -91,9 +91,9 @@ class TenantRuntime:
     __slots__ = (
         "active",
         "closing",
+        "counters",
         "last_error",
         "listeners",
-        "metrics",
         "name",
         "name_bytes",
         "ns",
@@ -113,12 +113,20 @@ class TenantRuntime:
         self.router = router
         self.upstreams = upstreams
         upstreams.use_specs(spec.upstreams)
-        self.metrics = metrics.TenantMetrics()
+        self.counters: metrics.TenantMetrics | None = None  # made by the first count
         self.active = 0
         self.closing = False
         self.last_error: str | None = None
         self.retry_delay = 0.0
         self.retry_handle = None
+
+    @property
+    def metrics(self) -> metrics.TenantMetrics:
+        """The tenant's counters, made at the first use (an idle tenant has none)."""
+        counters = self.counters
+        if counters is None:
+            counters = self.counters = metrics.TenantMetrics()
+        return counters
 
     @property
     def state(self) -> str:
