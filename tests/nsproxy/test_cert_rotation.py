@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from conftest import make_cert
-from test_tls import https_tenant, s_client
+from test_tls import https_tenant, s_client, verified
 
 
 def test_reload_with_rotated_certificate_files_serves_the_new_certificate(proxy, tmp_path):
@@ -27,16 +27,7 @@ def test_reload_with_rotated_certificate_files_serves_the_new_certificate(proxy,
     shutil.copy(new["key"], live["key"])
     result = proxy.reload()
     assert result.returncode == 0, result.stderr
-    out = s_client(
-        proxy,
-        "t1",
-        "-servername",
-        "www.rot.example",
-        "-CAfile",
-        new["cert"],
-        "-verify_hostname",
-        "www.rot.example",
-    )
+    out = verified(proxy, "t1", "www.rot.example", new["cert"])
     assert out.returncode == 0, out.stdout + out.stderr + proxy.log()
     assert "certificates reloaded" in proxy.log()
     assert "1 kept" in proxy.log()  # the tenant (and its listening socket) was kept
@@ -78,16 +69,7 @@ def test_tenants_sharing_certificate_files_all_serve_the_rotated_certificate(pro
     result = proxy.reload()
     assert result.returncode == 0, result.stderr
     for name in ("t1", "t2", "t4"):
-        out = s_client(
-            proxy,
-            name,
-            "-servername",
-            "www.rot.example",
-            "-CAfile",
-            new["cert"],
-            "-verify_hostname",
-            "www.rot.example",
-        )
+        out = verified(proxy, name, "www.rot.example", new["cert"])
         assert out.returncode == 0, name + out.stdout + out.stderr + proxy.log()
     out = s_client(proxy, "t3", "-servername", "other.example", "-CAfile", other["cert"])
     assert out.returncode == 0, out.stdout + out.stderr

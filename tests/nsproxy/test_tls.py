@@ -76,6 +76,11 @@ def s_client(proxy, netns, *args, port=443, env=None):
     )
 
 
+def verified(proxy, netns, name, cafile):
+    """openssl s_client to ``name`` in ``netns``, checking the chain and the host name."""
+    return s_client(proxy, netns, "-servername", name, "-CAfile", cafile, "-verify_hostname", name)
+
+
 def curl_https(proxy, netns, host, cafile, path="/"):
     return proxy.curl(
         netns, "--resolve", f"{host}:443:{ADDR}", "--cacert", cafile, f"https://{host}{path}"
@@ -100,16 +105,7 @@ def handshake_failed(out) -> bool:
 def test_each_tenant_serves_its_own_certificates_by_sni_on_the_same_address(two_tenants):
     proxy, certs = two_tenants
     for netns, sni, cert, common_name in SNI_CASES:
-        out = s_client(
-            proxy,
-            netns,
-            "-servername",
-            sni,
-            "-CAfile",
-            certs[cert]["cert"],
-            "-verify_hostname",
-            sni,
-        )
+        out = verified(proxy, netns, sni, certs[cert]["cert"])
         assert out.returncode == 0, (netns, sni, out.stdout + out.stderr)
         assert "Verify return code: 0 (ok)" in out.stdout
         assert f"subject=CN = {common_name}" in out.stdout
@@ -246,16 +242,7 @@ def test_reload_with_a_new_certificate_path_serves_the_new_certificate(proxy, tm
     assert out.returncode == 0, out.stdout + out.stderr
     proxy.write_config([https_tenant("t1", [new])], timeouts={"drain": 1})
     assert proxy.reload().returncode == 0, proxy.log()
-    out = s_client(
-        proxy,
-        "t1",
-        "-servername",
-        "www.rot.example",
-        "-CAfile",
-        new["cert"],
-        "-verify_hostname",
-        "www.rot.example",
-    )
+    out = verified(proxy, "t1", "www.rot.example", new["cert"])
     assert out.returncode == 0, out.stdout + out.stderr + proxy.log()
     out = curl_https(proxy, "t1", "www.rot.example", new["cert"], "/after")
     assert out.returncode == 0 and json.loads(out.stdout)["path"] == "/after", out.stderr
