@@ -502,32 +502,28 @@ def delete_link(ns, index, ifname):
     ns.call(f"deleting '{ifname}'", ns.ipr.link, "del", index=index, ignore=(errno.ENODEV,))
 
 
-def add_address(ns, index, ifname, cidr):
-    """Add CIDR address ``cidr`` to link ``index``; already present is not an error."""
+def _change_address(ns, op, what, index, cidr, ignore):
     iface = ipaddress.ip_interface(cidr)
     ns.call(
-        f"adding {cidr} to '{ifname}'",
+        what,
         ns.ipr.addr,
-        "add",
+        op,
         index=index,
         address=str(iface.ip),
         prefixlen=iface.network.prefixlen,
-        ignore=(errno.EEXIST,),
+        ignore=ignore,
     )
+
+
+def add_address(ns, index, ifname, cidr):
+    """Add CIDR address ``cidr`` to link ``index``; already present is not an error."""
+    _change_address(ns, "add", f"adding {cidr} to '{ifname}'", index, cidr, (errno.EEXIST,))
 
 
 def remove_address(ns, index, ifname, cidr):
     """Remove CIDR address ``cidr`` from link ``index``; already absent is not an error."""
-    iface = ipaddress.ip_interface(cidr)
-    ns.call(
-        f"removing {cidr} from '{ifname}'",
-        ns.ipr.addr,
-        "del",
-        index=index,
-        address=str(iface.ip),
-        prefixlen=iface.network.prefixlen,
-        ignore=(errno.EADDRNOTAVAIL, errno.ENODEV),
-    )
+    ignore = (errno.EADDRNOTAVAIL, errno.ENODEV)
+    _change_address(ns, "del", f"removing {cidr} from '{ifname}'", index, cidr, ignore)
 
 
 def netnsid_of(ns, other):
