@@ -394,24 +394,21 @@ class Daemon:
         async with self.reload_lock:
             systemd.reloading()
             started = time.monotonic()
-            # Parsing a big config allocates tens of thousands of objects: without this, the
-            # collector would walk every object of every tenant several times meanwhile.
-            gc.disable()
-            try:
-                new = config.load(self.config_path, {t.name: t.spec for t in self.tenants.values()})
-            except config.ConfigError as exc:
-                gc.enable()
-                message = "new configuration refused, the running one stays: " + "; ".join(
-                    exc.problems
-                )
-                log.error("%s", message)
-                self.last_reload_error = message
-                systemd.ready()
-                return False, message
-            try:
+            # Parsing a big config allocates tens of thousands of objects: without the pause,
+            # the collector would walk every object of every tenant several times meanwhile.
+            with collector_paused():
+                kept = {t.name: t.spec for t in self.tenants.values()}
+                try:
+                    new = config.load(self.config_path, kept)
+                except config.ConfigError as exc:
+                    message = "new configuration refused, the running one stays: " + "; ".join(
+                        exc.problems
+                    )
+                    log.error("%s", message)
+                    self.last_reload_error = message
+                    systemd.ready()
+                    return False, message
                 added, removed, changed = await self._apply(new)
-            finally:
-                gc.enable()
             self.generation += 1
             self.last_reload_error = None
             log.info(
@@ -626,14 +623,12 @@ class Daemon:
             self.draining_tenants = still
         if shared.access_log is not None:
             shared.access_log.flush()
-        # After a burst of connections (or of TLS handshakes that never completed), give the
-        # freed heap back now rather than at the next reload. Trimmed pages still count as
-        # free in malloc's books, hence the comparison with the level after the last trim.
-        # A burst of connections that has ended (e.g. a health prober touching every tenant's
-        # listener at once) leaves its memory scattered: free-list objects and empty pools
-        # pinned by a few survivors. A collection empties the interpreter's free lists, the
-        # trim gives glibc's free pages back. At most once per TIDY_INTERVAL; the tenants'
-        # objects are frozen, so the collection only walks what is not.
+        # Give memory back after a burst of connections (or of TLS handshakes that never
+        # completed, e.g. a health prober touching every tenant's listener at once), not at
+        # the next reload. Once the burst has ended: a collection empties the interpreter's
+        # free lists (the tenants' objects are frozen, so it only walks the rest) and a trim
+        # returns glibc's free pages; at most once per TIDY_INTERVAL. Otherwise trim when much
+        # more heap is free than after the last trim (trimmed pages still count as free).
         accepted = shared.acceptor.accepted
         burst = accepted - self.accepted_at_tidy
         if (
@@ -719,6 +714,16 @@ def _os_reason(exc: OSError) -> str:
     if exc.errno == errno.EACCES:
         return "permission denied (binding a port below 1024 needs CAP_NET_BIND_SERVICE)"
     return exc.strerror or str(exc)
+
+
+@contextlib.contextmanager
+def collector_paused():
+    """No automatic garbage collection inside the block (enabled again however it ends)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def settle_heap() -> None:
