@@ -24,7 +24,12 @@ _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Acceptor:
-    """Accepts on many listening sockets; ``add`` starts one, ``remove`` stops and closes it."""
+    """Accepts on many listening sockets; ``add`` starts one, ``remove`` stops and closes it.
+
+    Nothing is accepted before ``start``: the daemon binds every tenant first (the kernel
+    completes handshakes meanwhile), so that the objects of a burst of early connections are
+    not interleaved with the tenants' long-lived ones, which would pin the burst's memory.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
@@ -32,7 +37,12 @@ class Acceptor:
         # fd -> (listening socket, protocol factory, ssl context or None, handshake timeout)
         self.listeners: dict[int, tuple] = {}
         self.accepted = 0  # connections accepted so far (the daemon's sweep watches bursts)
-        loop.add_reader(self.epoll.fileno(), self._ready)
+        self.started = False
+
+    def start(self) -> None:
+        if not self.started:
+            self.started = True
+            self.loop.add_reader(self.epoll.fileno(), self._ready)
 
     def add(self, sock: socket.socket, factory, ssl_ctx=None, handshake_timeout=None) -> None:
         sock.setblocking(False)
@@ -53,7 +63,8 @@ class Acceptor:
     def close(self) -> None:
         for sock, *_ in list(self.listeners.values()):
             self.remove(sock)
-        self.loop.remove_reader(self.epoll.fileno())
+        if self.started:
+            self.loop.remove_reader(self.epoll.fileno())
         self.epoll.close()
 
     def _ready(self) -> None:

@@ -81,6 +81,9 @@ RESPONSE_DROP = frozenset(
         b"upgrade",
     )
 )
+# Response header names that need a case-insensitive look: those as long as a hop-by-hop one
+# or as Content-Length (most names are skipped by their length alone).
+_RESPONSE_NAME_LENGTHS = frozenset(map(len, RESPONSE_DROP | {b"content-length"}))
 
 
 class Reject(Exception):
@@ -451,10 +454,12 @@ class ClientConnection(asyncio.Protocol):
             raise Reject(413, "request body larger than max_body_bytes")
 
         tenant = self.tenant
-        path = url.split(b"?", 1)[0]
-        route = tenant.router.match(host, path)
-        if route is None:
-            raise Reject(404, "no route for this host and path")
+        router = tenant.router
+        route = router.root
+        if route is None or url == b"*":
+            route = router.match(host, url.split(b"?", 1)[0])
+            if route is None:
+                raise Reject(404, "no route for this host and path")
         upstream = tenant.upstreams[route]
         self.upstream_name = upstream.name
         parts = [
@@ -480,8 +485,7 @@ class ClientConnection(asyncio.Protocol):
         self.since = shared.now
         if self.expect and self.version == "1.1":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        server = upstream.pick()
-        conn = upstream.take_idle(server)
+        server, conn = upstream.take()
         self.t_sent = shared.loop_time()
         if conn is not None:
             if not self.chunked and self.cl is None:
@@ -550,47 +554,37 @@ class ClientConnection(asyncio.Protocol):
             conn.transport.pause_reading()
 
     # -- response from the upstream ---------------------------------------------------------
-    def response_head(self, status, reason, headers):
-        """Called by the upstream connection when the response head is complete; whether the
-        upstream framed the body (Content-Length or chunked)."""
+    def response_head(self, status, reason, lines, upstream_cl, upstream_chunked):
+        """Called by the upstream connection when the response head is complete, with the
+        header lines to forward (hop-by-hop ones already dropped); whether the upstream framed
+        the body (Content-Length or chunked)."""
         self.status = status
         self.response_started = True
         self.retry_head = None
-        self.tenant.metrics.observe(self.shared.loop_time() - self.t_sent)
-        out = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
-        extend = out.extend
-        drop = RESPONSE_DROP
-        upstream_cl = upstream_chunked = False
-        for name, value in headers:
-            lname = name.lower()
-            if lname not in drop:
-                extend((name, b": ", value, b"\r\n"))
-                if lname == b"content-length":
-                    upstream_cl = True
-            elif lname == b"transfer-encoding":
-                upstream_chunked = True
+        tenant = self.tenant
+        (tenant.counters or tenant.metrics).observe(self.shared.loop_time() - self.t_sent)
+        lines[0] = b"HTTP/1.1 %d %b\r\n" % (status, reason)
         if status == 101:
-            out.append(b"Connection: upgrade\r\nUpgrade: " + (self.upgrade or b"") + b"\r\n\r\n")
-            self._send(b"".join(out))
+            lines.append(b"Connection: upgrade\r\nUpgrade: " + (self.upgrade or b"") + b"\r\n\r\n")
+            self._send(b"".join(lines))
             return True
         if self.upgrade is not None:
             self.close_after = True  # the client may already have sent tunnel bytes
-        if self.shared.draining or self.tenant.closing:
+        if self.shared.draining or tenant.closing:
             self.close_after = True
-        no_body = self.method == b"HEAD" or status in (204, 304)
-        if not no_body and not upstream_cl:
+        if not upstream_cl and not (self.method == b"HEAD" or status in (204, 304)):
             if self.version == "1.1":
                 self.chunk_out = True
-                out.append(b"Transfer-Encoding: chunked\r\n")
+                lines.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.close_after = True
         if self.close_after:
-            out.append(b"Connection: close\r\n\r\n")
+            lines.append(b"Connection: close\r\n\r\n")
         elif self.version == "1.0":
-            out.append(b"Connection: keep-alive\r\n\r\n")
+            lines.append(b"Connection: keep-alive\r\n\r\n")
         else:
-            out.append(b"\r\n")
-        head = b"".join(out)
+            lines.append(b"\r\n")
+        head = b"".join(lines)
         self.bytes_out += len(head)
         self._send(head)
         return upstream_cl or upstream_chunked
@@ -617,15 +611,18 @@ class ClientConnection(asyncio.Protocol):
 
     def response_done(self, upstream_reusable):
         """The upstream finished its response; recycle it and go on with the next request."""
+        buf = self.wbuf  # what was batched while the upstream's bytes were parsed: one write
+        self.wbuf = None
         if self.chunk_out:
-            self._send(b"0\r\n\r\n")
-        self.flush()
+            buf = [*buf, b"0\r\n\r\n"] if buf else [b"0\r\n\r\n"]
+        if buf:
+            self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
         conn = self.up
         self.up = None
         if conn is not None:
             conn.client = None
             if upstream_reusable and self.request_done and self.upgrade is None:
-                conn.release()
+                conn.upstream.put_idle(conn)
             else:
                 conn.close()
         if self.status >= 500:
@@ -785,8 +782,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _log_request(self):
         shared = self.shared
-        metrics = self.tenant.metrics
-        metrics.requests += 1
+        tenant = self.tenant
+        (tenant.counters or tenant.metrics).requests += 1
         access = shared.access_log
         if access is not None:
             access.request(self, shared.loop_time() - self.t_start)
@@ -798,15 +795,17 @@ class UpstreamConnection(asyncio.Protocol):
 
     # Slots: less memory per connection and faster attribute access in the hot path.
     __slots__ = (
+        "chunked",
         "client",
         "closed",
         "done",
+        "has_cl",
         "head_only",
-        "headers",
         "idle_since",
         "interim",
         "keep",
         "last_io",
+        "lines",
         "parser",
         "reason",
         "reused",
@@ -835,7 +834,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._reset()
 
     def _reset(self):
-        self.headers = []
+        self.lines = [b""]  # the status line (made by the client side), then header lines
+        self.has_cl = False
+        self.chunked = False
         self.reason = b""
         self.interim = False
         self.keep = False
@@ -845,11 +846,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def usable(self):
         return not self.closed and not self.transport.is_closing()
-
-    def release(self):
-        self.reused = True
-        self.idle_since = self.last_io
-        self.upstream.put_idle(self)
 
     def close(self):
         if not self.closed:
@@ -896,7 +892,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             client.upstream_lost(f"invalid response: {exc}")
         finally:
-            client.flush()
+            if client.wbuf:
+                client.flush()
+            else:
+                client.wbuf = None
 
     def pause_writing(self):
         if self.client is not None:
@@ -914,7 +913,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name, value):
-        self.headers.append((name, value))
+        # Hop-by-hop headers are dropped here, as they arrive.
+        if len(name) in _RESPONSE_NAME_LENGTHS:
+            lname = name.lower()
+            if lname in RESPONSE_DROP:
+                if lname == b"transfer-encoding":
+                    self.chunked = True
+                return
+            if lname == b"content-length":
+                self.has_cl = True
+        self.lines.extend((name, b": ", value, b"\r\n"))
 
     def on_headers_complete(self):
         self.status = status = self.parser.get_status_code()
@@ -925,7 +933,7 @@ class UpstreamConnection(asyncio.Protocol):
         if client is None:
             return
         self.keep = self.parser.should_keep_alive()
-        framed = client.response_head(status, self.reason, self.headers)
+        framed = client.response_head(status, self.reason, self.lines, self.has_cl, self.chunked)
         if not framed and status not in (204, 304) and not self.head_only:
             self.until_close = True  # the body ends when the upstream closes
         if self.head_only and self.client is not None:
@@ -967,7 +975,7 @@ class Router:
     """A tenant's routes: exact host, then the longest ``*.domain``, then ``*``; within a host,
     the longest path prefix. Host names are compared without port and case."""
 
-    __slots__ = ("exact", "star", "wild")
+    __slots__ = ("exact", "root", "star", "wild")
 
     def __init__(self, routes):
         exact: dict = {}
@@ -986,6 +994,9 @@ class Router:
         self.exact = exact or None
         self.wild = sorted(wild.items(), key=lambda kv: -len(kv[0])) or None
         self.star = star or None
+        # The common table of one route, any host, every path: its upstream, known at once.
+        only_root = not exact and not wild and len(star) == 1 and star[0][0] == b"/"
+        self.root = star[0][1] if only_root else None
 
     def match(self, host: bytes, path: bytes):
         """The upstream name for this Host header value and path, or None."""

@@ -200,6 +200,7 @@ class Daemon:
         ):
             self.loop.add_signal_handler(sig, handler)
         settle_heap()
+        self.shared.acceptor.start()
         systemd.ready(f"{len(self.tenants)} tenants")
 
     def _sighup(self) -> None:

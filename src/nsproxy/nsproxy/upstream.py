@@ -149,34 +149,34 @@ class Upstream:
         raise UpstreamError(f"upstream {self.name}: " + "; ".join(errors), timeout=only_timeouts)
 
     # -- pool -----------------------------------------------------------------------------
-    def pick(self) -> Server:
-        """The server for the next request: round-robin over the healthy ones."""
+    def take(self):
+        """(server, connection) for the next request: the server round-robin over the healthy
+        ones, and an idle keep-alive connection to it, or None if there is none."""
         servers = self.servers
-        if len(servers) == 1:
-            return servers[0]
-        return self._order()[0]
-
-    @staticmethod
-    def take_idle(server: Server):
-        """An idle keep-alive connection to ``server``, or None."""
+        server = servers[0] if len(servers) == 1 else self._order()[0]
         idle = server.idle
         while idle:
             conn = idle.pop()
-            if conn.usable():
-                return conn
-        return None
+            if not conn.closed and not conn.transport.is_closing():
+                return server, conn
+        return server, None
 
     def put_idle(self, conn) -> None:
+        """Keep ``conn`` for a later request (closed instead if its server left the upstream,
+        the daemon is draining or the pool is full)."""
         server = conn.server
         if server is None or self.shared.draining or server not in self.servers:
             conn.close()
             return
-        if server.idle is None:
-            server.idle = []
-        if len(server.idle) >= MAX_IDLE:
+        idle = server.idle
+        if idle is None:
+            idle = server.idle = []
+        if len(idle) >= MAX_IDLE:
             conn.close()
         else:
-            server.idle.append(conn)
+            conn.reused = True  # from now on, the server may close it while it waits
+            conn.idle_since = conn.last_io
+            idle.append(conn)
 
     def close_idle(self) -> None:
         for server in self.servers:

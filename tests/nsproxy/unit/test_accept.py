@@ -59,6 +59,7 @@ async def ask(port: int, payload: bytes) -> bytes:
 def test_each_listener_hands_its_connections_to_its_own_factory(loop_name):
     async def main():
         acceptor = Acceptor(asyncio.get_running_loop())
+        acceptor.start()
         seen: list = []
         socks = [listening() for _ in range(20)]
         for i, sock in enumerate(socks):
@@ -77,6 +78,7 @@ def test_each_listener_hands_its_connections_to_its_own_factory(loop_name):
 def test_more_waiting_clients_than_one_batch_are_all_served(loop_name):
     async def main():
         acceptor = Acceptor(asyncio.get_running_loop())
+        acceptor.start()
         seen: list = []
         sock = listening()
         acceptor.add(sock, lambda: Echo(b"x", seen))
@@ -93,6 +95,7 @@ def test_more_waiting_clients_than_one_batch_are_all_served(loop_name):
 def test_a_removed_listener_refuses_while_the_others_keep_serving(loop_name):
     async def main():
         acceptor = Acceptor(asyncio.get_running_loop())
+        acceptor.start()
         seen: list = []
         kept, removed = listening(), listening()
         acceptor.add(kept, lambda: Echo(b"kept", seen))
@@ -104,6 +107,28 @@ def test_a_removed_listener_refuses_while_the_others_keep_serving(loop_name):
         with pytest.raises(ConnectionRefusedError):
             await ask(removed_port, b"b")
         assert await ask(kept.getsockname()[1], b"c") == b"kept:c"
+        acceptor.close()
+
+    run(loop_name, main())
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_nothing_is_accepted_before_start(loop_name):
+    async def main():
+        acceptor = Acceptor(asyncio.get_running_loop())
+        seen: list = []
+        sock = listening()
+        acceptor.add(sock, lambda: Echo(b"l", seen))
+        port = sock.getsockname()[1]
+        # The kernel completes the handshake (the listener is up), the daemon does not serve yet.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"early")
+        await asyncio.sleep(0.2)
+        assert seen == [] and acceptor.accepted == 0
+        acceptor.start()
+        assert await reader.read(100) == b"l:early"
+        assert seen == [b"l"]
+        writer.close()
         acceptor.close()
 
     run(loop_name, main())

@@ -44,3 +44,12 @@ def test_longest_wildcard_wins_and_no_route_means_none():
     assert r.match(b"x.example", b"/") == "short"
     assert r.match(b"example", b"/") is None
     assert r.match(b"other", b"/") is None
+
+
+def test_a_single_catch_all_route_is_known_without_matching():
+    assert router(("*", "/", "all")).root == "all"
+    # Anything more than one route for every host and path is matched request by request.
+    assert router(("*", "/api/", "api")).root is None
+    assert router(("*", "/", "all"), ("*", "/api/", "api")).root is None
+    assert router(("*", "/", "all"), ("h.example", "/", "h")).root is None
+    assert router(("*", "/", "all"), ("*.example", "/", "w")).root is None

@@ -4,6 +4,7 @@ dropped by a reload according to their spec."""
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 
@@ -82,3 +83,39 @@ def test_a_reload_keeps_unchanged_upstreams_and_drops_changed_or_removed_ones(ta
     # The dropped upstreams' pools were closed; the kept one's idle connection stays.
     assert pooled["api"].closed and pooled["old"].closed
     assert not pooled["app"].closed and app.servers[0].idle == [pooled["app"]]
+
+
+class PooledConnection:
+    """Stands in for an upstream connection in the keep-alive pool."""
+
+    def __init__(self, server, last_io, closing=False):
+        self.server = server
+        self.last_io = last_io
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self.transport = types.SimpleNamespace(is_closing=lambda: closing)
+
+    def usable(self):
+        return not self.closed and not self.transport.is_closing()
+
+    def close(self):
+        self.closed = True
+
+
+def test_the_pool_hands_back_a_live_connection_and_times_idleness_from_its_last_io():
+    table = Upstreams("acme", netns.Registry(), shared=types.SimpleNamespace(draining=False))
+    table.use_specs(specs(app=["127.0.0.1:8080"]))
+    up = table["app"]
+    server = up.servers[0]
+    assert up.take() == (server, None)
+    stale, live = PooledConnection(server, 100.0, closing=True), PooledConnection(server, 105.0)
+    up.put_idle(live)
+    up.put_idle(stale)
+    # Idle since its own last I/O, also when it never served a request (a connection made for
+    # a client that left): not since the epoch, which would expire it at the next sweep.
+    assert (live.idle_since, live.reused) == (105.0, True)
+    up.expire_idle(now=110.0, idle_timeout=60.0)
+    assert server.idle == [live]  # the closing one is dropped, the live one kept
+    assert up.take() == (server, live)
+    assert up.take() == (server, None)
