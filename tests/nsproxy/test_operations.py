@@ -72,7 +72,9 @@ def test_metrics_per_tenant_and_json_access_log(proxy):
     proxy.get_json("green", f"http://{ADDR}/app/y")
     miss = proxy.curl("green", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ADDR}/other")
     assert miss.stdout == "404"
-    # Hold one connection open in blue while scraping.
+    # Hold two connections open in blue while scraping: one has begun a request, the other
+    # has sent nothing yet; the kernel keeps that one to itself (TCP_DEFER_ACCEPT), so it is
+    # not counted, and costs the proxy nothing, until it speaks.
     holder = proxy.sb.popen(
         [
             "ip",
@@ -82,7 +84,8 @@ def test_metrics_per_tenant_and_json_access_log(proxy):
             "python3",
             "-c",
             f"import socket,time; s=socket.create_connection(('{ADDR}',80)); "
-            "print('up',flush=True); time.sleep(30)",
+            f"s.sendall(b'GET /held HTTP/1.1\\r\\n'); q=socket.create_connection(('{ADDR}',80)); "
+            "time.sleep(0.5); print('up',flush=True); time.sleep(30)",
         ],
         stdout=subprocess.PIPE,
         text=True,

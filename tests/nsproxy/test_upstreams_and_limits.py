@@ -52,8 +52,11 @@ def test_connections_beyond_the_tenant_limit_get_503(proxy):
             "lim",
             "python3",
             "-c",
+            # Two connections that have begun a request (silent ones stay with the kernel).
             f"import socket,time; a=socket.create_connection(('{ADDR}',80)); "
-            f"b=socket.create_connection(('{ADDR}',80)); print('up',flush=True); time.sleep(30)",
+            f"b=socket.create_connection(('{ADDR}',80)); "
+            "[c.sendall(b'GET / HTTP/1.1\\r\\n') for c in (a, b)]; time.sleep(0.5); "
+            "print('up',flush=True); time.sleep(30)",
         ],
         stdout=subprocess.PIPE,
         text=True,

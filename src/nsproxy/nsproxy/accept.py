@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import select
 import socket
 
@@ -44,11 +45,26 @@ class Acceptor:
             self.started = True
             self.loop.add_reader(self.epoll.fileno(), self._ready)
 
-    def add(self, sock: socket.socket, factory, ssl_ctx=None, handshake_timeout=None) -> None:
+    def add(
+        self,
+        sock: socket.socket,
+        factory,
+        ssl_ctx=None,
+        handshake_timeout=None,
+        client_first: bool = False,
+    ) -> None:
+        """Serve ``sock``. ``client_first``: the protocol's clients always speak first (HTTP,
+        TLS). The kernel then keeps a new connection to itself until its first bytes arrive
+        (TCP_DEFER_ACCEPT, up to ``handshake_timeout``), and one closed before it sent anything
+        is dropped unserved: idle connects, port probes and TCP health checks cost nothing."""
+        if client_first:
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, math.ceil(handshake_timeout or 1)
+            )
         sock.setblocking(False)
         fd = sock.fileno()
         self.epoll.register(fd, select.EPOLLIN)
-        self.listeners[fd] = (sock, factory, ssl_ctx, handshake_timeout)
+        self.listeners[fd] = (sock, factory, ssl_ctx, handshake_timeout, client_first)
 
     def remove(self, sock: socket.socket) -> None:
         """Stop accepting on ``sock`` and close it (open connections are not touched)."""
@@ -74,7 +90,7 @@ class Acceptor:
                 self._accept(fd, entry)
 
     def _accept(self, fd: int, entry: tuple) -> None:
-        sock, factory, ssl_ctx, handshake_timeout = entry
+        sock, factory, ssl_ctx, handshake_timeout, client_first = entry
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, _ = sock.accept()
@@ -89,6 +105,9 @@ class Acceptor:
                     return
                 continue  # ECONNABORTED and the like: that client is gone, accept the next
             conn.setblocking(False)
+            if client_first and _closed_before_speaking(conn):
+                conn.close()  # a port probe or TCP health check: no transport, no protocol
+                continue
             self.accepted += 1
             self.loop.create_task(self._serve(conn, factory, ssl_ctx, handshake_timeout))
 
@@ -112,3 +131,15 @@ class Acceptor:
         except Exception:
             conn.close()
             log.exception("accepted connection not served")
+
+
+def _closed_before_speaking(conn: socket.socket) -> bool:
+    """Whether the peer closed (or reset) the connection without sending a byte. With
+    TCP_DEFER_ACCEPT on the listener, the kernel hands over such a connection only once its
+    FIN has arrived, so probes are recognised here at the cost of one recv."""
+    try:
+        return not conn.recv(1, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        return False  # nothing yet: an ordinary client
+    except OSError:
+        return True  # reset already

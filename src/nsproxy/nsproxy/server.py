@@ -321,8 +321,15 @@ class Daemon:
             else:
                 factory = li
             # A client that never finishes its TLS handshake is held no longer than one that
-            # never sends its request head (asyncio's own default would be 60 s).
-            self.shared.acceptor.add(sock, factory, ssl_ctx, self.config.timeouts["header_read"])
+            # never sends its request head (asyncio's own default would be 60 s). HTTP and TLS
+            # clients speak first; a tcp relay may carry a protocol whose server does.
+            self.shared.acceptor.add(
+                sock,
+                factory,
+                ssl_ctx,
+                self.config.timeouts["header_read"],
+                client_first=protocol != "tcp",
+            )
             li.server = sock
         except BaseException:
             sock.close()

@@ -132,3 +132,29 @@ def test_nothing_is_accepted_before_start(loop_name):
         acceptor.close()
 
     run(loop_name, main())
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+@pytest.mark.parametrize("client_first", [True, False])
+def test_a_connection_closed_before_it_spoke_is_dropped_where_clients_speak_first(
+    loop_name, client_first
+):
+    async def main():
+        acceptor = Acceptor(asyncio.get_running_loop())
+        acceptor.start()
+        seen: list = []
+        sock = listening()
+        acceptor.add(sock, lambda: Echo(b"l", seen), client_first=client_first)
+        port = sock.getsockname()[1]
+        # A port probe: connect, close, never a byte.
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()
+        await asyncio.sleep(0.2)
+        # A server-first protocol (a tcp relay) must still see it; HTTP and TLS need not.
+        assert seen == ([] if client_first else [b"l"])
+        assert acceptor.accepted == (0 if client_first else 1)
+        # A client that speaks is served either way.
+        assert await ask(port, b"hi") == b"l:hi"
+        acceptor.close()
+
+    run(loop_name, main())
