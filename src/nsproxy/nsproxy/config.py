@@ -88,7 +88,7 @@ class Tenant:
 
     def __init__(self, name, netns, listeners, routes, upstreams, digest):
         self.name = name
-        self.netns = netns
+        self.netns = name if netns == name else netns  # one string when they are the same
         self.listeners = listeners
         self.routes = routes
         self.upstreams = upstreams

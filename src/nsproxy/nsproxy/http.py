@@ -294,7 +294,7 @@ class ClientConnection(asyncio.Protocol):
                 self.scheme,
                 b"\r\n",
                 b"X-Nsproxy-Tenant: ",
-                self.tenant.name_bytes,
+                self.tenant.name.encode(),
                 b"\r\n",
             )
         )

@@ -95,7 +95,6 @@ class TenantRuntime:
         "last_error",
         "listeners",
         "name",
-        "name_bytes",
         "ns",
         "retry_delay",
         "retry_handle",
@@ -107,9 +106,8 @@ class TenantRuntime:
     def __init__(self, spec: config.Tenant, router: Router, upstreams: Upstreams):
         self.spec = spec
         self.name = spec.name
-        self.name_bytes = spec.name.encode()
         self.ns: netns.Namespace | None = None
-        self.listeners: list[ListenerRuntime] = []
+        self.listeners: tuple[ListenerRuntime, ...] = ()  # a tuple: smaller than a list
         self.router = router
         self.upstreams = upstreams
         upstreams.use_specs(spec.upstreams)
@@ -303,7 +301,7 @@ class Daemon:
         protocol = spec.protocol
         ssl_ctx = None
         if protocol == "https":
-            li.ssl_ctx, li.cert_state = self._server_context(spec.spec)
+            li.ssl_ctx, li.cert_state = self._server_context(spec)
             ssl_ctx = li.ssl_ctx
         sock = self.registry.listening_socket(tenant.ns, spec.host, spec.port)
         try:
@@ -337,18 +335,19 @@ class Daemon:
         li.state = "bound"
         li.error = None
 
-    def _server_context(self, listener_spec):
+    def _server_context(self, listener: config.Listener):
         """(SSLContext, certificate files state) for an https listener, shared with every other
-        listener that has the same tls settings and the same files."""
+        listener that has the same tls settings and the same files. The state is the one the
+        config load found (files stat-ed once per pass, one tuple for every tenant naming the
+        same files); a change after it is picked up by the next reload."""
         from nsproxy import tls
 
-        cert_state = tls.certificate_files_state(listener_spec)
-        key = (tls.settings_key(listener_spec), cert_state)
+        key = (tls.settings_key(listener.spec), listener.cert_state)
         ctx = self.ssl_contexts.get(key)
         if ctx is None:
-            ctx = tls.build_server_context(listener_spec)
+            ctx = tls.build_server_context(listener.spec)
             self.ssl_contexts[key] = ctx
-        return ctx, cert_state
+        return ctx, listener.cert_state
 
     def _log_tcp(self, record: dict) -> None:
         access = self.shared.access_log
@@ -388,7 +387,7 @@ class Daemon:
             if li.spec.digest == listener.digest:
                 return li
         li = ListenerRuntime(listener, tenant, self.shared)
-        tenant.listeners.append(li)
+        tenant.listeners = (*tenant.listeners, li)
         return li
 
     # -- tenants ------------------------------------------------------------------------
@@ -525,11 +524,11 @@ class Daemon:
         if old.netns != spec.netns:
             self._unbind(tenant, f"netns changed from {old.netns!r} to {spec.netns!r}")
             self._drain_listeners(tenant, tenant.listeners)
-            tenant.listeners = []
+            tenant.listeners = ()
         else:
             keep = {li.digest for li in spec.listeners}
             gone = [li for li in tenant.listeners if li.spec.digest not in keep]
-            tenant.listeners = [li for li in tenant.listeners if li.spec.digest in keep]
+            tenant.listeners = tuple(li for li in tenant.listeners if li.spec.digest in keep)
             self._drain_listeners(tenant, gone)
         tenant.router = self._router(spec.routes)
         tenant.upstreams.use_specs(spec.upstreams)
