@@ -35,7 +35,8 @@ class Acceptor:
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.epoll = select.epoll()
-        # fd -> (listening socket, protocol factory, ssl context or None, handshake timeout)
+        # fd -> (listening socket, protocol factory, ssl context or None, handshake timeout,
+        #        whether clients speak first)
         self.listeners: dict[int, tuple] = {}
         self.accepted = 0  # connections accepted so far (the daemon's sweep watches bursts)
         self.started = False

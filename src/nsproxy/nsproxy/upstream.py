@@ -157,7 +157,7 @@ class Upstream:
         idle = server.idle
         while idle:
             conn = idle.pop()
-            if not conn.closed and not conn.transport.is_closing():
+            if conn.usable():
                 return server, conn
         return server, None
 
