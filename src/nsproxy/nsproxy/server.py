@@ -337,14 +337,14 @@ class Daemon:
 
     def _server_context(self, listener: config.Listener):
         """(SSLContext, certificate files state) for an https listener, shared with every other
-        listener that has the same tls settings and the same files. The state is the one the
-        config load found (files stat-ed once per pass, one tuple for every tenant naming the
-        same files); a change after it is picked up by the next reload."""
-        from nsproxy import tls
-
-        key = (tls.settings_key(listener.spec), listener.cert_state)
+        listener that has the same tls settings and the same files. Key and state are the ones
+        the config load found (files stat-ed once per pass, one tuple for every tenant naming
+        the same files); a change after it is picked up by the next reload."""
+        key = (listener.tls_key, listener.cert_state)
         ctx = self.ssl_contexts.get(key)
         if ctx is None:
+            from nsproxy import tls
+
             ctx = tls.build_server_context(listener.spec)
             self.ssl_contexts[key] = ctx
         return ctx, listener.cert_state
@@ -504,7 +504,7 @@ class Daemon:
                         updated[id(ctx)] = exc
                     else:
                         updated[id(ctx)] = None
-                        old_key = (tls.settings_key(li.spec.spec), li.cert_state)
+                        old_key = (li.spec.tls_key, li.cert_state)
                         if self.ssl_contexts.get(old_key) is ctx:
                             del self.ssl_contexts[old_key]
                         self.ssl_contexts[(old_key[0], state)] = ctx
