@@ -49,6 +49,20 @@ UPSTREAM = textwrap.dedent(
 )
 
 
+def ansible_env(**extra: str) -> dict[str, str]:
+    """The environment of an ansible-playbook run in a test: this checkout's collection, plain
+    output, no retry files or localhost warnings; ``extra`` adds or overrides variables."""
+    return dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=str(REPO / "build" / "collections"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_RETRY_FILES_ENABLED="0",
+        ANSIBLE_LOCALHOST_WARNING="0",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+        **extra,
+    )
+
+
 def ensure_wheelhouse() -> Path:
     """The daemon's dependency wheels for the offline install (the sandbox has no network);
     downloaded from PyPI once into build/ (the nsproxy role tests share the same cache)."""
@@ -115,14 +129,7 @@ class SiteHost:
             vars_file = self.workdir / f"extra-{self.runs}.json"
             vars_file.write_text(json.dumps(extra))
             argv += ["-e", f"@{vars_file}"]
-        env = dict(
-            os.environ,
-            ANSIBLE_COLLECTIONS_PATH=str(REPO / "build" / "collections"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_RETRY_FILES_ENABLED="0",
-            ANSIBLE_LOCALHOST_WARNING="0",
-            PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}",
-        )
+        env = ansible_env(PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
         return self.sb.run(argv + list(flags), check=False, env=env, cwd=str(REPO))
 
     def converge(self, **kw) -> str:

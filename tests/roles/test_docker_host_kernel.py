@@ -13,8 +13,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import REPO
-from tests.roles.site_sandbox import VENV_BIN, recap
+from tests.roles.site_sandbox import VENV_BIN, ansible_env, recap
 from tools.sandbox import Sandbox
 
 MODULES = ["veth", "bridge", "macvlan"]  # in use by the other tests, so loading changes nothing
@@ -51,14 +50,7 @@ def test_modules_load_file_keeps_the_declared_order_and_a_rerun_changes_nothing(
             """
         )
     )
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / "build" / "collections"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_LOCALHOST_WARNING="0",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-        PYTHONHASHSEED=seed,
-    )
+    env = ansible_env(PYTHONHASHSEED=seed)
     for run in (1, 2):
         proc = sb.run([str(VENV_BIN / "ansible-playbook"), str(play)], check=False, env=env)
         assert proc.returncode == 0, f"run {run} failed:\n{proc.stdout}\n{proc.stderr}"

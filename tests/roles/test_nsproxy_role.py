@@ -23,11 +23,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.roles.site_sandbox import UPSTREAM
+from tests.roles.site_sandbox import UPSTREAM, VENV_BIN, ansible_env, ensure_wheelhouse
 from tools.sandbox import Sandbox
 
-VENV_BIN = Path(sys.executable).parent
-WHEELHOUSE = REPO / "build" / "nsproxy-role-test-wheelhouse"
 SCRATCH = "/var/tmp/tenantnet-nsproxy-role"  # private tmpfs inside the sandbox
 OVERLAID = ("/etc", "/opt", "/var/log")
 NSPROXY = "/opt/nsproxy/bin/nsproxy"
@@ -82,36 +80,6 @@ def tenant(name: str, backend: str) -> dict:
 
 def instance(*tenants: dict, state: str = "started") -> dict:
     return {"name": "main", "state": state, "tenants": list(tenants)}
-
-
-def ensure_wheelhouse() -> Path:
-    """Wheels of the daemon's dependencies and build backend, for the offline install.
-    Downloaded once (PyPI) into build/ and reused."""
-    marker = WHEELHOUSE / ".complete"
-    if marker.exists():
-        return WHEELHOUSE
-    shutil.rmtree(WHEELHOUSE, ignore_errors=True)
-    WHEELHOUSE.mkdir(parents=True)
-    proc = subprocess.run(
-        [
-            str(VENV_BIN / "pip"),
-            "download",
-            "--disable-pip-version-check",
-            "--only-binary=:all:",
-            "-d",
-            str(WHEELHOUSE),
-            "setuptools>=61",
-            "wheel",
-            "httptools>=0.6",
-            "uvloop>=0.19",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"could not build the wheelhouse from PyPI:\n{proc.stderr}")
-    marker.touch()
-    return WHEELHOUSE
 
 
 class Host:
@@ -173,13 +141,7 @@ class Host:
                 """
             )
         )
-        env = dict(
-            os.environ,
-            ANSIBLE_COLLECTIONS_PATH=str(REPO / "build" / "collections"),
-            ANSIBLE_NOCOLOR="1",
-            ANSIBLE_RETRY_FILES_ENABLED="0",
-            ANSIBLE_LOCALHOST_WARNING="0",
-            ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+        env = ansible_env(
             ANSIBLE_PIPELINING="1",
             # Only the wheelhouse or index the role is given: no pip.conf of this machine.
             PIP_CONFIG_FILE="/dev/null",
