@@ -19,8 +19,17 @@ DEFAULT_LIMITS = {
     "max_headers": 100,
     "max_connections_per_tenant": 10000,
     "max_body_bytes": None,
+    "max_response_header_bytes": 32768,
+    "max_response_headers": 100,
 }
-DEFAULT_TIMEOUTS = {"connect": 5, "idle": 60, "header_read": 10, "read": 60, "drain": 30}
+DEFAULT_TIMEOUTS = {
+    "connect": 5,
+    "idle": 60,
+    "header_read": 10,
+    "read": 60,
+    "response_head": 30,
+    "drain": 30,
+}
 TOP_KEYS = {"instance", "admin_socket", "metrics", "access_log", "limits", "timeouts", "tenants"}
 TENANT_KEYS = {"name", "netns", "listeners", "routes", "upstreams"}
 LISTENER_KEYS = {
