@@ -110,10 +110,11 @@ class Proxy:
         tmp.write_text(json.dumps(cfg, indent=1))
         tmp.replace(self.config_path)
 
-    def start(self, wait_bound: bool = True, env: dict | None = None) -> None:
+    def start(self, wait_bound: bool = True, env: dict | None = None, wrap=()) -> None:
+        """Start the daemon (``wrap``: a command prefix, e.g. prlimit); wait until it serves."""
         self.logfile = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the daemon
         self.proc = self.sb.popen(
-            [NSPROXY, "run", "--config", str(self.config_path)],
+            [*wrap, NSPROXY, "run", "--config", str(self.config_path)],
             stdout=self.logfile,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

@@ -169,7 +169,12 @@ def test_identity_fields_from_clients_never_reach_the_upstream_in_any_spelling(s
 
 @pytest.mark.parametrize(
     "lookalike",
-    [b"Content_Length: 5", b"Transfer_Encoding: chunked", b"Proxy_Connection: close", b"Keep_Alive: timeout=1"],
+    [
+        b"Content_Length: 5",
+        b"Transfer_Encoding: chunked",
+        b"Proxy_Connection: close",
+        b"Keep_Alive: timeout=1",
+    ],
 )
 def test_look_alikes_of_framing_fields_spelled_with_underscore_are_dropped(
     shared_upstream, lookalike

@@ -17,7 +17,8 @@ import sys
 DEFAULT_LIMITS = {
     "max_header_bytes": 32768,
     "max_headers": 100,
-    "max_connections_per_tenant": 10000,
+    "max_connections_per_tenant": 1000,
+    "max_connections": None,
     "max_body_bytes": None,
     "max_response_header_bytes": 32768,
     "max_response_headers": 100,

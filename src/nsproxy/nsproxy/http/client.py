@@ -134,21 +134,15 @@ class ClientConnection(Flow):
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport):
+        # Admitted (and counted against the tenant's share) by the acceptor already.
         self.transport = transport
         shared = self.shared
-        tenant = self.tenant
         self.since = self.last_io = shared.now
-        if tenant.active >= shared.limits["max_connections_per_tenant"] or tenant.closing:
-            transport.write(local_response(503, "too many connections for this tenant"))
-            transport.close()
-            self.state = CLOSED
-            log.warning(
-                "tenant %s: connection refused: max_connections_per_tenant reached", tenant.name
-            )
-            return
-        tenant.active += 1
-        self.counted = True
         shared.connections.add(self)
+        tenant = self.tenant
+        if tenant.connections is None:
+            tenant.connections = set()
+        tenant.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "-"
         transport.set_write_buffer_limits(high=HIGH_WATER)
@@ -159,10 +153,13 @@ class ClientConnection(Flow):
         # The parser holds bound methods of this object: without this, every closed
         # connection would wait in the collector's older generations (about 2 kB each).
         self.parser = None
+        tenant = self.tenant
+        self.shared.connections.discard(self)
+        if tenant.connections is not None:
+            tenant.connections.discard(self)
         if self.counted:
             self.counted = False
-            self.tenant.active -= 1
-            self.shared.connections.discard(self)
+            tenant.admission.leave(tenant)
         up = self.up
         if up is not None:
             self.up = None
@@ -761,6 +758,11 @@ class ClientConnection(Flow):
                 self.abort()
         elif state == LINGER and now > self.linger_until:
             self.abort()
+
+    def evictable(self) -> bool:
+        """Whether closing this connection loses no request: it is waiting for its first
+        request head, or idle between requests (admission.Admission evicts such ones)."""
+        return self.state == IDLE or (self.state == HEAD and self.cycle is None)
 
     def drain(self) -> None:
         """Stop keep-alive: close now if idle, else after the current response."""
