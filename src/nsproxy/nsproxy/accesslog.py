@@ -76,3 +76,14 @@ class AccessLog:
         self.flush()
         if self.owned:
             self.stream.close()
+        # Connections aborted at shutdown are logged a moment later: into nothing, not into a
+        # closed file.
+        self.stream = _Discard()
+
+
+class _Discard:
+    def write(self, _text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass

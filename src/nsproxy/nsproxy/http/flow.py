@@ -76,5 +76,7 @@ class Flow(asyncio.Protocol):
         if other is not None:
             self.peer = None
             other.peer = None
-            other.resume_reading_for(PEER_FULL)
-            self.resume_reading_for(PEER_FULL)
+            if other.paused & PEER_FULL:
+                other.resume_reading_for(PEER_FULL)
+            if self.paused & PEER_FULL:
+                self.resume_reading_for(PEER_FULL)
