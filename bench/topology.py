@@ -1,5 +1,8 @@
 """The benchmark's network: N tenant namespaces with one identical listen address each, and a
-veth per tenant into a host bridge so that per-namespace proxies (nginx) reach the backend.
+veth into a host bridge for the first tenants, so that per-namespace proxies (nginx) reach the
+backend. A Linux bridge takes at most 1024 ports (BR_MAX_PORTS, net/bridge/br_private.h), so
+tenants beyond those that nginx serves get no veth: the other proxies reach the backend from the
+host namespace and need none.
 
 Runs inside the throwaway sandbox only (its "host" namespace is the sandbox's own).
 
@@ -21,6 +24,7 @@ BRIDGE = "br-bench"
 BRIDGE_ADDR = "172.16.0.1"
 BACKEND_PORT = 8080
 BACKEND_TLS_PORT = 8443
+MAX_VETHS = 1023  # bridge ports (1024) less one spare
 
 
 def tenant_name(index: int) -> str:
@@ -45,8 +49,15 @@ def _write_sysctl(key: str, value: str) -> None:
         f.write(value)
 
 
-def build(count: int, namespaces: Namespaces) -> list[str]:
-    """Create tenants t0..t{count-1}; return their names. IPv6 is off to keep the veths quiet."""
+def tenant_index(name: str) -> int:
+    return int(name[1:])
+
+
+def build(count: int, namespaces: Namespaces, veths: int) -> list[str]:
+    """Create tenants t0..t{count-1}, the first ``veths`` of them (at most MAX_VETHS) with a
+    veth into the bridge; return their names. IPv6 is off to keep the veths quiet."""
+    if veths > MAX_VETHS:
+        raise ValueError(f"at most {MAX_VETHS} tenants can have a veth into one bridge")
     names = [tenant_name(i) for i in range(count)]
     _write_sysctl("net/ipv6/conf/default/disable_ipv6", "1")
     _ip_batch(
@@ -61,22 +72,21 @@ def build(count: int, namespaces: Namespaces) -> list[str]:
         namespaces.write_sysctl(name, "net/ipv6/conf/default/disable_ipv6", "1")
         namespaces.write_sysctl(name, "net/ipv6/conf/all/disable_ipv6", "1")
     host_side = []
-    for i, name in enumerate(names):
+    for i, name in enumerate(names[:veths]):
         host_side += [
             f"link add vh{i} type veth peer name eth0 netns {name}",
             f"link set vh{i} master {BRIDGE}",
             f"link set vh{i} up",
         ]
-    _ip_batch(host_side)
+    if host_side:
+        _ip_batch(host_side)
     for i, name in enumerate(names):
-        _ip_batch(
-            [
-                "link set lo up",
-                f"addr add {LISTEN_ADDR}/32 dev lo",
+        lines = ["link set lo up", f"addr add {LISTEN_ADDR}/32 dev lo"]
+        if i < veths:
+            lines += [
                 f"addr add {tenant_veth_addr(i)}/16 dev eth0",
                 "link set eth0 up",
                 f"route add default via {BRIDGE_ADDR}",
-            ],
-            netns=name,
-        )
+            ]
+        _ip_batch(lines, netns=name)
     return names
