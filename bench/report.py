@@ -143,8 +143,8 @@ def _setup_line(result: dict) -> str:
         f"{p['load_cpu']}; {pins}. {p['repeat']} repetition(s), {p['duration_s']} s per load, "
         f"{p['connections']} keep-alive connections, handshakes {p['handshake_seconds']} s from "
         f"{p['handshake_clients']} clients. Loads at N = "
-        f"{', '.join(map(str, p['load_tenants']))}; 2+ workers/threads at N = "
-        f"{', '.join(map(str, p['scaling_tenants']))}; other N: start and memory only."
+        f"{', '.join(map(str, p['load_tenants'])) or 'none'}; 2+ workers/threads at N = "
+        f"{', '.join(map(str, p['scaling_tenants'])) or 'none'}; other N: start and memory only."
     )
 
 
