@@ -11,8 +11,9 @@
   (c) isolation: a tenant's own upstream reads only that tenant's requests; each upstream
                  reads only requests routed to it.
   (d) client:    each client gets one response per request, in order, each the one its
-                 request's upstream behaviour calls for, or the proxy's own clean error and
-                 then a close; an answer is never lost to a reset or a hang.
+                 request's upstream behaviour calls for or the proxy's own error; requests
+                 left unanswered when the connection ends never reached an upstream; the
+                 end is a clean close, so no answer is lost to a reset or a hang.
   (e) framing:   the strict and the lenient reading of every upstream connection agree, every
                  forwarded head is one a sender may produce (RFC 9112), and each body the
                  upstream read is the body the client meant.
@@ -99,8 +100,9 @@ def check(example: Example, seen: Observation) -> dict[str, list[str]]:
         tenant = upstream[4:]
         if not any(s.tenant == tenant and "/o/" in r.path for s, r in sent.values()):
             add("c", f"{upstream} received bytes in an example where {tenant} sent it nothing")
+    executed = {r.path for _, _, _, r in readings}
     for i, (session, result) in enumerate(zip(example.sessions, seen.sessions)):
-        for sentence in judge_session(session, result):
+        for sentence in judge_session(session, result, executed):
             add("d", f"session {i + 1} ({session.tenant}): {sentence}")
     for sentence in _balance(readings, sent):
         add("f", sentence)
@@ -170,8 +172,8 @@ def _identity(r: ParsedRequest) -> list[str]:
     return out
 
 
-def judge_session(session: Session, result: SessionResult) -> list[str]:
-    """(d) for one client connection."""
+def judge_session(session: Session, result: SessionResult, executed: set[str]) -> list[str]:
+    """(d) for one client connection; ``executed``: the paths of the requests an upstream read."""
     requests = session.requests
     ends = session.ends()
     written = sum(1 for end in ends if end <= result.sent)
@@ -189,6 +191,9 @@ def judge_session(session: Session, result: SessionResult) -> list[str]:
         what = f"request {k + 1} ({req.method} {req.path})"
         expected = outcome(req.behaviour, req.method)
         tag = response.header(TAG)
+        if response.closing and not last:
+            out.append(f"{what}: a response came after one that said Connection: close")
+            break
         if tag is None:  # the proxy's own answer
             status = response.status
             if status not in REFUSALS and not (status >= 500 and expected.local_error):
@@ -196,13 +201,10 @@ def judge_session(session: Session, result: SessionResult) -> list[str]:
                     f"{what} got the proxy's own {status}, although the upstream's answer "
                     f"('{req.behaviour}') gives no reason for one"
                 )
-            if not response.complete or not last or result.end != "eof":
-                out.append(
-                    f"{what} got the proxy's own {status}, not followed by a clean close "
-                    f"(complete: {response.complete}, more responses: {not last}, "
-                    f"connection: {result.end})"
-                )
-            break
+            if not response.complete:
+                out.append(f"{what} got the proxy's own {status}, cut short")
+                break
+            continue
         if tag != req.path.encode("latin-1"):
             out.append(f"{what} got the response to {tag.decode('latin-1')}")
             break
@@ -233,20 +235,30 @@ def judge_session(session: Session, result: SessionResult) -> list[str]:
             out.append(
                 f"{what} got the body {response.body[:80]!r}, expected {body_for(req.path)!r}"
             )
-        if response.closing and not last:
-            out.append(f"{what}: a response after one that said Connection: close")
-    if stream.error or stream.tunnel is not None:
+    if out or stream.error or stream.tunnel is not None:
         return out
+    # How the connection ended. Early (pipelined requests unanswered) only after a response and
+    # only if no unanswered request reached an upstream: the client can then send them again
+    # (RFC 9112 9.3.2). Always with a clean close: a reset can throw away an answer unread
+    # (RFC 9112 9.6).
     last = responses[-1] if responses else None
-    ended = last is not None and (last.closing or last.header(TAG) is None or not last.complete)
-    if len(responses) < written and not ended:
+    how = f"the connection ended with {result.end}"
+    if result.write_error:
+        how += f" (a write failed: {result.write_error})"
+    if written == 0:
+        return [f"no request could be written; {how}"]
+    if len(responses) < written:
         missing = ", ".join(str(k + 1) for k in range(len(responses), written))
-        how = f"the connection ended with {result.end}"
-        if result.write_error:
-            how += f" (a write failed: {result.write_error})"
-        out.append(f"request(s) {missing} got no response; {how}")
-    elif last is not None and last.header(TAG) and last.closing and result.end != "eof":
-        out.append(f"the connection was not closed after Connection: close ({result.end})")
+        ran = [str(k + 1) for k in range(len(responses), written) if requests[k].path in executed]
+        if ran:
+            return [f"request(s) {missing} got no response, {', '.join(ran)} ran upstream; {how}"]
+        if last is None:
+            return [f"request(s) {missing} got no response; {how}"]
+    elif not (last.closing and result.end not in ("eof", "done")):
+        return []
+    if result.end != "eof":
+        whose = "the upstream's" if last.header(TAG) else "the proxy's own"
+        out.append(f"after {whose} {last.status} to request {len(responses)}, {how}, not EOF")
     return out
 
 

@@ -85,7 +85,7 @@ class RecordedConnection(asyncio.Protocol):
             reply, then = answer(request.path, request.method.upper(), request.upgrade)
             if reply:
                 self.transport.write(reply)
-            if then == "close" or _asks_to_close(request):
+            if then == "close" or not request.keeps_alive:
                 self.transport.close()
                 return
             if then == "tunnel":
@@ -102,12 +102,6 @@ class RecordedConnection(asyncio.Protocol):
             "tunnel_at": self.tunnel_at,
             "truncated": self.truncated,
         }
-
-
-def _asks_to_close(request) -> bool:
-    """Connection: close (or HTTP/1.0 without keep-alive, which the proxy never sends)."""
-    tokens = ",".join(v for n, v in request.headers if n.strip().lower() == "connection")
-    return "close" in {t.strip().lower() for t in tokens.split(",")}
 
 
 async def take(registry: list) -> dict:

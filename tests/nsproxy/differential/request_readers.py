@@ -32,6 +32,16 @@ class ParsedRequest:
     body: bytes | None
     head: bytes = b""  # raw head bytes (lenient reader only)
     upgrade: bytes | None = None  # the Upgrade value when the request asks to switch
+    version: str = "HTTP/1.1"
+
+    @property
+    def keeps_alive(self) -> bool:
+        """Whether the connection may carry another request (RFC 9112 9.3)."""
+        tokens = ",".join(v for n, v in self.headers if n.strip().lower() == "connection")
+        tokens = {t.strip().lower() for t in tokens.split(",")}
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in tokens
+        return "close" not in tokens
 
     @property
     def path(self) -> str:
@@ -120,9 +130,15 @@ def lenient_next(buf: bytes, pos: int, eof: bool) -> tuple[ParsedRequest | None,
     framing: dict[str, str] = {}
     for name, value in headers:
         framing.setdefault(name.strip().lower(), value)
-    method, target = _text(parts[0]), _text(parts[1])
+    method, target, version = _text(parts[0]), _text(parts[1]), _text(parts[2]).upper()
     request = ParsedRequest(method, target, headers, None, head=buf[pos:head_end])
-    if "upgrade" in framing and "upgrade" in framing.get("connection", "").lower():
+    request.version = version
+    # An HTTP/1.0 request's Upgrade is ignored (RFC 9110 7.8).
+    if (
+        version != "HTTP/1.0"
+        and "upgrade" in framing
+        and "upgrade" in framing.get("connection", "").lower()
+    ):
         request.upgrade = framing["upgrade"].encode("latin-1")
     body_start = head_end
     if "content-length" in framing:  # even beside Transfer-Encoding: the worst choice
@@ -207,19 +223,26 @@ def strict_reading(stream: bytes) -> Reading:
         if isinstance(event, h11.Request):
             headers = [(_text(n), _text(v)) for n, v in event.headers.raw_items()]
             current = ParsedRequest(_text(event.method), _text(event.target), headers, None)
+            current.version = "HTTP/" + _text(event.http_version)
             reading.requests.append(current)
             body.clear()
         elif isinstance(event, h11.Data):
             body += event.data
         elif isinstance(event, h11.EndOfMessage):
             current.body = bytes(body)
-            current = None
+            done, current = current, None
             if conn.their_state is h11.MIGHT_SWITCH_PROTOCOL and not conn.trailing_data[0]:
                 return reading  # the stream was cut where the upstream switched protocols
             conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
             conn.send(h11.EndOfMessage())
             if conn.our_state is h11.MUST_CLOSE:
-                if conn.trailing_data[0]:
+                rest = conn.trailing_data[0]
+                if rest and done.keeps_alive:
+                    # HTTP/1.0 keep-alive, which h11 does not do (RFC 9112 9.3 allows it).
+                    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+                    conn.receive_data(rest)
+                    continue
+                if rest:
                     reading.error = "h11: bytes after a request that closes the connection"
                 return reading
             conn.start_next_cycle()

@@ -63,14 +63,15 @@ def test_every_behaviour_answers_what_its_outcome_allows():
 def test_a_client_judge_flags_a_missing_a_stray_and_a_reset_answer():
     get = Request(b"GET /s/e00001/t1/1/cl HTTP/1.1\r\nHost: x\r\n\r\n", b"")
     session = Session("t1", (get,))
+    ran = {get.path}  # the upstream read it
     ok, _ = answer(get.path, "GET", None)
-    assert judge_session(session, SessionResult(ok, len(get.raw), "done")) == []
-    assert judge_session(session, SessionResult(b"", len(get.raw), "eof"))
+    assert judge_session(session, SessionResult(ok, len(get.raw), "done"), ran) == []
+    assert judge_session(session, SessionResult(b"", len(get.raw), "eof"), ran)
     stray, _ = answer("/s/e00001/t1/1/extra", "GET", None)
-    assert judge_session(session, SessionResult(stray, len(get.raw), "done"))
+    assert judge_session(session, SessionResult(stray, len(get.raw), "done"), ran)
     local = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    assert judge_session(session, SessionResult(local, len(get.raw), "eof")) == []
-    assert judge_session(session, SessionResult(local, len(get.raw), "reset"))
+    assert judge_session(session, SessionResult(local, len(get.raw), "eof"), ran) == []
+    assert judge_session(session, SessionResult(local, len(get.raw), "reset"), ran)
 
 
 def test_a_long_body_prints_as_python_that_builds_it_again():

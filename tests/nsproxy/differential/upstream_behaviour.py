@@ -37,7 +37,7 @@ OUTCOMES = {
     "cl": Outcome(body=True),  # Content-Length
     "chunked": Outcome(body=True),  # chunked, two chunks
     "eof": Outcome(body=True),  # no length: the body ends at the close (6.3 rule 8)
-    "teid": Outcome(body=True),  # Transfer-Encoding: identity, so the body ends at the close
+    "teid": Outcome(body=True, local_error=True),  # Transfer-Encoding: identity (until close)
     "gzip": Outcome(body=True, local_error=True),  # Transfer-Encoding: gzip, chunked
     "info": Outcome(body=True),  # 103 Early Hints before the final response
     "extra": Outcome(body=True),  # a complete stray response after the real one, same write
