@@ -96,6 +96,12 @@ def play(host: str, port: int, command: dict) -> dict:
                     else:
                         sent += n
                         pending = pending[n:]
+                        last_byte = not pending and next_write == len(writes)
+                        if last_byte and command["half_close"] and not half_closed:
+                            # In the same step as the last byte, as `nc -N` does: the FIN
+                            # follows the request, not whatever the proxy has answered by then.
+                            _shutdown_write(sock)
+                            half_closed = True
                 if mask & selectors.EVENT_READ:
                     try:
                         chunk = sock.recv(65536)

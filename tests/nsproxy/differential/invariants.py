@@ -36,7 +36,7 @@ INVARIANTS = {
     "a": "the upstreams read exactly the requests nsproxy logged",
     "b": "each request carries exactly the proxy's identity headers",
     "c": "no tenant's upstream reads another tenant's requests",
-    "d": "each client gets one response per request, in order, or a clean error and close",
+    "d": "each client gets its responses in order, none lost, and a clean close",
     "e": "strict and lenient upstreams read the same messages, as the client framed them",
     "f": "round robin reaches both servers of the shared upstream",
 }

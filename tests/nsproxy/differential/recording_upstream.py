@@ -27,7 +27,7 @@ import json
 import sys
 
 from request_readers import LenientError, lenient_next
-from upstream_behaviour import STRAY_TAG, TAG, answer
+from upstream_behaviour import SLOW, STRAY_TAG, TAG, answer, behaviour_of
 
 MAX_RECORD = 4 * 1024 * 1024
 
@@ -40,6 +40,8 @@ class RecordedConnection(asyncio.Protocol):
         self.tunnel_at: int | None = None
         self.truncated = False
         self.taken = False  # reported: bytes still arriving are kept, not answered
+        self.late = None  # the timer of an answer held back ("slow")
+        self.peer_done = False  # the peer shut down its side: close once everything is answered
         self.transport = None
         self.peer_closed = asyncio.get_running_loop().create_future()
         registry.append(self)
@@ -61,7 +63,10 @@ class RecordedConnection(asyncio.Protocol):
         self._answer_requests()
 
     def eof_received(self):
-        return False  # close: requests are never delimited by the end of the stream
+        # A request is never delimited by the end of the stream; but one already read is
+        # still answered, as real servers do for a half-closed peer.
+        self.peer_done = True
+        return self.late is not None
 
     def connection_lost(self, exc):
         if not self.peer_closed.done():
@@ -69,7 +74,7 @@ class RecordedConnection(asyncio.Protocol):
 
     def _answer_requests(self):
         """Answer every complete request read so far, in order."""
-        while not self.transport.is_closing():
+        while not self.transport.is_closing() and self.late is None:
             try:
                 request, end = lenient_next(bytes(self.data), self.pos, eof=False)
             except LenientError:
@@ -83,6 +88,10 @@ class RecordedConnection(asyncio.Protocol):
                 return
             self.pos = end
             reply, then = answer(request.path, request.method.upper(), request.upgrade)
+            if behaviour_of(request.path) == "slow":
+                loop = asyncio.get_running_loop()
+                self.late = loop.call_later(SLOW, self._answer_late, reply, request.keeps_alive)
+                return
             if reply:
                 self.transport.write(reply)
             if then == "close" or not request.keeps_alive:
@@ -94,6 +103,18 @@ class RecordedConnection(asyncio.Protocol):
                 if rest:
                     self.transport.write(rest)
                 return
+
+    def _answer_late(self, reply: bytes, keep_alive: bool):
+        self.late = None
+        if self.taken or self.transport.is_closing():
+            return
+        self.transport.write(reply)
+        if not keep_alive:
+            self.transport.close()
+            return
+        self._answer_requests()
+        if self.peer_done and self.late is None:
+            self.transport.close()
 
     def report(self) -> dict:
         return {
@@ -110,6 +131,8 @@ async def take(registry: list) -> dict:
     registry.clear()
     for conn in connections:
         conn.taken = True
+        if conn.late is not None:
+            conn.late.cancel()
         if conn.transport is not None and not conn.transport.is_closing():
             with contextlib.suppress(OSError):
                 conn.transport.write_eof()

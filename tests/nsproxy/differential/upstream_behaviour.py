@@ -49,7 +49,9 @@ OUTCOMES = {
     "closeh": Outcome(body=False, local_error=True),  # half a status line, then close
     "closeb": Outcome(body=False, local_error=True, truncated=True),  # head, 10 of 100 bytes
     "switch": Outcome(body=True),  # 101 and an echo tunnel if asked to upgrade, else as cl
+    "slow": Outcome(body=True),  # as cl, SLOW seconds late: the client's next move comes first
 }
+SLOW = 0.3
 BEHAVIOURS = tuple(OUTCOMES)
 # Behaviours after which an upstream has sent no byte of a response: the only ones after which
 # RFC 9110 section 9.2.2 lets a proxy resend an idempotent request.
