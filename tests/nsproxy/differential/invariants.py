@@ -28,7 +28,14 @@ from __future__ import annotations
 from collections import Counter
 
 from model import CLIENT_IP, Example, Observation, Session, SessionResult, path_info
-from request_readers import ParsedRequest, hygiene, lenient_reading, strict_reading, wsgi_name
+from request_readers import (
+    ParsedRequest,
+    hygiene,
+    lenient_reading,
+    origin_form,
+    strict_reading,
+    wsgi_name,
+)
 from response_reader import read_responses
 from upstream_behaviour import IDEMPOTENT, NO_RESPONSE_BYTE, TAG, behaviour_of, body_for, outcome
 
@@ -54,59 +61,86 @@ REFUSALS = frozenset(range(400, 500)) | {501, 505}
 
 def check(example: Example, seen: Observation) -> dict[str, list[str]]:
     """The invariants ``seen`` breaks for the (bound) ``example``: {letter: [sentences]}."""
-    broken: dict[str, list[str]] = {}
-
-    def add(letter: str, sentence: str) -> None:
-        broken.setdefault(letter, []).append(sentence)
-
     sent = {r.path: (s, r) for s in example.sessions for r in s.requests}
-    readings = []  # (upstream, server, reader name, ParsedRequest)
+    readings, framing = _read_upstreams(seen, sent)
+    executed = {r.path for _, _, _, r in readings}
+    findings = [
+        *framing,
+        *(("a", sentence) for sentence in _logged(seen, readings)),
+        *_each_request(readings, sent),
+        *(("c", sentence) for sentence in _unsent_to(seen, sent)),
+        *(
+            ("d", f"session {i + 1} ({session.tenant}): {sentence}")
+            for i, (session, result) in enumerate(zip(example.sessions, seen.sessions))
+            for sentence in judge_session(session, result, executed)
+        ),
+        *(("f", sentence) for sentence in _balance(readings, sent)),
+    ]
+    broken: dict[str, list[str]] = {}
+    for letter, sentence in findings:
+        broken.setdefault(letter, []).append(sentence)
+    return broken
+
+
+def _read_upstreams(seen: Observation, sent: dict) -> tuple[list, list]:
+    """Both readings of every upstream connection: ([(upstream, server, reader, request)],
+    [(e) findings of the connections themselves])."""
+    readings, findings = [], []
     for rec in seen.upstream:
+        where = f"{rec.upstream} {rec.server}"
         strict, lenient = strict_reading(rec.http), lenient_reading(rec.http)
         for name, reading in (("strict", strict), ("lenient", lenient)):
             readings += [(rec.upstream, rec.server, name, r) for r in reading.requests]
             if reading.error:
-                add("e", f"{rec.upstream} {rec.server}: the {name} reading failed: {reading.error}")
+                findings.append(("e", f"{where}: the {name} reading failed: {reading.error}"))
         if rec.truncated:
-            add("e", f"{rec.upstream} {rec.server}: more bytes than the recorder keeps")
+            findings.append(("e", f"{where}: more bytes than the recorder keeps"))
         if _summary(strict.requests) != _summary(lenient.requests):
-            add(
-                "e",
-                f"{rec.upstream} {rec.server}: strict reading {_summary(strict.requests)} "
-                f"but lenient reading {_summary(lenient.requests)}",
+            findings.append(
+                (
+                    "e",
+                    f"{where}: strict reading {_summary(strict.requests)} "
+                    f"but lenient reading {_summary(lenient.requests)}",
+                )
             )
         # Heads the proxy wrote for the requests it was sent (a smuggled one is judged by (a)).
         for r in lenient.requests:
             for problem in hygiene(r.head) if r.path in sent else ():
-                add("e", f"{rec.upstream}: forwarded head of {r.method} {r.path}: {problem}")
-    for sentence in _logged(seen, readings):
-        add("a", sentence)
+                findings.append(("e", f"{where}: forwarded head of {r.method} {r.path}: {problem}"))
+    return readings, findings
+
+
+def _each_request(readings: list, sent: dict):
+    """(b), (c) and the body part of (e), for every request any upstream read."""
     for upstream, _, reader, r in readings:
         where = f"{upstream} ({reader}) read {r.method} {r.path}"
         for sentence in _identity(r):
-            add("b", f"{where}: {sentence}")
+            yield "b", f"{where}: {sentence}"
         info = path_info(r.path)
         if info is None:
-            continue
+            continue  # a request no client wrote: (a) names it
         if upstream.startswith("own-") and info.sender != upstream[4:]:
-            add("c", f"{where}, a request of {info.sender}'s client")
+            yield "c", f"{where}, a request of {info.sender}'s client"
         if info.route != ("s" if upstream == "shared" else "o"):
-            add("c", f"{where}: its path routes it elsewhere")
-        meant = sent.get(r.path)
-        if meant and meant[1].body is not None and r.body is not None and r.body != meant[1].body:
-            add("e", f"{where} with a body of {len(r.body)} bytes {r.body[:40]!r}, the client "
-                f"meant {len(meant[1].body)} bytes {meant[1].body[:40]!r}")  # fmt: skip
-    for upstream in {rec.upstream for rec in seen.upstream if rec.upstream.startswith("own-")}:
-        tenant = upstream[4:]
-        if not any(s.tenant == tenant and "/o/" in r.path for s, r in sent.values()):
-            add("c", f"{upstream} received bytes in an example where {tenant} sent it nothing")
-    executed = {r.path for _, _, _, r in readings}
-    for i, (session, result) in enumerate(zip(example.sessions, seen.sessions)):
-        for sentence in judge_session(session, result, executed):
-            add("d", f"session {i + 1} ({session.tenant}): {sentence}")
-    for sentence in _balance(readings, sent):
-        add("f", sentence)
-    return broken
+            yield "c", f"{where}: its path routes it elsewhere"
+        meant = sent[r.path][1].body if r.path in sent else None
+        if meant is not None and r.body is not None and r.body != meant:
+            yield (
+                "e",
+                (
+                    f"{where} with a body of {len(r.body)} bytes {r.body[:40]!r}, "
+                    f"the client meant {len(meant)} bytes {meant[:40]!r}"
+                ),
+            )
+
+
+def _unsent_to(seen: Observation, sent: dict):
+    """(c): a tenant's own upstream that received anything in an example where that tenant
+    sent it no request."""
+    for upstream in sorted({rec.upstream for rec in seen.upstream} - {"shared"}):
+        tenant = upstream.removeprefix("own-")
+        if not any(s.tenant == tenant and r.path.startswith("/o/") for s, r in sent.values()):
+            yield f"{upstream} received bytes in an example where {tenant} sent it nothing"
 
 
 def _summary(requests: list[ParsedRequest]) -> list[tuple]:
@@ -117,7 +151,7 @@ def _logged(seen: Observation, readings: list) -> list[str]:
     """(a): compare the access log with what the upstreams read, as multisets."""
     logged, answered_upstream = Counter(), Counter()
     for record in seen.access:
-        key = (record["method"], ParsedRequest("", record["path"], [], None).path)
+        key = (record["method"], origin_form(record["path"]))
         logged[key] += 1
         if record["status"] < 400:  # the suite's upstream answers 1xx/2xx only
             answered_upstream[key] += 1

@@ -64,12 +64,18 @@ class Helper:
         first = self.proc.stdout.readline().strip()
         assert first == "ready", f"{argv}: {first!r}"
 
-    def ask(self, command) -> dict:
+    def send(self, command) -> None:
         self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
+
+    def receive(self) -> dict:
         line = self.proc.stdout.readline()
         assert line, f"helper {self.proc.args} ended"
         return json.loads(line)
+
+    def ask(self, command) -> dict:
+        self.send(command)
+        return self.receive()
 
 
 class Lab:
@@ -77,22 +83,13 @@ class Lab:
         self.proxy = proxy
         self.ids = itertools.count(1)
         self.log_offset = 0  # where the daemon's output (log lines and access records) was read
-        py = sys.executable
         proxy.add_netns(*TENANTS)
-        self.upstreams = {"shared": Helper(proxy, [py, str(HERE / "recording_upstream.py"),
-                                                   *SHARED_SERVERS])}  # fmt: skip
+        upstream = [sys.executable, str(HERE / "recording_upstream.py")]
+        client = [sys.executable, str(HERE / "client_agent.py"), LISTENER[0], str(LISTENER[1])]
+        self.upstreams = {"shared": Helper(proxy, [*upstream, *SHARED_SERVERS])}
         for tenant in TENANTS:
-            self.upstreams[f"own-{tenant}"] = Helper(
-                proxy, [py, str(HERE / "recording_upstream.py"), OWN_SERVER], netns=tenant
-            )
-        self.clients = {
-            tenant: Helper(
-                proxy,
-                [py, str(HERE / "client_agent.py"), LISTENER[0], str(LISTENER[1])],
-                netns=tenant,
-            )
-            for tenant in TENANTS
-        }
+            self.upstreams[f"own-{tenant}"] = Helper(proxy, [*upstream, OWN_SERVER], netns=tenant)
+        self.clients = {tenant: Helper(proxy, client, netns=tenant) for tenant in TENANTS}
         proxy.write_config(
             [self._tenant(t) for t in TENANTS],
             limits={"max_body_bytes": MAX_BODY_BYTES},
@@ -124,11 +121,10 @@ class Lab:
         results = tuple(self._play(session) for session in example.sessions)
         access = self._access_records(example_id)
         for helper in self.upstreams.values():  # ask all, then read: they close in parallel
-            helper.proc.stdin.write('"take"\n')
-            helper.proc.stdin.flush()
+            helper.send("take")
         records = []
         for name, helper in self.upstreams.items():
-            reply = json.loads(helper.proc.stdout.readline())
+            reply = helper.receive()
             records += [
                 UpstreamRecord(
                     name,

@@ -9,7 +9,7 @@ the proxy gets executed and answered, as it would be by a lenient server) and an
 its path asks (upstream_behaviour.py). The strict reading is done later, by the test, on the
 recorded bytes.
 
-Control, one JSON line per command on stdin, one JSON line answered on stdout:
+Control, one JSON value per line on stdin, one JSON line answered on stdout:
   "take"  every connection since the last take: {"connections": [{"server": "HOST:PORT",
           "data": base64 of all bytes received, "tunnel_at": offset where the upstream
           switched protocols, or null, "truncated": bool}]}. Before answering, it closes
@@ -163,8 +163,8 @@ async def main(addresses: list[str]) -> None:
         line = await reader.readline()
         if not line:
             break
-        command = line.decode().strip()
-        if command == '"take"' or command == "take":
+        command = json.loads(line)
+        if command == "take":
             reply = await take(registry)
         else:
             reply = {"error": f"unknown command {command!r}"}

@@ -45,9 +45,7 @@ class ParsedRequest:
 
     @property
     def path(self) -> str:
-        """The origin-form path (an absolute-form target loses its scheme and authority)."""
-        m = re.match(r"(?i)https?://[^/]*", self.target)
-        return (self.target[m.end() :] or "/") if m else self.target
+        return origin_form(self.target)
 
 
 @dataclass
@@ -56,6 +54,13 @@ class Reading:
 
     requests: list[ParsedRequest] = field(default_factory=list)
     error: str | None = None  # a protocol error (not just the stream ending mid-message)
+
+
+def origin_form(target: str) -> str:
+    """A request target as a path: an absolute-form one loses its scheme and authority
+    (RFC 9112 3.2.2)."""
+    m = re.match(r"(?i)https?://[^/]*", target)
+    return (target[m.end() :] or "/") if m else target
 
 
 def wsgi_name(name: str | bytes) -> str:

@@ -3,7 +3,7 @@ next one"): Hypothesis writes risky client messages (grammar.py) and picks how t
 answers each; a real nsproxy carries them; the invariants (invariants.py) are judged on what
 the recording upstreams read, strictly and leniently, and on what the clients got back.
 
-Budget: NSPROXY_DIFF_EXAMPLES examples (default 500, about a minute here), derandomized, so
+Budget: NSPROXY_DIFF_EXAMPLES examples (default 500, one to two minutes here), derandomized, so
 CI runs the same examples every time. NSPROXY_DIFF_SEED=<int> explores other examples;
 NSPROXY_DIFF_LOG=<file> writes one JSON line per example (see README.md).
 """
