@@ -196,6 +196,10 @@ def _digest(obj) -> bytes | None:
         return None
 
 
+#: Larger files are refused unread: 100000 tenants (the most a file may hold) fit in it.
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
 def load(path: str, previous: dict | None = None) -> Config:
     """Read and validate ``path``; raise ConfigError listing every problem (and nothing else).
 
@@ -204,9 +208,13 @@ def load(path: str, previous: dict | None = None) -> Config:
     """
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from None
+        raise ConfigError([schema.one_line(f"cannot read {path}: {exc.strerror or exc}")]) from None
+    except Exception as exc:
+        raise _unexpected(exc) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([f"{path} is larger than {MAX_FILE_BYTES} bytes"])
     return parse(data, previous)
 
 
@@ -225,12 +233,16 @@ def parse(data: bytes, previous: dict | None = None) -> Config:
             ["the document nests arrays or objects too deeply (a configuration needs 9 levels)"]
         ) from None
     except Exception as exc:
-        log.debug("checking the configuration failed unexpectedly", exc_info=True)
-        reason = schema.one_line(f"{type(exc).__name__}: {exc}")[:200]
-        raise ConfigError(
-            [f"the configuration could not be checked ({reason}); it is refused. This is a "
-             "bug in nsproxy: please report it with the file (traceback at --log-level debug)"]
-        ) from None  # fmt: skip
+        raise _unexpected(exc) from None
+
+
+def _unexpected(exc: Exception) -> ConfigError:
+    log.debug("checking the configuration failed unexpectedly", exc_info=exc)
+    reason = schema.one_line(f"{type(exc).__name__}: {exc}")[:200]
+    return ConfigError(
+        [f"the configuration could not be checked ({reason}); it is refused. This is a bug "
+         "in nsproxy: please report it with the file (traceback at --log-level debug)"]
+    )  # fmt: skip
 
 
 def _parse(data: bytes, previous: dict | None) -> Config:

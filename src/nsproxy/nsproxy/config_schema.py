@@ -116,7 +116,14 @@ HEALTH_CHECK = Tagged(
         "http": Object(
             {
                 **_HEALTH_COMMON,
-                "path": (Text(_URL_PATH, "a path starting with '/' without spaces", 2048), "/"),
+                "path": (
+                    Text(
+                        _URL_PATH,
+                        "a path starting with '/' without spaces or control characters",
+                        2048,
+                    ),
+                    "/",
+                ),
                 "host": (  # Host header; null: the server's IP:PORT
                     Nullable(
                         Text(

@@ -108,7 +108,8 @@ def shown(value) -> str:
             return repr(value)  # repr escapes control characters and separators
         return f"{repr(value[:_SHOWN_CHARS])[:-1]}...' ({len(value)} characters)"
     if isinstance(value, int):
-        return str(value) if abs(value) < 10**18 else f"an integer of {value.bit_length()} bits"
+        bits = value.bit_length()
+        return str(value) if bits <= 128 else f"an integer of {bits} bits"
     if isinstance(value, float):
         if math.isnan(value):
             return "NaN"
@@ -205,7 +206,8 @@ class Choice(Check):
 
     def __init__(self, *values: str):
         self.values = frozenset(values)
-        self.what = "one of " + ", ".join(repr(v) for v in values)
+        listed = ", ".join(repr(v) for v in values)
+        self.what = listed if len(values) == 1 else f"one of {listed}"
 
     def convert(self, value):
         if type(value) is not str or value not in self.values:
