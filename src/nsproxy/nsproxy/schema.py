@@ -290,7 +290,7 @@ def _parent_problem(path: str) -> str | None:
     while True:
         try:
             st = os.stat(parent)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # ENOTDIR: an ancestor is a file
             if parent == "/":
                 return None
             parent = posixpath.dirname(parent)
@@ -521,6 +521,19 @@ class User(Check):
         return value
 
 
+def _kept_default(name: str, check, default):
+    """A scalar default in the form its check keeps values ("2xx" -> the set of codes)."""
+    if default is None or default is REQUIRED or default is FILL:
+        return default
+    if isinstance(check, (Object, ListOf, MapOf, Tagged)):
+        return default
+    problems: list[str] = []
+    kept = check.collect(default, name, problems)
+    if problems:
+        raise ValueError(f"the default of {name} is not valid: {problems}")
+    return kept
+
+
 class Object(Check):
     """A JSON object with the keys of ``fields``: ``{name: (check, default)}``.
 
@@ -533,7 +546,8 @@ class Object(Check):
     __slots__ = ("allowed", "fields", "label", "rules", "what")
 
     def __init__(self, fields: dict, label: str = "", rules: tuple = (), what: str = ""):
-        self.fields = fields
+        self.fields = {name: (check, _kept_default(name, check, default))
+                       for name, (check, default) in fields.items()}  # fmt: skip
         self.label = label
         self.rules = rules
         self.allowed = ", ".join(sorted(fields))
