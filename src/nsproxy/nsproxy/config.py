@@ -444,9 +444,11 @@ def _tenant(index: int, spec, ctx: _Pass) -> Tenant | None:
                 None if health is None else HealthCheck(**health),
             )
         names = frozenset(upstreams)
-    else:  # its problems are reported; check references against the names given, if any
+    else:  # its problems are reported; check references against the valid names given
         raw_upstreams = spec.get("upstreams")
-        names = frozenset(raw_upstreams) if type(raw_upstreams) is dict else None
+        names = None
+        if type(raw_upstreams) is dict:
+            names = frozenset(n for n in raw_upstreams if NAME.collect(n, "", []) is not INVALID)
 
     listeners = []
     if kept["listeners"] is not INVALID:

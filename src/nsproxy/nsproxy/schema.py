@@ -137,10 +137,11 @@ def field(where: str, key: str) -> str:
 
 
 def one_line(problem: str) -> str:
-    """A problem with any control character escaped: the last guard of one line per problem."""
-    if _CONTROL.search(problem) is None:
+    """A problem with every non-printable character escaped (controls, separators, unassigned
+    code points): the last guard of one readable line per problem."""
+    if problem.isprintable():
         return problem
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], problem)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in problem)
 
 
 def has_control(text: str) -> bool:

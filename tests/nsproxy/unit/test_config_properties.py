@@ -137,6 +137,10 @@ REGRESSIONS = [
     '"health_check": {"type": "http"}}}}]}',
     # ENOTDIR on an ancestor of the admin socket was taken for "cannot look".
     '{"admin_socket": "/etc/passwd/x/y.sock", "tenants": []}',
+    # Found by the long profile: an upstream named by an unassigned code point was echoed
+    # raw in another line (tcp listener: "tenant has: ...") when the upstreams were invalid.
+    '{"tenants": [{"name": "a", "netns": "a", "listeners": [{"listen": "10.0.0.1:5", '
+    '"protocol": "tcp", "upstream": "db"}], "upstreams": {"\\ud823\\udcd6": null}}]}',
 ]  # fmt: skip
 
 
