@@ -196,6 +196,8 @@ def _digest(obj) -> bytes | None:
         return None
 
 
+#: Problems listed at most (a reload's refusal carries them all in one status field).
+MAX_PROBLEMS = 1000
 #: Larger files are refused unread: 100000 tenants (the most a file may hold) fit in it.
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
@@ -257,7 +259,10 @@ def _parse(data: bytes, previous: dict | None) -> Config:
         raise ConfigError([schema.one_line(f"not valid JSON: {exc}")]) from None
     config, problems = validate(raw, previous)
     if problems:
-        raise ConfigError([schema.one_line(p) for p in problems])
+        shown_problems = [schema.one_line(p) for p in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            shown_problems.append(f"and {len(problems) - MAX_PROBLEMS} more problems")
+        raise ConfigError(shown_problems)
     config.digest = hashlib.sha256(data).hexdigest()
     return config
 
@@ -289,8 +294,7 @@ class _Pass:
         self.problems = problems
         self.previous = previous
         self.seen_names: set[str] = set()
-        # (namespace identity, port) -> [(host, where, netns as written)]
-        self.bound: dict[tuple, list[tuple[str, str, str]]] = {}
+        self.bound: dict[tuple, dict[str, tuple[str, str]]] = {}  # see _claim
         self.namespaces: dict[str, tuple] = {}  # netns as written -> identity
         self.httptools_ok = _optional_module("httptools") is not None
         protocols = {
@@ -558,18 +562,20 @@ def _claim(ctx: _Pass, netns: str, listener: Listener, lw: str) -> None:
     """Refuse two listeners on the same port and overlapping addresses in one namespace,
     however the namespace is written (``ta``, ``/run/netns/ta``, ``/proc/PID/ns/net`` of a
     process in it). IPv6 listeners are IPV6_V6ONLY, so only one family overlaps."""
-    key = (ctx.namespace(netns), listener.port)
-    host = listener.host
-    ip = schema.ip_address(host)
-    for other_host, other_where, other_netns in ctx.bound.get(key, ()):
-        other = schema.ip_address(other_host)
-        if ip.version != other.version:
-            continue
-        if other_host == host or ip.is_unspecified or other.is_unspecified:
-            spelled = "" if other_netns == netns else f" (written {other_netns!r} there)"
-            ctx.problems.append(
-                f"{lw}.listen: duplicate listener: {listener.listen} overlaps {other_where} "
-                f"in network namespace {netns!r}{spelled}"
-            )
-            return
-    ctx.bound.setdefault(key, []).append((host, lw, netns))
+    ip = schema.ip_address(listener.host)
+    # (namespace, port, family) -> {host: (where, netns as written)}: one lookup per listener.
+    taken = ctx.bound.setdefault((ctx.namespace(netns), listener.port, ip.version), {})
+    other = taken.get(listener.host)
+    if other is None and ip.is_unspecified and taken:
+        other = next(iter(taken.values()))  # the wildcard overlaps every address of its family
+    if other is None:
+        other = taken.get("0.0.0.0" if ip.version == 4 else "::")
+    if other is None:
+        taken[listener.host] = (lw, netns)
+        return
+    other_where, other_netns = other
+    spelled = "" if other_netns == netns else f" (written {other_netns!r} there)"
+    ctx.problems.append(
+        f"{lw}.listen: duplicate listener: {listener.listen} overlaps {other_where} "
+        f"in network namespace {netns!r}{spelled}"
+    )

@@ -434,6 +434,26 @@ def test_other_namespaces_ports_and_families_do_not_collide(doc):
     assert problems_of(set_at(doc, ("tenants",), tenants)) is None
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("0.0.0.0:80", "10.0.0.250:80"), ("10.0.0.250:80", "0.0.0.0:80"), ("[::]:80", "[::1]:80"),
+     ("[::1]:80", "[::]:80"), ("[::1]:80", "[0:0::1]:80"), ("10.0.0.250:80", "10.0.0.250:80")],
+)  # fmt: skip
+def test_a_wildcard_overlaps_every_address_of_its_family(doc, first, second):
+    tenants = [
+        {"name": n, "netns": ns, "listeners": [{"listen": a, "protocol": "http"}]}
+        for n, ns, a in (("a", "x", first), ("b", "/run/netns/x", second))
+    ]
+    (line,) = problems_of(set_at(doc, ("tenants",), tenants))
+    assert line.startswith(f"tenant 'b': listeners[0].listen: duplicate listener: {second}")
+
+
+def test_problems_are_listed_up_to_a_thousand(doc):
+    tenants = [{"name": f"t{i}", "netns": "x", "colour": i} for i in range(2500)]
+    problems = problems_of(set_at(doc, ("tenants",), tenants))
+    assert len(problems) == 1001 and problems[-1] == "and 1500 more problems"
+
+
 @pytest.mark.parametrize("netns", ["/run/netns/../netns/a", "..", ".", "a/b", "", "/a/../b"])
 def test_namespace_spellings_that_could_leave_their_folder_are_refused(doc, netns):
     assert_refused(set_at(doc, (*TENANT, "netns"), netns), "tenant 'acme': netns")
