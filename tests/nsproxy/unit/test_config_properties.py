@@ -84,7 +84,7 @@ def assert_answer(rc: int, out: str) -> None:
 @settings(max_examples=examples(1500))
 @given(data=st.data())
 @example(data=None)  # the unmutated documents
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(examples(600))  # a hung example never reaches its deadline
 def test_check_answers_every_mutated_document_with_lines_naming_fields(bases, data):
     folder, docs = bases
     if data is None:
@@ -102,7 +102,7 @@ def test_check_answers_every_mutated_document_with_lines_naming_fields(bases, da
 
 @settings(max_examples=examples(25), deadline=None)
 @given(data=st.data())
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(examples(600))  # a hung example never reaches its deadline
 def test_the_nsproxy_check_command_never_prints_a_traceback_or_hangs(bases, data):
     """The same, through the installed command in its own process, 30 s at most each."""
     folder, docs = bases
