@@ -16,6 +16,7 @@ import functools
 import gc
 import logging
 import os
+import re
 import resource
 import signal
 import time
@@ -28,6 +29,7 @@ from nsproxy.upstream import Upstreams
 
 log = logging.getLogger("nsproxy")
 
+_HEADER_SAFE = re.compile(rb"[A-Za-z0-9._-]{1,63}")
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 
@@ -117,6 +119,15 @@ class TenantRuntime:
         self.last_error: str | None = None
         self.retry_delay = 0.0
         self.retry_handle = None
+
+    @property
+    def header_value(self) -> bytes:
+        """The tenant name as sent in ``X-Nsproxy-Tenant`` (checked once more here: a name
+        that could end the field or the head must never reach a request)."""
+        value = self.name.encode("ascii")
+        if not _HEADER_SAFE.fullmatch(value):
+            raise ValueError(f"tenant name {self.name!r} cannot be sent in a header")
+        return value
 
     @property
     def metrics(self) -> metrics.TenantMetrics:
