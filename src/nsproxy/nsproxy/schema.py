@@ -149,10 +149,15 @@ def has_control(text: str) -> bool:
 
 
 class Check:
-    """A scalar check: ``convert`` returns the value to keep or raises :class:`Invalid`."""
+    """A scalar check: ``convert`` returns the value to keep or raises :class:`Invalid`.
+
+    ``scalar``: ``convert`` is the whole check, so a container may call it directly and build
+    the field's path only when there is a problem (3000 tenants have 100000 fields).
+    """
 
     __slots__ = ()
     what = "a value"
+    scalar = True
 
     def convert(self, value):
         return value
@@ -244,11 +249,15 @@ class Text(Check):
 class Nullable(Check):
     """``null`` or what ``inner`` accepts."""
 
-    __slots__ = ("inner", "what")
+    __slots__ = ("inner", "scalar", "what")
 
     def __init__(self, inner):
         self.inner = inner
         self.what = f"null or {inner.what}"
+        self.scalar = inner.scalar
+
+    def convert(self, value):
+        return None if value is None else self.inner.convert(value)
 
     def collect(self, value, where, problems):
         return None if value is None else self.inner.collect(value, where, problems)
@@ -544,11 +553,13 @@ class Object(Check):
     run once every field is valid, for constraints across fields.
     """
 
-    __slots__ = ("allowed", "fields", "label", "rules", "what")
+    __slots__ = ("allowed", "fields", "label", "names", "rules", "what")
+    scalar = False
 
     def __init__(self, fields: dict, label: str = "", rules: tuple = (), what: str = ""):
         self.fields = {name: (check, _kept_default(name, check, default))
                        for name, (check, default) in fields.items()}  # fmt: skip
+        self.names = frozenset(fields)
         self.label = label
         self.rules = rules
         self.allowed = ", ".join(sorted(fields))
@@ -571,7 +582,7 @@ class Object(Check):
             problems.append(f"{where}: must be {self.what}, got {shown(value)}")
             return dict.fromkeys(self.fields, INVALID)
         fields = self.fields
-        if len(value) > len(fields) or not fields.keys() >= value.keys():
+        if len(value) > len(fields) or not self.names.issuperset(value):
             label = f" for {self.label}" if self.label else ""
             for key in value:
                 if key not in fields:
@@ -583,7 +594,14 @@ class Object(Check):
         dot = "" if not where or where.endswith(": ") else "."
         for name, (check, default) in fields.items():
             if name in value:
-                kept[name] = check.collect(value[name], f"{where}{dot}{name}", problems)
+                if check.scalar:
+                    try:
+                        kept[name] = check.convert(value[name])
+                    except Invalid as exc:
+                        problems.append(f"{where}{dot}{name}: {exc}")
+                        kept[name] = INVALID
+                else:
+                    kept[name] = check.collect(value[name], f"{where}{dot}{name}", problems)
             elif default is REQUIRED:
                 problems.append(f"{where}{dot}{name}: required, {check.what}")
                 kept[name] = INVALID
@@ -599,6 +617,7 @@ class Tagged(Check):
     each allowed value of ``tag`` to the :class:`Object` check of that shape."""
 
     __slots__ = ("tag", "tag_check", "variants", "what")
+    scalar = False
 
     def __init__(self, tag: str, variants: dict, what: str):
         self.tag = tag
@@ -623,6 +642,7 @@ class ListOf(Check):
     """A JSON list of ``min_items`` to ``max_items`` items that ``item`` accepts."""
 
     __slots__ = ("item", "max_items", "min_items", "what")
+    scalar = False
 
     def __init__(self, item, min_items: int = 0, max_items: int = 10000, what: str = ""):
         self.item = item
@@ -643,7 +663,15 @@ class ListOf(Check):
             return INVALID
         start = len(problems)
         item = self.item
-        kept = [item.collect(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+        if item.scalar:
+            kept = []
+            for i, v in enumerate(value):
+                try:
+                    kept.append(item.convert(v))
+                except Invalid as exc:
+                    problems.append(f"{where}[{i}]: {exc}")
+        else:
+            kept = [item.collect(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
         return INVALID if len(problems) > start else kept
 
 
@@ -651,6 +679,7 @@ class MapOf(Check):
     """A JSON object of ``key`` (a scalar check on the key) to ``item``, at most ``max_items``."""
 
     __slots__ = ("item", "key", "max_items", "what")
+    scalar = False
 
     def __init__(self, key: Check, item, max_items: int = 10000, what: str = ""):
         self.key, self.item, self.max_items = key, item, max_items
