@@ -325,7 +325,8 @@ class AbsPath(Check):
 
 
 class FilePath(Check):
-    """An absolute path of a file the daemon writes (created if missing, appended to)."""
+    """An absolute path of a file the daemon appends to (created if missing). Its folder must
+    exist: the daemon creates the file, not the folders above it."""
 
     __slots__ = ("what",)
 
@@ -344,6 +345,15 @@ class FilePath(Check):
         problem = _parent_problem(path)
         if problem:
             raise Invalid(problem)
+        folder = posixpath.dirname(path)
+        try:
+            os.stat(folder)
+        except FileNotFoundError:
+            raise Invalid(
+                f"the folder {folder} does not exist (the daemon does not create it)"
+            ) from None
+        except OSError:
+            pass  # cannot look (permissions): the daemon will say
         return path
 
 

@@ -520,7 +520,7 @@ def test_the_default_admin_socket_is_checked_too(doc, files):
 
 
 @pytest.mark.parametrize("path", [("access_log",), ("log", "path")])
-def test_log_files_must_be_absolute_files_whose_folder_can_exist(doc, files, path):
+def test_log_files_must_be_absolute_files_in_an_existing_folder(doc, files, path):
     regular = files / "plain"
     regular.write_text("")
     for value, why in (
@@ -531,7 +531,9 @@ def test_log_files_must_be_absolute_files_whose_folder_can_exist(doc, files, pat
     ):
         (line,) = assert_refused(set_at(doc, path, value), field_of(doc, path))
         assert why in line, line
-    assert problems_of(set_at(doc, path, f"{files}/later/x.log")) is None
+    (line,) = assert_refused(set_at(doc, path, f"{files}/later/x.log"), field_of(doc, path))
+    assert f"the folder {files}/later does not exist" in line
+    assert problems_of(set_at(doc, path, f"{files}/new.log")) is None
     assert problems_of(set_at(doc, path, str(regular))) is None
 
 
