@@ -24,6 +24,7 @@ import weakref
 
 from nsproxy import accesslog, config, metrics, netns, systemd
 from nsproxy.accept import Acceptor
+from nsproxy.admission import Admission
 from nsproxy.http import ClientConnection, Router
 from nsproxy.upstream import Upstreams
 
@@ -45,7 +46,8 @@ class Shared:
         self.timeouts = cfg.timeouts
         self.access_log: accesslog.AccessLog | None = None
         self.connections: set = set()
-        self.acceptor = Acceptor(loop)
+        self.admission = Admission()
+        self.acceptor = Acceptor(loop, self.admission)
         self.draining = False
 
 
@@ -92,7 +94,9 @@ class TenantRuntime:
 
     __slots__ = (
         "active",
+        "admission",
         "closing",
+        "connections",
         "counters",
         "last_error",
         "listeners",
@@ -105,8 +109,10 @@ class TenantRuntime:
         "upstreams",
     )
 
-    def __init__(self, spec: config.Tenant, router: Router, upstreams: Upstreams):
+    def __init__(self, spec: config.Tenant, router: Router, upstreams: Upstreams, admission):
         self.spec = spec
+        self.admission = admission  # the process's Admission (connection budget and shares)
+        self.connections = None  # open http connections, a set from the first one
         self.name = spec.name
         self.ns: netns.Namespace | None = None
         self.listeners: tuple[ListenerRuntime, ...] = ()  # a tuple: smaller than a list
@@ -182,6 +188,7 @@ class Daemon:
     # -- start / stop -------------------------------------------------------------------
     async def start(self) -> None:
         raise_nofile_limit()
+        self.shared.admission.configure(self.config.limits, self.config.listener_count())
         self._open_access_log(self.config.access_log)
         started = time.monotonic()
         for spec in self.config.tenants:
@@ -325,6 +332,7 @@ class Daemon:
                     tenant.upstreams,
                     self._log_tcp,
                     timeouts=self.config.timeouts,
+                    runtime=tenant,
                 )
                 li.factory = factory
             else:
@@ -338,6 +346,7 @@ class Daemon:
                 ssl_ctx,
                 self.config.timeouts["header_read"],
                 client_first=protocol != "tcp",
+                tenant=tenant,
             )
             li.server = sock
         except BaseException:
@@ -404,7 +413,7 @@ class Daemon:
     # -- tenants ------------------------------------------------------------------------
     def _tenant_runtime(self, spec: config.Tenant) -> TenantRuntime:
         upstreams = Upstreams(spec.name, self.registry, self.shared)
-        return TenantRuntime(spec, self._router(spec.routes), upstreams)
+        return TenantRuntime(spec, self._router(spec.routes), upstreams, self.shared.admission)
 
     # -- reload -------------------------------------------------------------------------
     async def reload(self) -> tuple[bool, str]:
@@ -449,6 +458,7 @@ class Daemon:
         shared = self.shared
         shared.limits = new.limits
         shared.timeouts = new.timeouts
+        shared.admission.configure(new.limits, new.listener_count())
         if new.access_log != old_cfg.access_log:
             if shared.access_log is not None:
                 shared.access_log.close()

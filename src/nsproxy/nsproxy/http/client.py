@@ -56,6 +56,8 @@ HOLD_LIMIT = 64 * 1024
 #: Lingering close bounds (nginx's lingering_timeout default is 5 s).
 LINGER_SECONDS = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
+#: Bytes of chunk framing (size line, extensions, CRLFs) allowed per chunk without counting.
+CHUNK_LINE = 64
 
 
 class _TooManyPipelined(Exception):
@@ -87,12 +89,11 @@ class ClientConnection(Flow):
         "parser_done",
         "pending",
         "pending_head",
-        "progress",
         "queued",
         "scheme",
         "shared",
         "since",
-        "stalled",
+        "unaccounted",
         "state",
         "tenant",
         "up",
@@ -117,8 +118,7 @@ class ClientConnection(Flow):
         self.head_bytes = 0  # raw bytes of the head being parsed
         self.mid_head = False  # the parser holds part of a head
         self.in_body = False  # the parser is inside a request body
-        self.progress = 0  # parser events so far (a body that makes none is stalled)
-        self.stalled = 0  # body bytes read since the last parser event
+        self.unaccounted = 0  # body-state bytes not (yet) seen as data, trailers or chunk lines
         self.parser_done = False  # no further request will be read (close after answering)
         self.up = None  # UpstreamConnection serving the current request
         self.pending = None  # bytes for the upstream while it is being connected
@@ -134,21 +134,15 @@ class ClientConnection(Flow):
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport):
+        # Admitted (and counted against the tenant's share) by the acceptor already.
         self.transport = transport
         shared = self.shared
-        tenant = self.tenant
         self.since = self.last_io = shared.now
-        if tenant.active >= shared.limits["max_connections_per_tenant"] or tenant.closing:
-            transport.write(local_response(503, "too many connections for this tenant"))
-            transport.close()
-            self.state = CLOSED
-            log.warning(
-                "tenant %s: connection refused: max_connections_per_tenant reached", tenant.name
-            )
-            return
-        tenant.active += 1
-        self.counted = True
         shared.connections.add(self)
+        tenant = self.tenant
+        if tenant.connections is None:
+            tenant.connections = set()
+        tenant.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "-"
         transport.set_write_buffer_limits(high=HIGH_WATER)
@@ -159,10 +153,13 @@ class ClientConnection(Flow):
         # The parser holds bound methods of this object: without this, every closed
         # connection would wait in the collector's older generations (about 2 kB each).
         self.parser = None
+        tenant = self.tenant
+        self.shared.connections.discard(self)
+        if tenant.connections is not None:
+            tenant.connections.discard(self)
         if self.counted:
             self.counted = False
-            self.tenant.active -= 1
-            self.shared.connections.discard(self)
+            tenant.admission.leave(tenant)
         up = self.up
         if up is not None:
             self.up = None
@@ -190,11 +187,11 @@ class ClientConnection(Flow):
             return
         if state == CLOSED or self.parser_done:
             return  # nothing more is read from a connection that closes after its answer
-        held = self.held
-        if held is not None:
-            held += data
-            if len(held) > HOLD_LIMIT:
-                self.pause_reading_for(HELD)
+        if self.held is not None:
+            try:
+                self._held_data(data)
+            except Reject as exc:
+                self._reject(exc.status, exc.detail)
             return
         if state == IDLE:
             self.state = HEAD
@@ -254,7 +251,8 @@ class ClientConnection(Flow):
                     if self.head_bytes > limits["max_header_bytes"]:
                         self._reject(431, "request head larger than max_header_bytes")
                     return
-        progress = self.progress
+        if in_body:
+            self.unaccounted += len(data)
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -276,15 +274,13 @@ class ClientConnection(Flow):
         else:
             if self.mid_head and self.head_bytes > limits["max_header_bytes"]:
                 self._event(self._reject, 431, "request head larger than max_header_bytes")
-            elif in_body and self.in_body:
-                # Body bytes that gave the parser nothing to report: chunk-size lines and
-                # their extensions (llhttp skips those without a limit). Bound them.
-                if self.progress == progress:
-                    self.stalled += len(data)
-                    if self.stalled > limits["max_header_bytes"]:
-                        self._event(self._reject, 400, "chunk extensions too long")
-                else:
-                    self.stalled = 0
+            elif self.in_body:
+                # Body bytes the parser reported as nothing: chunk-size lines and their
+                # extensions beyond CHUNK_LINE each (llhttp skips those without a limit).
+                if self.unaccounted > limits["max_header_bytes"]:
+                    self._event(self._reject, 400, "chunk extensions too long")
+                elif self.unaccounted < 0:
+                    self.unaccounted = 0
 
     def _event(self, fn, *args) -> None:
         """Run a request step now, or after the requests before it when it was pipelined."""
@@ -296,7 +292,6 @@ class ClientConnection(Flow):
     # Parser callbacks: they only record where the parser is, then run (or queue) a step.
     def on_message_begin(self):
         self.mid_head = True
-        self.progress += 1
         backlog = self.backlog
         if backlog is None and self.cycle is not None:  # an earlier request is in progress
             backlog = self.backlog = []
@@ -317,7 +312,8 @@ class ClientConnection(Flow):
             self.cycle.url += url
 
     def on_header(self, name, value):
-        self.progress += 1
+        if self.in_body:  # a trailer field
+            self.unaccounted -= len(name) + len(value) + 4
         if self.backlog is not None:
             self.backlog.append((self._header, name, value))
         else:
@@ -327,7 +323,7 @@ class ClientConnection(Flow):
         self.mid_head = False
         self.in_body = True
         self.head_bytes = 0
-        self.stalled = 0
+        self.unaccounted = 0
         # The parser's getters describe the latest message parsed: read them now, not at replay.
         p = self.parser
         meta = (p.get_method(), p.get_http_version(), p.should_keep_alive(), p.should_upgrade())
@@ -337,15 +333,18 @@ class ClientConnection(Flow):
             self._headers_complete(meta)
 
     def on_body(self, body):
-        self.progress += 1
+        self.unaccounted -= len(body)
         if self.backlog is not None:
             self.backlog.append((self._body, body))
         else:
             self._body(body)
 
+    def on_chunk_header(self):
+        self.unaccounted -= CHUNK_LINE
+
     def on_message_complete(self):
         self.in_body = False
-        self.progress += 1
+        self.unaccounted = 0
         if not self.parser.should_keep_alive():
             self.parser_done = True  # the client said it sends no further request
         if self.backlog is not None:
@@ -378,6 +377,10 @@ class ClientConnection(Flow):
         shared = self.shared
         out = forwarded_fields(cycle, meta, shared.limits)
         cycle.headers = None  # fields after this are trailers
+        if meta[3]:  # llhttp reads no body after a request that asks to switch protocols
+            if cycle.chunked:
+                raise Reject(400, "a chunked body with a protocol switch request")
+            cycle.held_body = cycle.length or 0
         tenant = self.tenant
         router = tenant.router
         route = router.root
@@ -432,13 +435,31 @@ class ClientConnection(Flow):
 
     def _message_complete(self):
         cycle = self.cycle
+        if cycle.held_body:
+            return  # complete once its body has come (see _held_data)
         cycle.request_done = True
         if cycle.chunked:
             self._to_upstream(b"0\r\n\r\n")
 
     def _hold(self, tail):
-        self.held = bytearray(tail)
-        if len(tail) > HOLD_LIMIT:
+        self.held = bytearray()
+        self._held_data(tail)
+
+    def _held_data(self, data) -> None:
+        """Bytes after a protocol-switch request: first the rest of its body, if it has one,
+        then held until the upstream answers."""
+        cycle = self.cycle
+        need = cycle.held_body if cycle is not None else 0
+        if need:
+            body = data[:need]
+            data = data[need:]
+            cycle.held_body -= len(body)
+            self._body(body)
+            if not cycle.held_body:
+                cycle.request_done = True
+        held = self.held
+        held += data
+        if len(held) > HOLD_LIMIT:
             self.pause_reading_for(HELD)
 
     def _to_upstream(self, data):
@@ -737,6 +758,11 @@ class ClientConnection(Flow):
                 self.abort()
         elif state == LINGER and now > self.linger_until:
             self.abort()
+
+    def evictable(self) -> bool:
+        """Whether closing this connection loses no request: it is waiting for its first
+        request head, or idle between requests (admission.Admission evicts such ones)."""
+        return self.state == IDLE or (self.state == HEAD and self.cycle is None)
 
     def drain(self) -> None:
         """Stop keep-alive: close now if idle, else after the current response."""

@@ -19,6 +19,7 @@ class RequestCycle:
         "expect",
         "head_only",
         "headers",
+        "held_body",
         "host",
         "idempotent",
         "interim",
@@ -55,6 +56,9 @@ class RequestCycle:
         self.idempotent = False
         self.head_only = False  # HEAD: the response has no body whatever it says
         self.request_done = False  # the whole request (head and body) was read
+        # Body bytes of a protocol-switch request still to come: llhttp stops at the head of
+        # such a request, so its Content-Length body is taken from the held bytes.
+        self.held_body = 0
         self.response_started = False  # the response head was sent to the client
         self.retry = None  # (upstream, head) while the request may be sent once more
         self.interim = 0  # 1xx responses seen

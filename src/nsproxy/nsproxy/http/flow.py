@@ -18,7 +18,7 @@ CONNECTING = 4  # the upstream connection is being made
 HELD = 8  # bytes after a protocol-switch request are held until the upstream answers
 
 #: Bytes a transport may buffer for writing before the protocol feeding it pauses.
-HIGH_WATER = 256 * 1024
+HIGH_WATER = 64 * 1024
 
 
 class Flow(asyncio.Protocol):

@@ -27,6 +27,8 @@ log = logging.getLogger("nsproxy.http")
 
 #: Interim (1xx) responses accepted before the final one, per request.
 MAX_INTERIM = 16
+#: Bytes of chunk framing (size line, extensions, CRLFs) allowed per chunk without counting.
+CHUNK_LINE = 64
 
 # Response header names that need a case-insensitive look: those as long as a hop-by-hop one
 # or as Content-Length (most names are skipped by their length alone).
@@ -63,17 +65,16 @@ class UpstreamConnection(Flow):
         "parser",
         "pending_head",
         "pooled_at",
-        "progress",
         "reason",
         "received",
         "reused",
         "server",
         "server_label",
         "sock",
-        "stalled",
         "status",
         "switching",
         "trailer_bytes",
+        "unaccounted",
         "tunnel",
         "until_close",
         "upstream",
@@ -110,8 +111,7 @@ class UpstreamConnection(Flow):
         self.until_close = False
         self.status = 0
         self.trailer_bytes = 0
-        self.progress = 0  # parser events so far (a body that makes none is stalled)
-        self.stalled = 0  # body bytes read since the last parser event
+        self.unaccounted = 0  # body bytes not (yet) seen as data, trailers or chunk lines
         self._new_head()
 
     def _new_head(self) -> None:
@@ -175,7 +175,8 @@ class UpstreamConnection(Flow):
                     if self.head_bytes > limits["max_response_header_bytes"]:
                         self._fault(ResponseFault("response head larger than the limit"))
                     return
-        progress = self.progress
+        if not in_head:
+            self.unaccounted += len(data)
         client.wbuf = []
         fault = None
         try:
@@ -210,14 +211,13 @@ class UpstreamConnection(Flow):
         elif self.in_head:
             if self.head_bytes > limits["max_response_header_bytes"]:
                 self._fault(ResponseFault("response head larger than max_response_header_bytes"))
-        elif not in_head and self.progress == progress:
-            # Body bytes that gave the parser nothing to report: chunk-size lines and their
-            # extensions (llhttp skips those without a limit). Bound them.
-            self.stalled += len(data)
-            if self.stalled > limits["max_response_header_bytes"]:
+        elif not in_head:
+            # Body bytes the parser reported as nothing: chunk-size lines and their extensions
+            # beyond CHUNK_LINE each (llhttp skips those without a limit). Bound them.
+            if self.unaccounted > limits["max_response_header_bytes"]:
                 self._fault(ResponseFault("chunk extensions too long"))
-        else:
-            self.stalled = 0
+            elif self.unaccounted < 0:
+                self.unaccounted = 0
 
     def _feed_heads_of_head_response(self, data) -> None:
         """A response to HEAD ends with its head, whatever its Content-Length says, which
@@ -268,9 +268,10 @@ class UpstreamConnection(Flow):
         self.reason += reason
 
     def on_header(self, name, value):
-        self.progress += 1
         if not self.in_head:  # a trailer field: not forwarded, but bounded
-            self.trailer_bytes += len(name) + len(value) + 4
+            size = len(name) + len(value) + 4
+            self.unaccounted -= size
+            self.trailer_bytes += size
             limits = self.client.shared.limits if self.client is not None else None
             if limits is not None and (
                 self.trailer_bytes > limits["max_response_header_bytes"]
@@ -341,12 +342,15 @@ class UpstreamConnection(Flow):
         return lines
 
     def on_body(self, body):
-        self.progress += 1
+        self.unaccounted -= len(body)
         if self.client is not None:
             self.client.response_body(body)
 
+    def on_chunk_header(self):
+        self.unaccounted -= CHUNK_LINE
+
     def on_message_complete(self):
-        self.progress += 1
+        self.unaccounted = 0
         if self.in_head:  # an interim (1xx) response: the final one follows
             self._new_head()
             return
