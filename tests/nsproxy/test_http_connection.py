@@ -143,3 +143,12 @@ def test_round_robin_spreads_requests_evenly_over_the_servers(proxy, n_servers):
     servers = [r["server"] for r in proxy.upstream_saw()]
     counts = {f"up@{a.split(':')[1]}": servers.count(f"up@{a.split(':')[1]}") for a in addresses}
     assert set(counts.values()) == {24 // n_servers}, counts
+
+
+def test_the_proxys_own_answer_to_a_head_request_has_no_body(limited):
+    answer = limited.exchange(
+        "t1", b"HEAD /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "--head", "0"
+    )
+    (response,) = answer["responses"]
+    assert response["status"] == 400 and response["body"] == "", answer
+    assert answer["raw"].endswith("\r\n\r\n"), answer  # nothing after the head

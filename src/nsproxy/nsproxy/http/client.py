@@ -702,7 +702,7 @@ class ClientConnection(Flow):
         cycle.local = True
         request_done = cycle.request_done
         if not cycle.response_started:
-            body = local_response(status, detail)
+            body = local_response(status, detail, head=cycle.method == b"HEAD")
             cycle.bytes_out += len(body)
             cycle.status = status
             self.transport.write(body)

@@ -71,9 +71,10 @@ def is_identity_header(folded: bytes) -> bool:
     )
 
 
-def local_response(status: int, detail: str, close: bool = True) -> bytes:
+def local_response(status: int, detail: str, close: bool = True, head: bool = False) -> bytes:
     """A complete response the proxy answers itself: ``status``, a one-line plain text body
-    naming ``detail``, and ``Connection: close`` when ``close``."""
+    naming ``detail`` (only its length for a HEAD request, ``head``, RFC 9110 9.3.2), and
+    ``Connection: close`` when ``close``."""
     reason = REASONS.get(status, b"Error")
     body = f"{status} {reason.decode()}: {detail}\n".encode()
     return b"".join(
@@ -81,7 +82,7 @@ def local_response(status: int, detail: str, close: bool = True) -> bytes:
             b"HTTP/1.1 %d %b\r\n" % (status, reason),
             b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
             b"Connection: close\r\n\r\n" if close else b"\r\n",
-            body,
+            b"" if head else body,
         )
     )
 
