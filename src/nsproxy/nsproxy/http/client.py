@@ -25,7 +25,10 @@ per request.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import struct
+import termios
 
 import httptools
 
@@ -58,6 +61,17 @@ LINGER_SECONDS = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
 #: Bytes of chunk framing (size line, extensions, CRLFs) allowed per chunk without counting.
 CHUNK_LINE = 64
+
+
+def _unread(transport) -> bool:
+    """Whether the kernel holds bytes of the client that were not read yet (FIONREAD)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+    except (OSError, ValueError):
+        return False
 
 
 class _TooManyPipelined(Exception):
@@ -714,16 +728,30 @@ class ClientConnection(Flow):
             up.close()
         self._finish_cycle()
         self.pending = None
+        lingering = (
+            not request_done
+            or self.held is not None
+            or self.partial is not None
+            or self.backlog is not None
+        )
         self.backlog = None
-        lingering = not request_done or self.held is not None or self.partial is not None
         self.held = None
         self._close(lingering=lingering and not self.eof)
 
     def _close(self, lingering: bool) -> None:
-        """Close after the last answer. ``lingering``: request bytes may still be coming, so
-        shut the write side, and read and drop the input for a while before closing (RFC 9112
-        9.6), or the kernel would answer them with a reset that destroys the answer."""
+        """Close after the last answer. When client bytes may still come or wait unread
+        (``lingering``: the request is not complete; or pipelined bytes, or bytes in the
+        kernel), shut the write side, and read and drop the input for a while before closing
+        (RFC 9112 9.6): closing with unread input makes the kernel send a reset, which destroys
+        the answer before the client reads it."""
         transport = self.transport
+        if not lingering and not self.eof:
+            lingering = (
+                self.backlog is not None
+                or self.held is not None
+                or self.partial is not None
+                or _unread(transport)
+            )
         if not lingering:
             self.state = CLOSED
             transport.close()
