@@ -25,10 +25,7 @@ per request.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import struct
-import termios
 
 import httptools
 
@@ -61,17 +58,6 @@ LINGER_SECONDS = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
 #: Bytes of chunk framing (size line, extensions, CRLFs) allowed per chunk without counting.
 CHUNK_LINE = 64
-
-
-def _unread(transport) -> bool:
-    """Whether the kernel holds bytes of the client that were not read yet (FIONREAD)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return False
-    try:
-        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0] > 0
-    except (OSError, ValueError):
-        return False
 
 
 class _TooManyPipelined(Exception):
@@ -615,10 +601,10 @@ class ClientConnection(Flow):
         request_done = cycle.request_done
         self._finish_cycle()
         if self.close_after or not request_done:
-            self._close(lingering=not request_done)
+            self._close()
             return
         if self.parser_done and self.backlog is None and self.held is None:
-            self._close(lingering=False)
+            self._close()
             return
         self.state = IDLE
         self.since = self.shared.now
@@ -714,7 +700,6 @@ class ClientConnection(Flow):
         if cycle is None:
             cycle = self.cycle = RequestCycle(self.shared.loop_time())
         cycle.local = True
-        request_done = cycle.request_done
         if not cycle.response_started:
             body = local_response(status, detail, head=cycle.method == b"HEAD")
             cycle.bytes_out += len(body)
@@ -728,31 +713,18 @@ class ClientConnection(Flow):
             up.close()
         self._finish_cycle()
         self.pending = None
-        lingering = (
-            not request_done
-            or self.held is not None
-            or self.partial is not None
-            or self.backlog is not None
-        )
         self.backlog = None
         self.held = None
-        self._close(lingering=lingering and not self.eof)
+        self._close()
 
-    def _close(self, lingering: bool) -> None:
-        """Close after the last answer. When client bytes may still come or wait unread
-        (``lingering``: the request is not complete; or pipelined bytes, or bytes in the
-        kernel), shut the write side, and read and drop the input for a while before closing
-        (RFC 9112 9.6): closing with unread input makes the kernel send a reset, which destroys
-        the answer before the client reads it."""
+    def _close(self) -> None:
+        """Close after the last answer (RFC 9112 9.6): shut the write side, then read and drop
+        what the client still sends until it closes, for up to LINGER_SECONDS and
+        LINGER_BYTES. Closing with unread client bytes (a body still coming, pipelined
+        requests, bytes in flight) makes the kernel send a reset, which destroys the answer
+        before the client reads it. A client that half-closed already is closed at once."""
         transport = self.transport
-        if not lingering and not self.eof:
-            lingering = (
-                self.backlog is not None
-                or self.held is not None
-                or self.partial is not None
-                or _unread(transport)
-            )
-        if not lingering:
+        if self.eof:
             self.state = CLOSED
             transport.close()
             return
@@ -844,7 +816,7 @@ class ClientConnection(Flow):
                 return
         self.resume_reading_for(PIPELINE)
         if self.parser_done and self.cycle is None:
-            self._close(lingering=False)
+            self._close()
 
     def _reparse_held(self) -> None:
         """The upstream did not switch protocols: what the client sent after its request is
@@ -858,7 +830,7 @@ class ClientConnection(Flow):
             self.state = HEAD
             self.data_received(bytes(held))
         elif self.parser_done:
-            self._close(lingering=False)
+            self._close()
 
     def _finish_cycle(self) -> None:
         """Count and log the current request once; the connection is then between requests."""
