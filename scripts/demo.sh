@@ -94,9 +94,7 @@ fi
 for t in "${TENANTS[@]}"; do
   ip netns exec "$t" python3 -c "$UPSTREAM_PY" "$t's own upstream (inside netns $t)" 8081 &
 done
-for port in 8080; do
-  for _ in $(seq 50); do curl -s "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
-done
+for _ in $(seq 50); do curl -s http://127.0.0.1:8080/ >/dev/null && break; sleep 0.1; done
 for t in "${TENANTS[@]}"; do
   for _ in $(seq 50); do ip netns exec "$t" curl -s http://127.0.0.1:8081/ >/dev/null && break; sleep 0.1; done
 done
