@@ -14,15 +14,18 @@ import pytest
 
 from tests.conftest import REPO
 
-# Where the demo (or a leaking sandbox) would leave files, and how deep to look. /tmp is shared
-# with everything else on the machine: only names a sandbox or the demo would use count there.
-WATCHED = {"/etc": 3, "/opt": 2, "/var/log": 2, "/var/tmp": 2, "/var/lib/docker": 1, "/run": 2,
-           "/root/.ansible": 2}  # fmt: skip
-TMP_NAMES = ("sandbox", "tenantnet", "demo")
+# Where the demo (or a leaking sandbox) would leave files, and how deep to look. /run and /tmp
+# are shared with everything else running on the machine (other tests, other sandboxes): only
+# names of the demo count there. ~/.ansible is not looked at: any ansible run on the machine
+# writes there, and the demo points ANSIBLE_HOME into its sandbox.
+WATCHED = {"/etc": 3, "/opt": 2, "/var/log": 2, "/var/tmp": 2, "/var/lib/docker": 1,
+           "/run": 2, "/tmp": 1}  # fmt: skip
+SHARED = {"/run": ("acme", "globex", "initech", "nsproxy", "tenantnet"),
+          "/tmp": ("tenantnet", "nsproxy-demo", "demo")}  # fmt: skip
 
 
 def snapshot() -> set[str]:
-    """Paths under WATCHED (to their depth) and the /tmp entries named like TMP_NAMES."""
+    """Paths under WATCHED (to their depth); under SHARED only those with a demo's name."""
     found = set()
     for top, depth in WATCHED.items():
         if not os.path.isdir(top):
@@ -30,10 +33,12 @@ def snapshot() -> set[str]:
         base = top.rstrip("/").count("/")
         for root, dirs, files in os.walk(top):
             level = root.count("/") - base
-            found.update(os.path.join(root, name) for name in dirs + files)
+            paths = [os.path.join(root, name) for name in dirs + files]
+            if top in SHARED:
+                paths = [p for p in paths if any(w in p[len(top) :] for w in SHARED[top])]
+            found.update(paths)
             if level + 1 >= depth:
                 dirs[:] = []
-    found.update(f"/tmp/{name}" for name in os.listdir("/tmp") if any(w in name for w in TMP_NAMES))
     return found
 
 
