@@ -1,4 +1,4 @@
-"""The ``nsproxy`` command: check, run, status, reload."""
+"""The ``nsproxy`` command: check, run, status, reload, upgrade."""
 
 from __future__ import annotations
 
@@ -24,8 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     for name, text in (
-        ("status", "show tenants, listeners and upstream health"),
+        ("status", "show tenants, listeners, upstream health and workers"),
         ("reload", "make the running daemon re-read its configuration"),
+        (
+            "upgrade",
+            "make the running daemon re-execute the installed nsproxy (same PID, no "
+            "listener closed)",
+        ),
     ):
         p = sub.add_parser(name, help=text)
         where = p.add_mutually_exclusive_group(required=True)
@@ -34,9 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         if name == "status":
             p.add_argument("--json", action="store_true", help="print the status document")
     args = parser.parse_args(argv)
-    return {"check": cmd_check, "run": cmd_run, "status": cmd_status, "reload": cmd_reload}[
-        args.command
-    ](args)
+    commands = {
+        "check": cmd_check,
+        "run": cmd_run,
+        "status": cmd_status,
+        "reload": cmd_reload,
+        "upgrade": cmd_upgrade,
+    }
+    return commands[args.command](args)
 
 
 def cmd_check(args) -> int:
@@ -56,22 +66,31 @@ def cmd_run(args) -> int:
         format="%(asctime)s nsproxy %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    from nsproxy.binder import main as binder
+    from nsproxy.binder import upgrade
+
     try:
-        cfg = config.load(args.config)
+        handoff = upgrade.take_handoff()
+    except (OSError, ValueError) as exc:
+        print(f"nsproxy: the state handed over by the previous binder is unreadable: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        if handoff is None:
+            cfg, data = binder.load_config(args.config)
+        else:
+            cfg, data, warning = upgrade.load_config(args.config, handoff)
+            if warning:
+                logging.getLogger("nsproxy").error("upgrade: %s", warning)
     except config.ConfigError as exc:
         for problem in exc.problems:
             print(f"nsproxy: {args.config}: {problem}", file=sys.stderr)
         return 1
-    from nsproxy import server
-
     try:
-        import uvloop
+        import uvloop  # noqa: F401 (imported before the workers fork: shared, not per worker)
     except ImportError:
-        uvloop = None
-        logging.getLogger("nsproxy").info("uvloop not installed: using the asyncio event loop")
-    if uvloop is not None:
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return asyncio.run(server.serve(args.config, cfg))
+        logging.getLogger("nsproxy").info("uvloop not installed: workers use the asyncio loop")
+    return asyncio.run(binder.serve(args.config, cfg, data, handoff))
 
 
 def _socket_path(args) -> str:
@@ -143,6 +162,21 @@ def cmd_status(args) -> int:
     widths = [max(len(str(r[c])) for r in rows) for c in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)) + "  " + str(r[-1]))
+    return 0
+
+
+def cmd_upgrade(args) -> int:
+    from nsproxy import admin
+
+    try:
+        answer = admin.request(_socket_path(args), "upgrade", timeout=300)
+    except admin.AdminError as exc:
+        print(f"nsproxy: {exc}", file=sys.stderr)
+        return 1
+    if not answer.get("ok"):
+        print(f"nsproxy: {answer.get('error')}", file=sys.stderr)
+        return 1
+    print(answer.get("message"))
     return 0
 
 

@@ -21,7 +21,17 @@ DEFAULT_LIMITS = {
     "max_body_bytes": None,
 }
 DEFAULT_TIMEOUTS = {"connect": 5, "idle": 60, "header_read": 10, "read": 60, "drain": 30}
-TOP_KEYS = {"instance", "admin_socket", "metrics", "access_log", "limits", "timeouts", "tenants"}
+TOP_KEYS = {
+    "instance",
+    "admin_socket",
+    "metrics",
+    "access_log",
+    "limits",
+    "timeouts",
+    "tenants",
+    "workers",
+    "user",
+}
 TENANT_KEYS = {"name", "netns", "listeners", "routes", "upstreams"}
 LISTENER_KEYS = {
     "http": {"listen", "protocol"},
@@ -115,6 +125,8 @@ class Config:
         "metrics_listen",
         "tenants",
         "timeouts",
+        "user",
+        "workers",
     )
 
     def __init__(self):
@@ -126,6 +138,8 @@ class Config:
         self.timeouts = dict(DEFAULT_TIMEOUTS)
         self.tenants: list[Tenant] = []
         self.digest = ""
+        self.workers: int | str = "auto"  # worker processes, or one per CPU this may run on
+        self.user: str | None = None  # workers' user (None: nobody when started as root)
 
     def listener_count(self) -> int:
         return sum(len(t.listeners) for t in self.tenants)
@@ -225,6 +239,18 @@ def validate(raw, previous: dict | None = None) -> tuple[Config, list[str]]:
         problems.append("access_log: must be '-' (stdout), an absolute path, or null")
     else:
         config.access_log = access_log
+    workers = raw.get("workers", "auto")
+    if workers != "auto" and (
+        isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256
+    ):
+        problems.append(f"workers: must be 'auto' or a number from 1 to 256 (got {workers!r})")
+    else:
+        config.workers = workers
+    user = raw.get("user")
+    if user is not None and (not isinstance(user, str) or not NAME_RE.match(user)):
+        problems.append(f"user: must be a user name or a numeric uid (got {user!r})")
+    else:
+        config.user = user
     _numbers(raw, "limits", DEFAULT_LIMITS, config.limits, problems, integer=True)
     _numbers(raw, "timeouts", DEFAULT_TIMEOUTS, config.timeouts, problems, integer=False)
 
