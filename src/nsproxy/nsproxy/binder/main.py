@@ -263,6 +263,7 @@ class Binder:
     def counters(self) -> dict:
         return {
             "pid": os.getpid(),
+            "version": __version__,
             "workers_started": self.pool.started,
             "worker_deaths": self.pool.deaths,
             "upgrades": self.upgrades,

@@ -218,6 +218,7 @@ class WorkerPool:
             handle.generation = max(handle.generation, generation)
             if handle.state == "starting":
                 handle.state = "serving"
+                log.info("worker %d (pid %d) serving", handle.index, handle.pid)
             for entry in list(handle.waiters):
                 if entry[0] <= handle.generation and not entry[1].done():
                     entry[1].set_result(True)
