@@ -3,7 +3,8 @@
 - The collector: a config holds tens of thousands of long-lived objects. After a start or a
   reload they are moved out of the collector's sight (``gc.freeze``), so that no collection in
   the request path walks them, and so that forked workers share their pages with the binder
-  (a collection would write to every object's header and copy the page).
+  (a collection would write to every object's header and copy the page); they are never
+  moved back (see :func:`settle`).
 - The C heap: glibc keeps freed memory inside the process. After a config load, and after a
   burst of connections, ``malloc_trim`` gives the free pages back; ``mallinfo2`` tells how much
   is free. Both are glibc only (no-ops elsewhere).
@@ -32,13 +33,18 @@ def collector_paused():
 
 
 def settle() -> None:
-    """After a start or a reload: collect what the config left behind, then move every
-    surviving object out of the collector's sight (``gc.freeze``). The tenants' objects live
-    until the next reload, and a collection in the request path would otherwise walk all of
-    them, a cost that grows with the number of tenants. Also called right before a fork: the
-    child then starts with no garbage of the parent that a collection could free (and whose
-    file descriptors it would close)."""
-    gc.unfreeze()
+    """After a start or a reload, and right before a fork: collect what is not frozen yet (what
+    the config left behind), then move every surviving object out of the collector's sight
+    (``gc.freeze``). The tenants' objects live until the next reload, and a collection in the
+    request path would otherwise walk all of them, a cost that grows with the number of
+    tenants.
+
+    Frozen objects are never unfrozen: a collection that walked them would write to every
+    object's header, and so copy every page a worker shares with the binder and the other
+    workers (copy-on-write). An object that becomes garbage while frozen is freed by its
+    reference count; so the long-lived objects form no reference cycles, or break them when
+    they are discarded (worker/runtime.py). The child of a fork starts with no garbage of the
+    parent that a collection could free (and whose file descriptors it would close)."""
     gc.collect()
     gc.freeze()
     release_free_memory()

@@ -31,7 +31,7 @@ from nsproxy.worker import main as worker_main
 
 log = logging.getLogger("nsproxy")
 
-HUNG_AFTER = 10.0  # seconds without a message from a serving worker before it is killed
+HUNG_AFTER = 20.0  # seconds without a message from a serving worker before it is killed
 START_WITHIN = 60.0  # seconds a starting worker has to report ready
 CRASH_WINDOW = 10.0  # deaths within this many seconds count as a crash loop
 CRASH_LIMIT = 5  # deaths within CRASH_WINDOW before replacements are delayed
@@ -256,8 +256,11 @@ class WorkerPool:
         self.workers.pop(handle.pid, None)
         self.binder.slots.free_row(handle.row)
         if handle.channel is not None:
-            handle.channel.on_closed = lambda reason: None
+            # The channel's callbacks refer to the handle: break that cycle (frozen objects
+            # are freed by their reference count only, see heap.settle).
+            handle.channel.on_closed = handle.channel.on_message = _ignore
             handle.channel.close("exited")
+            handle.channel = None
         for _, future in handle.waiters:
             if not future.done():
                 future.set_result(False)
@@ -335,6 +338,10 @@ class WorkerPool:
             self.kill(handle, "still running after the drain time")
         while self.workers and time.monotonic() < deadline + 5:
             await asyncio.sleep(0.05)
+
+
+def _ignore(*_args) -> None:
+    return None
 
 
 def _describe_exit(status: int) -> str:

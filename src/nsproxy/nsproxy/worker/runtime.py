@@ -136,6 +136,16 @@ class TenantRuntime:
             counters = self.counters = metrics.TenantMetrics()
         return counters
 
+    def discard(self) -> None:
+        """The tenant is gone for good: drop the references between its objects (the tenant
+        and its listeners point at each other), so that reference counting frees them; the
+        collector never looks at frozen objects (heap.settle)."""
+        for li in self.listeners:
+            li.tenant = None
+            li.factory = None
+        self.listeners = ()
+        self.upstreams.clear()
+
     def listener(self, digest: bytes) -> ListenerRuntime | None:
         for li in self.listeners:
             if li.spec.digest == digest:

@@ -64,6 +64,7 @@ def finish_removed_tenants(served: Served, now: float, timeouts) -> None:
                 li.factory.abort_all()
         for up in tenant.upstreams.values():
             up.close()
+        tenant.discard()
     served.draining_tenants = still
 
 
