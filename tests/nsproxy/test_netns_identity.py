@@ -223,7 +223,7 @@ def test_late_addresses_of_many_tenants_are_noticed_when_they_appear(proxy):
     )
     time.sleep(12)  # a retry backoff would now be at 8 s or more
     added = time.monotonic()
-    proxy.sb.sh("; ".join(f"ip -n {n} addr add {ADDR}/32 dev lo &" for n in names) + "; wait")
+    proxy.sb.sh(" & ".join(f"ip -n {n} addr add {ADDR}/32 dev lo" for n in names) + " & wait")
     proxy.wait_for(proxy.all_bound, "every tenant bound again", timeout=30)
     took = time.monotonic() - added
     for name in names[:5] + names[-5:]:

@@ -4,6 +4,7 @@ looping clients that count every failed request."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import shutil
@@ -169,3 +170,20 @@ def test_an_upgrade_the_installed_build_refuses_changes_nothing(proxy, tmp_path)
     assert worker_pids(after) == worker_pids(before)
     for name, result in results.items():
         assert result["fail"] == 0, (name, result)
+
+
+def test_the_daemon_log_as_json_lines_in_its_file_from_the_binder_and_every_worker(proxy, tmp_path):
+    log_file = tmp_path / "daemon.jsonl"
+    proxy.write_config(_tenants(proxy), workers=2, log={"format": "json", "path": str(log_file)})
+    proxy.start()
+    pids = worker_pids(proxy.status_json())
+    proxy.proc.terminate()
+    assert proxy.proc.wait(timeout=40) == 0
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert all(set(line) >= {"time", "level", "process", "pid", "message"} for line in lines)
+    binder = [line for line in lines if line["process"] == "nsproxy"]
+    assert any(line["message"].startswith("serving 3 tenants") for line in binder)
+    for pid in pids:
+        mine = [line for line in lines if line["pid"] == pid]
+        assert mine and all(line["process"].startswith("nsproxy[worker ") for line in mine)
+        assert any("stopping: draining" in line["message"] for line in mine)

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from nsproxy import __version__, config
+from nsproxy import __version__, config, daemonlog
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="validate a configuration file")
     p.add_argument("file")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p = sub.add_parser("run", help="serve a configuration file")
     p.add_argument("--config", required=True)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -50,6 +51,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_check(args) -> int:
+    """Exit 0 with a count, or 1 with one line per problem on stdout (config.load raises
+    nothing but ConfigError; its traceback, if any, goes to stderr at --log-level debug)."""
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="nsproxy check %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     try:
         cfg = config.load(args.file)
     except config.ConfigError as exc:
@@ -85,6 +93,13 @@ def cmd_run(args) -> int:
     except config.ConfigError as exc:
         for problem in exc.problems:
             print(f"nsproxy: {args.config}: {problem}", file=sys.stderr)
+        return 1
+    try:
+        daemonlog.configure(
+            args.log_level, getattr(cfg, "log_format", "text"), getattr(cfg, "log_path", None)
+        )
+    except OSError as exc:
+        print(f"nsproxy: log.path {cfg.log_path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     try:
         import uvloop  # noqa: F401 (imported before the workers fork: shared, not per worker)

@@ -183,7 +183,6 @@ class Binder:
             access_log_target=self.config.access_log,
             metrics_sock=self.metrics_sock if index == 0 else None,
             credentials=self.credentials,
-            log_fds=(),
             binder=self,
         )
 

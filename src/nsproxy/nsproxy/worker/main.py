@@ -31,7 +31,7 @@ import signal
 import socket
 import sys
 
-from nsproxy import channel, heap, privileges
+from nsproxy import channel, daemonlog, heap, privileges
 from nsproxy.worker import status, sweep
 from nsproxy.worker.apply import Served
 from nsproxy.worker.stock import SocketStock
@@ -63,7 +63,6 @@ class Seed:
         "files",
         "generation",
         "index",
-        "log_fds",
         "metrics_sock",
         "served",
         "slots",
@@ -105,7 +104,7 @@ def _forget_binder(seed: Seed) -> None:
     for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
     asyncio.events._set_running_loop(None)
-    keep = {0, 1, 2, seed.channel.fileno(), *seed.log_fds}
+    keep = {0, 1, 2, seed.channel.fileno(), *daemonlog.fds()}
     keep.update(sock.fileno() for _, _, sock in seed.served.values())
     if seed.access_log_fd is not None:
         keep.add(seed.access_log_fd)
@@ -122,12 +121,7 @@ def _forget_binder(seed: Seed) -> None:
             continue  # the listing's own directory fd, closed by now
         os.dup2(devnull, fd, inheritable=False)
     os.close(devnull)
-    pid = os.getpid()
-    for handler in logging.getLogger().handlers:
-        fmt = handler.formatter._fmt if handler.formatter else "%(message)s"
-        handler.setFormatter(
-            logging.Formatter(fmt.replace("nsproxy ", f"nsproxy[worker {seed.index} {pid}] ", 1))
-        )
+    daemonlog.relabel(f"nsproxy[worker {seed.index} {os.getpid()}]")
 
 
 def _new_loop():

@@ -8,12 +8,15 @@ draining``; upstreams read ``shared.sockets`` (the socket stock).
 
 from __future__ import annotations
 
+import re
 import time
 
 from nsproxy import accesslog, config, metrics
 from nsproxy.accept import Acceptor
 from nsproxy.http import ClientConnection, Router
 from nsproxy.upstream import Upstreams
+
+_HEADER_SAFE = re.compile(rb"[A-Za-z0-9._-]{1,63}")
 
 
 class Shared:
@@ -111,6 +114,15 @@ class TenantRuntime:
         self.counts = counts if counts is not None and slot >= 0 and counts.row >= 0 else None
         self.slot = slot
         self.closing = False
+
+    @property
+    def header_value(self) -> bytes:
+        """The tenant name as sent in ``X-Nsproxy-Tenant`` (checked once more here: a name
+        that could end the field or the head must never reach a request)."""
+        value = self.name.encode("ascii")
+        if not _HEADER_SAFE.fullmatch(value):
+            raise ValueError(f"tenant name {self.name!r} cannot be sent in a header")
+        return value
 
     @property
     def active(self) -> int:
