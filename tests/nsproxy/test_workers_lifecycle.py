@@ -43,6 +43,10 @@ def test_both_workers_serve_and_every_tenant_keeps_its_identity(proxy, tmp_path)
     assert len(workers) == 2
     accepted = [w["accepted"] for w in workers]
     assert all(n > 0 for n in accepted), f"connections accepted per worker: {accepted}"
+    # Each worker has its own socket of every listener (an SO_REUSEPORT group): a worker is
+    # woken for its own connections only, never for one another worker takes.
+    wakeups = [(w["accept_wakeups"], w["accept_wakeups_empty"]) for w in workers]
+    assert all(empty <= woken // 100 for woken, empty in wakeups), wakeups
     text = proxy.sb.run(["curl", "-sS", f"http://{ADDR}/"], check=False)  # host ns: no listener
     assert text.returncode != 0
 
@@ -83,6 +87,25 @@ def test_a_killed_worker_is_replaced_while_the_others_keep_serving(proxy, tmp_pa
     assert f'nsproxy_worker_accepted_total{{worker="{index}",pid="{new["pid"]}"}}' in metrics
     failed = sum(r["fail"] for r in results.values())
     print(f"replacement served {took:.3f} s after kill -9; failed requests: {failed}")
+
+
+def test_a_reload_that_changes_the_number_of_workers_fails_no_request(proxy, tmp_path):
+    tenants = _tenants(proxy)
+    proxy.write_config(tenants, workers=1)
+    proxy.start()
+    loops = Loops(proxy, tmp_path, TENANTS, ADDR)
+    time.sleep(0.5)
+    for count in (3, 2):
+        proxy.write_config(tenants, workers=count)
+        assert proxy.reload().returncode == 0, proxy.log()
+        proxy.wait_for(lambda s, n=count: len(worker_pids(s)) == n, f"{count} workers serving")
+        time.sleep(1)
+    results = loops.stop()
+    for name, result in results.items():
+        assert result["fail"] == 0 and result["ok"] > 20, (name, result)
+    status = proxy.status_json()
+    assert sorted(w["index"] for w in status["workers"] if w["state"] == "serving") == [0, 1]
+    assert all(w["accepted"] > 0 for w in status["workers"] if w["state"] == "serving")
 
 
 def _builds(tmp_path: Path, version: str, breaks_check: bool = False) -> tuple[Path, Path]:

@@ -6,19 +6,15 @@ a listener costs its kernel socket and one dict entry. Accepted sockets are hand
 with ``connect_accepted_socket``, so connections behave as with ``create_server`` (same
 transports, TLS handled by the loop, TCP_NODELAY set by uvloop).
 
-Spreading accepts over workers without a thundering herd. Every worker holds the same listening
-sockets (the binder made one per listener) and registers them with EPOLLEXCLUSIVE (epoll_ctl(2),
-Linux 4.5): a new connection wakes one waiting worker, not all. The kernel honours that only for
-a task blocked in epoll_wait on this very epoll set (an event loop that merely watches the set's
-fd is woken for every connection, as if the flag were not there), so each worker has one small
-thread that waits on the set and hands the wake-up to the event loop, which accepts; the thread
-waits again only once the loop has accepted. A busy worker is therefore not waiting and the next
-connection wakes another one. Measured on 2 cores with 4 workers and 2000 sequential
-connections: 1203 wake-ups that found nothing to accept with the plain set, 49 with this.
-SO_REUSEPORT groups (a socket per listener per worker) avoid the herd too, but cost N sockets
-per listener (64 000 at 1000 tenants on 64 cores), leave a dead worker's share of new
-connections waiting until its replacement runs, and let any process of the same user in the
-tenant's namespace join the group; see src/nsproxy/README.md for the figures.
+Spreading accepts over workers without a thundering herd: each worker accepts on its own
+socket of each listener, all of them one SO_REUSEPORT group made by the binder
+(binder/listeners.py); the kernel gives each new connection to one socket of the group, so only
+that worker is woken. Measured against one shared socket per listener (2000 sequential
+connections, 2 to 8 workers, context switches of all workers per connection): shared socket,
+every worker's loop watching it: 2.8 (2 workers), 4.8 (4), 10.0 (8); shared socket with
+EPOLLEXCLUSIVE, which the kernel honours only for a task blocked in epoll_wait on that set
+(so a waiter thread per worker, handing over to the loop): 5.6, 6.3, 7.9; SO_REUSEPORT: 2.8,
+2.9, 3.0, with the connections spread evenly. See src/nsproxy/README.md, "Accepting".
 """
 
 from __future__ import annotations
@@ -28,17 +24,14 @@ import contextlib
 import errno
 import logging
 import math
-import os
 import select
 import socket
-import threading
 
 log = logging.getLogger("nsproxy")
 
 ACCEPT_BATCH = 64  # connections accepted per listener per wake-up (the rest on the next one)
 PAUSE_WHEN_OUT_OF_FILES = 0.5  # seconds a listener stops accepting after EMFILE/ENFILE
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 1 << 28)
 
 
 class Acceptor:
@@ -57,39 +50,13 @@ class Acceptor:
         self.listeners: dict[int, tuple] = {}
         self.accepted = 0  # connections accepted so far (the daemon's sweep watches bursts)
         self.wakeups = 0  # times the loop was woken to accept
-        self.empty_wakeups = 0  # ... and found nothing (another worker took it)
+        self.empty_wakeups = 0  # ... and found nothing to accept (a peer gone meanwhile)
         self.started = False
-        self.closed = False
-        self.turn = threading.Event()  # set by the loop when the waiter may wait again
-        # Wakes the waiter thread for close(): registered without EPOLLEXCLUSIVE.
-        self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self.epoll.register(self.stop_r, select.EPOLLIN)
-        self.waiter: threading.Thread | None = None
 
     def start(self) -> None:
         if not self.started:
             self.started = True
-            self.waiter = threading.Thread(target=self._wait, name="accept-wait", daemon=True)
-            self.waiter.start()
-
-    def _wait(self) -> None:
-        """The waiter thread: block in epoll_wait (so that EPOLLEXCLUSIVE wakes only this
-        worker), hand over to the loop, wait for it to have accepted, repeat."""
-        poll = self.epoll.poll
-        turn = self.turn
-        while not self.closed:
-            try:
-                poll(-1, 1)  # one event is enough to know: the loop looks at all of them
-            except (OSError, ValueError):
-                return
-            if self.closed:
-                return
-            turn.clear()
-            try:
-                self.loop.call_soon_threadsafe(self._ready)
-            except RuntimeError:  # the loop is closed
-                return
-            turn.wait()
+            self.loop.add_reader(self.epoll.fileno(), self._ready)
 
     def add(
         self,
@@ -109,7 +76,7 @@ class Acceptor:
             )
         sock.setblocking(False)
         fd = sock.fileno()
-        self.epoll.register(fd, select.EPOLLIN | EPOLLEXCLUSIVE)
+        self.epoll.register(fd, select.EPOLLIN)
         self.listeners[fd] = (sock, factory, ssl_ctx, handshake_timeout, client_first)
 
     def remove(self, sock: socket.socket) -> None:
@@ -125,30 +92,19 @@ class Acceptor:
     def close(self) -> None:
         for sock, *_ in list(self.listeners.values()):
             self.remove(sock)
-        self.closed = True
-        with contextlib.suppress(OSError):
-            os.write(self.stop_w, b"x")
-        self.turn.set()
-        if self.waiter is not None:
-            self.waiter.join(5)
+        if self.started:
+            self.loop.remove_reader(self.epoll.fileno())
         self.epoll.close()
-        os.close(self.stop_r)
-        os.close(self.stop_w)
 
     def _ready(self) -> None:
-        try:
-            if self.closed:
-                return
-            self.wakeups += 1
-            before = self.accepted
-            for fd, _ in self.epoll.poll(0):
-                entry = self.listeners.get(fd)
-                if entry is not None:
-                    self._accept(fd, entry)
-            if self.accepted == before:
-                self.empty_wakeups += 1
-        finally:
-            self.turn.set()
+        self.wakeups += 1
+        before = self.accepted
+        for fd, _ in self.epoll.poll(0):
+            entry = self.listeners.get(fd)
+            if entry is not None:
+                self._accept(fd, entry)
+        if self.accepted == before:
+            self.empty_wakeups += 1
 
     def _accept(self, fd: int, entry: tuple) -> None:
         sock, factory, ssl_ctx, handshake_timeout, client_first = entry
@@ -175,7 +131,7 @@ class Acceptor:
     def _resume(self, fd: int, sock: socket.socket) -> None:
         entry = self.listeners.get(fd)
         if entry is not None and entry[0] is sock:
-            self.epoll.register(fd, select.EPOLLIN | EPOLLEXCLUSIVE)
+            self.epoll.register(fd, select.EPOLLIN)
 
     async def _serve(self, conn, factory, ssl_ctx, handshake_timeout) -> None:
         try:

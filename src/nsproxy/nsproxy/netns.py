@@ -205,19 +205,40 @@ class Registry:
     def open_count(self) -> int:
         return len(self._by_identity)
 
-    # -- the two privileged operations -----------------------------------------------------
+    # -- the privileged operations ---------------------------------------------------------
     def listening_socket(
         self, ns: Namespace | None, host: str, port: int, backlog: int = 1024
     ) -> socket.socket:
         """A TCP socket bound and listening on host:port inside ``ns`` (None: home namespace)."""
+        return self.listening_sockets(ns, host, port, 1, backlog, reuseport=False)[0]
+
+    def listening_sockets(
+        self,
+        ns: Namespace | None,
+        host: str,
+        port: int,
+        count: int,
+        backlog: int = 1024,
+        reuseport: bool = True,
+    ) -> list[socket.socket]:
+        """``count`` TCP sockets listening on host:port inside ``ns`` (one namespace switch),
+        in an SO_REUSEPORT group (socket(7)): the kernel spreads new connections over the
+        group, one socket per worker; sockets made later for the same address join it."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        if ns is None:
-            return _bind_listen(family, host, port, backlog)
-        self._enter(ns)
+        if ns is not None:
+            self._enter(ns)
+        socks: list[socket.socket] = []
         try:
-            return _bind_listen(family, host, port, backlog)
+            for _ in range(count):
+                socks.append(_bind_listen(family, host, port, backlog, reuseport))
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
         finally:
-            self._return_home()
+            if ns is not None:
+                self._return_home()
+        return socks
 
     def unconnected_sockets(self, ns: Namespace, family: int, count: int) -> list[socket.socket]:
         """``count`` non-blocking TCP sockets created inside ``ns`` (one namespace switch);
@@ -271,10 +292,14 @@ class Registry:
             os._exit(EXIT_NETNS_RESTORE_FAILED)
 
 
-def _bind_listen(family: int, host: str, port: int, backlog: int) -> socket.socket:
+def _bind_listen(
+    family: int, host: str, port: int, backlog: int, reuseport: bool = False
+) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))

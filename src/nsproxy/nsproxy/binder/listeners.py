@@ -13,8 +13,11 @@ is watched, not polled slowly:
   becomes readable) the tenant is unbound and shown as gone, and that path is never resolved
   again: only a reload that names another path brings the tenant back.
 
-Every socket made gets a socket id; ``on_serve(binding, digest, sid, sock)`` and
-``on_unserve(sids)`` tell the workers.
+Each listener is an SO_REUSEPORT group of ``width`` sockets, one per worker index: the kernel
+spreads new connections over them, so no worker is woken for another's connection (measured
+against EPOLLEXCLUSIVE on one shared socket: src/nsproxy/README.md, "Accepting"). Every socket
+gets a socket id; ``on_serve(binding, digest, index, sid, sock)`` and ``on_unserve(sids)``
+tell the workers.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ class Binding:
         self.name = spec.name
         self.ns: netns.Namespace | None = None
         self.pin: netns.Pin | None = None
-        self.sockets: dict[bytes, tuple[int, socket.socket]] = {}
+        # listener digest -> [(sid, socket)], one per worker index (an SO_REUSEPORT group)
+        self.sockets: dict[bytes, list[tuple[int, socket.socket]]] = {}
         self.states: dict[bytes, tuple[str, str | None]] = {}  # digest -> (state, error)
         self.last_error: str | None = None
         self.retry_delay = 0.0
@@ -86,13 +90,14 @@ class Binding:
 class Listeners:
     """Every tenant's binding, by name."""
 
-    def __init__(self, loop, registry: netns.Registry, on_serve, on_unserve):
+    def __init__(self, loop, registry: netns.Registry, on_serve, on_unserve, width: int = 1):
         self.loop = loop
         self.registry = registry
         self.on_serve = on_serve
         self.on_unserve = on_unserve
         self.tenants: dict[str, Binding] = {}
         self.next_sid = 1
+        self.width = width  # sockets per listener: one per worker index
 
     # -- tenants --------------------------------------------------------------------------
     def add(self, spec: config.Tenant) -> Binding:
@@ -117,22 +122,69 @@ class Listeners:
             binding.gone = None
         else:
             keep = {li.digest for li in spec.listeners}
-            gone = [d for d in binding.sockets if d not in keep]
-            self.on_unserve([binding.sockets[d][0] for d in gone])
-            for digest in gone:
-                binding.sockets.pop(digest)[1].close()
+            gone = {d: binding.sockets.pop(d) for d in list(binding.sockets) if d not in keep}
+            # A new listener on the address of a removed one takes its sockets over (served
+            # again under the new digest): no close, so no connection waiting in them is
+            # reset, and no new socket joins a group the workers are still closing.
+            by_address = {
+                (li.host, li.port): li.digest for li in old.listeners if li.digest in gone
+            }
+            for li in spec.listeners:
+                digest = by_address.pop((li.host, li.port), None)
+                if digest is not None and li.digest not in binding.sockets:
+                    group = binding.sockets[li.digest] = gone.pop(digest)
+                    binding.states[li.digest] = ("bound", None)
+                    for index, (sid, sock) in enumerate(group):
+                        self.on_serve(binding, li.digest, index, sid, sock)
+            self.on_unserve([sid for group in gone.values() for sid, _ in group])
+            for group in gone.values():
+                for _, sock in group:
+                    sock.close()
             binding.states = {d: s for d, s in binding.states.items() if d in keep}
         self._cancel_retry(binding)
         binding.retry_delay = 0.0
         self.bind(binding)
 
-    def served(self) -> dict[int, tuple[str, bytes, socket.socket]]:
-        """Every bound socket: sid -> (tenant name, listener digest, socket)."""
-        return {
-            sid: (b.name, digest, sock)
-            for b in self.tenants.values()
-            for digest, (sid, sock) in b.sockets.items()
-        }
+    def served(self, index: int) -> dict[int, tuple[str, bytes, socket.socket]]:
+        """Worker ``index``'s bound sockets: sid -> (tenant name, listener digest, socket)."""
+        out = {}
+        for b in self.tenants.values():
+            for digest, group in b.sockets.items():
+                if index < len(group):
+                    sid, sock = group[index]
+                    out[sid] = (b.name, digest, sock)
+        return out
+
+    def resize(self, width: int) -> None:
+        """``width`` sockets per listener from now on: the groups of bound listeners grow now
+        (joining the kernel's group), or give their extra sockets up (the workers of those
+        indexes are draining; connections still queued in those sockets are reset)."""
+        old, self.width = self.width, width
+        for binding in self.tenants.values():
+            for digest, group in list(binding.sockets.items()):
+                if width < old:
+                    self.on_unserve([sid for sid, _ in group[width:]])
+                    for _, sock in group[width:]:
+                        sock.close()
+                    del group[width:]
+                elif width > old and binding.ns is not None:
+                    listener = next(li for li in binding.spec.listeners if li.digest == digest)
+                    try:
+                        more = self.registry.listening_sockets(
+                            binding.ns, listener.host, listener.port, width - len(group)
+                        )
+                    except (OSError, netns.NetnsError) as exc:
+                        log.error("tenant %s: %s: cannot add sockets for new workers: %s",
+                                  binding.name, listener.listen, exc)  # fmt: skip
+                        continue
+                    self._add(binding, digest, group, more)
+
+    def _add(self, binding: Binding, digest: bytes, group: list, socks: list) -> None:
+        for sock in socks:
+            sid = self.next_sid
+            self.next_sid += 1
+            group.append((sid, sock))
+            self.on_serve(binding, digest, len(group) - 1, sid, sock)
 
     # -- binding --------------------------------------------------------------------------
     def bind(self, binding: Binding) -> None:
@@ -159,10 +211,13 @@ class Listeners:
                 self.loop.add_reader(binding.pin.pidfd, self._process_exited, binding)
         waiting_for_address = missing = False
         for listener in spec.listeners:
-            if listener.digest in binding.sockets:
+            group = binding.sockets.get(listener.digest)
+            if group is not None and len(group) >= self.width:
                 continue
             try:
-                sock = self.registry.listening_socket(binding.ns, listener.host, listener.port)
+                socks = self.registry.listening_sockets(
+                    binding.ns, listener.host, listener.port, self.width - len(group or ())
+                )
             except OSError as exc:
                 missing = True
                 waiting_for_address |= exc.errno == errno.EADDRNOTAVAIL
@@ -173,11 +228,10 @@ class Listeners:
                 missing = True
                 self._listener_error(binding, listener, "error", str(exc))
                 continue
-            sid = self.next_sid
-            self.next_sid += 1
-            binding.sockets[listener.digest] = (sid, sock)
+            if group is None:
+                group = binding.sockets[listener.digest] = []
             binding.states[listener.digest] = ("bound", None)
-            self.on_serve(binding, listener.digest, sid, sock)
+            self._add(binding, listener.digest, group, socks)
         if waiting_for_address:
             self._watch_addresses(binding)
         else:
@@ -227,9 +281,10 @@ class Listeners:
         if reason is not None:
             log.warning("tenant %s: %s: rebuilding its listeners", binding.name, reason)
         if binding.sockets:
-            self.on_unserve([sid for sid, _ in binding.sockets.values()])
-            for _, sock in binding.sockets.values():
-                sock.close()
+            self.on_unserve([sid for group in binding.sockets.values() for sid, _ in group])
+            for group in binding.sockets.values():
+                for _, sock in group:
+                    sock.close()
             binding.sockets.clear()
         binding.states.clear()
         self._stop_watch(binding)

@@ -69,7 +69,9 @@ class Binder:
         self.tenant_specs = {t.name: t for t in cfg.tenants}
         self.loop = asyncio.get_running_loop()
         self.registry = netns.Registry()
-        self.listeners = Listeners(self.loop, self.registry, self._serve, self._unserve)
+        self.listeners = Listeners(
+            self.loop, self.registry, self._serve, self._unserve, worker_count(cfg)
+        )
         self.upstream_sockets = UpstreamSockets(self.loop, self.registry, self._netns_changed)
         self.pool = WorkerPool(self, self.loop)
         self.counts = SharedCounts.create()
@@ -89,7 +91,7 @@ class Binder:
         self.exit_code = 0
         self.last_reload_error: str | None = None
         self.sweeper = None
-        self.serve_batch: list = []  # (sid, tenant, digest hex, sock) not sent yet
+        self.serve_batch: dict[int, list] = {}  # worker index -> [(sid, tenant, digest, sock)]
         self.socket_budget: dict[int, tuple[float, int]] = {}  # pid -> (second, sockets)
         self.started_at = time.time()
         self.upgrades = 0
@@ -111,7 +113,7 @@ class Binder:
         if self.pool.fatal:
             raise SystemExit(f"nsproxy: {self.pool.fatal}")
         self._begin_serving()
-        bound = sum(len(b.sockets) for b in self.listeners.tenants.values())
+        bound = sum(len(b.sockets) for b in self.listeners.tenants.values())  # listeners
         log.info(
             "serving %d tenants, %d/%d listeners bound in %.3f s (generation %d, %d workers as %s)",
             len(self.listeners.tenants),
@@ -177,7 +179,7 @@ class Binder:
             generation=self.generation,
             config=self.config,
             files=self.cert_files,
-            served=self.listeners.served(),
+            served=self.listeners.served(index),
             channel=worker_end,
             access_log_fd=self.access_log_fd,
             access_log_target=self.config.access_log,
@@ -186,24 +188,29 @@ class Binder:
             binder=self,
         )
 
-    def _serve(self, binding, digest: bytes, sid: int, sock: socket.socket) -> None:
+    def _serve(self, binding, digest: bytes, index: int, sid: int, sock: socket.socket) -> None:
+        """A socket for worker ``index`` (the workers of that index get it; one forked later
+        inherits it)."""
         if not self.pool.workers:
             return  # before the first fork: the workers inherit it
         if not self.serve_batch:
             self.loop.call_soon(self._flush_serves)
-        self.serve_batch.append((sid, binding.name, digest.hex(), sock))
-        if len(self.serve_batch) >= channel.MAX_FDS:
+        batch = self.serve_batch.setdefault(index, [])
+        batch.append((sid, binding.name, digest.hex(), sock))
+        if len(batch) >= channel.MAX_FDS:
             self._flush_serves()
 
     def _flush_serves(self) -> None:
-        batch, self.serve_batch = self.serve_batch, []
-        live = [entry for entry in batch if entry[3].fileno() >= 0]  # unbound meanwhile
-        if live:
-            self.pool.broadcast(
-                "serve",
-                [entry[3].fileno() for entry in live],
-                listeners=[list(entry[:3]) for entry in live],
-            )
+        batches, self.serve_batch = self.serve_batch, {}
+        for index, batch in batches.items():
+            live = [entry for entry in batch if entry[3].fileno() >= 0]  # unbound meanwhile
+            if live:
+                self.pool.broadcast(
+                    "serve",
+                    [entry[3].fileno() for entry in live],
+                    index=index,
+                    listeners=[list(entry[:3]) for entry in live],
+                )
 
     def _unserve(self, sids: list[int]) -> None:
         self._flush_serves()

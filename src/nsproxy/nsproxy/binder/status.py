@@ -17,6 +17,10 @@ from nsproxy import channel
 log = logging.getLogger("nsproxy")
 
 SNAPSHOT_TIMEOUT = 2.0  # seconds a worker has to answer
+# Per-worker detail in the status: accept wake-ups (and the empty ones: another worker took
+# the connection) show how well accepts are spread.
+WORKER_FIELDS = ("pid", "index", "state", "generation", "connections", "accepted",
+                 "accept_wakeups", "accept_wakeups_empty", "stock")  # fmt: skip
 MAX_SNAPSHOT = 16 * 1024 * 1024  # bytes
 
 
@@ -58,22 +62,7 @@ async def document(binder) -> dict:
         tenant["active"] = sum(_int(e.get("active")) for e in entries)
         tenant["last_error"] = tenant.pop("last_error")
         tenants.append(tenant)
-    workers = []
-    for snap in snapshots:
-        workers.append(
-            {
-                key: snap.get(key)
-                for key in (
-                    "pid",
-                    "index",
-                    "state",
-                    "generation",
-                    "connections",
-                    "accepted",
-                    "stock",
-                )
-            }  # fmt: skip
-        )
+    workers = [{key: snap.get(key) for key in WORKER_FIELDS} for snap in snapshots]
     workers.sort(key=lambda w: (w["state"] != "serving", _int(w["index"])))
     return {
         "instance": binder.config.instance,

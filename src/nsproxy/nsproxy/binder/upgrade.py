@@ -132,9 +132,10 @@ def _state(binder, reply_sock) -> tuple[dict, list[int]]:
                 "pin": [pin.pid, keep(pin.pidfd), pin.start_time] if pin is not None else None,
                 "gone": binding.gone,
                 "sockets": [
-                    [sid, digest.hex(), keep(sock.fileno())]
-                    for digest, (sid, sock) in binding.sockets.items()
-                ],  # fmt: skip
+                    [sid, index, digest.hex(), keep(sock.fileno())]
+                    for digest, group in binding.sockets.items()
+                    for index, (sid, sock) in enumerate(group)
+                ],
             }
         )
     workers = [
@@ -250,7 +251,7 @@ async def resume(binder, state: dict) -> None:
         sockets = entry.get("sockets") or []
         if spec is None or spec.netns != entry.get("netns") or entry["name"] in listeners.tenants:
             _close(
-                [fd for _, _, fd in sockets]
+                [fd for *_, fd in sockets]
                 + [entry.get("ns_fd"), (entry.get("pin") or [0, None])[1]]
             )
             continue
@@ -262,14 +263,24 @@ async def resume(binder, state: dict) -> None:
             pid, pidfd, start_time = entry["pin"]
             binding.pin = netns.Pin(pid, pidfd, start_time)
             binder.loop.add_reader(pidfd, listeners._process_exited, binding)
+        # The new width may differ from the old one: indexes beyond it are left to the old
+        # workers (which hold their own copies until they have drained); missing ones are
+        # added by bind() below.
         wanted = {li.digest for li in spec.listeners}
-        for sid, digest_hex, fd in sockets:
+        for sid, index, digest_hex, fd in sorted(sockets, key=lambda e: e[1]):
             digest = bytes.fromhex(digest_hex)
-            if digest in wanted and binding.ns is not None:
-                binding.sockets[digest] = (sid, socket.socket(fileno=fd))
+            group = binding.sockets.setdefault(digest, []) if digest in wanted else None
+            if (
+                group is not None
+                and binding.ns is not None
+                and index == len(group) < listeners.width
+            ):
+                group.append((sid, socket.socket(fileno=fd)))
                 binding.states[digest] = ("bound", None)
             else:
                 _close([fd])
+        for digest in [d for d, group in binding.sockets.items() if not group]:
+            del binding.sockets[digest]
         if not binding.gone:
             listeners.bind(binding)
     for spec in cfg.tenants:
@@ -324,7 +335,7 @@ def _inherited_fds(state: dict) -> list[int]:
     for entry in state.get("tenants") or []:
         fds.append(entry.get("ns_fd"))
         fds.append((entry.get("pin") or [0, None])[1])
-        fds.extend(fd for _, _, fd in entry.get("sockets") or [])
+        fds.extend(fd for *_, fd in entry.get("sockets") or [])
     fds.extend(w.get("fd") for w in state.get("workers") or [])
     return [fd for fd in fds if isinstance(fd, int)]
 

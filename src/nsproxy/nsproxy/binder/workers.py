@@ -156,9 +156,12 @@ class WorkerPool:
         return [w for w in self.workers.values() if w.state in ("starting", "serving")]
 
     # -- talking --------------------------------------------------------------------------
-    def broadcast(self, kind: str, fds=(), everyone: bool = False, **fields) -> None:
-        """Send a message to every current worker (``everyone``: old and draining ones too)."""
+    def broadcast(self, kind: str, fds=(), everyone: bool = False, index=None, **fields) -> None:
+        """Send a message to every current worker (``everyone``: old and draining ones too;
+        ``index``: only the current workers of that index)."""
         for handle in list(self.workers.values()):
+            if index is not None and handle.index != index:
+                continue
             if handle.channel is not None and (everyone or handle.state in ("starting", "serving")):
                 try:
                     handle.channel.send(kind, fds, **fields)
@@ -309,15 +312,17 @@ class WorkerPool:
                 self.kill(handle, f"not ready after {START_WITHIN:.0f} s")
 
     def resize(self, count: int) -> None:
-        """Run ``count`` workers: start the missing indexes, drain the ones beyond."""
+        """Run ``count`` workers: start the missing indexes, drain the ones beyond (each index
+        has its own sockets: the listeners are resized to match)."""
         self.wanted = count
+        for handle in self.serving():
+            if handle.index >= count:
+                self.drain(handle, "upgrade", None)
+        self.binder.listeners.resize(count)
         have = {w.index for w in self.serving()}
         for index in range(count):
             if index not in have and index not in self.pending_spawns:
                 self.spawn(index)
-        for handle in self.serving():
-            if handle.index >= count:
-                self.drain(handle, "upgrade", None)
 
     def drain(self, handle: WorkerHandle, mode: str, within) -> None:
         handle.state = "draining"

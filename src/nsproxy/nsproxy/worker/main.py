@@ -50,7 +50,8 @@ _ABANDONED: list = []
 class Seed:
     """What the binder gives a worker at fork: its index, the config and generation, the
     certificate bytes, the bound listening sockets (sid -> (tenant, digest, socket)), the
-    channel end, the access log fd, the metrics socket (one worker gets it), credentials."""
+    channel end, the access log fd, the metrics socket (one worker gets it), credentials, the
+    shared connection counts (its row) and tenant slots."""
 
     __slots__ = (
         "access_log_fd",

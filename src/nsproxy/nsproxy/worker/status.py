@@ -40,6 +40,8 @@ def snapshot(served: Served, index: int, state: str) -> dict:
         "state": state,
         "connections": served.open_connections(),
         "accepted": shared.acceptor.accepted,
+        "accept_wakeups": shared.acceptor.wakeups,
+        "accept_wakeups_empty": shared.acceptor.empty_wakeups,
         "stock": shared.sockets.count(),
         "tenants": tenants,
     }
