@@ -11,6 +11,7 @@ The tests build on each other in file order (install first, removal last).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -172,6 +173,27 @@ class Host:
     def config_bytes(self) -> bytes:
         return self.sb.run(["cat", CONFIG], text=False).stdout
 
+    @contextlib.contextmanager
+    def looping_client(self, tenant_name: str, name: str):
+        """CLIENT_LOOP on tenant_name while the block runs; yields the dict its report will
+        fill in (ok, failed, wrong) once the block is done."""
+        loop = self.workdir / "loop.py"
+        loop.write_text(CLIENT_LOOP)
+        stop, report = self.workdir / f"stop-{name}", self.workdir / f"report-{name}.json"
+        client = self.sb.popen(
+            ["ip", "netns", "exec", tenant_name, sys.executable, str(loop), "10.0.0.250",
+             f"tenant={tenant_name}", str(stop), str(report)]
+        )  # fmt: skip
+        result: dict = {}
+        try:
+            time.sleep(0.5)  # let it run before the change, so the change falls inside the loop
+            yield result
+            time.sleep(0.5)
+        finally:
+            stop.touch()
+            client.wait(timeout=60)
+        result.update(json.loads(report.read_text()))
+
 
 def recap_changed(output: str) -> int:
     line = next(line for line in output.splitlines() if line.startswith("localhost"))
@@ -286,21 +308,8 @@ def test_new_package_content_is_reinstalled_and_upgrades_the_instance_in_place(h
     marker = f"# build marker {time.time_ns()}\n"
     with open(host.source / "nsproxy" / "__init__.py", "a") as f:
         f.write(marker)
-    loop = host.workdir / "loop.py"
-    loop.write_text(CLIENT_LOOP)
-    stop, report = host.workdir / "stop-upgrade", host.workdir / "report-upgrade.json"
-    client = host.sb.popen(
-        ["ip", "netns", "exec", "globex", sys.executable, str(loop), "10.0.0.250",
-         "tenant=globex", str(stop), str(report)]
-    )  # fmt: skip
-    try:
-        time.sleep(0.5)
+    with host.looping_client("globex", "upgrade") as result:
         output = host.converge(instances)
-        time.sleep(0.5)
-    finally:
-        stop.touch()
-        client.wait(timeout=60)
-    result = json.loads(report.read_text())
     assert result["ok"] > 0 and result["failed"] == [] and result["wrong"] == 0, result
     assert "Install the daemon into the virtualenv" in output
     installed = host.sb.sh("cat /opt/nsproxy/lib/python3*/site-packages/nsproxy/__init__.py")
@@ -396,15 +405,7 @@ def test_check_mode_shows_the_tenant_diff_and_changes_nothing(host):
 def test_route_change_reloads_while_the_other_tenant_keeps_serving(host):
     pid_before = host.status()["pid"]
     generation = host.status()["generation"]
-    loop = host.workdir / "loop.py"
-    loop.write_text(CLIENT_LOOP)
-    stop, report = host.workdir / "stop", host.workdir / "report.json"
-    client = host.sb.popen(
-        ["ip", "netns", "exec", "globex", sys.executable, str(loop), "10.0.0.250",
-         "tenant=globex", str(stop), str(report)]
-    )  # fmt: skip
-    try:
-        time.sleep(0.5)  # let it run before the change, so the reload falls inside the loop
+    with host.looping_client("globex", "reload") as result:
         acme_api = dict(
             tenant("acme", "a"),
             routes=[
@@ -419,11 +420,6 @@ def test_route_change_reloads_while_the_other_tenant_keeps_serving(host):
         output = host.converge([instance(acme_api, tenant("globex", "a"))])
         assert host.answer("acme", "/api/v1") == "backend=b tenant=acme path=/api/v1"
         assert host.answer("acme", "/other") == "backend=a tenant=acme path=/other"
-        time.sleep(0.5)
-    finally:
-        stop.touch()
-        client.wait(timeout=60)
-    result = json.loads(report.read_text())
     assert result["ok"] > 0
     assert result["failed"] == [] and result["wrong"] == 0, result
     status = host.status()

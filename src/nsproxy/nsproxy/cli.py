@@ -181,30 +181,26 @@ def cmd_status(args) -> int:
 
 
 def cmd_upgrade(args) -> int:
+    return _ask(args, "upgrade", 300, lambda answer: answer.get("message"), "")
+
+
+def _ask(args, command: str, timeout: float, say, refused: str) -> int:
+    """One admin command: print ``say(answer)`` and exit 0, or the reason and exit 1."""
     from nsproxy import admin
 
     try:
-        answer = admin.request(_socket_path(args), "upgrade", timeout=300)
+        answer = admin.request(_socket_path(args), command, timeout=timeout)
     except admin.AdminError as exc:
         print(f"nsproxy: {exc}", file=sys.stderr)
         return 1
     if not answer.get("ok"):
-        print(f"nsproxy: {answer.get('error')}", file=sys.stderr)
+        print(f"nsproxy: {refused}{answer.get('error')}", file=sys.stderr)
         return 1
-    print(answer.get("message"))
+    print(say(answer))
     return 0
 
 
 def cmd_reload(args) -> int:
-    from nsproxy import admin
-
-    try:
-        answer = admin.request(_socket_path(args), "reload")
-    except admin.AdminError as exc:
-        print(f"nsproxy: {exc}", file=sys.stderr)
-        return 1
-    if not answer.get("ok"):
-        print(f"nsproxy: reload refused: {answer.get('error')}", file=sys.stderr)
-        return 1
-    print(f"generation {answer.get('generation')}")
-    return 0
+    return _ask(
+        args, "reload", 120, lambda a: f"generation {a.get('generation')}", "reload refused: "
+    )

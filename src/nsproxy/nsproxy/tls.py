@@ -336,6 +336,16 @@ def update_server_context(
     selector.use(_load_or_raise(listener, files))
 
 
+def _file_fields(listener: Mapping):
+    """(field, path or None) for each ``cert`` and ``key`` of the listener's certificates."""
+    tls = listener.get("tls") if isinstance(listener, Mapping) else None
+    entries = tls.get("certificates") if isinstance(tls, Mapping) else None
+    for entry in entries if isinstance(entries, list) else ():
+        for key in ("cert", "key"):
+            path = entry.get(key) if isinstance(entry, Mapping) else None
+            yield key, path if isinstance(path, str) else None
+
+
 def certificate_files_state(listener: Mapping, memo: dict | None = None) -> tuple:
     """A cheap fingerprint (inode, size, mtime) of the listener's certificate and key files.
 
@@ -346,37 +356,25 @@ def certificate_files_state(listener: Mapping, memo: dict | None = None) -> tupl
     if memo is None:
         memo = {}
     state = []
-    tls = listener.get("tls") if isinstance(listener, Mapping) else None
-    entries = tls.get("certificates") if isinstance(tls, Mapping) else None
-    for entry in entries if isinstance(entries, list) else ():
-        for key in ("cert", "key"):
-            path = entry.get(key) if isinstance(entry, Mapping) else None
-            if not isinstance(path, str):
-                state.append((key, None))
-                continue
-            entry_state = memo.get(path)
-            if entry_state is None:
-                try:
-                    st = os.stat(path)
-                    entry_state = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-                except OSError as exc:
-                    entry_state = (path, exc.errno)
-                memo[path] = entry_state
-            state.append(entry_state)
+    for key, path in _file_fields(listener):
+        if path is None:
+            state.append((key, None))
+            continue
+        entry_state = memo.get(path)
+        if entry_state is None:
+            try:
+                st = os.stat(path)
+                entry_state = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            except OSError as exc:
+                entry_state = (path, exc.errno)
+            memo[path] = entry_state
+        state.append(entry_state)
     return tuple(state)
 
 
 def certificate_paths(listener: Mapping) -> list[str]:
     """The certificate and key file paths a listener names (what a worker needs the bytes of)."""
-    paths = []
-    tls = listener.get("tls") if isinstance(listener, Mapping) else None
-    entries = tls.get("certificates") if isinstance(tls, Mapping) else None
-    for entry in entries if isinstance(entries, list) else ():
-        for key in ("cert", "key"):
-            path = entry.get(key) if isinstance(entry, Mapping) else None
-            if isinstance(path, str) and path:
-                paths.append(path)
-    return paths
+    return [path for _, path in _file_fields(listener) if path]
 
 
 def settings_key(listener: Mapping) -> str:

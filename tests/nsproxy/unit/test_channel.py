@@ -8,23 +8,9 @@ import os
 import socket
 
 import pytest
+from loops import LOOPS, run
 
 from nsproxy import channel
-
-try:
-    import uvloop
-except ImportError:  # the workers' fast loop is optional
-    uvloop = None
-
-LOOPS = ["asyncio"] + (["uvloop"] if uvloop else [])
-
-
-def run(loop_name, coro):
-    loop = uvloop.new_event_loop() if loop_name == "uvloop" else asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(asyncio.wait_for(coro, 20))
-    finally:
-        loop.close()
 
 
 def is_open(fd: int) -> bool:
