@@ -38,6 +38,7 @@ async def reload(binder) -> tuple[bool, str]:
             kept = {t.name: t for t in binder.config.tenants}
             try:
                 new, data = load_config(binder.config_path, kept)
+                checked = time.monotonic()
                 credentials = privileges.worker_credentials(getattr(new, "user", None))
             except (config.ConfigError, privileges.PrivilegeError) as exc:
                 problems = exc.problems if isinstance(exc, config.ConfigError) else [str(exc)]
@@ -71,11 +72,13 @@ async def reload(binder) -> tuple[bool, str]:
                 binder._flush_serves()
                 binder.generation = generation
                 binder.pool.broadcast("config", fds, generation=generation)
+                sent = time.monotonic()
             finally:
                 channel.close_fds([memfd])
             if new.metrics_listen != old.metrics_listen:
                 _move_metrics(binder, new)
         late = await binder.pool.wait_ready(generation, APPLY_TIMEOUT)
+        applied = time.monotonic()
         names = {u.netns for t in new.tenants for u in t.upstreams.values() if u.netns}
         binder.upstream_sockets.keep_only(names)
         if getattr(new, "workers", "auto") != getattr(old, "workers", "auto"):
@@ -88,9 +91,13 @@ async def reload(binder) -> tuple[bool, str]:
         binder.last_reload_error = None
         added, removed, changed = counts
         log.info(
-            "reloaded in %.3f s (read, check, apply): generation %d, "
+            "reloaded in %.3f s (read and check %.3f, bind and send %.3f, workers applied "
+            "%.3f): generation %d, "
             "%d added, %d removed, %d changed, %d kept%s",
             time.monotonic() - started,
+            checked - started,
+            sent - checked,
+            applied - sent,
             generation,
             added,
             removed,
