@@ -219,7 +219,7 @@ LIMITS = Object(
         "max_response_headers": (Int(1, 10_000), 100),  # response header lines: 502
         "max_body_bytes": (Nullable(Int(1, 2**53 - 1)), None),  # request body: 413
         "max_connections": (Nullable(Int(1, 10_000_000)), None),  # null: from RLIMIT_NOFILE
-        "max_connections_per_tenant": (Int(1, 10_000_000), 10000),
+        "max_connections_per_tenant": (Int(1, 10_000_000), 1000),
     }
 )
 TIMEOUTS = Object(

@@ -26,6 +26,8 @@ import re
 import ssl
 from typing import Mapping
 
+from nsproxy import tls_tickets
+
 __all__ = [
     "ALPN",
     "CIPHERS_TLS12",
@@ -302,6 +304,7 @@ def _new_context(version) -> ssl.SSLContext:
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     context.options &= ~ssl.OP_NO_TICKET  # session tickets on (stateless resumption)
     context.set_alpn_protocols(ALPN)
+    tls_tickets.apply(context)  # the workers' shared ticket keys (a worker only)
     return context
 
 

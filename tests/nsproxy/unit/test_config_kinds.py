@@ -86,7 +86,7 @@ def test_defaults_of_the_new_keys(files):
         "max_response_headers": 100,
         "max_body_bytes": None,
         "max_connections": None,
-        "max_connections_per_tenant": 10000,
+        "max_connections_per_tenant": 1000,
     }
     assert cfg.timeouts == {
         "connect": 5,

@@ -25,7 +25,6 @@ def test_freed_heap_holes_are_seen_as_free_and_given_back_by_a_trim():
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
     heap.release_free_memory()
-    free_before = heap.heap_free_bytes()
     # 64 KiB blocks (below the mmap threshold: heap) with a 24 KiB block after each that stays,
     # so the freed blocks are holes in the middle of the heap, as after a burst of connections.
     big, keep = [], []
@@ -34,6 +33,9 @@ def test_freed_heap_holes_are_seen_as_free_and_given_back_by_a_trim():
         ctypes.memset(block, 1, 64 * 1024)  # touch it: resident
         big.append(block)
         keep.append(libc.malloc(24 * 1024))
+    # Measured from here, not from before the allocations: earlier tests of the same process
+    # may have left free heap that the blocks were carved from.
+    free_before = heap.heap_free_bytes()
     for block in big:
         libc.free(block)
     holes = heap.heap_free_bytes() - free_before

@@ -23,7 +23,18 @@ import signal
 import socket
 import time
 
-from nsproxy import __version__, accesslog, admin, channel, config, heap, netns, privileges, systemd
+from nsproxy import (
+    __version__,
+    accesslog,
+    admin,
+    channel,
+    config,
+    heap,
+    netns,
+    privileges,
+    systemd,
+    tls_tickets,
+)
 from nsproxy.binder.listeners import Listeners
 from nsproxy.binder.sockets import UpstreamSockets
 from nsproxy.binder.workers import WorkerPool
@@ -81,6 +92,7 @@ class Binder:
         self.generation = 1
         self.credentials: privileges.Credentials | None = None
         self.cert_files: dict[str, bytes] = {}
+        self.ticket_keys = tls_tickets.new_keys()  # TLS session tickets valid in every worker
         self.cert_stats: dict[str, tuple] = {}
         self.access_log_fd: int | None = None
         self.metrics_sock: socket.socket | None = None
@@ -185,6 +197,7 @@ class Binder:
             access_log_target=self.config.access_log,
             metrics_sock=self.metrics_sock if index == 0 else None,
             credentials=self.credentials,
+            ticket_keys=self.ticket_keys,
             binder=self,
         )
 

@@ -166,6 +166,7 @@ def _state(binder, reply_sock) -> tuple[dict, list[int]]:
         "slots": binder.slots.of,
         "next_slot": binder.slots.next,
         "access_log": binder.config.access_log,
+        "ticket_keys": base64.b64encode(binder.ticket_keys).decode(),
         "tenants": tenants,
         "workers": workers,
     }
@@ -229,6 +230,8 @@ async def resume(binder, state: dict) -> None:
     binder.upgrades = int(counters.get("upgrades") or 0) + 1
     binder.started_at = float(state.get("started_at") or time.time())
     binder.read_certificates(cfg)
+    if state.get("ticket_keys"):  # tickets of the old workers stay valid in the new ones
+        binder.ticket_keys = base64.b64decode(state["ticket_keys"])
     if state.get("counts_fd") is not None:  # the old workers count in this very table
         os.close(binder.counts.fd)
         binder.counts = SharedCounts(state["counts_fd"])

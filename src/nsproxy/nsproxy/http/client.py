@@ -30,11 +30,11 @@ import logging
 import httptools
 
 from nsproxy.http.cycle import RequestCycle
-from nsproxy.http.flow import CONNECTING, HELD, HIGH_WATER, PIPELINE, Flow
+from nsproxy.http.flow import CONNECTING, HELD, HIGH_WATER, PEER_FULL, PIPELINE, Flow
 from nsproxy.http.request_head import forwarded_fields
-from nsproxy.http.response_head import client_framing
+from nsproxy.http.response_head import LENGTH, client_framing
 from nsproxy.http.upstream_side import UpstreamConnection
-from nsproxy.http.wire import Reject, assemble_head, local_response
+from nsproxy.http.wire import IDEMPOTENT_METHODS, PartialHead, Reject, local_response
 from nsproxy.upstream import UpstreamError
 
 log = logging.getLogger("nsproxy.http")
@@ -56,6 +56,8 @@ HOLD_LIMIT = 64 * 1024
 #: Lingering close bounds (nginx's lingering_timeout default is 5 s).
 LINGER_SECONDS = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
+#: Bytes of chunk framing (size line, extensions, CRLFs) allowed per chunk without counting.
+CHUNK_LINE = 64
 
 
 class _TooManyPipelined(Exception):
@@ -86,13 +88,12 @@ class ClientConnection(Flow):
         "parser",
         "parser_done",
         "pending",
-        "pending_head",
-        "progress",
+        "partial",
         "queued",
         "scheme",
         "shared",
         "since",
-        "stalled",
+        "unaccounted",
         "state",
         "tenant",
         "up",
@@ -113,12 +114,11 @@ class ClientConnection(Flow):
         self.backlog = None  # parser events of pipelined requests waiting their turn
         self.queued = 0  # requests in the backlog
         self.held = None  # bytes after a protocol-switch request, until its response
-        self.pending_head = None  # bytes of a request head that has not ended yet
+        self.partial = None  # PartialHead: a request head that arrives in pieces
         self.head_bytes = 0  # raw bytes of the head being parsed
         self.mid_head = False  # the parser holds part of a head
         self.in_body = False  # the parser is inside a request body
-        self.progress = 0  # parser events so far (a body that makes none is stalled)
-        self.stalled = 0  # body bytes read since the last parser event
+        self.unaccounted = 0  # body-state bytes not (yet) seen as data, trailers or chunk lines
         self.parser_done = False  # no further request will be read (close after answering)
         self.up = None  # UpstreamConnection serving the current request
         self.pending = None  # bytes for the upstream while it is being connected
@@ -134,21 +134,15 @@ class ClientConnection(Flow):
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport):
+        # Admitted (and counted against the tenant's share) by the acceptor already.
         self.transport = transport
         shared = self.shared
-        tenant = self.tenant
         self.since = self.last_io = shared.now
-        if tenant.active >= shared.limits["max_connections_per_tenant"] or tenant.closing:
-            transport.write(local_response(503, "too many connections for this tenant"))
-            transport.close()
-            self.state = CLOSED
-            log.warning(
-                "tenant %s: connection refused: max_connections_per_tenant reached", tenant.name
-            )
-            return
-        tenant.active += 1
-        self.counted = True
         shared.connections.add(self)
+        tenant = self.tenant
+        if tenant.connections is None:
+            tenant.connections = set()
+        tenant.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "-"
         transport.set_write_buffer_limits(high=HIGH_WATER)
@@ -159,10 +153,13 @@ class ClientConnection(Flow):
         # The parser holds bound methods of this object: without this, every closed
         # connection would wait in the collector's older generations (about 2 kB each).
         self.parser = None
+        tenant = self.tenant
+        self.shared.connections.discard(self)
+        if tenant.connections is not None:
+            tenant.connections.discard(self)
         if self.counted:
             self.counted = False
-            self.tenant.active -= 1
-            self.shared.connections.discard(self)
+            tenant.admission.leave(tenant)
         up = self.up
         if up is not None:
             self.up = None
@@ -178,28 +175,78 @@ class ClientConnection(Flow):
     def data_received(self, data):
         self.last_io = self.shared.now
         state = self.state
-        if state == TUNNEL:
-            up = self.up
-            if up is not None:
-                up.transport.write(data)
-            return
-        if state == LINGER:
-            self.linger_left -= len(data)
-            if self.linger_left < 0:
-                self.abort()
-            return
-        if state == CLOSED or self.parser_done:
-            return  # nothing more is read from a connection that closes after its answer
-        held = self.held
-        if held is not None:
-            held += data
-            if len(held) > HOLD_LIMIT:
-                self.pause_reading_for(HELD)
+        if state > IDLE or self.held is not None or self.parser_done:
+            self._data_out_of_turn(state, data)
             return
         if state == IDLE:
             self.state = HEAD
             self.since = self.last_io
-        self._feed(data)
+        parser = self.parser
+        if parser is None:
+            parser = self._first_bytes()
+        in_body = self.in_body
+        if in_body:
+            self.unaccounted += len(data)
+        else:
+            self.head_bytes += len(data)
+            partial = self.partial
+            if partial is not None:
+                data = partial.add(data)
+                if data is None:
+                    if self.head_bytes > self.shared.limits["max_header_bytes"]:
+                        self._reject(431, "request head larger than max_header_bytes")
+                    return
+                self.partial = None
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # llhttp stops after a request that asks to switch protocols: what follows is
+            # held until the upstream has answered it.
+            self._event(self._hold, data[exc.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, Reject):
+                self._event(self._reject, cause.status, cause.detail)
+            elif not isinstance(cause, _TooManyPipelined):
+                log.error(
+                    "tenant %s: internal error handling a request", self.tenant.name, exc_info=cause
+                )
+                self._event(self._reject, 500, "internal error")
+        except httptools.HttpParserError as exc:
+            if not self.parser_done:  # (bytes after "Connection: close" are dropped)
+                self._event(self._reject, 400, f"malformed request: {exc}")
+        else:
+            if self.mid_head:
+                if self.head_bytes > self.shared.limits["max_header_bytes"]:
+                    self._event(self._reject, 431, "request head larger than max_header_bytes")
+                else:  # the rest of this head is collected before the parser sees it
+                    self.partial = PartialHead(data[-3:])
+            elif self.in_body:
+                # Body bytes the parser reported as nothing: chunk-size lines and their
+                # extensions beyond CHUNK_LINE each (llhttp skips those without a limit).
+                if self.unaccounted > self.shared.limits["max_header_bytes"]:
+                    self._event(self._reject, 400, "chunk extensions too long")
+                elif self.unaccounted < 0:
+                    self.unaccounted = 0
+
+    def _data_out_of_turn(self, state: int, data) -> None:
+        """Bytes in a state other than reading requests: tunnel, lingering close, closed, after
+        the last request, or held after a protocol-switch request."""
+        if state == TUNNEL:
+            up = self.up
+            if up is not None:
+                up.transport.write(data)
+        elif state == LINGER:
+            self.linger_left -= len(data)
+            if self.linger_left < 0:
+                self.abort()
+        elif state == CLOSED or self.parser_done:
+            pass  # nothing more is read from a connection that closes after its answer
+        else:
+            try:
+                self._held_data(data)
+            except Reject as exc:
+                self._reject(exc.status, exc.detail)
 
     def eof_received(self):
         state = self.state
@@ -240,52 +287,6 @@ class ClientConnection(Flow):
         self.parser = parser = httptools.HttpRequestParser(self)
         return parser
 
-    def _feed(self, data) -> None:
-        parser = self.parser
-        if parser is None:
-            parser = self._first_bytes()
-        limits = self.shared.limits
-        in_body = self.in_body
-        if not in_body:
-            self.head_bytes += len(data)
-            if not self.mid_head:
-                data, self.pending_head = assemble_head(self.pending_head, data)
-                if data is None:
-                    if self.head_bytes > limits["max_header_bytes"]:
-                        self._reject(431, "request head larger than max_header_bytes")
-                    return
-        progress = self.progress
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # llhttp stops after a request that asks to switch protocols: what follows is
-            # held until the upstream has answered it.
-            self._event(self._hold, data[exc.args[0] :])
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, Reject):
-                self._event(self._reject, cause.status, cause.detail)
-            elif not isinstance(cause, _TooManyPipelined):
-                log.error(
-                    "tenant %s: internal error handling a request", self.tenant.name, exc_info=cause
-                )
-                self._event(self._reject, 500, "internal error")
-        except httptools.HttpParserError as exc:
-            if not self.parser_done:  # (bytes after "Connection: close" are dropped)
-                self._event(self._reject, 400, f"malformed request: {exc}")
-        else:
-            if self.mid_head and self.head_bytes > limits["max_header_bytes"]:
-                self._event(self._reject, 431, "request head larger than max_header_bytes")
-            elif in_body and self.in_body:
-                # Body bytes that gave the parser nothing to report: chunk-size lines and
-                # their extensions (llhttp skips those without a limit). Bound them.
-                if self.progress == progress:
-                    self.stalled += len(data)
-                    if self.stalled > limits["max_header_bytes"]:
-                        self._event(self._reject, 400, "chunk extensions too long")
-                else:
-                    self.stalled = 0
-
     def _event(self, fn, *args) -> None:
         """Run a request step now, or after the requests before it when it was pipelined."""
         if self.backlog is not None:
@@ -296,7 +297,6 @@ class ClientConnection(Flow):
     # Parser callbacks: they only record where the parser is, then run (or queue) a step.
     def on_message_begin(self):
         self.mid_head = True
-        self.progress += 1
         backlog = self.backlog
         if backlog is None and self.cycle is not None:  # an earlier request is in progress
             backlog = self.backlog = []
@@ -317,17 +317,19 @@ class ClientConnection(Flow):
             self.cycle.url += url
 
     def on_header(self, name, value):
-        self.progress += 1
-        if self.backlog is not None:
-            self.backlog.append((self._header, name, value))
+        if self.in_body:  # a trailer field: not forwarded, but bounded
+            size = len(name) + len(value) + 4
+            self.unaccounted -= size
+            self._event(self._trailer, size)
+        elif self.backlog is None:
+            self.cycle.headers.append((name, value))
         else:
-            self._header(name, value)
+            self.backlog.append((self._header, name, value))
 
     def on_headers_complete(self):
         self.mid_head = False
         self.in_body = True
         self.head_bytes = 0
-        self.stalled = 0
         # The parser's getters describe the latest message parsed: read them now, not at replay.
         p = self.parser
         meta = (p.get_method(), p.get_http_version(), p.should_keep_alive(), p.should_upgrade())
@@ -337,15 +339,18 @@ class ClientConnection(Flow):
             self._headers_complete(meta)
 
     def on_body(self, body):
-        self.progress += 1
+        self.unaccounted -= len(body)
         if self.backlog is not None:
             self.backlog.append((self._body, body))
         else:
             self._body(body)
 
+    def on_chunk_header(self):
+        self.unaccounted -= CHUNK_LINE
+
     def on_message_complete(self):
         self.in_body = False
-        self.progress += 1
+        self.unaccounted = 0
         if not self.parser.should_keep_alive():
             self.parser_done = True  # the client said it sends no further request
         if self.backlog is not None:
@@ -363,13 +368,11 @@ class ClientConnection(Flow):
         self.cycle.url += url
 
     def _header(self, name, value):
+        self.cycle.headers.append((name, value))
+
+    def _trailer(self, size: int) -> None:
         cycle = self.cycle
-        headers = cycle.headers
-        if headers is not None:
-            headers.append((name, value))
-            return
-        # A trailer field (after a chunked body): not forwarded, but bounded.
-        cycle.trailer_bytes += len(name) + len(value) + 4
+        cycle.trailer_bytes += size
         if cycle.trailer_bytes > self.shared.limits["max_header_bytes"]:
             raise Reject(431, "request trailers larger than max_header_bytes")
 
@@ -377,7 +380,10 @@ class ClientConnection(Flow):
         cycle = self.cycle
         shared = self.shared
         out = forwarded_fields(cycle, meta, shared.limits)
-        cycle.headers = None  # fields after this are trailers
+        if meta[3]:  # llhttp reads no body after a request that asks to switch protocols
+            if cycle.chunked:
+                raise Reject(400, "a chunked body with a protocol switch request")
+            cycle.held_body = cycle.length or 0
         tenant = self.tenant
         router = tenant.router
         route = router.root
@@ -406,12 +412,12 @@ class ClientConnection(Flow):
         # A pooled connection may be closed by its server the instant it is reused. Only a
         # request that may be sent again takes that risk; others get a recently used,
         # checked connection or a new one (Upstream.take).
-        idempotent = cycle.idempotent
+        idempotent = cycle.method in IDEMPOTENT_METHODS
         server, conn = upstream.take(safe=not idempotent)
         cycle.t_sent = shared.loop_time()
         if conn is not None:
             if idempotent and not cycle.chunked and not cycle.length:
-                cycle.retry = (upstream, head)
+                cycle.retry = head
             self._attach(conn)
             conn.transport.write(head)
         else:
@@ -432,13 +438,31 @@ class ClientConnection(Flow):
 
     def _message_complete(self):
         cycle = self.cycle
+        if cycle.held_body:
+            return  # complete once its body has come (see _held_data)
         cycle.request_done = True
         if cycle.chunked:
             self._to_upstream(b"0\r\n\r\n")
 
     def _hold(self, tail):
-        self.held = bytearray(tail)
-        if len(tail) > HOLD_LIMIT:
+        self.held = bytearray()
+        self._held_data(tail)
+
+    def _held_data(self, data) -> None:
+        """Bytes after a protocol-switch request: first the rest of its body, if it has one,
+        then held until the upstream answers."""
+        cycle = self.cycle
+        need = cycle.held_body if cycle is not None else 0
+        if need:
+            body = data[:need]
+            data = data[need:]
+            cycle.held_body -= len(body)
+            self._body(body)
+            if not cycle.held_body:
+                cycle.request_done = True
+        held = self.held
+        held += data
+        if len(held) > HOLD_LIMIT:
             self.pause_reading_for(HELD)
 
     def _to_upstream(self, data):
@@ -475,8 +499,12 @@ class ClientConnection(Flow):
     def _attach(self, conn: UpstreamConnection) -> None:
         self.up = conn
         conn.client = self
-        conn.start_exchange(self.cycle.head_only)
-        self.couple(conn)
+        conn.start_exchange(self.cycle.method == b"HEAD")
+        if self.write_paused:  # (a connection from the pool is never write-paused)
+            self.couple(conn)
+        else:
+            self.peer = conn
+            conn.peer = self
 
     # -- the response, called by the upstream connection --------------------------------------
     def interim_response(self, status: int, reason: bytes, lines: list) -> None:
@@ -498,7 +526,6 @@ class ClientConnection(Flow):
         if status == 101:
             lines.append(b"Connection: upgrade\r\nUpgrade: " + cycle.upgrade + b"\r\n\r\n")
         else:
-            coding = client_framing(kind, codings, cycle.version)
             close = (
                 self.close_after
                 or not cycle.keep_alive
@@ -507,11 +534,13 @@ class ClientConnection(Flow):
                 # no further request will be read, and none waits: this answer is the last
                 or (self.parser_done and self.backlog is None and self.held is None)
             )
-            self.chunk_out = bool(coding)
-            if coding is None:
-                close = True  # an HTTP/1.0 client learns where the body ends by the close
-            elif coding:
-                lines.append(coding)
+            if kind != LENGTH:
+                coding = client_framing(kind, codings, cycle.version)
+                if coding is None:
+                    close = True  # an HTTP/1.0 client learns where the body ends by the close
+                elif coding:
+                    self.chunk_out = True
+                    lines.append(coding)
             if close:
                 self.close_after = True
                 lines.append(b"Connection: close\r\n\r\n")
@@ -548,17 +577,23 @@ class ClientConnection(Flow):
 
     def response_done(self, reusable: bool) -> None:
         """The response is complete; ``reusable``: the upstream connection may be pooled."""
+        buf = self.wbuf  # what was batched while the upstream's bytes were parsed: one write
+        self.wbuf = None
         if self.chunk_out:
-            self._send(b"0\r\n\r\n")
             self.chunk_out = False
-        self.flush()
+            buf = [*buf, b"0\r\n\r\n"] if buf else [b"0\r\n\r\n"]
+        if buf:
+            self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
         cycle = self.cycle
         conn = self.up
         if conn is not None:
             self.up = None
             if conn.client is self:
                 conn.client = None
-                self.decouple()
+                if self.paused & PEER_FULL or conn.paused & PEER_FULL:
+                    self.decouple()
+                else:
+                    self.peer = conn.peer = None
             if reusable and cycle.request_done:
                 conn.upstream.put_idle(conn)
             else:
@@ -566,10 +601,10 @@ class ClientConnection(Flow):
         request_done = cycle.request_done
         self._finish_cycle()
         if self.close_after or not request_done:
-            self._close(lingering=not request_done)
+            self._close()
             return
         if self.parser_done and self.backlog is None and self.held is None:
-            self._close(lingering=False)
+            self._close()
             return
         self.state = IDLE
         self.since = self.shared.now
@@ -621,9 +656,9 @@ class ClientConnection(Flow):
         if retry is not None and conn is not None and conn.reused and not received:
             # A pooled connection its server had closed: send the request once more.
             cycle.retry = None
-            self.pending = [retry[1]]
+            self.pending = [retry]
             self.pause_reading_for(CONNECTING)
-            self.shared.loop.create_task(self._connect(retry[0]))
+            self.shared.loop.create_task(self._connect(conn.upstream))
             return
         self.tenant.metrics.upstream_failures += 1
         self.upstream_fault(502, f"upstream {cycle.upstream_name} closed the connection: {reason}")
@@ -665,9 +700,8 @@ class ClientConnection(Flow):
         if cycle is None:
             cycle = self.cycle = RequestCycle(self.shared.loop_time())
         cycle.local = True
-        request_done = cycle.request_done
         if not cycle.response_started:
-            body = local_response(status, detail)
+            body = local_response(status, detail, head=cycle.method == b"HEAD")
             cycle.bytes_out += len(body)
             cycle.status = status
             self.transport.write(body)
@@ -680,16 +714,17 @@ class ClientConnection(Flow):
         self._finish_cycle()
         self.pending = None
         self.backlog = None
-        lingering = not request_done or self.held is not None or self.pending_head is not None
         self.held = None
-        self._close(lingering=lingering and not self.eof)
+        self._close()
 
-    def _close(self, lingering: bool) -> None:
-        """Close after the last answer. ``lingering``: request bytes may still be coming, so
-        shut the write side, and read and drop the input for a while before closing (RFC 9112
-        9.6), or the kernel would answer them with a reset that destroys the answer."""
+    def _close(self) -> None:
+        """Close after the last answer (RFC 9112 9.6): shut the write side, then read and drop
+        what the client still sends until it closes, for up to LINGER_SECONDS and
+        LINGER_BYTES. Closing with unread client bytes (a body still coming, pipelined
+        requests, bytes in flight) makes the kernel send a reset, which destroys the answer
+        before the client reads it. A client that half-closed already is closed at once."""
         transport = self.transport
-        if not lingering:
+        if self.eof:
             self.state = CLOSED
             transport.close()
             return
@@ -710,7 +745,7 @@ class ClientConnection(Flow):
         state = self.state
         if state == HEAD:
             if now - self.since > timeouts["header_read"]:
-                if self.cycle is not None or self.pending_head is not None or self.mid_head:
+                if self.cycle is not None or self.mid_head:
                     self._reject(408, "request head not received within header_read timeout")
                 else:
                     self.state = CLOSED
@@ -738,11 +773,18 @@ class ClientConnection(Flow):
         elif state == LINGER and now > self.linger_until:
             self.abort()
 
+    def evictable(self) -> bool:
+        """Whether closing this connection loses no forwarded request: its request head is not
+        complete yet, it is idle between requests, or it is closing anyway (admission.Admission
+        evicts such ones)."""
+        return self.state in (HEAD, IDLE, LINGER)
+
     def drain(self) -> None:
-        """Stop keep-alive: close now if idle, else after the current response."""
+        """Stop keep-alive: close now if idle, else after the current response. An idle
+        connection closes lingering: a request the client sent meanwhile must meet an orderly
+        close (which its client may retry), not a reset."""
         if self.state == IDLE or (self.state == HEAD and self.cycle is None):
-            self.state = CLOSED
-            self.transport.close()
+            self._close()
         else:
             self.close_after = True
 
@@ -775,7 +817,7 @@ class ClientConnection(Flow):
                 return
         self.resume_reading_for(PIPELINE)
         if self.parser_done and self.cycle is None:
-            self._close(lingering=False)
+            self._close()
 
     def _reparse_held(self) -> None:
         """The upstream did not switch protocols: what the client sent after its request is
@@ -787,9 +829,9 @@ class ClientConnection(Flow):
         self.resume_reading_for(HELD)
         if held:
             self.state = HEAD
-            self._feed(bytes(held))
+            self.data_received(bytes(held))
         elif self.parser_done:
-            self._close(lingering=False)
+            self._close()
 
     def _finish_cycle(self) -> None:
         """Count and log the current request once; the connection is then between requests."""
@@ -798,9 +840,11 @@ class ClientConnection(Flow):
             return
         self.cycle = None
         shared = self.shared
-        counters = self.tenant.metrics
+        tenant = self.tenant
+        counters = tenant.counters or tenant.metrics
         counters.requests += 1
-        if cycle.status >= 500 or (cycle.local and cycle.status >= 400):
+        status = cycle.status
+        if status >= 400 and (status >= 500 or cycle.local):
             counters.errors += 1
         access = shared.access_log
         if access is not None:

@@ -17,10 +17,9 @@ class RequestCycle:
         "bytes_out",
         "chunked",
         "expect",
-        "head_only",
         "headers",
+        "held_body",
         "host",
-        "idempotent",
         "interim",
         "keep_alive",
         "length",
@@ -52,11 +51,12 @@ class RequestCycle:
         self.chunked = False  # request body framed by chunked transfer coding
         self.expect = False  # Expect: 100-continue
         self.upgrade: bytes | None = None  # the protocol asked for, when it is forwarded
-        self.idempotent = False
-        self.head_only = False  # HEAD: the response has no body whatever it says
         self.request_done = False  # the whole request (head and body) was read
+        # Body bytes of a protocol-switch request still to come: llhttp stops at the head of
+        # such a request, so its Content-Length body is taken from the held bytes.
+        self.held_body = 0
         self.response_started = False  # the response head was sent to the client
-        self.retry = None  # (upstream, head) while the request may be sent once more
+        self.retry = None  # the forwarded head, while the request may be sent once more
         self.interim = 0  # 1xx responses seen
         self.trailer_bytes = 0  # request trailer fields seen (they are not forwarded)
         self.status = 0

@@ -18,7 +18,7 @@ CONNECTING = 4  # the upstream connection is being made
 HELD = 8  # bytes after a protocol-switch request are held until the upstream answers
 
 #: Bytes a transport may buffer for writing before the protocol feeding it pauses.
-HIGH_WATER = 256 * 1024
+HIGH_WATER = 64 * 1024
 
 
 class Flow(asyncio.Protocol):
@@ -76,5 +76,7 @@ class Flow(asyncio.Protocol):
         if other is not None:
             self.peer = None
             other.peer = None
-            other.resume_reading_for(PEER_FULL)
-            self.resume_reading_for(PEER_FULL)
+            if other.paused & PEER_FULL:
+                other.resume_reading_for(PEER_FULL)
+            if self.paused & PEER_FULL:
+                self.resume_reading_for(PEER_FULL)

@@ -16,23 +16,27 @@ import httptools
 
 from nsproxy.http.flow import HIGH_WATER, Flow
 from nsproxy.http.response_head import (
+    LENGTH,
     NO_BODY,
     UNTIL_CLOSE,
     ResponseFault,
     body_framing,
 )
-from nsproxy.http.wire import HEAD_END, HOP_BY_HOP, PROTECTED, assemble_head, connection_tokens
+from nsproxy.http.wire import HEAD_END, HOP_BY_HOP, PROTECTED, PartialHead, connection_tokens
 
 log = logging.getLogger("nsproxy.http")
 
 #: Interim (1xx) responses accepted before the final one, per request.
 MAX_INTERIM = 16
+#: Bytes of chunk framing (size line, extensions, CRLFs) allowed per chunk without counting.
+CHUNK_LINE = 64
 
 # Response header names that need a case-insensitive look: those as long as a hop-by-hop one
 # or as Content-Length (most names are skipped by their length alone).
 _LOOK_AT = HOP_BY_HOP | {b"content-length"}
 _LOOK_LENGTHS = frozenset(map(len, _LOOK_AT))
 _ALWAYS_CONNECTION = frozenset((b"close", b"keep-alive", b"upgrade"))
+_PLAIN_CONNECTION = frozenset((b"close", b"keep-alive", b"upgrade"))  # values naming no field
 
 
 class _AfterResponse(Exception):
@@ -59,21 +63,18 @@ class UpstreamConnection(Flow):
         "last_io",
         "lines",
         "mid_head",
-        "n_fields",
         "parser",
-        "pending_head",
+        "partial",
         "pooled_at",
-        "progress",
         "reason",
-        "received",
         "reused",
         "server",
         "server_label",
         "sock",
-        "stalled",
         "status",
         "switching",
         "trailer_bytes",
+        "unaccounted",
         "tunnel",
         "until_close",
         "upstream",
@@ -93,26 +94,26 @@ class UpstreamConnection(Flow):
         self.idle_since = 0.0  # coarse clock (shared.now): expiry by the sweep
         self.pooled_at = 0.0  # precise clock (shared.loop_time): reuse for safe requests
         self.last_io = 0.0
-        self.start_exchange(False)
-
-    def start_exchange(self, head_only: bool) -> None:
-        """Get ready for the response to a new request (``head_only``: a HEAD request)."""
-        self.head_only = head_only
-        self.in_head = True  # no final response head yet
         self.mid_head = False  # the parser holds part of a head
-        self.pending_head = None
-        self.head_bytes = 0
-        self.received = 0
-        self.done = False
-        self.extra = False
-        self.switching = False
+        self.partial = None  # PartialHead: a response head that arrives in pieces
+        self.extra = False  # bytes came after a complete response
+        self.switching = False  # the response is a 101 to a forwarded upgrade
         self.keep = False
         self.until_close = False
         self.status = 0
         self.trailer_bytes = 0
-        self.progress = 0  # parser events so far (a body that makes none is stalled)
-        self.stalled = 0  # body bytes read since the last parser event
+        self.unaccounted = 0  # body bytes not (yet) seen as data, trailers or chunk lines
+        self.start_exchange(False)
         self._new_head()
+
+    def start_exchange(self, head_only: bool) -> None:
+        """Get ready for the response to a new request (``head_only``: a HEAD request). Only
+        what a pooled connection can have changed is reset: a connection that saw extra
+        bytes, a fault or a protocol switch is never pooled."""
+        self.head_only = head_only
+        self.in_head = True  # no final response head yet
+        self.head_bytes = 0  # also: 0 means no byte of this response has arrived
+        self.done = False
 
     def _new_head(self) -> None:
         self.lines = [b""]  # the status line (made by the client side), then header lines
@@ -120,7 +121,6 @@ class UpstreamConnection(Flow):
         self.codings = None
         self.connection_values = None
         self.reason = b""
-        self.n_fields = 0
 
     def usable(self) -> bool:
         return not self.closed and not self.transport.is_closing()
@@ -147,7 +147,8 @@ class UpstreamConnection(Flow):
             if self.until_close and not self.in_head and not self.done:
                 client.response_done(False)  # the body ended with the connection: complete
             else:
-                client.upstream_lost(str(exc) if exc else "connection closed", self.received)
+                # (nothing of the response arrived: the request may be sent again)
+                client.upstream_lost(str(exc) if exc else "connection closed", self.head_bytes)
 
     def eof_received(self):
         if self.tunnel and self.client is not None:
@@ -161,21 +162,22 @@ class UpstreamConnection(Flow):
         if client is None:
             self.close()  # bytes while idle in the pool: its state is unknown now
             return
-        self.received += len(data)
         if self.tunnel:
             client.transport.write(data)
             return
-        limits = client.shared.limits
         in_head = self.in_head
-        if in_head:
+        if not in_head:
+            self.unaccounted += len(data)
+        else:
             self.head_bytes += len(data)
-            if not self.mid_head:
-                data, self.pending_head = assemble_head(self.pending_head, data)
+            partial = self.partial
+            if partial is not None:
+                data = partial.add(data)
                 if data is None:
-                    if self.head_bytes > limits["max_response_header_bytes"]:
+                    if self.head_bytes > client.shared.limits["max_response_header_bytes"]:
                         self._fault(ResponseFault("response head larger than the limit"))
                     return
-        progress = self.progress
+                self.partial = None
         client.wbuf = []
         fault = None
         try:
@@ -201,23 +203,32 @@ class UpstreamConnection(Flow):
                 self.extra = True  # not a response: bytes after the complete one
             else:
                 fault = ResponseFault(f"invalid response: {exc}")
-        finally:
-            client.flush()
         if fault is not None:
+            client.flush()
             self._fault(fault)
         elif self.done:
-            self._complete()
+            # The response is complete: the client writes what was batched, once.
+            if not self.keep or self.extra or self.until_close:
+                self.client = None
+                self.decouple()
+                self.close()
+                client.response_done(False)
+            else:
+                client.response_done(True)
         elif self.in_head:
-            if self.head_bytes > limits["max_response_header_bytes"]:
+            client.flush()
+            if self.head_bytes > client.shared.limits["max_response_header_bytes"]:
                 self._fault(ResponseFault("response head larger than max_response_header_bytes"))
-        elif not in_head and self.progress == progress:
-            # Body bytes that gave the parser nothing to report: chunk-size lines and their
-            # extensions (llhttp skips those without a limit). Bound them.
-            self.stalled += len(data)
-            if self.stalled > limits["max_response_header_bytes"]:
-                self._fault(ResponseFault("chunk extensions too long"))
+            elif self.mid_head:  # the rest of this head is collected before the parser sees it
+                self.partial = PartialHead(data[-3:])
         else:
-            self.stalled = 0
+            client.flush()
+            # Body bytes the parser reported as nothing: chunk-size lines and their extensions
+            # beyond CHUNK_LINE each (llhttp skips those without a limit). Bound them.
+            if self.unaccounted > client.shared.limits["max_response_header_bytes"]:
+                self._fault(ResponseFault("chunk extensions too long"))
+            elif self.unaccounted < 0:
+                self.unaccounted = 0
 
     def _feed_heads_of_head_response(self, data) -> None:
         """A response to HEAD ends with its head, whatever its Content-Length says, which
@@ -226,7 +237,8 @@ class UpstreamConnection(Flow):
         while data:
             end = data.find(HEAD_END)
             if end < 0:
-                self.pending_head = bytearray(data)
+                self.partial = PartialHead(b"")
+                self.partial.add(data)
                 return
             self.parser.feed_data(data[: end + 4])
             data = data[end + 4 :]
@@ -247,15 +259,6 @@ class UpstreamConnection(Flow):
             self.upstream.failed_response(self, fault.detail)
             client.upstream_fault(fault.status, f"upstream {self.upstream.name}: {fault.detail}")
 
-    def _complete(self) -> None:
-        client = self.client
-        reusable = self.keep and not self.extra and not self.until_close
-        if not reusable:
-            self.client = None
-            self.decouple()
-            self.close()
-        client.response_done(reusable)
-
     # -- httptools callbacks --------------------------------------------------------------
     def on_message_begin(self):
         if self.done:
@@ -268,20 +271,9 @@ class UpstreamConnection(Flow):
         self.reason += reason
 
     def on_header(self, name, value):
-        self.progress += 1
         if not self.in_head:  # a trailer field: not forwarded, but bounded
-            self.trailer_bytes += len(name) + len(value) + 4
-            limits = self.client.shared.limits if self.client is not None else None
-            if limits is not None and (
-                self.trailer_bytes > limits["max_response_header_bytes"]
-            ):  # fmt: skip
-                raise ResponseFault("response trailers larger than max_response_header_bytes")
+            self._trailer(len(name) + len(value) + 4)
             return
-        self.n_fields += 1
-        if self.client is not None and (
-            self.n_fields > self.client.shared.limits["max_response_headers"]
-        ):  # fmt: skip
-            raise ResponseFault("more response headers than max_response_headers")
         # Hop-by-hop fields are dropped here, as they arrive.
         if len(name) in _LOOK_LENGTHS:
             lname = name.lower()
@@ -292,11 +284,20 @@ class UpstreamConnection(Flow):
                     self.codings = [value] if self.codings is None else [*self.codings, value]
                     return
                 else:
-                    if lname == b"connection":
+                    if lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                         values = self.connection_values
                         self.connection_values = [value] if values is None else [*values, value]
                     return
         self.lines.extend((name, b": ", value, b"\r\n"))
+
+    def _trailer(self, size: int) -> None:
+        self.unaccounted -= size
+        self.trailer_bytes += size
+        client = self.client
+        if client is not None and (
+            self.trailer_bytes > client.shared.limits["max_response_header_bytes"]
+        ):  # fmt: skip
+            raise ResponseFault("response trailers larger than max_response_header_bytes")
 
     def on_headers_complete(self):
         self.mid_head = False
@@ -318,11 +319,20 @@ class UpstreamConnection(Flow):
             if status != 100:  # 100 Continue answered the proxy's own Expect handling
                 client.interim_response(status, self.reason, self._lines())
             return
+        lines = self.lines
+        # The field count is bounded here; until now the head's byte limit bounded it.
+        if len(lines) > 4 * client.shared.limits["max_response_headers"]:
+            raise ResponseFault("more response headers than max_response_headers")
         self.keep = self.parser.should_keep_alive()
-        kind, codings = body_framing(status, self.head_only, self.codings, self.has_length)
+        if self.codings is None and status != 204 and status != 304 and not self.head_only:
+            kind, codings = (LENGTH if self.has_length else UNTIL_CLOSE), ()  # the usual case
+        else:
+            kind, codings = body_framing(status, self.head_only, self.codings, self.has_length)
         self.until_close = kind == UNTIL_CLOSE
         self.in_head = False
-        client.response_head(status, self.reason, self._lines(), kind, codings)
+        if self.connection_values is not None:
+            lines = self._lines()
+        client.response_head(status, self.reason, lines, kind, codings)
         if self.head_only:
             self.done = True
 
@@ -341,12 +351,16 @@ class UpstreamConnection(Flow):
         return lines
 
     def on_body(self, body):
-        self.progress += 1
+        self.unaccounted -= len(body)
         if self.client is not None:
             self.client.response_body(body)
 
+    def on_chunk_header(self):
+        self.unaccounted -= CHUNK_LINE
+
     def on_message_complete(self):
-        self.progress += 1
+        self.unaccounted = 0
+        self.trailer_bytes = 0
         if self.in_head:  # an interim (1xx) response: the final one follows
             self._new_head()
             return

@@ -71,9 +71,10 @@ def is_identity_header(folded: bytes) -> bool:
     )
 
 
-def local_response(status: int, detail: str, close: bool = True) -> bytes:
+def local_response(status: int, detail: str, close: bool = True, head: bool = False) -> bytes:
     """A complete response the proxy answers itself: ``status``, a one-line plain text body
-    naming ``detail``, and ``Connection: close`` when ``close``."""
+    naming ``detail`` (only its length for a HEAD request, ``head``, RFC 9110 9.3.2), and
+    ``Connection: close`` when ``close``."""
     reason = REASONS.get(status, b"Error")
     body = f"{status} {reason.decode()}: {detail}\n".encode()
     return b"".join(
@@ -81,7 +82,7 @@ def local_response(status: int, detail: str, close: bool = True) -> bytes:
             b"HTTP/1.1 %d %b\r\n" % (status, reason),
             b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n" % len(body),
             b"Connection: close\r\n\r\n" if close else b"\r\n",
-            body,
+            b"" if head else body,
         )
     )
 
@@ -110,20 +111,27 @@ class Reject(Exception):
 HEAD_END = b"\r\n\r\n"
 
 
-def assemble_head(pending: bytearray | None, data: bytes) -> tuple[bytes | None, bytearray | None]:
-    """Collect the bytes of a message head until its end (CRLF CRLF) has arrived.
+class PartialHead:
+    """A message head that arrived in pieces: the rest is collected here until its end
+    (CRLF CRLF) has arrived, then handed to the parser at once.
 
-    Returns (bytes to give the parser now, or None; bytes still pending, or None). A head that
-    arrives in pieces is handed to the parser once, whole: feeding llhttp piece by piece makes
-    httptools grow a header value by concatenation, quadratic in the number of pieces. The
-    caller bounds ``len(pending)``. A blank line ending in a bare LF (which llhttp refuses)
-    also ends the head, so that such a head is refused at once rather than waited for."""
-    if pending is None:
-        if HEAD_END in data or b"\n\n" in data:
-            return data, None
-        return None, bytearray(data)
-    start = max(0, len(pending) - 3)
-    pending += data
-    if pending.find(HEAD_END, start) < 0 and pending.find(b"\n\n", start) < 0:
-        return None, pending
-    return bytes(pending), None
+    Feeding llhttp piece by piece makes httptools grow a header value by concatenation,
+    quadratic in the number of pieces. A head read whole in one piece (the usual case) never
+    comes here. A blank line ending in a bare LF (which llhttp refuses) also ends the head, so
+    that such a head is refused at once rather than waited for."""
+
+    __slots__ = ("buf", "fed")
+
+    def __init__(self, fed_tail: bytes):
+        # The last bytes already given to the parser: an end split across reads is found.
+        self.buf = bytearray(fed_tail)
+        self.fed = len(fed_tail)
+
+    def add(self, data) -> bytes | None:
+        """Collect ``data``; the bytes to give the parser now that the head ended, or None."""
+        buf = self.buf
+        start = max(0, len(buf) - 3)
+        buf += data
+        if buf.find(HEAD_END, start) < 0 and buf.find(b"\n\n", start) < 0:
+            return None
+        return bytes(buf[self.fed :])

@@ -93,6 +93,7 @@ class Served:
                         tenant.upstreams,
                         self._log_tcp,
                         timeouts=self.config.timeouts,
+                        runtime=tenant,
                     )
                 factory = li.factory
             else:
@@ -106,6 +107,7 @@ class Served:
                 ssl_ctx,
                 self.config.timeouts["header_read"],
                 client_first=protocol != "tcp",
+                tenant=tenant,
             )
         except Exception:
             sock.close()
@@ -141,6 +143,7 @@ class Served:
         shared = self.shared
         shared.limits = new.limits
         shared.timeouts = new.timeouts
+        shared.admission.configure(new.limits, new.listener_count())
         wanted = {t.name: t for t in new.tenants}
         added = removed = changed = 0
         for name in [n for n in self.tenants if n not in wanted]:
@@ -179,7 +182,9 @@ class Served:
     def _tenant_runtime(self, spec: config.Tenant) -> TenantRuntime:
         upstreams = Upstreams(spec.name, self.shared)
         slot = self.slots.get(spec.name, -1)
-        tenant = TenantRuntime(spec, self._router(spec.routes), upstreams, self.shared.counts, slot)
+        shared = self.shared
+        router = self._router(spec.routes)
+        tenant = TenantRuntime(spec, router, upstreams, shared.admission, shared.counts, slot)
         tenant.listeners = tuple(ListenerRuntime(li, tenant, self.shared) for li in spec.listeners)
         return tenant
 

@@ -31,7 +31,7 @@ import signal
 import socket
 import sys
 
-from nsproxy import channel, daemonlog, heap, privileges
+from nsproxy import channel, daemonlog, heap, privileges, tls_tickets
 from nsproxy.worker import status, sweep
 from nsproxy.worker.apply import Served
 from nsproxy.worker.stock import SocketStock
@@ -67,6 +67,7 @@ class Seed:
         "metrics_sock",
         "served",
         "slots",
+        "ticket_keys",
     )
 
     def __init__(self, **fields):
@@ -142,6 +143,7 @@ class Worker:
     def __init__(self, seed: Seed, loop):
         self.loop = loop
         self.index = seed.index
+        tls_tickets.use(seed.ticket_keys)
         self.channel = channel.Channel(
             seed.channel, loop, self._message, self._channel_closed, peer="the binder"
         )

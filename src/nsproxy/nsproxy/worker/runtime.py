@@ -13,6 +13,7 @@ import time
 
 from nsproxy import accesslog, config, metrics
 from nsproxy.accept import Acceptor
+from nsproxy.admission import Admission
 from nsproxy.http import ClientConnection, Router
 from nsproxy.upstream import Upstreams
 
@@ -31,7 +32,8 @@ class Shared:
         self.timeouts = cfg.timeouts
         self.access_log: accesslog.AccessLog | None = None
         self.connections: set = set()
-        self.acceptor = Acceptor(loop)
+        self.admission = Admission()  # this worker's connection budget and fair shares
+        self.acceptor = Acceptor(loop, self.admission)
         self.sockets = sockets  # worker.stock.SocketStock: sockets inside tenant namespaces
         self.counts = counts  # sharedcounts.SharedCounts: connections per tenant, all workers
         self.draining = False
@@ -85,7 +87,9 @@ class TenantRuntime:
     worker's own count by exactly one. ``local`` is this worker's count."""
 
     __slots__ = (
+        "admission",
         "closing",
+        "connections",
         "counters",
         "counts",
         "listeners",
@@ -99,9 +103,17 @@ class TenantRuntime:
     )
 
     def __init__(
-        self, spec: config.Tenant, router: Router, upstreams: Upstreams, counts=None, slot=-1
+        self,
+        spec: config.Tenant,
+        router: Router,
+        upstreams: Upstreams,
+        admission: Admission,
+        counts=None,
+        slot=-1,
     ):
         self.spec = spec
+        self.admission = admission  # the worker's Admission (connection budget and shares)
+        self.connections = None  # this worker's open http connections, a set from the first
         self.name = spec.name
         self.listeners: tuple[ListenerRuntime, ...] = ()  # a tuple: smaller than a list
         self.router = router
