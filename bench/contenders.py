@@ -2,21 +2,30 @@
 
 Every proxy does the same work per request: plain HTTP on :80 and TLS on :443 in every tenant
 namespace, keep-alive to the backend, and the tenant headers nsproxy adds
-(X-Nsproxy-Tenant, X-Forwarded-For/-Proto/-Host). Access logs are off for all of them.
+(X-Nsproxy-Tenant, X-Forwarded-For/-Proto/-Host). Access logs are off for all of them. Each TLS
+listener serves the certificate the run's CertStore gives its tenant (its own by default).
+
+A contender is one variant: nsproxy with a given ``workers`` setting (or none), HAProxy with a
+given ``nbthread``. Its ``id`` names it in the results (``nsproxy-w2``, ``haproxy-t1``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 from bench import topology as topo
+from bench.certs import CertStore
+from bench.measure import process_tree
 
 REPO = Path(__file__).resolve().parents[1]
 NSPROXY = REPO / ".venv" / "bin" / "nsproxy"
@@ -26,8 +35,8 @@ class ContenderError(RuntimeError):
     """A contender could not be configured, started or grown."""
 
 
-def _pin(cpu: int | None) -> list[str]:
-    return ["taskset", "-c", str(cpu)] if cpu is not None else []
+def _pin(cpus: list[int] | None) -> list[str]:
+    return ["taskset", "-c", ",".join(map(str, cpus))] if cpus else []
 
 
 def _stop(procs: list[subprocess.Popen], timeout: float = 10) -> None:
@@ -46,16 +55,46 @@ def _stop(procs: list[subprocess.Popen], timeout: float = 10) -> None:
 class Contender:
     """Base class. A proxy contender listens in tenant namespaces; ``direct`` does not."""
 
-    name = "?"
+    kind = "?"  # nsproxy, haproxy, nginx, direct
     is_proxy = True
     add_method = ""
 
-    def __init__(self, workdir: Path, cert: Path, key: Path, cpu: int | None):
-        self.workdir = workdir / self.name
+    def __init__(self, workdir: Path, certs: CertStore, cpus: list[int] | None):
+        self.workdir = workdir / self.id
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.cert, self.key, self.cpu = cert, key, cpu
+        self.certs, self.cpus = certs, cpus
         self.procs: list[subprocess.Popen] = []
         self.tls = False  # whether the running instance has a TLS listener per tenant too
+        self._checked: set[str] = set()  # digests of configs the contender's checker accepted
+
+    # what the variant is --------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """Short name of the variant, unique in a run (column of the tables)."""
+        return self.kind
+
+    @property
+    def threads(self) -> int:
+        """How many worker processes or threads serve the traffic (for pinning)."""
+        return 1
+
+    @property
+    def setting(self) -> dict:
+        """The contender's own setting that makes this variant, as written in its config."""
+        return {}
+
+    @property
+    def label(self) -> str:
+        return self.id
+
+    def _checked_before(self, text: str) -> bool:
+        """Whether this exact config was already accepted by the contender's checker (the
+        same configs recur in every repetition; a check of 3000 certificates takes seconds)."""
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if digest in self._checked:
+            return True
+        self._checked.add(digest)
+        return False
 
     # what the harness needs ----------------------------------------------------------
     def available(self) -> str | None:
@@ -89,15 +128,21 @@ class Contender:
     def check_alive(self) -> None:
         for p in self.procs:
             if p.poll() is not None:
-                raise ContenderError(f"{self.name} exited with {p.returncode}: {self.log_tail()}")
+                raise ContenderError(f"{self.id} exited with {p.returncode}: {self.log_tail()}")
 
     def log_tail(self) -> str:
         log = self.workdir / "stderr.log"
         return log.read_text()[-2000:].strip() if log.exists() else ""
 
     def stop(self) -> None:
+        """Stop the started processes, then kill any descendant that outlived them (a worker
+        whose binder died without stopping it)."""
+        descendants = set(process_tree(self.roots())) - set(self.roots())
         _stop(self.procs)
         self.procs = []
+        for pid in descendants:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
     def version(self) -> str:
         return ""
@@ -106,8 +151,12 @@ class Contender:
 class Direct(Contender):
     """No proxy: the load generator talks to the backend over loopback in the host namespace."""
 
-    name = "direct"
+    kind = "direct"
     is_proxy = False
+
+    @property
+    def label(self) -> str:
+        return "direct (no proxy)"
 
     def start(self, tenants: list[str], tls: bool) -> None:
         self.tls = tls
@@ -122,10 +171,11 @@ class Backend:
     """nginx in the host namespace answering every request with a tiny body: "ok <tenant>"
     (the X-Nsproxy-Tenant header it received), so a check can see each proxy adds it."""
 
-    def __init__(self, workdir: Path, cert: Path, key: Path, cpu: int | None):
+    def __init__(self, workdir: Path, certs: CertStore, cpu: int | None):
         self.workdir = workdir / "backend"
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.cert, self.key, self.cpu = cert, key, cpu
+        shared = certs.shared_cert()
+        self.cert, self.key, self.cpu = shared.crt, shared.key, cpu
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -156,7 +206,7 @@ http {{
         )
         with open(wd / "stderr.log", "w") as log:
             self.proc = subprocess.Popen(
-                [*_pin(self.cpu), "nginx", "-c", str(conf)],
+                [*_pin([self.cpu] if self.cpu is not None else None), "nginx", "-c", str(conf)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -178,22 +228,40 @@ def _nginx_temp_paths(wd: Path) -> str:
 
 
 class HAProxy(Contender):
-    """One HAProxy process (master-worker, 1 thread) with ``bind ... namespace tN`` per tenant."""
+    """HAProxy in master-worker mode with ``nbthread`` threads and ``bind ... namespace tN`` per
+    tenant."""
 
-    name = "haproxy"
+    kind = "haproxy"
     add_method = "master-worker reload (SIGUSR2), listeners handed over"
+
+    def __init__(self, workdir: Path, certs: CertStore, cpus: list[int] | None, nbthread: int = 1):
+        self.nbthread = nbthread
+        super().__init__(workdir, certs, cpus)
+
+    @property
+    def id(self) -> str:
+        return f"haproxy-t{self.nbthread}"
+
+    @property
+    def threads(self) -> int:
+        return self.nbthread
+
+    @property
+    def setting(self) -> dict:
+        return {"nbthread": self.nbthread}
+
+    @property
+    def label(self) -> str:
+        return f"HAProxy nbthread {self.nbthread}"
 
     def available(self) -> str | None:
         return None if shutil.which("haproxy") else "haproxy is not installed"
 
     def _write(self, tenants: list[str]) -> Path:
         wd = self.workdir
-        pem = wd / "cert.pem"
-        if not pem.exists():
-            pem.write_text(self.cert.read_text() + self.key.read_text())
         parts = [
             f"""global
-  nbthread 1
+  nbthread {self.nbthread}
   stats socket {wd}/admin.sock mode 600 level admin expose-fd listeners
   ssl-default-bind-options ssl-min-ver TLSv1.2
 
@@ -206,17 +274,18 @@ defaults
   option forwardfor
 """
         ]
-        tls_bind = (
-            f"  bind {topo.LISTEN_ADDR}:{topo.HTTPS_PORT} ssl crt {pem} namespace {{t}}\n"
-            if self.tls
-            else ""
-        )
         for t in tenants:
+            tls_bind = (
+                f"  bind {topo.LISTEN_ADDR}:{topo.HTTPS_PORT} ssl crt "
+                f"{self.certs.for_tenant(t).pem} namespace {t}\n"
+                if self.tls
+                else ""
+            )
             parts.append(
                 f"""
 frontend fe_{t}
   bind {topo.LISTEN_ADDR}:{topo.HTTP_PORT} namespace {t}
-{tls_bind.format(t=t)}  http-request set-header X-Nsproxy-Tenant {t}
+{tls_bind}  http-request set-header X-Nsproxy-Tenant {t}
   http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
   http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
@@ -228,19 +297,22 @@ backend be_{t}
             )
         conf = wd / "haproxy.cfg"
         tmp = wd / "haproxy.cfg.tmp"
-        tmp.write_text("".join(parts))
-        check = subprocess.run(
-            ["haproxy", "-c", "-q", "-f", str(tmp)], capture_output=True, text=True
-        )
-        if check.returncode != 0:
-            raise ContenderError(f"haproxy config check failed: {check.stderr.strip()[-1500:]}")
+        text = "".join(parts)
+        tmp.write_text(text)
+        if not self._checked_before(text):
+            check = subprocess.run(
+                ["haproxy", "-c", "-q", "-f", str(tmp)], capture_output=True, text=True
+            )
+            if check.returncode != 0:
+                self._checked.clear()
+                raise ContenderError(f"haproxy config check failed: {check.stderr.strip()[-1500:]}")
         os.replace(tmp, conf)
         return conf
 
     def start(self, tenants: list[str], tls: bool) -> None:
         self.tls = tls
         conf = self._write(tenants)
-        argv = [*_pin(self.cpu), "haproxy", "-W", "-S", f"{self.workdir}/master.sock", "-f"]
+        argv = [*_pin(self.cpus), "haproxy", "-W", "-S", f"{self.workdir}/master.sock", "-f"]
         with open(self.workdir / "stderr.log", "w") as log:
             self.procs = [
                 subprocess.Popen([*argv, str(conf)], stdout=log, stderr=subprocess.STDOUT)
@@ -266,8 +338,12 @@ class NginxPerNetns(Contender):
     """One nginx (master + 1 worker) per tenant, started with ``ip netns exec``, reaching the
     backend over the tenant's veth."""
 
-    name = "nginx"
+    kind = "nginx"
     add_method = "start one more instance in the new namespace"
+
+    @property
+    def label(self) -> str:
+        return "nginx, one instance per netns"
 
     def available(self) -> str | None:
         return None if shutil.which("nginx") else "nginx is not installed"
@@ -276,10 +352,11 @@ class NginxPerNetns(Contender):
         wd = self.workdir / tenant
         wd.mkdir(exist_ok=True)
         conf = wd / "nginx.conf"
+        cert = self.certs.for_tenant(tenant)
         tls = (
             f"""    listen {topo.LISTEN_ADDR}:{topo.HTTPS_PORT} ssl;
-    ssl_certificate {self.cert};
-    ssl_certificate_key {self.key};
+    ssl_certificate {cert.crt};
+    ssl_certificate_key {cert.key};
     ssl_protocols TLSv1.2 TLSv1.3;
 """
             if self.tls
@@ -316,7 +393,7 @@ http {{
 }}
 """
         )
-        return [*_pin(self.cpu), "ip", "netns", "exec", tenant, "nginx", "-c", str(conf)]
+        return [*_pin(self.cpus), "ip", "netns", "exec", tenant, "nginx", "-c", str(conf)]
 
     def start(self, tenants: list[str], tls: bool) -> None:
         self.tls = tls
@@ -342,37 +419,69 @@ http {{
 
 
 class Nsproxy(Contender):
-    """This project's daemon, one process, at its default settings (access log off, as for the
-    others)."""
+    """This project's daemon at its default settings (access log off, as for the others), with
+    ``workers`` written into its config only when the run asks for a worker count."""
 
-    name = "nsproxy"
+    kind = "nsproxy"
     add_method = "config reload (SIGHUP)"
+
+    def __init__(
+        self, workdir: Path, certs: CertStore, cpus: list[int] | None, workers: int | str | None
+    ):
+        self.workers = workers  # None: no `workers` key (the daemon's default)
+        super().__init__(workdir, certs, cpus)
+
+    @property
+    def id(self) -> str:
+        return "nsproxy" if self.workers is None else f"nsproxy-w{self.workers}"
+
+    @property
+    def threads(self) -> int:
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0)) if self.cpus is None else len(self.cpus)
+        return self.workers or 1
+
+    @property
+    def setting(self) -> dict:
+        return {} if self.workers is None else {"workers": self.workers}
+
+    @property
+    def label(self) -> str:
+        if self.workers is None:
+            return "nsproxy (no workers key: the daemon's default)"
+        return f"nsproxy workers: {self.workers}"
 
     def available(self) -> str | None:
         if not NSPROXY.exists():
             return f"{NSPROXY} is missing: run scripts/bootstrap.sh once src/nsproxy exists"
+        if self.workers is not None:
+            return workers_unsupported()
         return None
 
     def _write(self, tenants: list[str]) -> Path:
-        cert, key = str(self.cert), str(self.key)
-        listeners = [{"listen": f"{topo.LISTEN_ADDR}:{topo.HTTP_PORT}", "protocol": "http"}]
-        if self.tls:
-            listeners.append(
-                {
-                    "listen": f"{topo.LISTEN_ADDR}:{topo.HTTPS_PORT}",
-                    "protocol": "https",
-                    "tls": {"certificates": [{"cert": cert, "key": key}]},
-                }
-            )
+        http = {"listen": f"{topo.LISTEN_ADDR}:{topo.HTTP_PORT}", "protocol": "http"}
+
+        def listeners(tenant: str) -> list[dict]:
+            if not self.tls:
+                return [http]
+            cert = self.certs.for_tenant(tenant)
+            https = {
+                "listen": f"{topo.LISTEN_ADDR}:{topo.HTTPS_PORT}",
+                "protocol": "https",
+                "tls": {"certificates": [{"cert": str(cert.crt), "key": str(cert.key)}]},
+            }
+            return [http, https]
+
         config = {
             "instance": "bench",
             "admin_socket": str(self.workdir / "admin.sock"),
             "access_log": None,
+            **self.setting,
             "tenants": [
                 {
                     "name": t,
                     "netns": t,
-                    "listeners": listeners,
+                    "listeners": listeners(t),
                     "routes": [{"host": "*", "path_prefix": "/", "upstream": "backend"}],
                     "upstreams": {
                         "backend": {"netns": None, "servers": [f"127.0.0.1:{topo.BACKEND_PORT}"]}
@@ -383,17 +492,24 @@ class Nsproxy(Contender):
         }
         conf = self.workdir / "nsproxy.json"
         tmp = self.workdir / "nsproxy.json.tmp"
-        tmp.write_text(json.dumps(config, indent=1))
-        check = subprocess.run([str(NSPROXY), "check", str(tmp)], capture_output=True, text=True)
-        if check.returncode != 0:
-            raise ContenderError(f"nsproxy check refused the config: {check.stdout}{check.stderr}")
+        text = json.dumps(config, indent=1)
+        tmp.write_text(text)
+        if not self._checked_before(text):
+            check = subprocess.run(
+                [str(NSPROXY), "check", str(tmp)], capture_output=True, text=True
+            )
+            if check.returncode != 0:
+                self._checked.clear()
+                raise ContenderError(
+                    f"nsproxy check refused the config: {check.stdout}{check.stderr}"
+                )
         os.replace(tmp, conf)
         return conf
 
     def start(self, tenants: list[str], tls: bool) -> None:
         self.tls = tls
         conf = self._write(tenants)
-        argv = [*_pin(self.cpu), str(NSPROXY), "run", "--config", str(conf)]
+        argv = [*_pin(self.cpus), str(NSPROXY), "run", "--config", str(conf)]
         with open(self.workdir / "stderr.log", "w") as log:
             self.procs = [subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)]
 
@@ -412,4 +528,24 @@ class Nsproxy(Contender):
             return "not installed"
 
 
-ALL = {c.name: c for c in (Nsproxy, HAProxy, NginxPerNetns, Direct)}
+@functools.lru_cache(maxsize=1)
+def workers_unsupported() -> str | None:
+    """None when ``nsproxy check`` accepts a config with ``"workers": 1``, else its message.
+
+    The binder/worker daemon adds the key; today's single-process daemon refuses it as unknown.
+    """
+    if not NSPROXY.exists():
+        return f"{NSPROXY} is missing"
+    with tempfile.TemporaryDirectory(prefix="nsproxy-bench-probe-") as d:
+        probe = Path(d) / "workers.json"
+        probe.write_text(json.dumps({"workers": 1, "access_log": None, "tenants": []}))
+        check = subprocess.run([str(NSPROXY), "check", str(probe)], capture_output=True, text=True)
+    if check.returncode == 0:
+        return None
+    message = (check.stdout + check.stderr).strip().splitlines()
+    return "nsproxy check refuses `workers`: " + (message[0] if message else "no message")
+
+
+KINDS = ("nsproxy", "haproxy", "nginx", "direct")
+"""What --contenders accepts; the variants of each come from --nsproxy-workers and
+--haproxy-nbthread."""

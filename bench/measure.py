@@ -1,14 +1,12 @@
-"""Reading what processes cost (/proc) and what the load generator saw (wrk)."""
+"""Reading what processes cost, from /proc: their tree, CPU time (per process and per thread)
+and memory (RSS, PSS). See proc(5) for every field read here."""
 
 from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
+import resource
 import threading
-import time
-from dataclasses import dataclass, field
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -68,19 +66,53 @@ def rss_kb(pids: list[int]) -> int:
     return total
 
 
-def pss_kb(pids: list[int]) -> int:
-    """Summed proportional set size (shared pages split between sharers), in kB."""
-    total = 0
+def memory_kb(pids: list[int]) -> tuple[int, int]:
+    """(RSS, PSS) summed over the processes, in kB, from /proc/PID/smaps_rollup. RSS counts a
+    shared page once per process that maps it; PSS splits it between them, so summed PSS is
+    what the processes together occupy."""
+    rss = pss = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
                         break
         except OSError:
             continue
-    return total
+    return rss, pss
+
+
+def thread_cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """utime + stime of every thread of the processes, in seconds, by thread id."""
+    out = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def busiest_thread_seconds(before: dict[int, float], after: dict[int, float]) -> float:
+    """The most CPU time one thread used between two ``thread_cpu_seconds`` readings."""
+    return max((t - before.get(tid, 0.0) for tid, t in after.items()), default=0.0)
+
+
+def children_cpu_seconds() -> float:
+    """utime + stime of this process's waited-for children so far (getrusage(2)): the CPU a
+    load generator used, read before and after it runs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def host_cpu_busy() -> list[float]:
@@ -116,100 +148,3 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, rss_kb(self.pids))
-
-
-# -- wrk -----------------------------------------------------------------------------------
-@dataclass
-class WrkResult:
-    requests: int
-    seconds: float
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    socket_errors: dict[str, int] = field(default_factory=dict)
-    non_2xx: int = 0
-
-    @property
-    def failed(self) -> int:
-        return sum(self.socket_errors.values()) + self.non_2xx
-
-
-_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
-
-
-def _duration_ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
-    if not m:
-        raise ValueError(f"unexpected wrk duration {text!r}")
-    return float(m.group(1)) * _UNITS_MS[m.group(2)]
-
-
-def parse_wrk(output: str) -> WrkResult:
-    """Parse ``wrk --latency`` output; raises ValueError naming what is missing."""
-
-    def need(pattern: str, what: str) -> re.Match:
-        m = re.search(pattern, output)
-        if not m:
-            raise ValueError(f"wrk output has no {what}:\n{output}")
-        return m
-
-    total = need(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", "request count")
-    errors = {}
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    if m:
-        errors = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return WrkResult(
-        requests=int(total.group(1)),
-        seconds=_duration_ms(total.group(2) + total.group(3)) / 1000,
-        rps=float(need(r"Requests/sec:\s+([\d.]+)", "Requests/sec").group(1)),
-        p50_ms=_duration_ms(need(r"\n\s+50%\s+(\S+)", "50% latency").group(1)),
-        p99_ms=_duration_ms(need(r"\n\s+99%\s+(\S+)", "99% latency").group(1)),
-        socket_errors=errors,
-        non_2xx=int(non2xx.group(1)) if non2xx else 0,
-    )
-
-
-def wrk_command(
-    url: str, seconds: float, connections: int, cpu: int | None, netns: str | None
-) -> list[str]:
-    argv = [
-        "wrk",
-        "--latency",
-        "-t1",
-        f"-c{connections}",
-        f"-d{max(1, round(seconds))}s",
-        "--timeout",
-        "5s",
-        url,
-    ]
-    if cpu is not None:
-        argv = ["taskset", "-c", str(cpu), *argv]
-    if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
-    return argv
-
-
-def run_wrk(argv: list[str]) -> WrkResult:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip()}")
-    return parse_wrk(proc.stdout)
-
-
-def start_wrk(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish_wrk(proc: subprocess.Popen, interrupt: bool = False) -> WrkResult:
-    """Wait for wrk's report; with ``interrupt``, first tell it to stop now (SIGINT)."""
-    if interrupt and proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {err.strip()}")
-    return parse_wrk(out)
-
-
-def settle(seconds: float) -> None:
-    time.sleep(seconds)

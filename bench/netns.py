@@ -63,11 +63,6 @@ class Namespaces:
         with self.inside(name):
             return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
-    def write_sysctl(self, name: str, key: str, value: str) -> None:
-        """Write a per-namespace sysctl (``net/...``) of namespace ``name``."""
-        with self.inside(name), open(f"/proc/sys/{key}", "w") as f:
-            f.write(value)
-
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)

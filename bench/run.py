@@ -2,11 +2,13 @@
 """Benchmark nsproxy against HAProxy, nginx-per-namespace and the direct path.
 
 One command does everything inside a throwaway network + mount namespace (tools/sandbox.py):
-N tenant namespaces that all listen on 10.0.0.250, a backend nginx in the host namespace,
-each contender started in turn, wrk run inside tenant t0. Prints a table, writes
-bench/results/<stamp>.json and PNG charts, and says whether nsproxy meets its targets.
+N tenant namespaces that all listen on 10.0.0.250, each with its own TLS certificate (cached
+in bench/.cache), a backend nginx in the host namespace, each contender variant started in
+turn, the load generators run inside tenant namespaces. Prints a table, writes
+bench/results/<stamp>.json, .md and PNG charts, and judges nsproxy's targets.
 
-    bench/run.py                                   # N = 10, 100, 1000; 3 repetitions; 10 s loads
+    bench/run.py                                   # the defaults: see bench/README.md
+    bench/run.py --nsproxy-workers 1,2             # with the binder/worker daemon
     bench/run.py --tenants 3 --duration 1 --repeat 1 --out /tmp/smoke
 """
 
@@ -20,7 +22,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,57 +33,120 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import measure, report  # noqa: E402
+from bench import certs, report  # noqa: E402
+from bench import targets as tg  # noqa: E402
 from bench import topology as topo  # noqa: E402
-from bench.contenders import ALL, Backend, Contender, ContenderError  # noqa: E402
-from bench.netns import Namespaces, wait_listening  # noqa: E402
+from bench.contenders import (  # noqa: E402
+    KINDS,
+    Contender,
+    ContenderError,
+    Direct,
+    HAProxy,
+    NginxPerNetns,
+    Nsproxy,
+)
+from bench.fields import fields_for  # noqa: E402
+from bench.harness import Harness  # noqa: E402
 
 INSIDE_ENV = "NSPROXY_BENCH_IN_SANDBOX"
+DEFAULT_BASELINE = REPO / "bench" / "results" / "2026-11-22T1021Z.json"
+DEFAULT_CACHE = REPO / "bench" / ".cache" / "tls"
 
-# Fields every proxy point has; the direct path has only the load ones (no proxy to measure).
-LOAD_FIELDS = [f"{v}_{f}" for v in ("http", "https") for f in ("rps", "p50_ms", "p99_ms", "failed")]
-# Measured twice per proxy: with an HTTP listener per tenant, and ("tls_") with an HTTPS one too.
-CONFIG_FIELDS = [
-    "listen_all_s",
-    "listen_cpu_s",
-    "idle_rss_kb",
-    "idle_pss_kb",
-    "load_rss_kb",
-    "processes",
-    "add_tenant_ms",
-    "add_failed_requests",
-    "add_requests",
-]
-PROXY_FIELDS = [
-    *CONFIG_FIELDS,
-    *(f"tls_{f}" for f in CONFIG_FIELDS),
-    *LOAD_FIELDS,
-    "http_proxy_cpu_s",
-    "http_proxy_cpu_share",
-    "http_req_per_cpu_s",
-    "https_proxy_cpu_s",
-    "https_proxy_cpu_share",
-    "https_req_per_cpu_s",
-]
+
+def _counts(p: argparse.ArgumentParser, option: str, text: str) -> list[int]:
+    try:
+        counts = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        p.error(f"{option}: expected comma-separated integers, got {text!r}")
+    if counts and counts[0] < 1:
+        p.error(f"{option}: every count must be at least 1")
+    return counts
+
+
+def _workers(p: argparse.ArgumentParser, text: str) -> list[int | str | None]:
+    out: list[int | str | None] = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        if item == "default":
+            out.append(None)
+        elif item == "auto" or (item.isdigit() and int(item) >= 1):
+            out.append(item if item == "auto" else int(item))
+        else:
+            p.error(
+                f"--nsproxy-workers: {item!r} is not allowed (use 'default', 'auto' or a "
+                "count of at least 1, comma-separated)"
+            )
+    if not out:
+        p.error("--nsproxy-workers: give at least one value")
+    return list(dict.fromkeys(out))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--tenants",
+        default="10,100,1000,3000",
+        help="tenant counts N where start and memory are measured (default 10,100,1000,3000)",
+    )
+    p.add_argument(
+        "--load-tenants",
         default="10,100,1000",
-        help="comma-separated tenant counts (default 10,100,1000)",
+        help="the N of --tenants where load, handshakes and a tenant add run too; others get "
+        "start and memory only (default 10,100,1000)",
+    )
+    p.add_argument(
+        "--scaling-tenants",
+        default="100,1000",
+        help="the N where variants with 2+ workers/threads run (default 100,1000)",
     )
     p.add_argument(
         "--contenders",
-        default=",".join(ALL),
-        help=f"comma-separated subset of {','.join(ALL)} (default: all)",
+        default=",".join(KINDS),
+        help=f"comma-separated subset of {','.join(KINDS)} (default: all)",
+    )
+    p.add_argument(
+        "--nsproxy-workers",
+        default="default",
+        help="nsproxy variants: comma-separated 'default' (no workers key in the config: the "
+        "daemon's default), 'auto' or counts, e.g. 1,2 (default: default)",
+    )
+    p.add_argument(
+        "--haproxy-nbthread",
+        default="1,2",
+        help="HAProxy variants: comma-separated nbthread values (default 1,2)",
+    )
+    p.add_argument(
+        "--tls-key",
+        choices=sorted(certs.KEY_TYPES),
+        default="rsa2048",
+        help="key type of every certificate, the same for every contender (default rsa2048)",
+    )
+    p.add_argument(
+        "--shared-cert",
+        action="store_true",
+        help="one certificate for every tenant (the old variant) instead of one per tenant",
+    )
+    p.add_argument(
+        "--cert-cache",
+        default=str(DEFAULT_CACHE),
+        help="where generated certificates are kept between runs (default bench/.cache/tls)",
     )
     p.add_argument("--duration", type=int, default=10, help="seconds per load run (default 10)")
     p.add_argument("--repeat", type=int, default=3, help="repetitions per point (default 3)")
     p.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     p.add_argument(
-        "--settle", type=float, default=2.0, help="seconds idle before idle RSS (default 2)"
+        "--handshake-seconds",
+        type=int,
+        default=5,
+        help="seconds of each handshake run, full and resumed (default 5)",
+    )
+    p.add_argument(
+        "--handshake-clients",
+        type=int,
+        default=4,
+        help="openssl s_time clients at once, one per tenant t0, t1, ... (default 4)",
+    )
+    p.add_argument(
+        "--settle", type=float, default=2.0, help="seconds idle before idle memory (default 2)"
     )
     p.add_argument(
         "--add-window",
@@ -90,22 +154,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=4,
         help="seconds of load on t0 around the tenant add (default 4)",
     )
-    p.add_argument("--proxy-cpu", type=int, default=0, help="CPU the proxies run on (default 0)")
+    p.add_argument(
+        "--add-loop-connections",
+        type=int,
+        default=2,
+        help="connections of the looping client (a new connection per request) during the "
+        "add (default 2)",
+    )
+    p.add_argument(
+        "--proxy-cpu", type=int, default=0, help="CPU of a 1-worker/thread proxy (default 0)"
+    )
     p.add_argument(
         "--load-cpu",
         type=int,
         default=1,
-        help="CPU of wrk, the backend and this harness (default 1)",
+        help="CPU of wrk, s_time, the backend and this harness (default 1)",
     )
     p.add_argument(
         "--nginx-max-tenants",
         type=int,
-        default=None,
-        help="skip nginx above this many tenants (default: skip only when the estimated "
-        "memory exceeds half of what is available)",
+        default=1000,
+        help=f"skip nginx above this many tenants (default 1000; at most {topo.MAX_VETHS - 1}); "
+        "it is skipped below too when its estimated memory exceeds half of what is available",
+    )
+    p.add_argument(
+        "--baseline",
+        default=str(DEFAULT_BASELINE),
+        help="published result file that req per CPU-s is compared with "
+        "(default bench/results/2026-11-22T1021Z.json)",
     )
     p.add_argument("--out", default=str(REPO / "bench" / "results"), help="results directory")
-    p.add_argument("--stamp", default=None, help="file name stem (default: UTC date and time)")
+    p.add_argument(
+        "--stamp",
+        default=None,
+        help="file name stem (default: UTC date and time, plus -shared-cert with --shared-cert)",
+    )
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     p.add_argument(
         "--keep-workdir",
@@ -113,228 +196,94 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="keep the configs and logs of the contenders (path printed at the end)",
     )
     args = p.parse_args(argv)
-    try:
-        args.tenant_counts = sorted({int(x) for x in args.tenants.split(",") if x.strip()})
-    except ValueError:
-        p.error(f"--tenants: expected comma-separated integers, got {args.tenants!r}")
-    if not args.tenant_counts or args.tenant_counts[0] < 1:
-        p.error("--tenants: every count must be at least 1")
-    args.contender_names = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = [c for c in args.contender_names if c not in ALL]
+    args.tenant_counts = _counts(p, "--tenants", args.tenants)
+    if not args.tenant_counts:
+        p.error("--tenants: give at least one count")
+    # the counts of --tenants that are also listed: `--tenants 100,1000` keeps the defaults
+    load = _counts(p, "--load-tenants", args.load_tenants)
+    scaling = _counts(p, "--scaling-tenants", args.scaling_tenants)
+    args.load_counts = [n for n in args.tenant_counts if n in load]
+    args.scaling_counts = [n for n in args.tenant_counts if n in scaling]
+    args.contender_kinds = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = [c for c in args.contender_kinds if c not in KINDS]
     if unknown:
-        p.error(f"--contenders: unknown {', '.join(unknown)} (allowed: {', '.join(ALL)})")
-    if args.duration < 1 or args.repeat < 1 or args.add_window < 1:
-        p.error("--duration, --repeat and --add-window must be at least 1")
+        p.error(f"--contenders: unknown {', '.join(unknown)} (allowed: {', '.join(KINDS)})")
+    args.workers = _workers(p, args.nsproxy_workers)
+    args.nbthreads = _counts(p, "--haproxy-nbthread", args.haproxy_nbthread)
+    if not args.nbthreads:
+        p.error("--haproxy-nbthread: give at least one value")
+    if min(args.duration, args.repeat, args.add_window, args.handshake_seconds) < 1:
+        p.error("--duration, --repeat, --add-window and --handshake-seconds must be at least 1")
+    if args.handshake_clients < 1 or args.add_loop_connections < 1:
+        p.error("--handshake-clients and --add-loop-connections must be at least 1")
+    if not 0 <= args.nginx_max_tenants < topo.MAX_VETHS:
+        p.error(
+            f"--nginx-max-tenants: at most {topo.MAX_VETHS - 1} (each nginx tenant needs a veth "
+            "into one bridge, which takes 1024 ports)"
+        )
     ncpu = os.cpu_count() or 1
     for name in ("proxy_cpu", "load_cpu"):
         if not 0 <= getattr(args, name) < ncpu:
             p.error(f"--{name.replace('_', '-')}: this machine has CPUs 0..{ncpu - 1}")
-    args.stamp = args.stamp or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H%MZ")
+    if not args.stamp:
+        args.stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H%MZ")
+        args.stamp += "-shared-cert" * args.shared_cert
     return args
 
 
-# -- one measurement -----------------------------------------------------------------------
-class Harness:
-    def __init__(self, args: argparse.Namespace, workdir: Path):
-        self.args = args
-        self.workdir = workdir
-        self.namespaces = Namespaces()
-        self.cert, self.key = workdir / "cert.pem", workdir / "key.pem"
+# -- variants and where they run -------------------------------------------------------------
+def proxy_cpus(args: argparse.Namespace, threads: int) -> list[int]:
+    """CPUs a proxy with ``threads`` workers/threads is pinned to. One: ``--proxy-cpu`` alone,
+    the load generator has ``--load-cpu``. More: that many CPUs other than the load CPU when the
+    machine has them, else every CPU (the load generator then competes; the JSON says so)."""
+    if threads <= 1:
+        return [args.proxy_cpu]
+    ncpu = os.cpu_count() or 1
+    own = [args.proxy_cpu] + [c for c in range(ncpu) if c not in (args.proxy_cpu, args.load_cpu)]
+    return sorted(own[:threads]) if len(own) >= threads else list(range(ncpu))
 
-    def setup(self) -> list[str]:
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=bench.example",
-                "-addext",
-                f"subjectAltName=DNS:bench.example,IP:{topo.LISTEN_ADDR},IP:127.0.0.1",
-                "-keyout",
-                str(self.key),
-                "-out",
-                str(self.cert),
-            ],
-            check=True,
-            capture_output=True,
-        )
-        t = time.monotonic()
-        self.tenants = topo.build(max(self.args.tenant_counts) + 1, self.namespaces)
-        print(f"# {len(self.tenants)} tenant namespaces built in {time.monotonic() - t:.1f} s")
-        self.backend = Backend(self.workdir, self.cert, self.key, self.args.load_cpu)
-        self.backend.start()
-        wait_listening(
-            self.namespaces,
-            [
-                (None, "127.0.0.1", topo.BACKEND_PORT),
-                (None, "127.0.0.1", topo.BACKEND_TLS_PORT),
-                (None, topo.BRIDGE_ADDR, topo.BACKEND_PORT),
-            ],
-            timeout=30,
-        )
-        return self.tenants
 
-    def load(self, contender: Contender, tls: bool, seconds: int) -> tuple[dict, int]:
-        """One wrk run against the contender; returns its fields and the peak RSS (kB)."""
-        netns, url = contender.target(tls, self.tenants[0])
-        argv = measure.wrk_command(url, seconds, self.args.connections, self.args.load_cpu, netns)
-        pids = measure.process_tree(contender.roots())
-        backend_pids = measure.process_tree(self.backend.roots())
-        cpu0, backend0 = measure.cpu_seconds(pids), measure.cpu_seconds(backend_pids)
-        host0, t0 = measure.host_cpu_busy(), time.monotonic()
-        with measure.RssSampler(pids) as sampler:
-            result = measure.run_wrk(argv)
-        wall = time.monotonic() - t0
-        cpu = measure.cpu_seconds(pids) - cpu0
-        host = [(b - a) / wall for a, b in zip(host0, measure.host_cpu_busy())]
-        v = "https" if tls else "http"
-        fields = {
-            f"{v}_rps": result.rps,
-            f"{v}_p50_ms": result.p50_ms,
-            f"{v}_p99_ms": result.p99_ms,
-            f"{v}_failed": result.failed,
-            f"{v}_socket_errors": result.socket_errors,
-            f"{v}_non_2xx": result.non_2xx,
-            f"{v}_requests": result.requests,
-            f"{v}_backend_cpu_s": measure.cpu_seconds(backend_pids) - backend0,
-            f"{v}_host_cpu_busy": [round(x, 3) for x in host],
-        }
-        if contender.is_proxy:
-            fields[f"{v}_proxy_cpu_s"] = cpu
-            fields[f"{v}_proxy_cpu_share"] = round(cpu / wall, 3)
-            fields[f"{v}_req_per_cpu_s"] = result.requests / cpu if cpu > 0 else None
-        return fields, sampler.peak
+def make_variants(args, workdir: Path, store: certs.CertStore) -> list[Contender]:
+    ncpu = os.cpu_count() or 1
+    out: list[Contender] = []
+    for kind in args.contender_kinds:
+        if kind == "nsproxy":
+            for w in args.workers:
+                threads = ncpu if w == "auto" else (w or 1)
+                out.append(Nsproxy(workdir, store, proxy_cpus(args, threads), w))
+        elif kind == "haproxy":
+            for t in args.nbthreads:
+                out.append(HAProxy(workdir, store, proxy_cpus(args, t), t))
+        elif kind == "nginx":
+            out.append(NginxPerNetns(workdir, store, [args.proxy_cpu]))
+        else:
+            out.append(Direct(workdir, store, None))
+    return out
 
-    def measure_once(self, contender: Contender, n: int) -> dict:
-        """One repetition: for a proxy, two starts (HTTP listeners only, then HTTP + TLS), each
-        with start time, idle RSS, one load run and a tenant add; for direct, the two loads."""
-        sample: dict = {}
-        if not contender.is_proxy:
-            self.check_answers(contender, [])
-            for tls in (False, True):
-                sample.update(self.load(contender, tls, self.args.duration)[0])
-            return sample
-        tenants, extra = self.tenants[:n], self.tenants[n]
-        for tls in (False, True):
-            prefix = "tls_" if tls else ""
-            t0 = time.monotonic()
-            contender.start(tenants, tls)
-            try:
-                try:
-                    accepted = wait_listening(
-                        self.namespaces,
-                        contender.listen_targets(tenants),
-                        timeout=60 + n * 0.1,
-                        alive=contender.check_alive,
-                    )
-                except TimeoutError as exc:
-                    raise ContenderError(f"{contender.name}: {exc}") from None
-                sample[f"{prefix}listen_all_s"] = max(accepted.values()) - t0
-                # CPU spent getting there: unlike the wall time, not inflated by other load
-                sample[f"{prefix}listen_cpu_s"] = measure.cpu_seconds(
-                    measure.process_tree(contender.roots())
-                )
-                time.sleep(self.args.settle)
-                contender.check_alive()
-                pids = measure.process_tree(contender.roots())
-                sample[f"{prefix}idle_rss_kb"] = measure.rss_kb(pids)
-                sample[f"{prefix}idle_pss_kb"] = measure.pss_kb(pids)
-                sample[f"{prefix}processes"] = len(pids)
-                self.check_answers(contender, tenants)
-                fields, peak = self.load(contender, tls, self.args.duration)
-                sample.update(fields)
-                sample[f"{prefix}load_rss_kb"] = peak
-                contender.check_alive()
-                self.add_tenant(contender, [*tenants, extra], sample, prefix)
-            finally:
-                contender.stop()
-                self.kill_tenant_processes()
-        return sample
 
-    def check_answers(self, contender: Contender, tenants: list[str]) -> None:
-        """Before timing anything: the first and last tenant get the backend's answer, with
-        their own tenant name forwarded (HTTP and TLS)."""
-        probes = sorted({tenants[0], tenants[-1]}) if contender.is_proxy else [None]
-        variants = (False, True) if contender.tls or not contender.is_proxy else (False,)
-        for tenant in probes:
-            for tls in variants:
-                netns, url = contender.target(tls, tenant or self.tenants[0])
-                argv = ["curl", "-sS", "-k", "--max-time", "10", url]
-                if netns:
-                    argv = ["ip", "netns", "exec", netns, *argv]
-                got = subprocess.run(argv, capture_output=True, text=True)
-                want = f"ok {tenant or ''}".strip()
-                if got.returncode != 0 or got.stdout.strip() != want:
-                    raise ContenderError(
-                        f"{contender.name}: {url} from {netns or 'host'} answered "
-                        f"{(got.stdout + got.stderr).strip()[:300]!r}, expected {want!r}"
-                    )
-
-    def add_tenant(self, contender: Contender, grown: list[str], sample: dict, prefix: str) -> None:
-        """Grow the running contender by one tenant while t0 is under load. The load starts
-        ``--add-window``/3 s before the add and goes on until ``--add-window``*2/3 s after the
-        new tenant accepts, however long the add takes (wrk stops on SIGINT and reports)."""
-        netns, url = contender.target(False, self.tenants[0])
-        window = self.args.add_window
-        argv = measure.wrk_command(url, 900, self.args.connections, self.args.load_cpu, netns)
-        contender.prepare_add(grown)
-        wrk = measure.start_wrk(argv)
-        try:
-            time.sleep(window / 3)
-            t0 = time.monotonic()
-            contender.trigger_add()
-            accepted = wait_listening(
-                self.namespaces,
-                contender.listen_targets(grown[-1:]),
-                timeout=120,
-                alive=contender.check_alive,
-            )
-            sample[f"{prefix}add_tenant_ms"] = (max(accepted.values()) - t0) * 1000
-            time.sleep(window * 2 / 3)
-        finally:
-            result = measure.finish_wrk(wrk, interrupt=True)
-        sample[f"{prefix}add_failed_requests"] = result.failed
-        sample[f"{prefix}add_requests"] = result.requests
-        sample[f"{prefix}add_socket_errors"] = result.socket_errors
-        sample[f"{prefix}add_non_2xx"] = result.non_2xx
-
-    # -- cleanup ------------------------------------------------------------------------
-    def kill_tenant_processes(self) -> None:
-        """Kill whatever still runs inside our tenant namespaces (we started all of it)."""
-        inodes = set()
-        for name in getattr(self, "tenants", []):
-            with contextlib.suppress(OSError):
-                inodes.add(self.namespaces.inode(name))
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
-                    os.kill(int(entry), signal.SIGKILL)
-            except OSError:
-                continue
-
-    def close(self) -> None:
-        if hasattr(self, "backend"):
-            self.backend.stop()
-        self.kill_tenant_processes()
-        self.namespaces.close()
+def skip_reason(args, c: Contender, n: int, points: list[dict]) -> str | None:
+    reason = c.available()
+    if reason:
+        return reason
+    if not c.is_proxy and n not in args.load_counts:
+        return "the direct path has no listeners: it runs only at --load-tenants"
+    if c.threads > 1 and n not in args.scaling_counts:
+        return f"{c.threads} workers/threads run only at --scaling-tenants {args.scaling_tenants}"
+    if c.kind == "nginx":
+        return nginx_skip_reason(args, n, points)
+    return None
 
 
 def nginx_skip_reason(args, n: int, points: list[dict]) -> str | None:
-    if args.nginx_max_tenants is not None and n > args.nginx_max_tenants:
+    if n > args.nginx_max_tenants:
         return f"above --nginx-max-tenants {args.nginx_max_tenants}"
     # What the instances really occupy is their PSS (shared pages counted once); twice the
     # idle figure leaves room for the loaded instance and the kernel's per-socket memory.
     per_tenant_kb = 4000.0
     measured = [
-        p for p in points if p["contender"] == "nginx" and p.get("summary", {}).get("idle_pss_kb")
+        p
+        for p in points
+        if p["contender"] == "nginx" and p.get("summary", {}).get("tls_idle_pss_kb")
     ]
     if measured:
         last = measured[-1]
@@ -350,7 +299,16 @@ def nginx_skip_reason(args, n: int, points: list[dict]) -> str | None:
     return None
 
 
-def machine_info(contenders: dict[str, Contender]) -> dict:
+def nginx_veths(args) -> int:
+    """How many tenants get a veth: those nginx may serve, plus the one it adds."""
+    if "nginx" not in args.contender_kinds:
+        return 0
+    served = [n for n in args.tenant_counts if n <= args.nginx_max_tenants]
+    return max(served) + 1 if served else 0
+
+
+# -- the result document ---------------------------------------------------------------------
+def machine_info(contenders: list[Contender]) -> dict:
     model, cores = "", os.cpu_count()
     with contextlib.suppress(OSError, StopIteration):
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -359,14 +317,18 @@ def machine_info(contenders: dict[str, Contender]) -> dict:
         )
     with open("/proc/meminfo") as f:
         mem_kb = int(f.readline().split()[1])
-    versions = {name: c.version() for name, c in contenders.items() if c.version()}
+    versions = {c.kind: c.version() for c in contenders if c.version()}
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split()
     versions["wrk"] = wrk[1] if len(wrk) > 1 else ""
+    versions["openssl"] = subprocess.run(
+        ["openssl", "version"], capture_output=True, text=True
+    ).stdout.strip()
     with contextlib.suppress(Exception):
         from importlib import metadata
 
         versions["uvloop"] = metadata.version("uvloop")
         versions["httptools"] = metadata.version("httptools")
+        versions["cryptography"] = metadata.version("cryptography")
     commit = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
@@ -379,8 +341,12 @@ def machine_info(contenders: dict[str, Contender]) -> dict:
         "python": platform.python_version(),
         "versions": versions,
         "git_commit": commit,
-        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "loadavg_at_start": _loadavg(),
     }
+
+
+def _loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
 
 
 def _os_release() -> str:
@@ -399,104 +365,155 @@ def _in_sandbox() -> bool:
         )
 
 
-def assemble(args, started, info, contenders, points, complete: bool) -> dict:
-    """The result document: machine, parameters, points, target verdicts and ratios."""
+def assemble(args, run: dict, variants: list[Contender], points, complete: bool) -> dict:
+    """The result document: machine, parameters, points, target verdicts."""
     result = {
-        "started": started.isoformat(timespec="seconds"),
+        "started": run["started"].isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.monotonic() - run["t0"], 1),
+        "loadavg_at_end": _loadavg(),
         "complete": complete,
-        "machine": info,
+        "machine": run["machine"],
+        "setup": run["setup"],
         "parameters": {
             "tenant_counts": args.tenant_counts,
-            "contenders": args.contender_names,
+            "load_tenants": args.load_counts,
+            "scaling_tenants": args.scaling_counts,
+            "contenders": args.contender_kinds,
+            "variants": [c.id for c in variants],
+            "variant_details": [
+                {
+                    "id": c.id,
+                    "kind": c.kind,
+                    "label": c.label,
+                    "setting": c.setting,
+                    "threads": c.threads,
+                    "cpus": ",".join(map(str, c.cpus)) if c.cpus else "any",
+                    "shares_load_cpu": bool(c.cpus) and args.load_cpu in c.cpus,
+                }
+                for c in variants
+            ],
+            "tls": {
+                "key_type": args.tls_key,
+                "shared": args.shared_cert,
+                "label": run["store"].label,
+                "chain": "leaf + CA certificate (full chain), key in its own file",
+            },
             "duration_s": args.duration,
             "repeat": args.repeat,
             "connections": args.connections,
             "wrk_threads": 1,
+            "handshake_seconds": args.handshake_seconds,
+            "handshake_clients": args.handshake_clients,
             "settle_s": args.settle,
             "add_window_s": args.add_window,
+            "add_loop_connections": args.add_loop_connections,
             "proxy_cpu": args.proxy_cpu,
             "load_cpu": args.load_cpu,
             "listen": f"{topo.LISTEN_ADDR}:{topo.HTTP_PORT} (http), :{topo.HTTPS_PORT} (https)",
-            "add_methods": {n: c.add_method for n, c in contenders.items() if c.add_method},
+            "add_methods": {c.id: c.add_method for c in variants if c.add_method},
         },
+        "baseline": run["baseline"],
         "points": points,
     }
-    result["targets"] = report.evaluate_targets(points)
-    result["ratios"] = report.ratios(points)
+    result["targets"] = tg.evaluate(result)
     return result
 
 
+# -- the run ---------------------------------------------------------------------------------
 def run_inside(args: argparse.Namespace) -> int:
     if not _in_sandbox():
         print("bench: refusing to build tenants in the machine's own namespace", file=sys.stderr)
         return 2
+    run: dict = {"t0": time.monotonic(), "started": dt.datetime.now(dt.timezone.utc)}
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    # before pinning: key generation uses every CPU
+    try:
+        store, made = certs.ensure(
+            Path(args.cert_cache), args.tls_key, max(args.tenant_counts) + 1, args.shared_cert
+        )
+    except certs.CertError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"# TLS: {store.label}; {made['generated']} generated in {made['seconds']:.1f} s, "
+        f"{made['reused']} reused from {made['directory']}",
+        flush=True,
+    )
     os.sched_setaffinity(0, {args.load_cpu})
+    run["store"] = store
+    run["baseline"] = None
+    if args.baseline:
+        try:
+            run["baseline"] = tg.baseline(args.baseline)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"# baseline {args.baseline} not read: {exc}", file=sys.stderr)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{args.stamp}.json"
     workdir = Path(tempfile.mkdtemp(prefix="nsproxy-bench-"))
-    harness = Harness(args, workdir)
-    contenders = {
-        name: ALL[name](workdir, harness.cert, harness.key, args.proxy_cpu)
-        for name in args.contender_names
-    }
+    harness = Harness(args, workdir, store)
+    variants = make_variants(args, workdir, store)
     points: list[dict] = []
-    started = dt.datetime.now(dt.timezone.utc)
     try:
-        harness.setup()
-        info = machine_info(contenders)
+        built = harness.setup(max(args.tenant_counts) + 1, nginx_veths(args))
+        print(f"# {len(harness.tenants)} tenant namespaces built in {built:.1f} s", flush=True)
+        run["setup"] = {"certificates": made, "namespaces_s": round(built, 1)}
+        run["machine"] = machine_info(variants)
         for n in args.tenant_counts:
+            with_load = n in args.load_counts
             live = {}
-            for name, c in contenders.items():
-                point = {"contender": name, "tenants": n, "status": "ok", "reason": None}
-                point["samples"] = []
-                reason = c.available()
-                if name == "nginx" and not reason:
-                    reason = nginx_skip_reason(args, n, points)
+            for c in variants:
+                point = {
+                    "contender": c.id,
+                    "kind": c.kind,
+                    "tenants": n,
+                    "with_load": with_load,
+                    "status": "ok",
+                    "reason": None,
+                    "samples": [],
+                    "seconds": [],
+                }
+                reason = skip_reason(args, c, n, points)
                 if reason:
                     point.update(status="skipped", reason=reason)
                 else:
-                    live[name] = point
+                    live[c.id] = (c, point)
                 points.append(point)
             for rep in range(args.repeat):
-                for name, point in live.items():
+                for c, point in live.values():
                     if point["status"] != "ok":
                         continue
-                    c = contenders[name]
                     t = time.monotonic()
                     try:
-                        sample = harness.measure_once(c, n)
+                        sample = harness.measure_once(c, n, with_load)
                     except Exception as exc:  # one broken point must not lose the whole run
                         if not isinstance(exc, (ContenderError, TimeoutError)):
                             traceback.print_exc()
                         point.update(status="failed", reason=str(exc)[-2000:])
-                        print(f"! {name} at {n} tenants failed: {exc}", file=sys.stderr)
+                        print(f"! {c.id} at {n} tenants failed: {exc}", file=sys.stderr)
                         continue
                     finally:
                         c.stop()
                         harness.kill_tenant_processes()
                     point["samples"].append(sample)
+                    point["seconds"].append(round(time.monotonic() - t, 1))
                     print(
-                        f"# {name:8} N={n:<5} rep {rep + 1}/{args.repeat} "
+                        f"# {c.id:11} N={n:<5} rep {rep + 1}/{args.repeat} "
                         f"({time.monotonic() - t:.0f} s) " + report.one_line(sample),
                         flush=True,
                     )
-            for point in points:
-                if point["tenants"] == n:
-                    fields = PROXY_FIELDS if ALL[point["contender"]].is_proxy else LOAD_FIELDS
-                    point["fields"] = fields
-                    point["summary"] = report.summarise(point["samples"], fields)
-                    if not ALL[point["contender"]].is_proxy:
-                        point["not_applicable"] = sorted(set(PROXY_FIELDS) - set(fields))
+            for c, point in live.values():
+                point["fields"] = fields_for(c.is_proxy, with_load)
+                point["summary"] = report.summarise(point["samples"], point["fields"])
             # a checkpoint, so that an interrupted long run still leaves what it measured
-            partial = assemble(args, started, info, contenders, points, complete=False)
+            partial = assemble(args, run, variants, points, complete=False)
             json_path.write_text(json.dumps(partial, indent=1) + "\n")
     finally:
-        for c in contenders.values():
+        for c in variants:
             c.stop()
         harness.close()
         if args.keep_workdir:
@@ -504,14 +521,21 @@ def run_inside(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    result = assemble(args, started, info, contenders, points, complete=True)
+    result = assemble(args, run, variants, points, complete=True)
     json_path.write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{args.stamp}.md").write_text(report.markdown(result))
     print(report.table(result))
     print(f"\nresults: {json_path}")
+    chart_paths = []
     if not args.no_charts:
-        for path in report.charts(result, out, args.stamp):
+        from bench.charts import charts
+
+        chart_paths = charts(result, out, args.stamp)
+        for path in chart_paths:
             print(f"chart:   {path}")
+    md = out / f"{args.stamp}.md"
+    md.write_text(report.markdown(result, [str(x) for x in chart_paths]))
+    print(f"tables:  {md}")
+    print(f"# whole run {result['duration_s'] / 60:.1f} min")
     return 1 if any(p["status"] == "failed" for p in points) else 0
 
 

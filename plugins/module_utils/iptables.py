@@ -24,11 +24,11 @@ from __future__ import annotations
 import re
 import shlex
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import (
     ModuleFailure,
     ParamError,
-    validate_ifname,
 )
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import validate_ifname
 
 OWNER_COMMENT = "tenantnet.nsproxy"
 """Comment (``-m comment``) on every rule the collection writes."""

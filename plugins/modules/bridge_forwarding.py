@@ -136,14 +136,26 @@ legacy_rules_removed:
   returned: always
   type: dict
   sample: {"ipv4": 0}
+actions:
+  description: One C(iptables_restore) action per address family whose chain differed (planned,
+    in check mode), holding that family's C(batch).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {op: iptables_restore, family: ipv4, lines: ["-A TENANTNET-FORWARD -i br0 -o br0 -m comment
+       --comment \"tenantnet.nsproxy\" -j ACCEPT"]}
+differences:
+  description: The address families whose bridges differed (C(ipv4.bridges), C(ipv6.bridges)).
+  returned: always
+  type: list
+  elements: str
+  sample: ["ipv4.bridges"]
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
-    ParamError,
-    run_module,
-)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import ParamError
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.iptables import (
     DEFAULT_CHAIN,
     FAMILIES,
@@ -154,6 +166,8 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.iptables import 
     validate_chain,
     wanted_lines,
 )
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.plan import DiffTracker, Plan
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.runner import run
 
 ARGUMENT_SPEC = dict(
     bridges=dict(type="list", elements="str"),
@@ -179,48 +193,79 @@ def build_want(params):
     )
 
 
-def run(module):
-    want = build_want(module.params)
-    chain, bridges, present = want["chain"], want["bridges"], want["present"]
-    commands = {f: IptablesCommands(module, f, want["backend"]) for f in want["families"]}
-    # Every family is read and planned before any is changed: a failure to read one touches none.
-    states = {family: ChainState(cmd.save(), chain) for family, cmd in commands.items()}
-    batches = {f: plan_chain(states[f], chain, bridges, present) for f in states}
-    for family, lines in batches.items():
-        if lines and not module.check_mode:
-            commands[family].restore(lines)
+def read_have(ctx, want):
+    """The table of every family, read before any is changed (a failure to read one touches
+    none): ``{"commands": {family: IptablesCommands}, "states": {family: ChainState}}``."""
+    commands = {f: IptablesCommands(ctx.module, f, want["backend"]) for f in want["families"]}
+    states = {family: ChainState(cmd.save(), want["chain"]) for family, cmd in commands.items()}
+    return dict(commands=commands, states=states)
+
+
+def build_plan(want, have):
+    """One ``iptables_restore`` action per family whose chain differs, holding its whole
+    batch; the tracker compares the bridges of each family."""
+    plan, tracker = Plan(), DiffTracker()
+    for family, state in have["states"].items():
+        tracker.add(f"{family}.bridges", want["bridges"], state.bridges)
+        lines = plan_chain(state, want["chain"], want["bridges"], want["present"])
+        if lines:
+            plan.add("iptables_restore", family=family, lines=lines)
+    return plan, tracker
+
+
+def apply(ctx, action, rollback):
+    """Apply one family's batch; iptables-restore applies it whole or not at all, so there is
+    nothing to undo."""
+    ctx.have["commands"][action["family"]].restore(action["lines"])
+
+
+def read_result(ctx, want, have, plan):
+    """``chain``, ``batch`` and ``legacy_rules_removed`` per family, the ``bridges`` in the
+    chain after the call (read back only where something was applied) and the diff in
+    iptables-save form."""
+    chain, states, commands = want["chain"], have["states"], have["commands"]
+    batches = {f: [] for f in states}
+    for action in plan:
+        batches[action["family"]] = action["lines"]
     result = dict(
-        changed=any(batches.values()),
         chain=chain,
         batch=batches,
         legacy_rules_removed={f: len(s.legacy) if batches[f] else 0 for f, s in states.items()},
     )
-    if module.check_mode:
-        result["bridges"] = {f: bridges if present else [] for f in states}
+    if ctx.check_mode:
+        result["bridges"] = {f: want["bridges"] for f in states}
     else:
         # Read back only what was changed: a no-op run costs one iptables-save per family.
         after = {
             f: ChainState(commands[f].save(), chain) if batches[f] else states[f] for f in states
         }
         result["bridges"] = {f: s.bridges for f, s in after.items()}
-    if module._diff:
-        result["diff"] = [
-            dict(
-                before_header=f"{family} filter: {chain} and the rules that jump to it",
-                after_header=f"{family} filter: {chain} and the rules that jump to it",
-                before="".join(f"{line}\n" for line in states[family].lines(chain)),
-                after="".join(
-                    f"{line}\n" for line in wanted_lines(states[family], chain, bridges, present)
-                ),
-            )
-            for family in states
-        ]
+    result["diff"] = [
+        dict(
+            before_header=f"{family} filter: {chain} and the rules that jump to it",
+            after_header=f"{family} filter: {chain} and the rules that jump to it",
+            before="".join(f"{line}\n" for line in states[family].lines(chain)),
+            after="".join(
+                f"{line}\n"
+                for line in wanted_lines(states[family], chain, want["bridges"], want["present"])
+            ),
+        )
+        for family in states
+    ]
     return result
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    run_module(module, lambda: run(module))
+    run(
+        module,
+        want=build_want,
+        have=read_have,
+        plan=build_plan,
+        apply=apply,
+        result=read_result,
+        netlink=False,
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 NSPROXY = str(REPO / ".venv" / "bin" / "nsproxy")
 ECHO = str(Path(__file__).with_name("echo_server.py"))
+RAWUP = str(Path(__file__).with_name("rawup.py"))
+EXCHANGE = str(Path(__file__).with_name("exchange.py"))
 ADDR = "10.0.0.250"
 
 
@@ -44,6 +46,7 @@ class Proxy:
         self.log_path = tmp_path / "nsproxy.log"
         self.access_path = tmp_path / "access.log"
         self.echo_log = tmp_path / "echo.log"
+        self.rawup_log = tmp_path / "rawup.log"
         self.socket = "/run/nsproxy/test.sock"  # the sandbox's private /run; short for AF_UNIX
         self.proc: subprocess.Popen | None = None
         self.helpers: list[subprocess.Popen] = []
@@ -74,6 +77,29 @@ class Proxy:
         assert proc.stdout.readline().strip() == "ready"
         return proc
 
+    def start_rawup(self, label: str, *addresses: str, netns: str | None = None, idle=None):
+        """Start rawup.py (the recording upstream); waits for 'ready'."""
+        argv = [sys.executable, RAWUP, label, *addresses]
+        if idle is not None:
+            argv += ["--idle-timeout", str(idle)]
+        if netns:
+            argv = ["ip", "netns", "exec", netns, *argv]
+        proc = self.sb.popen(
+            argv,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "RAWUP_LOG": str(self.rawup_log)},
+        )
+        self.helpers.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    def upstream_saw(self) -> list[dict]:
+        """Every request the recording upstreams parsed, in order."""
+        if not self.rawup_log.exists():
+            return []
+        return [json.loads(line) for line in self.rawup_log.read_text().splitlines() if line]
+
     # -- config and daemon ---------------------------------------------------------------
     def write_config(self, tenants: list[dict], **top) -> None:
         cfg = {"instance": "test", "admin_socket": self.socket, "tenants": tenants}
@@ -84,10 +110,11 @@ class Proxy:
         tmp.write_text(json.dumps(cfg, indent=1))
         tmp.replace(self.config_path)
 
-    def start(self, wait_bound: bool = True, env: dict | None = None) -> None:
+    def start(self, wait_bound: bool = True, env: dict | None = None, wrap=()) -> None:
+        """Start the daemon (``wrap``: a command prefix, e.g. prlimit); wait until it serves."""
         self.logfile = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the daemon
         self.proc = self.sb.popen(
-            [NSPROXY, "run", "--config", str(self.config_path)],
+            [*wrap, NSPROXY, "run", "--config", str(self.config_path)],
             stdout=self.logfile,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -148,6 +175,13 @@ class Proxy:
         except OSError:
             return ""
 
+    def wait_access(self, count: int, timeout: float = 5.0) -> list[dict]:
+        """The access records, once there are ``count`` (the log is flushed every second)."""
+        deadline = time.monotonic() + timeout
+        while len(records := self.access_records()) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return records
+
     def access_records(self) -> list[dict]:
         if not self.access_path.exists():
             return []
@@ -163,6 +197,17 @@ class Proxy:
     def get_json(self, netns: str, url: str, *args: str) -> dict:
         proc = self.curl(netns, "--fail", url, *args)
         assert proc.returncode == 0, f"curl {url} in {netns}: {proc.stderr}\n{self.log()}"
+        return json.loads(proc.stdout)
+
+    def exchange(self, netns: str, request: bytes, *options: str, port: int = 80) -> dict:
+        """Send raw bytes from inside a tenant namespace and parse what comes back
+        (exchange.py: responses, closed, reset, error, raw)."""
+        proc = self.sb.run(
+            ["ip", "netns", "exec", netns, sys.executable, EXCHANGE, ADDR, str(port), *options],
+            input=request,
+            text=False,
+        )
+        assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
 
     def python(self, netns: str, code: str, *args: str, **kw) -> subprocess.CompletedProcess:

@@ -16,11 +16,15 @@ import logging
 import math
 import select
 import socket
+import time
+
+from nsproxy.http.wire import local_response
 
 log = logging.getLogger("nsproxy")
 
 ACCEPT_BATCH = 64  # connections accepted per listener per wake-up (the rest on the next one)
 PAUSE_WHEN_OUT_OF_FILES = 0.5  # seconds a listener stops accepting after EMFILE/ENFILE
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between two refusal log lines of one tenant
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -32,11 +36,12 @@ class Acceptor:
     not interleaved with the tenants' long-lived ones, which would pin the burst's memory.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, admission=None):
         self.loop = loop
+        self.admission = admission  # admission.Admission: who may connect (None: anyone)
         self.epoll = select.epoll()
         # fd -> (listening socket, protocol factory, ssl context or None, handshake timeout,
-        #        whether clients speak first)
+        #        whether clients speak first, tenant runtime or None)
         self.listeners: dict[int, tuple] = {}
         self.accepted = 0  # connections accepted so far (the daemon's sweep watches bursts)
         self.started = False
@@ -53,11 +58,14 @@ class Acceptor:
         ssl_ctx=None,
         handshake_timeout=None,
         client_first: bool = False,
+        tenant=None,
     ) -> None:
         """Serve ``sock``. ``client_first``: the protocol's clients always speak first (HTTP,
         TLS). The kernel then keeps a new connection to itself until its first bytes arrive
         (TCP_DEFER_ACCEPT, up to ``handshake_timeout``), and one closed before it sent anything
-        is dropped unserved: idle connects, port probes and TCP health checks cost nothing."""
+        is dropped unserved: idle connects, port probes and TCP health checks cost nothing.
+        ``tenant``: the runtime whose connections these are; each is admitted (counted against
+        the tenant's share) before anything is made for it, and refused otherwise."""
         if client_first:
             sock.setsockopt(
                 socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, math.ceil(handshake_timeout or 1)
@@ -65,7 +73,7 @@ class Acceptor:
         sock.setblocking(False)
         fd = sock.fileno()
         self.epoll.register(fd, select.EPOLLIN)
-        self.listeners[fd] = (sock, factory, ssl_ctx, handshake_timeout, client_first)
+        self.listeners[fd] = (sock, factory, ssl_ctx, handshake_timeout, client_first, tenant)
 
     def remove(self, sock: socket.socket) -> None:
         """Stop accepting on ``sock`` and close it (open connections are not touched)."""
@@ -91,7 +99,8 @@ class Acceptor:
                 self._accept(fd, entry)
 
     def _accept(self, fd: int, entry: tuple) -> None:
-        sock, factory, ssl_ctx, handshake_timeout, client_first = entry
+        sock, factory, ssl_ctx, handshake_timeout, client_first, tenant = entry
+        admission = self.admission
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, _ = sock.accept()
@@ -109,29 +118,79 @@ class Acceptor:
             if client_first and _closed_before_speaking(conn):
                 conn.close()  # a port probe or TCP health check: no transport, no protocol
                 continue
+            if tenant is not None and admission is not None:
+                refused = admission.admit(tenant)
+                if refused is not None:
+                    _refuse(conn, client_first and ssl_ctx is None, tenant, refused)
+                    continue
             self.accepted += 1
-            self.loop.create_task(self._serve(conn, factory, ssl_ctx, handshake_timeout))
+            self.loop.create_task(self._serve(conn, factory, ssl_ctx, handshake_timeout, tenant))
 
     def _resume(self, fd: int, sock: socket.socket) -> None:
         entry = self.listeners.get(fd)
         if entry is not None and entry[0] is sock:
             self.epoll.register(fd, select.EPOLLIN)
 
-    async def _serve(self, conn, factory, ssl_ctx, handshake_timeout) -> None:
+    async def _serve(self, conn, factory, ssl_ctx, handshake_timeout, tenant) -> None:
+        made = []
+
+        def counted():
+            # The protocol gives the tenant's slot back when its connection is lost.
+            protocol = factory()
+            protocol.counted = tenant is not None and self.admission is not None
+            made.append(protocol)
+            return protocol
+
         try:
             if ssl_ctx is None:
-                await self.loop.connect_accepted_socket(factory, conn)
+                await self.loop.connect_accepted_socket(counted, conn)
             else:
                 await self.loop.connect_accepted_socket(
-                    factory, conn, ssl=ssl_ctx, ssl_handshake_timeout=handshake_timeout
+                    counted, conn, ssl=ssl_ctx, ssl_handshake_timeout=handshake_timeout
                 )
         except (OSError, asyncio.TimeoutError) as exc:
             # A failed TLS handshake or a client gone before it was served: the loop has
             # closed the connection; create_server would not report it either.
             log.debug("accepted connection not served: %s", exc)
+            self._unserved(made, tenant)
         except Exception:
             conn.close()
             log.exception("accepted connection not served")
+            self._unserved(made, tenant)
+
+    def _unserved(self, made: list, tenant) -> None:
+        """Give back the slot of a connection whose protocol never started (and so never
+        ends: connection_lost only follows connection_made)."""
+        if tenant is None or self.admission is None:
+            return
+        if not made or made[0].counted:
+            if made:
+                made[0].counted = False
+            self.admission.leave(tenant)
+
+
+_REFUSED = local_response(503, "too many connections for this tenant right now")
+
+
+def _refuse(conn: socket.socket, plain_http: bool, tenant, reason: str) -> None:
+    """Close a connection that was not admitted; a plain HTTP client is told why first (best
+    effort: one non-blocking send, no waiting). Logged at most every REFUSAL_LOG_INTERVAL
+    seconds per tenant, with the count (a flood must not flood the log too)."""
+    if plain_http:
+        with contextlib.suppress(OSError):
+            conn.send(_REFUSED)
+    conn.close()
+    counters = tenant.metrics
+    counters.refused += 1
+    now = time.monotonic()
+    if now - counters.refusal_logged >= REFUSAL_LOG_INTERVAL:
+        log.warning(
+            "tenant %s: connection refused: %s (%d refused so far)",
+            tenant.name,
+            reason,
+            counters.refused,
+        )
+        counters.refusal_logged = now
 
 
 def _closed_before_speaking(conn: socket.socket) -> bool:

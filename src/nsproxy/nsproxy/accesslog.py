@@ -42,22 +42,23 @@ class AccessLog:
             self._second = now
         return self._stamp
 
-    def request(self, conn, duration: float) -> None:
-        """Record one request of an http.ClientConnection: the same object as
-        ``json.dumps`` would write, built with one format and C string quoting per field."""
+    def request(self, conn, cycle, duration: float) -> None:
+        """Record one request (``cycle``, an http.RequestCycle) of an http.ClientConnection:
+        the same object as ``json.dumps`` would write, built with one format and C string
+        quoting per field."""
         self.stream.write(
             _LINE(
                 self._time(),
                 _quote(conn.tenant.name),
                 _quote(conn.listener),
                 _quote(conn.client_ip),
-                _quote(conn.method.decode("latin-1")),
-                _quote((conn.host or b"").decode("latin-1")),
-                _quote(conn.url.decode("latin-1")),
-                _quote(conn.upstream_name),
-                conn.status,
-                conn.body_in,
-                conn.bytes_out,
+                _quote(cycle.method.decode("latin-1")),
+                _quote(cycle.host.decode("latin-1")),
+                _quote(cycle.url.decode("latin-1")),
+                _quote(cycle.upstream_name),
+                cycle.status,
+                cycle.body_in,
+                cycle.bytes_out,
                 round(duration * 1000, 3),
             )
         )
@@ -75,3 +76,14 @@ class AccessLog:
         self.flush()
         if self.owned:
             self.stream.close()
+        # Connections aborted at shutdown are logged a moment later: into nothing, not into a
+        # closed file.
+        self.stream = _Discard()
+
+
+class _Discard:
+    def write(self, _text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="validate a configuration file")
     p.add_argument("file")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p = sub.add_parser("run", help="serve a configuration file")
     p.add_argument("--config", required=True)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -40,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_check(args) -> int:
+    """Exit 0 with a count, or 1 with one line per problem on stdout (config.load raises
+    nothing but ConfigError; its traceback, if any, goes to stderr at --log-level debug)."""
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="nsproxy check %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     try:
         cfg = config.load(args.file)
     except config.ConfigError as exc:

@@ -1,40 +1,59 @@
 """Configuration: the JSON file, validated into plain objects, one problem per line.
 
 Every problem names where it is (``tenant 'acme': listeners[1].listen: ...``) and what is
-allowed. Nothing here touches the network: the file, certificates (through tls.py) and the
-presence of optional packages are all that ``nsproxy check`` looks at.
+allowed. The keys, their types, ranges and defaults are declared in
+:mod:`nsproxy.config_schema` (checked first, so nothing below reads a value of the wrong type);
+this module checks what spans several values (references to upstreams, listeners that would
+collide in one namespace, certificates through tls.py, tcp routes through tcp.py), builds the
+objects the daemon runs on, and shares equal ones between tenants.
+
+:func:`load` and :func:`parse` raise only :class:`ConfigError`: any other failure while
+checking is reported as a problem line too (its traceback logged at debug), so a reload can
+always refuse with a reason. Nothing here touches the network: the file, certificates, the
+paths the daemon will create and the presence of optional packages are all that
+``nsproxy check`` looks at.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-import ipaddress
 import json
-import re
+import logging
+import os
 import sys
+from typing import NamedTuple
 
-DEFAULT_LIMITS = {
-    "max_header_bytes": 32768,
-    "max_headers": 100,
-    "max_connections_per_tenant": 10000,
-    "max_body_bytes": None,
-}
-DEFAULT_TIMEOUTS = {"connect": 5, "idle": 60, "header_read": 10, "read": 60, "drain": 30}
-TOP_KEYS = {"instance", "admin_socket", "metrics", "access_log", "limits", "timeouts", "tenants"}
-TENANT_KEYS = {"name", "netns", "listeners", "routes", "upstreams"}
-LISTENER_KEYS = {
-    "http": {"listen", "protocol"},
-    "https": {"listen", "protocol", "tls"},
-    "tcp": {"listen", "protocol", "upstream", "sni_routes", "proxy_protocol"},
-}
-ROUTE_KEYS = {"host", "path_prefix", "upstream"}
-UPSTREAM_KEYS = {"netns", "servers"}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-HOST_RE = re.compile(
-    r"^(\*|(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*)$"
+from nsproxy import schema
+from nsproxy.config_schema import (
+    DEFAULT_LIMITS,
+    DEFAULT_TIMEOUTS,
+    INVALID,
+    NAME,
+    TENANT,
+    TOP,
 )
-NETNS_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
+from nsproxy.schema import SocketPath, key_text, parse_address, shown
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_TIMEOUTS",
+    "Config",
+    "ConfigError",
+    "HealthCheck",
+    "Listener",
+    "Route",
+    "Tenant",
+    "UpstreamSpec",
+    "load",
+    "parse",
+    "parse_address",
+    "validate",
+]
+
+log = logging.getLogger("nsproxy.config")
+
+_DEFAULT_SOCKET = SocketPath()
 
 
 class ConfigError(Exception):
@@ -72,14 +91,39 @@ class Listener:
         self.tls_key = tls_key
 
 
-class UpstreamSpec:
-    __slots__ = ("digest", "name", "netns", "servers")
+class HealthCheck(NamedTuple):
+    """An upstream's active health check (immutable). Seconds for interval and timeout;
+    ``path``, ``host`` and ``expect_status`` (a frozenset of status codes) only for "http"."""
 
-    def __init__(self, name: str, netns: str | None, servers: list[tuple[str, int]], digest):
+    type: str
+    interval: float = 5
+    timeout: float = 2
+    rise: int = 2
+    fall: int = 3
+    path: str | None = None
+    host: str | None = None
+    expect_status: frozenset | None = None
+
+
+class UpstreamSpec:
+    """An upstream of a tenant: servers as (host, port), netns None for the host namespace,
+    ``health_check`` a :class:`HealthCheck` or None (passive health only)."""
+
+    __slots__ = ("digest", "health_check", "name", "netns", "servers")
+
+    def __init__(
+        self,
+        name: str,
+        netns: str | None,
+        servers: list[tuple[str, int]],
+        digest,
+        health_check: HealthCheck | None = None,
+    ):
         self.name = sys.intern(name)
         self.netns = netns
         self.servers = servers
         self.digest = digest
+        self.health_check = health_check
 
 
 class Route:
@@ -106,15 +150,23 @@ class Tenant:
 
 
 class Config:
+    """The validated file. ``workers``: an int or "auto"; ``user``: a user name, a decimal uid
+    string or None; ``log_format`` "text" or "json"; ``log_path`` None (stderr) or a path;
+    ``limits`` and ``timeouts``: every key of their section (config_schema), defaults filled."""
+
     __slots__ = (
         "access_log",
         "admin_socket",
         "digest",
         "instance",
         "limits",
+        "log_format",
+        "log_path",
         "metrics_listen",
         "tenants",
         "timeouts",
+        "user",
+        "workers",
     )
 
     def __init__(self):
@@ -122,6 +174,10 @@ class Config:
         self.admin_socket = ""
         self.metrics_listen: tuple[str, int] | None = None
         self.access_log: str | None = None
+        self.log_format = "text"
+        self.log_path: str | None = None
+        self.workers: int | str = "auto"
+        self.user: str | None = None
         self.limits = dict(DEFAULT_LIMITS)
         self.timeouts = dict(DEFAULT_TIMEOUTS)
         self.tenants: list[Tenant] = []
@@ -131,56 +187,84 @@ class Config:
         return sum(len(t.listeners) for t in self.tenants)
 
 
-def _digest(obj) -> bytes:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).digest()
+def _digest(obj) -> bytes | None:
+    """Identity of a JSON value for the reload diff; None when it cannot be encoded (too
+    deeply nested: such a value is refused by its check anyway)."""
+    try:
+        return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).digest()
+    except (RecursionError, ValueError):
+        return None
+
+
+#: Problems listed at most (a reload's refusal carries them all in one status field).
+MAX_PROBLEMS = 1000
+#: Larger files are refused unread: 100000 tenants (the most a file may hold) fit in it.
+MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 def load(path: str, previous: dict | None = None) -> Config:
-    """Read and validate ``path``; raise ConfigError listing every problem.
+    """Read and validate ``path``; raise ConfigError listing every problem (and nothing else).
 
     ``previous`` (tenant name -> Tenant of the running config) lets a reload skip re-checking
     tenants whose JSON did not change (except https ones: their certificate files are re-read).
     """
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from None
+        raise ConfigError([schema.one_line(f"cannot read {path}: {exc.strerror or exc}")]) from None
+    except Exception as exc:
+        raise _unexpected(exc) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError([f"{path} is larger than {MAX_FILE_BYTES} bytes"])
     return parse(data, previous)
 
 
 def parse(data: bytes, previous: dict | None = None) -> Config:
-    """Validate the bytes of a config file; raise ConfigError listing every problem."""
+    """Validate the bytes of a config file; raise ConfigError listing every problem.
+
+    ConfigError is the only exception: an unexpected one (a bug, memory) becomes a problem
+    line, so that ``check`` prints a sentence and a reload is refused with a reason.
+    """
+    try:
+        return _parse(data, previous)
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError(
+            ["the document nests arrays or objects too deeply (a configuration needs 9 levels)"]
+        ) from None
+    except Exception as exc:
+        raise _unexpected(exc) from None
+
+
+def _unexpected(exc: Exception) -> ConfigError:
+    log.debug("checking the configuration failed unexpectedly", exc_info=exc)
+    reason = schema.one_line(f"{type(exc).__name__}: {exc}")[:200]
+    return ConfigError(
+        [f"the configuration could not be checked ({reason}); it is refused. This is a bug "
+         "in nsproxy: please report it with the file (traceback at --log-level debug)"]
+    )  # fmt: skip
+
+
+def _parse(data: bytes, previous: dict | None) -> Config:
     try:
         raw = json.loads(data)
+    except RecursionError:
+        raise ConfigError(
+            ["not valid JSON: arrays or objects are nested too deeply (a configuration needs 9 "
+             "levels)"]
+        ) from None  # fmt: skip
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"not valid JSON: {exc}"]) from None
+        raise ConfigError([schema.one_line(f"not valid JSON: {exc}")]) from None
     config, problems = validate(raw, previous)
     if problems:
-        raise ConfigError(problems)
+        shown_problems = [schema.one_line(p) for p in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            shown_problems.append(f"and {len(problems) - MAX_PROBLEMS} more problems")
+        raise ConfigError(shown_problems)
     config.digest = hashlib.sha256(data).hexdigest()
     return config
-
-
-def parse_address(value, what: str = "address") -> tuple[str, int]:
-    """'10.0.0.1:80' or '[::1]:80' to (host, port); ValueError with an allowed-form message."""
-    if not isinstance(value, str):
-        raise ValueError(f"must be a string 'IP:PORT', got {type(value).__name__}")
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-    else:
-        host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{value!r} is not IP:PORT (IPv6 as [ADDR]:PORT)")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{host!r} is not an IP address (names are not resolved)") from None
-    if (ip.version == 6) != value.startswith("["):
-        raise ValueError(f"{value!r}: write IPv6 addresses as [ADDR]:PORT")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
-    return str(ip), int(port)
 
 
 def _optional_module(name: str):
@@ -190,105 +274,104 @@ def _optional_module(name: str):
         return None
 
 
+class _Pass:
+    """What one validation pass shares across tenants."""
+
+    __slots__ = (
+        "bound",
+        "httptools_ok",
+        "namespaces",
+        "previous",
+        "problems",
+        "seen_names",
+        "shared",
+        "tcp",
+        "tls",
+        "tls_checked",
+    )
+
+    def __init__(self, problems: list, previous: dict, tenants: list):
+        self.problems = problems
+        self.previous = previous
+        self.seen_names: set[str] = set()
+        self.bound: dict[tuple, dict[str, tuple[str, str]]] = {}  # see _claim
+        self.namespaces: dict[str, tuple] = {}  # netns as written -> identity
+        self.httptools_ok = _optional_module("httptools") is not None
+        protocols = {
+            li.get("protocol")
+            for t in tenants
+            if type(t) is dict and type(t.get("listeners")) is list
+            for li in t["listeners"]
+            if type(li) is dict and type(li.get("protocol")) is str
+        }
+        self.tls = _optional_module("nsproxy.tls") if "https" in protocols else None
+        self.tcp = _optional_module("nsproxy.tcp") if "tcp" in protocols else None
+        # Many tenants usually name the same certificate files: load each set once per check.
+        # Also "stat": path -> file state for this pass, and "kept": https listeners of
+        # unchanged tenants, whose certificates were validated with these very files.
+        self.tls_checked: dict = {"stat": {}, "kept": []}
+        # Tenants usually declare identical listeners, routes and upstreams: one object per
+        # distinct value serves all of them (they are never modified once built). Seeded with
+        # the running config's objects, so that a reload keeps sharing with the kept tenants.
+        self.shared: dict = {}
+        for known in previous.values():
+            _share_tenant(known, self.shared)
+
+    def namespace(self, netns: str) -> tuple:
+        """The identity of the namespace ``netns`` names: its (device, inode) when it exists
+        now, else its one spelling (:func:`schema.netns_canonical`)."""
+        identity = self.namespaces.get(netns)
+        if identity is None:
+            canonical = schema.netns_canonical(netns)
+            path = canonical if canonical.startswith("/") else f"/run/netns/{canonical}"
+            try:
+                st = os.stat(path)
+                identity = ("inode", st.st_dev, st.st_ino)
+            except (OSError, ValueError):
+                identity = ("name", canonical)
+            self.namespaces[netns] = identity
+        return identity
+
+
 def validate(raw, previous: dict | None = None) -> tuple[Config, list[str]]:
     """The Config described by ``raw`` (parsed JSON) and the list of problems found."""
     config = Config()
     problems: list[str] = []
-    if not isinstance(raw, dict):
+    if type(raw) is not dict:
         return config, ["the top level must be a JSON object with a 'tenants' list"]
-    for key in sorted(set(raw) - TOP_KEYS):
-        problems.append(f"{key}: unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
-
-    instance = raw.get("instance", "nsproxy")
-    if not isinstance(instance, str) or not NAME_RE.match(instance):
-        problems.append("instance: must be a name of letters, digits, '.', '_' or '-'")
-    else:
-        config.instance = instance
-    admin = raw.get("admin_socket", f"/run/nsproxy/{config.instance}.sock")
-    if not isinstance(admin, str) or not admin.startswith("/"):
-        problems.append("admin_socket: must be an absolute path")
-    else:
+    top = TOP.collect_fields(raw, "", problems)
+    if top["instance"] is not INVALID:
+        config.instance = top["instance"]
+    admin = top["admin_socket"]
+    if admin is None:
+        where = "admin_socket (default)"
+        admin = _DEFAULT_SOCKET.collect(f"/run/nsproxy/{config.instance}.sock", where, problems)
+    if admin is not INVALID:
         config.admin_socket = admin
-    metrics = raw.get("metrics")
-    if metrics is not None:
-        if not isinstance(metrics, dict) or set(metrics) != {"listen"}:
-            problems.append("metrics: must be an object with only 'listen' (\"IP:PORT\")")
-        else:
-            try:
-                config.metrics_listen = parse_address(metrics["listen"])
-            except ValueError as exc:
-                problems.append(f"metrics.listen: {exc}")
-    access_log = raw.get("access_log")
-    if access_log is not None and (
-        not isinstance(access_log, str) or not (access_log == "-" or access_log.startswith("/"))
-    ):
-        problems.append("access_log: must be '-' (stdout), an absolute path, or null")
-    else:
-        config.access_log = access_log
-    _numbers(raw, "limits", DEFAULT_LIMITS, config.limits, problems, integer=True)
-    _numbers(raw, "timeouts", DEFAULT_TIMEOUTS, config.timeouts, problems, integer=False)
-
-    tenants = raw.get("tenants")
-    if not isinstance(tenants, list):
-        problems.append("tenants: must be a list of tenant objects")
+    if top["metrics"] not in (None, INVALID):
+        config.metrics_listen = top["metrics"]["listen"]
+    if top["access_log"] is not INVALID:
+        config.access_log = top["access_log"]
+    if top["log"] is not INVALID:
+        config.log_format = top["log"]["format"]
+        config.log_path = top["log"]["path"]
+    if top["workers"] is not INVALID:
+        config.workers = top["workers"]
+    if top["user"] is not INVALID:
+        config.user = top["user"]
+    if top["limits"] is not INVALID:
+        config.limits = top["limits"]
+    if top["timeouts"] is not INVALID:
+        config.timeouts = top["timeouts"]
+    tenants = top["tenants"]
+    if tenants is INVALID:
         return config, problems
-    httptools_ok = _optional_module("httptools") is not None
-    tls = tcp = None
-    if any(
-        isinstance(t, dict)
-        and isinstance(t.get("listeners"), list)
-        and any(isinstance(li, dict) and li.get("protocol") == "https" for li in t["listeners"])
-        for t in tenants
-    ):
-        tls = _optional_module("nsproxy.tls")
-    if any(
-        isinstance(t, dict)
-        and isinstance(t.get("listeners"), list)
-        and any(isinstance(li, dict) and li.get("protocol") == "tcp" for li in t["listeners"])
-        for t in tenants
-    ):
-        tcp = _optional_module("nsproxy.tcp")
-    seen_names: set[str] = set()
-    bound: dict[tuple[str, int], list[tuple[str, str]]] = {}  # (netns, port) -> [(host, where)]
-    # Many tenants usually name the same certificate files: load each set once per check.
-    # Also "stat": path -> file state for this pass, and "kept": https listeners of unchanged
-    # tenants, whose certificates were validated with these very files last time.
-    tls_checked: dict = {"stat": {}, "kept": []}
-    # Tenants usually declare identical listeners, routes and upstreams: one object per distinct
-    # value serves all of them (they are never modified once built). Seeded with the running
-    # config's objects, so that a reload keeps sharing with the kept tenants.
-    shared: dict = {}
-    for known in (previous or {}).values():
-        _share_tenant(known, shared)
+    ctx = _Pass(problems, previous or {}, tenants)
     for index, spec in enumerate(tenants):
-        tenant = _tenant(
-            index, spec, problems, seen_names, httptools_ok, (tls, tls_checked), tcp, bound,
-            previous or {}, shared,
-        )  # fmt: skip
+        tenant = _tenant(index, spec, ctx)
         if tenant is not None:
             config.tenants.append(tenant)
     return config, problems
-
-
-def _numbers(raw, key, defaults, into, problems, integer):
-    section = raw.get(key, {})
-    if not isinstance(section, dict):
-        problems.append(f"{key}: must be an object")
-        return
-    for name in sorted(set(section) - set(defaults)):
-        problems.append(f"{key}.{name}: unknown key (allowed: {', '.join(sorted(defaults))})")
-    for name, value in section.items():
-        if name not in defaults:
-            continue
-        if value is None and defaults[name] is None:
-            into[name] = None
-            continue
-        ok_type = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, ok_type) or value <= 0:
-            kind = "a positive integer" if integer else "a positive number of seconds"
-            problems.append(f"{key}.{name}: must be {kind}, got {json.dumps(value)}")
-        else:
-            into[name] = value
 
 
 def _share_tenant(tenant: Tenant, shared: dict) -> None:
@@ -319,168 +402,120 @@ def _one(shared: dict, kind: str, own, rebuilt, parts):
     return found
 
 
-def _tenant(
-    index, spec, problems, seen_names, httptools_ok, tls_pair, tcp, bound, previous, shared=None
-):
-    tls = tls_pair[0]
+def _tenant(index: int, spec, ctx: _Pass) -> Tenant | None:
+    problems = ctx.problems
     where = f"tenants[{index}]"
-    if not isinstance(spec, dict):
-        problems.append(f"{where}: must be an object")
+    if type(spec) is not dict:
+        problems.append(f"{where}: must be {TENANT.what}, got {shown(spec)}")
         return None
-    name = spec.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        problems.append(
-            f"{where}.name: must be 1-63 letters, digits, '.', '_' or '-' (got {name!r})"
-        )
+    if "name" not in spec:
+        problems.append(f"{where}.name: required, {NAME.what}")
         return None
-    where = f"tenant '{name}'"
-    if name in seen_names:
-        problems.append(f"{where}: duplicate tenant name")
-    seen_names.add(name)
+    name = NAME.collect(spec["name"], f"{where}.name", problems)
+    if name is INVALID:
+        return None
+    where = f"tenant '{name}': "
+    if name in ctx.seen_names:
+        problems.append(f"{where}duplicate tenant name")
+    ctx.seen_names.add(name)
     digest = _digest(spec)
-    known = previous.get(name)
+    known = ctx.previous.get(name)
     if (
         known is not None
+        and digest is not None
         and known.digest == digest
-        and _certificates_unchanged(known, tls, tls_pair[1]["stat"])
+        and _certificates_unchanged(known, ctx.tls, ctx.tls_checked["stat"])
     ):
         # Unchanged since it was last validated: only the checks across tenants remain.
-        tls_pair[1]["kept"].extend(li for li in known.listeners if li.protocol == "https")
+        ctx.tls_checked["kept"].extend(li for li in known.listeners if li.protocol == "https")
         for li_index, listener in enumerate(known.listeners):
-            _claim(bound, known.netns, listener, f"{where}: listeners[{li_index}]", problems)
+            _claim(ctx, known.netns, listener, f"{where}listeners[{li_index}]")
         return known
     start = len(problems)
-    for key in sorted(set(spec) - TENANT_KEYS):
-        problems.append(f"{where}: {key}: unknown key (allowed: {', '.join(sorted(TENANT_KEYS))})")
-    netns = spec.get("netns")
-    if not _netns_ok(netns):
-        problems.append(
-            f"{where}: netns: must be a name under /run/netns or an absolute path (got {netns!r})"
-        )
+    kept = TENANT.collect_fields(spec, where, problems)
+    netns = kept["netns"]
 
     upstreams = {}
-    raw_upstreams = spec.get("upstreams", {})
-    if not isinstance(raw_upstreams, dict):
-        problems.append(f"{where}: upstreams: must be an object of name -> upstream")
-        raw_upstreams = {}
-    for up_name, up in raw_upstreams.items():
-        u = _upstream(where, up_name, up, problems)
-        if u is not None:
-            upstreams[up_name] = u
-    names = set(raw_upstreams)
+    if kept["upstreams"] is not INVALID:
+        raw_upstreams = spec.get("upstreams", {})
+        for up_name, up in kept["upstreams"].items():
+            health = up["health_check"]
+            upstreams[up_name] = UpstreamSpec(
+                up_name,
+                up["netns"],
+                up["servers"],
+                _digest(raw_upstreams[up_name]),
+                None if health is None else HealthCheck(**health),
+            )
+        names = frozenset(upstreams)
+    else:  # its problems are reported; check references against the valid names given
+        raw_upstreams = spec.get("upstreams")
+        names = None
+        if type(raw_upstreams) is dict:
+            names = frozenset(n for n in raw_upstreams if NAME.collect(n, "", []) is not INVALID)
 
     listeners = []
-    raw_listeners = spec.get("listeners", [])
-    if not isinstance(raw_listeners, list):
-        problems.append(f"{where}: listeners: must be a list")
-        raw_listeners = []
-    for li_index, li in enumerate(raw_listeners):
-        lw = f"{where}: listeners[{li_index}]"
-        listener = _listener(lw, li, problems, httptools_ok, tls_pair, tcp, names)
-        if listener is None:
-            continue
-        if isinstance(netns, str):
-            _claim(bound, netns, listener, lw, problems)
-        listeners.append(listener)
+    if kept["listeners"] is not INVALID:
+        for li_index, (li, checked) in enumerate(zip(spec.get("listeners", ()), kept["listeners"])):
+            lw = f"{where}listeners[{li_index}]"
+            listener = _listener(lw, li, checked, ctx, names)
+            if listener is not None:
+                if netns is not INVALID:
+                    _claim(ctx, netns, listener, lw)
+                listeners.append(listener)
 
     routes = []
-    raw_routes = spec.get("routes", [])
-    if not isinstance(raw_routes, list):
-        problems.append(f"{where}: routes: must be a list")
-        raw_routes = []
-    seen_routes = set()
-    for r_index, r in enumerate(raw_routes):
-        rw = f"{where}: routes[{r_index}]"
-        route = _route(rw, r, problems, names)
-        if route is None:
-            continue
-        if (route.host, route.path_prefix) in seen_routes:
-            problems.append(
-                f"{rw}: duplicate route for host {route.host!r} and path_prefix "
-                f"{route.path_prefix!r}"
-            )
-        seen_routes.add((route.host, route.path_prefix))
-        routes.append(route)
+    if kept["routes"] is not INVALID:
+        seen_routes = set()
+        for r_index, r in enumerate(kept["routes"]):
+            rw = f"{where}routes[{r_index}]"
+            if names is not None and r["upstream"] not in names:
+                problems.append(
+                    f"{rw}.upstream: unknown upstream {r['upstream']!r} "
+                    f"(this tenant's upstreams: {_names(names)})"
+                )
+            key = (r["host"], r["path_prefix"])
+            if key in seen_routes:
+                problems.append(
+                    f"{rw}: duplicate route for host {r['host']!r} and path_prefix "
+                    f"{shown(r['path_prefix'])}"
+                )
+            seen_routes.add(key)
+            routes.append(Route(r["host"], r["path_prefix"], r["upstream"]))
     if len(problems) > start:
         return None
     tenant = Tenant(name, netns, listeners, routes, upstreams, digest)
-    _share_tenant(tenant, {} if shared is None else shared)
+    _share_tenant(tenant, ctx.shared)
     return tenant
 
 
-def _netns_ok(netns) -> bool:
-    if not isinstance(netns, str) or not netns:
-        return False
-    if netns.startswith("/"):
-        return ".." not in netns.split("/")
-    return bool(NETNS_NAME_RE.match(netns)) and netns not in (".", "..")
+def _names(names) -> str:
+    """Upstream names for a problem line: sorted, at most ten."""
+    shown_names = sorted(key_text(n) for n in names)
+    text = ", ".join(shown_names[:10]) or "none declared"
+    return text + (f" and {len(shown_names) - 10} more" if len(shown_names) > 10 else "")
 
 
-def _upstream(where, name, up, problems):
-    uw = f"{where}: upstreams.{name}"
-    if not NAME_RE.match(name):
-        problems.append(f"{uw}: upstream names are 1-63 letters, digits, '.', '_' or '-'")
-        return None
-    if not isinstance(up, dict):
-        problems.append(f"{uw}: must be an object with 'servers' and optional 'netns'")
-        return None
-    bad = False
-    for key in sorted(set(up) - UPSTREAM_KEYS):
-        problems.append(f"{uw}.{key}: unknown key (allowed: netns, servers)")
-        bad = True
-    netns = up.get("netns")
-    if netns is not None and not _netns_ok(netns):
-        problems.append(
-            f"{uw}.netns: must be null (host namespace), a name under /run/netns or an absolute "
-            f"path (got {netns!r})"
-        )
-        bad = True
-    servers = up.get("servers")
-    parsed = []
-    if not isinstance(servers, list) or not servers:
-        problems.append(f"{uw}.servers: must be a non-empty list of 'IP:PORT'")
-        return None
-    for s_index, server in enumerate(servers):
-        try:
-            parsed.append(parse_address(server))
-        except ValueError as exc:
-            problems.append(f"{uw}.servers[{s_index}]: {exc}")
-            bad = True
-    if bad:
-        return None
-    return UpstreamSpec(name, netns, parsed, _digest(up))
-
-
-def _listener(lw, li, problems, httptools_ok, tls_pair, tcp, upstream_names):
-    tls, tls_checked = tls_pair
-    if not isinstance(li, dict):
-        problems.append(f"{lw}: must be an object with 'listen' and 'protocol'")
-        return None
-    protocol = li.get("protocol")
-    if protocol not in LISTENER_KEYS:
-        problems.append(f"{lw}.protocol: must be one of http, https, tcp (got {protocol!r})")
-        return None
+def _listener(lw: str, li: dict, checked: dict, ctx: _Pass, upstream_names) -> Listener | None:
+    """The Listener of the (type-checked) listener ``li``, or None after adding its problems."""
+    problems = ctx.problems
     start = len(problems)
-    for key in sorted(set(li) - LISTENER_KEYS[protocol]):
-        allowed = ", ".join(sorted(LISTENER_KEYS[protocol]))
-        problems.append(f"{lw}.{key}: unknown key for a {protocol} listener (allowed: {allowed})")
-    try:
-        host, port = parse_address(li.get("listen"))
-    except ValueError as exc:
-        problems.append(f"{lw}.listen: {exc}")
-        host, port = "", 0
-    if protocol in ("http", "https") and not httptools_ok:
+    protocol = checked["protocol"]
+    host, port = checked["listen"]
+    if protocol in ("http", "https") and not ctx.httptools_ok:
         problems.append(
             f"{lw}.protocol: {protocol!r} needs the Python package httptools, which is not "
             "installed (pip install httptools)"
         )
     cert_state = tls_key = None
+    tls = ctx.tls
     if protocol == "https":
         if tls is None:
             problems.append(
                 f"{lw}.protocol: 'https' needs nsproxy.tls, which this build of nsproxy lacks"
             )
         else:
+            tls_checked = ctx.tls_checked
             # Fingerprint first: a file replaced during validation is validated again next time.
             cert_state = tls.certificate_files_state(li, tls_checked["stat"])
             # The same settings and the same files (path, inode, size, mtime) give the same
@@ -498,13 +533,13 @@ def _listener(lw, li, problems, httptools_ok, tls_pair, tcp, upstream_names):
                 found = [] if next(same, None) is not None else tls.validate_listener(li)
                 tls_checked[key] = found
             problems.extend(f"{lw}.{p}" for p in found)
-    if protocol == "tcp":
-        if tcp is None:
+    elif protocol == "tcp":
+        if ctx.tcp is None:
             problems.append(
                 f"{lw}.protocol: 'tcp' needs nsproxy.tcp, which this build of nsproxy lacks"
             )
-        else:
-            problems.extend(f"{lw}.{p}" for p in tcp.validate_listener(li, upstream_names))
+        elif upstream_names is not None:
+            problems.extend(f"{lw}.{p}" for p in ctx.tcp.validate_listener(li, upstream_names))
     if len(problems) > start:
         return None
     return Listener(li, host, port, cert_state, tls_key)
@@ -523,43 +558,24 @@ def _certificates_unchanged(tenant, tls, memo) -> bool:
     )
 
 
-def _claim(bound, netns, listener, lw, problems):
-    """Refuse two listeners on the same port and overlapping address in one namespace."""
-    key = (netns, listener.port)
-    host = listener.host
-    for other_host, other_where in bound.get(key, ()):
-        wildcard = (
-            ipaddress.ip_address(host).is_unspecified
-            or ipaddress.ip_address(other_host).is_unspecified
-        )
-        if other_host == host or wildcard:
-            problems.append(
-                f"{lw}.listen: duplicate listener: {listener.listen} overlaps {other_where} "
-                f"in network namespace {netns!r}"
-            )
-            return
-    bound.setdefault(key, []).append((host, lw))
-
-
-def _route(rw, r, problems, upstream_names):
-    if not isinstance(r, dict):
-        problems.append(f"{rw}: must be an object with 'host', 'path_prefix' and 'upstream'")
-        return None
-    start = len(problems)
-    for key in sorted(set(r) - ROUTE_KEYS):
-        problems.append(f"{rw}.{key}: unknown key (allowed: host, path_prefix, upstream)")
-    host = r.get("host", "*")
-    if not isinstance(host, str) or not HOST_RE.match(host.lower()):
-        problems.append(f"{rw}.host: must be a host name, '*.domain' or '*' (got {host!r})")
-    prefix = r.get("path_prefix", "/")
-    if not isinstance(prefix, str) or not prefix.startswith("/"):
-        problems.append(f"{rw}.path_prefix: must be a string starting with '/' (got {prefix!r})")
-    upstream = r.get("upstream")
-    if not isinstance(upstream, str) or upstream not in upstream_names:
-        known = ", ".join(sorted(upstream_names)) or "none declared"
-        problems.append(
-            f"{rw}.upstream: unknown upstream {upstream!r} (this tenant's upstreams: {known})"
-        )
-    if len(problems) > start:
-        return None
-    return Route(host.lower(), prefix, upstream)
+def _claim(ctx: _Pass, netns: str, listener: Listener, lw: str) -> None:
+    """Refuse two listeners on the same port and overlapping addresses in one namespace,
+    however the namespace is written (``ta``, ``/run/netns/ta``, ``/proc/PID/ns/net`` of a
+    process in it). IPv6 listeners are IPV6_V6ONLY, so only one family overlaps."""
+    ip = schema.ip_address(listener.host)
+    # (namespace, port, family) -> {host: (where, netns as written)}: one lookup per listener.
+    taken = ctx.bound.setdefault((ctx.namespace(netns), listener.port, ip.version), {})
+    other = taken.get(listener.host)
+    if other is None and ip.is_unspecified and taken:
+        other = next(iter(taken.values()))  # the wildcard overlaps every address of its family
+    if other is None:
+        other = taken.get("0.0.0.0" if ip.version == 4 else "::")
+    if other is None:
+        taken[listener.host] = (lw, netns)
+        return
+    other_where, other_netns = other
+    spelled = "" if other_netns == netns else f" (written {other_netns!r} there)"
+    ctx.problems.append(
+        f"{lw}.listen: duplicate listener: {listener.listen} overlaps {other_where} "
+        f"in network namespace {netns!r}{spelled}"
+    )

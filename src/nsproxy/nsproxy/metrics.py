@@ -21,9 +21,19 @@ BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 class TenantMetrics:
     """Counters of one tenant; ``observe`` records an upstream latency in seconds."""
 
-    __slots__ = ("buckets", "errors", "latency_sum", "requests", "upstream_failures")
+    __slots__ = (
+        "buckets",
+        "errors",
+        "latency_sum",
+        "refusal_logged",
+        "refused",
+        "requests",
+        "upstream_failures",
+    )
 
     def __init__(self):
+        self.refused = 0  # connections not admitted (limits, fair share)
+        self.refusal_logged = -1e9  # time.monotonic() of the last refusal log line
         self.requests = 0
         self.errors = 0
         self.upstream_failures = 0

@@ -16,6 +16,7 @@ import functools
 import gc
 import logging
 import os
+import re
 import resource
 import signal
 import time
@@ -23,11 +24,13 @@ import weakref
 
 from nsproxy import accesslog, config, metrics, netns, systemd
 from nsproxy.accept import Acceptor
+from nsproxy.admission import Admission
 from nsproxy.http import ClientConnection, Router
 from nsproxy.upstream import Upstreams
 
 log = logging.getLogger("nsproxy")
 
+_HEADER_SAFE = re.compile(rb"[A-Za-z0-9._-]{1,63}")
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 
@@ -43,7 +46,8 @@ class Shared:
         self.timeouts = cfg.timeouts
         self.access_log: accesslog.AccessLog | None = None
         self.connections: set = set()
-        self.acceptor = Acceptor(loop)
+        self.admission = Admission()
+        self.acceptor = Acceptor(loop, self.admission)
         self.draining = False
 
 
@@ -90,7 +94,9 @@ class TenantRuntime:
 
     __slots__ = (
         "active",
+        "admission",
         "closing",
+        "connections",
         "counters",
         "last_error",
         "listeners",
@@ -103,8 +109,10 @@ class TenantRuntime:
         "upstreams",
     )
 
-    def __init__(self, spec: config.Tenant, router: Router, upstreams: Upstreams):
+    def __init__(self, spec: config.Tenant, router: Router, upstreams: Upstreams, admission):
         self.spec = spec
+        self.admission = admission  # the process's Admission (connection budget and shares)
+        self.connections = None  # open http connections, a set from the first one
         self.name = spec.name
         self.ns: netns.Namespace | None = None
         self.listeners: tuple[ListenerRuntime, ...] = ()  # a tuple: smaller than a list
@@ -117,6 +125,15 @@ class TenantRuntime:
         self.last_error: str | None = None
         self.retry_delay = 0.0
         self.retry_handle = None
+
+    @property
+    def header_value(self) -> bytes:
+        """The tenant name as sent in ``X-Nsproxy-Tenant`` (checked once more here: a name
+        that could end the field or the head must never reach a request)."""
+        value = self.name.encode("ascii")
+        if not _HEADER_SAFE.fullmatch(value):
+            raise ValueError(f"tenant name {self.name!r} cannot be sent in a header")
+        return value
 
     @property
     def metrics(self) -> metrics.TenantMetrics:
@@ -171,6 +188,7 @@ class Daemon:
     # -- start / stop -------------------------------------------------------------------
     async def start(self) -> None:
         raise_nofile_limit()
+        self.shared.admission.configure(self.config.limits, self.config.listener_count())
         self._open_access_log(self.config.access_log)
         started = time.monotonic()
         for spec in self.config.tenants:
@@ -314,6 +332,7 @@ class Daemon:
                     tenant.upstreams,
                     self._log_tcp,
                     timeouts=self.config.timeouts,
+                    runtime=tenant,
                 )
                 li.factory = factory
             else:
@@ -327,6 +346,7 @@ class Daemon:
                 ssl_ctx,
                 self.config.timeouts["header_read"],
                 client_first=protocol != "tcp",
+                tenant=tenant,
             )
             li.server = sock
         except BaseException:
@@ -393,7 +413,7 @@ class Daemon:
     # -- tenants ------------------------------------------------------------------------
     def _tenant_runtime(self, spec: config.Tenant) -> TenantRuntime:
         upstreams = Upstreams(spec.name, self.registry, self.shared)
-        return TenantRuntime(spec, self._router(spec.routes), upstreams)
+        return TenantRuntime(spec, self._router(spec.routes), upstreams, self.shared.admission)
 
     # -- reload -------------------------------------------------------------------------
     async def reload(self) -> tuple[bool, str]:
@@ -438,6 +458,7 @@ class Daemon:
         shared = self.shared
         shared.limits = new.limits
         shared.timeouts = new.timeouts
+        shared.admission.configure(new.limits, new.listener_count())
         if new.access_log != old_cfg.access_log:
             if shared.access_log is not None:
                 shared.access_log.close()

@@ -111,8 +111,10 @@ class RelayFactory:
         log: Callable[[dict], object],
         *,
         timeouts: Mapping | None = None,
+        runtime=None,
     ):
         self.listener = listener
+        self.runtime = runtime  # the tenant's runtime: its admission slots are given back
         self.listen = listener.get("listen")
         self.tenant = tenant
         self.upstreams = upstreams
@@ -392,10 +394,11 @@ class _Relay:
 
 
 class _ClientSide(asyncio.Protocol):
-    __slots__ = ("relay",)
+    __slots__ = ("counted", "relay")
 
     def __init__(self, relay: _Relay):
         self.relay = relay
+        self.counted = False  # holds an admission slot (set by the acceptor)
 
     def connection_made(self, transport):
         self.relay.start(transport)
@@ -408,6 +411,10 @@ class _ClientSide(asyncio.Protocol):
         return True  # keep the socket open: the other direction may still be flowing
 
     def connection_lost(self, exc):
+        if self.counted:
+            self.counted = False
+            tenant = self.relay.factory.runtime
+            tenant.admission.leave(tenant)
         self.relay.client_lost(exc)
 
     def pause_writing(self):

@@ -16,6 +16,20 @@ from nsproxy import netns
 
 FAIL_TIMEOUT = 10.0  # seconds a failed server is skipped
 MAX_IDLE = 64  # idle keep-alive connections kept per upstream
+SAFE_REUSE_IDLE = 2.0  # seconds: longest idle time of a pooled connection reused for a safe request
+
+
+def _quiet(sock) -> bool:
+    """Whether a pooled connection's socket has neither unread bytes nor a close pending."""
+    if sock is None:
+        return True
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+    return False  # bytes (unsolicited) or b"" (closed)
 
 
 class UpstreamError(Exception):
@@ -114,9 +128,10 @@ class Upstream:
         ns = self._namespace()
         timeout = self.shared.timeouts["connect"]
         errors = []
-        order = self._order()
-        if first is not None:
-            order = [first] + [s for s in order if s is not first]
+        if first is None:
+            order = self._order(advance=True)
+        else:  # take() chose ``first`` (and advanced the round robin) for this request
+            order = [first, *(s for s in self._order(advance=False) if s is not first)]
         for server in order:
             try:
                 sock = self.registry.unconnected_socket(ns, server.family)
@@ -144,22 +159,44 @@ class Upstream:
             protocol.server_label = server.label  # tcp.py logs it
             if hasattr(protocol, "server"):
                 protocol.server = server
+                protocol.sock = sock  # for the liveness peek of take(probe=True)
             return transport, protocol
         only_timeouts = all(e.endswith("connect timeout") for e in errors)
         raise UpstreamError(f"upstream {self.name}: " + "; ".join(errors), timeout=only_timeouts)
 
     # -- pool -----------------------------------------------------------------------------
-    def take(self):
+    def take(self, safe: bool = False):
         """(server, connection) for the next request: the server round-robin over the healthy
-        ones, and an idle keep-alive connection to it, or None if there is none."""
+        ones (advanced once per request), and an idle keep-alive connection to it, or None.
+
+        ``safe``: the request must not fail because its server closed a pooled connection
+        (it is not idempotent, so it is never sent twice). It only gets a connection that
+        was idle for less than ``SAFE_REUSE_IDLE`` seconds and that shows, on a non-blocking
+        peek, neither a close nor bytes its server sent while it waited. Servers close idle
+        connections after 2 s or more (gunicorn 2 s, Apache, uvicorn and Node.js 5 s, nginx
+        75 s), so such a connection is not about to be closed; an older one is left for
+        idempotent requests, which may be resent."""
         servers = self.servers
-        server = servers[0] if len(servers) == 1 else self._order()[0]
+        server = servers[0] if len(servers) == 1 else self._order(advance=True)[0]
         idle = server.idle
         while idle:
             conn = idle.pop()
             if conn.usable():
-                return server, conn
+                if not safe:
+                    return server, conn
+                fresh = self.shared.loop_time() - conn.pooled_at < SAFE_REUSE_IDLE
+                if fresh and _quiet(conn.sock):
+                    return server, conn
+                if _quiet(conn.sock):
+                    idle.insert(0, conn)  # good for an idempotent request later
+                    break
+            conn.close()
         return server, None
+
+    def failed_response(self, conn, reason: str) -> None:
+        """A server sent a response the proxy could not forward: remembered for status."""
+        if conn.server is not None:
+            conn.server.last_error = reason
 
     def put_idle(self, conn) -> None:
         """Keep ``conn`` for a later request (closed instead if its server left the upstream,
@@ -176,6 +213,7 @@ class Upstream:
         else:
             conn.reused = True  # from now on, the server may close it while it waits
             conn.idle_since = conn.last_io
+            conn.pooled_at = self.shared.loop_time()
             idle.append(conn)
 
     def close_idle(self) -> None:
@@ -227,10 +265,13 @@ class Upstream:
                 raise UpstreamError(f"upstream {self.name}: {exc}") from None
         return self.ns
 
-    def _order(self) -> list[Server]:
+    def _order(self, advance: bool) -> list[Server]:
+        """The servers to try, healthy ones first in round-robin order from the current
+        position (moved on by one when ``advance``)."""
         n = len(self.servers)
         start = self.rr % n
-        self.rr = start + 1
+        if advance:
+            self.rr = start + 1
         ordered = self.servers[start:] + self.servers[:start]
         now = time.monotonic()
         healthy = [s for s in ordered if s.down_until <= now]

@@ -6,30 +6,28 @@ import json
 import types
 
 from nsproxy import accesslog
+from nsproxy.http.cycle import RequestCycle
+
+CONNECTION = types.SimpleNamespace(
+    tenant=types.SimpleNamespace(name="acme"), listener="10.0.0.250:80", client_ip="10.0.0.7"
+)
 
 
-def fake_connection(url: bytes, host: bytes | None, method: bytes = b"GET"):
-    tenant = types.SimpleNamespace(name="acme")
-    return types.SimpleNamespace(
-        tenant=tenant,
-        listener="10.0.0.250:80",
-        client_ip="10.0.0.7",
-        method=method,
-        host=host,
-        url=url,
-        upstream_name="web",
-        status=404,
-        body_in=12,
-        bytes_out=345,
-    )
+def finished_cycle(url: bytes, host: bytes | None, method: bytes = b"GET") -> RequestCycle:
+    cycle = RequestCycle(0.0)
+    cycle.method, cycle.url, cycle.upstream_name = method, url, "web"
+    if host is not None:
+        cycle.host = host
+    cycle.status, cycle.body_in, cycle.bytes_out = 404, 12, 345
+    return cycle
 
 
 def test_request_line_escapes_client_strings_and_parses_back_to_the_same_fields(tmp_path):
     path = tmp_path / "access.log"
     log = accesslog.AccessLog(str(path))
     hostile = b'/a"b\\c\x01\x7f\xff\xe9?q="x"\r\n'
-    log.request(fake_connection(hostile, b'evil"host\\'), 0.0123456)
-    log.request(fake_connection(b"/", None, method=b"HEAD"), 2.0)
+    log.request(CONNECTION, finished_cycle(hostile, b'evil"host\\'), 0.0123456)
+    log.request(CONNECTION, finished_cycle(b"/", None, method=b"HEAD"), 2.0)
     log.close()
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2

@@ -4,6 +4,7 @@ dropped by a reload according to their spec."""
 from __future__ import annotations
 
 import json
+import time
 import types
 
 import pytest
@@ -104,7 +105,11 @@ class PooledConnection:
 
 
 def test_the_pool_hands_back_a_live_connection_and_times_idleness_from_its_last_io():
-    table = Upstreams("acme", netns.Registry(), shared=types.SimpleNamespace(draining=False))
+    table = Upstreams(
+        "acme",
+        netns.Registry(),
+        shared=types.SimpleNamespace(draining=False, loop_time=time.monotonic),
+    )
     table.use_specs(specs(app=["127.0.0.1:8080"]))
     up = table["app"]
     server = up.servers[0]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils import iptables as I
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import ParamError
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import ParamError
 
 # What iptables-nft-save printed on a Docker host with the role's earlier per-bridge rules.
 DOCKER_HOST = """\

@@ -1,0 +1,97 @@
+"""The figures of a benchmark point: their names, which phase produces them, labels and units.
+
+A proxy is started twice per repetition: with an HTTP listener per tenant (fields without a
+prefix) and with an HTTP and an HTTPS listener per tenant (``tls_`` prefix). At a tenant count
+in ``--load-tenants`` each start is followed by a load run, for TLS by the handshake runs, and by
+a tenant add; at the others only start and memory are measured. The direct path has only loads.
+"""
+
+from __future__ import annotations
+
+CONFIG_PREFIXES = ("", "tls_")
+
+# measured at every tenant count, once per listener configuration
+START = ["listen_all_s", "listen_cpu_s", "idle_rss_kb", "idle_pss_kb", "processes"]
+START_FIELDS = [f"{p}{f}" for p in CONFIG_PREFIXES for f in START]
+
+# one wrk run: "http" in the first configuration, "https" in the second
+LOAD = [
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "failed",
+    "load_cpu_share",  # wrk + backend CPU-s / wall s: what the load side needed
+]
+PROXY_LOAD = [
+    "proxy_cpu_s",
+    "proxy_cpu_share",
+    "req_per_cpu_s",
+    "req_per_busiest_cpu_s",
+]
+LOAD_FIELDS = [f"{v}_{f}" for v in ("http", "https") for f in LOAD]
+
+ADD = ["add_tenant_ms", "add_failed_requests", "add_requests", "add_loop_requests"]
+HANDSHAKE = ["count", "per_s", "per_cpu_s", "proxy_cpu_share", "resumed", "errors"]
+HANDSHAKE_FIELDS = [f"hs_{m}_{f}" for m in ("full", "resumed") for f in HANDSHAKE]
+
+PROXY_LOAD_FIELDS = [
+    *LOAD_FIELDS,
+    *(f"{v}_{f}" for v in ("http", "https") for f in PROXY_LOAD),
+    "load_rss_kb",
+    "tls_load_rss_kb",
+    *(f"{p}{f}" for p in CONFIG_PREFIXES for f in ADD),
+    *HANDSHAKE_FIELDS,
+]
+
+
+def fields_for(is_proxy: bool, with_load: bool) -> list[str]:
+    """The numeric fields a point of this kind has in every sample."""
+    if not is_proxy:
+        return list(LOAD_FIELDS)
+    return START_FIELDS + (PROXY_LOAD_FIELDS if with_load else [])
+
+
+# label and unit of every field the tables show, in table order
+LABELS = {
+    "listen_all_s": ("HTTP: all listeners accept", "s"),
+    "listen_cpu_s": ("HTTP: CPU used to start", "s"),
+    "idle_rss_kb": ("HTTP: idle RSS (sum)", "MiB"),
+    "idle_pss_kb": ("HTTP: idle PSS (sum)", "MiB"),
+    "processes": ("HTTP: processes", ""),
+    "tls_listen_all_s": ("+TLS: all listeners accept", "s"),
+    "tls_listen_cpu_s": ("+TLS: CPU used to start", "s"),
+    "tls_idle_rss_kb": ("+TLS: idle RSS (sum)", "MiB"),
+    "tls_idle_pss_kb": ("+TLS: idle PSS (sum)", "MiB"),
+    "tls_processes": ("+TLS: processes", ""),
+    "http_rps": ("HTTP req/s", ""),
+    "http_req_per_cpu_s": ("HTTP req/proxy-CPU-s", ""),
+    "http_req_per_busiest_cpu_s": ("HTTP req/busiest-thread-CPU-s", ""),
+    "http_proxy_cpu_share": ("HTTP proxy CPU share", ""),
+    "http_load_cpu_share": ("HTTP wrk+backend CPU share", ""),
+    "http_p50_ms": ("HTTP p50", "ms"),
+    "http_p99_ms": ("HTTP p99", "ms"),
+    "http_failed": ("HTTP failed req", ""),
+    "load_rss_kb": ("HTTP: RSS under load", "MiB"),
+    "https_rps": ("TLS req/s", ""),
+    "https_req_per_cpu_s": ("TLS req/proxy-CPU-s", ""),
+    "https_req_per_busiest_cpu_s": ("TLS req/busiest-thread-CPU-s", ""),
+    "https_proxy_cpu_share": ("TLS proxy CPU share", ""),
+    "https_load_cpu_share": ("TLS wrk+backend CPU share", ""),
+    "https_p50_ms": ("TLS p50", "ms"),
+    "https_p99_ms": ("TLS p99", "ms"),
+    "https_failed": ("TLS failed req", ""),
+    "tls_load_rss_kb": ("+TLS: RSS under TLS load", "MiB"),
+    "hs_full_per_cpu_s": ("full handshakes/proxy-CPU-s", ""),
+    "hs_full_per_s": ("full handshakes/s", ""),
+    "hs_full_proxy_cpu_share": ("full hs: proxy CPU share", ""),
+    "hs_full_errors": ("full hs: clients failed", ""),
+    "hs_resumed_per_cpu_s": ("resumed hs+req/proxy-CPU-s", ""),
+    "hs_resumed_per_s": ("resumed hs+req/s", ""),
+    "hs_resumed_resumed": ("resumed hs: really resumed", ""),
+    "hs_resumed_count": ("resumed hs: connections", ""),
+    "hs_resumed_errors": ("resumed hs: clients failed", ""),
+    "add_tenant_ms": ("HTTP: add one tenant", "ms"),
+    "add_failed_requests": ("HTTP: failed req in add", ""),
+    "tls_add_tenant_ms": ("+TLS: add tenant + own cert", "ms"),
+    "tls_add_failed_requests": ("+TLS: failed req in add", ""),
+}

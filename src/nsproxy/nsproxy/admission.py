@@ -1,0 +1,97 @@
+"""Admission: the process's connection budget, shared fairly between tenants.
+
+Every client connection holds a file descriptor, and usually a second one for its upstream; a
+process has ``RLIMIT_NOFILE`` of them. Without a budget, one tenant's clients (or one tenant's
+slow upstream) could take them all, and every other tenant's new connections would wait in the
+kernel until they time out. The policy (documented in src/nsproxy/README.md, "Fair shares"):
+
+- the budget is ``limits.max_connections``, or by default what the descriptor limit allows: two
+  descriptors per connection, after the listening sockets and ``RESERVED_FDS`` for the process's
+  own files, at most ``DEFAULT_MAX_CONNECTIONS``;
+- below ``PRESSURE`` of the budget, a tenant may hold up to ``limits.max_connections_per_tenant``;
+- above it, a tenant may hold only its fair share, the budget divided among the tenants that
+  hold connections (the newcomer counted), so a tenant over its share is refused first and a
+  tenant under it is still admitted;
+- at the budget itself, a tenant under its share is admitted by closing a connection of the
+  tenant furthest over its share that is not in the middle of a request (one still reading its
+  first request head, or idle between requests); if there is none, the newcomer is refused.
+
+HAProxy's ``maxconn`` and Envoy's overload manager bound the whole process; this bounds each
+tenant by the others' needs too.
+"""
+
+from __future__ import annotations
+
+import resource
+
+#: Descriptors kept for the process's own files (logs, admin socket, epoll, channel, metrics).
+RESERVED_FDS = 64
+#: Default ceiling of the budget: beyond it, memory (tens of kB per connection) is the limit.
+DEFAULT_MAX_CONNECTIONS = 65536
+#: Share of the budget in use above which fair shares apply.
+PRESSURE = 0.9
+
+
+class Admission:
+    """Counts connections per tenant and decides whether a new one is admitted."""
+
+    __slots__ = ("budget", "busy", "per_tenant", "total")
+
+    def __init__(self) -> None:
+        self.budget = DEFAULT_MAX_CONNECTIONS
+        self.per_tenant = DEFAULT_MAX_CONNECTIONS
+        self.total = 0
+        self.busy: set = set()  # tenants holding at least one connection
+
+    def configure(self, limits: dict, listening_sockets: int) -> None:
+        """Derive the budget from the limits and the descriptor limit (start and reload)."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        by_fds = max(16, (soft - listening_sockets - RESERVED_FDS) // 2)
+        wanted = limits.get("max_connections") or DEFAULT_MAX_CONNECTIONS
+        self.budget = min(by_fds, wanted)
+        self.per_tenant = limits["max_connections_per_tenant"]
+
+    def share(self, tenant) -> int:
+        """The fair share of ``tenant`` under pressure: the budget divided among the tenants
+        holding connections, this one counted."""
+        holders = len(self.busy) + (tenant not in self.busy)
+        return max(1, self.budget // holders)
+
+    def admit(self, tenant) -> str | None:
+        """Admit (and count) one more connection of ``tenant``: None, or why not."""
+        active = tenant.active
+        if tenant.closing:
+            return "the tenant is being removed"
+        if active >= self.per_tenant:
+            return "max_connections_per_tenant reached"
+        if self.total >= self.budget * PRESSURE:
+            share = self.share(tenant)
+            if active >= share:
+                return f"its fair share ({share}) of the connection budget ({self.budget}) reached"
+            if self.total >= self.budget and not self._evict_for(tenant):
+                return f"the connection budget ({self.budget}) is full"
+        self.enter(tenant)
+        return None
+
+    def enter(self, tenant) -> None:
+        tenant.active += 1
+        self.total += 1
+        self.busy.add(tenant)
+
+    def leave(self, tenant) -> None:
+        tenant.active -= 1
+        self.total -= 1
+        if tenant.active <= 0:
+            self.busy.discard(tenant)
+
+    def _evict_for(self, tenant) -> bool:
+        """Close one idle connection of the tenant furthest over its share (every tenant has
+        the same share, the newcomer counted); False if there is none."""
+        heaviest = max(self.busy, key=lambda t: t.active, default=None)
+        if heaviest is None or heaviest is tenant or heaviest.active <= self.share(tenant):
+            return False
+        for conn in heaviest.connections or ():
+            if conn.evictable():
+                conn.abort()
+                return True
+        return False

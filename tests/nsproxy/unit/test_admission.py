@@ -1,0 +1,109 @@
+"""The admission policy: budget from the descriptor limit, fair shares under pressure, and
+eviction of an idle connection of the tenant furthest over its share."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+
+from nsproxy.admission import PRESSURE, RESERVED_FDS, Admission
+
+
+class Tenant:
+    def __init__(self, name):
+        self.name = name
+        self.active = 0
+        self.closing = False
+        self.connections = set()
+
+
+class Connection:
+    def __init__(self, tenant, evictable):
+        self.tenant = tenant
+        self._evictable = evictable
+        self.aborted = False
+        tenant.connections.add(self)
+
+    def evictable(self):
+        return self._evictable and not self.aborted
+
+    def abort(self):
+        self.aborted = True
+
+
+def admission(budget=100, per_tenant=1000):
+    a = Admission()
+    a.configure({"max_connections": budget, "max_connections_per_tenant": per_tenant}, 0)
+    return a
+
+
+def fill(a, tenant, n, evictable=True):
+    for _ in range(n):
+        assert a.admit(tenant) is None
+        Connection(tenant, evictable)
+
+
+def test_the_budget_follows_the_descriptor_limit_and_the_configured_maximum():
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    a = Admission()
+    a.configure({"max_connections": None, "max_connections_per_tenant": 10}, 100)
+    assert a.budget == min(65536, max(16, (soft - 100 - RESERVED_FDS) // 2))
+    a.configure({"max_connections": 50, "max_connections_per_tenant": 10}, 100)
+    assert a.budget == min(50, a.budget)
+
+
+def test_below_pressure_only_the_per_tenant_cap_applies():
+    a = admission(budget=100, per_tenant=10)
+    t = Tenant("a")
+    fill(a, t, 10)
+    assert a.admit(t) == "max_connections_per_tenant reached"
+
+
+def test_under_pressure_a_tenant_over_its_share_is_refused_and_one_under_it_admitted():
+    a = admission(budget=100)
+    heavy, light = Tenant("heavy"), Tenant("light")
+    fill(a, light, 1)
+    fill(a, heavy, int(100 * PRESSURE) - 1)  # the budget is now 90 % used
+    assert a.admit(heavy) == "its fair share (50) of the connection budget (100) reached"
+    fill(a, light, 5)
+
+
+def test_at_the_budget_an_idle_connection_of_the_heaviest_tenant_makes_room():
+    a = admission(budget=100)
+    heavy, light = Tenant("heavy"), Tenant("light")
+    fill(a, heavy, 100)
+    assert a.admit(light) is None
+    assert sum(c.aborted for c in heavy.connections) == 1
+
+
+def test_without_an_idle_connection_to_close_the_newcomer_is_refused():
+    a = admission(budget=100)
+    heavy, light = Tenant("heavy"), Tenant("light")
+    fill(a, heavy, 100, evictable=False)
+    assert a.admit(light) == "the connection budget (100) is full"
+
+
+@pytest.mark.parametrize("holders", [2, 3, 10])
+def test_every_tenant_can_reach_its_share(holders):
+    a = admission(budget=120)
+    tenants = [Tenant(str(i)) for i in range(holders)]
+    fill(a, tenants[0], 120)
+    for t in tenants[1:]:
+        while a.admit(t) is None:
+            Connection(t, True)
+            # evicted connections give their slot back as they close
+            for owner in tenants:
+                for victim in owner.connections:
+                    if victim.aborted and not getattr(victim, "left", False):
+                        victim.left = True
+                        a.leave(owner)
+    share = 120 // holders
+    assert all(t.active >= share - 1 for t in tenants[1:]), [t.active for t in tenants]
+
+
+def test_a_closing_tenant_gets_no_new_connection():
+    a = admission()
+    t = Tenant("a")
+    t.closing = True
+    assert a.admit(t) == "the tenant is being removed"
