@@ -329,12 +329,21 @@ class Fleet:
             check=False,
         )  # fmt: skip
 
-    def nsproxy_tenants(self, host: str) -> list[str]:
+    def nsproxy_status(self, host: str) -> dict:
+        """``nsproxy status --json`` of the host's instance ``main``."""
         status = self.exec(
             host,
             ["/opt/nsproxy/bin/nsproxy", "status", "--socket", "/run/nsproxy/main.sock", "--json"],
         ).stdout
-        return sorted(t["name"] for t in json.loads(status)["tenants"])
+        return json.loads(status)
+
+    def nsproxy_tenants(self, host: str) -> list[str]:
+        return sorted(t["name"] for t in self.nsproxy_status(host)["tenants"])
+
+    def new_build(self, label: str) -> None:
+        """Change the controller's copy of the nsproxy source, so the role sees a new build."""
+        marker = self.nsproxy_source / "nsproxy" / "__init__.py"
+        marker.write_text(marker.read_text() + f"# fleet test: a new build ({label})\n")
 
     def hosts_cpu_seconds(self) -> float:
         """CPU seconds every host container has used so far (its cgroup: cgroup v1 cpuacct or

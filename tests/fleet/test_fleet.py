@@ -127,11 +127,6 @@ def test_limit_to_one_host_changes_nothing_on_the_others(fleet):
     assert answer.stdout.strip() == f"backend={FROM} tenant={MOVING} path=/who", answer.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs tenant_network_exclusive (the collection issue's exclusive mode, built on the "
-    "collection branch): without it the old host keeps the moved tenant's namespace",
-)
 def test_a_tenant_moved_between_hosts_is_removed_from_one_and_served_by_the_other(fleet):
     """With tenant_network_exclusive (group_vars), a host removes the tenants it no longer
     lists. The other tenants of both hosts are asked all the time the run takes."""
@@ -161,20 +156,21 @@ def test_a_tenant_moved_between_hosts_is_removed_from_one_and_served_by_the_othe
         assert report["failed"] == [], f"{host}: {report['failed'][:5]}"
 
 
-def test_rolling_upgrade_restarts_one_host_at_a_time_under_load(fleet):
-    """A changed nsproxy package goes out with playbooks/rolling_upgrade.yml (serial: 1).
-    Until the daemon can upgrade in place, each host's instance restarts: its requests fail
-    for a moment, the other hosts' never at the same time."""
-    before = {host: fleet.nsproxy_pid(host) for host in HOSTS}
-    marker = fleet.nsproxy_source / "nsproxy" / "__init__.py"
-    marker.write_text(marker.read_text() + "# fleet test: a new build\n")
+def rolling_upgrade(fleet, handover):
+    """A new nsproxy build goes out with playbooks/rolling_upgrade.yml (serial: 1) while a looping
+    client per host asks every tenant of its host; the run, each host's status before and
+    after, and the clients' reports."""
+    before = {host: fleet.nsproxy_status(host) for host in HOSTS}
+    fleet.new_build(handover)
     tenants = {host: fleet.tenants_placed(host) for host in HOSTS}
     with fleet.looping_clients(tenants) as reports:
-        run = fleet.converge(playbook="rolling_upgrade.yml")
+        run = fleet.converge(
+            playbook="rolling_upgrade.yml", extra={"rolling_upgrade_handover": handover}
+        )
     assert sorted(run.recap) == sorted(HOSTS)
+    after = {host: fleet.nsproxy_status(host) for host in HOSTS}
     for host in HOSTS:
         assert run.recap[host]["failed"] == 0
-        assert fleet.nsproxy_pid(host) != before[host], f"{host} was not restarted"
         for tenant in tenants[host]:
             answer = fleet.ask(host, tenant)
             assert answer.stdout.strip() == f"backend={host} tenant={tenant} path=/who"
@@ -183,9 +179,36 @@ def test_rolling_upgrade_restarts_one_host_at_a_time_under_load(fleet):
     assert len(batches) == len(HOSTS), batches
     failed = {host: len(report["failed"]) for host, report in reports.items()}
     answered = {host: sum(report["ok"].values()) for host, report in reports.items()}
-    FIGURES["rolling upgrade (restart): failed requests per host"] = failed
-    FIGURES["rolling upgrade (restart): requests answered per host"] = answered
-    record("rolling upgrade (restart): playbook run, 3 hosts", run)
+    FIGURES[f"rolling upgrade ({handover}): failed requests per host"] = failed
+    FIGURES[f"rolling upgrade ({handover}): requests answered per host"] = answered
+    record(f"rolling upgrade ({handover}): playbook run, 3 hosts", run)
+    for host, report in reports.items():
+        assert all(report["ok"][t] > 0 for t in tenants[host]), report["ok"]
+    return before, after, reports
+
+
+def test_rolling_upgrade_hands_over_in_place_one_host_at_a_time_with_no_failed_request(fleet):
+    """The default handover, `upgrade` (what the nsproxy role does on a new build): on each host
+    the running binder re-executes the new build with its PID and every listening socket kept,
+    new workers serve and the old ones drain. No request of any looping client fails."""
+    before, after, reports = rolling_upgrade(fleet, "upgrade")
+    for host in HOSTS:
+        assert after[host]["pid"] == before[host]["pid"], f"{host}: the binder was replaced"
+        upgrades = before[host]["binder"]["upgrades"] + 1
+        assert after[host]["binder"]["upgrades"] == upgrades, f"{host} was not upgraded"
+        old_workers = {w["pid"] for w in before[host]["workers"]}
+        assert not {w["pid"] for w in after[host]["workers"]} & old_workers
+    for host, report in reports.items():
+        assert report["failed"] == [], f"{host}: {report['failed'][:5]}"
+
+
+def test_rolling_upgrade_by_restart_takes_one_host_down_at_a_time(fleet):
+    """The fallback handover, `restart` (for a daemon without `nsproxy upgrade`): each host's
+    instance stops and starts, so its requests fail for a moment (counted in the figures), the
+    other hosts' never at the same time."""
+    before, after, reports = rolling_upgrade(fleet, "restart")
+    for host in HOSTS:
+        assert after[host]["pid"] != before[host]["pid"], f"{host} was not restarted"
     # The hosts' failure windows never overlap: at most one host is down at any moment.
     windows = sorted(
         (min(f[0] for f in report["failed"]), max(f[0] for f in report["failed"]), host)
