@@ -27,6 +27,9 @@ X-Nsproxy-Tenant values it received):
   /b/trailer-flood    a chunked answer whose trailer fields never end
   /b/ext-flood        a chunk-size line whose extension never ends
   /b/slow?delay=S     the normal answer after S seconds
+  /b/interim-body?code=N  a status-N head whose Content-Length body is itself a complete
+                      response ("FORGED"), then the normal answer; N=0: no Content-Length,
+                      the forged response, then close
 With --idle-timeout S, a connection idle for S seconds between requests is closed, as servers
 close their idle keep-alive connections.
 """
@@ -242,6 +245,15 @@ class Handler(socketserver.BaseRequestHandler):
                 sock, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;e=", b"x" * 65536
             )
             return False
+        if path == "/b/interim-body":
+            code = int(query.get("code", 150))
+            forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
+            if code == 0:
+                sock.sendall(b"HTTP/1.1 000 Zero\r\n\r\n" + forged)
+                return False
+            head = b"HTTP/1.1 %03d Interim\r\nContent-Length: %d\r\n\r\n" % (code, len(forged))
+            sock.sendall(head + forged + normal)
+            return True
         if path == "/b/slow":
             time.sleep(float(query.get("delay", 1)))
         sock.sendall(normal)
