@@ -71,6 +71,40 @@ def test_a_502_before_the_body_is_read_reaches_the_client(proxy):
     assert json.loads(proc.stdout) == [502] * 5, proc.stdout + proc.stderr
 
 
+LAST_REQUEST_CLIENT = """
+import json, socket, sys
+first = sys.argv[1].encode().decode("unicode_escape").encode("latin-1")
+results = []
+for attempt in range(3):
+    try:
+        s = socket.create_connection(("{addr}", 80), timeout=20)
+        # the last request of the connection, then bytes that never form a request it reads
+        s.sendall(first + b"y" * 24_000_000)
+        answer = s.recv(100)
+        results.append(int(answer[9:12]))
+    except Exception as exc:
+        results.append(repr(exc))
+print(json.dumps(results))
+""".replace("{addr}", ADDR)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        r"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        r"GET /last HTTP/1.0\r\nHost: a\r\n\r\n",
+    ],
+    ids=["connection-close", "http10"],
+)
+def test_a_client_still_sending_after_its_last_request_reads_the_answer(limited, first):
+    # RFC 9112 9.6: a server that closes after a response while the client may still send
+    # closes in stages, or the client's stack answers its data with a reset that destroys the
+    # response (the kind of case 03, for a forwarded answer). Found by the differential suite
+    # (NSPROXY_DIFF_SEED=4242, example e00095: HTTP/1.0 request, pipelined bytes, reset).
+    proc = limited.python("t1", LAST_REQUEST_CLIENT, first, timeout=120)
+    assert json.loads(proc.stdout) == [200] * 3, proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [
