@@ -27,6 +27,7 @@ X-Nsproxy-Tenant values it received):
   /b/trailer-flood    a chunked answer whose trailer fields never end
   /b/ext-flood        a chunk-size line whose extension never ends
   /b/slow?delay=S     the normal answer after S seconds
+  /b/big?size=N       a Content-Length body of N bytes, in one write
   /b/interim-body?code=N  a status-N head whose Content-Length body is itself a complete
                       response ("FORGED"), then the normal answer; N=0: no Content-Length,
                       the forged response, then close
@@ -245,6 +246,10 @@ class Handler(socketserver.BaseRequestHandler):
                 sock, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;e=", b"x" * 65536
             )
             return False
+        if path == "/b/big":
+            size = int(query.get("size", 200000))
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (size, b"x" * size))
+            return True
         if path == "/b/interim-body":
             code = int(query.get("code", 150))
             forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"

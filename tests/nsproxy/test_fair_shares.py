@@ -161,3 +161,79 @@ def test_a_body_of_one_byte_chunks_does_not_stall_the_other_tenants(proxy, direc
     took = json.loads(proxy.python("tb", TIMED_REQUESTS, timeout=300).stdout)
     assert flood.poll() is None or flood.returncode == 0  # the flood ran meanwhile
     assert max(took) < 3, took
+
+
+# Tenant tv: a download and busy requests until the budget is full. The download is read
+# slowly until the test says "stop" (the proxy has all of it by then, the rest waits in its
+# buffers), then not at all until "go", then to its end.
+VICTIM = f"""
+import json, select, socket, sys, time
+download = socket.socket()
+download.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+download.connect(("{ADDR}", 80))
+download.sendall(b"GET /b/big?size=600000 HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n")
+busy = []
+for _ in range(int(sys.argv[1])):
+    try:
+        s = socket.create_connection(("{ADDR}", 80), timeout=2)
+        s.sendall(b"GET /b/slow?delay=60 HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n")
+        if select.select([s], [], [], 0.2)[0]:  # refused (503 and closed): the budget is full
+            break
+        busy.append(s)
+    except OSError:
+        break
+print(json.dumps({{"busy": len(busy)}}), flush=True)
+got = b""
+while not select.select([sys.stdin], [], [], 0)[0]:  # "stop"
+    got += download.recv(4096)
+    time.sleep(0.05)
+sys.stdin.readline()
+print(json.dumps({{"stopped": len(got)}}), flush=True)
+sys.stdin.readline()  # "go": the other tenant has connected
+download.settimeout(10)
+try:
+    while len(got) < 600000:
+        data = download.recv(1 << 20)
+        if not data:
+            break
+        got += data
+except OSError as exc:
+    print(json.dumps({{"error": repr(exc)}}), flush=True)
+print(json.dumps({{"body": len(got.split(b"\\r\\n\\r\\n", 1)[-1])}}), flush=True)
+"""
+
+
+def test_admitting_a_tenant_never_cuts_a_response_another_tenant_is_still_receiving(proxy):
+    # admission.Admission evicts a connection of the heaviest tenant that is between requests
+    # (ClientConnection.evictable: HEAD, IDLE, LINGER). A connection whose last response is
+    # complete at the proxy but still in its write buffer is IDLE too: abort() drops that data.
+    proxy.add_netns("tv", "ta")
+    # Small socket buffers in tv's namespace (the proxy's listener socket lives there), as on
+    # a slow link: what the kernel cannot take waits in the proxy's own write buffer.
+    proxy.sb.sh("ip netns exec tv sysctl -qw net.ipv4.tcp_wmem='4096 16384 16384'")
+    proxy.start_rawup("up", "127.0.0.1:9952")
+    proxy.write_config(
+        [http_tenant(t, ["127.0.0.1:9952"]) for t in ("tv", "ta")],
+        timeouts={"read": 120, "response_head": 120, "idle": 120},
+    )
+    proxy.start(wrap=["prlimit", "--nofile=256:256"])  # a budget of (256 - 2 - 64) // 2 = 95
+    victim = proxy.sb.popen(
+        ["ip", "netns", "exec", "tv", sys.executable, "-c", VICTIM, "200"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    proxy.helpers.append(victim)
+    busy = json.loads(victim.stdout.readline())["busy"]
+    assert busy >= 90, busy  # tv holds the budget: every connection busy but the download
+    done = [r for r in proxy.wait_access(1, timeout=60) if r["path"].startswith("/b/big")]
+    assert done and done[0]["status"] == 200, proxy.access_records()  # the proxy has it all
+    victim.stdin.write("stop\n")
+    victim.stdin.flush()
+    stopped = json.loads(victim.stdout.readline())["stopped"]
+    newcomer = proxy.curl("ta", f"http://{ADDR}/newcomer")  # admitted by eviction, or refused
+    assert newcomer.returncode == 0, newcomer.stderr
+    victim.stdin.write("go\n")
+    victim.stdin.flush()
+    result = json.loads(victim.stdout.readlines()[-1])
+    assert result == {"body": 600000}, (result, stopped, newcomer.stdout, proxy.log())
