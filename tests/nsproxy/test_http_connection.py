@@ -118,8 +118,13 @@ def test_a_client_still_sending_after_its_last_request_reads_the_answer(limited,
         b"GET /half HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         b"POST /half HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
         b"GET /half HTTP/1.1\r\nHost: a\r\n\r\nGET /half2 HTTP/1.1\r\nHost: a\r\n\r\n",
+        # held after a protocol-switch request the upstream answers (after the half-close
+        # arrived) with a plain 200
+        b"GET /b/slow?delay=0.5 HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n"
+        b"Upgrade: websocket\r\n\r\n"
+        b"GET /half2 HTTP/1.1\r\nHost: a\r\n\r\n",
     ],
-    ids=["keep-alive", "close", "body", "pipelined"],
+    ids=["keep-alive", "close", "body", "pipelined", "held-after-upgrade"],
 )
 def test_a_client_that_half_closes_after_its_request_gets_the_answer(limited, request_bytes):
     answer = limited.exchange("t1", request_bytes, "--halfclose")
