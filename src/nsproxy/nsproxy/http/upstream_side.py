@@ -306,6 +306,8 @@ class UpstreamConnection(Flow):
         if client is None:
             return
         if status < 200:
+            if status < 100:  # RFC 9110 15: status codes are 100-599; 0-99 is not HTTP
+                raise ResponseFault(f"status {status} is not an HTTP status code")
             if status == 101:
                 if client.cycle is None or client.cycle.upgrade is None:
                     raise ResponseFault("101 Switching Protocols without an upgrade request")
@@ -313,6 +315,11 @@ class UpstreamConnection(Flow):
                 self.in_head = False
                 client.response_head(101, self.reason, self._lines(), NO_BODY, None)
                 return
+            if self.has_length or self.codings is not None:
+                # RFC 9110 15.2 / 8.6, RFC 9112 6.1: a 1xx ends at its head and carries neither
+                # field. llhttp reads a body after 104-199 that has them, where the client's
+                # next hop would read the next response: the two readings cannot both hold.
+                raise ResponseFault(f"interim {status} response with a body length")
             client.cycle.interim += 1
             if client.cycle.interim > MAX_INTERIM:
                 raise ResponseFault(f"more than {MAX_INTERIM} interim (1xx) responses")
