@@ -828,7 +828,16 @@ class ClientConnection(Flow):
         self.resume_reading_for(HELD)
         if held:
             self.state = HEAD
+            # Here parser_done can only mean the client half-closed (a request that closes
+            # the connection ends it before its held bytes matter): what it sent before is
+            # read and answered all the same.
+            self.parser_done = False
             self.data_received(bytes(held))
+            if self.eof and self.state < TUNNEL:
+                self.parser_done = True
+                cycle = self.cycle
+                if cycle is None or not cycle.request_done:
+                    self._close()  # nothing complete, and nothing more will come
         elif self.parser_done:
             self._close()
 
