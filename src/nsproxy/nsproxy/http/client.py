@@ -30,7 +30,15 @@ import logging
 import httptools
 
 from nsproxy.http.cycle import RequestCycle
-from nsproxy.http.flow import CONNECTING, HELD, HIGH_WATER, PEER_FULL, PIPELINE, Flow
+from nsproxy.http.flow import (
+    CHUNKS_PER_TURN,
+    CONNECTING,
+    HELD,
+    HIGH_WATER,
+    PEER_FULL,
+    PIPELINE,
+    Flow,
+)
 from nsproxy.http.request_head import forwarded_fields
 from nsproxy.http.response_head import LENGTH, client_framing
 from nsproxy.http.upstream_side import UpstreamConnection
@@ -71,6 +79,8 @@ class ClientConnection(Flow):
     __slots__ = (
         "backlog",
         "chunk_out",
+        "chunkbuf",
+        "chunks",
         "client_ip",
         "close_after",
         "counted",
@@ -90,6 +100,7 @@ class ClientConnection(Flow):
         "pending",
         "partial",
         "queued",
+        "rechunk",
         "scheme",
         "shared",
         "since",
@@ -128,6 +139,9 @@ class ClientConnection(Flow):
         self.eof = False  # the client has half-closed
         self.close_after = False  # close once the current response is complete
         self.chunk_out = False  # the current response body is re-framed as chunked
+        self.rechunk = None  # response body pieces of one upstream read, to re-chunk as one
+        self.chunkbuf = None  # request body chunks of one read, forwarded as one
+        self.chunks = 0  # request chunks parsed since the loop last had a turn (see YIELD)
         self.wbuf = None  # while the upstream's bytes are parsed: response pieces, one write
         self.linger_until = 0.0
         self.linger_left = 0
@@ -228,6 +242,11 @@ class ClientConnection(Flow):
                     self._event(self._reject, 400, "chunk extensions too long")
                 elif self.unaccounted < 0:
                     self.unaccounted = 0
+        if self.chunkbuf is not None:
+            self._flush_body()
+        if self.chunks > CHUNKS_PER_TURN:
+            self.chunks = 0
+            self.yield_turn(self.shared.loop)
 
     def _data_out_of_turn(self, state: int, data) -> None:
         """Bytes in a state other than reading requests: tunnel, lingering close, closed, after
@@ -347,6 +366,7 @@ class ClientConnection(Flow):
 
     def on_chunk_header(self):
         self.unaccounted -= CHUNK_LINE
+        self.chunks += 1
 
     def on_message_complete(self):
         self.in_body = False
@@ -433,8 +453,21 @@ class ClientConnection(Flow):
         if max_body is not None and cycle.body_in > max_body:
             raise Reject(413, "request body larger than max_body_bytes")
         if cycle.chunked:
-            body = b"%x\r\n%b\r\n" % (n, body)
+            # The chunks of one read are forwarded as one (data_received writes it): a body of
+            # many small chunks costs the upstream connection one send per read, not one each.
+            if self.chunkbuf is None:
+                self.chunkbuf = [body]
+            else:
+                self.chunkbuf.append(body)
+            return
         self._to_upstream(body)
+
+    def _flush_body(self) -> None:
+        """Forward the chunked body pieces batched by ``_body`` as one chunk."""
+        pieces = self.chunkbuf
+        self.chunkbuf = None
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self._to_upstream(b"%x\r\n%b\r\n" % (len(data), data))
 
     def _message_complete(self):
         cycle = self.cycle
@@ -442,6 +475,8 @@ class ClientConnection(Flow):
             return  # complete once its body has come (see _held_data)
         cycle.request_done = True
         if cycle.chunked:
+            if self.chunkbuf is not None:
+                self._flush_body()
             self._to_upstream(b"0\r\n\r\n")
 
     def _hold(self, tail):
@@ -558,9 +593,26 @@ class ClientConnection(Flow):
 
     def response_body(self, data) -> None:
         if self.chunk_out:
+            if self.wbuf is not None:
+                # Batched: the pieces of this read become one chunk (many small chunks from
+                # the upstream cost one chunk line to the client, not one each).
+                if self.rechunk is None:
+                    self.rechunk = [data]
+                else:
+                    self.rechunk.append(data)
+                return
             data = b"%x\r\n%b\r\n" % (len(data), data)
         self.cycle.bytes_out += len(data)
         self._send(data)
+
+    def _rechunked(self) -> bytes:
+        """The batched body pieces as one chunk."""
+        pieces = self.rechunk
+        self.rechunk = None
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        data = b"%x\r\n%b\r\n" % (len(data), data)
+        self.cycle.bytes_out += len(data)
+        return data
 
     def _send(self, data) -> None:
         if self.wbuf is not None:
@@ -572,6 +624,8 @@ class ClientConnection(Flow):
         """Write what was batched while the upstream's bytes were parsed (one send, not N)."""
         buf = self.wbuf
         self.wbuf = None
+        if self.rechunk is not None:
+            buf.append(self._rechunked())
         if buf:
             self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
@@ -581,6 +635,8 @@ class ClientConnection(Flow):
         self.wbuf = None
         if self.chunk_out:
             self.chunk_out = False
+            if self.rechunk is not None:
+                buf.append(self._rechunked())
             buf = [*buf, b"0\r\n\r\n"] if buf else [b"0\r\n\r\n"]
         if buf:
             self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
@@ -715,6 +771,7 @@ class ClientConnection(Flow):
         self.pending = None
         self.backlog = None
         self.held = None
+        self.chunkbuf = None
         self._close()
 
     def _close(self) -> None:
@@ -814,6 +871,8 @@ class ClientConnection(Flow):
                 return
             if self.state == CLOSED or self.state == LINGER:
                 return
+        if self.chunkbuf is not None:
+            self._flush_body()
         self.resume_reading_for(PIPELINE)
         if self.parser_done and self.cycle is None:
             self._close()

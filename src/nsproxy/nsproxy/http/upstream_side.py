@@ -14,7 +14,7 @@ import logging
 
 import httptools
 
-from nsproxy.http.flow import HIGH_WATER, Flow
+from nsproxy.http.flow import CHUNKS_PER_TURN, HIGH_WATER, Flow
 from nsproxy.http.response_head import (
     LENGTH,
     NO_BODY,
@@ -48,6 +48,7 @@ class UpstreamConnection(Flow):
 
     # Slots: less memory per connection and faster attribute access in the hot path.
     __slots__ = (
+        "chunks",
         "client",
         "closed",
         "codings",
@@ -103,6 +104,7 @@ class UpstreamConnection(Flow):
         self.status = 0
         self.trailer_bytes = 0
         self.unaccounted = 0  # body bytes not (yet) seen as data, trailers or chunk lines
+        self.chunks = 0  # body chunks parsed since the loop last had a turn (see YIELD)
         self.start_exchange(False)
         self._new_head()
 
@@ -229,6 +231,9 @@ class UpstreamConnection(Flow):
                 self._fault(ResponseFault("chunk extensions too long"))
             elif self.unaccounted < 0:
                 self.unaccounted = 0
+        if self.chunks > CHUNKS_PER_TURN:
+            self.chunks = 0
+            self.yield_turn(client.shared.loop)
 
     def _feed_heads_of_head_response(self, data) -> None:
         """A response to HEAD ends with its head, whatever its Content-Length says, which
@@ -364,6 +369,7 @@ class UpstreamConnection(Flow):
 
     def on_chunk_header(self):
         self.unaccounted -= CHUNK_LINE
+        self.chunks += 1
 
     def on_message_complete(self):
         self.unaccounted = 0
