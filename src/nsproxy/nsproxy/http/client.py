@@ -25,7 +25,10 @@ per request.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import struct
+import termios
 
 import httptools
 
@@ -66,6 +69,17 @@ LINGER_SECONDS = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
 #: Bytes of chunk framing (size line, extensions, CRLFs) allowed per chunk without counting.
 CHUNK_LINE = 64
+
+
+def unsent_bytes(sock) -> int:
+    """Bytes written to ``sock`` that its peer has not acknowledged yet (the kernel's send
+    queue, ``SIOCOUTQ``, tcp(7)); -1 when it cannot be asked (no socket)."""
+    if sock is None:
+        return -1
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return -1
 
 
 class _TooManyPipelined(Exception):
@@ -831,10 +845,24 @@ class ClientConnection(Flow):
             self.abort()
 
     def evictable(self) -> bool:
-        """Whether closing this connection loses no forwarded request: its request head is not
-        complete yet, it is idle between requests, or it is closing anyway (admission.Admission
-        evicts such ones)."""
-        return self.state in (HEAD, IDLE, LINGER)
+        """Whether closing this connection now loses nothing: its request head is not
+        complete yet, or it is idle between requests, and everything the proxy wrote to it has
+        left the process and been acknowledged by the client (the transport's buffer and the
+        kernel's send queue are empty). A response still being written, or the proxy's own
+        answer before a lingering close, is never cut (admission.Admission evicts only these)."""
+        state = self.state
+        if state != IDLE and state != HEAD:
+            return False
+        transport = self.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        return unsent_bytes(transport.get_extra_info("socket")) == 0
+
+    def evict(self) -> None:
+        """Close an :meth:`evictable` connection to make room for another tenant's: a FIN, so
+        that a keep-alive client reconnects as after any idle close."""
+        self.state = CLOSED
+        self.transport.close()
 
     def drain(self) -> None:
         """Stop keep-alive: close now if idle, else after the current response."""
