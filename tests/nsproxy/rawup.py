@@ -28,6 +28,8 @@ X-Nsproxy-Tenant values it received):
   /b/ext-flood        a chunk-size line whose extension never ends
   /b/slow?delay=S     the normal answer after S seconds
   /b/big?size=N       a Content-Length body of N bytes, in one write
+  /b/cut?framing=F    a response broken off: 10 of 100 Content-Length bytes (F=cl) or one
+                      chunk of 10 bytes without the last chunk (F=chunked), then close
   /b/interim-body?code=N  a status-N head whose Content-Length body is itself a complete
                       response ("FORGED"), then the normal answer; N=0: no Content-Length,
                       the forged response, then close
@@ -250,6 +252,13 @@ class Handler(socketserver.BaseRequestHandler):
             size = int(query.get("size", 200000))
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (size, b"x" * size))
             return True
+        if path == "/b/cut":
+            if query.get("framing", "cl") == "chunked":
+                head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                sock.sendall(head + b"a\r\n0123456789\r\n")
+            else:
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            return False
         if path == "/b/interim-body":
             code = int(query.get("code", 150))
             forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"

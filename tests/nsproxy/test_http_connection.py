@@ -111,6 +111,78 @@ def test_a_client_still_sending_after_its_last_request_reads_the_answer(limited,
     assert json.loads(proc.stdout) == [status] * 3, proc.stdout + proc.stderr
 
 
+CUT_CLIENT = """
+import json, socket, sys
+results = []
+for attempt in range(3):
+    s = socket.create_connection(("{addr}", 80), timeout=20)
+    # a request its upstream breaks off, and a pipelined one with a body behind it, all
+    # written before reading (as an HTTP/1.1 client that pipelines does)
+    s.sendall(sys.argv[1].encode() + b"POST /next HTTP/1.1\\r\\nHost: a\\r\\n"
+              b"Content-Length: 300000\\r\\n\\r\\n" + b"y" * 300000)
+    got = b""
+    try:
+        while data := s.recv(65536):
+            got += data
+        end = "eof"
+    except OSError as exc:
+        end = type(exc).__name__
+    results.append([got.split(b"\\r\\n\\r\\n", 1)[-1].decode(), end])
+print(json.dumps(results))
+""".replace("{addr}", ADDR)
+
+
+@pytest.mark.parametrize(
+    ("request_line", "body"),
+    [
+        ("GET /b/cut?framing=cl HTTP/1.1", "0123456789"),
+        ("GET /b/cut?framing=chunked HTTP/1.1", "a\r\n0123456789\r\n"),
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_a_response_the_upstream_breaks_off_is_delivered_then_closed_cleanly(
+    limited, request_line, body
+):
+    # Found by the differential suite in CI (main at 5941fc8): a response cut short by its
+    # upstream, with a pipelined request body still arriving, ended in a reset. The client
+    # must get every byte the upstream sent, its framing showing the cut (a Content-Length not
+    # reached, no last chunk), and a clean close (RFC 9112 9.6), like any last answer.
+    proc = limited.python("t1", CUT_CLIENT, request_line + "\r\nHost: a\r\n\r\n", timeout=120)
+    assert json.loads(proc.stdout) == [[body, "eof"]] * 3, proc.stdout + proc.stderr
+
+
+SLOW_READER = """
+import json, socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(("{addr}", 80))
+s.settimeout(30)
+s.sendall(b"GET /b/big?size=600000 HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n")
+got = b""
+try:
+    # at full speed until the proxy has the whole answer, then 30 kB/s: about 10 s more
+    while data := s.recv(3000):
+        got += data
+        if len(got) > 300000:
+            time.sleep(0.1)
+    end = "eof"
+except OSError as exc:
+    end = type(exc).__name__
+print(json.dumps([len(got.split(b"\\r\\n\\r\\n", 1)[-1]), end]))
+""".replace("{addr}", ADDR)
+
+
+def test_a_last_answer_read_slowly_is_delivered_whole(limited):
+    # The lingering close after a connection's last answer starts once the answer has left the
+    # proxy's write buffer. With its clocks started at the end of the upstream's response, a
+    # client still reading its answer after them lost the rest (5 s, then a reset). Small
+    # socket buffers in t1 (the proxy's listener is there), as on a slow link: what the kernel
+    # cannot take waits in the proxy's own write buffer.
+    limited.sb.sh("ip netns exec t1 sysctl -qw net.ipv4.tcp_wmem='4096 16384 16384'")
+    proc = limited.python("t1", SLOW_READER, timeout=120)
+    assert json.loads(proc.stdout) == [600000, "eof"], proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [

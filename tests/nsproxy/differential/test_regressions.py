@@ -133,3 +133,16 @@ def test_round_robin_uses_both_servers(lab):
     first = Request(b"GET /s/XXXXXX/t1/1/cl HTTP/1.1\r\nHost: a.example\r\n\r\n", body=b"")
     second = Request(b"GET /s/XXXXXX/t1/2/cl HTTP/1.1\r\nHost: a.example\r\n\r\n", body=b"")
     verify(lab, Example((one("t1", first, pipelined=False), one("t1", second, pipelined=False))))
+
+
+def test_a_broken_off_response_with_a_pipelined_body_behind_it_ends_cleanly(lab):
+    """Found in CI on main (5941fc8). Session A's GET left a pooled connection to the shared
+    upstream; session B pipelined a GET its upstream breaks off after 10 of 144 body bytes
+    ("closeb"), then a GET with a 300000-byte body. B got the head and the 10 bytes, then a
+    reset: (d)."""
+    first = Request(b"GET /s/XXXXXX/t1/1/cl HTTP/1.1\r\nHost: a.example\r\n\r\n", body=b"")
+    cut = Request(b"GET /s/XXXXXX/t1/2/closeb HTTP/1.1\r\nHost: a.example\r\n\r\n", body=b"")
+    body = b"o" * 300000
+    raw = b"GET /s/XXXXXX/t1/3/cl HTTP/1.1\r\nHost: a.example\r\nContent-Length: 300000\r\n\r\n"
+    big = Request(raw + body, body=body)
+    verify(lab, Example((one("t1", first, pipelined=False), one("t1", cut, big))))

@@ -13,10 +13,12 @@ forwards it as the request-head policy says (``request_head``) to an upstream co
   connection closed before any byte of a response, and only once (RFC 9110 9.2.2, RFC 9112
   9.3.1); a request that is not idempotent gets a pooled connection only when it cannot be
   one its server is about to close (``Upstream.take``);
-- an answer the proxy makes itself while request bytes may still arrive is followed by a
-  lingering close (RFC 9112 9.6): the write side is shut, input is read and dropped for up to
-  ``LINGER_SECONDS`` and ``LINGER_BYTES``, then the connection closes, so the client reads the
-  answer instead of a reset;
+- every close after an answer (the proxy's own, or an upstream's that is the connection's
+  last: ``Connection: close``, HTTP/1.0, drain, ``MAX_PIPELINED``, an upstream that broke its
+  response off) is a lingering close (RFC 9112 9.6, :meth:`_close`): once the answer is
+  written the write side is shut, and input is read and dropped until the client closes, for
+  up to ``LINGER_SECONDS`` in all, ``LINGER_IDLE`` without input and ``LINGER_BYTES``, so the
+  client reads the answer instead of a reset;
 - a client that half-closes after a complete request still gets its response, then the close.
 
 Timeouts are checked by the daemon's one-second sweep (:meth:`check_timeout`), not by a timer
@@ -55,7 +57,7 @@ HEAD = 1  # reading a request head (or waiting for the first one): header_read t
 BUSY = 2  # request forwarded, response pending or streaming: read/response_head timeouts
 IDLE = 3  # keep-alive, between requests: idle timeout
 TUNNEL = 4  # after 101: bytes flow unchanged both ways; idle timeout
-LINGER = 5  # the proxy answered and closes: input is read and dropped until LINGER_SECONDS
+LINGER = 5  # the last answer is out, the write side shut: input is read and dropped
 CLOSED = 6
 
 #: Pipelined requests parsed ahead of their turn; a connection that sends more is closed after
@@ -64,8 +66,10 @@ CLOSED = 6
 MAX_PIPELINED = 32
 #: Bytes held after a protocol-switch request before reading from the client pauses.
 HOLD_LIMIT = 64 * 1024
-#: Lingering close bounds (nginx's lingering_timeout default is 5 s).
-LINGER_SECONDS = 5.0
+#: Lingering close bounds: at most LINGER_SECONDS in all and LINGER_IDLE without input (nginx's
+#: lingering_time and lingering_timeout defaults), and LINGER_BYTES read and dropped.
+LINGER_SECONDS = 30.0
+LINGER_IDLE = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
 #: Bytes of chunk framing (size line, extensions, CRLFs) allowed per chunk without counting.
 CHUNK_LINE = 64
@@ -119,6 +123,7 @@ class ClientConnection(Flow):
         "shared",
         "since",
         "unaccounted",
+        "unsent",
         "state",
         "tenant",
         "up",
@@ -159,6 +164,7 @@ class ClientConnection(Flow):
         self.wbuf = None  # while the upstream's bytes are parsed: response pieces, one write
         self.linger_until = 0.0
         self.linger_left = 0
+        self.unsent = 0  # in LINGER: bytes of the last answer still in the write buffer
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport):
@@ -587,6 +593,7 @@ class ClientConnection(Flow):
                 coding = client_framing(kind, codings, cycle.version)
                 if coding is None:
                     close = True  # an HTTP/1.0 client learns where the body ends by the close
+                    cycle.close_delimited = True
                 elif coding:
                     self.chunk_out = True
                     lines.append(coding)
@@ -735,7 +742,10 @@ class ClientConnection(Flow):
 
     def upstream_fault(self, status: int, detail: str) -> None:
         """The upstream failed this request: an error answer if nothing was sent yet, else the
-        client connection is cut (the response it has is incomplete, and it must see that)."""
+        response is cut short, and the client must see that. Its framing shows it (a
+        ``Content-Length`` not reached, no last chunk) when the connection then closes like
+        after any last answer (:meth:`_close`); only a body that ends with the connection
+        (an HTTP/1.0 client's) is cut by a reset, the one sign left."""
         cycle = self.cycle
         if cycle is not None and cycle.response_started:
             self.flush()
@@ -748,8 +758,11 @@ class ClientConnection(Flow):
             )
             self.tenant.metrics.upstream_failures += 1
             self.chunk_out = False
-            self._finish_cycle()
-            self.abort()
+            if cycle.close_delimited:
+                self._finish_cycle()
+                self.abort()
+            else:
+                self._last_answer()
         else:
             self._reject(status, detail)
 
@@ -775,6 +788,11 @@ class ClientConnection(Flow):
             cycle.bytes_out += len(body)
             cycle.status = status
             self.transport.write(body)
+        self._last_answer()
+
+    def _last_answer(self) -> None:
+        """The current answer is the connection's last: drop its upstream connection and
+        whatever else of the client was waiting, log it, close (lingering)."""
         up = self.up
         if up is not None:
             self.up = None
@@ -790,17 +808,21 @@ class ClientConnection(Flow):
 
     def _close(self) -> None:
         """Close after the last answer (RFC 9112 9.6): shut the write side, then read and drop
-        what the client still sends until it closes, for up to LINGER_SECONDS and
-        LINGER_BYTES. Closing with unread client bytes (a body still coming, pipelined
-        requests, bytes in flight) makes the kernel send a reset, which destroys the answer
-        before the client reads it. A client that half-closed already is closed at once."""
+        what the client still sends until it closes, for up to LINGER_SECONDS in all (counted
+        from when the answer has left the write buffer), LINGER_IDLE without input and
+        LINGER_BYTES (nginx's lingering_time, lingering_timeout). Closing with unread client
+        bytes (a body still coming, pipelined requests, bytes in flight) makes the kernel send
+        a reset, which destroys the answer before the client reads it. A client that
+        half-closed already is closed at once. This is the one place a connection closes
+        after an answer."""
         transport = self.transport
         if self.eof:
             self.state = CLOSED
             transport.close()
             return
         self.state = LINGER
-        self.linger_until = self.shared.now + LINGER_SECONDS
+        self.last_io = self.shared.now
+        self.linger_until = self.last_io + LINGER_SECONDS
         self.linger_left = LINGER_BYTES
         self.parser = None
         if transport.is_closing():
@@ -841,8 +863,23 @@ class ClientConnection(Flow):
             up = self.up
             if now - max(self.last_io, up.last_io if up is not None else 0) > timeouts["idle"]:
                 self.abort()
-        elif state == LINGER and now > self.linger_until:
-            self.abort()
+        elif state == LINGER:
+            unsent = self.transport.get_write_buffer_size()
+            if unsent:
+                # The answer is still being written: the lingering clocks start once it has
+                # gone to the kernel; a client that takes none of it for timeouts.read is cut.
+                if unsent != self.unsent:
+                    self.unsent = unsent
+                    self.since = now
+                elif now - self.since > timeouts["read"]:
+                    self.abort()
+                    return
+                self.last_io = now
+                self.linger_until = now + LINGER_SECONDS
+            elif now > self.linger_until or now - self.last_io > LINGER_IDLE:
+                # (what the kernel still holds for the client is sent before the FIN: no
+                # input is left unread to turn the close into a reset)
+                self.abort()
 
     def evictable(self) -> bool:
         """Whether closing this connection now loses nothing: its request head is not
