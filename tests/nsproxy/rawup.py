@@ -32,7 +32,7 @@ X-Nsproxy-Tenant values it received):
                       chunk of 10 bytes without the last chunk (F=chunked), then close
   /b/interim-body?code=N  a status-N head whose Content-Length body is itself a complete
                       response ("FORGED"), then the normal answer; N=0: no Content-Length,
-                      the forged response, then close
+                      the forged response, then close; framing=chunked: that body chunked
 With --idle-timeout S, a connection idle for S seconds between requests is closed, as servers
 close their idle keep-alive connections.
 """
@@ -265,7 +265,12 @@ class Handler(socketserver.BaseRequestHandler):
             if code == 0:
                 sock.sendall(b"HTTP/1.1 000 Zero\r\n\r\n" + forged)
                 return False
-            head = b"HTTP/1.1 %03d Interim\r\nContent-Length: %d\r\n\r\n" % (code, len(forged))
+            if query.get("framing") == "chunked":
+                framing = b"Transfer-Encoding: chunked"
+                forged = b"%x\r\n%b\r\n0\r\n\r\n" % (len(forged), forged)
+            else:
+                framing = b"Content-Length: %d" % len(forged)
+            head = b"HTTP/1.1 %03d Interim\r\n%b\r\n\r\n" % (code, framing)
             sock.sendall(head + forged + normal)
             return True
         if path == "/b/slow":

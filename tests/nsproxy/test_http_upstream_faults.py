@@ -241,3 +241,17 @@ def test_a_response_with_a_status_below_100_is_a_bad_gateway(upstream):
     answer = upstream.exchange("t1", get("/b/interim-body?code=0", extra="Connection: close\r\n"))
     assert statuses(answer) == [502], answer
     assert "FORGED" not in answer["raw"], answer
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["code=100", "code=103", "code=150", "code=150&framing=chunked", "code=103&framing=chunked"],
+)
+def test_an_interim_response_with_body_framing_is_a_bad_gateway(upstream, query):
+    # RFC 9110 8.6 and RFC 9112 6.1: a server sends neither Content-Length nor
+    # Transfer-Encoding in a 1xx, which ends at its head (RFC 9110 15.2). llhttp reads a body
+    # after 104-199 and none after 100-103: either way a next hop may read the bytes after the
+    # head otherwise (the body, or a response), so the proxy answers 502 rather than choose.
+    answer = upstream.exchange("t1", get(f"/b/interim-body?{query}", extra="Connection: close\r\n"))
+    assert statuses(answer) == [502], answer
+    assert "FORGED" not in answer["raw"], answer
