@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, changed_steps
 from tests.roles.site_sandbox import UPSTREAM, VENV_BIN, ansible_env, ensure_wheelhouse
 from tools.sandbox import Sandbox
 
@@ -220,7 +220,14 @@ def host(tmp_path_factory):
 
 
 def test_role_installs_the_daemon_and_serves_two_tenants(host):
-    output = host.converge([instance(tenant("acme", "a"), tenant("globex", "a"))])
+    # Directories left from before, while the service user does not exist yet: --check must
+    # predict the run (their owner and group change), not fail looking the user up.
+    host.sb.sh("mkdir -p /etc/nsproxy/certs /var/log/nsproxy && ! getent passwd nsproxy")
+    instances = [instance(tenant("acme", "a"), tenant("globex", "a"))]
+    check = host.playbook(instances, flags=["--check"])
+    assert check.returncode == 0, f"--check failed:\n{check.stdout[-6000:]}"
+    output = host.converge(instances)
+    assert changed_steps(check.stdout) == changed_steps(output)
     assert "instances run as supervised" in output  # no systemd here, and the role says so
     assert host.answer("acme", "/x") == "backend=a tenant=acme path=/x"
     assert host.answer("globex", "/y") == "backend=a tenant=globex path=/y"
@@ -256,6 +263,8 @@ def test_role_installs_the_daemon_and_serves_two_tenants(host):
 
 def test_second_run_changes_nothing(host):
     generation = host.status()["generation"]
+    check = host.playbook([instance(tenant("acme", "a"), tenant("globex", "a"))], flags=["--check"])
+    assert check.returncode == 0 and changed_steps(check.stdout) == [], check.stdout[-4000:]
     output = host.converge([instance(tenant("acme", "a"), tenant("globex", "a"))])
     assert recap_changed(output) == 0, output
     assert host.status()["generation"] == generation
