@@ -266,7 +266,7 @@ class ClientConnection(Flow):
             self._flush_body()
         if self.chunks > CHUNKS_PER_TURN:
             self.chunks = 0
-            self.yield_turn(self.shared.loop)
+            self.yield_turn()
 
     def _data_out_of_turn(self, state: int, data) -> None:
         """Bytes in a state other than reading requests: tunnel, lingering close, closed, after

@@ -54,12 +54,12 @@ class Flow(asyncio.Protocol):
                 if transport is not None and not transport.is_closing():
                     transport.resume_reading()
 
-    def yield_turn(self, loop) -> None:
+    def yield_turn(self) -> None:
         """Stop reading until the event loop has run its other ready callbacks and polled
         every other socket once: bounds what one connection's reads cost the others in one
         turn of the loop to one read (nginx and HAProxy bound the work per event likewise)."""
         self.pause_reading_for(YIELD)
-        loop.call_soon(self.resume_reading_for, YIELD)
+        asyncio.get_running_loop().call_soon(self.resume_reading_for, YIELD)
 
     # asyncio calls these when our transport's write buffer crosses its water marks.
     def pause_writing(self) -> None:

@@ -233,7 +233,7 @@ class UpstreamConnection(Flow):
                 self.unaccounted = 0
         if self.chunks > CHUNKS_PER_TURN:
             self.chunks = 0
-            self.yield_turn(client.shared.loop)
+            self.yield_turn()
 
     def _feed_heads_of_head_response(self, data) -> None:
         """A response to HEAD ends with its head, whatever its Content-Length says, which
