@@ -11,8 +11,8 @@ forwards it as the request-head policy says (``request_head``) to an upstream co
   are parsed as the next requests (RFC 9110 7.8);
 - a request is sent a second time only when it is idempotent, has no body, its pooled
   connection closed before any byte of a response, and only once (RFC 9110 9.2.2, RFC 9112
-  9.3.1); a request that is not idempotent gets a pooled connection only when it cannot be
-  one its server is about to close (``Upstream.take``);
+  9.3.1); a request that cannot be sent again (not idempotent, or with a body) gets a pooled
+  connection only when it cannot be one its server is about to close (``Upstream.take``);
 - every close after an answer (the proxy's own, or an upstream's that is the connection's
   last: ``Connection: close``, HTTP/1.0, drain, ``MAX_PIPELINED``, an upstream that broke its
   response off) is a lingering close (RFC 9112 9.6, :meth:`_close`): once the answer is
@@ -450,13 +450,13 @@ class ClientConnection(Flow):
         if cycle.expect and cycle.version == "1.1":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         # A pooled connection may be closed by its server the instant it is reused. Only a
-        # request that may be sent again takes that risk; others get a recently used,
-        # checked connection or a new one (Upstream.take).
-        idempotent = cycle.method in IDEMPOTENT_METHODS
-        server, conn = upstream.take(safe=not idempotent)
+        # request that may be sent again (idempotent, no body) takes that risk; others get a
+        # recently used, checked connection or a new one (Upstream.take).
+        resendable = cycle.method in IDEMPOTENT_METHODS and not cycle.chunked and not cycle.length
+        server, conn = upstream.take(safe=not resendable)
         cycle.t_sent = shared.loop_time()
         if conn is not None:
-            if idempotent and not cycle.chunked and not cycle.length:
+            if resendable:
                 cycle.retry = head
             self._attach(conn)
             conn.transport.write(head)
