@@ -149,11 +149,14 @@ def test_a_broken_off_response_with_a_pipelined_body_behind_it_ends_cleanly(lab)
 
 
 def test_a_request_with_a_body_never_gets_an_unchecked_pooled_connection(lab):
-    """Found at seed 31337 (after 790 examples). t1's own upstream answered HEAD .../closeb with
-    its head and closed; the connection had gone back to the pool, and the GET with a one-byte
-    body after it took it before the proxy had read the close: 502 (broken pipe), though its
-    upstream answers 'cl': (d). A request with a body is never sent twice, so like a POST it
-    only gets a pooled connection a peek shows open. (A race: this passes by luck sometimes.)"""
+    """Found at seed 31337 (twice, after 790 and 655 examples). t1's own upstream answered
+    HEAD .../closeb with its head and closed without saying so; the connection had gone back
+    to the pool, and the next request (a GET with a one-byte body, or a POST sent after the
+    proxy's 100 Continue, so before the HEAD's answer) took it in the instant before the close
+    arrived: 502 (broken pipe, reset), though its upstream answers 'cl': (d). A request that
+    must not be resent cannot be saved from that race by any proxy (RFC 9112 9.3.1); the lab's
+    upstream now announces such a close (RFC 9112 9.6, upstream_behaviour.py), and the proxy
+    gives a request with a body, like a POST, only a pooled connection a peek shows open."""
     head = Request(b"HEAD /o/XXXXXX/t1/1/closeb HTTP/1.1\r\nHost: a.example\r\n\r\n", body=b"")
     raw = b"GET /o/XXXXXX/t1/2/cl HTTP/1.1\r\nHost: a.example\r\nContent-Length: 1\r\n\r\n\x00"
     after = Request(raw, body=b"\x00")

@@ -92,6 +92,12 @@ def answer(path: str, method: str, upgrade_token: bytes | None) -> tuple[bytes, 
     # A HEAD answer's head describes the body a GET would get (RFC 9110 9.3.2), without it.
     body_bytes = b"" if method == "HEAD" else body
     ok = b"HTTP/1.1 200 OK\r\n" + tag
+    if method == "HEAD" and behaviour in ("closeb", "teid"):
+        # The answer to HEAD is complete at its head, and the connection closes after it: a
+        # server says so (RFC 9112 9.6). Unannounced, a request the proxy sends on it in the
+        # instant before the close arrives fails, which no proxy can prevent for requests it
+        # must not resend (RFC 9112 9.3.1; HAProxy and nginx alike): a race, not a finding.
+        ok += b"Connection: close\r\n"
 
     def with_length() -> bytes:
         return ok + b"Content-Length: %d\r\n\r\n" % len(body) + body_bytes
