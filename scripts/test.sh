@@ -69,8 +69,13 @@ stage_modules() {
 
 stage_daemon() {
   [ -d tests/nsproxy ] || { echo "no daemon tests yet"; return 0; }
-  banner "daemon: nsproxy with real namespaces, sockets and clients"
-  pytest_stage tests/nsproxy -v
+  # Every daemon test runs with one worker and with two (conftest.py reads the variable);
+  # the process-model tests choose their own worker count, so they run in the second pass only.
+  banner "daemon: nsproxy with real namespaces, sockets and clients (workers: 1)"
+  NSPROXY_TEST_WORKERS=1 pytest_stage tests/nsproxy -v --ignore=tests/nsproxy/unit \
+    --ignore-glob='tests/nsproxy/test_workers_*' --ignore=tests/nsproxy/test_netns_identity.py
+  banner "daemon: nsproxy with real namespaces, sockets and clients (workers: 2)"
+  NSPROXY_TEST_WORKERS=2 pytest_stage tests/nsproxy -v
 }
 
 stage_bench() {

@@ -50,6 +50,16 @@ def check_instance_name(name: str) -> None:
         )
 
 
+def check_workers(workers):
+    """``workers`` as the daemon takes it: "auto" or a number from 1 to 256."""
+    text = str(workers).strip()
+    if text == "auto":
+        return "auto"
+    if text.isdigit() and 1 <= int(text) <= 256:
+        return int(text)
+    raise ConfigError(f"workers: must be 'auto' or a number from 1 to 256 (got {workers!r})")
+
+
 def check_tenants(tenants: list) -> None:
     """Shape checks the per-tenant diff relies on; everything else is `nsproxy check`'s job."""
     seen = set()
@@ -75,11 +85,17 @@ def build_config(
     access_log: str | None = None,
     limits: dict | None = None,
     timeouts: dict | None = None,
+    user: str | None = None,
+    workers=None,
 ) -> dict:
     """The config document (daemon contract shape) for these module parameters."""
     check_instance_name(name)
     check_tenants(tenants)
     config: dict = {"instance": name, "admin_socket": admin_socket}
+    if user:
+        config["user"] = user
+    if workers is not None:
+        config["workers"] = check_workers(workers)
     if metrics:
         metrics = _drop_none(metrics)
         if metrics:

@@ -42,12 +42,16 @@ options:
         the config changed).
       - V(stopped) writes the config when O(tenants) is given and stops the instance.
       - V(reloaded) writes the config and always reloads (starts when stopped).
-      - V(restarted) writes the config and always restarts the process (after a daemon upgrade;
-        a config change alone never needs it).
+      - V(restarted) writes the config and always restarts the process (a config change alone
+        never needs it).
+      - V(upgraded) writes the config and, when the instance runs, makes it re-execute the
+        installed daemon with C(nsproxy upgrade), in the same process and without closing a
+        listening socket (old workers drain while new ones serve); starts it when stopped.
+        For a new daemon build.
       - V(absent) stops the instance and removes its config file (and, supervised, its pid and
         log files); under systemd it also disables the unit instance.
     type: str
-    choices: [present, absent, started, stopped, reloaded, restarted]
+    choices: [present, absent, started, stopped, reloaded, restarted, upgraded]
     default: started
   tenants:
     description:
@@ -110,6 +114,16 @@ options:
   admin_socket:
     description: Admin socket of the instance. Default C(<run_dir>/<name>.sock).
     type: path
+  user:
+    description:
+      - The user the daemon's workers run as (they parse all traffic, with no capability).
+        Omit for the daemon's default (C(nobody) when it is started as root). Never C(root).
+    type: str
+  workers:
+    description:
+      - Worker processes, each serving every tenant on its own CPU; C(auto) for one per CPU
+        the daemon may run on. Omit for the daemon's default (C(auto)).
+    type: str
   config_dir:
     description: Directory of the config files.
     type: path
@@ -278,7 +292,7 @@ ARGUMENT_SPEC = dict(
     state=dict(
         type="str",
         default="started",
-        choices=["present", "absent", "started", "stopped", "reloaded", "restarted"],
+        choices=["present", "absent", "started", "stopped", "reloaded", "restarted", "upgraded"],
     ),
     tenants=dict(type="list", elements="dict"),
     metrics=dict(type="dict", options=dict(listen=dict(type="str", required=True))),
@@ -303,6 +317,8 @@ ARGUMENT_SPEC = dict(
         ),
     ),
     admin_socket=dict(type="path"),
+    user=dict(type="str"),
+    workers=dict(type="str"),
     config_dir=dict(type="path", default="/etc/nsproxy"),
     config_group=dict(type="str"),
     nsproxy_bin=dict(type="path", default="/opt/nsproxy/bin/nsproxy"),
@@ -334,11 +350,13 @@ def plan_actions(state, exists, running, content_changed, attrs_changed, runtime
             actions.append("stop")
         return actions
     if not running:
-        if state in ("started", "reloaded", "restarted"):
+        if state in ("started", "reloaded", "restarted", "upgraded"):
             actions.append("start")
         return actions
     if state == "restarted" or runtime in ("socket_moved", "unreachable"):
         actions.append("restart")
+    elif state == "upgraded":
+        actions.append("upgrade")  # the new binder reads the (new) config file itself
     elif content_changed or runtime == "stale" or state == "reloaded":
         actions.append("reload")
     return actions
@@ -402,6 +420,8 @@ def build_want(params):
                 access_log=params["access_log"],
                 limits=params["limits"],
                 timeouts=params["timeouts"],
+                user=params["user"],
+                workers=params["workers"],
             )
         except ConfigError as exc:
             raise ModuleFailure(str(exc)) from None
@@ -535,6 +555,11 @@ def build_plan(want, have):
             previous_generation=(have["live"] or {}).get("generation"),
             restore={"path": want["path"], "data": have["old_bytes"], "gid": have["gid"]},
         ),
+        "upgrade": dict(
+            wait,
+            old_socket=old_socket,
+            previous_generation=(have["live"] or {}).get("generation"),
+        ),
     }
     for op in plan_actions(
         want["state"],
@@ -594,15 +619,28 @@ def _apply(ctx, manager, action):
                 "nsproxy refused the new configuration; the running instance keeps its "
                 f"previous one and {action['restore']['path']} was restored: {output}"
             )
-        status = wait_for_config(cli, action["socket"], action["digest"], timeout, manager.running)
-        previous = action["previous_generation"]
-        if previous is not None and (status.get("generation") or 0) <= previous:
+        _wait_for_newer(ctx, manager, action, "reload")
+    elif op == "upgrade":
+        ok, output = cli.upgrade(action["old_socket"])
+        if not ok:
             raise ServiceError(
-                f"nsproxy reported generation {status.get('generation')} after the reload, "
-                f"not newer than {previous}"
+                f"nsproxy refused the upgrade; the running instance keeps its version: {output}"
             )
+        _wait_for_newer(ctx, manager, action, "upgrade")
     elif op in ("enable", "disable"):
         manager.set_enabled(op == "enable")
+
+
+def _wait_for_newer(ctx, manager, action, what):
+    """Wait until the instance serves the new config with a generation newer than before."""
+    cli, timeout = ctx.have["cli"], ctx.module.params["wait_timeout"]
+    status = wait_for_config(cli, action["socket"], action["digest"], timeout, manager.running)
+    previous = action["previous_generation"]
+    if previous is not None and (status.get("generation") or 0) <= previous:
+        raise ServiceError(
+            f"nsproxy reported generation {status.get('generation')} after the {what}, "
+            f"not newer than {previous}"
+        )
 
 
 def restore(path, data, gid):

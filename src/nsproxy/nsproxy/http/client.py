@@ -902,10 +902,11 @@ class ClientConnection(Flow):
         self.transport.close()
 
     def drain(self) -> None:
-        """Stop keep-alive: close now if idle, else after the current response."""
+        """Stop keep-alive: close now if idle, else after the current response. An idle
+        connection closes lingering: a request the client sent meanwhile must meet an orderly
+        close (which its client may retry), not a reset."""
         if self.state == IDLE or (self.state == HEAD and self.cycle is None):
-            self.state = CLOSED
-            self.transport.close()
+            self._close()
         else:
             self.close_after = True
 
