@@ -179,6 +179,32 @@ def test_a_ticket_from_one_worker_resumes_on_every_worker(proxy, tmp_path, versi
     assert resumptions(proxy, cert["cert"], version, 13) == ["False"] + ["True"] * 12
 
 
+def test_a_tls_client_that_reads_until_the_close_gets_it_after_its_answer(two_tenants):
+    """Over TLS the proxy cannot shut only its write side, so a last answer is followed by the
+    close at once (close_notify) when no client input is pending: a client reading until the
+    close (HTTP/1.0 style, openssl s_time) must not wait for the lingering close's idle timeout
+    (5 s). The bound below is a liveness bound, far above the milliseconds this takes."""
+    proxy, certs = two_tenants
+    code = r"""
+import socket, ssl, sys, time
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+for request in (b"GET / HTTP/1.1\r\nHost: www.t1.example\r\nConnection: close\r\n\r\n",
+                b"GET / HTTP/1.0\r\nHost: www.t1.example\r\n\r\n"):
+    with socket.create_connection((sys.argv[2], 443)) as raw:
+        with ctx.wrap_socket(raw, server_hostname="www.t1.example") as tls:
+            tls.sendall(request)
+            start, data = time.monotonic(), b""
+            while chunk := tls.recv(65536):
+                data += chunk
+            print(data[9:12].decode(), round(time.monotonic() - start, 2))
+"""
+    out = proxy.python("t1", code, certs["t1"]["cert"], ADDR, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line.split() for line in out.stdout.splitlines()]
+    assert [status for status, _ in lines] == ["200", "200"], out.stdout
+    assert all(float(seconds) < 2.5 for _, seconds in lines), out.stdout
+
+
 def test_tls_older_than_1_2_is_refused_and_min_version_1_3_is_enforced(two_tenants):
     proxy, certs = two_tenants
     old = ["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]

@@ -814,9 +814,15 @@ class ClientConnection(Flow):
         bytes (a body still coming, pipelined requests, bytes in flight) makes the kernel send
         a reset, which destroys the answer before the client reads it. A client that
         half-closed already is closed at once. This is the one place a connection closes
-        after an answer."""
+        after an answer.
+
+        Over TLS the write side cannot be shut alone (the event loop's TLS transport has no
+        write_eof), so lingering would leave a client that reads until the close waiting for
+        LINGER_IDLE. There the connection closes at once (close_notify, then the TCP close)
+        unless the proxy knows of client input still unread: an unfinished request, pipelined
+        requests, a partial head or bytes held after a protocol switch."""
         transport = self.transport
-        if self.eof:
+        if self.eof or (not transport.can_write_eof() and not self._input_pending()):
             self.state = CLOSED
             transport.close()
             return
@@ -832,6 +838,16 @@ class ClientConnection(Flow):
         if self.paused:
             self.paused = 0
             transport.resume_reading()
+
+    def _input_pending(self) -> bool:
+        """Whether the client has sent (or is sending) input the proxy has not consumed."""
+        cycle = self.cycle
+        return (
+            self.backlog is not None
+            or self.mid_head
+            or self.held is not None
+            or (cycle is not None and not cycle.request_done)
+        )
 
     def check_timeout(self, now: float, timeouts: dict) -> None:
         """Called once a second by the daemon's sweep."""
