@@ -11,6 +11,8 @@ APT_PACKAGES=(
   curl openssl socat jq rsync git                      # real clients in tests
   docker.io apparmor busybox-static python3-requests python3-apt  # container tests (local image); what docker_host installs
   haproxy nginx-light wrk                              # benchmark contenders
+  prometheus                                           # promtool: the shipped alert rules, real scrapes
+  logrotate python3-setproctitle                       # what the nsproxy role installs (role tests run offline)
   qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client  # molecule VM
 )
 
