@@ -2,7 +2,8 @@
 # The whole job in one command, on this machine, without touching it:
 #   1. installs what it needs (scripts/bootstrap.sh; the daemon's wheels from PyPI once);
 #   2. opens a throwaway sandbox (tools/sandbox.py: own network namespace, private /run, and
-#      overlays on /etc, /opt, /var/log so nothing is written to the real ones);
+#      overlays on /etc, /opt, /var/log so nothing is written to the real ones; ansible's own
+#      files go to the sandbox's scratch directory too);
 #   3. runs playbooks/site.yml with inventories/example: Docker Engine (dockerd in the
 #      background, there is no systemd in the sandbox), three tenants that all use 10.0.0.0/24
 #      (two on VLANs: on a kernel without 802.1Q they fall back to veth and say so; one on a
@@ -10,7 +11,9 @@
 #   4. runs site.yml again, which must change nothing;
 #   5. from inside each tenant, sends requests that nsproxy answers with that tenant's identity:
 #      one to a shared upstream in the host namespace, one to the tenant's own upstream;
-#   6. cleans up: closing the sandbox kills everything in it and drops its mounts.
+#   6. cleans up: closing the sandbox ends every process it started (the upstreams inside the
+#      tenant namespaces, dockerd, nsproxy) and drops its mounts; no file of the demo remains
+#      (tests/roles/test_demo.py checks both).
 # Usage (root, Debian 12 / Ubuntu 24.04): scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +38,8 @@ fi
 # ---- inside the sandbox from here on ------------------------------------------------------
 export PATH="$REPO/.venv/bin:$PATH" ANSIBLE_COLLECTIONS_PATH="$REPO/build/collections"
 export ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 ANSIBLE_LOCALHOST_WARNING=0
+export ANSIBLE_HOME=$SCRATCH/ansible ANSIBLE_LOCAL_TEMP=$SCRATCH/ansible/tmp \
+  ANSIBLE_REMOTE_TEMP=$SCRATCH/ansible/tmp   # not ~/.ansible on the machine
 TENANTS=(acme globex initech)
 
 for dir in /etc /opt /var/log; do   # writes go to the sandbox's tmpfs, never to the machine
@@ -89,9 +94,7 @@ fi
 for t in "${TENANTS[@]}"; do
   ip netns exec "$t" python3 -c "$UPSTREAM_PY" "$t's own upstream (inside netns $t)" 8081 &
 done
-for port in 8080; do
-  for _ in $(seq 50); do curl -s "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
-done
+for _ in $(seq 50); do curl -s http://127.0.0.1:8080/ >/dev/null && break; sleep 0.1; done
 for t in "${TENANTS[@]}"; do
   for _ in $(seq 50); do ip netns exec "$t" curl -s http://127.0.0.1:8081/ >/dev/null && break; sleep 0.1; done
 done

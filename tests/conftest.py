@@ -1,9 +1,11 @@
-"""Fixtures shared by every test suite: the throwaway sandbox and kernel feature probes."""
+"""Fixtures shared by every test suite: the throwaway sandbox and kernel feature probes, and
+what an ansible-playbook run reported changed (for check-mode predictions)."""
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +77,33 @@ def docker_sandbox():
         pytest.fail("dockerd is missing: scripts/bootstrap.sh installs docker.io")
     with Sandbox(docker=True) as sb:
         yield sb
+
+
+def ansible_env(**extra: str) -> dict[str, str]:
+    """The environment of an ansible-playbook run in a test: this checkout's collection, plain
+    output, no retry files or localhost warnings; ``extra`` adds or overrides variables."""
+    return dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=str(REPO / "build" / "collections"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_RETRY_FILES_ENABLED="0",
+        ANSIBLE_LOCALHOST_WARNING="0",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+        **extra,
+    )
+
+
+def changed_steps(output: str) -> list[str]:
+    """The steps an ansible-playbook run (default output) reported changed, in order:
+    ``task`` or ``task [item]``; handlers too. ``--check`` must report the same list as the
+    real run that follows it."""
+    steps, task = [], None
+    for line in output.splitlines():
+        header = re.match(r"^(?:TASK|RUNNING HANDLER) \[(.*)\]", line)
+        if header:
+            task = header.group(1)
+            continue
+        changed = re.match(r"^changed: \[[^\]]+\](?: => \(item=(.*)\))?", line)
+        if changed and task:
+            steps.append(f"{task} [{changed.group(1)}]" if changed.group(1) else task)
+    return steps

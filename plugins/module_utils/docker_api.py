@@ -10,7 +10,7 @@ import json
 import socket
 from urllib.parse import quote
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import (
     ModuleFailure,
     ParamError,
 )

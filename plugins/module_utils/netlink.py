@@ -9,7 +9,10 @@ socket keeps the namespace it was made in; the fd of the namespace stays open so
 passed as ``net_ns_fd`` (the 0.7 ``NetNS`` proxy process and the 0.9 ``flags=O_CREAT`` default
 are both avoided).
 
-Every kernel error becomes ModuleFailure with a sentence (see ``common.errno_sentence``).
+Every kernel error becomes ModuleFailure with a sentence (see ``errors.errno_sentence``).
+
+A namespace that does not exist yet (check mode, or one the call itself creates) is a
+``PlannedNetns``: every read finds it empty, so the planners predict what a real run does.
 """
 
 from __future__ import annotations
@@ -22,13 +25,21 @@ import os
 import traceback
 import uuid
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
-    NETNS_DIR,
-    OWNER_TAG,
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import (
     ModuleFailure,
     ParamError,
-    cidr_sort_key,
     errno_sentence,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.macvlan import macvlan_mode_name
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.ownership import (
+    OWNER_TAG,
+    is_owned,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.routes import read_routes
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import (
+    MTU_MIN,
+    NETNS_DIR,
+    cidr_sort_key,
     netns_path,
 )
 
@@ -139,6 +150,8 @@ class Netns:
         self.ipr = None
         self.inode = None
 
+    planned = False
+
     @property
     def label(self):
         """Human text for messages: ``the host namespace`` or ``netns 'blue'``."""
@@ -212,19 +225,21 @@ def open_netns(spec, field="netns", netns_dir=NETNS_DIR):
         handle.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
-            raise ParamError(
+            raise NetnsMissing(
                 field,
                 f"network namespace '{spec}' does not exist ({path} not found); "
                 "create or attach it first, e.g. with tenantnet.nsproxy.netns",
+                path=path,
             ) from None
         raise ParamError(field, f"cannot open {path}: {exc.strerror}") from None
     st = os.fstat(handle.fd)
     if st.st_dev != _nsfs_dev():
         handle.close()
-        raise ParamError(
+        raise NetnsMissing(
             field,
             f"{path} exists but is not a network namespace (a stale name whose namespace "
             "is gone?); remove it or attach it again with tenantnet.nsproxy.netns",
+            path=path,
         )
     handle.inode = st.st_ino
     own = os.open(SELF_NETNS, os.O_RDONLY | os.O_CLOEXEC)
@@ -251,19 +266,95 @@ def open_netns(spec, field="netns", netns_dir=NETNS_DIR):
     return handle
 
 
+class NetnsMissing(ParamError):
+    """The namespace named by a parameter does not exist (or is a stale name) at ``path``."""
+
+    def __init__(self, field, problem, path):
+        super().__init__(field, problem)
+        self.path = path
+
+
+class _EmptyNamespace:
+    """The netlink side of a namespace that does not exist yet: every dump is empty, a lookup
+    finds nothing. Changing anything in it is refused: only a real run changes, and by then
+    the namespace exists (``NetnsSet.get`` opens it again)."""
+
+    def __init__(self, label):
+        self.label = label
+
+    def get_links(self, *args, **kwargs):
+        return []
+
+    def get_addr(self, *args, **kwargs):
+        return []
+
+    def get_routes(self, *args, **kwargs):
+        return []
+
+    def link_lookup(self, *args, **kwargs):
+        return []
+
+    def get_netnsid(self, *args, **kwargs):
+        return None
+
+    def link(self, command, *args, **kwargs):
+        if command == "get":
+            raise NetlinkError(errno.ENODEV, "no such device")
+        raise ModuleFailure(f"{self.label} does not exist yet; nothing can be changed in it")
+
+    def close(self):
+        pass
+
+
+class PlannedNetns(Netns):
+    """A namespace that does not exist yet: in check mode (an earlier task creates it), or one
+    this call's plan creates. It reads as a new, empty namespace."""
+
+    planned = True
+
+    def __init__(self, spec, path, field):
+        super().__init__(spec, path, field)
+        self.ipr = _EmptyNamespace(self.label)
+
+    def same_as(self, other):
+        return self.path == other.path
+
+
 class NetnsSet:
     """Opens each distinct namespace once and closes them all at the end (a module may touch
-    two: ``netns`` and ``peer_netns``). ``get(spec, field)`` returns a Netns."""
+    two: ``netns`` and ``peer_netns``). ``get(spec, field)`` returns a Netns. With
+    ``planning`` (check mode) a missing namespace is a ``PlannedNetns`` plus a warning in
+    ``warnings``, instead of a ParamError."""
 
-    def __init__(self, netns_dir=NETNS_DIR):
+    def __init__(self, netns_dir=NETNS_DIR, planning=False):
         self.netns_dir = netns_dir
+        self.planning = planning
+        self.warnings = []
         self._open = {}
 
-    def get(self, spec, field="netns"):
+    def get(self, spec, field="netns", created_here=False):
+        """The namespace ``spec``; with ``created_here`` (the caller plans to create it) or in
+        planning mode, a ``PlannedNetns`` when it does not exist. Planned ones are not kept:
+        after the plan created the namespace, the next ``get`` opens it."""
         key = netns_path(spec, field, self.netns_dir)
-        if key not in self._open:
-            self._open[key] = open_netns(spec, field, self.netns_dir)
-        return self._open[key]
+        if key in self._open:
+            return self._open[key]
+        try:
+            handle = open_netns(spec, field, self.netns_dir)
+        except NetnsMissing as missing:
+            if not (self.planning or created_here):
+                raise
+            if not created_here:
+                warning = (
+                    f"{field}: network namespace '{spec}' does not exist ({missing.path}); "
+                    "check mode assumes an earlier task creates it and predicts the changes "
+                    "in a new, empty namespace"
+                )
+                if warning not in self.warnings:
+                    self.warnings.append(warning)
+            return PlannedNetns(spec, key, field)
+        self._open[key] = handle
+        return handle
 
     def close(self):
         for handle in self._open.values():
@@ -397,54 +488,170 @@ def link_kind_data(msg):
     return result
 
 
+def _address_of(msg):
+    """The canonical CIDR of an address message; None for IPv6 link-local (fe80::/10)
+    addresses, which the kernel manages."""
+    address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+    if not address:
+        return None
+    iface = ipaddress.ip_interface("{}/{}".format(address, msg["prefixlen"]))
+    if iface.version == 6 and iface.ip.is_link_local:
+        return None
+    return str(iface)
+
+
 def read_addresses(ns, index):
     """Addresses of link ``index`` as canonical CIDR strings, sorted IPv4 first. IPv6
     link-local (fe80::/10) addresses are left out: the kernel manages them."""
-    result = []
+    result = set()
     for msg in ns.call("reading addresses", ns.ipr.get_addr, index=index):
-        if msg.get("index") != index:
-            continue
-        address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-        if not address:
-            continue
-        cidr = str(ipaddress.ip_interface("{}/{}".format(address, msg["prefixlen"])))
-        if ipaddress.ip_interface(cidr).ip.is_link_local and ":" in cidr:
-            continue
-        if cidr not in result:
-            result.append(cidr)
+        cidr = _address_of(msg) if msg.get("index") == index else None
+        if cidr:
+            result.add(cidr)
     return sorted(result, key=cidr_sort_key)
 
 
-def describe_link(ns, msg):
-    """Normalise a link message into the JSON-serialisable dict every module returns:
-    name, ifindex, kind, mtu, mac (lower case), operstate, state (admin up/down), addresses
-    (CIDR), master (name), alias, owned (alias is the collection tag), netns, link_index and
-    link_netnsid (peer/parent reference) and kind_data."""
-    index = msg["index"]
-    master_index = msg.get_attr("IFLA_MASTER")
-    master = None
-    if master_index:
-        master_msg = find_link_by_index(ns, master_index)
-        master = master_msg.get_attr("IFLA_IFNAME") if master_msg is not None else None
+def _link_view(ns, msg, master, addresses):
     mac = msg.get_attr("IFLA_ADDRESS")
     alias = msg.get_attr("IFLA_IFALIAS")
+    data = dict((k, _plain(v)) for k, v in link_kind_data(msg).items())
+    if "mode" in data and link_kind(msg) == "macvlan":
+        data["mode"] = macvlan_mode_name(data["mode"])
     return {
         "name": msg.get_attr("IFLA_IFNAME"),
-        "ifindex": index,
+        "ifindex": msg["index"],
         "kind": link_kind(msg),
         "mtu": msg.get_attr("IFLA_MTU"),
         "mac": mac.lower() if mac else None,
         "operstate": msg.get_attr("IFLA_OPERSTATE"),
         "state": "up" if msg["flags"] & IFF_UP else "down",
-        "addresses": read_addresses(ns, index),
+        "addresses": addresses,
         "master": master,
         "alias": alias,
-        "owned": alias == OWNER_TAG,
+        "owned": is_owned(alias),
         "netns": ns.spec or None,
         "link_index": msg.get_attr("IFLA_LINK"),
         "link_netnsid": msg.get_attr("IFLA_LINK_NETNSID"),
-        "kind_data": dict((k, _plain(v)) for k, v in link_kind_data(msg).items()),
+        "kind_data": data,
     }
+
+
+def describe_link(ns, msg):
+    """Normalise a link message into the JSON-serialisable dict every module returns:
+    name, ifindex, kind, mtu, mac (lower case), operstate, state (admin up/down), addresses
+    (CIDR), master (name), alias, owned (alias is a collection tag), netns, link_index and
+    link_netnsid (peer/parent reference) and kind_data (a macvlan's mode by name)."""
+    master_index = msg.get_attr("IFLA_MASTER")
+    master = None
+    if master_index:
+        master_msg = find_link_by_index(ns, master_index)
+        master = master_msg.get_attr("IFLA_IFNAME") if master_msg is not None else None
+    return _link_view(ns, msg, master, read_addresses(ns, msg["index"]))
+
+
+def read_links(ns):
+    """Every link of ``ns`` as ``{name: describe_link dict}``, from one dump of the links and
+    one of the addresses (a namespace of hundreds of links costs two netlink calls)."""
+    messages = ns.call("listing interfaces", ns.ipr.get_links)
+    names = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in messages}
+    addresses = {}
+    for msg in ns.call("reading addresses", ns.ipr.get_addr):
+        cidr = _address_of(msg)
+        if cidr:
+            addresses.setdefault(msg["index"], set()).add(cidr)
+    return {
+        names[msg["index"]]: _link_view(
+            ns,
+            msg,
+            names.get(msg.get_attr("IFLA_MASTER")),
+            sorted(addresses.get(msg["index"], ()), key=cidr_sort_key),
+        )
+        for msg in messages
+    }
+
+
+def link_names(ns):
+    """``{ifindex: name}`` of the links of ``ns``."""
+    return {
+        msg["index"]: msg.get_attr("IFLA_IFNAME")
+        for msg in ns.call("listing interfaces", ns.ipr.get_links)
+    }
+
+
+def read_namespace(ns):
+    """Links and addresses of ``ns``, for validating routes against it:
+    ``({ifindex: name}, [(name, "addr/prefix"), ...])``."""
+    links = link_names(ns)
+    addresses = []
+    for msg in ns.call("reading addresses", ns.ipr.get_addr):
+        address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if address and msg["index"] in links:
+            addresses.append((links[msg["index"]], f"{address}/{msg['prefixlen']}"))
+    return links, addresses
+
+
+def namespace_routes(ns, tables=None, names=None):
+    """The canonical unicast routes of ``ns`` (``routes.read_routes``), optionally only of the
+    given tables; ``names`` is ``link_names(ns)`` when the caller has it already."""
+    if names is None:
+        names = link_names(ns)
+    return ns.call("reading routes", read_routes, ns.ipr, names, tables)
+
+
+def lower_name(link, link_ns, parent_ns, parent_names):
+    """Name of the lower device of ``link`` (in ``link_ns``: a VLAN's parent, a macvlan's
+    lower device) when that device lives in ``parent_ns`` (``parent_names``:
+    ``link_names(parent_ns)``), else a description such as ``link #7 of another namespace``."""
+    index = link.get("link_index")
+    if not index:
+        return None
+    if link_ns.same_as(parent_ns):
+        in_parent_ns = link.get("link_netnsid") is None
+    else:
+        nsid = netnsid_of(link_ns, parent_ns)
+        in_parent_ns = nsid is not None and link.get("link_netnsid") == nsid
+    if in_parent_ns and index in parent_names:
+        return parent_names[index]
+    return f"link #{index} of another namespace"
+
+
+def veth_paired(ns, end, pns, peer_end):
+    """True if ``end`` (in ``ns``) and ``peer_end`` (in ``pns``) are the two ends of one veth:
+    each refers to the other's ifindex, in the right namespace."""
+    if not end or not peer_end or end["kind"] != "veth" or peer_end["kind"] != "veth":
+        return False
+    if end["link_index"] != peer_end["ifindex"] or peer_end["link_index"] != end["ifindex"]:
+        return False
+    if ns.same_as(pns):
+        return end["link_netnsid"] is None and end["ifindex"] != peer_end["ifindex"]
+    nsid = netnsid_of(ns, pns)
+    return nsid is not None and end["link_netnsid"] == nsid
+
+
+def namespace_state(path, ns=None):
+    """The name ``path``: whether it exists, whether it is a live namespace, its inode and the
+    state of its ``lo`` (see ``namespace.plan_namespace``), read through ``ns`` when the
+    caller has it open already."""
+    inode = netns_inode(path)
+    loopback = None
+    if inode is not None and ns is not None:
+        lo = find_link(ns, "lo")
+        loopback = None if lo is None else ("up" if lo["flags"] & IFF_UP else "down")
+    elif inode is not None:
+        loopback = loopback_state(path)
+    return dict(exists=os.path.lexists(path), live=inode is not None, inode=inode,
+                loopback=loopback)  # fmt: skip
+
+
+def loopback_state(path):
+    """``up``/``down`` of ``lo`` in the namespace at ``path``, or None if it cannot be read."""
+    if not is_netns_file(path):
+        return None
+    with open_netns(path, "name") as ns:
+        lo = find_link(ns, "lo")
+        if lo is None:
+            return None
+        return "up" if lo["flags"] & IFF_UP else "down"
 
 
 def read_link(ns, name):
@@ -453,10 +660,10 @@ def read_link(ns, name):
     return describe_link(ns, msg) if msg is not None else None
 
 
-def create_link(ns, rollback, ifname, kind, tag=True, target=None, **attrs):
+def create_link(ns, rollback, ifname, kind, alias=OWNER_TAG, target=None, **attrs):
     """Create link ``ifname`` of ``kind`` (extra IFLA attributes in ``attrs``, e.g.
-    ``peer={...}`` or ``br_stp_state=0``), tag it with OWNER_TAG, register its deletion on
-    ``rollback`` and return its ifindex.
+    ``peer={...}`` or ``br_stp_state=0``), tag it with ``alias`` (None: no tag), register its
+    deletion on ``rollback`` and return its ifindex.
 
     The link is made from ``ns`` (where its lower device is) and lives there, or with
     ``target`` directly inside that namespace: then it is made under a temporary name and
@@ -483,8 +690,8 @@ def create_link(ns, rollback, ifname, kind, tag=True, target=None, **attrs):
         f"creating {kind} '{ifname}' in {where.label}", lambda: delete_link(where, index, ifname)
     )
     change = {"ifname": ifname} if name != ifname else {}
-    if tag:
-        change["ifalias"] = OWNER_TAG
+    if alias:
+        change["ifalias"] = alias
     if change:
         set_link(where, index, name, **change)
     return index
@@ -495,6 +702,21 @@ def set_link(ns, index, current_name, **attrs):
     ``state='up'|'down'``, ``ifalias``, ``kind='bridge', br_*``...)."""
     what = ", ".join(f"{k}={v}" for k, v in sorted(attrs.items()) if k != "kind")
     ns.call(f"setting {what} on '{current_name}'", ns.ipr.link, "set", index=index, **attrs)
+
+
+def set_mtu(ns, msg, ifname, mtu):
+    """Set the MTU of link ``msg`` (named ``ifname``) so that the kernel keeps it.
+
+    A bridge follows the smallest MTU of its ports (``br_mtu_auto_adjust``) unless its MTU was
+    set by the user, and the kernel records that only when the MTU actually changes
+    (``br_change_mtu`` sets BROPT_MTU_SET_BY_USER, while ``dev_set_mtu`` returns early for an
+    equal value; net/bridge/br_device.c, net/core/dev.c). So a bridge MTU equal to the current
+    one (1500 on a new bridge) is first moved by one and back: then a port with MTU 9000 does
+    not raise it."""
+    index = msg["index"]
+    if link_kind(msg) == "bridge" and msg.get_attr("IFLA_MTU") == mtu:
+        set_link(ns, index, ifname, mtu=mtu - 1 if mtu > MTU_MIN else mtu + 1)
+    set_link(ns, index, ifname, mtu=mtu)
 
 
 def delete_link(ns, index, ifname):
@@ -546,47 +768,3 @@ def links_with_master(ns, master_index):
         if msg.get_attr("IFLA_MASTER") == master_index:
             names.append(msg.get_attr("IFLA_IFNAME"))
     return sorted(names)
-
-
-def _index_of(ns, ifname):
-    msg = find_link(ns, ifname)
-    if msg is None:
-        raise ModuleFailure(f"interface '{ifname}' disappeared from {ns.label} meanwhile")
-    return msg["index"]
-
-
-def apply_link_action(nsset, action, rollback=None):
-    """Execute one planned action whose ``op`` is ``link_set`` (mtu, mac, master, state, ...),
-    ``addr_add``, ``addr_del`` or ``link_del`` on ``action['ifname']`` in
-    ``nsset.get(action['netns'])``. Interfaces are looked up by name at apply time, since a
-    move or rename changes the index. Return True if the op was handled here."""
-    op = action["op"]
-    if op not in ("link_set", "addr_add", "addr_del", "link_del"):
-        return False
-    ns = nsset.get(action.get("netns"))
-    ifname = action["ifname"]
-    index = _index_of(ns, ifname)
-    if op == "link_set":
-        attrs = {}
-        for key, value in action.items():
-            if key in ("op", "ifname", "netns"):
-                continue
-            if key == "mac":
-                attrs["address"] = value
-            elif key == "master":
-                attrs["master"] = _index_of(ns, value) if value else 0
-            else:
-                attrs[key] = value
-        set_link(ns, index, ifname, **attrs)
-    elif op == "addr_add":
-        add_address(ns, index, ifname, action["address"])
-        if rollback is not None:
-            rollback.push(
-                f"adding {action['address']} to '{ifname}'",
-                lambda: remove_address(ns, _index_of(ns, ifname), ifname, action["address"]),
-            )
-    elif op == "addr_del":
-        remove_address(ns, index, ifname, action["address"])
-    elif op == "link_del":
-        delete_link(ns, index, ifname)
-    return True

@@ -15,7 +15,11 @@ import os
 import re
 import tempfile
 
-INSTANCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import (
+    has_control_characters,
+)
+
+INSTANCE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 CONFIG_MODE = 0o640
 
 # The daemon's global settings (daemon contract), as the module exposes them.
@@ -37,12 +41,23 @@ def _drop_none(section: dict) -> dict:
 
 
 def check_instance_name(name: str) -> None:
-    """The name becomes a file name, a systemd instance name and a socket name."""
-    if not isinstance(name, str) or not INSTANCE_NAME_RE.match(name):
+    """The name becomes a file name, a systemd instance name and a socket name: the whole
+    string must match (``$`` would let a trailing newline through)."""
+    if not isinstance(name, str) or not INSTANCE_NAME_RE.fullmatch(name):
         raise ConfigError(
             f"name: {name!r} is not a valid instance name; allowed: 1-64 characters "
             "of a-z, 0-9, '_' and '-', starting with a letter or digit"
         )
+
+
+def check_workers(workers):
+    """``workers`` as the daemon takes it: "auto" or a number from 1 to 256."""
+    text = str(workers).strip()
+    if text == "auto":
+        return "auto"
+    if text.isdigit() and 1 <= int(text) <= 256:
+        return int(text)
+    raise ConfigError(f"workers: must be 'auto' or a number from 1 to 256 (got {workers!r})")
 
 
 def check_tenants(tenants: list) -> None:
@@ -55,6 +70,8 @@ def check_tenants(tenants: list) -> None:
         name = tenant.get("name")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}.name: required, a non-empty string")
+        if has_control_characters(name):
+            raise ConfigError(f"{where}.name: {name!r} contains a control character; not allowed")
         if name in seen:
             raise ConfigError(f"{where}.name: tenant {name!r} is listed twice")
         seen.add(name)
@@ -68,11 +85,17 @@ def build_config(
     access_log: str | None = None,
     limits: dict | None = None,
     timeouts: dict | None = None,
+    user: str | None = None,
+    workers=None,
 ) -> dict:
     """The config document (daemon contract shape) for these module parameters."""
     check_instance_name(name)
     check_tenants(tenants)
     config: dict = {"instance": name, "admin_socket": admin_socket}
+    if user:
+        config["user"] = user
+    if workers is not None:
+        config["workers"] = check_workers(workers)
     if metrics:
         metrics = _drop_none(metrics)
         if metrics:

@@ -1,9 +1,9 @@
 # Copyright: tenantnet developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """How the nsproxy_instance module drives a running instance: the installed `nsproxy` CLI
-(check, status, reload) and a service manager, either systemd (`nsproxy@<name>`) or, where
-systemd is not PID 1, the supervisor program the role installs beside the daemon (pid file,
-log file, restart on failure), so the whole path works in containers and CI sandboxes too.
+(check, status, reload, upgrade) and a service manager, either systemd (`nsproxy@<name>`) or,
+where systemd is not PID 1, the supervisor program the role installs beside the daemon (pid
+file, log file, restart on failure), so the whole path works in containers and CI sandboxes too.
 """
 
 from __future__ import annotations
@@ -72,6 +72,13 @@ class NsproxyCli:
         except ValueError:
             return None
         return status if isinstance(status, dict) else None
+
+    def upgrade(self, socket_path: str) -> tuple:
+        """Ask the daemon to re-execute the installed nsproxy (same PID, no listener closed):
+        (ok, the daemon's output or reason)."""
+        proc = self._run(["upgrade", "--socket", socket_path], timeout=300)
+        output = (proc.stdout + proc.stderr).strip()
+        return proc.returncode == 0, output
 
     def reload(self, socket_path: str) -> tuple:
         """Ask the daemon to re-read its config: (ok, the daemon's output or reason)."""

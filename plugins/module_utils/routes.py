@@ -16,6 +16,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import IFNAMSIZ
+
 AF_INET = 2
 AF_INET6 = 10
 FAMILIES = {"inet": AF_INET, "inet6": AF_INET6}
@@ -68,8 +70,8 @@ DEFAULT_TABLE = 254
 # IPv6 stores metric 0 as 1024 (IP6_RT_PRIO_USER); IPv4 keeps 0.
 DEFAULT_METRIC = {AF_INET: 0, AF_INET6: 1024}
 
-IFNAMSIZ = 15
 MAX_U32 = 2**32 - 1
+_IFNAME = re.compile(r"[^/:\s\x00-\x1f\x7f]{1," + str(IFNAMSIZ) + "}")
 
 ROUTE_KEYS = (
     "dst",
@@ -91,7 +93,7 @@ class RouteSpecError(ValueError):
     @property
     def field(self):
         """The field the message starts with (``routes[2].gateway``, ``routes[1]``)."""
-        match = re.match(r"^(routes\[\d+\](\.\w+)?)", str(self))
+        match = re.match(r"(routes\[\d+\](\.\w+)?)", str(self))
         return match.group(1) if match else "routes"
 
 
@@ -268,10 +270,10 @@ def normalize_route_spec(spec, index=0, require_nexthop=True):
         dev = None
     if dev is not None:
         dev = str(dev)
-        if len(dev) > IFNAMSIZ or "/" in dev or " " in dev:
+        if not _IFNAME.fullmatch(dev) or dev in (".", ".."):
             raise RouteSpecError(
                 f"{_field(index, 'dev')}: {dev!r} is not an interface name "
-                f"(at most {IFNAMSIZ} characters, no '/' or spaces)"
+                f"(1 to {IFNAMSIZ} characters, no '/', ':', whitespace or control characters)"
             )
     if gateway is None and dev is None and require_nexthop:
         raise RouteSpecError(
@@ -646,12 +648,54 @@ def plan_routes(want, have, state="present", purge=False):
     return adds + deletes
 
 
+def plan_route_changes(plan, netns, want, have, state="present", purge=False):
+    """Append the actions of ``plan_routes(want, have, state, purge)`` to ``plan`` as
+    ``route_replace`` / ``route_delete`` on the routes of ``netns`` (each with the canonical
+    ``route``, its ``text`` and the ``reason``; ``new`` marks a route that did not exist, so a
+    failure later removes it again). Returns the ``plan_routes`` actions."""
+    have_keys = {route_key(route) for route in have}
+    actions = plan_routes(want, have, state, purge)
+    for action in actions:
+        entry = plan.add(
+            "route_" + action["op"],
+            netns=netns,
+            route=action["route"],
+            text=route_text(action["route"]),
+            reason=action["reason"],
+        )
+        if "predicted" in action:
+            entry["predicted"] = action["predicted"]
+        if action["op"] == "replace" and route_key(action["route"]) not in have_keys:
+            entry["new"] = True
+    return actions
+
+
+def routes_surviving(have, deleted_devs=(), removed_addresses=()):
+    """The routes of ``have`` the kernel still has after the links named in ``deleted_devs``
+    are deleted and the CIDR ``removed_addresses`` removed: it drops the routes through a
+    deleted device and the gateway routes whose gateway was only reachable through a removed
+    address's subnet. A plan made before those changes uses this as the routes it will find."""
+    gone = [ipaddress.ip_interface(cidr).network for cidr in removed_addresses]
+    kept = []
+    for route in have:
+        if route["dev"] is not None and route["dev"] in deleted_devs:
+            continue
+        gateway = ipaddress.ip_address(route["gateway"]) if route["gateway"] else None
+        if gateway is not None and any(
+            net.version == gateway.version and gateway in net for net in gone
+        ):
+            continue
+        kept.append(route)
+    return kept
+
+
 def predict_routes(have, actions):
-    """Kernel routes after ``actions`` (used for check mode and for the diff's after side)."""
+    """Kernel routes after ``actions`` (used for check mode and for the diff's after side);
+    ``actions`` as ``plan_routes`` makes them, or their ``route_*`` plan entries."""
     result = {route_key(r): r for r in have}
     for action in actions:
         key = route_key(action["route"])
-        if action["op"] == "delete":
+        if action["op"] in ("delete", "route_delete"):
             result.pop(key, None)
         else:
             result[key] = action.get("predicted", action["route"])
@@ -759,17 +803,3 @@ def apply_route_action(ipr, action, ifindex_by_name):
     if route.get("onlink"):
         request["flags"] = RTNH_F_ONLINK
     ipr.route("replace", **request)
-
-
-def read_namespace(ns):
-    """Links and addresses of an open namespace (a ``netlink.Netns``), for validation:
-    ``({ifindex: name}, [(name, "addr/prefix"), ...])``."""
-    links = {}
-    for msg in ns.call("reading interfaces", ns.ipr.get_links):
-        links[msg["index"]] = msg.get_attr("IFLA_IFNAME")
-    addresses = []
-    for msg in ns.call("reading addresses", ns.ipr.get_addr):
-        address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-        if address and msg["index"] in links:
-            addresses.append((links[msg["index"]], f"{address}/{msg['prefixlen']}"))
-    return links, addresses

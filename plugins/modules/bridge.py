@@ -113,7 +113,7 @@ notes:
 seealso:
   - module: tenantnet.nsproxy.veth
   - module: tenantnet.nsproxy.netns
-extends_documentation_fragment: [tenantnet.nsproxy.attributes]
+extends_documentation_fragment: [tenantnet.nsproxy.attributes, tenantnet.nsproxy.attributes.netlink]
 """
 
 EXAMPLES = r"""
@@ -170,33 +170,28 @@ import errno
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
-    DiffTracker,
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.bridge import (
+    bridge_view,
+    plan_bridge,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import (
     ModuleFailure,
     ParamError,
-    Plan,
-    Rollback,
-    apply_plan,
-    build_result,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.executor import execute
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
+    links_with_master,
+    read_link,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.plan import DiffTracker, Plan
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.runner import run
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import (
     netns_path,
     normalize_link_addresses,
     normalize_mac,
-    plan_link_changes,
-    run_module,
     validate_ifname,
     validate_int_range,
     validate_mtu,
-)
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
-    NetnsSet,
-    apply_link_action,
-    create_link,
-    delete_link,
-    find_link,
-    links_with_master,
-    read_link,
-    require_pyroute2,
-    set_link,
 )
 
 ARGUMENT_SPEC = dict(
@@ -214,13 +209,6 @@ ARGUMENT_SPEC = dict(
     ports=dict(type="list", elements="str"),
     purge_ports=dict(type="bool", default=False),
     recreate=dict(type="bool", default=False),
-)
-
-# Bridge options: user key -> IFLA_BR_* keyword of pyroute2 and a converter to the kernel value.
-BRIDGE_OPTIONS = (
-    ("stp", "br_stp_state", int),
-    ("vlan_filtering", "br_vlan_filtering", int),
-    ("default_pvid", "br_vlan_default_pvid", int),
 )
 
 
@@ -259,129 +247,41 @@ def build_want(params):
     )
 
 
-def bridge_view(link, ports):
-    """The returned/compared bridge object: the link dict plus stp, vlan_filtering,
-    default_pvid (None if the kernel has no VLAN filtering) and ports."""
-    if link is None:
-        return None
-    data = link.get("kind_data") or {}
-    view = dict((k, v) for k, v in link.items() if k not in ("kind_data", "link_netnsid"))
-    stp_state = data.get("stp_state")
-    filtering = data.get("vlan_filtering")
-    view.update(
-        stp=None if stp_state is None else bool(stp_state),
-        vlan_filtering=None if filtering is None else bool(filtering),
-        default_pvid=data.get("vlan_default_pvid"),
-        ports=ports,
-    )
-    return view
-
-
-def read_have(ns, want):
-    """The bridge as it is (bridge_view dict or None) and, for each wanted port, its current
-    master; missing wanted ports raise ParamError (before anything is touched)."""
-    link = read_link(ns, want["name"])
+def read_bridge(ns, name):
+    """The bridge ``name`` in ``ns`` as a ``bridge_view`` (with its ports), or None."""
+    link = read_link(ns, name)
     ports = []
     if link is not None and link["kind"] == "bridge":
         ports = links_with_master(ns, link["ifindex"])
-    have = bridge_view(link, ports)
+    return bridge_view(link, ports)
+
+
+def read_have(ctx, want):
+    """The bridge as it is (``bridge_view`` or None) and the label of its namespace. A wanted
+    port that does not exist fails before anything is touched (in check mode: a warning, an
+    earlier task may create it)."""
+    ns = ctx.netns(want["netns"])
     if want["state"] == "present":
         for i, port in enumerate(want["ports"] or []):
-            port_link = read_link(ns, port)
-            if port_link is None:
-                raise ParamError(f"ports[{i}]", f"interface '{port}' does not exist in {ns.label}")
-    return have
+            if read_link(ns, port) is None:
+                ctx.missing(f"ports[{i}]", f"interface '{port}' does not exist in {ns.label}")
+    return dict(bridge=read_bridge(ns, want["name"]), label=ns.label)
 
 
 def build_plan(want, have, label):
     """want + have -> (plan, tracker). Pure: no netlink calls, same result in check mode."""
     plan, tracker = Plan(), DiffTracker()
-    name, netns = want["name"], want["netns"]
-    if want["state"] == "absent":
-        if have is not None:
-            if have["kind"] != "bridge":
-                raise ModuleFailure(
-                    f"name: '{name}' in {label} is a {have['kind'] or 'plain device'}, not a "
-                    "bridge; not deleting it"
-                )
-            tracker.add("present", False, True)
-            plan.add("link_del", ifname=name, netns=netns)
-        return plan, tracker
-    if have is not None and have["kind"] != "bridge":
-        if not want["recreate"]:
-            raise ModuleFailure(
-                f"name: '{name}' already exists in {label} as a "
-                f"{have['kind'] or 'plain device'}, not a bridge. Set recreate: true to delete "
-                "it and create the bridge."
-            )
-        plan.add("link_del", ifname=name, netns=netns, reason="recreate")
-        have = None
-    options = want["options"]
-    if have is None:
-        tracker.add("present", True, False)
-        create = dict((k, v) for k, v in options.items() if v is not None)
-        for key, value in create.items():
-            tracker.add(key, value, None)
-        plan.add("bridge_add", ifname=name, netns=netns, **create)
-        current = {}
-    else:
-        current = have
-        changes = {}
-        for key, value in options.items():
-            if tracker.add(key, value, have.get(key)):
-                changes[key] = value
-        if changes:
-            plan.add("bridge_set", ifname=name, netns=netns, **changes)
-    plan_link_changes(plan, tracker, name, netns, want["link"], have, want["purge_addresses"])
-    if want["ports"] is not None:
-        current_ports = current.get("ports") or []
-        after = list(want["ports"])
-        if not want["purge_ports"]:
-            after += [p for p in current_ports if p not in after]
-        tracker.add("ports", sorted(after), sorted(current_ports))
-        for port in want["ports"]:
-            if port not in current_ports:
-                plan.add("link_set", ifname=port, netns=netns, master=name)
-        if want["purge_ports"]:
-            for port in current_ports:
-                if port not in want["ports"]:
-                    plan.add("link_set", ifname=port, netns=netns, master="")
+    plan_bridge(plan, tracker, want, have, label)
     return plan, tracker
 
 
-def bridge_attrs(action):
-    attrs = {}
-    for key, nla, convert in BRIDGE_OPTIONS:
-        if key in action:
-            attrs[nla] = convert(action[key])
-    return attrs
-
-
-def apply(nss, plan):
-    """Execute the plan; on failure undo what this call created."""
-    rollback = Rollback()
-
-    def step(action):
-        op = action["op"]
-        ns = nss.get(action["netns"], "netns")
-        if op == "bridge_add":
-            create_link(ns, rollback, action["ifname"], "bridge", **bridge_attrs(action))
-        elif op == "bridge_set":
-            msg = find_link(ns, action["ifname"])
-            set_link(ns, msg["index"], action["ifname"], kind="bridge", **bridge_attrs(action))
-        elif op == "link_del":
-            msg = find_link(ns, action["ifname"])
-            if msg is not None:
-                delete_link(ns, msg["index"], action["ifname"])
-        else:
-            apply_link_action(nss, action, rollback)
-
+def apply(ctx, action, rollback):
+    """The netlink executor, with a sentence for a kernel without bridge VLAN filtering."""
     try:
-        apply_plan(plan, step, rollback)
+        execute(ctx, action, rollback)
     except ModuleFailure as failure:
-        if failure.extra.get("errno") == errno.EOPNOTSUPP and any(
-            k in (failure.extra.get("failed_action") or {})
-            for k in ("vlan_filtering", "default_pvid")
+        if failure.extra.get("errno") == errno.EOPNOTSUPP and (
+            "vlan_filtering" in action or "default_pvid" in action
         ):
             failure.msg = (
                 "vlan_filtering/default_pvid: this kernel has no bridge VLAN filtering "
@@ -390,27 +290,23 @@ def apply(nss, plan):
         raise
 
 
-def run(module):
-    want = build_want(module.params)
-    with NetnsSet() as nss:
-        ns = nss.get(want["netns"], "netns")
-        have = read_have(ns, want)
-        plan, tracker = build_plan(want, have, ns.label)
-        if plan and not module.check_mode:
-            apply(nss, plan)
-        if module.check_mode:
-            result_view = have
-        else:
-            link = read_link(ns, want["name"])
-            ports = links_with_master(ns, link["ifindex"]) if link else []
-            result_view = bridge_view(link, ports)
-        return build_result(module, plan, tracker, interface=result_view)
+def read_result(ctx, want, have, plan):
+    """The bridge after the call (before it, in check mode)."""
+    if ctx.check_mode:
+        return dict(interface=have["bridge"])
+    return dict(interface=read_bridge(ctx.netns(want["netns"]), want["name"]))
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    require_pyroute2(module)
-    run_module(module, lambda: run(module))
+    run(
+        module,
+        want=build_want,
+        have=read_have,
+        plan=lambda want, have: build_plan(want, have["bridge"], have["label"]),
+        apply=apply,
+        result=read_result,
+    )
 
 
 if __name__ == "__main__":

@@ -170,7 +170,7 @@ notes:
 seealso:
   - module: tenantnet.nsproxy.netns
   - module: tenantnet.nsproxy.netns_route
-extends_documentation_fragment: [tenantnet.nsproxy.attributes]
+extends_documentation_fragment: [tenantnet.nsproxy.attributes, tenantnet.nsproxy.attributes.netlink]
 """
 
 EXAMPLES = r"""
@@ -289,23 +289,44 @@ differences:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
-    build_result,
-    run_module,
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import ParamError
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.link import (
+    immutable_difference,
+    plan_link_changes,
 )
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.macvlan import (
     MACVLAN_MODES,
-    apply,
-    check_environment,
-    gather,
-    normalize_params,
-    plan,
-    read_result,
-    unowned_vlan_left,
+    macvlan_differences,
+    plan_macvlan,
+    plan_macvlan_absent,
 )
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.namespace import netns_text
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
-    NetnsSet,
-    require_pyroute2,
+    NetnsMissing,
+    link_names,
+    lower_name,
+    namespace_routes,
+    read_link,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.plan import DiffTracker, Plan
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.routes import (
+    RouteSpecError,
+    normalize_route_specs,
+    plan_route_changes,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.runner import run
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import (
+    normalize_cidr,
+    normalize_cidrs,
+    normalize_mac,
+    validate_ifname,
+    validate_int_range,
+    validate_mtu,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.vlan import (
+    default_vlan_name,
+    plan_vlan,
+    plan_vlan_absent,
 )
 
 MACVLAN_OPTIONS = dict(
@@ -340,28 +361,343 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def run(module):
-    want = normalize_params(module.params)
-    with NetnsSet() as namespaces:
-        have = gather(namespaces, want)
+def netns_label(spec):
+    """``host`` for the module's own namespace, else the namespace as the user wrote it."""
+    return spec or "host"
+
+
+# -- want --------------------------------------------------------------------------------------
+def normalize_params(params):
+    """Module parameters -> ``want`` (see the module's DOCUMENTATION). Raises ParamError naming
+    the field for anything the kernel would refuse or that contradicts itself."""
+    parent = validate_ifname(params.get("parent"), "parent")
+    netns = params.get("netns") or None
+    vlan_id = params.get("vlan_id")
+    vlan = None
+    if vlan_id is None:
+        for key in ("vlan_name", "vlan_mtu"):
+            if params.get(key) is not None:
+                raise ParamError(key, "only allowed together with vlan_id (there is no VLAN)")
+    else:
+        vlan_id = validate_int_range(vlan_id, "vlan_id", 1, 4094)
+        name = params.get("vlan_name") or default_vlan_name(parent, vlan_id)
+        validate_ifname(name, "vlan_name")
+        if name == parent:
+            raise ParamError("vlan_name", f"'{name}' is the parent's name; choose another one")
+        vlan = {
+            "name": name,
+            "id": vlan_id,
+            "protocol": params.get("vlan_protocol") or "802.1Q",
+            "mtu": validate_mtu(params.get("vlan_mtu"), "vlan_mtu"),
+        }
+    lower = vlan["name"] if vlan else parent
+
+    macvlans = []
+    seen = {}
+    for i, spec in enumerate(params.get("macvlans") or []):
+        field = f"macvlans[{i}]"
+        name = validate_ifname(spec.get("name"), f"{field}.name")
+        target = spec.get("netns") or netns
+        mode = spec.get("mode") or "bridge"
+        if mode not in MACVLAN_MODES:
+            raise ParamError(
+                f"{field}.mode", f"'{mode}' is not allowed; use one of {MACVLAN_MODES}"
+            )
+        key = (target, name)
+        if key in seen:
+            raise ParamError(
+                f"{field}.name",
+                f"'{name}' is listed twice for {netns_text(target)} (also macvlans[{seen[key]}])",
+            )
+        seen[key] = i
+        if target == netns and name in (parent, lower):
+            raise ParamError(f"{field}.name", f"'{name}' is the name of the lower device")
+        macvlans.append(
+            {
+                "field": field,
+                "name": name,
+                "netns": target,
+                "mode": mode,
+                "mac": normalize_mac(spec.get("mac"), f"{field}.mac"),
+                "mtu": validate_mtu(spec.get("mtu"), f"{field}.mtu"),
+                "addresses": normalize_cidrs(spec.get("addresses"), f"{field}.addresses"),
+                "purge_addresses": bool(spec.get("purge_addresses")),
+                "state": spec.get("link_state") or "up",
+            }
+        )
+
+    shim = None
+    shim_spec = params.get("host_shim")
+    if shim_spec:
+        name = validate_ifname(shim_spec.get("name"), "host_shim.name")
+        if name in (parent, lower) or (netns, name) in seen:
+            raise ParamError("host_shim.name", f"'{name}' is already used by another interface")
+        if shim_spec.get("address") in (None, ""):
+            raise ParamError("host_shim.address", "required: the shim's address in CIDR form")
+        address = normalize_cidr(shim_spec["address"], "host_shim.address")
+        try:
+            routes = normalize_route_specs(
+                [{"dst": dst, "dev": name} for dst in shim_spec.get("routes") or []]
+            )
+        except RouteSpecError as exc:
+            problem = str(exc)[len(exc.field) :].lstrip(": ")
+            raise ParamError("host_shim." + exc.field, problem) from None
+        shim = {
+            "name": name,
+            "address": address,
+            "mtu": validate_mtu(shim_spec.get("mtu"), "host_shim.mtu"),
+            "routes": routes,
+        }
+
+    return {
+        "netns": netns,
+        "parent": parent,
+        "lower": lower,
+        "vlan": vlan,
+        "macvlans": macvlans,
+        "shim": shim,
+        "state": params.get("state") or "present",
+        "recreate": bool(params.get("recreate")),
+    }
+
+
+# -- have --------------------------------------------------------------------------------------
+def missing_parent(want):
+    return f"interface '{want['parent']}' does not exist in {netns_text(want['netns'])}"
+
+
+def check_environment(want, have):
+    """Fail before any change when the parent is missing or an MTU cannot fit its lower device.
+    ``have`` is what ``gather`` read (see ``plan``)."""
+    parent = have.get("parent")
+    if parent is None:
+        raise ParamError("parent", missing_parent(want) + "; nothing was changed")
+    if want["state"] != "present":
+        return
+    if want["vlan"] and parent.get("state") != "up":
+        # vlan_dev_open refuses (ENETDOWN) while the real device is down.
+        raise ParamError(
+            "parent",
+            f"'{want['parent']}' is down, so the VLAN subinterface could not be brought up; "
+            "bring the parent up first (this module never changes the parent)",
+        )
+    parent_mtu = parent.get("mtu") or 0
+    lower_mtu = parent_mtu
+    if want["vlan"]:
+        vlan_mtu = want["vlan"]["mtu"]
+        if vlan_mtu is not None and vlan_mtu > parent_mtu:
+            raise ParamError(
+                "vlan_mtu",
+                f"{vlan_mtu} exceeds the MTU {parent_mtu} of parent '{want['parent']}'; "
+                "raise the parent's MTU first",
+            )
+        current = have.get("vlan") or {}
+        lower_mtu = vlan_mtu or (current.get("mtu") if current else None) or parent_mtu
+    for macvlan in want["macvlans"]:
+        if macvlan["mtu"] is not None and macvlan["mtu"] > lower_mtu:
+            raise ParamError(
+                f"{macvlan['field']}.mtu",
+                f"{macvlan['mtu']} exceeds the MTU {lower_mtu} of its lower device "
+                f"'{want['lower']}'",
+            )
+    shim = want["shim"]
+    if shim and shim["mtu"] is not None and shim["mtu"] > lower_mtu:
+        raise ParamError(
+            "host_shim.mtu",
+            f"{shim['mtu']} exceeds the MTU {lower_mtu} of its lower device '{want['lower']}'",
+        )
+
+
+def _macvlan_namespace(ctx, macvlan, absent):
+    """The macvlan's namespace. For state=absent a namespace that is gone means the macvlan is
+    gone too (a tenant torn down first): None instead of a failure."""
+    try:
+        return ctx.netns(macvlan["netns"], f"{macvlan['field']}.netns")
+    except NetnsMissing:
+        if absent:
+            return None
+        raise
+
+
+def read_have(ctx, want):
+    """Read everything ``plan`` needs (see its docstring). Opens every namespace first, so a
+    missing one fails (naming its field) before anything is touched; then the checks of
+    ``check_environment``. In check mode a missing namespace or parent is a warning: an
+    earlier task may create it."""
+    absent = want["state"] == "absent"
+    ns = ctx.netns(want["netns"])
+    targets = [_macvlan_namespace(ctx, m, absent) for m in want["macvlans"]]
+    names = link_names(ns)
+    have = {"parent": read_link(ns, want["parent"]), "vlan": None, "macvlans": [], "shim": None}
+    if want["vlan"]:
+        have["vlan"] = read_link(ns, want["vlan"]["name"])
+        if have["vlan"] is not None:
+            have["vlan"]["lower"] = lower_name(have["vlan"], ns, ns, names)
+    for macvlan, tns in zip(want["macvlans"], targets):
+        link = read_link(tns, macvlan["name"]) if tns is not None else None
+        if link is not None:
+            link["lower"] = lower_name(link, tns, ns, names)
+        have["macvlans"].append(link)
+    if want["shim"]:
+        shim = read_link(ns, want["shim"]["name"])
+        if shim is not None:
+            shim["lower"] = lower_name(shim, ns, ns, names)
+            have["shim_routes"] = [
+                route
+                for route in namespace_routes(ns, {254}, names)
+                if route["dev"] == shim["name"]
+            ]
+        have["shim"] = shim
+    if have["parent"] is None:
+        ctx.missing("parent", missing_parent(want))
+    else:
         check_environment(want, have)
-        actions, tracker = plan(want, have)
-        if actions and not module.check_mode:
-            apply(namespaces, actions)
-        objects = read_result(namespaces, want)
+    return have
+
+
+# -- plan --------------------------------------------------------------------------------------
+def plan(want, have):
+    """Compute ``(Plan, DiffTracker)`` turning ``have`` into ``want``.
+
+    ``have``: ``parent`` (link dict), ``vlan`` (link dict or None, with ``lower``: the name of
+    its parent), ``macvlans`` (one link dict or None per wanted macvlan, each with ``lower``:
+    the name of its lower device in the parent's namespace, or a description when it is
+    elsewhere), ``shim`` (link dict or None, with ``lower``) and ``shim_routes`` (canonical
+    routes whose dev is the shim). Link dicts are ``netlink.describe_link`` results.
+    Raises ModuleFailure for an immutable difference without ``recreate``.
+    """
+    actions = Plan()
+    tracker = DiffTracker()
+    netns = want["netns"]
+    lower = want["lower"]
+    recreate = want["recreate"]
+
+    if want["state"] == "absent":
+        for macvlan, current in zip(want["macvlans"], have.get("macvlans") or []):
+            prefix = f"macvlan {macvlan['name']}@{netns_label(macvlan['netns'])}."
+            plan_macvlan_absent(
+                actions, tracker, macvlan, current, prefix, f"{macvlan['field']}.name"
+            )
+        shim = want["shim"]
+        if shim:
+            shim_macvlan = {"name": shim["name"], "netns": netns}
+            plan_macvlan_absent(
+                actions,
+                tracker,
+                shim_macvlan,
+                have.get("shim"),
+                f"host_shim {shim['name']}.",
+                "host_shim.name",
+            )
+        if want["vlan"]:
+            plan_vlan_absent(actions, tracker, want["vlan"], netns, have.get("vlan"))
+        return actions, tracker
+
+    vlan_recreated = False
+    if want["vlan"]:
+        vlan_recreated = plan_vlan(
+            actions, tracker, want["vlan"], want["parent"], netns, have.get("vlan"), recreate
+        )
+
+    for macvlan, current in zip(want["macvlans"], have.get("macvlans") or []):
+        plan_macvlan(
+            actions,
+            tracker,
+            macvlan,
+            current,
+            lower,
+            netns,
+            prefix=f"macvlan {macvlan['name']}@{netns_label(macvlan['netns'])}.",
+            field=macvlan["field"],
+            recreate=recreate,
+            purge_addresses=macvlan["purge_addresses"],
+            lower_recreated=vlan_recreated,
+        )
+
+    # The host shim: a bridge-mode macvlan of ours in the parent's namespace, with host routes.
+    shim = want["shim"]
+    if shim:
+        current = have.get("shim")
+        prefix = f"host_shim {shim['name']}."
+        if current is not None and vlan_recreated and current.get("lower") == lower:
+            current = None
+        if current is not None:
+            differences = macvlan_differences("bridge", lower, current)
+            mode_now = (current.get("kind_data") or {}).get("mode")
+            if not differences and mode_now != "bridge":
+                differences = f"mode {mode_now} instead of bridge"
+            if differences:
+                if not recreate:
+                    raise immutable_difference(
+                        "host_shim", f"interface '{shim['name']}'", differences
+                    )
+                actions.add("link_del", ifname=shim["name"], netns=netns, reason=differences)
+                current = None
+        tracker.add(prefix + "parent", lower, (current or {}).get("lower"))
+        if current is None:
+            actions.add(
+                "macvlan_create",
+                ifname=shim["name"],
+                netns=netns,
+                lower=lower,
+                lower_netns=netns,
+                mode="bridge",
+            )
+        shim_want = {"mtu": shim["mtu"], "addresses": [shim["address"]], "state": "up"}
+        plan_link_changes(
+            actions, tracker, shim["name"], netns, shim_want, current, True, prefix=prefix
+        )
+        have_routes = have.get("shim_routes") or [] if current is not None else []
+        tracker.add(
+            prefix + "routes",
+            sorted(r["dst"] for r in shim["routes"]),
+            sorted(r["dst"] for r in have_routes),
+        )
+        plan_route_changes(actions, netns, shim["routes"], have_routes, "present", purge=True)
+    return actions, tracker
+
+
+def unowned_vlan_left(want, have):
+    """For state=absent: the name of a VLAN kept because this collection did not create it."""
+    current = have.get("vlan") or {}
+    kept = want["state"] == "absent" and want["vlan"] and current.get("kind") == "vlan"
+    return want["vlan"]["name"] if kept and not current.get("owned") else None
+
+
+# -- result ------------------------------------------------------------------------------------
+def read_result(ctx, want, have, actions):
+    """The resulting objects: ``vlan``, ``macvlans`` and ``host_shim`` (with its routes).
+    Read from the kernel (in check mode: as they are before the planned changes)."""
     kept = unowned_vlan_left(want, have)
     if kept:
-        module.warn(
+        ctx.warn(
             f"VLAN subinterface '{kept}' was not created by this collection, so it was left "
             "in place; delete it yourself if nothing else uses it"
         )
-    return build_result(module, actions, tracker, **objects)
+    ns = ctx.netns(want["netns"])
+    vlan = read_link(ns, want["vlan"]["name"]) if want["vlan"] else None
+    macvlans = []
+    for macvlan in want["macvlans"]:
+        tns = _macvlan_namespace(ctx, macvlan, want["state"] == "absent")
+        link = read_link(tns, macvlan["name"]) if tns is not None else None
+        if link is not None:
+            link["lower"] = want["lower"]
+            macvlans.append(link)
+    shim = None
+    if want["shim"]:
+        shim = read_link(ns, want["shim"]["name"])
+        if shim is not None:
+            shim["routes"] = [
+                route["dst"]
+                for route in namespace_routes(ns, {254})
+                if route["dev"] == shim["name"] and route["proto"] != "kernel"
+            ]
+    return {"vlan": vlan, "macvlans": macvlans, "host_shim": shim}
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    require_pyroute2(module)
-    run_module(module, lambda: run(module))
+    run(module, want=normalize_params, have=read_have, plan=plan, result=read_result)
 
 
 if __name__ == "__main__":

@@ -143,34 +143,29 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
-    NETNS_DIR,
-    DiffTracker,
-    ModuleFailure,
-    ParamError,
-    Plan,
-    Rollback,
-    apply_plan,
-    build_result,
-    netns_path,
-    run_module,
-)
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.docker_api import (
     DEFAULT_DOCKER_HOST,
     container_netns,
     docker_socket_path,
     inspect_container,
 )
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import (
+    ModuleFailure,
+    ParamError,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.namespace import plan_namespace
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
-    attach_named_netns,
-    create_named_netns,
-    find_link,
     is_netns_file,
+    loopback_state,
+    namespace_state,
     netns_inode,
-    open_netns,
-    remove_named_netns,
-    require_pyroute2,
-    set_link,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.plan import DiffTracker, Plan
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.runner import run
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import (
+    NETNS_DIR,
+    netns_path,
+    refuse_control_characters,
 )
 
 ARGUMENT_SPEC = dict(
@@ -197,12 +192,15 @@ def build_want(params):
     path = netns_path(name, "name", netns_dir)
     if params["pid"] is not None and params["pid"] <= 0:
         raise ParamError("pid", f"{params['pid']} is not a process id (a positive integer)")
-    if params["path"] is not None and not params["path"].startswith("/"):
-        raise ParamError("path", f"'{params['path']}' must be an absolute path")
+    if params["path"] is not None:
+        refuse_control_characters(params["path"], "path")
+        if not params["path"].startswith("/"):
+            raise ParamError("path", f"'{params['path']}' must be an absolute path")
     if params["container"] is not None:
         docker_socket_path(params["docker_host"])
         if not params["container"].strip():
             raise ParamError("container", "a container name or id is required")
+        refuse_control_characters(params["container"], "container")
     return dict(
         name=name,
         path=path,
@@ -248,98 +246,35 @@ def resolve_target(want):
     return target
 
 
-def loopback_state(path):
-    """``up``/``down`` of ``lo`` in the namespace at ``path``, or None if it cannot be read."""
-    if not is_netns_file(path):
-        return None
-    with open_netns(path, "name") as ns:
-        lo = find_link(ns, "lo")
-        if lo is None:
-            return None
-        return "up" if lo["flags"] & 1 else "down"
-
-
-def read_have(want):
-    """Whether the name exists, whether it is a live namespace, its inode and lo state."""
-    path = want["path"]
-    exists = os.path.lexists(path)
-    inode = netns_inode(path)
-    return dict(
-        exists=exists,
-        live=inode is not None,
-        inode=inode,
-        loopback=loopback_state(path) if inode is not None else None,
-    )
+def read_have(ctx, want):
+    """The name as it is (``netlink.namespace_state``) and the resolved attach target. In
+    check mode a target that does not exist yet (a process, a path, a container an earlier
+    task starts) is a warning and a target to attach, whatever it will be."""
+    target = None
+    if want["state"] == "present":
+        try:
+            target = resolve_target(want)
+        except ModuleFailure as failure:
+            if not ctx.check_mode:
+                raise
+            ctx.warn(f"{failure.msg}; check mode assumes an earlier task creates it")
+            source = want["source_path"] or (
+                f"/proc/{want['pid']}/ns/net" if want["pid"] else f"container {want['container']}"
+            )
+            target = dict(source=source, inode=None, loopback=None, planned=True)
+    return dict(name=namespace_state(want["path"]), target=target)
 
 
 def build_plan(want, have, target):
     """want + have (+ resolved target, with its lo state) -> (plan, tracker). Pure: no kernel
     access, same result in check mode."""
     plan, tracker = Plan(), DiffTracker()
-    path = want["path"]
-    if want["state"] == "absent":
-        if tracker.add("exists", False, have["exists"]):
-            plan.add("netns_remove", path=path)
-        return plan, tracker
-    tracker.add("exists", True, have["exists"])
-    loopback = have["loopback"]
-    if target is None:
-        if not have["live"]:
-            if have["exists"]:
-                plan.add("netns_remove", path=path, reason="stale name without a namespace")
-            plan.add("netns_create", path=path)
-            loopback = "down"
-    else:
-        tracker.add("inode", target["inode"], have["inode"])
-        if have["inode"] != target["inode"]:
-            if have["exists"]:
-                reason = (
-                    "the name points at another namespace"
-                    if have["live"]
-                    else "stale name without a namespace"
-                )
-                plan.add("netns_remove", path=path, reason=reason)
-            plan.add("netns_attach", path=path, source=target["source"])
-            loopback = target.get("loopback")
-    if want["loopback_up"]:
-        tracker.add("loopback", "up", have["loopback"])
-        if loopback != "up":
-            plan.add("loopback_up", path=path)
+    plan_namespace(plan, tracker, want, have, target)
     return plan, tracker
 
 
-def apply(plan):
-    """Execute the plan; on failure undo what this call created."""
-    rollback = Rollback()
-
-    def step(action):
-        op, path = action["op"], action["path"]
-        if op == "netns_remove":
-            remove_named_netns(path)
-        elif op == "netns_create":
-            create_named_netns(path)
-            rollback.push(f"creating {path}", lambda: remove_named_netns(path))
-        elif op == "netns_attach":
-            attach_named_netns(path, action["source"])
-            rollback.push(f"attaching {path}", lambda: remove_named_netns(path))
-        elif op == "loopback_up":
-            with open_netns(path, "name") as ns:
-                lo = find_link(ns, "lo")
-                if lo is None:
-                    raise ModuleFailure(f"the namespace at {path} has no loopback interface")
-                set_link(ns, lo["index"], "lo", state="up")
-
-    apply_plan(plan, step, rollback)
-
-
-def run(module):
-    want = build_want(module.params)
-    target = resolve_target(want) if want["state"] == "present" else None
-    have = read_have(want)
-    plan, tracker = build_plan(want, have, target)
-    if plan and not module.check_mode:
-        apply(plan)
-    now = have if module.check_mode else read_have(want)
+def read_result(ctx, want, have, plan):
+    now = have["name"] if ctx.check_mode else namespace_state(want["path"])
     netns = dict(
         name=want["name"],
         path=want["path"],
@@ -348,9 +283,9 @@ def run(module):
         loopback=now["loopback"],
     )
     # No top-level "path": AnsibleModule would add file attributes (mode, owner) for it.
-    result = build_result(module, plan, tracker, netns=netns, inode=now["inode"])
-    if target is not None:
-        result["target"] = target
+    result = dict(netns=netns, inode=now["inode"])
+    if have["target"] is not None:
+        result["target"] = have["target"]
     return result
 
 
@@ -360,8 +295,13 @@ def main():
         mutually_exclusive=MUTUALLY_EXCLUSIVE,
         supports_check_mode=True,
     )
-    require_pyroute2(module)
-    run_module(module, lambda: run(module))
+    run(
+        module,
+        want=build_want,
+        have=read_have,
+        plan=lambda want, have: build_plan(want, have["name"], have["target"]),
+        result=read_result,
+    )
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ seealso:
   - module: tenantnet.nsproxy.netns
   - module: tenantnet.nsproxy.veth
   - module: tenantnet.nsproxy.macvlan_vlan
-extends_documentation_fragment: [tenantnet.nsproxy.attributes]
+extends_documentation_fragment: [tenantnet.nsproxy.attributes, tenantnet.nsproxy.attributes.netlink]
 """
 
 EXAMPLES = r"""
@@ -272,30 +272,25 @@ netns:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
-    ModuleFailure,
-    Rollback,
-    run_module,
-)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import ModuleFailure
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
-    NetnsSet,
-    require_pyroute2,
+    namespace_routes,
+    read_namespace,
 )
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.plan import DiffTracker, Plan
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.routes import (
     DEFAULT_TABLE,
     RouteSpecError,
     action_text,
-    apply_route_action,
     check_routes_against_namespace,
     guess_devices,
     normalize_route_specs,
-    plan_routes,
+    plan_route_changes,
     predict_routes,
-    read_namespace,
-    read_routes,
-    route_key,
     route_text,
 )
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.runner import run
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import netns_path
 
 ROUTE_OPTIONS = dict(
     dst=dict(type="str", required=True),
@@ -318,109 +313,91 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def _want(params):
-    """Normalised routes from the user's input (fails naming the field)."""
+def build_want(params):
+    """Normalised routes from the user's input and the tables they manage (fails naming the
+    field)."""
+    netns_path(params["netns"], "netns")
+    if params["purge"] and params["state"] == "absent":
+        raise ModuleFailure("purge: only allowed with state=present (it keeps the listed routes)")
     try:
-        return normalize_route_specs(params["routes"], require_nexthop=params["state"] == "present")
+        routes = normalize_route_specs(
+            params["routes"], require_nexthop=params["state"] == "present"
+        )
     except RouteSpecError as exc:
         raise ModuleFailure(str(exc), field=exc.field) from None
-
-
-def _managed_tables(want, purge):
-    tables = {route["table"] for route in want}
-    if not tables and purge:
+    tables = {route["table"] for route in routes}
+    if not tables and params["purge"]:
         tables = {DEFAULT_TABLE}
-    return tables
+    return dict(
+        netns=params["netns"] or None,
+        routes=routes,
+        state=params["state"],
+        purge=params["purge"],
+        tables=tables,
+    )
+
+
+def read_have(ctx, want):
+    """The namespace's links, addresses and routes. Routes that cannot work there (a missing
+    dev, a gateway outside every connected subnet) fail before anything is touched; in check
+    mode an earlier task may add the interface or address, so they are a warning."""
+    ns = ctx.netns(want["netns"])
+    links, addresses = read_namespace(ns)
+    routes = namespace_routes(ns, names=links)
+    if want["state"] == "present":
+        try:
+            check_routes_against_namespace(
+                want["routes"], links.values(), addresses, routes, ns.label
+            )
+        except RouteSpecError as exc:
+            if not ctx.check_mode:
+                raise ModuleFailure(str(exc), field=exc.field) from None
+            ctx.warn(f"{exc}; check mode assumes an earlier task makes it reachable")
+    return dict(routes=routes, addresses=addresses)
+
+
+def build_plan(want, have):
+    """want + have -> (plan, tracker): ``route_replace`` / ``route_delete`` actions."""
+    plan = Plan()
+    plan_route_changes(plan, want["netns"], want["routes"], have["routes"], want["state"],
+                       want["purge"])  # fmt: skip
+    return plan, DiffTracker()
 
 
 def _text(routes):
     return "".join(route_text(route) + "\n" for route in routes)
 
 
-def run(module):
-    params = module.params
-    want = _want(params)
-    if params["purge"] and params["state"] == "absent":
-        raise ModuleFailure("purge: only allowed with state=present (it keeps the listed routes)")
-    tables = _managed_tables(want, params["purge"])
-
-    with NetnsSet() as namespaces:
-        ns = namespaces.get(params["netns"], "netns")
-        links, addresses = read_namespace(ns)
-        have = ns.call("reading routes", read_routes, ns.ipr, links)
-        if params["state"] == "present":
-            try:
-                check_routes_against_namespace(want, links.values(), addresses, have, ns.label)
-            except RouteSpecError as exc:
-                raise ModuleFailure(str(exc), field=exc.field) from None
-        actions = plan_routes(want, have, params["state"], params["purge"])
-        # Tables touched by absent deletions are shown too.
-        tables |= {action["route"]["table"] for action in actions}
-        before = [route for route in have if route["table"] in tables]
-
-        if actions and not module.check_mode:
-            ifindex = {name: index for index, name in links.items()}
-            rollback = Rollback()
-            try:
-                for action in actions:
-                    missing = route_key(action["route"]) not in {route_key(r) for r in have}
-                    ns.call(
-                        f"{action['op']} route {route_text(action['route'])}",
-                        apply_route_action,
-                        ns.ipr,
-                        action,
-                        ifindex,
-                    )
-                    if action["op"] == "replace" and missing:
-                        undo = dict(action, op="delete")
-                        rollback.push(
-                            f"adding route {route_text(action['route'])}",
-                            lambda undo=undo: ns.call(
-                                "removing a route again", apply_route_action, ns.ipr, undo, ifindex
-                            ),
-                        )
-            except ModuleFailure as failure:
-                undone = len(rollback)
-                leftovers = rollback.unwind()
-                msg = failure.msg
-                if undone and not leftovers:
-                    msg += " The routes this call had added were removed again."
-                elif leftovers:
-                    msg += " Cleanup was incomplete: " + "; ".join(leftovers)
-                raise ModuleFailure(msg, leftovers=leftovers) from None
-            links, _addresses = read_namespace(ns)
-            after = [
-                route
-                for route in ns.call("reading routes", read_routes, ns.ipr, links)
-                if route["table"] in tables
-            ]
-        else:
-            after = guess_devices(predict_routes(before, actions), addresses)
-
-    result = dict(
-        changed=bool(actions),
-        actions=[
-            {"op": a["op"], "route": route_text(a["route"]), "reason": a["reason"]} for a in actions
-        ],
+def read_result(ctx, want, have, plan):
+    """The routes of the managed tables after the call (predicted in check mode), the actions
+    as ``ip route`` lines, and the diff as text."""
+    # Tables touched by absent deletions are shown too.
+    tables = want["tables"] | {action["route"]["table"] for action in plan}
+    before = [route for route in have["routes"] if route["table"] in tables]
+    if ctx.check_mode or not plan:
+        after = guess_devices(predict_routes(before, plan), have["addresses"])
+    else:
+        after = namespace_routes(ctx.netns(want["netns"]), tables)
+    actions = [{"op": a["op"][len("route_") :], "route": a["route"], "reason": a["reason"]}
+               for a in plan]  # fmt: skip
+    label = want["netns"] or "host namespace"
+    return dict(
+        actions=[dict(a, route=route_text(a["route"])) for a in actions],
         routes=after,
-        netns=params["netns"],
+        netns=want["netns"],
         msg="; ".join(action_text(a) for a in actions) or "routes already as requested",
-    )
-    if module._diff:
-        label = params["netns"] or "host namespace"
-        result["diff"] = dict(
+        diff=dict(
             before=_text(before),
             after=_text(after),
             before_header=f"routes of {label} (before)",
             after_header=f"routes of {label} (after)",
-        )
-    return result
+        ),
+    )
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    require_pyroute2(module)
-    run_module(module, lambda: run(module))
+    run(module, want=build_want, have=read_have, plan=build_plan, result=read_result)
 
 
 if __name__ == "__main__":

@@ -42,12 +42,16 @@ options:
         the config changed).
       - V(stopped) writes the config when O(tenants) is given and stops the instance.
       - V(reloaded) writes the config and always reloads (starts when stopped).
-      - V(restarted) writes the config and always restarts the process (after a daemon upgrade;
-        a config change alone never needs it).
+      - V(restarted) writes the config and always restarts the process (a config change alone
+        never needs it).
+      - V(upgraded) writes the config and, when the instance runs, makes it re-execute the
+        installed daemon with C(nsproxy upgrade), in the same process and without closing a
+        listening socket (old workers drain while new ones serve); starts it when stopped.
+        For a new daemon build.
       - V(absent) stops the instance and removes its config file (and, supervised, its pid and
         log files); under systemd it also disables the unit instance.
     type: str
-    choices: [present, absent, started, stopped, reloaded, restarted]
+    choices: [present, absent, started, stopped, reloaded, restarted, upgraded]
     default: started
   tenants:
     description:
@@ -110,6 +114,16 @@ options:
   admin_socket:
     description: Admin socket of the instance. Default C(<run_dir>/<name>.sock).
     type: path
+  user:
+    description:
+      - The user the daemon's workers run as (they parse all traffic, with no capability).
+        Omit for the daemon's default (C(nobody) when it is started as root). Never C(root).
+    type: str
+  workers:
+    description:
+      - Worker processes, each serving every tenant on its own CPU; C(auto) for one per CPU
+        the daemon may run on. Omit for the daemon's default (C(auto)).
+    type: str
   config_dir:
     description: Directory of the config files.
     type: path
@@ -158,10 +172,8 @@ options:
 notes:
   - The instance runs as the service user under systemd (see the role), and as root when
     supervised.
-seealso:
-  - name: nsproxy role
-    description: Installs the daemon and the systemd unit, and calls this module per instance.
-    link: https://example.invalid/tenantnet/nsproxy
+  - The C(tenantnet.nsproxy.nsproxy) role installs the daemon and the systemd unit, and calls
+    this module per instance.
 extends_documentation_fragment: [tenantnet.nsproxy.attributes]
 """
 
@@ -255,6 +267,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import ModuleFailure
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.nsproxy_config import (
     CONFIG_MODE,
     ConfigError,
@@ -278,13 +291,15 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.nsproxy_service 
     systemd_booted,
     wait_for_config,
 )
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.plan import DiffTracker, Plan
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.runner import run
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
     state=dict(
         type="str",
         default="started",
-        choices=["present", "absent", "started", "stopped", "reloaded", "restarted"],
+        choices=["present", "absent", "started", "stopped", "reloaded", "restarted", "upgraded"],
     ),
     tenants=dict(type="list", elements="dict"),
     metrics=dict(type="dict", options=dict(listen=dict(type="str", required=True))),
@@ -309,6 +324,8 @@ ARGUMENT_SPEC = dict(
         ),
     ),
     admin_socket=dict(type="path"),
+    user=dict(type="str"),
+    workers=dict(type="str"),
     config_dir=dict(type="path", default="/etc/nsproxy"),
     config_group=dict(type="str"),
     nsproxy_bin=dict(type="path", default="/opt/nsproxy/bin/nsproxy"),
@@ -341,49 +358,49 @@ def plan_actions(state, exists, running, content_changed, attrs_changed, runtime
             actions.append("stop")
         return actions
     if not running:
-        if state in ("started", "reloaded", "restarted"):
+        if state in ("started", "reloaded", "restarted", "upgraded"):
             actions.append("start")
         return actions
     if state == "restarted" or runtime in ("socket_moved", "unreachable"):
         actions.append("restart")
+    elif state == "upgraded":
+        actions.append("upgrade")  # the new binder reads the (new) config file itself
     elif content_changed or runtime == "stale" or state == "reloaded":
         actions.append("reload")
     return actions
 
 
-def choose_manager(module, name, config_file, params):
+def choose_manager(params, config_file):
+    """The service manager of the instance (see the ``service_manager`` option)."""
     kind = params["service_manager"]
     if kind == "auto":
         kind = "systemd" if systemd_booted() else "supervised"
     elif kind == "systemd" and not systemd_booted():
-        module.fail_json(
-            msg="service_manager: systemd is not running as PID 1 on this host "
+        raise ModuleFailure(
+            "service_manager: systemd is not running as PID 1 on this host "
             "(no /run/systemd/system); use service_manager: supervised or auto"
         )
     if kind == "systemd":
-        return SystemdManager(name)
+        return SystemdManager(params["name"])
     argv = [params["nsproxy_bin"], "run", "--config", config_file]
     supervisor = params["supervisor"] or os.path.join(
         os.path.dirname(params["nsproxy_bin"]), "nsproxy-supervisor"
     )
-    return SupervisedManager(name, argv, params["run_dir"], params["log_dir"], supervisor)
+    return SupervisedManager(params["name"], argv, params["run_dir"], params["log_dir"], supervisor)
 
 
-def resolve_gid(module, group):
-    """gid of config_group (-1: leave the group alone); fails naming the option if unknown."""
-    gid = -1
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            if group.isdigit():
-                gid = int(group)
-            elif module.check_mode:
-                # A role run in check mode plans the group before this task: not an error yet.
-                module.warn(f"config_group: group {group!r} does not exist (yet)")
-            else:
-                module.fail_json(msg=f"config_group: group {group!r} does not exist on the target")
-    return gid
+def resolve_gid(ctx, group):
+    """gid of config_group (-1: leave the group alone; None: a group an earlier task of the
+    play creates, in check mode); fails naming the option if unknown."""
+    if group is None:
+        return -1
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return int(group)
+        ctx.missing("config_group", f"group {group!r} does not exist on the target")
+        return None
 
 
 def drain_timeout(config):
@@ -391,37 +408,22 @@ def drain_timeout(config):
     return float(drain if drain is not None else 30) + 15
 
 
-def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
+# -- want --------------------------------------------------------------------------------------
+
+
+def build_want(params):
+    """The instance as wanted: its name, files, and the config built from the parameters
+    (None without ``tenants``: then the existing file is kept)."""
     name, state = params["name"], params["state"]
     try:
         check_instance_name(name)
     except ConfigError as exc:
-        module.fail_json(msg=str(exc))
-
-    path = config_path(params["config_dir"], name)
+        raise ModuleFailure(str(exc)) from None
     admin_socket = params["admin_socket"] or os.path.join(params["run_dir"], f"{name}.sock")
-    cli = NsproxyCli(params["nsproxy_bin"])
-    manager = choose_manager(module, name, path, params)
-    result = dict(
-        changed=False,
-        config_file=path,
-        actions=[],
-        service_manager=manager.kind,
-        running=False,
-    )
-
-    old_bytes, old_config = read_existing(path)
-    broken = old_bytes is not None and old_config is None
-
-    # -- want ----------------------------------------------------------------------------
-    new_config, new_bytes = None, None  # absent, or stopped without any config
-    if state == "absent":
-        pass
-    elif params["tenants"] is not None:
+    config = None
+    if state != "absent" and params["tenants"] is not None:
         try:
-            new_config = build_config(
+            config = build_config(
                 name,
                 params["tenants"],
                 admin_socket,
@@ -429,32 +431,54 @@ def main():
                 access_log=params["access_log"],
                 limits=params["limits"],
                 timeouts=params["timeouts"],
+                user=params["user"],
+                workers=params["workers"],
             )
         except ConfigError as exc:
-            module.fail_json(msg=str(exc), **result)
-        new_bytes = render(new_config)
+            raise ModuleFailure(str(exc)) from None
+    return dict(
+        name=name,
+        state=state,
+        path=config_path(params["config_dir"], name),
+        admin_socket=admin_socket,
+        config=config,
+        params=params,
+    )
+
+
+# -- have --------------------------------------------------------------------------------------
+
+
+def read_have(ctx, want):
+    """The config on disk, the candidate config (the wanted one, or the file kept as it is)
+    validated by the installed ``nsproxy check``, the service (running, reachable, its config
+    digest) and the file's group."""
+    params, path = want["params"], want["path"]
+    cli = NsproxyCli(params["nsproxy_bin"])
+    manager = choose_manager(params, path)
+    old_bytes, old_config = read_existing(path)
+    new_config, new_bytes = None, None  # absent, or stopped without any config
+    if want["config"] is not None:
+        new_config, new_bytes = want["config"], render(want["config"])
         if old_config == new_config:
             new_bytes = old_bytes  # same content, other formatting: keep the file as it is
-    elif old_bytes is not None:
+    elif want["state"] != "absent" and old_bytes is not None:
         new_config, new_bytes = old_config, old_bytes
-    elif state != "stopped":
-        module.fail_json(
-            msg=f"tenants: required, because {path} does not exist yet "
-            "(give the tenant list; [] is allowed)",
-            **result,
+    elif want["state"] not in ("absent", "stopped"):
+        raise ModuleFailure(
+            f"tenants: required, because {path} does not exist yet "
+            "(give the tenant list; [] is allowed)"
         )
-
-    # -- have ----------------------------------------------------------------------------
-    gid = resolve_gid(module, params["config_group"])
     content_changed = new_bytes is not None and new_bytes != old_bytes
-    attrs_changed = (
-        new_bytes is not None
-        and not content_changed
-        and file_attributes_differ(path, CONFIG_MODE, -1, gid)
-    )
+    gid = resolve_gid(ctx, params["config_group"])
+    attrs_changed = new_bytes is not None and not content_changed
+    if gid is None:  # check mode: the group does not exist yet, so an existing file changes
+        attrs_changed = attrs_changed and old_bytes is not None
+    else:
+        attrs_changed = attrs_changed and file_attributes_differ(path, CONFIG_MODE, -1, gid)
     running = manager.running()
-    old_socket = (old_config or {}).get("admin_socket") or admin_socket
-    new_socket = (new_config or {}).get("admin_socket") or admin_socket
+    old_socket = (old_config or {}).get("admin_socket") or want["admin_socket"]
+    new_socket = (new_config or {}).get("admin_socket") or want["admin_socket"]
     runtime, live = None, None
     if running:
         live = cli.status(old_socket) if cli.available() else None
@@ -466,141 +490,176 @@ def main():
             runtime = "stale"
         else:
             runtime = "current"
-
-    sockets = (old_socket, new_socket)
-
-    # -- plan ----------------------------------------------------------------------------
-    actions = plan_actions(
-        state, old_bytes is not None, running, content_changed, attrs_changed, runtime
-    )
-    if manager.kind == "systemd":
-        want_enabled = False if state == "absent" else params["enabled"]
-        if want_enabled is not None and manager.installed() and manager.enabled() != want_enabled:
-            actions.append("enable" if want_enabled else "disable")
-    result["actions"] = actions
-    result["changed"] = bool(actions)
-    result["tenant_changes"] = tenant_changes(old_config, new_config)
-    if new_bytes is not None:
-        result["config_digest"] = digest(new_bytes)
-    if module._diff and (content_changed or state == "absent" and old_bytes is not None):
-        result["diff"] = diff_entries(path, old_config, new_config, broken=broken)
-
-    # -- validate (also in check mode: a plan the daemon would refuse is an error) ---------
     if content_changed:
-        if not cli.available():
-            if not module.check_mode:
-                module.fail_json(
-                    msg=f"nsproxy_bin: {params['nsproxy_bin']} is not installed or not "
-                    "executable; install the daemon with the tenantnet.nsproxy.nsproxy role "
-                    "or point nsproxy_bin at it",
-                    **result,
-                )
-            module.warn(f"{params['nsproxy_bin']} is not installed: the config was not validated")
-        else:
-            problems = validate(module, cli, new_bytes, path)
-            if problems:
-                module.fail_json(
-                    msg="nsproxy check refused the config (nothing was changed): "
-                    + "; ".join(problems),
-                    problems=problems,
-                    **result,
-                )
-
-    if module.check_mode:
-        result["running"] = running
-        module.exit_json(**result)
-
-    # -- apply ---------------------------------------------------------------------------
-    try:
-        apply(
-            module, manager, cli, actions, (path, old_bytes, new_bytes, gid), sockets, result, live
-        )
-    except (ServiceError, OSError) as exc:
-        hint = manager.failure_hint()
-        msg = (
-            str(exc) if isinstance(exc, ServiceError) else f"{exc.filename or path}: {exc.strerror}"
-        )
-        module.fail_json(msg=msg + (f"\nlast log lines:\n{hint}" if hint else ""), **result)
-
-    # -- report --------------------------------------------------------------------------
-    result["running"] = manager.running()
-    if result["running"]:
-        status = cli.status(new_socket) if cli.available() else None
-        if status is not None:
-            result["generation"] = status.get("generation")
-            result["tenants"] = listener_report(status)
-        daemon_pid = manager.pid() or (status or {}).get("pid")
-        if daemon_pid:
-            result["pid"] = daemon_pid
-    module.exit_json(**result)
+        validate(ctx, cli, new_bytes, path)
+    enabled = None
+    if manager.kind == "systemd" and manager.installed():
+        enabled = manager.enabled()
+    return dict(
+        cli=cli,
+        manager=manager,
+        old_bytes=old_bytes,
+        old_config=old_config,
+        new_bytes=new_bytes,
+        new_config=new_config,
+        broken=old_bytes is not None and old_config is None,
+        content_changed=content_changed,
+        attrs_changed=attrs_changed,
+        gid=-1 if gid is None else gid,
+        running=running,
+        runtime=runtime,
+        live=live,
+        sockets=(old_socket, new_socket),
+        enabled=enabled,
+    )
 
 
-def validate(module, cli, data, path):
-    """Run `nsproxy check` on exactly these bytes: next to the target file when it can be
-    written there (same directory, same relative paths), else in the module's tmpdir."""
+def validate(ctx, cli, data, path):
+    """Run `nsproxy check` on exactly these bytes (also in check mode: a plan the daemon would
+    refuse is an error): next to the target file when it can be written there (same
+    directory, same relative paths), else in the module's tmpdir."""
+    if not cli.available():
+        if not ctx.check_mode:
+            raise ModuleFailure(
+                f"nsproxy_bin: {cli.binary} is not installed or not executable; install the "
+                "daemon with the tenantnet.nsproxy.nsproxy role or point nsproxy_bin at it"
+            )
+        ctx.warn(f"{cli.binary} is not installed: the config was not validated")
+        return
     directory = os.path.dirname(path)
-    if module.check_mode or not os.path.isdir(directory):
-        directory = module.tmpdir
+    if ctx.check_mode or not os.path.isdir(directory):
+        directory = ctx.module.tmpdir
     candidate = os.path.join(directory, f".{os.path.basename(path)}.check")
     with open(candidate, "wb") as handle:
         handle.write(data)
     try:
-        return cli.check(candidate)
+        problems = cli.check(candidate)
     finally:
         os.unlink(candidate)
+    if problems:
+        raise ModuleFailure(
+            "nsproxy check refused the config (nothing was changed): " + "; ".join(problems),
+            problems=problems,
+        )
 
 
-def apply(module, manager, cli, actions, files, sockets, result, live):
-    """Carry out the plan; a refused reload restores the previous file."""
-    path, old_bytes, new_bytes, gid = files
-    old_socket, socket_path = sockets
-    timeout = module.params["wait_timeout"]
-    stop_timeout = drain_timeout(read_config_bytes(old_bytes))
-    for action in actions:
-        if action == "write_config":
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            write_atomic(path, new_bytes, CONFIG_MODE, -1, gid)
-        elif action == "remove_config":
-            os.unlink(path)
-            manager.forget()
-        elif action == "stop":
-            manager.stop(timeout=stop_timeout)
-        elif action in ("start", "restart"):
-            if action == "restart":
-                manager.stop(timeout=stop_timeout)
-            manager.start()
-            status = wait_for_config(cli, socket_path, digest(new_bytes), timeout, manager.running)
-            result["generation"] = status.get("generation")
-        elif action == "reload":
-            previous_generation = (live or {}).get("generation")
-            ok, output = cli.reload(old_socket)
-            if not ok:
-                restore(path, old_bytes, gid)
-                module.fail_json(
-                    msg="nsproxy refused the new configuration; the running instance keeps "
-                    f"its previous one and {path} was restored: {output}",
-                    **result,
-                )
-            status = wait_for_config(cli, socket_path, digest(new_bytes), timeout, manager.running)
-            if (
-                previous_generation is not None
-                and status.get("generation") is not None
-                and status["generation"] <= previous_generation
-            ):
-                raise ServiceError(
-                    f"nsproxy reported generation {status['generation']} after the reload, "
-                    f"not newer than {previous_generation}"
-                )
-            result["generation"] = status.get("generation")
-        elif action in ("enable", "disable"):
-            manager.set_enabled(action == "enable")
+# -- plan --------------------------------------------------------------------------------------
 
 
-def restore(path, old_bytes, gid):
-    if old_bytes is None:
+def build_plan(want, have):
+    """want + have -> (plan, tracker): ``plan_actions`` plus enabling or disabling the unit,
+    each action with what applying it needs."""
+    plan = Plan()
+    old_socket, new_socket = have["sockets"]
+    data = have["new_bytes"]
+    stop = {"timeout": drain_timeout(read_config_bytes(have["old_bytes"]))}
+    wait = {"socket": new_socket, "digest": digest(data) if data is not None else None}
+    details = {
+        "write_config": {"path": want["path"], "data": data, "gid": have["gid"]},
+        "remove_config": {"path": want["path"]},
+        "stop": stop,
+        "start": wait,
+        "restart": dict(wait, **stop),
+        "reload": dict(
+            wait,
+            old_socket=old_socket,
+            previous_generation=(have["live"] or {}).get("generation"),
+            restore={"path": want["path"], "data": have["old_bytes"], "gid": have["gid"]},
+        ),
+        "upgrade": dict(
+            wait,
+            old_socket=old_socket,
+            previous_generation=(have["live"] or {}).get("generation"),
+        ),
+    }
+    for op in plan_actions(
+        want["state"],
+        have["old_bytes"] is not None,
+        have["running"],
+        have["content_changed"],
+        have["attrs_changed"],
+        have["runtime"],
+    ):
+        plan.add(op, **details[op])
+    if have["manager"].kind == "systemd":
+        want_enabled = False if want["state"] == "absent" else want["params"]["enabled"]
+        if want_enabled is not None and have["enabled"] not in (None, want_enabled):
+            plan.add("enable" if want_enabled else "disable")
+    return plan, DiffTracker()
+
+
+# -- apply -------------------------------------------------------------------------------------
+
+
+def apply(ctx, action, rollback):
+    """Carry out one action; a refused reload restores the previous file. Service errors
+    become sentences with the last lines of the instance's log."""
+    manager = ctx.have["manager"]
+    try:
+        _apply(ctx, manager, action)
+    except (ServiceError, OSError) as exc:
+        hint = manager.failure_hint()
+        if isinstance(exc, ServiceError):
+            msg = str(exc)
+        else:
+            msg = f"{exc.filename or action.get('path')}: {exc.strerror}"
+        raise ModuleFailure(msg + (f"\nlast log lines:\n{hint}" if hint else "")) from None
+
+
+def _apply(ctx, manager, action):
+    op = action["op"]
+    cli, timeout = ctx.have["cli"], ctx.module.params["wait_timeout"]
+    if op == "write_config":
+        os.makedirs(os.path.dirname(action["path"]), mode=0o755, exist_ok=True)
+        write_atomic(action["path"], action["data"], CONFIG_MODE, -1, action["gid"])
+    elif op == "remove_config":
+        os.unlink(action["path"])
+        manager.forget()
+    elif op == "stop":
+        manager.stop(timeout=action["timeout"])
+    elif op in ("start", "restart"):
+        if op == "restart":
+            manager.stop(timeout=action["timeout"])
+        manager.start()
+        wait_for_config(cli, action["socket"], action["digest"], timeout, manager.running)
+    elif op == "reload":
+        ok, output = cli.reload(action["old_socket"])
+        if not ok:
+            restore(**action["restore"])
+            raise ModuleFailure(
+                "nsproxy refused the new configuration; the running instance keeps its "
+                f"previous one and {action['restore']['path']} was restored: {output}"
+            )
+        _wait_for_newer(ctx, manager, action, "reload")
+    elif op == "upgrade":
+        ok, output = cli.upgrade(action["old_socket"])
+        if not ok:
+            raise ServiceError(
+                f"nsproxy refused the upgrade; the running instance keeps its version: {output}"
+            )
+        _wait_for_newer(ctx, manager, action, "upgrade")
+    elif op in ("enable", "disable"):
+        manager.set_enabled(op == "enable")
+
+
+def _wait_for_newer(ctx, manager, action, what):
+    """Wait until the instance serves the new config with a generation newer than before."""
+    cli, timeout = ctx.have["cli"], ctx.module.params["wait_timeout"]
+    status = wait_for_config(cli, action["socket"], action["digest"], timeout, manager.running)
+    previous = action["previous_generation"]
+    if previous is not None and (status.get("generation") or 0) <= previous:
+        raise ServiceError(
+            f"nsproxy reported generation {status.get('generation')} after the {what}, "
+            f"not newer than {previous}"
+        )
+
+
+def restore(path, data, gid):
+    """Put the previous file back (or remove the new one, if there was none)."""
+    if data is None:
         os.unlink(path)
     else:
-        write_atomic(path, old_bytes, CONFIG_MODE, -1, gid)
+        write_atomic(path, data, CONFIG_MODE, -1, gid)
 
 
 def read_config_bytes(data):
@@ -612,6 +671,55 @@ def read_config_bytes(data):
     except (UnicodeDecodeError, ValueError):
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+# -- result ------------------------------------------------------------------------------------
+
+
+def read_result(ctx, want, have, plan):
+    """The file, the actions by name, the per-tenant changes and diff, and the service as it
+    runs after the call (with its listeners' state)."""
+    result = dict(
+        config_file=want["path"],
+        actions=[action["op"] for action in plan],
+        service_manager=have["manager"].kind,
+        running=have["running"],
+        tenant_changes=tenant_changes(have["old_config"], have["new_config"]),
+        diff=None,
+    )
+    if have["new_bytes"] is not None:
+        result["config_digest"] = digest(have["new_bytes"])
+    removed = want["state"] == "absent" and have["old_bytes"] is not None
+    if have["content_changed"] or removed:
+        result["diff"] = diff_entries(
+            want["path"], have["old_config"], have["new_config"], broken=have["broken"]
+        )
+    if ctx.check_mode:
+        return result
+    manager, cli = have["manager"], have["cli"]
+    result["running"] = manager.running()
+    if result["running"]:
+        status = cli.status(have["sockets"][1]) if cli.available() else None
+        if status is not None:
+            result["generation"] = status.get("generation")
+            result["tenants"] = listener_report(status)
+        daemon_pid = manager.pid() or (status or {}).get("pid")
+        if daemon_pid:
+            result["pid"] = daemon_pid
+    return result
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    run(
+        module,
+        want=build_want,
+        have=read_have,
+        plan=build_plan,
+        apply=apply,
+        result=read_result,
+        netlink=False,
+    )
 
 
 if __name__ == "__main__":

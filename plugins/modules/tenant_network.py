@@ -2,6 +2,7 @@
 # Copyright: tenantnet developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
+from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
@@ -15,26 +16,21 @@ description:
     such as a Docker container's), the addresses of the tenant-side interface and the static
     routes of the namespace.
   - One call handles hundreds of tenants, so a no-op run costs one netlink socket per
-    namespace instead of one module run per object. It reuses the collection's netlink layer
-    (the same code as M(tenantnet.nsproxy.veth), M(tenantnet.nsproxy.macvlan_vlan) and
-    M(tenantnet.nsproxy.netns_route)).
-  - Every tenant is validated before anything is touched. Links this module creates carry the
-    collection's interface alias, and it never changes or deletes links it did not create.
+    namespace instead of one module run per object. It is a composition of the collection's
+    planners; its plan is made of the same actions as M(tenantnet.nsproxy.netns),
+    M(tenantnet.nsproxy.bridge), M(tenantnet.nsproxy.veth), M(tenantnet.nsproxy.macvlan_vlan)
+    and M(tenantnet.nsproxy.netns_route) would make, carried out by the same code.
+  - Every tenant is validated and the whole plan is made before anything is touched. Links
+    this module creates carry the interface alias C(tenantnet.nsproxy tenant=<name>), and it
+    never changes or deletes links it did not create.
   - Tenants with O(tenants[].state=absent) are removed cleanly, their links first and then the
-    namespace name. Tenants left out of the list are not touched.
+    namespace name. Tenants left out of the list are not touched, unless O(exclusive=true).
   - Namespaces of C(container) tenants are attached by M(tenantnet.nsproxy.netns) beforehand
     (the role does this); this module only manages addresses and routes inside them.
 author:
   - tenantnet developers (@tenantnet)
 requirements:
   - pyroute2 >= 0.7 on the target (not needed with O(validate_only=true))
-attributes:
-  check_mode:
-    description: Computes the same per-tenant plan as a real run, reports it, and changes nothing.
-    support: full
-  diff_mode:
-    description: Shows, per changed tenant, whether it existed before and the actions taken.
-    support: full
 options:
   tenants:
     description:
@@ -155,11 +151,29 @@ options:
       - Only validate O(tenants) (no kernel access, pyroute2 not needed) and report problems.
     type: bool
     default: false
+  exclusive:
+    description:
+      - The list is the whole set of tenants of this host. A tenant that is not listed but
+        left objects this module made (a namespace under O(netns_dir) holding a link tagged
+        C(tenantnet.nsproxy tenant=<name>), host links with that tag) is removed like a tenant
+        with O(tenants[].state=absent); these removals come first in the plan and in the diff.
+      - Objects without the tag are never touched, namespaces of other tools included. The
+        namespace name of a V(container) tenant carries no tag and is left alone.
+    type: bool
+    default: false
 notes:
   - A namespace name that is removed while a process still uses the namespace leaves that
     namespace alive; its links then live on with it. The module deletes the links it owns
     first, so nothing of the tenant stays on the host.
   - Bridges and VLAN subinterfaces are shared infrastructure and are not removed with a tenant.
+  - Links made by an earlier version carry the plain alias C(tenantnet.nsproxy); the first run
+    re-tags them with their tenant (reported as a change once).
+seealso:
+  - module: tenantnet.nsproxy.netns
+  - module: tenantnet.nsproxy.veth
+  - module: tenantnet.nsproxy.macvlan_vlan
+  - module: tenantnet.nsproxy.netns_route
+extends_documentation_fragment: [tenantnet.nsproxy.attributes]
 """
 
 EXAMPLES = r"""
@@ -189,18 +203,26 @@ EXAMPLES = r"""
 
 RETURN = r"""
 tenants:
-  description: Per tenant that changed (or would change in check mode), the actions taken.
+  description:
+    - Per tenant that changed (or would change in check mode), the actions taken, as text.
+      A tenant removed because it is no longer listed (O(exclusive)) has C(unlisted=true).
   returned: always
   type: dict
   sample:
     acme:
       state: present
-      actions: ["create netns acme", "add 10.0.0.250/24 to eth0"]
+      actions: ["create netns /run/netns/acme", "add 10.0.0.250/24 to eth0 in acme"]
+actions:
+  description: The whole plan, in order (also in check mode), as the single-object modules
+    report theirs.
+  returned: always
+  type: list
+  elements: dict
 summary:
   description: Counts of tenants seen, changed, created and removed.
   returned: always
   type: dict
-  sample: {"tenants": 200, "changed": 0, "created": 0, "removed": 0}
+  sample: {"tenants": 200, "changed": 0, "created": 0, "removed": 0, "unlisted": 0}
 fallback:
   description: Tenants attached by veth because the kernel has no 802.1Q support.
   returned: always
@@ -222,55 +244,60 @@ vlan_supported:
   type: bool
 """
 
-import errno
 import os
 import re
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
-    NETNS_DIR,
-    OWNER_TAG,
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.addresses import (
+    plan_address_changes,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.bridge import plan_bridge
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import (
     ModuleFailure,
     ParamError,
-    Rollback,
-    addresses_after,
-    normalize_cidrs,
-    normalize_mac,
-    plan_addresses,
-    validate_ifname,
-    validate_int_range,
-    validate_mtu,
 )
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.macvlan import plan_macvlan
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.namespace import plan_namespace
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
-    IFF_UP,
-    add_address,
-    create_link,
-    create_named_netns,
-    delete_link,
-    find_link,
-    is_netns_file,
-    link_kind,
-    link_kind_data,
-    open_netns,
-    read_addresses,
-    remove_address,
-    remove_named_netns,
-    require_pyroute2,
-    set_link,
+    lower_name,
+    namespace_routes,
+    namespace_state,
+    read_links,
+    veth_paired,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.ownership import (
+    OWNER_TAG,
+    tenant_of,
+    tenant_tag,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.plan import (
+    DiffTracker,
+    Plan,
+    action_text,
 )
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.routes import (
     RouteSpecError,
-    action_text,
-    apply_route_action,
     check_routes_against_namespace,
     normalize_route_specs,
-    plan_routes,
-    read_routes,
+    plan_route_changes,
+    routes_surviving,
 )
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.runner import run
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import (
+    NETNS_DIR,
+    normalize_cidrs,
+    normalize_mac,
+    refuse_control_characters,
+    validate_ifname,
+    validate_int_range,
+    validate_mtu,
+    validate_name,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.veth import plan_veth
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.vlan import plan_vlan
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,11}$")
-MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,11}")
 FALLBACK_BRIDGE = "tnvlan%d"
 MAIN_TABLE = 254
 
@@ -301,6 +328,7 @@ ARGUMENT_SPEC = dict(
     vlan_fallback=dict(type="str", default="fail", choices=["fail", "veth"]),
     netns_dir=dict(type="path", default=NETNS_DIR),
     validate_only=dict(type="bool", default=False),
+    exclusive=dict(type="bool", default=False),
 )
 
 
@@ -314,12 +342,13 @@ class Tenant:
         self.index = index
         self.name = raw["name"]
         self.label = f"tenants[{index}]"
-        if not isinstance(self.name, str) or not NAME_RE.match(self.name):
-            raise ParamError(
-                self.label + ".name",
-                f"'{self.name}' is not allowed; use 1-12 characters from a-z, 0-9 and '-', "
-                "starting with a letter or digit (derived link names must fit in 15)",
-            )
+        validate_name(
+            self.name,
+            self.label + ".name",
+            NAME_RE,
+            "1-12 characters from a-z, 0-9 and '-', starting with a letter or digit "
+            "(derived link names must fit in 15)",
+        )
         self.label = f"tenants[{index}] ({self.name})"
         self.state = raw["state"]
         att = raw["attachment"]
@@ -353,6 +382,7 @@ class Tenant:
             validate_ifname(self.subinterface, self.field("attachment.parent") + " + vlan_id")
         else:
             self._required(att, "container", "the Docker container name or id")
+            refuse_control_characters(self.container, self.field("attachment.container"))
         self.addresses = normalize_cidrs(raw.get("addresses") or [], self.field("addresses"))
         try:
             self.routes = normalize_route_specs(raw.get("routes") or [])
@@ -411,7 +441,18 @@ def build_tenants(raw_tenants):
     return tenants
 
 
-# -- have / plan / apply -----------------------------------------------------------------------
+def build_want(params):
+    """The validated tenants and the module's settings."""
+    return dict(
+        tenants=build_tenants(params["tenants"]),
+        vlan_fallback=params["vlan_fallback"],
+        netns_dir=params["netns_dir"],
+        validate_only=params["validate_only"],
+        exclusive=params["exclusive"],
+    )
+
+
+# -- have --------------------------------------------------------------------------------------
 
 
 def vlan_supported(module):
@@ -424,445 +465,403 @@ def vlan_supported(module):
     return os.path.exists("/proc/net/vlan/config")
 
 
-class Converger:
-    """Converges tenants one by one against the host namespace. ``actions`` collects the
-    per-tenant plan (texts); in check mode nothing is applied."""
-
-    def __init__(self, module, netns_dir, fallback_vlan):
-        self.module = module
-        self.check = module.check_mode
-        self.netns_dir = netns_dir
-        self.fallback_vlan = fallback_vlan
-        self.host = open_netns(None)
-        self.bridges_ready = {}  # name -> ifindex, checked once per run
-        self.subifs_ready = set()
-
-    def close(self):
-        self.host.close()
-
-    # -- helpers
-    def _owned(self, msg):
-        return msg is not None and msg.get_attr("IFLA_IFALIAS") == OWNER_TAG
-
-    def _refuse_foreign(self, tenant, ns, msg, name, where):
-        if msg is not None and not self._owned(msg):
-            raise ModuleFailure(
-                "{}: interface '{}' already exists in {} and was not created by {}; it is left "
-                "alone. Rename it, or choose another {}".format(
-                    tenant.label,
-                    name,
-                    where,
-                    OWNER_TAG,
-                    "interface" if ns is not self.host else "attachment.host_interface",
-                )
-            )
-
-    def _ensure_up(self, ns, msg, name, actions, what):
-        if not msg["flags"] & IFF_UP:
-            actions.append(f"set {what} {name} up")
-            if not self.check:
-                set_link(ns, msg["index"], name, state="up")
-
-    # -- host side infrastructure
-    def ensure_bridge(self, tenant, name, actions, rollback):
-        """The host bridge exists (created STP-off and up when missing); returns its index
-        (None in check mode when it is still to be created). Checked once per run."""
-        if name in self.bridges_ready:
-            return self.bridges_ready[name]
-        msg = find_link(self.host, name)
-        if msg is not None and link_kind(msg) != "bridge":
-            raise ModuleFailure(
-                "{}: host interface '{}' exists but is a {}, not a bridge".format(
-                    tenant.label, name, link_kind(msg) or "plain device"
-                )
-            )
-        if msg is None:
-            actions.append(f"create bridge {name}")
-            index = None
-            if not self.check:
-                index = create_link(self.host, rollback, name, "bridge", br_stp_state=0)
-                set_link(self.host, index, name, state="up")
-            self.bridges_ready[name] = index
-            return index
-        if self._owned(msg):
-            self._ensure_up(self.host, msg, name, actions, "bridge")
-        self.bridges_ready[name] = msg["index"]
-        return msg["index"]
-
-    def ensure_subinterface(self, tenant, actions, rollback):
-        """``<parent>.<vlan_id>`` exists on the trunk NIC (created when missing)."""
-        name = tenant.subinterface
-        parent = find_link(self.host, tenant.parent)
-        if parent is None:
-            raise ModuleFailure(
-                f"{tenant.label}.attachment.parent: trunk NIC '{tenant.parent}' does not "
-                "exist on this host"
-            )
-        msg = find_link(self.host, name)
-        if msg is not None:
-            data = link_kind_data(msg)
-            if link_kind(msg) != "vlan" or data.get("id") != tenant.vlan_id:
-                raise ModuleFailure(
-                    f"{tenant.label}: host interface '{name}' exists but is not VLAN "
-                    f"{tenant.vlan_id} on {tenant.parent} (kind {link_kind(msg)}, "
-                    f"id {data.get('id')})"
-                )
-            if msg.get_attr("IFLA_LINK") != parent["index"]:
-                raise ModuleFailure(
-                    f"{tenant.label}: host interface '{name}' is a VLAN on another parent "
-                    f"than '{tenant.parent}'"
-                )
-            if name not in self.subifs_ready and self._owned(msg):
-                self._ensure_up(self.host, msg, name, actions, "subinterface")
-            self.subifs_ready.add(name)
-            return msg["index"]
-        if self.check and name in self.subifs_ready:
-            return None  # planned by an earlier tenant of this check-mode run
-        actions.append(f"create VLAN subinterface {name}")
-        self.subifs_ready.add(name)
-        if self.check:
-            return None
-        index = create_link(
-            self.host, rollback, name, "vlan", link=parent["index"], vlan_id=tenant.vlan_id
+def read_fallback(ctx, want):
+    """Whether VLAN tenants are attached by veth (a kernel without 802.1Q and
+    ``vlan_fallback: veth``); fails before anything changes with ``vlan_fallback: fail``."""
+    vlan_present = [t.name for t in want["tenants"] if t.kind == "vlan" and t.state == "present"]
+    if not vlan_present:
+        return dict(vlan_supported=None, fallback=[])
+    if vlan_supported(ctx.module):
+        return dict(vlan_supported=True, fallback=[])
+    if want["vlan_fallback"] != "veth":
+        raise ModuleFailure(
+            "this kernel has no 802.1Q VLAN support (module 8021q missing, no "
+            "/proc/net/vlan), which VLAN tenants {} need; nothing was changed. Use a "
+            "kernel with CONFIG_VLAN_8021Q, or set vlan_fallback: veth to attach them "
+            "by veth for tests".format(", ".join(vlan_present))
         )
-        set_link(self.host, index, name, state="up")
-        return index
+    ctx.warn(
+        "this kernel has no 802.1Q VLAN support: VLAN tenants {} are attached by veth "
+        "into host bridges tnvlan<vlan_id> instead of macvlan on "
+        "<parent>.<vlan_id>".format(", ".join(vlan_present))
+    )
+    return dict(vlan_supported=False, fallback=vlan_present)
 
-    # -- one tenant
-    def converge(self, tenant):
-        """Bring one present tenant to its wanted state; returns the list of action texts."""
-        actions = []
-        rollback = Rollback()
-        path = os.path.join(self.netns_dir, tenant.name)
-        try:
-            if tenant.kind == "container":
-                if not is_netns_file(path):
-                    raise ModuleFailure(
-                        f"{tenant.label}: namespace name '{path}' is not attached to container "
-                        f"'{tenant.container}'; attach it first with tenantnet.nsproxy.netns"
-                    )
-            elif not is_netns_file(path):
-                actions.append(f"create netns {tenant.name}")
-                if self.check:
-                    self._plan_new(tenant, actions)
-                    return actions
-                if os.path.lexists(path):
-                    remove_named_netns(path)  # a stale leftover file, no namespace behind it
-                create_named_netns(path)
-                rollback.push(f"creating netns {tenant.name}", lambda: remove_named_netns(path))
-            with open_netns(path, tenant.field("name")) as ns:
-                lo = find_link(ns, "lo")
-                if lo is not None:
-                    self._ensure_up(ns, lo, "lo", actions, "loopback")
-                link = self._converge_link(tenant, ns, actions, rollback)
-                self._converge_addresses(tenant, ns, link, actions)
-                self._converge_routes(tenant, ns, actions)
-        except ModuleFailure as failure:
-            leftovers = rollback.unwind()
-            msg = failure.msg
-            if leftovers:
-                msg += " Cleanup was incomplete: " + "; ".join(leftovers)
-            raise ModuleFailure(msg, tenant=tenant.name, **failure.extra) from None
-        rollback.clear()
-        return actions
 
-    def _plan_new(self, tenant, actions):
-        """Check mode for a namespace that does not exist yet: everything is to be created."""
-        if tenant.kind == "vlan" and not self.fallback_vlan:
-            self.ensure_subinterface(tenant, actions, None)
-            actions.append(f"create macvlan {tenant.interface} in {tenant.name}")
-        else:
-            self.ensure_bridge(tenant, self._bridge_of(tenant), actions, None)
-            actions.append(
-                f"create veth {tenant.host_interface} <-> {tenant.name}/{tenant.interface}"
-            )
-        for cidr in tenant.addresses:
-            actions.append(f"add {cidr} to {tenant.interface}")
-        for route in tenant.routes:
-            actions.append("replace route {}".format(route["dst"]))
+def read_tenant_namespace(ctx, host, host_names, name, netns_dir, field):
+    """One tenant's namespace as it is: the state of its name, its links (``read_links``;
+    each macvlan with ``lower``) and its main-table routes; and the open namespace. One that
+    does not exist reads as new and empty (the plan creates it)."""
+    path = os.path.join(netns_dir, name)
+    ns = ctx.netns(name, field, created_here=True)
+    links = read_links(ns)
+    for link in links.values():
+        if link["kind"] == "macvlan":
+            link["lower"] = lower_name(link, ns, host, host_names)
+    state = dict(
+        path=path,
+        namespace=namespace_state(path, ns),
+        links=links,
+        routes=namespace_routes(ns, {MAIN_TABLE}),
+    )
+    return state, ns
 
-    def _bridge_of(self, tenant):
-        if tenant.kind == "vlan":
-            return FALLBACK_BRIDGE % tenant.vlan_id
-        return tenant.bridge
 
-    def _converge_link(self, tenant, ns, actions, rollback):
-        """The tenant-side interface, created or checked; returns its link message or None
-        (check mode, not yet created)."""
-        msg = find_link(ns, tenant.interface)
-        if tenant.kind == "container":
-            if msg is None:
-                raise ModuleFailure(
-                    f"{tenant.label}.interface: '{tenant.interface}' does not exist in the "
-                    f"namespace of container '{tenant.container}'"
-                )
-            return msg
-        self._refuse_foreign(tenant, ns, msg, tenant.interface, f"netns '{tenant.name}'")
-        use_veth = tenant.kind == "bridge" or self.fallback_vlan
-        host_msg = find_link(self.host, tenant.host_interface) if use_veth else None
-        if use_veth:
-            self._refuse_foreign(tenant, self.host, host_msg, tenant.host_interface, "the host")
-            bridge_index = self.ensure_bridge(tenant, self._bridge_of(tenant), actions, rollback)
-            if msg is not None and not (
-                link_kind(msg) == "veth"
-                and host_msg is not None
-                and link_kind(host_msg) == "veth"
-                and msg.get_attr("IFLA_LINK") == host_msg["index"]
-            ):
-                msg = self._recreate(tenant, ns, msg, host_msg, actions)
-                host_msg = None
-            elif msg is None and host_msg is not None:
-                # A host end without its tenant end: the namespace was recreated meanwhile.
-                actions.append(f"delete orphaned {tenant.host_interface}")
-                if not self.check:
-                    delete_link(self.host, host_msg["index"], tenant.host_interface)
-                host_msg = None
-            if msg is None:
-                actions.append(
-                    f"create veth {tenant.host_interface} <-> {tenant.name}/{tenant.interface}"
-                )
-                if self.check:
-                    return None
-                peer = {"ifname": tenant.interface, "net_ns_fd": ns.fd}
-                if tenant.mac:
-                    peer["address"] = tenant.mac
-                if tenant.mtu:
-                    peer["mtu"] = tenant.mtu
-                extra = {"mtu": tenant.mtu} if tenant.mtu else {}
-                index = create_link(
-                    self.host, rollback, tenant.host_interface, "veth", peer=peer, **extra
-                )
-                set_link(self.host, index, tenant.host_interface, master=bridge_index, state="up")
-                msg = find_link(ns, tenant.interface)
-                set_link(ns, msg["index"], tenant.interface, ifalias=OWNER_TAG, state="up")
-                return find_link(ns, tenant.interface)
-            self._converge_host_end(tenant, host_msg, bridge_index, actions)
-        else:
-            sub_index = self.ensure_subinterface(tenant, actions, rollback)
-            if msg is not None and not (
-                link_kind(msg) == "macvlan"
-                and sub_index is not None
-                and msg.get_attr("IFLA_LINK") == sub_index
-            ):
-                msg = self._recreate(tenant, ns, msg, None, actions)
-            if msg is None:
-                actions.append(f"create macvlan {tenant.interface} in {tenant.name}")
-                if self.check:
-                    return None
-                attrs = {"link": sub_index, "macvlan_mode": tenant.mode}
-                if tenant.mac:
-                    attrs["address"] = tenant.mac
-                if tenant.mtu:
-                    attrs["mtu"] = tenant.mtu
-                # Created directly inside the tenant namespace: nothing appears on the host.
-                index = create_link(
-                    self.host, rollback, tenant.interface, "macvlan", target=ns, **attrs
-                )
-                set_link(ns, index, tenant.interface, state="up")
-                return find_link(ns, tenant.interface)
-            mode = link_kind_data(msg).get("mode")
-            mode = MACVLAN_MODES.get(mode, mode)
-            if mode != tenant.mode:
-                actions.append(f"set macvlan mode {mode} -> {tenant.mode}")
-                if not self.check:
-                    set_link(
-                        ns, msg["index"], tenant.interface, kind="macvlan", macvlan_mode=tenant.mode
-                    )
-        return self._converge_attrs(tenant, ns, msg, actions)
-
-    def _recreate(self, tenant, ns, msg, host_msg, actions):
-        """Our tenant-side link has another kind or peer than wanted: delete it (it is ours)."""
-        actions.append(f"recreate {tenant.interface} in {tenant.name} (was a {link_kind(msg)})")
-        if not self.check:
-            delete_link(ns, msg["index"], tenant.interface)
-            if host_msg is not None:
-                delete_link(self.host, host_msg["index"], tenant.host_interface)
+def read_have(ctx, want):
+    """The host's links, and per tenant its namespace (``read_tenant_namespace``), whether
+    its veth ends are paired; with ``exclusive``, the namespaces and host links left by
+    tenants that are not listed. Objects a tenant refers to that are missing (a trunk NIC, a
+    container's namespace or interface) fail here, before anything is touched (in check mode
+    they are warnings: an earlier task may create them)."""
+    if want["validate_only"]:
         return None
-
-    def _converge_host_end(self, tenant, host_msg, bridge_index, actions):
-        if host_msg is None:
-            return
-        if bridge_index is not None and host_msg.get_attr("IFLA_MASTER") != bridge_index:
-            actions.append(f"enslave {tenant.host_interface} to {self._bridge_of(tenant)}")
-            if not self.check:
-                set_link(self.host, host_msg["index"], tenant.host_interface, master=bridge_index)
-        if tenant.mtu and host_msg.get_attr("IFLA_MTU") != tenant.mtu:
-            actions.append(f"set mtu {tenant.mtu} on {tenant.host_interface}")
-            if not self.check:
-                set_link(self.host, host_msg["index"], tenant.host_interface, mtu=tenant.mtu)
-        self._ensure_up(self.host, host_msg, tenant.host_interface, actions, "host end")
-
-    def _converge_attrs(self, tenant, ns, msg, actions):
-        changes = {}
-        if tenant.mtu and msg.get_attr("IFLA_MTU") != tenant.mtu:
-            changes["mtu"] = tenant.mtu
-        mac = (msg.get_attr("IFLA_ADDRESS") or "").lower()
-        if tenant.mac and mac != tenant.mac:
-            changes["address"] = tenant.mac
-        if changes:
-            actions.append(
-                "set {} on {}".format(
-                    ", ".join(f"{key}={value}" for key, value in sorted(changes.items())),
-                    tenant.interface,
+    have = read_fallback(ctx, want)
+    host = ctx.netns(None)
+    host_links = read_links(host)
+    host_names = {link["ifindex"]: name for name, link in host_links.items()}
+    for link in host_links.values():
+        if link["kind"] == "vlan":
+            link["lower"] = lower_name(link, host, host, host_names)
+    have.update(host=host_links, tenants={}, unlisted={})
+    listed = set()
+    for tenant in want["tenants"]:
+        listed.add(tenant.name)
+        state, ns = read_tenant_namespace(
+            ctx, host, host_names, tenant.name, want["netns_dir"], tenant.field("name")
+        )
+        have["tenants"][tenant.name] = state
+        if tenant.state != "present":
+            continue
+        if tenant.kind == "container":
+            if not state["namespace"]["live"]:
+                ctx.missing(
+                    tenant.label,
+                    f"namespace name '{state['path']}' is not attached to container "
+                    f"'{tenant.container}'; attach it first with tenantnet.nsproxy.netns",
                 )
-            )
-            if not self.check:
-                set_link(ns, msg["index"], tenant.interface, **changes)
-        self._ensure_up(ns, msg, tenant.interface, actions, "interface")
-        return msg
-
-    def _converge_addresses(self, tenant, ns, msg, actions):
-        if msg is None:
-            for cidr in tenant.addresses:
-                actions.append(f"add {cidr} to {tenant.interface}")
-            return
-        have = read_addresses(ns, msg["index"])
-        purge = tenant.kind != "container"
-        to_add, to_remove = plan_addresses(tenant.addresses, have, purge)
-        for cidr in to_remove:
-            actions.append(f"remove {cidr} from {tenant.interface}")
-            if not self.check:
-                remove_address(ns, msg["index"], tenant.interface, cidr)
-        for cidr in to_add:
-            actions.append(f"add {cidr} to {tenant.interface}")
-            if not self.check:
-                add_address(ns, msg["index"], tenant.interface, cidr)
-        tenant.addresses_after = addresses_after(tenant.addresses, have, purge)
-
-    def _converge_routes(self, tenant, ns, actions):
-        links = ns.call("listing interfaces", ns.ipr.get_links)
-        by_index = dict((m["index"], m.get_attr("IFLA_IFNAME")) for m in links)
-        by_name = dict((name, index) for index, name in by_index.items())
-        if self.check and tenant.interface not in by_name:
-            for route in tenant.routes:
-                actions.append("replace route {}".format(route["dst"]))
-            return
-        have = ns.call("reading routes", read_routes, ns.ipr, by_index, tables={MAIN_TABLE})
-        # Routes only make sense once the addresses are there; in check mode they may not be.
-        if self.check and tenant.kind != "container":
-            have_connected = [r for r in have if r["gateway"] is None]
-            if not have_connected and tenant.addresses:
-                for route in tenant.routes:
-                    actions.append("replace route {}".format(route["dst"]))
-                return
-        # In a container's namespace Docker's own routes (proto boot) must survive: add only.
-        plan = plan_routes(tenant.routes, have, state="present", purge=tenant.kind != "container")
-        for action in plan:
-            actions.append(action_text(action))
-            if not self.check:
-                ns.call(
-                    "applying route {}".format(action["route"]["dst"]),
-                    apply_route_action,
-                    ns.ipr,
-                    action,
-                    by_name,
+            elif tenant.interface not in state["links"]:
+                ctx.missing(
+                    tenant.field("interface"),
+                    f"'{tenant.interface}' does not exist in the namespace of container "
+                    f"'{tenant.container}'",
                 )
-
-    # -- removal
-    def remove(self, tenant):
-        """Remove an absent tenant: its links (ours only), then the namespace name."""
-        actions = []
-        path = os.path.join(self.netns_dir, tenant.name)
-        if is_netns_file(path):
-            if tenant.kind != "container":
-                with open_netns(path, tenant.field("name")) as ns:
-                    for msg in ns.call("listing interfaces", ns.ipr.get_links):
-                        if self._owned(msg):
-                            name = msg.get_attr("IFLA_IFNAME")
-                            actions.append(f"delete {name} in {tenant.name}")
-                            if not self.check:
-                                delete_link(ns, msg["index"], name)
-            actions.append(f"remove netns name {tenant.name}")
-            if not self.check:
-                remove_named_netns(path)
-        elif os.path.lexists(path):
-            actions.append(f"remove stale netns file {path}")
-            if not self.check:
-                remove_named_netns(path)
-        if tenant.kind != "container":
-            host_msg = find_link(self.host, tenant.host_interface)
-            if self._owned(host_msg):
-                actions.append(f"delete {tenant.host_interface}")
-                if not self.check:
-                    try:
-                        delete_link(self.host, host_msg["index"], tenant.host_interface)
-                    except ModuleFailure as exc:
-                        if exc.extra.get("errno") != errno.ENODEV:
-                            raise
-        return actions
-
-
-def run(module):
-    params = module.params
-    tenants = build_tenants(params["tenants"])
-    result = dict(changed=False, tenants={}, fallback=[])
-    vlan_present = [t.name for t in tenants if t.kind == "vlan" and t.state == "present"]
-    if params["validate_only"]:
-        result["summary"] = dict(tenants=len(tenants), changed=0, created=0, removed=0)
-        return result
-    require_pyroute2(module)
-    fallback = False
-    result["vlan_supported"] = None
-    if vlan_present:
-        result["vlan_supported"] = vlan_supported(module)
-        if not result["vlan_supported"]:
-            if params["vlan_fallback"] != "veth":
-                raise ModuleFailure(
-                    "this kernel has no 802.1Q VLAN support (module 8021q missing, no "
-                    "/proc/net/vlan), which VLAN tenants {} need; nothing was changed. Use a "
-                    "kernel with CONFIG_VLAN_8021Q, or set vlan_fallback: veth to attach them "
-                    "by veth for tests".format(", ".join(vlan_present))
+        elif tenant.kind == "vlan" and not have["fallback"]:
+            if tenant.parent not in host_links:
+                ctx.missing(
+                    tenant.field("attachment.parent"),
+                    f"trunk NIC '{tenant.parent}' does not exist on this host",
                 )
-            fallback = True
-            result["fallback"] = vlan_present
-            module.warn(
-                "this kernel has no 802.1Q VLAN support: VLAN tenants {} are attached by veth "
-                "into host bridges tnvlan<vlan_id> instead of macvlan on "
-                "<parent>.<vlan_id>".format(", ".join(vlan_present))
-            )
-    converger = Converger(module, params["netns_dir"], fallback)
-    created = removed = 0
-    before = {}
-    after = {}
+        else:
+            end = host_links.get(tenant.host_interface)
+            peer = state["links"].get(tenant.interface)
+            state["paired"] = veth_paired(host, end, ns, peer)
+    if want["exclusive"]:
+        have["unlisted"] = read_unlisted(ctx, host, host_names, host_links, listed, want)
+    return have
+
+
+def read_unlisted(ctx, host, host_names, host_links, listed, want):
+    """Tenants that are not listed but left objects tagged with their name: a namespace under
+    ``netns_dir`` holding such a link, or host links (a host end whose namespace is gone)."""
     try:
-        for tenant in tenants:
-            path = os.path.join(params["netns_dir"], tenant.name)
-            existed = is_netns_file(path)
-            if tenant.state == "present":
-                actions = converger.converge(tenant)
-                created += int(bool(actions) and not existed)
-            else:
-                actions = converger.remove(tenant)
-                removed += int(bool(actions))
-            if actions:
-                result["tenants"][tenant.name] = dict(state=tenant.state, actions=actions)
-                before[tenant.name] = "present" if existed else "absent"
-                after[tenant.name] = actions
-    finally:
-        converger.close()
-    result["changed"] = bool(result["tenants"])
-    result["bridges"] = sorted(
-        {
-            converger._bridge_of(t)
-            for t in tenants
-            if t.state == "present" and (t.kind == "bridge" or (t.kind == "vlan" and fallback))
-        }
-    )
-    result["summary"] = dict(
-        tenants=len(tenants), changed=len(result["tenants"]), created=created, removed=removed
-    )
-    if module._diff:
-        result["diff"] = dict(before=before, after=after)
+        entries = sorted(os.listdir(want["netns_dir"]))
+    except FileNotFoundError:
+        entries = []
+    found = {}
+    for name in entries:
+        if name in listed or not NAME_RE.fullmatch(name):
+            continue
+        state, _ns = read_tenant_namespace(
+            ctx, host, host_names, name, want["netns_dir"], "exclusive"
+        )
+        if any(tenant_of(link["alias"]) == name for link in state["links"].values()):
+            found[name] = state
+    tagged = {tenant_of(link["alias"]) for link in host_links.values()}
+    for name in sorted(n for n in tagged if n and n not in listed and n not in found):
+        path = os.path.join(want["netns_dir"], name)
+        found[name] = dict(path=path, namespace=namespace_state(path), links={}, routes=[])
+    return found
+
+
+# -- plan --------------------------------------------------------------------------------------
+
+
+def bridge_of(tenant):
+    """The host bridge of a veth-attached tenant (its own, or the VLAN fallback's)."""
+    return tenant.bridge if tenant.kind == "bridge" else FALLBACK_BRIDGE % tenant.vlan_id
+
+
+def _refuse_foreign(tenant, link, where, field):
+    if link is not None and not link["owned"]:
+        raise ModuleFailure(
+            f"{tenant.label}: interface '{link['name']}' already exists in {where} and was not "
+            f"created by {OWNER_TAG}; it is left alone. Rename it, or choose another {field}"
+        )
+
+
+class TenantPlanner:
+    """Builds the plan of one call from the collection's planners: shared host objects
+    (bridges, VLAN subinterfaces) once, then each tenant as one unit of the plan."""
+
+    def __init__(self, want, have):
+        self.want = want
+        self.have = have
+        self.plan = Plan()
+        self.tracker = DiffTracker()  # tenant_network reports its own per-tenant diff
+        self.ready = set()  # shared host objects already planned in this call
+        self.fallback = bool(have["fallback"])
+
+    def ensure_bridge(self, tenant, name):
+        """The host bridge exists, up (created with STP off when missing). Bridges of other
+        tools are used as they are."""
+        if name in self.ready:
+            return
+        self.ready.add(name)
+        link = self.have["host"].get(name)
+        if link is not None and link["kind"] != "bridge":
+            raise ModuleFailure(
+                f"{tenant.label}: host interface '{name}' exists but is a "
+                f"{link['kind'] or 'plain device'}, not a bridge"
+            )
+        new = link is None
+        want = dict(
+            name=name,
+            netns=None,
+            state="present",
+            recreate=False,
+            options=dict(stp=False if new else None, vlan_filtering=None, default_pvid=None),
+            link=dict(state="up" if new or link["owned"] else None),
+            purge_addresses=False,
+            ports=None,
+            purge_ports=False,
+        )
+        view = None if new else dict(link, stp=None, vlan_filtering=None, default_pvid=None)
+        plan_bridge(self.plan, self.tracker, want, view, "the host", tenant.field("attachment"))
+
+    def ensure_subinterface(self, tenant):
+        """``<parent>.<vlan_id>`` exists on the trunk NIC and is up (one of another tool is
+        used as it is; a different one under that name fails)."""
+        name = tenant.subinterface
+        if name in self.ready:
+            return
+        self.ready.add(name)
+        current = self.have["host"].get(name)
+        vlan = dict(name=name, id=tenant.vlan_id, protocol="802.1Q", mtu=None)
+        plan_vlan(
+            self.plan,
+            self.tracker,
+            vlan,
+            tenant.parent,
+            None,
+            current,
+            False,
+            field=tenant.field("attachment.vlan_id"),
+            recreate_hint=False,
+            state="up" if current is None or current["owned"] else None,
+        )
+
+    def plan_present(self, tenant, state):
+        tag = tenant_tag(tenant.name)
+        links = state["links"]
+        if tenant.kind != "container":
+            plan_namespace(
+                self.plan,
+                self.tracker,
+                dict(path=state["path"], state="present", loopback_up=True),
+                state["namespace"],
+            )
+            if not state["namespace"]["live"]:
+                links = {}
+        current = links.get(tenant.interface)
+        if tenant.kind == "container":
+            addresses = (current or {}).get("addresses")
+            plan_address_changes(self.plan, self.tracker, tenant.interface, tenant.name,
+                                 tenant.addresses, addresses, False)  # fmt: skip
+        elif tenant.kind == "bridge" or self.fallback:
+            self.plan_veth(tenant, state, current, tag)
+        else:
+            _refuse_foreign(tenant, current, f"netns '{tenant.name}'", "interface")
+            self.ensure_subinterface(tenant)
+            macvlan = dict(
+                name=tenant.interface,
+                netns=tenant.name,
+                mode=tenant.mode,
+                mac=tenant.mac,
+                mtu=tenant.mtu,
+                addresses=tenant.addresses,
+                state="up",
+            )
+            plan_macvlan(self.plan, self.tracker, macvlan, current, tenant.subinterface, None,
+                         recreate=True, purge_addresses=True, alias=tag,
+                         field=tenant.field("interface"))  # fmt: skip
+
+    def plan_veth(self, tenant, state, current, tag):
+        host_end = self.have["host"].get(tenant.host_interface)
+        _refuse_foreign(tenant, host_end, "the host", "attachment.host_interface")
+        _refuse_foreign(tenant, current, f"netns '{tenant.name}'", "interface")
+        bridge = bridge_of(tenant)
+        self.ensure_bridge(tenant, bridge)
+        paired = state.get("paired", False)
+        if current is not None and not paired:
+            # Ours, but not the peer of the host end (another kind, or an orphan whose host end
+            # went): made again.
+            self.plan.add("link_del", ifname=tenant.interface, netns=tenant.name,
+                          reason="recreate")  # fmt: skip
+            current = None
+        want = dict(
+            name=tenant.host_interface,
+            peer=tenant.interface,
+            netns=None,
+            peer_netns=tenant.name,
+            state="present",
+            recreate=True,
+            purge_addresses=True,
+            alias=tag,
+            end=dict(mtu=tenant.mtu, master=bridge, state="up", alias=tag),
+            peer_end=dict(
+                mtu=tenant.mtu, mac=tenant.mac, state="up", addresses=tenant.addresses, alias=tag
+            ),  # fmt: skip
+        )
+        have = dict(end=host_end, peer_end=current, paired=paired)
+        plan_veth(self.plan, self.tracker, want, have, ("the host", f"netns '{tenant.name}'"))
+
+    def plan_routes(self, tenant, state, first):
+        """The routes of the tenant's main table, against what the kernel will still have
+        after the unit's link and address changes (a deleted link takes its routes, a removed
+        address the routes through its subnet)."""
+        actions = self.plan.actions[first:]
+        recreated = any(
+            (a["op"] in ("link_del", "macvlan_create") and a.get("netns") == tenant.name
+             and a["ifname"] == tenant.interface)
+            or (a["op"] == "veth_add" and a["peer"] == tenant.interface)
+            or a["op"] in ("netns_create", "netns_remove")
+            for a in actions
+        )  # fmt: skip
+        removed = [
+            a["address"] for a in actions if a["op"] == "addr_del" and a["netns"] == tenant.name
+        ]
+        routes = routes_surviving(
+            state["routes"] if state["namespace"]["live"] else [],
+            {tenant.interface} if recreated else (),
+            removed,
+        )
+        plan_route_changes(self.plan, tenant.name, tenant.routes, routes, "present",
+                           purge=tenant.kind != "container")  # fmt: skip
+
+    def plan_removal(self, name, state, kind="bridge", host_interface=None, only_tagged=False):
+        """Remove a tenant: its links in its namespace (ours only; with ``only_tagged``, only
+        those tagged with its name), the namespace name, and its host end."""
+        namespace = state["namespace"]
+        if namespace["live"]:
+            if kind != "container":
+                for link in state["links"].values():
+                    mine = tenant_of(link["alias"]) == name if only_tagged else link["owned"]
+                    if mine:
+                        self.plan.add("link_del", ifname=link["name"], netns=name)
+            self.plan.add("netns_remove", path=state["path"])
+        elif namespace["exists"]:
+            self.plan.add("netns_remove", path=state["path"], reason="stale name")
+        if kind == "container":
+            return
+        for link in self.have["host"].values():
+            ours = link["name"] == host_interface and link["owned"]
+            if ours or tenant_of(link["alias"]) == name:
+                self.plan.add("link_del", ifname=link["name"], netns=None)
+
+    def build(self):
+        for name, state in sorted(self.have["unlisted"].items()):
+            self.plan.begin(tenant=name, unlisted=True)
+            self.plan_removal(name, state, only_tagged=True)
+        for tenant in self.want["tenants"]:
+            state = self.have["tenants"][tenant.name]
+            self.plan.begin(tenant=tenant.name)
+            if tenant.state == "absent":
+                self.plan_removal(tenant.name, state, tenant.kind, tenant.host_interface)
+                continue
+            first = len(self.plan.actions)
+            self.plan_present(tenant, state)
+            self.plan_routes(tenant, state, first)
+        return self.plan, self.tracker
+
+
+def build_plan(want, have):
+    """want + have -> (plan, tracker), every tenant a unit of the plan (a failure undoes only
+    what its own unit created). Pure: same result in check mode."""
+    if have is None:  # validate_only
+        return Plan(), DiffTracker()
+    return TenantPlanner(want, have).build()
+
+
+# -- result ------------------------------------------------------------------------------------
+
+
+def read_result(ctx, want, have, plan):
+    """Per changed tenant its actions as text, counts, the host bridges the tenants hang on,
+    the VLAN fallback; the diff, one entry per changed tenant in plan order (so the tenants
+    removed because they are not listed come first)."""
+    result = dict(tenants={}, fallback=[])
+    if have is None:
+        result["summary"] = dict(tenants=len(want["tenants"]), changed=0, created=0, removed=0,
+                                 unlisted=0)  # fmt: skip
+        return result
+    states = {t.name: t.state for t in want["tenants"]}
+    diff = []
+    created = removed = unlisted = 0
+    for tags, actions in plan.units():
+        name = tags.get("tenant")
+        if not name:
+            continue
+        texts = [action_text(action) for action in actions]
+        entry = dict(state=states.get(name, "absent"), actions=texts)
+        existed = have["tenants"].get(name, have["unlisted"].get(name))["namespace"]["live"]
+        if tags.get("unlisted"):
+            entry["unlisted"] = True
+            unlisted += 1
+            what = "removed: not listed"
+        elif entry["state"] == "absent":
+            removed += 1
+            what = "removed"
+        elif not existed:
+            created += 1
+            what = "added"
+        else:
+            what = "changed"
+        result["tenants"][name] = entry
+        diff.append(
+            dict(
+                before_header=f"tenant {name}",
+                after_header=f"tenant {name} ({what})",
+                before="present\n" if existed else "absent\n",
+                after="".join(text + "\n" for text in texts),
+            )
+        )
+    on_bridges = [
+        t
+        for t in want["tenants"]
+        if t.state == "present" and (t.kind == "bridge" or (t.kind == "vlan" and have["fallback"]))
+    ]
+    result.update(
+        fallback=have["fallback"],
+        vlan_supported=have["vlan_supported"],
+        bridges=sorted({bridge_of(t) for t in on_bridges}),
+        summary=dict(tenants=len(want["tenants"]), changed=len(result["tenants"]),
+                     created=created, removed=removed + unlisted, unlisted=unlisted),
+        diff=diff or None,
+    )  # fmt: skip
     return result
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    try:
-        result = run(module)
-    except ModuleFailure as failure:
-        module.fail_json(msg=failure.msg, **failure.extra)
-    module.exit_json(**result)
+    run(
+        module,
+        want=build_want,
+        have=read_have,
+        plan=build_plan,
+        result=read_result,
+        netns_dir=module.params["netns_dir"],
+        netlink=not module.params["validate_only"],
+    )
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ notes:
 seealso:
   - module: tenantnet.nsproxy.netns
   - module: tenantnet.nsproxy.bridge
-extends_documentation_fragment: [tenantnet.nsproxy.attributes]
+extends_documentation_fragment: [tenantnet.nsproxy.attributes, tenantnet.nsproxy.attributes.netlink]
 """
 
 EXAMPLES = r"""
@@ -180,35 +180,21 @@ peer:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
-    OWNER_TAG,
-    DiffTracker,
-    ModuleFailure,
-    ParamError,
-    Plan,
-    Rollback,
-    apply_plan,
-    build_result,
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import ParamError
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
+    read_link,
+    veth_paired,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.plan import DiffTracker, Plan
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.runner import run
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import (
     netns_path,
     normalize_link_addresses,
     normalize_mac,
-    plan_link_changes,
-    run_module,
     validate_ifname,
     validate_mtu,
 )
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
-    NetnsSet,
-    apply_link_action,
-    create_link,
-    delete_link,
-    find_link,
-    netnsid_of,
-    read_link,
-    require_pyroute2,
-    set_link,
-    temp_ifname,
-)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.veth import plan_veth
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
@@ -266,167 +252,58 @@ def build_want(params):
     return want
 
 
-def read_have(nss, want):
-    """Current state: both ends (describe_link dicts or None) and whether they are paired."""
-    ns = nss.get(want["netns"], "netns")
-    end = read_link(ns, want["name"])
-    peer_end = None
-    paired = False
-    if want["peer"] is not None:
-        pns = nss.get(want["peer_netns"], "peer_netns")
-        peer_end = read_link(pns, want["peer"])
-        paired = is_pair(ns, end, pns, peer_end)
-    return dict(end=end, peer_end=peer_end, paired=paired)
-
-
-def is_pair(ns, end, pns, peer_end):
-    """True if ``end`` (in ``ns``) and ``peer_end`` (in ``pns``) are the two ends of one veth:
-    each refers to the other's ifindex, in the right namespace."""
-    if not end or not peer_end or end["kind"] != "veth" or peer_end["kind"] != "veth":
-        return False
-    if end["link_index"] != peer_end["ifindex"] or peer_end["link_index"] != end["ifindex"]:
-        return False
-    if ns.same_as(pns):
-        return end["link_netnsid"] is None and end["ifindex"] != peer_end["ifindex"]
-    nsid = netnsid_of(ns, pns)
-    return nsid is not None and end["link_netnsid"] == nsid
-
-
-def check_master(nss, want):
-    """The bridge named in ``master`` must exist in ``netns`` and be a bridge."""
+def read_have(ctx, want):
+    """Both ends (``describe_link`` dicts or None), whether they are paired, and the labels of
+    their namespaces. The bridge named in ``master`` must exist in ``netns`` and be a bridge
+    (in check mode a missing one is a warning: an earlier task may create it)."""
+    ns = ctx.netns(want["netns"])
+    pns = ctx.netns(want["peer_netns"], "peer_netns") if want["peer"] else ns
     master = want["end"]["master"]
-    if not master or want["state"] != "present":
-        return
-    ns = nss.get(want["netns"], "netns")
-    link = read_link(ns, master)
-    if link is None:
-        raise ParamError("master", f"bridge '{master}' does not exist in {ns.label}")
-    if link["kind"] != "bridge":
-        raise ParamError("master", f"'{master}' in {ns.label} is a {link['kind']}, not a bridge")
-
-
-def describe_conflict(want, have, ns_label, pns_label):
-    """A sentence for an existing ``name`` that cannot become the wanted pair, or None."""
-    end = have["end"]
-    if end is None or have["paired"]:
-        return None
-    if end["kind"] != "veth":
-        return (
-            f"name: '{want['name']}' already exists in {ns_label} as a "
-            f"{end['kind'] or 'plain device'}, not a veth"
-        )
-    return (
-        f"peer: veth '{want['name']}' in {ns_label} is paired with another interface "
-        f"(ifindex {end['link_index']}, nsid {end['link_netnsid']}), not with "
-        f"'{want['peer']}' in {pns_label}; the peer of a veth cannot be changed in place"
+    if master and want["state"] == "present":
+        link = read_link(ns, master)
+        if link is None:
+            ctx.missing("master", f"bridge '{master}' does not exist in {ns.label}")
+        elif link["kind"] != "bridge":
+            problem = f"'{master}' in {ns.label} is a {link['kind']}, not a bridge"
+            raise ParamError("master", problem)
+    end = read_link(ns, want["name"])
+    peer_end = read_link(pns, want["peer"]) if want["peer"] else None
+    return dict(
+        end=end,
+        peer_end=peer_end,
+        paired=bool(want["peer"]) and veth_paired(ns, end, pns, peer_end),
+        labels=(ns.label, pns.label),
     )
 
 
 def build_plan(want, have, labels):
     """want + have -> (plan, tracker). Pure: no netlink calls, same result in check mode."""
     plan, tracker = Plan(), DiffTracker()
-    end, peer_end = have["end"], have["peer_end"]
-    if want["state"] == "absent":
-        if end is not None:
-            if end["kind"] != "veth":
-                raise ModuleFailure(
-                    f"name: '{want['name']}' in {labels[0]} is a {end['kind'] or 'plain device'}, "
-                    "not a veth; not deleting it"
-                )
-            tracker.add("present", False, True)
-            plan.add("link_del", ifname=want["name"], netns=want["netns"])
-        return plan, tracker
-    conflict = describe_conflict(want, have, labels[0], labels[1])
-    if conflict and not want["recreate"]:
-        raise ModuleFailure(conflict + ". Set recreate: true to delete and re-create it.")
-    if conflict:
-        plan.add("link_del", ifname=want["name"], netns=want["netns"], reason="recreate")
-        end = None
-    if end is None:
-        if peer_end is not None:
-            raise ModuleFailure(
-                f"peer: '{want['peer']}' already exists in {labels[1]} "
-                f"({peer_end['kind'] or 'plain device'}) and is not the peer of "
-                f"'{want['name']}'; remove it or choose another peer name"
-            )
-        tracker.add("present", True, False)
-        plan.add(
-            "veth_add",
-            ifname=want["name"],
-            netns=want["netns"],
-            peer=want["peer"],
-            peer_netns=want["peer_netns"],
-        )
-        peer_end = None
-    plan_link_changes(
-        plan, tracker, want["name"], want["netns"], want["end"], end, want["purge_addresses"]
-    )
-    plan_link_changes(
-        plan,
-        tracker,
-        want["peer"],
-        want["peer_netns"],
-        want["peer_end"],
-        peer_end,
-        want["purge_addresses"],
-        prefix="peer.",
-    )
+    plan_veth(plan, tracker, want, have, labels)
     return plan, tracker
 
 
-def create_pair(nss, action, rollback):
-    """Create the pair: ``name`` in its namespace, the peer directly inside its own namespace
-    under a temporary name, then renamed there and tagged."""
-    ns = nss.get(action["netns"], "netns")
-    pns = nss.get(action["peer_netns"], "peer_netns")
-    tmp = temp_ifname("tnv")
-    create_link(ns, rollback, action["ifname"], "veth", peer={"ifname": tmp, "net_ns_fd": pns.fd})
-    msg = find_link(pns, tmp)
-    if msg is None:
-        raise ModuleFailure(f"the new peer '{tmp}' did not appear in {pns.label}")
-    set_link(pns, msg["index"], tmp, ifname=action["peer"])
-    set_link(pns, msg["index"], action["peer"], ifalias=OWNER_TAG)
-
-
-def apply(nss, plan):
-    """Execute the plan; on failure undo what this call created."""
-    rollback = Rollback()
-
-    def step(action):
-        if action["op"] == "veth_add":
-            create_pair(nss, action, rollback)
-        elif action["op"] == "link_del":
-            ns = nss.get(action["netns"], "netns")
-            msg = find_link(ns, action["ifname"])
-            if msg is not None:
-                delete_link(ns, msg["index"], action["ifname"])
-        else:
-            apply_link_action(nss, action, rollback)
-
-    apply_plan(plan, step, rollback)
-
-
-def run(module):
-    want = build_want(module.params)
-    with NetnsSet() as nss:
-        ns = nss.get(want["netns"], "netns")
-        pns = nss.get(want["peer_netns"], "peer_netns") if want["peer"] else ns
-        check_master(nss, want)
-        have = read_have(nss, want)
-        plan, tracker = build_plan(want, have, (ns.label, pns.label))
-        if plan and not module.check_mode:
-            apply(nss, plan)
-        interface = read_link(ns, want["name"])
-        peer = read_link(pns, want["peer"]) if want["peer"] else None
-        if module.check_mode and plan:
-            interface, peer = have["end"], have["peer_end"]
-        return build_result(module, plan, tracker, interface=interface, peer=peer)
+def read_result(ctx, want, have, plan):
+    """Both ends after the call (before it, in check mode)."""
+    if ctx.check_mode:
+        return dict(interface=have["end"], peer=have["peer_end"])
+    ns = ctx.netns(want["netns"])
+    pns = ctx.netns(want["peer_netns"], "peer_netns") if want["peer"] else ns
+    return dict(
+        interface=read_link(ns, want["name"]),
+        peer=read_link(pns, want["peer"]) if want["peer"] else None,
+    )
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    require_pyroute2(module)
-    run_module(module, lambda: run(module))
+    run(
+        module,
+        want=build_want,
+        have=read_have,
+        plan=lambda want, have: build_plan(want, have, have["labels"]),
+        result=read_result,
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, require_kernel
+from tests.conftest import REPO, ansible_env, require_kernel
 
 TARGETS = REPO / "tests" / "integration" / "targets"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -75,15 +75,7 @@ def run_target(target: Path, target_python: str, sandbox_factory) -> subprocess.
             """
         )
     )
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / "build" / "collections"),
-        ANSIBLE_ROLES_PATH=str(TARGETS),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_RETRY_FILES_ENABLED="0",
-        ANSIBLE_LOCALHOST_WARNING="0",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-    )
+    env = ansible_env(ANSIBLE_ROLES_PATH=str(TARGETS))
     ansible_playbook = str(Path(sys.executable).with_name("ansible-playbook"))
     try:
         with sandbox_factory() as sb:

@@ -3,6 +3,9 @@
 Everything runs inside the ``sandbox`` fixture (a throwaway network + mount namespace, with its
 own /run/netns). Clients are real programs (curl, python http.client, raw sockets) started inside
 a tenant's namespace with ``ip netns exec``.
+
+The daemon runs with ``workers: NSPROXY_TEST_WORKERS`` (default 2) unless a test sets its own:
+scripts/test.sh runs the daemon stage with 1 and with 2.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ ECHO = str(Path(__file__).with_name("echo_server.py"))
 RAWUP = str(Path(__file__).with_name("rawup.py"))
 EXCHANGE = str(Path(__file__).with_name("exchange.py"))
 ADDR = "10.0.0.250"
+WORKERS = int(os.environ.get("NSPROXY_TEST_WORKERS", "2"))
 
 
 def http_tenant(name, upstream_servers, netns=None, routes=None, upstream_netns=None, port=80):
@@ -104,6 +108,7 @@ class Proxy:
     def write_config(self, tenants: list[dict], **top) -> None:
         cfg = {"instance": "test", "admin_socket": self.socket, "tenants": tenants}
         cfg.setdefault("access_log", str(self.access_path))
+        cfg.setdefault("workers", WORKERS)
         cfg.update(top)
         self.config = cfg
         tmp = self.config_path.with_suffix(".tmp")

@@ -89,7 +89,7 @@ def documents(draw):
         "admin_socket": draw(st.sampled_from(
             ["/run/nsproxy/t.sock", "/run/nsproxy/" + "s" * room, "/run/a/b/c/admin.sock"])),
         "workers": draw(st.integers(1, 256) | st.just("auto")),
-        "user": draw(st.sampled_from([None, "nobody", "0", "65534"])),
+        "user": draw(st.sampled_from([None, "nobody", "65534"])),
         "log": {"format": draw(st.sampled_from(["text", "json"]))},
         "limits": draw(st.fixed_dictionaries({}, optional={
             "max_header_bytes": st.integers(1024, 1048576),

@@ -158,6 +158,34 @@ for attempt in range(2):
     )
 
 
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_a_ticket_from_one_worker_resumes_on_every_worker(proxy, tmp_path, version):
+    """Each connection lands on one of the workers (SO_REUSEPORT); every worker accepts the
+    tickets of every other (tls_tickets.py). With per-worker keys, each of the 12 resumptions
+    would fail with a chance of 1 in 2."""
+    cert = make_cert(tmp_path, "t1", "t1.example", "*.t1.example")
+    proxy.add_netns("t1")
+    proxy.start_echo("echo", "127.0.0.1:18080")
+    proxy.write_config([https_tenant("t1", [cert])], workers=2)
+    proxy.start()
+    code = r"""
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, sys.argv[3])
+session = None
+for attempt in range(13):
+    with socket.create_connection((sys.argv[2], 443)) as raw:
+        with ctx.wrap_socket(raw, server_hostname="www.t1.example", session=session) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: www.t1.example\r\nConnection: close\r\n\r\n")
+            while tls.recv(65536):
+                pass
+            print(tls.session_reused)
+            session = session or tls.session
+"""
+    out = proxy.python("t1", code, cert["cert"], ADDR, version, check=False)
+    assert out.stdout.split() == ["False"] + ["True"] * 12, out.stdout + out.stderr
+
+
 def test_tls_older_than_1_2_is_refused_and_min_version_1_3_is_enforced(two_tenants):
     proxy, certs = two_tenants
     old = ["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]

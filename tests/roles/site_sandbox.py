@@ -19,7 +19,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, ansible_env
 from tools.sandbox import Sandbox
 
 VENV_BIN = Path(sys.executable).parent
@@ -47,20 +47,6 @@ UPSTREAM = textwrap.dedent(
     http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
     """
 )
-
-
-def ansible_env(**extra: str) -> dict[str, str]:
-    """The environment of an ansible-playbook run in a test: this checkout's collection, plain
-    output, no retry files or localhost warnings; ``extra`` adds or overrides variables."""
-    return dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / "build" / "collections"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_RETRY_FILES_ENABLED="0",
-        ANSIBLE_LOCALHOST_WARNING="0",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-        **extra,
-    )
 
 
 def ensure_wheelhouse() -> Path:

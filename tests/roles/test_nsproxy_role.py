@@ -11,6 +11,7 @@ The tests build on each other in file order (install first, removal last).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, changed_steps
 from tests.roles.site_sandbox import UPSTREAM, VENV_BIN, ansible_env, ensure_wheelhouse
 from tools.sandbox import Sandbox
 
@@ -172,6 +173,27 @@ class Host:
     def config_bytes(self) -> bytes:
         return self.sb.run(["cat", CONFIG], text=False).stdout
 
+    @contextlib.contextmanager
+    def looping_client(self, tenant_name: str, name: str):
+        """CLIENT_LOOP on tenant_name while the block runs; yields the dict its report will
+        fill in (ok, failed, wrong) once the block is done."""
+        loop = self.workdir / "loop.py"
+        loop.write_text(CLIENT_LOOP)
+        stop, report = self.workdir / f"stop-{name}", self.workdir / f"report-{name}.json"
+        client = self.sb.popen(
+            ["ip", "netns", "exec", tenant_name, sys.executable, str(loop), "10.0.0.250",
+             f"tenant={tenant_name}", str(stop), str(report)]
+        )  # fmt: skip
+        result: dict = {}
+        try:
+            time.sleep(0.5)  # let it run before the change, so the change falls inside the loop
+            yield result
+            time.sleep(0.5)
+        finally:
+            stop.touch()
+            client.wait(timeout=60)
+        result.update(json.loads(report.read_text()))
+
 
 def recap_changed(output: str) -> int:
     line = next(line for line in output.splitlines() if line.startswith("localhost"))
@@ -220,7 +242,14 @@ def host(tmp_path_factory):
 
 
 def test_role_installs_the_daemon_and_serves_two_tenants(host):
-    output = host.converge([instance(tenant("acme", "a"), tenant("globex", "a"))])
+    # Directories left from before, while the service user does not exist yet: --check must
+    # predict the run (their owner and group change), not fail looking the user up.
+    host.sb.sh("mkdir -p /etc/nsproxy/certs /var/log/nsproxy && ! getent passwd nsproxy")
+    instances = [instance(tenant("acme", "a"), tenant("globex", "a"))]
+    check = host.playbook(instances, flags=["--check"])
+    assert check.returncode == 0, f"--check failed:\n{check.stdout[-6000:]}"
+    output = host.converge(instances)
+    assert changed_steps(check.stdout) == changed_steps(output)
     assert "instances run as supervised" in output  # no systemd here, and the role says so
     assert host.answer("acme", "/x") == "backend=a tenant=acme path=/x"
     assert host.answer("globex", "/y") == "backend=a tenant=globex path=/y"
@@ -236,10 +265,21 @@ def test_role_installs_the_daemon_and_serves_two_tenants(host):
     status = host.status()
     listeners = {t["name"]: [lis["state"] for lis in t["listeners"]] for t in status["tenants"]}
     assert listeners == {"acme": ["bound", "bound"], "globex": ["bound"]}
-    # Certificate and key: the service user's, 0600.
+    # Certificate and key: root's, 0600 (the binder reads them; the workers get the bytes).
     for name in ("acme.pem", "acme.key"):
         info = host.sb.sh(f"stat -c '%a %U %G' {CERT_DIR}/{name}").stdout.split()
-        assert info == ["600", "nsproxy", "nsproxy"], name
+        assert info == ["600", "root", "root"], name
+    # The workers run as the service user with no capability; the binder as root.
+    uid = host.sb.sh("id -u nsproxy").stdout.strip()
+    workers = [w["pid"] for w in status["workers"]]
+    assert workers
+    for pid in workers:
+        fields = dict(
+            line.split(":\t", 1)
+            for line in host.sb.run(["cat", f"/proc/{pid}/status"]).stdout.splitlines()
+        )
+        assert fields["Uid"].split() == [uid] * 4
+        assert int(fields["CapEff"], 16) == int(fields["CapBnd"], 16) == 0
     assert host.sb.run(["cat", f"{CERT_DIR}/acme.pem"]).stdout == host.cert.read_text()
     # The daemon came from the offline install, in its own virtualenv, with the extra.
     pkgs = host.sb.run(["/opt/nsproxy/bin/python", "-m", "pip", "list", "--format=json"]).stdout
@@ -256,14 +296,17 @@ def test_role_installs_the_daemon_and_serves_two_tenants(host):
 
 def test_second_run_changes_nothing(host):
     generation = host.status()["generation"]
+    check = host.playbook([instance(tenant("acme", "a"), tenant("globex", "a"))], flags=["--check"])
+    assert check.returncode == 0 and changed_steps(check.stdout) == [], check.stdout[-4000:]
     output = host.converge([instance(tenant("acme", "a"), tenant("globex", "a"))])
     assert recap_changed(output) == 0, output
     assert host.status()["generation"] == generation
 
 
-def test_new_package_content_is_reinstalled_and_restarts_the_instance(host):
+def test_new_package_content_is_reinstalled_and_upgrades_the_instance_in_place(host):
     instances = [instance(tenant("acme", "a"), tenant("globex", "a"))]
     pid = host.sb.sh("cut -d' ' -f1 /run/nsproxy/main.pid").stdout.strip()
+    before = host.status()
     # Caches and pip's build metadata in a source checkout are not a new version.
     (host.source / "nsproxy" / "__pycache__").mkdir(exist_ok=True)
     (host.source / "nsproxy" / "__pycache__" / "cli.cpython-311.pyc").write_bytes(b"\0cache")
@@ -274,7 +317,9 @@ def test_new_package_content_is_reinstalled_and_restarts_the_instance(host):
     marker = f"# build marker {time.time_ns()}\n"
     with open(host.source / "nsproxy" / "__init__.py", "a") as f:
         f.write(marker)
-    output = host.converge(instances)
+    with host.looping_client("globex", "upgrade") as result:
+        output = host.converge(instances)
+    assert result["ok"] > 0 and result["failed"] == [] and result["wrong"] == 0, result
     assert "Install the daemon into the virtualenv" in output
     installed = host.sb.sh("cat /opt/nsproxy/lib/python3*/site-packages/nsproxy/__init__.py")
     assert installed.stdout.endswith(marker)
@@ -286,7 +331,12 @@ def test_new_package_content_is_reinstalled_and_restarts_the_instance(host):
         if p.is_file() and "__pycache__" not in p.parts and "nsproxy.egg-info" not in p.parts
     )
     assert sorted(n.removeprefix("./") for n in archive if not n.endswith("/")) == expected
-    assert host.sb.sh("cut -d' ' -f1 /run/nsproxy/main.pid").stdout.strip() != pid
+    # Upgraded in place: the same supervisor and binder, new workers, a new generation.
+    assert host.sb.sh("cut -d' ' -f1 /run/nsproxy/main.pid").stdout.strip() == pid
+    after = host.status()
+    assert after["pid"] == before["pid"]
+    assert after["binder"]["upgrades"] == before["binder"]["upgrades"] + 1
+    assert not {w["pid"] for w in after["workers"]} & {w["pid"] for w in before["workers"]}
     assert host.answer("acme", "/after-upgrade") == "backend=a tenant=acme path=/after-upgrade"
     assert recap_changed(host.converge(instances)) == 0
 
@@ -305,10 +355,13 @@ def test_installed_unit_file_passes_systemd_analyze_verify(host):
         "ProtectHome=yes",
         "PrivateTmp=yes",
         "RestrictNamespaces=net",
-        "CapabilityBoundingSet=CAP_SYS_ADMIN CAP_NET_BIND_SERVICE CAP_DAC_READ_SEARCH "
-        "CAP_SYS_PTRACE",
+        "ProtectProc=invisible",
+        "CapabilityBoundingSet=CAP_SYS_ADMIN CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID "
+        "CAP_SETPCAP CAP_KILL",
     ):
         assert line in unit.splitlines(), f"missing {line!r}"
+    # The binder runs as root with that bounding set only: no User=, nothing ambient.
+    assert not [line for line in unit.splitlines() if line.startswith(("User=", "Ambient"))]
     assert "PrivateNetwork" not in unit.replace("PrivateNetwork= /", "")
     proc = host.sb.sh(
         "mkdir -p /tmp/unit-check && cp /etc/systemd/system/nsproxy@.service "
@@ -318,6 +371,26 @@ def test_installed_unit_file_passes_systemd_analyze_verify(host):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "nsproxy@main.service" not in proc.stderr, proc.stderr
+
+
+def test_an_instance_naming_a_proc_path_gets_the_ptrace_capability_and_only_then(host):
+    dropin = "/etc/systemd/system/nsproxy@main.service.d/proc-paths.conf"
+    sleeper = host.sb.popen(["ip", "netns", "exec", "globex", "sleep", "600"])
+    try:
+        time.sleep(0.3)
+        by_pid = dict(tenant("globex", "a"), netns=f"/proc/{sleeper.pid}/ns/net")
+        before = host.status()["pid"]
+        host.converge([instance(tenant("acme", "a"), by_pid)])
+        text = host.sb.run(["cat", dropin]).stdout
+        assert "CapabilityBoundingSet=CAP_SYS_PTRACE" in text.splitlines()
+        assert host.answer("globex", "/pinned") == "backend=a tenant=globex path=/pinned"
+        assert host.status()["pid"] != before  # a capability comes with a new process
+        host.converge([instance(tenant("acme", "a"), tenant("globex", "a"))])
+        assert host.sb.run(["test", "-e", dropin], check=False).returncode != 0
+        assert host.answer("globex", "/named") == "backend=a tenant=globex path=/named"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 # -- change, check mode, diff ----------------------------------------------------------------
@@ -341,15 +414,7 @@ def test_check_mode_shows_the_tenant_diff_and_changes_nothing(host):
 def test_route_change_reloads_while_the_other_tenant_keeps_serving(host):
     pid_before = host.status()["pid"]
     generation = host.status()["generation"]
-    loop = host.workdir / "loop.py"
-    loop.write_text(CLIENT_LOOP)
-    stop, report = host.workdir / "stop", host.workdir / "report.json"
-    client = host.sb.popen(
-        ["ip", "netns", "exec", "globex", sys.executable, str(loop), "10.0.0.250",
-         "tenant=globex", str(stop), str(report)]
-    )  # fmt: skip
-    try:
-        time.sleep(0.5)  # let it run before the change, so the reload falls inside the loop
+    with host.looping_client("globex", "reload") as result:
         acme_api = dict(
             tenant("acme", "a"),
             routes=[
@@ -364,11 +429,6 @@ def test_route_change_reloads_while_the_other_tenant_keeps_serving(host):
         output = host.converge([instance(acme_api, tenant("globex", "a"))])
         assert host.answer("acme", "/api/v1") == "backend=b tenant=acme path=/api/v1"
         assert host.answer("acme", "/other") == "backend=a tenant=acme path=/other"
-        time.sleep(0.5)
-    finally:
-        stop.touch()
-        client.wait(timeout=60)
-    result = json.loads(report.read_text())
     assert result["ok"] > 0
     assert result["failed"] == [] and result["wrong"] == 0, result
     status = host.status()

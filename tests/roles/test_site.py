@@ -16,7 +16,7 @@ import os
 import pytest
 import yaml
 
-from tests.conftest import kernel_has
+from tests.conftest import changed_steps, kernel_has
 from tests.roles.site_sandbox import (
     EXAMPLE,
     changed_tasks,
@@ -58,7 +58,11 @@ def dockerd_pid(host) -> int:
 
 
 def test_site_converges_the_example_and_each_tenant_is_answered_with_its_identity(host):
+    # --check on the fresh host predicts exactly what the real run then changes.
+    check = host.playbook(flags=["--check", "--diff"])
+    assert check.returncode == 0, f"site.yml --check failed:\n{check.stdout[-8000:]}"
     output = host.converge()
+    assert changed_steps(check.stdout) == changed_steps(output)
     assert host.netns() >= set(TENANTS)
     links = host.links()
     if kernel_has("vlan"):
@@ -122,6 +126,8 @@ def test_site_converges_the_example_and_each_tenant_is_answered_with_its_identit
 
 
 def test_second_run_changes_nothing(host):
+    check = host.playbook(flags=["--check"])
+    assert check.returncode == 0 and changed_steps(check.stdout) == [], changed_steps(check.stdout)
     output = host.converge()
     assert recap(output)["changed"] == 0, f"changed: {changed_tasks(output)}"
     # With everything installed the package tasks still run, as no-ops (they are not skipped).
@@ -161,7 +167,9 @@ def test_a_machine_on_a_tenant_bridge_reaches_nsproxy_through_dockers_firewall(h
 
 def test_daemon_json_change_restarts_dockerd_once(host):
     before = dockerd_pid(host)
+    check = host.playbook(extra={"docker_host_log_max_size": "20m"}, flags=["--check"])
     output = host.converge(extra={"docker_host_log_max_size": "20m"})
+    assert changed_steps(check.stdout) == changed_steps(output)
     assert any(task.endswith("Stop the background dockerd") for task in changed_tasks(output))
     assert json.loads(host.read("/etc/docker/daemon.json"))["log-opts"]["max-size"] == "20m"
     restarted = dockerd_pid(host)
@@ -304,3 +312,42 @@ def test_absent_tenant_is_removed_cleanly_and_the_others_keep_working(host):
         extra={"tenant_network_tenants": tenants_with(globex={"state": "absent"})}
     )
     assert recap(output)["changed"] == 0, f"changed: {changed_tasks(output)}"
+
+
+def test_exclusive_mode_removes_unlisted_tenants_in_the_same_run_and_keeps_foreign_objects(host):
+    listed = tenants_with()
+    host.converge(extra={"tenant_network_tenants": listed})
+    # Objects of other tools that look like a tenant's: an untagged namespace with a link, an
+    # untagged host link named like a host end, a namespace whose link has the plain tag.
+    host.sb.sh(
+        "ip netns add foreign && ip -n foreign link add eth0 type veth peer name eth1 && "
+        "ip link add tn-foreign type bridge && "
+        "ip netns add plain && ip -n plain link add eth0 type veth peer name eth1 && "
+        "ip -n plain link set eth0 alias tenantnet.nsproxy"
+    )
+    # initech is left out of the list (not marked absent); acme gets one more route.
+    acme_routes = [*listed[0]["routes"], {"dst": "172.16.0.0/12", "gateway": "10.0.0.1"}]
+    remaining = [{**listed[0], "routes": acme_routes}, listed[1]]
+    extra = {"tenant_network_tenants": remaining, "tenant_network_exclusive": True}
+    check = host.playbook(extra=extra, flags=["--check", "--diff"])
+    assert check.returncode == 0, check.stdout[-6000:]
+    assert "initech" in host.netns()  # check mode changed nothing
+    removal = check.stdout.find("tenant initech (removed: not listed)")
+    assert 0 <= removal < check.stdout.find("tenant acme (changed)"), check.stdout[-6000:]
+    assert "tenant initech (removed)" in check.stdout  # the nsproxy instance's diff
+    output = host.converge(extra=extra)
+    assert changed_steps(check.stdout) == changed_steps(output)
+    assert "initech" not in host.netns()
+    links = host.links()
+    assert "tn-initech" not in links and "tn-acme" in links
+    assert {"foreign", "plain"} <= host.netns() and "tn-foreign" in links
+    assert "eth0" in host.links("foreign") and "eth0" in host.links("plain")
+    status = json.loads(
+        host.sb.run(
+            ["/opt/nsproxy/bin/nsproxy", "status", "--socket", "/run/nsproxy/main.sock", "--json"]
+        ).stdout
+    )
+    assert sorted(t["name"] for t in status["tenants"]) == ["acme", "globex"]
+    answer = host.curl("acme", "http://10.0.0.250/exclusive")
+    assert answer.stdout.strip() == "backend=shared tenant=acme path=/exclusive", answer.stderr
+    assert recap(host.converge(extra=extra))["changed"] == 0

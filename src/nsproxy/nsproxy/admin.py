@@ -1,7 +1,9 @@
 """Admin socket: a unix stream socket, one JSON request line, one JSON answer line.
 
-Requests: ``{"command": "status"}`` and ``{"command": "reload"}``. Used by ``nsproxy status``,
-``nsproxy reload``, the nsproxy_instance Ansible module and the benchmark.
+Requests: ``{"command": "status"}``, ``{"command": "reload"}`` and ``{"command": "upgrade"}``.
+Used by ``nsproxy status``, ``nsproxy reload``, ``nsproxy upgrade``, the nsproxy_instance
+Ansible module and the benchmark. Served by the binder (root, mode 0600); an upgrade is answered
+by the re-executed binder, on the same connection.
 """
 
 from __future__ import annotations
@@ -20,23 +22,33 @@ class AdminError(Exception):
     """The daemon could not be reached or answered with an error; a full sentence."""
 
 
-async def start(daemon, path: str):
-    """Listen on ``path`` (mode 0600; a stale socket file is replaced)."""
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+MAX_REQUEST = 4096  # bytes of one request line
+
+
+async def start(daemon, path: str | None, sock: socket.socket | None = None):
+    """Listen on ``path`` (mode 0600; a stale socket file is replaced), or on ``sock`` (the
+    listening socket an upgrade handed over)."""
+    if sock is None:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
     async def handle(reader, writer):
         try:
             line = await asyncio.wait_for(reader.readline(), 10)
             try:
-                request = json.loads(line)
+                request = json.loads(line[:MAX_REQUEST])
                 command = request["command"]
             except (ValueError, KeyError, TypeError):
-                answer = {"ok": False, "error": 'send {"command": "status"|"reload"}'}
+                answer = {"ok": False, "error": 'send {"command": "status"|"reload"|"upgrade"}'}
             else:
                 if command == "status":
-                    answer = {"ok": True, "status": daemon.status()}
+                    answer = {"ok": True, "status": await daemon.status()}
+                elif command == "upgrade":
+                    ok, message = await daemon.upgrade(writer.get_extra_info("socket"))
+                    answer = {"ok": ok, "message": message}
+                    if not ok:
+                        answer["error"] = message
                 elif command == "reload":
                     ok, message = await daemon.reload()
                     answer = {"ok": ok, "generation": daemon.generation}
@@ -53,9 +65,11 @@ async def start(daemon, path: str):
         finally:
             writer.close()
 
+    if sock is not None:
+        return await asyncio.start_unix_server(handle, sock=sock, limit=MAX_REQUEST)
     old = os.umask(0o177)
     try:
-        server = await asyncio.start_unix_server(handle, path=path)
+        server = await asyncio.start_unix_server(handle, path=path, limit=MAX_REQUEST)
     finally:
         os.umask(old)
     return server

@@ -58,15 +58,17 @@ class Admission:
         return max(1, self.budget // holders)
 
     def admit(self, tenant) -> str | None:
-        """Admit (and count) one more connection of ``tenant``: None, or why not."""
-        active = tenant.active
+        """Admit (and count) one more connection of ``tenant``: None, or why not.
+        ``tenant.active`` is its count over all workers (the per-tenant cap applies to it),
+        ``tenant.local`` its count in this process (the budget and shares are this process's:
+        its descriptors)."""
         if tenant.closing:
             return "the tenant is being removed"
-        if active >= self.per_tenant:
+        if tenant.active >= self.per_tenant:
             return "max_connections_per_tenant reached"
         if self.total >= self.budget * PRESSURE:
             share = self.share(tenant)
-            if active >= share:
+            if tenant.local >= share:
                 return f"its fair share ({share}) of the connection budget ({self.budget}) reached"
             if self.total >= self.budget and not self._evict_for(tenant):
                 return f"the connection budget ({self.budget}) is full"
@@ -81,14 +83,14 @@ class Admission:
     def leave(self, tenant) -> None:
         tenant.active -= 1
         self.total -= 1
-        if tenant.active <= 0:
+        if tenant.local <= 0:
             self.busy.discard(tenant)
 
     def _evict_for(self, tenant) -> bool:
         """Close one idle connection of the tenant furthest over its share (every tenant has
         the same share, the newcomer counted); False if there is none."""
-        heaviest = max(self.busy, key=lambda t: t.active, default=None)
-        if heaviest is None or heaviest is tenant or heaviest.active <= self.share(tenant):
+        heaviest = max(self.busy, key=lambda t: t.local, default=None)
+        if heaviest is None or heaviest is tenant or heaviest.local <= self.share(tenant):
             return False
         for conn in heaviest.connections or ():
             if conn.evictable():

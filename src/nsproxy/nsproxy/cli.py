@@ -1,4 +1,4 @@
-"""The ``nsproxy`` command: check, run, status, reload."""
+"""The ``nsproxy`` command: check, run, status, reload, upgrade."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from nsproxy import __version__, config
+from nsproxy import __version__, config, daemonlog
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     for name, text in (
-        ("status", "show tenants, listeners and upstream health"),
+        ("status", "show tenants, listeners, upstream health and workers"),
         ("reload", "make the running daemon re-read its configuration"),
+        (
+            "upgrade",
+            "make the running daemon re-execute the installed nsproxy (same PID, no "
+            "listener closed)",
+        ),
     ):
         p = sub.add_parser(name, help=text)
         where = p.add_mutually_exclusive_group(required=True)
@@ -35,9 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         if name == "status":
             p.add_argument("--json", action="store_true", help="print the status document")
     args = parser.parse_args(argv)
-    return {"check": cmd_check, "run": cmd_run, "status": cmd_status, "reload": cmd_reload}[
-        args.command
-    ](args)
+    commands = {
+        "check": cmd_check,
+        "run": cmd_run,
+        "status": cmd_status,
+        "reload": cmd_reload,
+        "upgrade": cmd_upgrade,
+    }
+    return commands[args.command](args)
 
 
 def cmd_check(args) -> int:
@@ -64,22 +74,38 @@ def cmd_run(args) -> int:
         format="%(asctime)s nsproxy %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    from nsproxy.binder import main as binder
+    from nsproxy.binder import upgrade
+
     try:
-        cfg = config.load(args.config)
+        handoff = upgrade.take_handoff()
+    except (OSError, ValueError) as exc:
+        print(f"nsproxy: the state handed over by the previous binder is unreadable: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        if handoff is None:
+            cfg, data = binder.load_config(args.config)
+        else:
+            cfg, data, warning = upgrade.load_config(args.config, handoff)
+            if warning:
+                logging.getLogger("nsproxy").error("upgrade: %s", warning)
     except config.ConfigError as exc:
         for problem in exc.problems:
             print(f"nsproxy: {args.config}: {problem}", file=sys.stderr)
         return 1
-    from nsproxy import server
-
     try:
-        import uvloop
+        daemonlog.configure(
+            args.log_level, getattr(cfg, "log_format", "text"), getattr(cfg, "log_path", None)
+        )
+    except OSError as exc:
+        print(f"nsproxy: log.path {cfg.log_path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        import uvloop  # noqa: F401 (imported before the workers fork: shared, not per worker)
     except ImportError:
-        uvloop = None
-        logging.getLogger("nsproxy").info("uvloop not installed: using the asyncio event loop")
-    if uvloop is not None:
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return asyncio.run(server.serve(args.config, cfg))
+        logging.getLogger("nsproxy").info("uvloop not installed: workers use the asyncio loop")
+    return asyncio.run(binder.serve(args.config, cfg, data, handoff))
 
 
 def _socket_path(args) -> str:
@@ -154,16 +180,27 @@ def cmd_status(args) -> int:
     return 0
 
 
-def cmd_reload(args) -> int:
+def cmd_upgrade(args) -> int:
+    return _ask(args, "upgrade", 300, lambda answer: answer.get("message"), "")
+
+
+def _ask(args, command: str, timeout: float, say, refused: str) -> int:
+    """One admin command: print ``say(answer)`` and exit 0, or the reason and exit 1."""
     from nsproxy import admin
 
     try:
-        answer = admin.request(_socket_path(args), "reload")
+        answer = admin.request(_socket_path(args), command, timeout=timeout)
     except admin.AdminError as exc:
         print(f"nsproxy: {exc}", file=sys.stderr)
         return 1
     if not answer.get("ok"):
-        print(f"nsproxy: reload refused: {answer.get('error')}", file=sys.stderr)
+        print(f"nsproxy: {refused}{answer.get('error')}", file=sys.stderr)
         return 1
-    print(f"generation {answer.get('generation')}")
+    print(say(answer))
     return 0
+
+
+def cmd_reload(args) -> int:
+    return _ask(
+        args, "reload", 120, lambda a: f"generation {a.get('generation')}", "reload refused: "
+    )

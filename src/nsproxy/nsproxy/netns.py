@@ -2,9 +2,15 @@
 
 Everything that needs CAP_SYS_ADMIN is here and small: open a namespace file once, and create a
 socket inside it (setns, socket, [bind, listen], setns back) with nothing else in between and
-never across an ``await``. The rest of the proxy gets plain socket objects and never switches
-namespace. A privilege-separated helper would wrap exactly :func:`listening_socket` and
-:func:`unconnected_socket` and hand the fds back over SCM_RIGHTS.
+never across an ``await``. Only the binder calls it; it hands the sockets to the workers over
+SCM_RIGHTS, and they never switch namespace (they could not: they hold no capability).
+
+Namespace identity: a namespace is known by (st_dev, st_ino) of its file, never by its name.
+A name under /run/netns (or any other path) that comes to mean a new namespace gives a new
+``Namespace``. A ``/proc/PID/ns/net`` path names the namespace of one process: it is pinned to
+that process when opened (a pidfd, pidfd_open(2), taken before the file is opened and checked
+after it, plus the process's start time from /proc/PID/stat), so that it is never followed to
+another process that gets the same PID later; the pidfd becomes readable when the process exits.
 
 If the calling thread cannot return to its home namespace the process exits at once: serving
 from the wrong namespace would cross tenants.
@@ -14,12 +20,18 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
+import select
 import socket
 import sys
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 EXIT_NETNS_RESTORE_FAILED = 70
+# rtnetlink(7) multicast groups: address added or removed, IPv4 and IPv6
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+_PROC_PATH = re.compile(r"^/proc/([1-9][0-9]{0,9})/(?:task/[1-9][0-9]{0,9}/)?ns/net$")
 
 if hasattr(os, "setns"):  # Python 3.12+
 
@@ -60,6 +72,51 @@ class Namespace:
         return self.identity[1]
 
 
+def pinned_pid(netns: str) -> int | None:
+    """The PID a ``/proc/PID/ns/net`` (or ``/proc/PID/task/TID/ns/net``) path names, else None."""
+    match = _PROC_PATH.match(netns)
+    return int(match.group(1)) if match else None
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start time in clock ticks after boot), None if no such PID."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+class Pin:
+    """The process a /proc/PID path was resolved through: ``pidfd`` (readable once it has
+    exited), ``pid`` and its ``start_time``."""
+
+    __slots__ = ("pid", "pidfd", "start_time")
+
+    def __init__(self, pid: int, pidfd: int, start_time: int):
+        self.pid = pid
+        self.pidfd = pidfd
+        self.start_time = start_time
+
+    def exited(self) -> bool:
+        if self.pidfd < 0:
+            return True
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(0))
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
 def current_identity(path: str) -> tuple[int, int] | None:
     """(st_dev, st_ino) of the namespace now behind ``path``; None if it does not exist."""
     try:
@@ -84,15 +141,46 @@ class Registry:
         self.home_identity = (st.st_dev, st.st_ino)
         self._by_identity: dict[tuple[int, int], Namespace] = {}
 
-    def acquire(self, netns: str) -> Namespace:
-        """Open (or share) the namespace named by ``netns``; raise NetnsError with the reason."""
+    def acquire(self, netns: str) -> tuple[Namespace, Pin | None]:
+        """Open (or share) the namespace named by ``netns``: (namespace, pin). ``pin`` is the
+        process a /proc/PID path was resolved through (the caller owns it), else None. Raises
+        NetnsError with the reason."""
         path = ns_path(netns)
+        pid = pinned_pid(path)
+        if pid is None:
+            return self._open(path, path), None
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NetnsError(f"network namespace {path} does not exist") from None
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise NetnsError(f"process {pid} of {path} does not exist") from None
         except OSError as exc:
-            raise NetnsError(f"cannot open network namespace {path}: {exc.strerror}") from None
+            raise NetnsError(f"cannot pin process {pid} of {path}: {exc.strerror}") from None
+        pin = Pin(pid, pidfd, process_start_time(pid) or 0)
+        try:
+            ns = self._open(path, path)
+        except BaseException:
+            pin.close()
+            raise
+        # The file was opened while the pidfd's process held the PID: it is that process's.
+        if pin.exited() or process_start_time(pid) != pin.start_time or not pin.start_time:
+            self.release(ns)
+            pin.close()
+            raise NetnsError(f"process {pid} of {path} exited while its namespace was opened")
+        return ns, pin
+
+    def adopt(self, path: str, fd: int) -> Namespace:
+        """Take an open namespace fd over (one inherited across an upgrade's execve)."""
+        return self._open(path, f"/proc/self/fd/{fd}", fd)
+
+    def _open(self, path: str, source: str, fd: int | None = None) -> Namespace:
+        if fd is None:
+            try:
+                fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise NetnsError(f"network namespace {path} does not exist") from None
+            except OSError as exc:
+                raise NetnsError(f"cannot open network namespace {path}: {exc.strerror}") from None
+        os.set_inheritable(fd, False)
         st = os.fstat(fd)
         identity = (st.st_dev, st.st_ino)
         ns = self._by_identity.get(identity)
@@ -117,32 +205,73 @@ class Registry:
     def open_count(self) -> int:
         return len(self._by_identity)
 
-    # -- the two privileged operations -----------------------------------------------------
+    # -- the privileged operations ---------------------------------------------------------
     def listening_socket(
         self, ns: Namespace | None, host: str, port: int, backlog: int = 1024
     ) -> socket.socket:
         """A TCP socket bound and listening on host:port inside ``ns`` (None: home namespace)."""
+        return self.listening_sockets(ns, host, port, 1, backlog, reuseport=False)[0]
+
+    def listening_sockets(
+        self,
+        ns: Namespace | None,
+        host: str,
+        port: int,
+        count: int,
+        backlog: int = 1024,
+        reuseport: bool = True,
+    ) -> list[socket.socket]:
+        """``count`` TCP sockets listening on host:port inside ``ns`` (one namespace switch),
+        in an SO_REUSEPORT group (socket(7)): the kernel spreads new connections over the
+        group, one socket per worker; sockets made later for the same address join it."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        if ns is None:
-            return _bind_listen(family, host, port, backlog)
+        if ns is not None:
+            self._enter(ns)
+        socks: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                socks.append(_bind_listen(family, host, port, backlog, reuseport))
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        finally:
+            if ns is not None:
+                self._return_home()
+        return socks
+
+    def unconnected_sockets(self, ns: Namespace, family: int, count: int) -> list[socket.socket]:
+        """``count`` non-blocking TCP sockets created inside ``ns`` (one namespace switch);
+        a worker connects them from its event loop."""
+        socks: list[socket.socket] = []
         self._enter(ns)
         try:
-            return _bind_listen(family, host, port, backlog)
+            for _ in range(count):
+                socks.append(socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK))
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
         finally:
             self._return_home()
+        return socks
 
-    def unconnected_socket(self, ns: Namespace | None, family: int) -> socket.socket:
-        """A non-blocking TCP socket created inside ``ns``; connect it from the event loop."""
-        if ns is None:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        else:
-            self._enter(ns)
-            try:
-                sock = socket.socket(family, socket.SOCK_STREAM)
-            finally:
-                self._return_home()
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def address_watch(self, ns: Namespace) -> socket.socket:
+        """A non-blocking NETLINK_ROUTE socket made inside ``ns`` that becomes readable when an
+        address is added or removed there (RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR,
+        rtnetlink(7)). Its messages come from the kernel; the binder only drains them."""
+        self._enter(ns)
+        try:
+            sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE
+            )
+        finally:
+            self._return_home()
+        try:
+            sock.bind((0, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+        except BaseException:
+            sock.close()
+            raise
         return sock
 
     def _enter(self, ns: Namespace) -> None:
@@ -163,10 +292,14 @@ class Registry:
             os._exit(EXIT_NETNS_RESTORE_FAILED)
 
 
-def _bind_listen(family: int, host: str, port: int, backlog: int) -> socket.socket:
+def _bind_listen(
+    family: int, host: str, port: int, backlog: int, reuseport: bool = False
+) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))

@@ -520,7 +520,8 @@ _UID = re.compile(r"[0-9]{1,10}")
 
 
 class User(Check):
-    """A POSIX user name that exists on this host, or a decimal uid (0 to 4294967294)."""
+    """A POSIX user name that exists on this host, or a decimal uid (1 to 4294967294); never
+    root: the workers run as this user and must not be uid 0 or in group 0 (issue 14)."""
 
     __slots__ = ()
     what = "a user name ([a-z_][a-z0-9_-]{0,31}) or a decimal uid string"
@@ -530,14 +531,21 @@ class User(Check):
             raise self.refuse(value)
         if _UID.fullmatch(value):
             if int(value) > 0xFFFFFFFE:  # (uid_t) -1 means "no change" to setresuid
-                raise Invalid(f"uid {value} is out of range (0 to 4294967294)")
+                raise Invalid(f"uid {value} is out of range (1 to 4294967294)")
+            if int(value) == 0:
+                raise Invalid("workers never run as root (uid 0): name an unprivileged user")
             return value
         if _USER_NAME.fullmatch(value) is None:
             raise self.refuse(value)
         try:
-            pwd.getpwnam(value)
+            entry = pwd.getpwnam(value)
         except KeyError:
             raise Invalid(f"no user {value!r} on this host") from None
+        if entry.pw_uid == 0 or entry.pw_gid == 0:
+            raise Invalid(
+                f"workers never run as root or in group root ({value} is uid {entry.pw_uid}, "
+                f"gid {entry.pw_gid}): name an unprivileged user"
+            )
         return value
 
 

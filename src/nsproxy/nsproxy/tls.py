@@ -19,11 +19,14 @@ certificates.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import ssl
 from typing import Mapping
+
+from nsproxy import tls_tickets
 
 __all__ = [
     "ALPN",
@@ -33,6 +36,7 @@ __all__ = [
     "build_server_context",
     "certificate_files_state",
     "certificate_names",
+    "certificate_paths",
     "settings_key",
     "update_server_context",
     "validate_listener",
@@ -159,9 +163,37 @@ def certificate_names(der: bytes) -> list[str]:
     return [n.lower().rstrip(".") for n in names]
 
 
-def _read_pem_certificate(path: str) -> bytes:
-    with open(path, "rb") as f:
-        text = f.read()
+def _read_file(path: str, files: Mapping | None) -> bytes:
+    """The bytes of a certificate or key file: from disk, or from ``files`` (path -> bytes,
+    what the binder read for a worker, which cannot open them)."""
+    if files is None:
+        with open(path, "rb") as f:
+            return f.read()
+    try:
+        return files[path]
+    except KeyError:
+        raise FileNotFoundError(2, "not among the files the binder read") from None
+
+
+@contextlib.contextmanager
+def _openssl_path(path: str, files: Mapping | None):
+    """A path OpenSSL can load ``path``'s bytes from: the path itself, or, for bytes in
+    ``files``, a memfd of this process (``load_cert_chain`` takes paths only)."""
+    if files is None:
+        yield path
+        return
+    fd = os.memfd_create("nsproxy-tls", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(_read_file(path, files))
+        while view:
+            view = view[os.write(fd, view) :]
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def _read_pem_certificate(path: str, files: Mapping | None = None) -> bytes:
+    text = _read_file(path, files)
     match = _PEM_CERT.search(text)
     if not match:
         raise _DERError("no PEM 'BEGIN CERTIFICATE' block")
@@ -181,7 +213,7 @@ def validate_listener(listener: Mapping) -> list[str]:
     return problems
 
 
-def _load(listener: Mapping, problems: list[str]):
+def _load(listener: Mapping, problems: list[str], files: Mapping | None = None):
     """Check and load every certificate; returns [(names, context)] or None on problems."""
     tls = listener.get("tls")
     if not isinstance(tls, Mapping):
@@ -205,7 +237,7 @@ def _load(listener: Mapping, problems: list[str]):
             continue
         for key in sorted(set(entry) - _CERT_KEYS):
             problems.append(f"{field}.{key}: unknown key (allowed: cert, key)")
-        one = _load_certificate(field, entry, MIN_VERSIONS[min_version], problems)
+        one = _load_certificate(field, entry, MIN_VERSIONS[min_version], problems, files)
         if one is not None:
             names, context = one
             if i > 0 and not names:
@@ -217,7 +249,7 @@ def _load(listener: Mapping, problems: list[str]):
     return None if problems else loaded
 
 
-def _load_certificate(field: str, entry: Mapping, version, problems: list[str]):
+def _load_certificate(field: str, entry: Mapping, version, problems: list[str], files=None):
     cert, key = entry.get("cert"), entry.get("key")
     if not isinstance(cert, str) or not cert:
         problems.append(f"{field}.cert: required, the path of a PEM certificate (chain) file")
@@ -226,7 +258,7 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str]):
         problems.append(f"{field}.key: must be the path of a PEM private key file")
         return None
     try:
-        names = certificate_names(_read_pem_certificate(cert))
+        names = certificate_names(_read_pem_certificate(cert, files))
     except OSError as exc:
         problems.append(f"{field}.cert: cannot read {cert}: {exc.strerror or exc}")
         return None
@@ -236,8 +268,7 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str]):
     key_path = key or cert
     key_field = f"{field}.key" if key else f"{field}.cert"
     try:
-        with open(key_path, "rb") as f:
-            has_key = _PEM_KEY.search(f.read()) is not None
+        has_key = _PEM_KEY.search(_read_file(key_path, files)) is not None
     except OSError as exc:
         problems.append(f"{key_field}: cannot read {key_path}: {exc.strerror or exc}")
         return None
@@ -246,7 +277,8 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str]):
         return None
     context = _new_context(version)
     try:
-        context.load_cert_chain(cert, key, password=_no_password)
+        with _openssl_path(cert, files) as cert_path, _openssl_path(key_path, files) as kpath:
+            context.load_cert_chain(cert_path, kpath if key else None, password=_no_password)
     except _EncryptedKey:
         problems.append(f"{key_field}: {key_path} is encrypted; nsproxy needs an unencrypted key")
         return None
@@ -272,24 +304,29 @@ def _new_context(version) -> ssl.SSLContext:
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     context.options &= ~ssl.OP_NO_TICKET  # session tickets on (stateless resumption)
     context.set_alpn_protocols(ALPN)
+    tls_tickets.apply(context)  # the workers' shared ticket keys (a worker only)
     return context
 
 
 # -- the listener's context -------------------------------------------------------------
 
 
-def build_server_context(listener: Mapping) -> ssl.SSLContext:
+def build_server_context(listener: Mapping, files: Mapping | None = None) -> ssl.SSLContext:
     """The listener's server SSLContext (TLS 1.2+, SNI picks the certificate).
 
-    Raises :class:`TLSConfigError` with the same messages as :func:`validate_listener`.
+    ``files`` (path -> bytes) supplies the certificate and key files instead of the disk (a
+    worker gets them from the binder). Raises :class:`TLSConfigError` with the same messages
+    as :func:`validate_listener`.
     """
-    loaded = _load_or_raise(listener)
+    loaded = _load_or_raise(listener, files)
     front = loaded[0][1]
     front.sni_callback = _Selector(loaded)
     return front
 
 
-def update_server_context(context: ssl.SSLContext, listener: Mapping) -> None:
+def update_server_context(
+    context: ssl.SSLContext, listener: Mapping, files: Mapping | None = None
+) -> None:
     """Load the listener's certificates again into a context from :func:`build_server_context`.
 
     For certificate rotation without rebinding: handshakes that start afterwards get the new
@@ -299,7 +336,17 @@ def update_server_context(context: ssl.SSLContext, listener: Mapping) -> None:
     selector = context.sni_callback
     if not isinstance(selector, _Selector):
         raise TypeError("not a context made by nsproxy.tls.build_server_context")
-    selector.use(_load_or_raise(listener))
+    selector.use(_load_or_raise(listener, files))
+
+
+def _file_fields(listener: Mapping):
+    """(field, path or None) for each ``cert`` and ``key`` of the listener's certificates."""
+    tls = listener.get("tls") if isinstance(listener, Mapping) else None
+    entries = tls.get("certificates") if isinstance(tls, Mapping) else None
+    for entry in entries if isinstance(entries, list) else ():
+        for key in ("cert", "key"):
+            path = entry.get(key) if isinstance(entry, Mapping) else None
+            yield key, path if isinstance(path, str) else None
 
 
 def certificate_files_state(listener: Mapping, memo: dict | None = None) -> tuple:
@@ -312,24 +359,25 @@ def certificate_files_state(listener: Mapping, memo: dict | None = None) -> tupl
     if memo is None:
         memo = {}
     state = []
-    tls = listener.get("tls") if isinstance(listener, Mapping) else None
-    entries = tls.get("certificates") if isinstance(tls, Mapping) else None
-    for entry in entries if isinstance(entries, list) else ():
-        for key in ("cert", "key"):
-            path = entry.get(key) if isinstance(entry, Mapping) else None
-            if not isinstance(path, str):
-                state.append((key, None))
-                continue
-            entry_state = memo.get(path)
-            if entry_state is None:
-                try:
-                    st = os.stat(path)
-                    entry_state = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-                except OSError as exc:
-                    entry_state = (path, exc.errno)
-                memo[path] = entry_state
-            state.append(entry_state)
+    for key, path in _file_fields(listener):
+        if path is None:
+            state.append((key, None))
+            continue
+        entry_state = memo.get(path)
+        if entry_state is None:
+            try:
+                st = os.stat(path)
+                entry_state = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            except OSError as exc:
+                entry_state = (path, exc.errno)
+            memo[path] = entry_state
+        state.append(entry_state)
     return tuple(state)
+
+
+def certificate_paths(listener: Mapping) -> list[str]:
+    """The certificate and key file paths a listener names (what a worker needs the bytes of)."""
+    return [path for _, path in _file_fields(listener) if path]
 
 
 def settings_key(listener: Mapping) -> str:
@@ -338,9 +386,9 @@ def settings_key(listener: Mapping) -> str:
     return json.dumps(listener.get("tls"), sort_keys=True, default=repr)
 
 
-def _load_or_raise(listener: Mapping) -> list:
+def _load_or_raise(listener: Mapping, files: Mapping | None = None) -> list:
     problems: list[str] = []
-    loaded = _load(listener, problems)
+    loaded = _load(listener, problems, files)
     if loaded is None:
         raise TLSConfigError(problems)
     return loaded

@@ -1,8 +1,12 @@
 """Upstreams: servers of one tenant, round-robin, passive health, keep-alive pool.
 
 An ``Upstream`` belongs to exactly one tenant (pools are per (tenant, upstream)), so a
-connection opened for one tenant is never handed to another. Sockets for an upstream inside a
-network namespace are created there by netns.py and connected from the event loop.
+connection opened for one tenant is never handed to another. A worker makes sockets for
+upstreams in the host namespace itself; sockets for an upstream inside a network namespace
+come from the binder (``shared.sockets``, worker/stock.py), which created them there, and are
+connected from the event loop. Pools are keyed by the identity of that namespace: when it is
+replaced, the pooled connections into the old one are closed and never handed out again
+(connections in flight finish, and are then closed instead of pooled).
 """
 
 from __future__ import annotations
@@ -11,8 +15,6 @@ import asyncio
 import functools
 import socket
 import time
-
-from nsproxy import netns
 
 FAIL_TIMEOUT = 10.0  # seconds a failed server is skipped
 MAX_IDLE = 64  # idle keep-alive connections kept per upstream
@@ -66,18 +68,17 @@ class Upstreams(dict):
     servers) is made at its first use, so that idle tenants cost no upstream objects; until
     then ``health`` reports the configured servers as healthy."""
 
-    __slots__ = ("registry", "shared", "specs", "tenant")
+    __slots__ = ("shared", "specs", "tenant")
 
-    def __init__(self, tenant: str, registry: netns.Registry, shared):
+    def __init__(self, tenant: str, shared):
         super().__init__()
         self.tenant = tenant
-        self.registry = registry
         self.shared = shared
         self.specs: dict = {}  # name -> config.UpstreamSpec (the tenant's, often shared)
 
     def __missing__(self, name: str) -> Upstream:
         spec = self.specs[name]  # KeyError: the tenant has no such upstream
-        up = self[name] = Upstream(spec, self.tenant, self.registry, self.shared)
+        up = self[name] = Upstream(spec, self.tenant, self.shared)
         return up
 
     def get(self, name, default=None):
@@ -107,17 +108,17 @@ class Upstreams(dict):
 class Upstream:
     """The servers of one upstream of one tenant; ``connect`` is the UpstreamLike contract."""
 
-    __slots__ = ("digest", "name", "netns", "ns", "registry", "rr", "servers", "shared", "tenant")
+    __slots__ = ("digest", "identity", "name", "netns", "rr", "servers", "shared", "tenant")
 
-    def __init__(self, spec, tenant: str, registry: netns.Registry, shared):
+    def __init__(self, spec, tenant: str, shared):
         self.name = spec.name
         self.digest = spec.digest
         self.netns = spec.netns
         self.tenant = tenant
-        self.registry = registry
-        self.shared = shared  # for timeouts (connect) that a reload may change
+        self.shared = shared  # for timeouts (connect) that a reload may change, and sockets
         self.servers = [Server(address) for address in spec.servers]
-        self.ns: netns.Namespace | None = None
+        # (st_dev, st_ino) of the namespace the pooled connections were made in (netns set)
+        self.identity: tuple | None = None
         self.rr = 0
 
     # -- UpstreamLike ---------------------------------------------------------------------
@@ -125,7 +126,6 @@ class Upstream:
         """Connect to the next healthy server (``first`` if given, then the others);
         (transport, protocol) or UpstreamError."""
         loop = asyncio.get_running_loop()
-        ns = self._namespace()
         timeout = self.shared.timeouts["connect"]
         errors = []
         if first is None:
@@ -134,11 +134,13 @@ class Upstream:
             order = [first, *(s for s in self._order(advance=False) if s is not first)]
         for server in order:
             try:
-                sock = self.registry.unconnected_socket(ns, server.family)
-            except (OSError, netns.NetnsError) as exc:
+                sock = await self._socket(server.family)
+            except Exception as exc:
                 raise UpstreamError(
                     f"cannot create a socket for upstream {self.name}: {exc}"
                 ) from None
+            if server not in self.servers:  # the namespace was replaced meanwhile
+                server = next(s for s in self.servers if s.address == server.address)
             try:
                 await asyncio.wait_for(loop.sock_connect(sock, server.address), timeout)
                 transport, protocol = await loop.create_connection(protocol_factory, sock=sock)
@@ -224,11 +226,16 @@ class Upstream:
             server.idle = None
 
     def close(self) -> None:
-        """Close the pools and give the namespace back (the upstream was removed)."""
+        """Close the pools (the upstream was removed)."""
         self.close_idle()
-        if self.ns is not None:
-            self.registry.release(self.ns)
-            self.ns = None
+
+    def namespace_replaced(self) -> None:
+        """The namespace the pooled connections were made in was replaced or has gone: close
+        them, and give the upstream fresh servers (with their own pools and health), so that a
+        connection made in the old one and still in flight is closed, not pooled, when done."""
+        self.close_idle()
+        self.servers = [Server(server.address) for server in self.servers]
+        self.identity = None
 
     def expire_idle(self, now: float, idle_timeout: float) -> None:
         for server in self.servers:
@@ -246,24 +253,21 @@ class Upstream:
         return [{"address": s.label, "healthy": s.down_until <= now} for s in self.servers]
 
     # -- internals ------------------------------------------------------------------------
-    def _namespace(self) -> netns.Namespace | None:
-        """The upstream's namespace, reopened when its path now names a new one."""
+    async def _socket(self, family: int) -> socket.socket:
+        """A non-blocking, unconnected TCP socket in the upstream's namespace: made here for
+        the host namespace, taken from the binder's stock otherwise (pools follow its
+        identity)."""
         if self.netns is None:
-            return None
-        path = netns.ns_path(self.netns)
-        identity = netns.current_identity(path)
-        if identity is None:
-            raise UpstreamError(f"upstream {self.name}: network namespace {path} does not exist")
-        if self.ns is None or self.ns.identity != identity:
-            if self.ns is not None:
-                self.close_idle()
-                self.registry.release(self.ns)
-                self.ns = None
-            try:
-                self.ns = self.registry.acquire(self.netns)
-            except netns.NetnsError as exc:
-                raise UpstreamError(f"upstream {self.name}: {exc}") from None
-        return self.ns
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        sock, identity = await self.shared.sockets.take(self.tenant, self.name, family)
+        if identity != self.identity:
+            if self.identity is not None:
+                self.namespace_replaced()
+            self.identity = identity
+        return sock
 
     def _order(self, advance: bool) -> list[Server]:
         """The servers to try, healthy ones first in round-robin order from the current

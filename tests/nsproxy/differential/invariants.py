@@ -313,14 +313,21 @@ def _read(requests, result: SessionResult):
 
 
 def _balance(readings: list, sent: dict) -> list[str]:
-    """(f): per tenant, the servers of the shared upstream that read its requests."""
+    """(f): per tenant, the servers of the shared upstream that read its requests. Judged only
+    when every request the tenant sent to the shared upstream reached it: one the proxy routed
+    and then refused (a body over the limit, say) had its turn of the round robin too."""
     servers: dict[str, Counter] = {}
     for upstream, server, reader, r in readings:
         info = path_info(r.path)
         if upstream == "shared" and reader == "strict" and info and r.path in sent:
             servers.setdefault(info.sender, Counter())[server] += 1
+    routed = Counter(
+        info.sender for path in sent if (info := path_info(path)) and path.startswith("/s/")
+    )
     out = []
     for tenant, counts in sorted(servers.items()):
+        if sum(counts.values()) < routed[tenant]:
+            continue
         if sum(counts.values()) >= 2 and len(counts) < SHARED_SERVERS:
             out.append(
                 f"{tenant}'s {sum(counts.values())} requests to the shared upstream all went "

@@ -95,6 +95,9 @@ class Lab:
             limits={"max_body_bytes": MAX_BODY_BYTES},
             timeouts=TIMEOUTS,
             access_log="-",
+            # One worker: the marker's access record then comes after the example's (each
+            # worker flushes its own lines); the process model has its own tests.
+            workers=1,
         )
         proxy.start(env={"PYTHONUNBUFFERED": "1"})
 

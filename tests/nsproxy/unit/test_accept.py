@@ -6,23 +6,9 @@ import asyncio
 import socket
 
 import pytest
+from loops import LOOPS, run
 
 from nsproxy.accept import ACCEPT_BATCH, Acceptor
-
-try:
-    import uvloop
-except ImportError:  # the daemon's fast path is optional
-    uvloop = None
-
-LOOPS = ["asyncio"] + (["uvloop"] if uvloop else [])
-
-
-def run(loop_name, coro):
-    loop = uvloop.new_event_loop() if loop_name == "uvloop" else asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(asyncio.wait_for(coro, 20))
-    finally:
-        loop.close()
 
 
 class Echo(asyncio.Protocol):

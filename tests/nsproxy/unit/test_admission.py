@@ -17,6 +17,10 @@ class Tenant:
         self.closing = False
         self.connections = set()
 
+    @property
+    def local(self):  # one process: its count is the count
+        return self.active
+
 
 class Connection:
     def __init__(self, tenant, evictable):

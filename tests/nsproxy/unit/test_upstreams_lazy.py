@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from nsproxy import config, netns
+from nsproxy import config
 from nsproxy.upstream import Upstream, Upstreams
 
 
@@ -35,7 +35,7 @@ class IdleConnection:
 
 @pytest.fixture
 def table():
-    return Upstreams("acme", netns.Registry(), shared=None)
+    return Upstreams("acme", shared=None)
 
 
 def test_an_upstream_is_made_at_first_use_and_then_kept(table):
@@ -106,9 +106,7 @@ class PooledConnection:
 
 def test_the_pool_hands_back_a_live_connection_and_times_idleness_from_its_last_io():
     table = Upstreams(
-        "acme",
-        netns.Registry(),
-        shared=types.SimpleNamespace(draining=False, loop_time=time.monotonic),
+        "acme", shared=types.SimpleNamespace(draining=False, loop_time=time.monotonic)
     )
     table.use_specs(specs(app=["127.0.0.1:8080"]))
     up = table["app"]

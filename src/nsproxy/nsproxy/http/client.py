@@ -601,10 +601,10 @@ class ClientConnection(Flow):
         request_done = cycle.request_done
         self._finish_cycle()
         if self.close_after or not request_done:
-            self._close(lingering=not request_done)
+            self._close()
             return
         if self.parser_done and self.backlog is None and self.held is None:
-            self._close(lingering=False)
+            self._close()
             return
         self.state = IDLE
         self.since = self.shared.now
@@ -700,7 +700,6 @@ class ClientConnection(Flow):
         if cycle is None:
             cycle = self.cycle = RequestCycle(self.shared.loop_time())
         cycle.local = True
-        request_done = cycle.request_done
         if not cycle.response_started:
             body = local_response(status, detail, head=cycle.method == b"HEAD")
             cycle.bytes_out += len(body)
@@ -715,16 +714,17 @@ class ClientConnection(Flow):
         self._finish_cycle()
         self.pending = None
         self.backlog = None
-        lingering = not request_done or self.held is not None or self.partial is not None
         self.held = None
-        self._close(lingering=lingering and not self.eof)
+        self._close()
 
-    def _close(self, lingering: bool) -> None:
-        """Close after the last answer. ``lingering``: request bytes may still be coming, so
-        shut the write side, and read and drop the input for a while before closing (RFC 9112
-        9.6), or the kernel would answer them with a reset that destroys the answer."""
+    def _close(self) -> None:
+        """Close after the last answer (RFC 9112 9.6): shut the write side, then read and drop
+        what the client still sends until it closes, for up to LINGER_SECONDS and
+        LINGER_BYTES. Closing with unread client bytes (a body still coming, pipelined
+        requests, bytes in flight) makes the kernel send a reset, which destroys the answer
+        before the client reads it. A client that half-closed already is closed at once."""
         transport = self.transport
-        if not lingering:
+        if self.eof:
             self.state = CLOSED
             transport.close()
             return
@@ -780,10 +780,11 @@ class ClientConnection(Flow):
         return self.state in (HEAD, IDLE, LINGER)
 
     def drain(self) -> None:
-        """Stop keep-alive: close now if idle, else after the current response."""
+        """Stop keep-alive: close now if idle, else after the current response. An idle
+        connection closes lingering: a request the client sent meanwhile must meet an orderly
+        close (which its client may retry), not a reset."""
         if self.state == IDLE or (self.state == HEAD and self.cycle is None):
-            self.state = CLOSED
-            self.transport.close()
+            self._close()
         else:
             self.close_after = True
 
@@ -816,7 +817,7 @@ class ClientConnection(Flow):
                 return
         self.resume_reading_for(PIPELINE)
         if self.parser_done and self.cycle is None:
-            self._close(lingering=False)
+            self._close()
 
     def _reparse_held(self) -> None:
         """The upstream did not switch protocols: what the client sent after its request is
@@ -830,7 +831,7 @@ class ClientConnection(Flow):
             self.state = HEAD
             self.data_received(bytes(held))
         elif self.parser_done:
-            self._close(lingering=False)
+            self._close()
 
     def _finish_cycle(self) -> None:
         """Count and log the current request once; the connection is then between requests."""

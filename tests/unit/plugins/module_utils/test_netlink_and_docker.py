@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils import docker_api, netlink
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import ParamError
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import ParamError
 
 
 class FailCaught(Exception):
@@ -92,7 +92,7 @@ def test_tcp_docker_host_is_refused():
 
 
 def test_unreachable_docker_socket_is_a_sentence(tmp_path):
-    from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import ModuleFailure
+    from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import ModuleFailure
 
     with pytest.raises(
         ModuleFailure, match="cannot reach the Docker Engine at .*is dockerd running"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
-    DiffTracker,
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import (
     ModuleFailure,
     ParamError,
-    Plan,
-    plan_link_changes,
 )
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.executor import bridge_attrs
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.link import plan_link_changes
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.plan import DiffTracker, Plan
 from ansible_collections.tenantnet.nsproxy.plugins.modules import bridge, netns, veth
 
 LABELS = ("the host namespace", "netns 'vt'")
@@ -261,7 +261,7 @@ def test_bridge_conflict_and_bad_input():
 
 
 def test_bridge_attrs_map_to_pyroute2_keywords():
-    assert bridge.bridge_attrs({"stp": False, "vlan_filtering": True, "default_pvid": 10}) == {
+    assert bridge_attrs({"stp": False, "vlan_filtering": True, "default_pvid": 10}) == {
         "br_stp_state": 0,
         "br_vlan_filtering": 1,
         "br_vlan_default_pvid": 10,

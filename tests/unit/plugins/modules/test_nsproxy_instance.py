@@ -61,6 +61,16 @@ def test_config_carries_instance_socket_and_only_the_settings_given():
     }
 
 
+def test_workers_and_their_user_go_into_the_config():
+    config = _config(ACME, user="nsproxy", workers="4")
+    assert (config["user"], config["workers"]) == ("nsproxy", 4)
+    assert _config(ACME, workers="auto")["workers"] == "auto"
+    assert "user" not in _config(ACME) and "workers" not in _config(ACME)
+    for bad in ("0", "257", "many", "-1"):
+        with pytest.raises(cfg.ConfigError, match="workers: must be 'auto' or a number"):
+            _config(ACME, workers=bad)
+
+
 def test_empty_access_log_means_no_access_log():
     assert _config(ACME, access_log="")["access_log"] is None
     assert _config(ACME, access_log="-")["access_log"] == "-"
@@ -211,6 +221,11 @@ plan = nsproxy_instance.plan_actions
         (("restarted", True, True, False, False, "current"), ["restart"]),
         (("restarted", True, True, True, False, "stale"), ["write_config", "restart"]),
         (("restarted", True, False, False, False, None), ["start"]),
+        # A new daemon build: re-executed in place (it reads the new file itself).
+        (("upgraded", True, True, False, False, "current"), ["upgrade"]),
+        (("upgraded", True, True, True, False, "stale"), ["write_config", "upgrade"]),
+        (("upgraded", True, False, False, False, None), ["start"]),
+        (("upgraded", True, True, False, False, "unreachable"), ["restart"]),
         (("absent", True, True, False, False, "current"), ["stop", "remove_config"]),
         (("absent", False, False, False, False, None), []),
     ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import ModuleFailure
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import ModuleFailure
 from ansible_collections.tenantnet.nsproxy.plugins.modules.tenant_network import build_tenants
 
 
@@ -106,3 +106,8 @@ def test_container_tenants_need_no_addresses():
         [tenant("web", attachment={"type": "container", "container": "web1"}, addresses=[])]
     )
     assert web.kind == "container" and web.addresses == []
+
+
+@pytest.mark.parametrize("name", ["acme\n", "acme\x00", "ac\tme"])
+def test_tenant_names_are_matched_whole(name):
+    assert "tenants[1].name: " in problem(tenant("ok"), tenant(name))

@@ -1,29 +1,36 @@
-"""Pure logic of module_utils/common.py: normalisation, address planning, diff, plan, rollback."""
+"""Pure logic shared by every module: normalisation (validation.py), address planning
+(addresses.py), diff and plan (plan.py), rollback (runner.py), errno sentences (errors.py)."""
 
 from __future__ import annotations
 
 import errno
+import re
 
 import pytest
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
-    DiffTracker,
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils import nsproxy_config as cfg
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils import routes as R
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.addresses import (
+    addresses_after,
+    plan_addresses,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import (
     ModuleFailure,
     ParamError,
-    Plan,
-    Rollback,
-    addresses_after,
-    apply_plan,
     errno_sentence,
+)
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.plan import DiffTracker, Plan
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.runner import Rollback, apply_plan
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import (
     netns_path,
     normalize_cidr,
     normalize_cidrs,
     normalize_link_addresses,
     normalize_mac,
-    plan_addresses,
     validate_ifname,
     validate_int_range,
     validate_mtu,
+    validate_name,
 )
 
 
@@ -225,3 +232,25 @@ def test_ipv6_link_local_cannot_be_managed_on_a_link():
     with pytest.raises(ParamError, match=r"^addresses\[1\]: .*link-local"):
         normalize_link_addresses(["10.0.0.1/24", "fe80::1/64"], "addresses")
     assert normalize_link_addresses(["fd00::1/64"], "addresses") == ["fd00::1/64"]
+
+
+@pytest.mark.parametrize("suffix", ["\n", "\r", "\t", "\x00", "\x1b[31m", "\x7f"])
+def test_names_are_matched_whole_and_control_characters_are_refused(suffix):
+    """A trailing newline (what ``$`` lets through) or any control character never reaches a
+    file name, a log line or a kernel object: each is refused naming the field."""
+    bad = "acme" + suffix
+    for check in (
+        lambda: validate_ifname(bad, "name"),
+        lambda: netns_path(bad, "netns"),
+        lambda: netns_path("/run/netns/" + bad, "netns"),
+        lambda: validate_name(bad, "tenants[0].name", re.compile(r"[a-z]+"), "a-z"),
+    ):
+        with pytest.raises(ParamError) as err:
+            check()
+        assert err.value.msg.split(":")[0] in ("name", "netns", "tenants[0].name")
+    with pytest.raises(cfg.ConfigError, match="^name: "):
+        cfg.check_instance_name("main" + suffix)
+    with pytest.raises(cfg.ConfigError, match=r"^tenants\[0\]\.name: .*control character"):
+        cfg.check_tenants([{"name": bad}])
+    with pytest.raises(R.RouteSpecError, match=r"^routes\[0\]\.dev: "):
+        R.normalize_route_spec({"dst": "10.0.0.0/8", "dev": "eth0" + suffix})

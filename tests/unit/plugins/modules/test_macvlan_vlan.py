@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils import macvlan as M
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.common import (
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import (
     ModuleFailure,
     ParamError,
 )
+from ansible_collections.tenantnet.nsproxy.plugins.modules import macvlan_vlan as M
 
 
 def params(**kw):

@@ -1,0 +1,1 @@
+"""The binder: the privileged process (namespaces, sockets, workers, reload, upgrade)."""

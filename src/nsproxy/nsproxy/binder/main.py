@@ -1,0 +1,402 @@
+"""The binder: the process systemd starts, the only one with privileges.
+
+It validates the config, opens namespaces and makes sockets inside them (netns.py), opens the
+access log and reads the certificate files, owns the admin socket, starts and supervises the
+workers, applies reloads and performs upgrades. It parses no byte that a tenant, a client or an
+upstream sent: it never accepts a connection and never reads one. What it reads from its own
+workers is bounded control messages (channel.py), validated field by field.
+
+Rooms: listeners.py (binding, retry, namespace and address watch, pinned /proc paths),
+sockets.py (upstream sockets for the workers' stock), workers.py (fork, supervise, replace),
+reload.py (a new config), upgrade.py (re-exec with the same PID), status.py (the status
+document); admin.py (the admin socket) is shared with the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+import socket
+import time
+
+from nsproxy import (
+    __version__,
+    accesslog,
+    admin,
+    channel,
+    config,
+    heap,
+    netns,
+    privileges,
+    systemd,
+    tls_tickets,
+)
+from nsproxy.binder.listeners import Listeners
+from nsproxy.binder.sockets import UpstreamSockets
+from nsproxy.binder.workers import WorkerPool
+from nsproxy.sharedcounts import SharedCounts, Slots
+from nsproxy.worker import main as worker_main
+
+log = logging.getLogger("nsproxy")
+
+SWEEP = 1.0  # seconds between two looks at namespaces and workers
+START_TIMEOUT = 60.0  # seconds the first workers have to become ready
+SOCKETS_PER_SECOND = 20000  # upstream sockets one worker may ask for per second
+
+
+def load_config(path: str, previous: dict | None = None) -> tuple[config.Config, bytes]:
+    """(config, the file's bytes): config.load, keeping the bytes (an upgrade hands them to
+    the new binder, which falls back to them if it refuses the file). Raises ConfigError."""
+    limit = getattr(config, "MAX_FILE_BYTES", 64 * 1024 * 1024)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise config.ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from None
+    if len(data) > limit:
+        raise config.ConfigError([f"{path} is larger than {limit} bytes"])
+    return config.parse(data, previous), data
+
+
+def worker_count(cfg: config.Config) -> int:
+    """The config's ``workers``: a number, or "auto" (the CPUs this process may run on)."""
+    workers = getattr(cfg, "workers", "auto")
+    if workers == "auto" or workers is None:
+        return max(1, len(os.sched_getaffinity(0)))
+    return int(workers)
+
+
+class Binder:
+    """Serves one configuration file with its workers (see the module docstring)."""
+
+    def __init__(self, config_path: str, cfg: config.Config, config_bytes: bytes = b""):
+        self.config_path = config_path
+        self.config = cfg
+        self.config_bytes = config_bytes
+        self.tenant_specs = {t.name: t for t in cfg.tenants}
+        self.loop = asyncio.get_running_loop()
+        self.registry = netns.Registry()
+        self.listeners = Listeners(
+            self.loop, self.registry, self._serve, self._unserve, worker_count(cfg)
+        )
+        self.upstream_sockets = UpstreamSockets(self.loop, self.registry, self._netns_changed)
+        self.pool = WorkerPool(self, self.loop)
+        self.counts = SharedCounts.create()
+        self.slots = Slots(self.counts)
+        for spec in cfg.tenants:
+            self.slots.slot(spec.name)
+        self.generation = 1
+        self.credentials: privileges.Credentials | None = None
+        self.cert_files: dict[str, bytes] = {}
+        self.ticket_keys = tls_tickets.new_keys()  # TLS session tickets valid in every worker
+        self.cert_stats: dict[str, tuple] = {}
+        self.access_log_fd: int | None = None
+        self.metrics_sock: socket.socket | None = None
+        self.admin_server = None
+        self.reload_lock = asyncio.Lock()
+        self.stopped = asyncio.Event()
+        self.stopping = False
+        self.exit_code = 0
+        self.last_reload_error: str | None = None
+        self.sweeper = None
+        self.serve_batch: dict[int, list] = {}  # worker index -> [(sid, tenant, digest, sock)]
+        self.socket_budget: dict[int, tuple[float, int]] = {}  # pid -> (second, sockets)
+        self.started_at = time.time()
+        self.upgrades = 0
+
+    # -- start / stop ---------------------------------------------------------------------
+    async def start(self) -> None:
+        raise_nofile_limit()
+        privileges.forbid_ptrace()
+        self.credentials = privileges.worker_credentials(getattr(self.config, "user", None))
+        self.read_certificates(self.config)
+        self.access_log_fd = self._open_access_log(self.config.access_log)
+        started = time.monotonic()
+        for spec in self.config.tenants:
+            self.listeners.add(spec)
+        self.metrics_sock = self._metrics_socket(self.config.metrics_listen)
+        self.admin_server = await admin.start(self, self.config.admin_socket)
+        self.pool.start(worker_count(self.config))
+        await self.pool.wait_ready(self.generation, START_TIMEOUT)
+        if self.pool.fatal:
+            raise SystemExit(f"nsproxy: {self.pool.fatal}")
+        self._begin_serving()
+        bound = sum(len(b.sockets) for b in self.listeners.tenants.values())  # listeners
+        log.info(
+            "serving %d tenants, %d/%d listeners bound in %.3f s (generation %d, %d workers as %s)",
+            len(self.listeners.tenants),
+            bound,
+            self.config.listener_count(),
+            time.monotonic() - started,
+            self.generation,
+            len(self.pool.serving()),
+            self.credentials,
+        )
+        systemd.ready(f"{len(self.listeners.tenants)} tenants")
+
+    def _begin_serving(self) -> None:
+        for sig, handler in (
+            (signal.SIGHUP, self._sighup),
+            (signal.SIGTERM, self._sigterm),
+            (signal.SIGINT, self._sigterm),
+        ):
+            self.loop.add_signal_handler(sig, handler)
+        self.sweeper = self.loop.call_later(SWEEP, self._sweep)
+
+    def _sighup(self) -> None:
+        from nsproxy.binder import reload
+
+        self.loop.create_task(reload.reload(self))
+
+    def _sigterm(self) -> None:
+        if not self.stopping:
+            self.loop.create_task(self.shutdown())
+
+    def fatal_error(self, reason: str) -> None:
+        """Something no new worker can fix (privileges): stop with exit status 1."""
+        self.exit_code = 1
+        if not self.stopping:
+            self.loop.create_task(self.shutdown())
+
+    async def shutdown(self) -> None:
+        """Stop accepting everywhere, let open requests finish (up to timeouts.drain), exit."""
+        systemd.stopping()
+        self.stopping = True
+        log.info("stopping: %d workers draining", len(self.pool.workers))
+        self.pool.stopping = True
+        for handle in list(self.pool.workers.values()):
+            self.pool.drain(handle, "stop", self.config.timeouts["drain"])
+        self.listeners.close()
+        self.upstream_sockets.close()
+        if self.metrics_sock is not None:
+            self.metrics_sock.close()
+        await self.pool.stop(self.config.timeouts["drain"])
+        if self.admin_server is not None:
+            self.admin_server.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.admin_socket)
+        self.stopped.set()
+
+    # -- what workers get -----------------------------------------------------------------
+    def seed(self, index: int, row: int, worker_end: socket.socket) -> worker_main.Seed:
+        self._flush_serves()
+        return worker_main.Seed(
+            index=index,
+            counts=self.counts.for_row(row),
+            slots=dict(self.slots.of),
+            generation=self.generation,
+            config=self.config,
+            files=self.cert_files,
+            served=self.listeners.served(index),
+            channel=worker_end,
+            access_log_fd=self.access_log_fd,
+            access_log_target=self.config.access_log,
+            metrics_sock=self.metrics_sock if index == 0 else None,
+            credentials=self.credentials,
+            ticket_keys=self.ticket_keys,
+            binder=self,
+        )
+
+    def _serve(self, binding, digest: bytes, index: int, sid: int, sock: socket.socket) -> None:
+        """A socket for worker ``index`` (the workers of that index get it; one forked later
+        inherits it)."""
+        if not self.pool.workers:
+            return  # before the first fork: the workers inherit it
+        if not self.serve_batch:
+            self.loop.call_soon(self._flush_serves)
+        batch = self.serve_batch.setdefault(index, [])
+        batch.append((sid, binding.name, digest.hex(), sock))
+        if len(batch) >= channel.MAX_FDS:
+            self._flush_serves()
+
+    def _flush_serves(self) -> None:
+        batches, self.serve_batch = self.serve_batch, {}
+        for index, batch in batches.items():
+            live = [entry for entry in batch if entry[3].fileno() >= 0]  # unbound meanwhile
+            if live:
+                self.pool.broadcast(
+                    "serve",
+                    [entry[3].fileno() for entry in live],
+                    index=index,
+                    listeners=[list(entry[:3]) for entry in live],
+                )
+
+    def _unserve(self, sids: list[int]) -> None:
+        self._flush_serves()
+        for start in range(0, len(sids), 4000):
+            self.pool.broadcast("unserve", everyone=True, sids=sids[start : start + 4000])
+
+    def _netns_changed(self, identity: tuple) -> None:
+        self.pool.broadcast("netns_changed", everyone=True, identity=list(identity))
+
+    def need_sockets(self, handle, message: dict) -> None:
+        """A worker's ``need_sockets``: sockets inside its tenant's upstream namespace."""
+        ident = message.get("id")
+        if not isinstance(ident, int):
+            raise channel.ChannelError("need_sockets: id must be an integer")
+        count = message.get("count")
+        second = int(time.monotonic())
+        start, used = self.socket_budget.get(handle.pid, (second, 0))
+        if start != second:
+            used = 0
+        if isinstance(count, int) and used + count > SOCKETS_PER_SECOND:
+            handle.channel.send("sockets", reply_to=ident, error="too many sockets asked for")
+            return
+        spec = (
+            self.tenant_specs.get(message.get("tenant"))
+            if isinstance(message.get("tenant"), str)
+            else None
+        )
+        socks, identity = self.upstream_sockets.make(
+            spec, message.get("upstream"), message.get("family"), count
+        )
+        self.socket_budget[handle.pid] = (second, used + len(socks))
+        try:
+            if socks:
+                handle.channel.send(
+                    "sockets", [s.fileno() for s in socks], reply_to=ident, identity=list(identity)
+                )
+            else:
+                handle.channel.send("sockets", reply_to=ident, error=identity)
+        finally:
+            for sock in socks:
+                sock.close()
+
+    async def relay_metrics(self, handle, ident) -> None:
+        """The metrics worker's ``metrics?``: every worker's snapshot memfd, relayed unread,
+        with the binder's counters."""
+        if not isinstance(ident, int):
+            return
+        snapshots = await self.pool.snapshots(5.0)
+        fds = [fd for _, fd in snapshots][: channel.MAX_FDS]
+        try:
+            if handle.channel is not None and not handle.channel.closed:
+                handle.channel.send("metrics", fds, reply_to=ident, binder=self.counters())
+        finally:
+            channel.close_fds(fd for _, fd in snapshots)
+
+    def counters(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "workers_started": self.pool.started,
+            "worker_deaths": self.pool.deaths,
+            "upgrades": self.upgrades,
+        }
+
+    # -- files ----------------------------------------------------------------------------
+    def read_certificates(self, cfg: config.Config) -> dict[str, bytes]:
+        """Read the certificate and key files of cfg's https listeners whose files changed
+        since they were last read (workers cannot read them); the changed ones."""
+        from nsproxy import tls
+
+        wanted: dict[str, tuple] = {}
+        for tenant in cfg.tenants:
+            for li in tenant.listeners:
+                if li.protocol == "https":
+                    for path in tls.certificate_paths(li.spec):
+                        if path not in wanted:
+                            try:
+                                st = os.stat(path)
+                                wanted[path] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                            except OSError:
+                                wanted[path] = ()
+        changed = {}
+        for path, state in wanted.items():
+            if self.cert_stats.get(path) != state or path not in self.cert_files:
+                try:
+                    with open(path, "rb") as f:
+                        changed[path] = f.read()
+                except OSError as exc:
+                    log.error("cannot read %s: %s", path, exc.strerror)
+                    continue
+                self.cert_stats[path] = state
+        for path in [p for p in self.cert_files if p not in wanted]:
+            del self.cert_files[path]
+            self.cert_stats.pop(path, None)
+        self.cert_files.update(changed)
+        return changed
+
+    def _open_access_log(self, target: str | None) -> int | None:
+        if target is None:
+            return None
+        try:
+            return accesslog.open_target(target)
+        except OSError as exc:
+            log.error("access_log %s: %s; requests are not logged", target, exc.strerror)
+            return None
+
+    def _metrics_socket(self, address) -> socket.socket | None:
+        if address is None:
+            return None
+        try:
+            return self.registry.listening_socket(None, *address)
+        except OSError as exc:
+            log.error("metrics.listen %s:%d: %s", address[0], address[1], exc.strerror or exc)
+            return None
+
+    # -- the one-second sweep -------------------------------------------------------------
+    def _sweep(self) -> None:
+        self.sweeper = self.loop.call_later(SWEEP, self._sweep)
+        for job in (self.upstream_sockets.sweep, self.listeners.sweep, self.pool.sweep):
+            try:
+                job()
+            except Exception:
+                log.exception("internal error in the binder's sweep")
+        if len(self.socket_budget) > 2 * len(self.pool.workers) + 8:
+            self.socket_budget = {
+                p: v for p, v in self.socket_budget.items() if p in self.pool.workers
+            }
+
+    # -- admin ----------------------------------------------------------------------------
+    async def reload(self) -> tuple[bool, str]:
+        from nsproxy.binder import reload
+
+        return await reload.reload(self)
+
+    async def upgrade(self, reply_sock) -> tuple[bool, str]:
+        from nsproxy.binder import upgrade
+
+        return await upgrade.upgrade(self, reply_sock)
+
+    async def status(self) -> dict:
+        from nsproxy.binder import status
+
+        return await status.document(self)
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; the new (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft, hard
+
+
+async def serve(config_path: str, cfg: config.Config, config_bytes: bytes, handoff=None) -> int:
+    """``nsproxy run``: the binder's life (from a handed-over state when re-executed by
+    upgrade)."""
+    from nsproxy.binder import upgrade
+
+    binder = Binder(config_path, cfg, config_bytes)
+    try:
+        if handoff is not None:
+            await upgrade.resume(binder, handoff)
+        else:
+            await binder.start()
+    except privileges.PrivilegeError as exc:
+        raise SystemExit(f"nsproxy: {exc}") from None
+    heap.settle()
+    await binder.stopped.wait()
+    return binder.exit_code
+
+
+__all__ = ["Binder", "serve", "worker_count", "__version__"]

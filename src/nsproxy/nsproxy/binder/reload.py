@@ -1,0 +1,170 @@
+"""Reload: a new config, applied by difference, across every worker; refused as a whole.
+
+The binder reads and validates the file (config.load re-checks only tenants whose JSON or
+certificate files changed). Refused: the running config stays, the reason goes to the log,
+the status and the reply, and systemd gets READY=1 again. Accepted: the binder binds what was
+added, unbinds what was removed (its listeners.py), reads changed certificate files, and sends
+every worker the new generation: a memfd with the config, in which unchanged tenants are only
+their names (the worker keeps its own objects for them: pools, connections and all), and the
+changed certificate bytes. The reply waits until every worker has applied it, so that a
+client told "generation N" never meets generation N-1 (a worker that does not apply it in time
+is replaced). Then ``workers`` and ``user`` changes take effect (a changed user: the workers
+are replaced one set by the next, as in an upgrade).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+
+from nsproxy import accesslog, channel, config, heap, privileges, systemd
+
+log = logging.getLogger("nsproxy")
+
+APPLY_TIMEOUT = 60.0  # seconds every worker has to apply a generation
+
+
+async def reload(binder) -> tuple[bool, str]:
+    """Re-read the binder's config file and apply the difference; (ok, message)."""
+    from nsproxy.binder.main import load_config
+
+    async with binder.reload_lock:
+        systemd.reloading()
+        started = time.monotonic()
+        # Parsing a big config allocates tens of thousands of objects: without the pause,
+        # the collector would walk every object of every tenant several times meanwhile.
+        with heap.collector_paused():
+            kept = {t.name: t for t in binder.config.tenants}
+            try:
+                new, data = load_config(binder.config_path, kept)
+                checked = time.monotonic()
+                credentials = privileges.worker_credentials(getattr(new, "user", None))
+            except (config.ConfigError, privileges.PrivilegeError) as exc:
+                problems = exc.problems if isinstance(exc, config.ConfigError) else [str(exc)]
+                message = "new configuration refused, the running one stays: " + "; ".join(problems)
+                log.error("%s", message)
+                binder.last_reload_error = message
+                systemd.ready()
+                return False, message
+            old = binder.config
+            binder.config_bytes = data
+            counts = _apply(binder, old, new)
+            generation = binder.generation + 1
+            for spec in new.tenants:
+                binder.slots.slot(spec.name)
+            binder.slots.keep_only(t.name for t in new.tenants)
+            payload = {
+                "config": _wire(new, kept),
+                "files": binder.read_certificates(new),
+                "slots": dict(binder.slots.of),
+            }
+            fds = []
+            if new.access_log != old.access_log:
+                if binder.access_log_fd is not None:
+                    accesslog.close_fd(binder.access_log_fd)
+                binder.access_log_fd = binder._open_access_log(new.access_log)
+                payload["access_log"] = new.access_log or ""
+            memfd = channel.sealed_memfd(pickle.dumps(payload, pickle.HIGHEST_PROTOCOL), "config")
+            try:
+                fds = [memfd] + ([binder.access_log_fd] if binder.access_log_fd is not None
+                                 and "access_log" in payload else [])  # fmt: skip
+                binder._flush_serves()
+                binder.generation = generation
+                binder.pool.broadcast("config", fds, generation=generation)
+                sent = time.monotonic()
+            finally:
+                channel.close_fds([memfd])
+            if new.metrics_listen != old.metrics_listen:
+                _move_metrics(binder, new)
+        late = await binder.pool.wait_ready(generation, APPLY_TIMEOUT)
+        applied = time.monotonic()
+        names = {u.netns for t in new.tenants for u in t.upstreams.values() if u.netns}
+        binder.upstream_sockets.keep_only(names)
+        if getattr(new, "workers", "auto") != getattr(old, "workers", "auto"):
+            from nsproxy.binder.main import worker_count
+
+            binder.pool.resize(worker_count(new))
+        if (credentials.uid, credentials.gid) != (binder.credentials.uid, binder.credentials.gid):
+            binder.credentials = credentials
+            await replace_workers(binder, "the workers' user changed")
+        binder.last_reload_error = None
+        added, removed, changed = counts
+        log.info(
+            "reloaded in %.3f s (read and check %.3f, bind and send %.3f, workers applied "
+            "%.3f): generation %d, "
+            "%d added, %d removed, %d changed, %d kept%s",
+            time.monotonic() - started,
+            checked - started,
+            sent - checked,
+            applied - sent,
+            generation,
+            added,
+            removed,
+            changed,
+            len(new.tenants) - added - changed,
+            f"; {len(late)} workers replaced (too slow)" if late else "",
+        )
+        heap.settle()
+        systemd.ready(f"{len(new.tenants)} tenants")
+        return True, f"generation {generation}"
+
+
+def _apply(binder, old: config.Config, new: config.Config) -> tuple[int, int, int]:
+    """The binder's side of a reload: listeners bound and unbound; (added, removed, changed)."""
+    listeners = binder.listeners
+    wanted = {t.name: t for t in new.tenants}
+    added = removed = changed = 0
+    for name in [n for n in listeners.tenants if n not in wanted]:
+        listeners.remove(name)
+        removed += 1
+    binder.config = new
+    binder.tenant_specs = wanted
+    for spec in new.tenants:
+        binding = listeners.tenants.get(spec.name)
+        if binding is None:
+            listeners.add(spec)
+            added += 1
+        elif binding.spec is not spec:
+            if binding.spec.digest != spec.digest:
+                changed += 1
+            else:  # same JSON, other certificate files: the workers load them, no rebinding
+                old_states = {li.digest: li.cert_state for li in binding.spec.listeners}
+                for li in spec.listeners:
+                    if li.protocol == "https" and old_states.get(li.digest) != li.cert_state:
+                        log.info("tenant %s: %s: certificates reloaded", spec.name, li.listen)
+            listeners.update(binding, spec)
+    return added, removed, changed
+
+
+def _wire(new: config.Config, kept: dict) -> config.Config:
+    """A copy of ``new`` whose unchanged tenants (the very objects of the running config)
+    are only their names: what a worker needs to apply the generation."""
+    wire = config.Config.__new__(config.Config)
+    for name in config.Config.__slots__:
+        if hasattr(new, name):
+            setattr(wire, name, getattr(new, name))
+    wire.tenants = [t.name if kept.get(t.name) is t else t for t in new.tenants]
+    return wire
+
+
+def _move_metrics(binder, new: config.Config) -> None:
+    if binder.metrics_sock is not None:
+        binder.metrics_sock.close()
+    binder.metrics_sock = binder._metrics_socket(new.metrics_listen)
+    for handle in binder.pool.serving():
+        if handle.index == 0:
+            fds = [binder.metrics_sock.fileno()] if binder.metrics_sock is not None else []
+            handle.channel.send("metrics_socket", fds)
+
+
+async def replace_workers(binder, reason: str) -> None:
+    """Start a new set of workers, then let the old ones drain (no listener closes)."""
+    old = binder.pool.serving()
+    log.info("%s: starting %d new workers, then draining the old ones", reason, len(old))
+    for handle in old:
+        handle.state = "old"
+    binder.pool.start(len(old) or 1)
+    await binder.pool.wait_ready(binder.generation, APPLY_TIMEOUT)
+    for handle in old:
+        binder.pool.drain(handle, "upgrade", None)

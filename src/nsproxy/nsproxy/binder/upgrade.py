@@ -1,0 +1,406 @@
+"""Seamless upgrade: the binder re-executes itself, keeping its PID and every open socket.
+
+``nsproxy upgrade`` (admin command ``upgrade``) makes the binder:
+
+1. run the installed ``nsproxy check`` on its config (a new build that would refuse it is not
+   started: the running one stays and says why);
+2. write its state into a memfd (listening sockets by tenant and listener digest with their
+   socket ids, namespace fds and pins, the admin and metrics sockets, the access log, the
+   running config's bytes, its workers' pids and channels, counters) and clear close-on-exec
+   on exactly those fds;
+3. ``execve`` the installed nsproxy with the same arguments, the memfd named in
+   ``NSPROXY_HANDOFF_FD``. Same PID: systemd's MAINPID and NotifyAccess=main hold, and the old
+   workers are still this process's children.
+
+The new binder (:func:`resume`) adopts all of it, loads the config (the one on disk; if the new
+build refuses it, the bytes the old one ran), binds what is missing, forks new workers, and
+once they are ready tells the old ones to drain: they stop accepting (the sockets stay open in
+the binder and the new workers, so no connection is refused) and give their keep-alive clients
+``Connection: close`` on the next response. It answers the ``nsproxy upgrade`` command on the
+connection it inherited, and sends READY=1. No listening socket is closed at any point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from nsproxy import __version__, admin, config, netns, privileges, systemd
+from nsproxy.sharedcounts import SharedCounts, Slots
+
+log = logging.getLogger("nsproxy")
+
+HANDOFF_ENV = "NSPROXY_HANDOFF_FD"
+CHECK_TIMEOUT = 120.0  # seconds the installed `nsproxy check` may take
+MAX_HANDOFF = 256 * 1024 * 1024
+
+
+def command() -> list[str]:
+    """How to run the installed nsproxy: the script this binder was started as, when it is an
+    absolute path (a virtualenv's bin/nsproxy), else this interpreter with ``-m nsproxy``."""
+    script = sys.argv[0]
+    if os.path.isabs(script) and os.access(script, os.X_OK) and not script.endswith(".py"):
+        return [script]
+    return [sys.executable, "-m", "nsproxy"]
+
+
+async def upgrade(binder, reply_sock) -> tuple[bool, str]:
+    """Re-execute the installed nsproxy in this process; (False, why) if it was not done.
+    On success this never returns: the new binder answers on ``reply_sock``."""
+    if binder.stopping:
+        return False, "the daemon is stopping"
+    async with binder.reload_lock:
+        argv = command()
+        rc, output = await run_check([*argv, "check", binder.config_path], CHECK_TIMEOUT)
+        if rc != 0:
+            reason = " ".join(output.decode(errors="replace").split())[-2000:]
+            message = f"upgrade refused: the installed nsproxy ({argv[-1]}) does not accept "
+            message += f"{binder.config_path}: {reason or f'exit status {rc}'}"
+            log.error("%s", message)
+            return False, message
+        systemd.reloading()
+        state, fds = _state(binder, reply_sock)
+        memfd = os.memfd_create("nsproxy-handoff", 0)  # inherited by the new image
+        data = json.dumps(state).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(memfd, view) :]
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        env = dict(os.environ)
+        env[HANDOFF_ENV] = str(memfd)
+        run_args = ["run", "--config", binder.config_path, "--log-level", _log_level()]
+        log.info(
+            "upgrade: executing %s %s (pid %d stays, %d workers keep serving meanwhile)",
+            " ".join(argv),
+            " ".join(run_args),
+            os.getpid(),
+            len(binder.pool.workers),
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execve(argv[0], [*argv, *run_args], env)
+        except OSError as exc:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.set_inheritable(fd, False)
+            os.close(memfd)
+            if "reply_fd" in state:
+                os.close(state["reply_fd"])
+            systemd.ready()
+            return False, f"upgrade failed: cannot execute {argv[0]}: {exc.strerror}"
+    return False, "unreachable"
+
+
+def _log_level() -> str:
+    level = logging.getLogger().getEffectiveLevel()
+    return {logging.DEBUG: "debug", logging.WARNING: "warning", logging.ERROR: "error"}.get(
+        level, "info"
+    )
+
+
+def _state(binder, reply_sock) -> tuple[dict, list[int]]:
+    """The handed-over state as JSON-able data, and the fds it names."""
+    fds: list[int] = []
+
+    def keep(fd: int | None) -> int | None:
+        if fd is not None and fd >= 0:
+            fds.append(fd)
+            return fd
+        return None
+
+    tenants = []
+    for name, binding in binder.listeners.tenants.items():
+        pin = binding.pin
+        tenants.append(
+            {
+                "name": name,
+                "netns": binding.spec.netns,
+                "ns_fd": keep(binding.ns.fd) if binding.ns is not None else None,
+                "ns_path": binding.ns.path if binding.ns is not None else None,
+                "pin": [pin.pid, keep(pin.pidfd), pin.start_time] if pin is not None else None,
+                "gone": binding.gone,
+                "sockets": [
+                    [sid, index, digest.hex(), keep(sock.fileno())]
+                    for digest, group in binding.sockets.items()
+                    for index, (sid, sock) in enumerate(group)
+                ],
+            }
+        )
+    workers = [
+        {
+            "pid": h.pid,
+            "fd": keep(h.channel.fileno()),
+            "index": h.index,
+            "state": h.state,
+            "row": h.row,
+        }
+        for h in binder.pool.workers.values()
+        if h.channel is not None and not h.channel.closed
+    ]
+    state = {
+        "version": 1,
+        "from": __version__,
+        "config_path": binder.config_path,
+        "config_bytes": base64.b64encode(binder.config_bytes).decode(),
+        "generation": binder.generation,
+        "next_sid": binder.listeners.next_sid,
+        "started_at": binder.started_at,
+        "counters": binder.counters(),
+        "admin_fd": keep(binder.admin_server.sockets[0].fileno()) if binder.admin_server else None,
+        "metrics_fd": keep(binder.metrics_sock.fileno()) if binder.metrics_sock else None,
+        "metrics_listen": list(binder.config.metrics_listen or ()) or None,
+        "access_log_fd": keep(binder.access_log_fd),
+        "counts_fd": keep(binder.counts.fd),
+        "slots": binder.slots.of,
+        "next_slot": binder.slots.next,
+        "access_log": binder.config.access_log,
+        "ticket_keys": base64.b64encode(binder.ticket_keys).decode(),
+        "tenants": tenants,
+        "workers": workers,
+    }
+    if reply_sock is not None:
+        state["reply_fd"] = keep(os.dup(reply_sock.fileno()))
+    return state, fds
+
+
+def take_handoff() -> dict | None:
+    """The state a binder handed over before re-executing this one (None: a plain start)."""
+    value = os.environ.pop(HANDOFF_ENV, None)
+    if value is None:
+        return None
+    fd = int(value)
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_HANDOFF:
+            raise ValueError(f"handoff state of {size} bytes")
+        data = os.pread(fd, size, 0)
+        state = json.loads(data)
+    finally:
+        os.close(fd)
+    if not isinstance(state, dict) or state.get("version") != 1:
+        raise ValueError("handoff state of an unknown version")
+    return state
+
+
+def load_config(path: str, state: dict) -> tuple[config.Config, bytes, str | None]:
+    """(config, its bytes, a warning): the file on disk, or, if this build refuses it, the
+    bytes the previous binder ran. Raises ConfigError when neither is accepted."""
+    from nsproxy.binder.main import load_config
+
+    try:
+        cfg, data = load_config(path)
+        return cfg, data, None
+    except config.ConfigError as exc:
+        problems = exc.problems
+        old = base64.b64decode(state.get("config_bytes") or "")
+        warning = f"{path} is refused ({'; '.join(problems)}); running the previous config"
+        return config.parse(old), old, warning
+
+
+async def resume(binder, state: dict) -> None:
+    """The new binder's start from a handed-over state (see the module docstring)."""
+    from nsproxy.binder.listeners import Binding
+    from nsproxy.binder.main import raise_nofile_limit, worker_count
+
+    started = time.monotonic()
+    raise_nofile_limit()
+    privileges.forbid_ptrace()
+    inherited = _inherited_fds(state)
+    for fd in inherited:
+        with contextlib.suppress(OSError):
+            os.set_inheritable(fd, False)
+    cfg = binder.config
+    binder.credentials = privileges.worker_credentials(getattr(cfg, "user", None))
+    binder.generation = int(state.get("generation") or 0) + 1
+    counters = state.get("counters") or {}
+    binder.pool.started = int(counters.get("workers_started") or 0)
+    binder.pool.deaths = int(counters.get("worker_deaths") or 0)
+    binder.upgrades = int(counters.get("upgrades") or 0) + 1
+    binder.started_at = float(state.get("started_at") or time.time())
+    binder.read_certificates(cfg)
+    if state.get("ticket_keys"):  # tickets of the old workers stay valid in the new ones
+        binder.ticket_keys = base64.b64decode(state["ticket_keys"])
+    if state.get("counts_fd") is not None:  # the old workers count in this very table
+        os.close(binder.counts.fd)
+        binder.counts = SharedCounts(state["counts_fd"])
+        binder.slots = Slots(binder.counts)
+        binder.slots.of = {str(k): int(v) for k, v in (state.get("slots") or {}).items()}
+        binder.slots.next = int(state.get("next_slot") or 0)
+        for spec in cfg.tenants:
+            binder.slots.slot(spec.name)
+    # Old workers first: they keep serving until the new ones are ready.
+    old = []
+    for entry in state.get("workers") or []:
+        handle = binder.pool.adopt(entry["pid"], entry["fd"], entry["index"], entry.get("row", -1))
+        if handle is not None:
+            old.append(handle)
+    # Listening sockets and namespaces, for the tenants whose namespace is the same.
+    listeners = binder.listeners
+    listeners.next_sid = max(listeners.next_sid, int(state.get("next_sid") or 1))
+    for entry in state.get("tenants") or []:
+        spec = binder.tenant_specs.get(entry["name"])
+        sockets = entry.get("sockets") or []
+        if spec is None or spec.netns != entry.get("netns") or entry["name"] in listeners.tenants:
+            _close(
+                [fd for *_, fd in sockets]
+                + [entry.get("ns_fd"), (entry.get("pin") or [0, None])[1]]
+            )
+            continue
+        binding = listeners.tenants[spec.name] = Binding(spec)
+        binding.gone = entry.get("gone")
+        if entry.get("ns_fd") is not None:
+            binding.ns = binder.registry.adopt(entry["ns_path"], entry["ns_fd"])
+        if entry.get("pin"):
+            pid, pidfd, start_time = entry["pin"]
+            binding.pin = netns.Pin(pid, pidfd, start_time)
+            binder.loop.add_reader(pidfd, listeners._process_exited, binding)
+        # The new width may differ from the old one: indexes beyond it are left to the old
+        # workers (which hold their own copies until they have drained); missing ones are
+        # added by bind() below.
+        wanted = {li.digest for li in spec.listeners}
+        for sid, index, digest_hex, fd in sorted(sockets, key=lambda e: e[1]):
+            digest = bytes.fromhex(digest_hex)
+            group = binding.sockets.setdefault(digest, []) if digest in wanted else None
+            if (
+                group is not None
+                and binding.ns is not None
+                and index == len(group) < listeners.width
+            ):
+                group.append((sid, socket.socket(fileno=fd)))
+                binding.states[digest] = ("bound", None)
+            else:
+                _close([fd])
+        for digest in [d for d, group in binding.sockets.items() if not group]:
+            del binding.sockets[digest]
+        if not binding.gone:
+            listeners.bind(binding)
+    for spec in cfg.tenants:
+        if spec.name not in listeners.tenants:
+            listeners.add(spec)
+    # Admin socket, metrics socket, access log.
+    admin_sock = (
+        socket.socket(fileno=state["admin_fd"]) if state.get("admin_fd") is not None else None
+    )
+    binder.admin_server = await admin.start(binder, cfg.admin_socket, sock=admin_sock)
+    metrics_fd = state.get("metrics_fd")
+    if metrics_fd is not None and state.get("metrics_listen") == list(cfg.metrics_listen or ()):
+        binder.metrics_sock = socket.socket(fileno=metrics_fd)
+    else:
+        _close([metrics_fd])
+        binder.metrics_sock = binder._metrics_socket(cfg.metrics_listen)
+    access_fd = state.get("access_log_fd")
+    if access_fd is not None and state.get("access_log") == cfg.access_log:
+        binder.access_log_fd = access_fd
+    else:
+        _close([access_fd])
+        binder.access_log_fd = binder._open_access_log(cfg.access_log)
+    # New workers, then the old ones drain.
+    binder.pool.start(worker_count(cfg))
+    await binder.pool.wait_ready(binder.generation, 60.0)
+    if binder.pool.fatal:
+        for handle in old:  # nothing new can serve: the old workers stay
+            handle.state = "serving"
+        raise SystemExit(f"nsproxy: {binder.pool.fatal}")
+    for handle in old:
+        binder.pool.drain(handle, "upgrade", None)
+    binder._begin_serving()
+    message = (
+        f"upgraded nsproxy {state.get('from')} -> {__version__} in pid {os.getpid()} in "
+        f"{time.monotonic() - started:.3f} s: {len(binder.pool.serving())} new workers, "
+        f"{len(old)} old ones draining"
+    )
+    log.info("%s", message)
+    systemd.ready(f"{len(listeners.tenants)} tenants")
+    reply_fd = state.get("reply_fd")
+    if reply_fd is not None:
+        with contextlib.suppress(OSError), socket.socket(fileno=reply_fd) as reply:
+            reply.setblocking(True)
+            reply.settimeout(5)
+            answer = {"ok": True, "message": message, "generation": binder.generation}
+            reply.sendall(json.dumps(answer).encode() + b"\n")
+
+
+def _inherited_fds(state: dict) -> list[int]:
+    keys = ("admin_fd", "metrics_fd", "access_log_fd", "reply_fd", "counts_fd")
+    fds = [state.get(k) for k in keys]
+    for entry in state.get("tenants") or []:
+        fds.append(entry.get("ns_fd"))
+        fds.append((entry.get("pin") or [0, None])[1])
+        fds.extend(fd for *_, fd in entry.get("sockets") or [])
+    fds.extend(w.get("fd") for w in state.get("workers") or [])
+    return [fd for fd in fds if isinstance(fd, int)]
+
+
+def _close(fds) -> None:
+    for fd in fds:
+        if isinstance(fd, int):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+async def run_check(argv: list[str], timeout: float) -> tuple[int, bytes]:
+    """Run ``argv`` (stdin /dev/null, stdout+stderr captured, at most 64 kB kept) without
+    blocking the loop and without a thread or SIGCHLD handler: (exit status, output)."""
+    loop = asyncio.get_running_loop()
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.posix_spawn(
+            argv[0],
+            argv,
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, write_end, 1),
+                (os.POSIX_SPAWN_DUP2, write_end, 2),
+            ],
+        )
+    except OSError as exc:
+        os.close(read_end)
+        return 127, f"cannot run {argv[0]}: {exc.strerror}".encode()
+    finally:
+        os.close(write_end)
+    pidfd = os.pidfd_open(pid)
+    output = bytearray()
+    exited = loop.create_future()
+    eof = loop.create_future()
+
+    def readable():
+        try:
+            chunk = os.read(read_end, 65536)
+        except BlockingIOError:
+            return
+        if chunk:
+            output.extend(chunk[: max(0, 65536 - len(output))])
+        else:
+            loop.remove_reader(read_end)
+            if not eof.done():
+                eof.set_result(True)
+
+    os.set_blocking(read_end, False)
+    loop.add_reader(read_end, readable)
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(True))
+    try:
+        await asyncio.wait_for(asyncio.gather(exited, eof), timeout)
+    except asyncio.TimeoutError:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        output.extend(f" (killed after {timeout:.0f} s)".encode())
+    finally:
+        loop.remove_reader(pidfd)
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(read_end)
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+        os.close(pidfd)
+    return os.waitstatus_to_exitcode(status), bytes(output)

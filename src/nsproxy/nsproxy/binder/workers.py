@@ -1,0 +1,360 @@
+"""The binder's workers: fork, supervise, replace, talk to them.
+
+Workers are forked (no exec), so that the interpreter, the imported modules and the validated
+config are shared with the binder copy-on-write: the binder collects and freezes its heap
+(heap.settle) right before each fork. Each worker has a channel (channel.py) and a pidfd: the
+pidfd becomes readable when the worker exits, so a death is noticed at once, without SIGCHLD
+and without any PID reuse race; the worker is reaped and, unless it was asked to go, replaced
+by a fresh fork holding the current state. Its listening sockets stay open in the binder and
+the other workers throughout, so accepting never stops. A worker that stops sending heartbeats
+(a hung loop) is killed and replaced the same way. Workers that keep dying are replaced with a
+growing delay; one that could not drop its privileges stops the binder.
+
+Messages a worker may send (anything else ends it): ``ready`` (generation applied),
+``heartbeat``, ``need_sockets`` (answered by the binder's upstream sockets), ``metrics?`` (every
+worker's snapshot, relayed unread) and answers to the binder's requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+
+from nsproxy import channel, heap
+from nsproxy.worker import main as worker_main
+
+log = logging.getLogger("nsproxy")
+
+HUNG_AFTER = 20.0  # seconds without a message from a serving worker before it is killed
+START_WITHIN = 60.0  # seconds a starting worker has to report ready
+CRASH_WINDOW = 10.0  # deaths within this many seconds count as a crash loop
+CRASH_LIMIT = 5  # deaths within CRASH_WINDOW before replacements are delayed
+MAX_DELAY = 10.0  # seconds at most between two replacements in a crash loop
+
+
+class WorkerHandle:
+    """A worker as the binder sees it."""
+
+    __slots__ = (
+        "channel",
+        "generation",
+        "index",
+        "last_heard",
+        "pid",
+        "pidfd",
+        "row",
+        "started",
+        "state",
+        "waiters",
+    )
+
+    def __init__(self, pid: int, pidfd: int, index: int, state: str = "starting", row=-1):
+        self.pid = pid
+        self.pidfd = pidfd
+        self.index = index
+        self.row = row  # its row in the shared connection counts
+        self.state = state  # starting, serving, old (before an upgrade's drain), draining
+        self.generation = 0
+        self.started = time.time()
+        self.last_heard = time.monotonic()
+        self.channel: channel.Channel | None = None
+        self.waiters: list = []  # (generation, future): wait_ready
+
+    def describe(self) -> dict:
+        return {
+            "pid": self.pid,
+            "index": self.index,
+            "state": self.state,
+            "generation": self.generation,
+            "started": round(self.started, 3),
+        }
+
+
+class WorkerPool:
+    """The binder's workers by pid. ``binder`` gives seeds, sockets and the config."""
+
+    def __init__(self, binder, loop):
+        self.binder = binder
+        self.loop = loop
+        self.workers: dict[int, WorkerHandle] = {}
+        self.wanted = 0
+        self.started = 0
+        self.deaths = 0
+        self.recent_deaths: collections.deque = collections.deque()
+        self.pending_spawns: set[int] = set()  # indexes waiting for a delayed replacement
+        self.stopping = False
+        self.fatal: str | None = None
+
+    # -- starting -------------------------------------------------------------------------
+    def start(self, count: int) -> list[WorkerHandle]:
+        self.wanted = count
+        return [self.spawn(index) for index in range(count)]
+
+    def spawn(self, index: int) -> WorkerHandle:
+        """Fork worker number ``index`` with the binder's current state."""
+        binder_end, worker_end = channel.pair()
+        row = self.binder.slots.take_row()
+        if row < 0:
+            log.warning(
+                "more than %d workers at once: worker %d counts its own connections only",
+                len(self.binder.slots.rows),
+                index,
+            )
+        seed = self.binder.seed(index, row, worker_end)
+        heap.settle()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            worker_main.run(seed)
+        worker_end.close()
+        pidfd = os.pidfd_open(pid)
+        handle = WorkerHandle(pid, pidfd, index, row=row)
+        if row >= 0:
+            self.binder.slots.rows[row] = pid
+        self._attach(handle, binder_end)
+        self.started += 1
+        log.info("worker %d started (pid %d)", index, pid)
+        return handle
+
+    def adopt(self, pid: int, channel_fd: int, index: int, row: int) -> WorkerHandle:
+        """A worker of the binder before an upgrade's execve (still this process's child)."""
+        import socket
+
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            os.close(channel_fd)
+            return None
+        handle = WorkerHandle(pid, pidfd, index, state="old", row=row)
+        if row >= 0:
+            self.binder.slots.rows[row] = pid
+        self._attach(handle, socket.socket(fileno=channel_fd))
+        os.set_inheritable(channel_fd, False)
+        return handle
+
+    def _attach(self, handle: WorkerHandle, sock) -> None:
+        handle.channel = channel.Channel(
+            sock,
+            self.loop,
+            lambda message, fds: self._message(handle, message, fds),
+            lambda reason: self._channel_closed(handle, reason),
+            peer=f"worker {handle.index} (pid {handle.pid})",
+        )
+        handle.channel.start()
+        self.workers[handle.pid] = handle
+        self.loop.add_reader(handle.pidfd, self._exited, handle)
+
+    def serving(self) -> list[WorkerHandle]:
+        """Workers that serve the current generation (starting or serving)."""
+        return [w for w in self.workers.values() if w.state in ("starting", "serving")]
+
+    # -- talking --------------------------------------------------------------------------
+    def broadcast(self, kind: str, fds=(), everyone: bool = False, index=None, **fields) -> None:
+        """Send a message to every current worker (``everyone``: old and draining ones too;
+        ``index``: only the current workers of that index)."""
+        for handle in list(self.workers.values()):
+            if index is not None and handle.index != index:
+                continue
+            if handle.channel is not None and (everyone or handle.state in ("starting", "serving")):
+                try:
+                    handle.channel.send(kind, fds, **fields)
+                except channel.ChannelError as exc:
+                    log.error("worker %d: %s", handle.index, exc)
+
+    async def wait_ready(self, generation: int, timeout: float) -> list[WorkerHandle]:
+        """Wait until every current worker has applied ``generation``; the ones that did not
+        within ``timeout`` are killed (and replaced). Returns the laggards."""
+        waits = []
+        for handle in self.serving():
+            if handle.generation >= generation:
+                continue
+            future = self.loop.create_future()
+            handle.waiters.append((generation, future))
+            waits.append((handle, future))
+        if not waits:
+            return []
+        await asyncio.wait([f for _, f in waits], timeout=timeout)
+        late = [h for h, f in waits if not f.done()]
+        for handle in late:
+            self.kill(handle, f"did not apply generation {generation} within {timeout:.0f} s")
+        return late
+
+    async def snapshots(self, timeout: float, everyone: bool = True) -> list[tuple]:
+        """[(handle, fd of its snapshot memfd)] of the workers that answered in time (the
+        caller owns the fds)."""
+        handles = [
+            w for w in self.workers.values() if w.channel is not None and not w.channel.closed
+        ]
+        if not everyone:
+            handles = [w for w in handles if w.state in ("starting", "serving")]
+
+        async def one(handle):
+            try:
+                _, fds = await handle.channel.request("snapshot?", timeout)
+            except (asyncio.TimeoutError, channel.ChannelError):
+                return None
+            if len(fds) != 1:
+                channel.close_fds(fds)
+                return None
+            return handle, fds[0]
+
+        results = await asyncio.gather(*(one(h) for h in handles))
+        return [r for r in results if r is not None]
+
+    def _message(self, handle: WorkerHandle, message: dict, fds: list[int]) -> None:
+        handle.last_heard = time.monotonic()
+        kind = message["type"]
+        if kind == "heartbeat":
+            channel.close_fds(fds)
+        elif kind == "ready":
+            channel.close_fds(fds)
+            generation = message.get("generation")
+            if not isinstance(generation, int) or isinstance(generation, bool):
+                raise channel.ChannelError("ready: generation must be an integer")
+            handle.generation = max(handle.generation, generation)
+            if handle.state == "starting":
+                handle.state = "serving"
+                log.info("worker %d (pid %d) serving", handle.index, handle.pid)
+            for entry in list(handle.waiters):
+                if entry[0] <= handle.generation and not entry[1].done():
+                    entry[1].set_result(True)
+            handle.waiters = [e for e in handle.waiters if not e[1].done()]
+        elif kind == "need_sockets":
+            channel.close_fds(fds)
+            self.binder.need_sockets(handle, message)
+        elif kind == "metrics?":
+            channel.close_fds(fds)
+            self.loop.create_task(self.binder.relay_metrics(handle, message.get("id")))
+        else:
+            channel.close_fds(fds)
+            raise channel.ChannelError(f"unknown message type {kind!r}")
+
+    def _channel_closed(self, handle: WorkerHandle, reason: str) -> None:
+        if handle.pid in self.workers and handle.state != "draining" and not self.stopping:
+            self.kill(handle, reason)
+
+    # -- ending ---------------------------------------------------------------------------
+    def kill(self, handle: WorkerHandle, reason: str) -> None:
+        """SIGKILL a worker (it is replaced when its exit is seen)."""
+        log.error("worker %d (pid %d): %s; killing it", handle.index, handle.pid, reason)
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(handle.pidfd, signal.SIGKILL)
+
+    def _exited(self, handle: WorkerHandle) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self.loop.remove_reader(handle.pidfd)
+        try:
+            _, status = os.waitpid(handle.pid, os.WNOHANG)
+        except ChildProcessError:
+            status = 0
+        os.close(handle.pidfd)
+        handle.pidfd = -1
+        self.workers.pop(handle.pid, None)
+        self.binder.slots.free_row(handle.row)
+        if handle.channel is not None:
+            # The channel's callbacks refer to the handle: break that cycle (frozen objects
+            # are freed by their reference count only, see heap.settle).
+            handle.channel.on_closed = handle.channel.on_message = _ignore
+            handle.channel.close("exited")
+            handle.channel = None
+        for _, future in handle.waiters:
+            if not future.done():
+                future.set_result(False)
+        how = _describe_exit(status)
+        if handle.state in ("draining", "old") or self.stopping:
+            log.info("worker %d (pid %d) %s", handle.index, handle.pid, how)
+            return
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == worker_main.EXIT_PRIVILEGES:
+            self.fatal = f"worker {handle.index} could not drop its privileges (see above)"
+            log.error("%s: stopping", self.fatal)
+            self.binder.fatal_error(self.fatal)
+            return
+        self.deaths += 1
+        log.error("worker %d (pid %d) %s; starting a replacement", handle.index, handle.pid, how)
+        self._replace(handle.index)
+
+    def _replace(self, index: int) -> None:
+        now = time.monotonic()
+        self.recent_deaths.append(now)
+        while self.recent_deaths and now - self.recent_deaths[0] > CRASH_WINDOW:
+            self.recent_deaths.popleft()
+        if index in self.pending_spawns:
+            return
+        excess = len(self.recent_deaths) - CRASH_LIMIT
+        if excess <= 0:
+            self.spawn(index)
+            return
+        delay = min(MAX_DELAY, 0.5 * 2**excess)
+        log.error("workers keep dying (%d in %.0f s): next start in %.1f s",
+                  len(self.recent_deaths), CRASH_WINDOW, delay)  # fmt: skip
+        self.pending_spawns.add(index)
+        self.loop.call_later(delay, self._delayed_spawn, index)
+
+    def _delayed_spawn(self, index: int) -> None:
+        self.pending_spawns.discard(index)
+        if not self.stopping and not any(w.index == index for w in self.serving()):
+            self.spawn(index)
+
+    def sweep(self) -> None:
+        """Kill workers that stopped talking (a hung loop) or never became ready."""
+        now = time.monotonic()
+        for handle in list(self.workers.values()):
+            if handle.state == "serving" and now - handle.last_heard > HUNG_AFTER:
+                self.kill(handle, f"no heartbeat for {now - handle.last_heard:.0f} s")
+            elif handle.state == "starting" and now - handle.last_heard > START_WITHIN:
+                self.kill(handle, f"not ready after {START_WITHIN:.0f} s")
+
+    def resize(self, count: int) -> None:
+        """Run ``count`` workers: start the missing indexes, drain the ones beyond (each index
+        has its own sockets: the listeners are resized to match)."""
+        self.wanted = count
+        for handle in self.serving():
+            if handle.index >= count:
+                self.drain(handle, "upgrade", None)
+        self.binder.listeners.resize(count)
+        have = {w.index for w in self.serving()}
+        for index in range(count):
+            if index not in have and index not in self.pending_spawns:
+                self.spawn(index)
+
+    def drain(self, handle: WorkerHandle, mode: str, within) -> None:
+        handle.state = "draining"
+        if handle.channel is not None and not handle.channel.closed:
+            handle.channel.send("drain", mode=mode, within=within)
+        else:
+            self.kill(handle, "cannot be asked to drain")
+
+    async def stop(self, within: float) -> None:
+        """Drain every worker (stop mode) and wait until all have exited; kill the rest."""
+        self.stopping = True
+        for handle in list(self.workers.values()):
+            self.drain(handle, "stop", within)
+        deadline = time.monotonic() + within + 5
+        while self.workers and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for handle in list(self.workers.values()):
+            self.kill(handle, "still running after the drain time")
+        while self.workers and time.monotonic() < deadline + 5:
+            await asyncio.sleep(0.05)
+
+
+def _ignore(*_args) -> None:
+    return None
+
+
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"was killed by {name}"
+    return f"exited with status {os.WEXITSTATUS(status)}"

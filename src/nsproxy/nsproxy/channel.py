@@ -1,0 +1,264 @@
+"""The binder <-> worker channel: one ``socketpair(AF_UNIX, SOCK_SEQPACKET)`` per worker.
+
+A message is one datagram: a JSON object of at most :data:`MAX_MESSAGE` bytes with a string
+``type``, plus up to :data:`MAX_FDS` file descriptors (SCM_RIGHTS, unix(7); the kernel's
+SCM_MAX_FD is 253). Larger payloads travel in a sealed memfd (memfd_create(2), F_SEAL_WRITE and
+friends, so the reader sees exactly what was written) passed as one of the fds.
+
+Both ends are non-blocking and driven by their event loop (``add_reader``). A send that would
+block is queued (its fds duplicated until sent); a peer that lets :data:`MAX_QUEUED` messages
+pile up is treated as gone. Anything unexpected on the receiving side (a truncated datagram or
+fd list, bytes that are not a JSON object with a type) closes the channel and every fd that
+came with it: the binder then replaces that worker, a worker exits.
+
+``request`` sends a message with an ``id`` and waits for the answer carrying ``reply_to``.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import collections
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
+
+log = logging.getLogger("nsproxy.channel")
+
+MAX_MESSAGE = 64 * 1024  # bytes of JSON in one datagram
+MAX_FDS = 250  # file descriptors in one datagram (SCM_MAX_FD is 253)
+MAX_QUEUED = 4096  # messages waiting for a peer that does not read before it counts as gone
+MAX_PAYLOAD = 64 * 1024 * 1024  # bytes in one sealed memfd
+
+_INT = array.array("i")
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
+class ChannelError(Exception):
+    """A malformed message or payload; the message says what was wrong."""
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    """(binder end, worker end): a SOCK_SEQPACKET socketpair, both close-on-exec."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def sealed_memfd(data: bytes, name: str = "nsproxy") -> int:
+    """A memfd holding ``data``, sealed against any change; the caller owns (closes) it."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_sealed(fd: int, limit: int = MAX_PAYLOAD) -> bytes:
+    """The bytes of a memfd made by :func:`sealed_memfd` (ChannelError for anything else: a
+    file that is not a fully sealed memfd, or larger than ``limit``)."""
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        raise ChannelError("payload is not a memfd") from None
+    if seals & _SEALS != _SEALS:
+        raise ChannelError("payload memfd is not sealed")
+    size = os.fstat(fd).st_size
+    if size > limit:
+        raise ChannelError(f"payload of {size} bytes is larger than {limit}")
+    chunks, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def close_fds(fds) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _recv(sock: socket.socket) -> tuple[bytes, list[int], int]:
+    """One datagram: (bytes, fds received close-on-exec, msg flags). socket.recv_fds would
+    do, but it drops its flags argument (so MSG_CMSG_CLOEXEC)."""
+    data, ancdata, flags, _ = sock.recvmsg(
+        MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * _INT.itemsize), socket.MSG_CMSG_CLOEXEC
+    )
+    fds = array.array("i")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % _INT.itemsize])
+    return data, list(fds), flags
+
+
+class Channel:
+    """One end of a worker's channel, served by ``loop``.
+
+    ``on_message(message: dict, fds: list[int])`` gets every message that is not an answer to
+    a ``request``; it owns the fds (keeps or closes them). ``on_closed(reason)`` is called once,
+    when the peer closed, misbehaved or stopped reading."""
+
+    def __init__(self, sock: socket.socket, loop, on_message, on_closed, peer: str = "peer"):
+        self.sock = sock
+        sock.setblocking(False)
+        self.loop = loop
+        self.on_message = on_message
+        self.on_closed = on_closed
+        self.peer = peer
+        self.queue: collections.deque = collections.deque()  # (data, fds we own)
+        self.pending: dict[int, asyncio.Future] = {}
+        self.next_id = 1
+        self.closed = False
+        self.reading = False
+
+    def start(self) -> None:
+        if not self.closed and not self.reading:
+            self.reading = True
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    # -- sending ----------------------------------------------------------------------------
+    def send(self, kind: str, fds=(), **fields) -> None:
+        """Send one message. The fds are duplicated by the kernel (or by the queue): the caller
+        keeps its own and may close them at once. Raises ChannelError for a message that is too
+        big (use a memfd) or carries too many fds."""
+        fields["type"] = kind
+        data = json.dumps(fields, separators=(",", ":")).encode()
+        if len(data) > MAX_MESSAGE:
+            raise ChannelError(f"{kind} message of {len(data)} bytes (at most {MAX_MESSAGE})")
+        fds = list(fds)
+        if len(fds) > MAX_FDS:
+            raise ChannelError(f"{kind} message with {len(fds)} fds (at most {MAX_FDS})")
+        if self.closed:
+            return
+        if not self.queue and self._sendmsg(data, fds):
+            return
+        if len(self.queue) >= MAX_QUEUED:
+            self.close(f"{self.peer} does not read its channel ({MAX_QUEUED} messages queued)")
+            return
+        owned = []
+        try:
+            owned = [os.dup(fd) for fd in fds]
+        except OSError as exc:
+            close_fds(owned)
+            self.close(f"cannot queue a message for {self.peer}: {exc.strerror}")
+            return
+        if not self.queue:
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+        self.queue.append((data, owned))
+
+    def _sendmsg(self, data: bytes, fds: list[int]) -> bool:
+        """True when sent; False when the socket is full (try again later)."""
+        try:
+            if fds:
+                socket.send_fds(self.sock, [data], fds)
+            else:
+                self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self.close(f"{self.peer}: {exc.strerror or exc}")
+            return True
+        return True
+
+    def _writable(self) -> None:
+        while self.queue and not self.closed:
+            data, fds = self.queue[0]
+            if not self._sendmsg(data, fds):
+                return
+            self.queue.popleft()
+            close_fds(fds)
+        if not self.closed:
+            self.loop.remove_writer(self.sock.fileno())
+
+    async def request(self, kind: str, timeout: float, fds=(), **fields):
+        """Send a message with a fresh ``id``; (answer, fds) of the reply that names it in
+        ``reply_to``. Raises asyncio.TimeoutError, or ChannelError if the channel closes."""
+        ident = self.next_id
+        self.next_id += 1
+        future = self.loop.create_future()
+        self.pending[ident] = future
+        try:
+            self.send(kind, fds, id=ident, **fields)
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self.pending.pop(ident, None)
+
+    # -- receiving --------------------------------------------------------------------------
+    def _readable(self) -> None:
+        for _ in range(64):  # then let the loop serve others
+            if self.closed:
+                return
+            try:
+                data, fds, flags = _recv(self.sock)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.close(f"{self.peer}: {exc.strerror or exc}")
+                return
+            if not data and not fds:
+                self.close(f"{self.peer} closed the channel")
+                return
+            try:
+                message = self._decode(data, flags)
+            except ChannelError as exc:
+                close_fds(fds)
+                self.close(f"{self.peer} sent a bad message: {exc}")
+                return
+            reply_to = message.get("reply_to")
+            if reply_to is not None:
+                future = self.pending.pop(reply_to, None) if isinstance(reply_to, int) else None
+                if future is None or future.done():
+                    close_fds(fds)  # an answer nobody waits for (any more)
+                else:
+                    future.set_result((message, fds))
+                continue
+            try:
+                self.on_message(message, fds)
+            except ChannelError as exc:
+                self.close(f"{self.peer} sent a bad message: {exc}")
+                return
+
+    @staticmethod
+    def _decode(data: bytes, flags: int) -> dict:
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_MESSAGE:
+            raise ChannelError("truncated message or fd list")
+        try:
+            message = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise ChannelError("not JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ChannelError("not an object with a string 'type'")
+        return message
+
+    def close(self, reason: str = "closed") -> None:
+        """Close the channel (idempotent): queued fds are closed, waiting requests fail."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(ValueError, OSError):
+            if self.reading:
+                self.loop.remove_reader(self.sock.fileno())
+            if self.queue:
+                self.loop.remove_writer(self.sock.fileno())
+        for _, fds in self.queue:
+            close_fds(fds)
+        self.queue.clear()
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(ChannelError(reason))
+        self.pending.clear()
+        self.sock.close()
+        self.on_closed(reason)

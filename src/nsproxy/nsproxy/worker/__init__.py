@@ -1,0 +1,1 @@
+"""A worker: an unprivileged process serving every tenant with the binder's sockets."""

@@ -1,0 +1,365 @@
+"""A worker: forked by the binder, unprivileged, serves every tenant on its own event loop.
+
+:func:`run` is the child's side of the binder's ``fork``. It never returns (``os._exit``): the
+child holds a copy of the binder's objects, and none of them may run or be finalised here.
+In order, before any byte from a tenant is read:
+
+1. forget the binder: signal handlers and wakeup fd reset, the binder's event loop abandoned
+   (never run, never closed), and every fd the worker was not given replaced by /dev/null
+   (namespace fds, pidfds, the admin socket, other workers' channels, the binder loop's own).
+   /dev/null rather than close: an abandoned binder object that ever closed "its" fd would
+   otherwise close whatever the worker opened under that number later;
+2. drop privileges (privileges.drop: a non-root user, every capability set empty,
+   no_new_privs), checked by reading /proc/self/status: a worker with anything left exits
+   with :data:`EXIT_PRIVILEGES` and the binder stops;
+3. a fresh event loop (uvloop when installed), the listening sockets it inherited attached,
+   ``ready`` sent to the binder.
+
+Then it follows the binder's messages (channel.py): ``config`` (a new generation), ``serve``/
+``unserve`` (listening sockets), ``netns_changed`` (a namespace replaced: pools and stock for
+it dropped), ``metrics_socket``, ``drain`` and ``snapshot``. A worker whose channel closes (the
+binder is gone) stops accepting, drains and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+
+from nsproxy import channel, daemonlog, heap, privileges, tls_tickets
+from nsproxy.worker import status, sweep
+from nsproxy.worker.apply import Served
+from nsproxy.worker.stock import SocketStock
+
+log = logging.getLogger("nsproxy")
+
+EXIT_PRIVILEGES = 77  # privileges could not be dropped: the binder must not start more
+EXIT_INTERNAL = 70
+HEARTBEAT = 1.0  # seconds between two heartbeats (the sweep sends them)
+DRAIN_IDLE_GRACE = 5.0  # seconds an idle keep-alive connection is kept by a draining worker
+
+# What the abandoned binder left in this process; referenced so that nothing of it is freed.
+_ABANDONED: list = []
+
+
+class Seed:
+    """What the binder gives a worker at fork: its index, the config and generation, the
+    certificate bytes, the bound listening sockets (sid -> (tenant, digest, socket)), the
+    channel end, the access log fd, the metrics socket (one worker gets it), credentials, the
+    shared connection counts (its row) and tenant slots."""
+
+    __slots__ = (
+        "access_log_fd",
+        "access_log_target",
+        "binder",
+        "channel",
+        "config",
+        "counts",
+        "credentials",
+        "files",
+        "generation",
+        "index",
+        "metrics_sock",
+        "served",
+        "slots",
+        "ticket_keys",
+    )
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields.get(name))
+
+
+def run(seed: Seed) -> None:
+    """The forked child: never returns."""
+    code = EXIT_INTERNAL
+    try:
+        _forget_binder(seed)
+        try:
+            privileges.drop(seed.credentials)
+        except privileges.PrivilegeError as exc:
+            log.error("%s", exc)
+            code = EXIT_PRIVILEGES
+            return
+        loop = _new_loop()
+        code = loop.run_until_complete(Worker(seed, loop).serve())
+    except BaseException:
+        log.exception("worker failed")
+    finally:
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        os._exit(code)
+
+
+def _forget_binder(seed: Seed) -> None:
+    _ABANDONED.append(seed.binder)
+    seed.binder = None
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    asyncio.events._set_running_loop(None)
+    keep = {0, 1, 2, seed.channel.fileno(), *daemonlog.fds()}
+    keep.update(sock.fileno() for _, _, sock in seed.served.values())
+    if seed.access_log_fd is not None:
+        keep.add(seed.access_log_fd)
+    if seed.metrics_sock is not None:
+        keep.add(seed.metrics_sock.fileno())
+    devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd in keep or fd == devnull:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue  # the listing's own directory fd, closed by now
+        os.dup2(devnull, fd, inheritable=False)
+    os.close(devnull)
+    daemonlog.relabel(f"nsproxy[worker {seed.index} {os.getpid()}]")
+
+
+def _new_loop():
+    try:
+        import uvloop
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    else:
+        loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop
+
+
+class Worker:
+    """The worker's life: serve, follow the binder, drain, exit (serve returns the exit code)."""
+
+    def __init__(self, seed: Seed, loop):
+        self.loop = loop
+        self.index = seed.index
+        tls_tickets.use(seed.ticket_keys)
+        self.channel = channel.Channel(
+            seed.channel, loop, self._message, self._channel_closed, peer="the binder"
+        )
+        self.stock = SocketStock(loop, self.channel.request)
+        self.served = Served(
+            loop, seed.config, seed.files or {}, self.stock, seed.counts, seed.slots
+        )
+        self.served.generation = seed.generation
+        self.tidier = heap.Tidier()
+        self.state = "starting"
+        self.drain_deadline = None
+        self.done = loop.create_future()
+        self.metrics_server = None
+        self.seed_served = seed.served
+        self.seed_metrics = seed.metrics_sock
+        self.seed_access = (seed.access_log_fd, seed.access_log_target)
+        self.sweeper = None
+
+    async def serve(self) -> int:
+        served = self.served
+        served.apply(served.config, served.generation)
+        served.set_access_log(*self.seed_access)
+        for sid, (tenant, digest, sock) in self.seed_served.items():
+            served.serve(sid, tenant, digest, sock)
+        self.seed_served = None
+        if self.seed_metrics is not None:
+            await self._serve_metrics(self.seed_metrics)
+            self.seed_metrics = None
+        self.loop.add_signal_handler(signal.SIGTERM, self.drain, "stop", None)
+        self.channel.start()
+        heap.settle()
+        served.shared.acceptor.start()
+        self.state = "serving"
+        self.channel.send("ready", generation=served.generation)
+        self.sweeper = self.loop.call_later(HEARTBEAT, self._sweep)
+        return await self.done
+
+    # -- messages from the binder ---------------------------------------------------------
+    def _message(self, message: dict, fds: list[int]) -> None:
+        kind = message["type"]
+        handler = getattr(self, "_on_" + kind.replace("?", "_query"), None)
+        if handler is None:
+            channel.close_fds(fds)
+            raise channel.ChannelError(f"unknown message type {kind!r}")
+        handler(message, fds)
+
+    def _on_config(self, message: dict, fds: list[int]) -> None:
+        """A new generation: the config (kept tenants by name) and certificate bytes in a
+        memfd; the access log fd when it changed."""
+        try:
+            payload = pickle.loads(channel.read_sealed(fds[0]))
+        finally:
+            channel.close_fds(fds[:1])
+        generation = message["generation"]
+        access = payload.get("access_log")
+        if generation <= self.served.generation:
+            channel.close_fds(fds[1:])
+            self.channel.send("ready", generation=self.served.generation)
+            return
+        cfg = payload["config"]
+        kept = {t.name: t.spec for t in self.served.tenants.values()}
+        cfg.tenants = [kept[t] if isinstance(t, str) else t for t in cfg.tenants]
+        self.served.files.update(payload.get("files") or {})
+        self.served.slots = payload.get("slots") or self.served.slots
+        with heap.collector_paused():
+            added, removed, changed = self.served.apply(cfg, generation)
+        if access is not None:
+            self.served.set_access_log(fds[1] if len(fds) > 1 else None, access or None)
+        heap.settle()
+        log.debug("generation %d: %d added, %d removed, %d changed", generation, added,
+                  removed, changed)  # fmt: skip
+        self.channel.send("ready", generation=generation)
+
+    def _on_serve(self, message: dict, fds: list[int]) -> None:
+        entries = message.get("listeners") or []
+        if len(entries) != len(fds):
+            channel.close_fds(fds)
+            raise channel.ChannelError("serve: one fd per listener expected")
+        for (sid, tenant, digest), fd in zip(entries, fds):
+            sock = socket.socket(fileno=fd)
+            if self.state == "draining":
+                sock.close()
+                continue
+            self.served.serve(sid, tenant, bytes.fromhex(digest), sock)
+
+    def _on_unserve(self, message: dict, fds: list[int]) -> None:
+        channel.close_fds(fds)
+        for sid in message.get("sids") or []:
+            self.served.unserve(sid)
+
+    def _on_netns_changed(self, message: dict, fds: list[int]) -> None:
+        channel.close_fds(fds)
+        identity = tuple(message["identity"])
+        self.stock.namespace_changed(identity)
+        for tenant in [
+            *self.served.tenants.values(),
+            *(t for t, _ in self.served.draining_tenants),
+        ]:
+            for up in tenant.upstreams.values():
+                if up.identity == identity:
+                    up.namespace_replaced()
+
+    def _on_metrics_socket(self, message: dict, fds: list[int]) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        if fds and self.state != "draining":
+            self.loop.create_task(self._serve_metrics(socket.socket(fileno=fds[0])))
+            channel.close_fds(fds[1:])
+        else:
+            channel.close_fds(fds)
+
+    def _on_drain(self, message: dict, fds: list[int]) -> None:
+        channel.close_fds(fds)
+        self.drain(message.get("mode", "stop"), message.get("within"))
+
+    def _on_snapshot_query(self, message: dict, fds: list[int]) -> None:
+        channel.close_fds(fds)
+        data = pickle_free_json(status.snapshot(self.served, self.index, self.state))
+        fd = channel.sealed_memfd(data, "nsproxy-snapshot")
+        try:
+            self.channel.send("snapshot", [fd], reply_to=message.get("id"))
+        finally:
+            os.close(fd)
+
+    def _channel_closed(self, reason: str) -> None:
+        if self.state != "draining":
+            log.warning("%s; draining and exiting", reason)
+            self.drain("stop", None)
+
+    # -- metrics (served by one worker) ---------------------------------------------------
+    async def _serve_metrics(self, sock: socket.socket) -> None:
+        from nsproxy import metrics
+
+        sock.setblocking(False)
+        self.metrics_server = await self.loop.create_server(
+            lambda: metrics.MetricsProtocol(self._scrape), sock=sock
+        )
+
+    async def _scrape(self) -> bytes:
+        """Every worker's snapshot, through the binder (which relays them unread), summed."""
+        import json
+
+        from nsproxy import metrics
+
+        answer, fds = await self.channel.request("metrics?", 10)
+        snapshots = []
+        try:
+            for fd in fds:
+                try:
+                    snapshots.append(json.loads(channel.read_sealed(fd, 16 << 20)))
+                except (channel.ChannelError, ValueError):
+                    continue
+        finally:
+            channel.close_fds(fds)
+        names = [t.name for t in self.served.config.tenants]
+        workers = [s for s in snapshots if isinstance(s, dict)]
+        tenants = metrics.merge(names, workers)
+        binder = answer.get("binder") if isinstance(answer.get("binder"), dict) else {}
+        return metrics.render(tenants, metrics.render_processes(workers, binder))
+
+    # -- the sweep, draining --------------------------------------------------------------
+    def _sweep(self) -> None:
+        self.sweeper = self.loop.call_later(HEARTBEAT, self._sweep)
+        now = self.loop.time()
+        timeouts = None
+        if self.state == "draining":
+            timeouts = dict(self.served.shared.timeouts)
+            timeouts["idle"] = min(timeouts["idle"], DRAIN_IDLE_GRACE)
+        sweep.tick(self.served, self.tidier, now, timeouts)
+        if self.state == "draining":
+            self._drain_progress(now)
+        elif not self.channel.closed:
+            self.channel.send("heartbeat")
+
+    def drain(self, mode: str, within) -> None:
+        """Stop accepting (the binder and the other workers keep the sockets open) and exit
+        once the open connections are done, at the latest after ``within`` seconds
+        (default timeouts.drain). ``mode`` "upgrade": keep-alive clients get
+        ``Connection: close`` on their next response; an idle one is closed after
+        DRAIN_IDLE_GRACE. "stop": idle keep-alive connections are closed at once."""
+        if self.state == "draining":
+            return
+        self.state = "draining"
+        served = self.served
+        served.stop_accepting()
+        served.shared.draining = True
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        if mode == "stop":
+            for conn in list(served.shared.connections):
+                conn.drain()
+        if not isinstance(within, (int, float)) or within <= 0:
+            within = served.config.timeouts["drain"]
+        self.drain_deadline = self.loop.time() + within
+        what = "stopping" if mode == "stop" else "replaced"
+        log.info("%s: draining %d connections", what, served.open_connections())
+        self.loop.call_soon(self._drain_progress, self.loop.time())
+
+    def _drain_progress(self, now: float) -> None:
+        if self.done.done():
+            return
+        served = self.served
+        if served.open_connections() and now < self.drain_deadline:
+            return
+        served.abort_all()
+        if served.shared.access_log is not None:
+            served.shared.access_log.close()
+        self.stock.close()
+        self.channel.close("exiting")
+        self.done.set_result(0)
+
+
+def pickle_free_json(obj) -> bytes:
+    """A snapshot as JSON bytes (only the binder's direction uses pickle)."""
+    import json
+
+    return json.dumps(obj, separators=(",", ":")).encode()

@@ -1,0 +1,131 @@
+"""A worker's stock of unconnected sockets made inside tenant namespaces by the binder.
+
+A worker cannot enter a namespace (it has no capability), so a connection to an upstream
+inside one (``netns`` set) needs a socket the binder created there. The stock keeps a few per
+(namespace identity, address family) and refills them in batches, ahead of need, so that the
+binder is not on the path of a request: a request waits for the binder only when the stock is
+empty (the first connection after a start, or a burst), and keep-alive pools do the rest.
+
+Stock is keyed by the identity (st_dev, st_ino) of the namespace the sockets were made in,
+never by its name: when the binder reports that a namespace was replaced or has gone
+(``netns_changed``), its sockets are closed and the next request asks for sockets in the new
+one. The binder resolves the namespace from its own config for the asking tenant's upstream,
+so a worker can only get sockets where that tenant's upstreams are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+
+from nsproxy.channel import ChannelError, close_fds
+
+log = logging.getLogger("nsproxy")
+
+LOW = 2  # refill when fewer sockets than this are left
+BATCH = 8  # sockets asked for per refill (the binder caps it)
+KEEP_FOR = 60.0  # seconds an unused stocked socket is kept
+REQUEST_TIMEOUT = 5.0  # seconds to wait for the binder's answer
+
+
+class StockError(Exception):
+    """No socket could be had; the message says why (the binder's reason)."""
+
+
+class SocketStock:
+    """Unconnected TCP sockets inside tenant namespaces, from the binder, by identity."""
+
+    def __init__(self, loop, request):
+        self.loop = loop
+        # request(kind, timeout, **fields) -> (answer, fds): the channel to the binder.
+        self.request = request
+        self.stock: dict[tuple, collections.deque] = {}  # (identity, family) -> (sock, made)
+        self.identity: dict[tuple[str, str], tuple] = {}  # (tenant, upstream) -> identity
+        self.asking: dict[tuple, asyncio.Future] = {}  # (tenant, upstream, family) -> answer
+
+    async def take(self, tenant: str, upstream: str, family: int) -> tuple[socket.socket, tuple]:
+        """(socket, namespace identity) for a connection to the tenant's upstream; raises
+        StockError."""
+        identity = self.identity.get((tenant, upstream))
+        if identity is not None:
+            sockets = self.stock.get((identity, family))
+            if sockets:
+                sock = sockets.popleft()[0]
+                if len(sockets) < LOW:
+                    self._refill(tenant, upstream, family)
+                return sock, identity
+        await self._refill(tenant, upstream, family)
+        identity = self.identity.get((tenant, upstream))
+        sockets = self.stock.get((identity, family)) if identity is not None else None
+        if not sockets:
+            raise StockError(f"no socket in the namespace of upstream {upstream}")
+        return sockets.popleft()[0], identity
+
+    def _refill(self, tenant: str, upstream: str, family: int) -> asyncio.Future:
+        key = (tenant, upstream, family)
+        future = self.asking.get(key)
+        if future is None:
+            future = self.asking[key] = self.loop.create_task(self._ask(key))
+            future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        return future
+
+    async def _ask(self, key) -> None:
+        tenant, upstream, family = key
+        try:
+            answer, fds = await self.request(
+                "need_sockets",
+                REQUEST_TIMEOUT,
+                tenant=tenant,
+                upstream=upstream,
+                family=family,
+                count=BATCH,
+            )
+        except (asyncio.TimeoutError, ChannelError) as exc:
+            raise StockError(f"the binder did not answer: {exc or 'timeout'}") from None
+        finally:
+            self.asking.pop(key, None)
+        error = answer.get("error")
+        identity = answer.get("identity")
+        if error or not isinstance(identity, list) or len(identity) != 2:
+            close_fds(fds)
+            raise StockError(str(error or "bad answer from the binder"))
+        identity = tuple(identity)
+        self.identity[(tenant, upstream)] = identity
+        sockets = self.stock.setdefault((identity, family), collections.deque())
+        made = self.loop.time()
+        for fd in fds:
+            sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sockets.append((sock, made))
+
+    def namespace_changed(self, identity: tuple) -> None:
+        """The namespace ``identity`` was replaced or has gone: close its sockets and forget
+        which upstreams were in it (they are asked for again)."""
+        for key in [k for k in self.stock if k[0] == identity]:
+            for sock, _ in self.stock.pop(key):
+                sock.close()
+        for key in [k for k, v in self.identity.items() if v == identity]:
+            del self.identity[key]
+
+    def expire(self, now: float) -> None:
+        """Close sockets that waited longer than KEEP_FOR (each holds its namespace)."""
+        for key in list(self.stock):
+            sockets = self.stock[key]
+            while sockets and now - sockets[0][1] > KEEP_FOR:
+                sockets.popleft()[0].close()
+            if not sockets:
+                del self.stock[key]
+
+    def close(self) -> None:
+        for sockets in self.stock.values():
+            for sock, _ in sockets:
+                sock.close()
+        self.stock.clear()
+
+    def count(self) -> int:
+        return sum(len(s) for s in self.stock.values())

@@ -1,0 +1,84 @@
+"""Helpers for the process-model tests: the daemon's processes, their credentials, code run
+inside a live worker (worker_probe.py), and looping clients that count failed requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+PROBE = str(Path(__file__).with_name("worker_probe.py"))
+LOOP_CLIENT = str(Path(__file__).with_name("loop_client.py"))
+
+# Starts a root "tenant" process with a service on its own loopback only, in namespace victim.
+VICTIM = """import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 7777)); s.listen()
+print("ready", flush=True)
+while True:
+    c, _ = s.accept(); c.send(b"tenant-private-secret"); c.close()
+"""
+
+
+def status_fields(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = " ".join(value.split())
+    return fields
+
+
+def worker_pids(status: dict, state: str = "serving") -> list[int]:
+    return [w["pid"] for w in status["workers"] if w["state"] == state]
+
+
+def probe_worker(proxy, pid: int, victim: int, binder: int) -> dict:
+    """The privileges case's probes, run inside worker ``pid`` (worker_probe.py, in the
+    sandbox: the worker reports to a port in its own network namespace)."""
+    proc = proxy.sb.run([sys.executable, PROBE, str(pid), str(victim), str(binder)], check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+class Loops:
+    """Looping clients (loop_client.py), one per tenant namespace; ``stop()`` returns their
+    counts."""
+
+    def __init__(self, proxy, tmp_path: Path, tenants: list[str], addr: str):
+        self.proxy = proxy
+        self.stop_file = tmp_path / "stop-loops"
+        self.outs = {}
+        self.procs = []
+        for tenant in tenants:
+            out = tmp_path / f"loop-{tenant}.json"
+            self.outs[tenant] = out
+            argv = ["ip", "netns", "exec", tenant, sys.executable, LOOP_CLIENT]
+            proc = proxy.sb.popen([*argv, str(self.stop_file), str(out), addr, tenant])
+            proxy.helpers.append(proc)
+            self.procs.append(proc)
+
+    def stop(self) -> dict[str, dict]:
+        self.stop_file.write_text("")
+        for proc in self.procs:
+            proc.wait(timeout=60)
+        return {t: json.loads(out.read_text()) for t, out in self.outs.items()}
+
+
+def wait_until(predicate, what: str, timeout: float = 20.0, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(step)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").exists() and "Z" not in status_fields(pid)["State"][:1]

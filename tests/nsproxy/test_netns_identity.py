@@ -1,0 +1,232 @@
+"""A namespace path names one namespace for its whole life: pools, socket stock and pinned
+/proc/PID paths follow the namespace's identity, never its name; a late address is noticed
+when it appears, at any tenant count."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ADDR, NSPROXY, http_tenant
+from processes import wait_until, worker_pids
+
+HELPER = str(Path(__file__).with_name("pidns_helper.py"))
+SIOCGSKNS = 0x894C  # ioctl: the network namespace of a socket (Linux 4.9)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def socket_namespaces(pid: int) -> dict[int, int]:
+    """{netns inode: sockets} over the sockets process ``pid`` holds (pidfd_getfd(2), then
+    SIOCGSKNS on our copy): where its sockets live, whatever they are connected to."""
+    pidfd = os.pidfd_open(pid)
+    found: dict[int, int] = {}
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = _libc.syscall(438, pidfd, int(name), 0)  # pidfd_getfd
+            if fd < 0:
+                continue
+            try:
+                ns = _libc.ioctl(fd, SIOCGSKNS)
+                if ns >= 0:
+                    inode = os.fstat(ns).st_ino
+                    found[inode] = found.get(inode, 0) + 1
+                    os.close(ns)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(pidfd)
+    return found
+
+
+def namespace_fds(pid: int) -> set[int]:
+    inodes = set()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("net:["):
+            inodes.add(int(target[5:-1]))
+    return inodes
+
+
+def test_pools_and_socket_stock_are_dropped_when_the_namespace_is_replaced(proxy):
+    proxy.add_netns("t1", "t2")
+    proxy.start_echo("old", "127.0.0.1:8081", netns="t1")
+    tenants = [
+        http_tenant("t1", ["127.0.0.1:8081"], upstream_netns="t1"),
+        http_tenant("t2", ["127.0.0.1:8082"], upstream_netns="t2"),
+    ]
+    proxy.start_echo("t2", "127.0.0.1:8082", netns="t2")
+    proxy.write_config(tenants, workers=2, timeouts={"idle": 30})
+    proxy.start()
+    for _ in range(6):  # fill the keep-alive pools and the stock of both workers
+        assert proxy.get_json("t1", f"http://{ADDR}/before")["server"] == "old@8081"
+        assert proxy.get_json("t2", f"http://{ADDR}/before")["server"] == "t2@8082"
+    old_inode = int(proxy.sb.run(["stat", "-c", "%i", "/run/netns/t1"]).stdout)
+    status = proxy.status_json()
+    workers = worker_pids(status)
+    held = sum(socket_namespaces(pid).get(old_inode, 0) for pid in workers)
+    assert held > 0  # pooled connections and stocked sockets inside t1
+    # t1 is replaced; its old namespace lives on in the old upstream process (a draining
+    # container), and a new upstream answers in the new t1.
+    proxy.sb.sh("ip netns del t1")
+    proxy.add_netns("t1")
+    proxy.start_echo("new", "127.0.0.1:8081", netns="t1")
+    wait_until(
+        lambda: proxy.curl("t1", "-o", "/dev/null", f"http://{ADDR}/probe").returncode == 0,
+        "t1 served in its new namespace",
+    )
+    answers = [proxy.get_json("t1", f"http://{ADDR}/after")["server"] for _ in range(20)]
+    assert set(answers) == {"new@8081"}, answers
+    # Nothing of the old namespace is kept: no pooled connection, no stocked socket, and the
+    # binder holds no handle on it; t2 kept its pool and stock.
+    for pid in workers:
+        where = socket_namespaces(pid)
+        assert old_inode not in where, f"worker {pid} still holds sockets in the old t1"
+    assert old_inode not in namespace_fds(status["pid"])
+    assert proxy.get_json("t2", f"http://{ADDR}/still")["server"] == "t2@8082"
+    assert "network namespace was replaced" in proxy.log() or "disappeared" in proxy.log()
+
+
+class PidNamespace:
+    """Processes started in a PID namespace of their own, by pidns_helper.py."""
+
+    def __init__(self, proxy):
+        self.proc = proxy.sb.popen(
+            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, HELPER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        proxy.helpers.append(self.proc)
+
+    def ask(self, **command) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def spawn(self, argv, pid=None, out=None) -> int:
+        return self.ask(spawn=argv, pid=pid, out=out)["pid"]
+
+    def kill(self, pid: int) -> None:
+        self.ask(kill=pid)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def test_a_proc_pid_path_is_pinned_to_its_process_and_never_followed_to_a_reused_pid(
+    proxy, tmp_path
+):
+    """Inside a PID namespace, the processes of tenants A (listener namespace) and C (upstream
+    namespace) exit and processes of tenant B's namespace get their PIDs. Neither A's listener
+    nor C's upstream follows them; status says why; a reload naming a new process rebinds."""
+    proxy.add_netns("tA", "tB", "tC")
+    proxy.start_echo("shared", "127.0.0.1:9501")
+    proxy.start_echo("c-own", "127.0.0.1:9502", netns="tC")
+    proxy.start_echo("b-own", "127.0.0.1:9502", netns="tB")  # what C must never reach
+    ns = PidNamespace(proxy)
+    sleep = ["sleep", "600"]
+    pa = ns.spawn(["ip", "netns", "exec", "tA", *sleep])
+    pc = ns.spawn(["ip", "netns", "exec", "tC", *sleep])
+    pt = ns.spawn(["ip", "netns", "exec", "tA", *sleep])
+    time.sleep(0.3)
+    tenant_a = http_tenant("tenantA", ["127.0.0.1:9501"], netns=f"/proc/{pa}/ns/net", port=8443)
+    tenant_c = http_tenant("tenantC", ["127.0.0.1:9502"], netns="tC",
+                           upstream_netns=f"/proc/{pc}/ns/net")  # fmt: skip
+    tenant_t = http_tenant("tenantT", ["127.0.0.1:9501"], netns=f"/proc/{pt}/task/{pt}/ns/net",
+                           port=8444)  # fmt: skip
+    proxy.write_config([tenant_a, tenant_c, tenant_t], workers=2)
+    log = tmp_path / "nsproxy.inner.log"
+    ns.spawn([NSPROXY, "run", "--config", str(proxy.config_path)], out=str(log))
+    wait_until(lambda: (s := proxy.status_json(check=False)) and proxy.all_bound(s), "bound")
+    assert proxy.get_json("tA", f"http://{ADDR}:8443/")["server"] == "shared@9501"
+    assert proxy.get_json("tA", f"http://{ADDR}:8444/")["server"] == "shared@9501"
+    assert proxy.get_json("tC", f"http://{ADDR}/")["server"] == "c-own@9502"
+
+    for pid in (pa, pc, pt):
+        ns.kill(pid)
+        assert ns.spawn(["ip", "netns", "exec", "tB", *sleep], pid=pid) == pid
+    status = wait_until(
+        lambda: (
+            (s := proxy.status_json())
+            and all(proxy.tenant_status(n, s)["state"] == "gone" for n in ("tenantA", "tenantT"))
+            and s
+        ),
+        "tenantA and tenantT gone",
+    )
+    a = proxy.tenant_status("tenantA", status)
+    assert a["listeners"][0]["state"] == "gone"
+    assert f"process {pa} of /proc/{pa}/ns/net exited" in a["last_error"]
+    time.sleep(2)  # more than a sweep and a retry: nothing may follow the PID meanwhile
+    for port in (8443, 8444):
+        refused = proxy.curl("tB", f"http://{ADDR}:{port}/")
+        assert refused.returncode == 7, (port, refused.stdout)  # nothing listens in tB
+    assert proxy.tenant_status("tenantA")["state"] == "gone"
+    # C's upstream namespace is gone: 502, and never B's service under the same PID.
+    answers = [proxy.curl("tC", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ADDR}/")
+               for _ in range(3)]  # fmt: skip
+    assert [a.stdout for a in answers] == ["502"] * 3
+    seen = Path(proxy.echo_log).read_text() if Path(proxy.echo_log).exists() else ""
+    assert "b-own" not in seen
+
+    # A reload that names a new process of tA brings tenantA back.
+    pa2 = ns.spawn(["ip", "netns", "exec", "tA", *sleep])
+    time.sleep(0.3)
+    tenant_a["netns"] = f"/proc/{pa2}/ns/net"
+    proxy.write_config([tenant_a, tenant_c, tenant_t], workers=2)
+    assert proxy.reload().returncode == 0
+    proxy.wait_for(lambda s: proxy.tenant_status("tenantA", s)["state"] == "serving", "rebound")
+    assert proxy.get_json("tA", f"http://{ADDR}:8443/")["server"] == "shared@9501"
+    ns.close()
+
+
+def test_late_addresses_of_many_tenants_are_noticed_when_they_appear(proxy):
+    """Many tenants' namespaces come back without their address; the addresses appear long
+    after (when a backoff would already wait many seconds). Every tenant is served right
+    after its address appears: the binder watches address events in each namespace."""
+    names = [f"late{i}" for i in range(40)]
+    proxy.add_netns(*names)
+    proxy.start_echo("echo", "127.0.0.1:9601")
+    proxy.write_config([http_tenant(n, ["127.0.0.1:9601"]) for n in names], workers=2)
+    proxy.start()
+    proxy.sb.sh(" && ".join(f"ip netns del {n}" for n in names))
+    proxy.wait_for(
+        lambda s: all("does not exist" in (t["last_error"] or "") for t in s["tenants"]),
+        "every namespace gone",
+    )
+    # New namespaces, loopback up before they appear under /run/netns. (A namespace with no
+    # address at all, not even 127.0.0.1, has no local routing table yet, and Linux then
+    # lets any address be bound: such a listener would simply serve once the address comes.)
+    proxy.sb.sh(
+        " && ".join(
+            f"touch /run/netns/{n} && unshare --net sh -c "
+            f"'ip link set lo up && mount --bind /proc/self/ns/net /run/netns/{n}'"
+            for n in names
+        )
+    )
+    proxy.wait_for(
+        lambda s: all("address not available" in (t["last_error"] or "") for t in s["tenants"]),
+        "every tenant waiting for its address",
+    )
+    time.sleep(12)  # a retry backoff would now be at 8 s or more
+    added = time.monotonic()
+    proxy.sb.sh(" & ".join(f"ip -n {n} addr add {ADDR}/32 dev lo" for n in names) + " & wait")
+    proxy.wait_for(proxy.all_bound, "every tenant bound again", timeout=30)
+    took = time.monotonic() - added
+    for name in names[:5] + names[-5:]:
+        assert proxy.get_json(name, f"http://{ADDR}/")["server"] == "echo@9601"
+    assert took < 3, f"40 tenants were bound {took:.2f} s after their addresses appeared"
+    print(f"40 late tenants bound {took:.3f} s after their addresses appeared")

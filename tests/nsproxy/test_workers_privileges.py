@@ -1,0 +1,98 @@
+"""The process model's privileges: workers hold nothing; code run inside one gets nothing."""
+
+from __future__ import annotations
+
+import pwd
+import subprocess
+
+from conftest import ADDR, NSPROXY, http_tenant
+from processes import VICTIM, probe_worker, status_fields, worker_pids
+
+ZERO = "0000000000000000"
+
+
+def test_workers_run_as_the_configured_user_with_every_capability_set_empty(proxy):
+    proxy.add_netns("acme", "globex")
+    proxy.start_echo("echo", "127.0.0.1:9301")
+    daemon = pwd.getpwnam("daemon")  # a system user every Debian/Ubuntu has
+    proxy.write_config(
+        [http_tenant("acme", ["127.0.0.1:9301"]), http_tenant("globex", ["127.0.0.1:9301"])],
+        workers=2,
+        user="daemon",
+    )
+    proxy.start()
+    status = proxy.status_json()
+    workers = worker_pids(status)
+    assert len(workers) == 2
+    binder = status_fields(status["pid"])
+    assert binder["Uid"].split()[0] == "0" and int(binder["CapEff"], 16) != 0
+    for pid in workers:
+        fields = status_fields(pid)
+        assert fields["PPid"] == str(status["pid"])  # forked by the binder
+        assert fields["Uid"].split() == [str(daemon.pw_uid)] * 4, fields["Uid"]
+        assert fields["Gid"].split() == [str(daemon.pw_gid)] * 4, fields["Gid"]
+        assert fields["Groups"] == ""
+        for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert fields[name] == ZERO, (pid, name, fields[name])
+        assert fields["NoNewPrivs"] == "1"
+        # It holds no namespace file: only the binder ever could enter one.
+        kinds = proxy.sb.run(["sh", "-c", f"ls -l /proc/{pid}/fd | grep -c 'net:\\['"],
+                             check=False).stdout.strip()  # fmt: skip
+        assert kinds == "0", f"worker {pid} holds namespace fds"
+        # And it serves.
+    for tenant in ("acme", "globex"):
+        doc = proxy.get_json(tenant, f"http://{ADDR}/")
+        assert doc["server"] == "echo@9301"
+    assert "as daemon (uid" in proxy.log()
+
+
+def test_started_as_root_without_a_user_the_workers_are_nobody(proxy):
+    proxy.add_netns("solo")
+    proxy.start_echo("echo", "127.0.0.1:9302")
+    proxy.write_config([http_tenant("solo", ["127.0.0.1:9302"])], workers=1)
+    proxy.start()
+    nobody = pwd.getpwnam("nobody")
+    (pid,) = worker_pids(proxy.status_json())
+    assert status_fields(pid)["Uid"].split() == [str(nobody.pw_uid)] * 4
+    assert proxy.get_json("solo", f"http://{ADDR}/")["server"] == "echo@9302"
+
+
+def test_a_user_that_is_root_or_unknown_is_refused(proxy):
+    proxy.add_netns("solo")
+    for user, reason in (("root", "workers never run as root"), ("nobody-x", "no user")):
+        proxy.write_config([http_tenant("solo", ["127.0.0.1:9302"])], user=user)
+        run = proxy.sb.run([NSPROXY, "run", "--config", str(proxy.config_path)],
+                           check=False)  # fmt: skip
+        assert run.returncode != 0
+        assert f"user: {reason}" in run.stderr.replace("there is no user", "no user"), run.stderr
+
+
+def test_code_running_inside_a_worker_cannot_read_secrets_memory_or_other_namespaces(proxy):
+    """The three probes of the privileges case (../shared/cases/16-...), run inside a real
+    worker process: not a process emulating the unit's privileges, the worker itself."""
+    proxy.add_netns("acme", "victim")
+    proxy.sb.sh("ip -n victim link set lo up")
+    victim = proxy.sb.popen(
+        ["ip", "netns", "exec", "victim", "python3", "-c", VICTIM],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    proxy.helpers.append(victim)
+    assert victim.stdout.readline().strip() == "ready"
+    proxy.start_echo("echo", "127.0.0.1:9303")
+    proxy.write_config([http_tenant("acme", ["127.0.0.1:9303"])], workers=2)
+    proxy.start()
+    status = proxy.status_json()
+    binder_pid = status["pid"]
+    for pid in worker_pids(status):
+        result = probe_worker(proxy, pid, victim.pid, binder_pid)
+        assert result["status"]["CapEff"] == ZERO and result["status"]["CapBnd"] == ZERO
+        assert result["status"]["Uid"].split()[0] != "0"
+        assert result["shadow"].startswith("no: "), result
+        assert result["mem_victim"].startswith("no: "), result
+        assert result["mem_binder"].startswith("no: "), result
+        assert result["setns"].startswith("no: "), result
+        assert "Operation not permitted" in result["setns"], result  # it could open, not enter
+        assert "net" not in result["fds"], result
+        # The worker is unharmed and still serves.
+        assert proxy.get_json("acme", f"http://{ADDR}/")["server"] == "echo@9303"

@@ -1,0 +1,197 @@
+"""The binder <-> worker channel: real socketpairs, real fds, real event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import socket
+
+import pytest
+from loops import LOOPS, run
+
+from nsproxy import channel
+
+
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+class End:
+    """One end of a channel that records what it got and why it closed."""
+
+    def __init__(self, sock, loop):
+        self.got: list = []
+        self.closed: list[str] = []
+        self.channel = channel.Channel(sock, loop, self._message, self.closed.append)
+        self.arrived = asyncio.Event()
+
+    def _message(self, message, fds):
+        self.got.append((message, fds))
+        self.arrived.set()
+
+    async def next(self):
+        while not self.got:
+            self.arrived.clear()
+            await self.arrived.wait()
+        return self.got.pop(0)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_messages_and_file_descriptors_arrive_in_order(loop_name):
+    async def main():
+        loop = asyncio.get_running_loop()
+        a_sock, b_sock = channel.pair()
+        a, b = End(a_sock, loop), End(b_sock, loop)
+        a.channel.start()
+        b.channel.start()
+        r, w = os.pipe()
+        a.channel.send("first", n=1)
+        a.channel.send("with-fd", [w], note="a pipe")
+        os.close(w)  # the kernel passed a duplicate: the sender may close its own at once
+        message, fds = await b.next()
+        assert message == {"type": "first", "n": 1} and fds == []
+        message, fds = await b.next()
+        assert message["type"] == "with-fd" and len(fds) == 1
+        os.write(fds[0], b"through the passed fd")
+        assert os.read(r, 100) == b"through the passed fd"
+        assert fcntl.fcntl(fds[0], fcntl.F_GETFD) & fcntl.FD_CLOEXEC  # received close-on-exec
+        os.close(fds[0])
+        os.close(r)
+        a.channel.close()
+        await asyncio.sleep(0.05)
+        assert b.closed and "closed the channel" in b.closed[0]
+
+    run(loop_name, main())
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_request_gets_the_answer_that_names_it(loop_name):
+    async def main():
+        loop = asyncio.get_running_loop()
+        a_sock, b_sock = channel.pair()
+        a = End(a_sock, loop)
+        b = End(b_sock, loop)
+        a.channel.start()
+        b.channel.start()
+
+        async def answer():
+            message, _ = await b.next()
+            b.channel.send("noise")  # not an answer: goes to on_message
+            b.channel.send("answer", reply_to=message["id"], value=message["x"] * 2)
+
+        task = loop.create_task(answer())
+        reply, fds = await a.channel.request("ask", 5, x=21)
+        assert reply["value"] == 42 and fds == []
+        assert (await a.next())[0]["type"] == "noise"
+        await task
+        with pytest.raises(asyncio.TimeoutError):
+            await a.channel.request("ask", 0.2, x=1)  # b reads it but never answers
+        a.channel.close()
+        b.channel.close()
+
+    run(loop_name, main())
+
+
+@pytest.mark.parametrize(
+    "datagram",
+    [b"not json", b"[1, 2]", b'{"no": "type"}', b'{"type": 3}', b"x" * (channel.MAX_MESSAGE + 10)],
+)
+def test_a_bad_datagram_closes_the_channel_and_every_fd_that_came_with_it(datagram):
+    async def main():
+        loop = asyncio.get_running_loop()
+        raw, b_sock = channel.pair()
+        b = End(b_sock, loop)
+        b.channel.start()
+        r, w = os.pipe()
+        socket.send_fds(raw, [datagram], [w])
+        os.close(w)
+        for _ in range(50):
+            if b.closed:
+                break
+            await asyncio.sleep(0.02)
+        assert b.closed and "bad message" in b.closed[0]
+        assert b.got == []
+        # The passed fd was closed by the channel: the pipe's write side is gone.
+        assert os.read(r, 10) == b""
+        os.close(r)
+        raw.close()
+
+    run("asyncio", main())
+
+
+def test_a_message_too_big_or_with_too_many_fds_is_refused_by_the_sender():
+    async def main():
+        loop = asyncio.get_running_loop()
+        a_sock, b_sock = channel.pair()
+        a = End(a_sock, loop)
+        with pytest.raises(channel.ChannelError, match="bytes"):
+            a.channel.send("big", blob="x" * channel.MAX_MESSAGE)
+        with pytest.raises(channel.ChannelError, match="fds"):
+            a.channel.send("many", [0] * (channel.MAX_FDS + 1))
+        a.channel.close()
+        b_sock.close()
+
+    run("asyncio", main())
+
+
+def test_messages_queue_while_the_peer_does_not_read_and_a_stuck_peer_ends_the_channel():
+    async def main():
+        loop = asyncio.get_running_loop()
+        a_sock, b_sock = channel.pair()
+        a = End(a_sock, loop)
+        r, w = os.pipe()
+        blob = "y" * 30000
+        for i in range(200):  # far more than the socket buffer holds
+            a.channel.send("bulk", [w] if i == 199 else (), i=i, blob=blob)
+        os.close(w)
+        assert a.channel.queue  # some wait in the queue, with their own copy of the fd
+        b = End(b_sock, loop)
+        b.channel.start()
+        for i in range(200):
+            message, fds = await b.next()
+            assert message["i"] == i
+            channel.close_fds(fds)
+        assert not a.channel.queue
+        # Now a peer that never reads: the sender gives up after MAX_QUEUED messages.
+        c_sock, d_sock = channel.pair()
+        c = End(c_sock, loop)
+        for i in range(channel.MAX_QUEUED + 200):
+            c.channel.send("bulk", i=i, blob=blob)
+            if c.closed:
+                break
+        assert c.closed and "does not read" in c.closed[0]
+        os.close(r)
+        for end in (a, b):
+            end.channel.close()
+        d_sock.close()
+
+    run("asyncio", main())
+
+
+def test_sealed_memfd_payloads_and_what_is_refused():
+    data = os.urandom(300000)
+    fd = channel.sealed_memfd(data)
+    try:
+        assert channel.read_sealed(fd) == data
+        with pytest.raises(OSError):
+            os.write(fd, b"changed")  # sealed: the reader sees exactly what was written
+        with pytest.raises(channel.ChannelError, match="larger"):
+            channel.read_sealed(fd, limit=1000)
+    finally:
+        os.close(fd)
+    unsealed = os.memfd_create("x", os.MFD_ALLOW_SEALING)
+    r, w = os.pipe()
+    try:
+        os.write(unsealed, b"data")
+        with pytest.raises(channel.ChannelError, match="not sealed"):
+            channel.read_sealed(unsealed)
+        with pytest.raises(channel.ChannelError, match="not a memfd"):
+            channel.read_sealed(r)
+    finally:
+        for x in (unsealed, r, w):
+            os.close(x)
