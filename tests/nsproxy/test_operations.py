@@ -98,8 +98,9 @@ def test_metrics_per_tenant_and_json_access_log(proxy):
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             metrics[name] = float(value)
-    assert metrics['nsproxy_requests_total{tenant="blue"}'] == 3
-    assert metrics['nsproxy_requests_total{tenant="green"}'] == 2
+    assert metrics['nsproxy_requests_total{tenant="blue",code="2xx"}'] == 3
+    assert metrics['nsproxy_requests_total{tenant="green",code="2xx"}'] == 1
+    assert metrics['nsproxy_requests_total{tenant="green",code="4xx"}'] == 1  # the 404
     assert metrics['nsproxy_errors_total{tenant="green"}'] == 1
     assert metrics['nsproxy_errors_total{tenant="blue"}'] == 0
     assert metrics['nsproxy_active_connections{tenant="blue"}'] == 1

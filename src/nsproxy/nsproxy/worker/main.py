@@ -31,7 +31,8 @@ import signal
 import socket
 import sys
 
-from nsproxy import channel, daemonlog, heap, privileges, tls_tickets
+from nsproxy import channel, daemonlog, heap, metrics, privileges, tls_tickets
+from nsproxy.metrics_endpoint import MetricsProtocol
 from nsproxy.worker import status, sweep
 from nsproxy.worker.apply import Served
 from nsproxy.worker.stock import SocketStock
@@ -274,36 +275,48 @@ class Worker:
             log.warning("%s; draining and exiting", reason)
             self.drain("stop", None)
 
-    # -- metrics (served by one worker) ---------------------------------------------------
+    # -- metrics listener (served by one worker) ------------------------------------------
     async def _serve_metrics(self, sock: socket.socket) -> None:
-        from nsproxy import metrics
-
         sock.setblocking(False)
+        answers = {b"/metrics": self._scrape, b"/ready": self._ready}
         self.metrics_server = await self.loop.create_server(
-            lambda: metrics.MetricsProtocol(self._scrape), sock=sock
+            lambda: MetricsProtocol(answers), sock=sock
         )
 
-    async def _scrape(self) -> bytes:
-        """Every worker's snapshot, through the binder (which relays them unread), summed."""
+    async def _scrape(self) -> tuple[int, bytes]:
+        """Every worker's snapshot and the binder's document (listener states), through the
+        binder (which relays the snapshots unread), summed and rendered."""
         import json
 
-        from nsproxy import metrics
-
         answer, fds = await self.channel.request("metrics?", 10)
-        snapshots = []
+        documents = []
         try:
             for fd in fds:
                 try:
-                    snapshots.append(json.loads(channel.read_sealed(fd, 16 << 20)))
-                except (channel.ChannelError, ValueError):
-                    continue
+                    documents.append(json.loads(channel.read_sealed(fd, 16 << 20)))
+                except (channel.ChannelError, ValueError, RecursionError):
+                    documents.append(None)
         finally:
             channel.close_fds(fds)
-        names = [t.name for t in self.served.config.tenants]
-        workers = [s for s in snapshots if isinstance(s, dict)]
-        tenants = metrics.merge(names, workers)
+        listeners = []
+        if answer.get("listeners_fd") and documents:  # the binder's document comes last
+            doc = documents.pop()
+            if isinstance(doc, dict) and isinstance(doc.get("listeners"), list):
+                listeners = [x for x in doc["listeners"] if isinstance(x, list) and len(x) == 4]
+        config = self.served.config
+        workers = [s for s in documents if isinstance(s, dict)]
+        tenants = metrics.merge([t.name for t in config.tenants], workers)
         binder = answer.get("binder") if isinstance(answer.get("binder"), dict) else {}
-        return metrics.render(tenants, metrics.render_processes(workers, binder))
+        specs = {t.name: t for t in config.tenants}
+        return 200, metrics.render(tenants, specs, listeners, workers, binder)
+
+    async def _ready(self) -> tuple[int, bytes]:
+        """The binder's judgement: every worker on the current generation, no listener in
+        error (503 with the reasons otherwise)."""
+        answer, fds = await self.channel.request("ready?", 10)
+        channel.close_fds(fds)
+        text = str(answer.get("text") or "")[:65536].encode("utf-8", "replace")
+        return (200 if answer.get("ready") is True else 503), text
 
     # -- the sweep, draining --------------------------------------------------------------
     def _sweep(self) -> None:

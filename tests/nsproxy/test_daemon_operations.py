@@ -1,0 +1,258 @@
+"""What an operator relies on, against the real daemon (binder and workers) in the sandbox: the
+values of the exported metrics (summed over workers, checked against what real clients sent and
+received), /healthz and /ready.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.nsproxy.conftest import ADDR, WORKERS, http_tenant
+
+METRICS_ADDR = "127.0.0.1:9108"
+
+
+def scrape(proxy) -> dict:
+    """{(sample name, frozenset of label pairs): value} of one real scrape (curl)."""
+    proc = proxy.sb.run(["curl", "-sS", "--max-time", "10", f"http://{METRICS_ADDR}/metrics"])
+    assert proc.returncode == 0, proc.stderr
+    out = {}
+    for family in text_string_to_metric_families(proc.stdout):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    """The one sample of ``name`` with exactly these labels (KeyError names what is missing)."""
+    key = (name, frozenset(labels.items()))
+    if key not in samples:
+        near = sorted(str(dict(k[1])) for k in samples if k[0] == name)
+        raise KeyError(f"{name}{labels} not in the scrape; {name} has: {near[:20]}")
+    return samples[key]
+
+
+def get(proxy, path: str) -> tuple[int, str]:
+    """(status, body) of GET path on the metrics listener, with curl."""
+    proc = proxy.sb.run(
+        ["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", f"http://{METRICS_ADDR}{path}"]
+    )
+    body, _, code = proc.stdout.rpartition("\n")
+    return int(code), body.strip()
+
+
+def proc_stat(proxy, pid: int) -> list[str]:
+    """Fields 3.. of /proc/PID/stat (after the command name)."""
+    stat = proxy.sb.run(["cat", f"/proc/{pid}/stat"]).stdout
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def worker_pids(proxy) -> list[int]:
+    return sorted(w["pid"] for w in proxy.status_json()["workers"] if w["state"] == "serving")
+
+
+# -- metrics values ----------------------------------------------------------------------------
+
+
+def two_tenants(proxy, **top):
+    """acme: http to an echo upstream; globex: http to a dead server (502) and a tcp listener
+    to the echo upstream."""
+    proxy.add_netns("acme", "globex")
+    proxy.start_echo("echo", "127.0.0.1:9811")
+    acme = http_tenant("acme", ["127.0.0.1:9811"])
+    globex = http_tenant("globex", ["127.0.0.1:9"])  # nothing listens on port 9
+    globex["listeners"].append({"listen": f"{ADDR}:7000", "protocol": "tcp", "upstream": "tcp"})
+    globex["upstreams"]["tcp"] = {"netns": None, "servers": ["127.0.0.1:9811"]}
+    proxy.write_config([acme, globex], metrics={"listen": METRICS_ADDR}, **top)
+
+
+def test_metrics_count_what_clients_sent_and_received(proxy):
+    two_tenants(proxy)
+    started = time.time()
+    proxy.start()
+    sizes = []  # bytes each acme client received (head and body), as curl counted them
+    for args in (
+        [f"http://{ADDR}/ok"],
+        [f"http://{ADDR}/?status=503"],
+        ["--data-binary", "@-", f"http://{ADDR}/post"],
+    ):
+        proc = proxy.sb.run(
+            ["ip", "netns", "exec", "acme", "curl", "-sS", "--max-time", "10", "-o", "/dev/null",
+             "-w", "%{http_code} %{size_header} %{size_download}", *args],
+            input="x" * 1000,
+        )  # fmt: skip
+        code, head, body = proc.stdout.split()
+        sizes.append(int(head) + int(body))
+        assert code in ("200", "503"), proc.stdout + proc.stderr
+    dead = proxy.curl("globex", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ADDR}/")
+    assert dead.stdout == "502", proxy.log()
+    request = b"GET /tcp HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    tcp = proxy.python(
+        "globex",
+        "import socket, sys\n"
+        f"s = socket.create_connection(({ADDR!r}, 7000), timeout=5)\n"
+        f"s.sendall({request!r})\n"
+        "n = 0\n"
+        "while (chunk := s.recv(65536)):\n"
+        "    n += len(chunk)\n"
+        "print(n)\n",
+    )
+    tcp_received = int(tcp.stdout)
+    time.sleep(0.3)  # the relay's end is counted when both sides have closed
+
+    m = scrape(proxy)
+    assert value(m, "nsproxy_requests_total", tenant="acme", code="2xx") == 2
+    assert value(m, "nsproxy_requests_total", tenant="acme", code="5xx") == 1
+    assert value(m, "nsproxy_requests_total", tenant="acme", code="4xx") == 0
+    assert value(m, "nsproxy_requests_total", tenant="globex", code="5xx") == 1
+    assert value(m, "nsproxy_errors_total", tenant="acme") == 1
+    assert value(m, "nsproxy_errors_total", tenant="globex") == 1
+    # Bytes: the request bodies in, every byte of the answers (heads included) out.
+    assert value(m, "nsproxy_received_bytes_total", tenant="acme", protocol="http") == 1000
+    assert value(m, "nsproxy_sent_bytes_total", tenant="acme", protocol="http") == sum(sizes)
+    assert value(m, "nsproxy_received_bytes_total", tenant="acme", protocol="tcp") == 0
+    assert value(m, "nsproxy_connections_total", tenant="acme", protocol="http") == 3
+    # tcp: every byte, both ways, and the connection.
+    assert value(m, "nsproxy_connections_total", tenant="globex", protocol="tcp") == 1
+    assert value(m, "nsproxy_connections_total", tenant="globex", protocol="http") == 1
+    received = value(m, "nsproxy_received_bytes_total", tenant="globex", protocol="tcp")
+    assert received == len(request)
+    assert value(m, "nsproxy_sent_bytes_total", tenant="globex", protocol="tcp") == tcp_received
+    assert value(m, "nsproxy_refused_connections_total", tenant="acme") == 0
+    assert value(m, "nsproxy_active_connections", tenant="acme") == 0
+    # Upstreams: the dead server is down, with the reason of its failure.
+    assert value(m, "nsproxy_upstream_server_up", tenant="globex", upstream="app",
+                 server="127.0.0.1:9") == 0  # fmt: skip
+    assert value(m, "nsproxy_upstream_server_up", tenant="acme", upstream="app",
+                 server="127.0.0.1:9811") == 1  # fmt: skip
+    assert value(m, "nsproxy_upstream_errors_total", tenant="globex", upstream="app",
+                 reason="connect") >= 1  # fmt: skip
+    assert value(m, "nsproxy_upstream_failures_total", tenant="globex") >= 1
+    # Listeners: serving, one gauge per state.
+    for tenant, listen, protocol in (
+        ("acme", f"{ADDR}:80", "http"),
+        ("globex", f"{ADDR}:80", "http"),
+        ("globex", f"{ADDR}:7000", "tcp"),
+    ):
+        states = {
+            state: value(
+                m,
+                "nsproxy_listener_state",
+                tenant=tenant,
+                listen=listen,
+                protocol=protocol,
+                state=state,
+            )  # fmt: skip
+            for state in ("serving", "waiting", "error")
+        }
+        assert states == {"serving": 1, "waiting": 0, "error": 0}, (tenant, listen)
+    # The daemon.
+    assert value(m, "nsproxy_config_generation") == 1
+    assert value(m, "nsproxy_config_last_reload_successful") == 1
+    applied = value(m, "nsproxy_config_last_reload_success_timestamp_seconds")
+    assert started - 1 <= applied <= time.time()
+    version = proxy.status_json()["binder"]["version"]
+    builds = [k for k in m if k[0] == "nsproxy_build_info"]
+    assert len(builds) == 1 and dict(builds[0][1])["version"] == version
+    assert value(m, "nsproxy_workers") == WORKERS
+
+
+def test_process_metrics_are_each_process_own(proxy):
+    two_tenants(proxy)
+    proxy.start()
+    status = proxy.status_json()
+    pids = {"binder": status["pid"]}
+    pids.update({f"worker-{w['index']}": w["pid"] for w in status["workers"]})
+    m = scrape(proxy)
+    exported = {dict(k[1])["process"] for k in m if k[0] == "process_open_fds"}
+    assert exported == set(pids)
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    for process, pid in pids.items():
+        fds = len(proxy.sb.run(["ls", f"/proc/{pid}/fd"]).stdout.split())
+        assert abs(value(m, "process_open_fds", process=process) - fds) <= 3, process
+        limits = proxy.sb.run(["cat", f"/proc/{pid}/limits"]).stdout
+        soft = int(re.search(r"Max open files\s+(\d+)", limits).group(1))
+        assert value(m, "process_max_fds", process=process) == soft
+        start = boot + int(proc_stat(proxy, pid)[19]) / ticks
+        assert abs(value(m, "process_start_time_seconds", process=process) - start) < 0.05
+        rss = int(proxy.sb.run(["cat", f"/proc/{pid}/statm"]).stdout.split()[1])
+        rss *= os.sysconf("SC_PAGE_SIZE")
+        assert 0.5 * rss < value(m, "process_resident_memory_bytes", process=process) < 2 * rss
+        fields = proc_stat(proxy, pid)
+        cpu_now = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime, read later
+        assert 0 <= value(m, "process_cpu_seconds_total", process=process) <= cpu_now, process
+    assert value(m, "process_cpu_seconds_total", process="binder") > 0
+
+
+def test_reload_metrics_follow_applied_and_refused_reloads(proxy):
+    two_tenants(proxy)
+    proxy.start()
+    first = value(scrape(proxy), "nsproxy_config_last_reload_success_timestamp_seconds")
+    time.sleep(1.1)
+    assert proxy.reload().returncode == 0
+    m = scrape(proxy)
+    assert value(m, "nsproxy_config_generation") == 2
+    assert value(m, "nsproxy_config_last_reload_successful") == 1
+    applied = value(m, "nsproxy_config_last_reload_success_timestamp_seconds")
+    assert applied > first
+
+    good = proxy.config_path.read_text()
+    proxy.config_path.write_text('{"tenants": "not a list"}')
+    assert proxy.reload().returncode != 0
+    m = scrape(proxy)
+    assert value(m, "nsproxy_config_last_reload_successful") == 0
+    assert value(m, "nsproxy_config_generation") == 2
+    assert value(m, "nsproxy_config_last_reload_success_timestamp_seconds") == applied
+
+    proxy.config_path.write_text(good)
+    assert proxy.reload().returncode == 0
+    m = scrape(proxy)
+    assert value(m, "nsproxy_config_last_reload_successful") == 1
+    assert value(m, "nsproxy_config_generation") == 3
+
+
+# -- /healthz and /ready -----------------------------------------------------------------------
+
+
+def test_healthz_and_ready_follow_the_listeners(proxy):
+    proxy.add_netns("acme", "globex")
+    proxy.start_echo("echo", "127.0.0.1:9811")
+    # Something else holds globex's port inside its namespace: its listener is in error.
+    holder = proxy.sb.popen(
+        ["ip", "netns", "exec", "globex", "python3", "-c",
+         "import socket, sys, time\n"
+         f"s = socket.socket(); s.bind(({ADDR!r}, 80)); s.listen()\n"
+         "print('held', flush=True); time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    proxy.helpers.append(holder)
+    assert holder.stdout.readline().strip() == "held"
+    tenants = [http_tenant("acme", ["127.0.0.1:9811"]), http_tenant("globex", ["127.0.0.1:9811"])]
+    proxy.write_config(tenants, metrics={"listen": METRICS_ADDR})
+    proxy.start(wait_bound=False)
+    proxy.wait_for(
+        lambda s: proxy.tenant_status("globex", s)["listeners"][0]["state"] == "error",
+        "globex's listener in error",
+    )
+    assert get(proxy, "/healthz") == (200, "ok")
+    code, body = get(proxy, "/ready")
+    assert code == 503
+    assert "globex" in body and f"{ADDR}:80" in body and "in use" in body, body
+    m = scrape(proxy)
+    labels = {"tenant": "globex", "listen": f"{ADDR}:80", "protocol": "http"}
+    assert value(m, "nsproxy_listener_state", state="error", **labels) == 1
+    assert value(m, "nsproxy_listener_state", state="serving", **labels) == 0
+
+    holder.terminate()
+    holder.wait(timeout=10)
+    proxy.wait_for(proxy.all_bound, "globex's listener bound after the port was freed", 30)
+    code, body = get(proxy, "/ready")
+    assert code == 200, body
+    assert get(proxy, "/nothing")[0] == 404
