@@ -1,12 +1,15 @@
 """What an operator relies on, against the real daemon (binder and workers) in the sandbox: the
 values of the exported metrics (summed over workers, checked against what real clients sent and
-received), /healthz and /ready.
+received), /healthz and /ready, SIGUSR1 and reload reopening the logs, the journald priority
+prefix and JSON daemon logs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import time
 
@@ -256,3 +259,124 @@ def test_healthz_and_ready_follow_the_listeners(proxy):
     code, body = get(proxy, "/ready")
     assert code == 200, body
     assert get(proxy, "/nothing")[0] == 404
+
+
+# -- logs --------------------------------------------------------------------------------------
+
+
+def requests(proxy, tenant: str, first: int, count: int) -> None:
+    for n in range(first, first + count):
+        proc = proxy.curl(tenant, "-o", "/dev/null", "-w", "%{http_code}", f"http://{ADDR}/n/{n}")
+        assert proc.stdout == "200", proc.stdout + proc.stderr
+
+
+def logged_numbers(path) -> list[int]:
+    if not path.exists():
+        return []
+    paths = [json.loads(line)["path"] for line in path.read_text().splitlines() if line]
+    return sorted(int(p.rsplit("/", 1)[1]) for p in paths if p.startswith("/n/"))
+
+
+def test_sigusr1_reopens_the_access_log_and_the_daemon_log(proxy):
+    proxy.add_netns("acme")
+    proxy.start_echo("echo", "127.0.0.1:9811")
+    daemon_log = proxy.dir / "daemon.log"
+    proxy.write_config([http_tenant("acme", ["127.0.0.1:9811"])], log={"path": str(daemon_log)})
+    proxy.start()
+    before = (proxy.status_json()["pid"], worker_pids(proxy))
+    requests(proxy, "acme", 1, 5)
+    time.sleep(1.5)  # the access log is flushed every second
+    access_old = proxy.access_path.with_suffix(".log.1")
+    daemon_old = daemon_log.with_suffix(".log.1")
+    proxy.access_path.rename(access_old)
+    daemon_log.rename(daemon_old)
+    os.kill(before[0], signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while not (proxy.access_path.exists() and daemon_log.exists()):
+        assert time.monotonic() < deadline, f"no new files after SIGUSR1:\n{proxy.log()}"
+        time.sleep(0.1)
+    old_access, old_daemon = access_old.read_text(), daemon_old.read_text()
+    requests(proxy, "acme", 6, 5)
+    for pid in before[1]:  # a worker ignores it (only the binder reopens)
+        os.kill(pid, signal.SIGUSR1)
+    time.sleep(1.5)
+
+    assert (proxy.status_json()["pid"], worker_pids(proxy)) == before, "a process was replaced"
+    assert logged_numbers(access_old) == [1, 2, 3, 4, 5]
+    assert logged_numbers(proxy.access_path) == [6, 7, 8, 9, 10]
+    assert access_old.read_text() == old_access, "lines went to the renamed access log"
+    assert daemon_old.read_text() == old_daemon, "lines went to the renamed daemon log"
+    assert "SIGUSR1: logs reopened" in daemon_log.read_text()
+    # Each worker writes its own lines to the new daemon log as well.
+    proxy.stop()
+    workers_lines = [line for line in daemon_log.read_text().splitlines() if "[worker " in line]
+    assert {int(re.search(r"\[worker \d+ (\d+)\]", x).group(1)) for x in workers_lines} == set(
+        before[1]
+    ), daemon_log.read_text()
+
+
+def test_reload_reopens_the_access_log(proxy):
+    proxy.add_netns("acme")
+    proxy.start_echo("echo", "127.0.0.1:9811")
+    proxy.write_config([http_tenant("acme", ["127.0.0.1:9811"])])
+    proxy.start()
+    requests(proxy, "acme", 1, 3)
+    time.sleep(1.5)
+    rotated = proxy.access_path.with_suffix(".log.1")
+    proxy.access_path.rename(rotated)
+    assert proxy.reload().returncode == 0
+    requests(proxy, "acme", 4, 3)
+    time.sleep(1.5)
+    assert logged_numbers(rotated) == [1, 2, 3]
+    assert logged_numbers(proxy.access_path) == [4, 5, 6]
+
+
+def journal_env(proxy) -> dict:
+    """JOURNAL_STREAM naming the daemon's stderr (the test's log file), as systemd sets it for
+    a unit whose output goes to the journal (systemd.exec(5): device and inode of stderr)."""
+    proxy.log_path.touch()
+    st = os.stat(proxy.log_path)
+    return {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+
+
+def test_under_journald_lines_carry_the_syslog_priority_and_no_timestamp(proxy):
+    proxy.add_netns("acme")
+    proxy.start_echo("echo", "127.0.0.1:9811")
+    proxy.write_config([http_tenant("acme", ["127.0.0.1:9811"])])
+    proxy.start(env=journal_env(proxy))
+    good = proxy.config_path.read_text()
+    proxy.config_path.write_text('{"tenants": 1}')
+    assert proxy.reload().returncode != 0  # logged as an error
+    proxy.config_path.write_text(good)
+    proxy.stop()
+    lines = [line for line in proxy.log_path.read_text().splitlines() if line]
+    assert lines, "no log line"
+    for line in lines:
+        assert re.match(r"<[0-7]>nsproxy", line), line  # no timestamp: journald adds its own
+    assert any(line.startswith("<3>") and "refused" in line for line in lines), lines
+    assert any(line.startswith("<6>") and "serving" in line for line in lines), lines
+    assert any(line.startswith("<6>nsproxy[worker 0 ") for line in lines), lines
+
+    # Without a matching JOURNAL_STREAM (output elsewhere), no prefix.
+    proxy.log_path.unlink()
+    proxy.start(env={"JOURNAL_STREAM": "1:1"})
+    proxy.stop()
+    first = proxy.log_path.read_text().splitlines()[0]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", first), first
+
+
+def test_json_daemon_log(proxy):
+    proxy.add_netns("acme")
+    proxy.start_echo("echo", "127.0.0.1:9811")
+    proxy.write_config([http_tenant("acme", ["127.0.0.1:9811"])], log={"format": "json"})
+    proxy.start(env=journal_env(proxy))
+    proxy.stop()
+    lines = [line for line in proxy.log_path.read_text().splitlines() if line]
+    records = []
+    for line in lines:
+        match = re.match(r"<(\d)>(\{.*\})$", line)
+        assert match, line
+        records.append((int(match.group(1)), json.loads(match.group(2))))
+    assert all(r["level"] in ("debug", "info", "warning", "error", "critical") for _, r in records)
+    assert {priority for priority, r in records if r["level"] == "info"} == {6}
+    assert any(r["process"].startswith("nsproxy[worker") for _, r in records)

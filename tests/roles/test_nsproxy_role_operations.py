@@ -225,6 +225,44 @@ def test_logrotate_snippet_names_the_access_log_and_passes_logrotate_debug(host)
     assert "error" not in output.lower(), output
 
 
+def test_forced_rotation_under_load_loses_no_access_log_line(host):
+    """logrotate -f while a client sends numbered requests: every answered request has exactly
+    one line, in the rotated file or the new one, and after the postrotate signal the old file
+    gets no more lines (the daemon reopened: the daemon's SIGUSR1)."""
+    daemon_before = host.sb.run(["ps", "-o", "pid=", "--ppid", str(host.supervisor_pid())])
+    client, report = host.requests(1, 600, "rotation")
+    deadline = time.monotonic() + 30
+    while host.sb.run(["test", "-s", ACCESS_LOG], check=False).returncode:  # notifempty
+        assert time.monotonic() < deadline, "no access-log line within 30 s"
+        time.sleep(0.2)
+    proc = host.sb.run(
+        ["logrotate", "-f", "-s", f"{SCRATCH}/logrotate.state", LOGROTATE], check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    client.wait(timeout=150)
+    result = json.loads(report.read_text())
+    time.sleep(2.5)  # the access log is flushed every second
+    old_after_rotation = host.read(f"{ACCESS_LOG}.1")
+    time.sleep(1.5)
+    after, _ = host.requests(10_001, 20, "after")
+    after.wait(timeout=60)
+    time.sleep(2.5)
+    rotated = host.read(f"{ACCESS_LOG}.1")
+    current = host.read(ACCESS_LOG) if host.exists(ACCESS_LOG) else ""
+
+    assert result["failed"] == [], "requests failed during the rotation (did the daemon die?)"
+    daemon_after = host.sb.run(["ps", "-o", "pid=", "--ppid", str(host.supervisor_pid())])
+    assert daemon_after.stdout == daemon_before.stdout, "the daemon was restarted"
+    paths = [
+        json.loads(line).get("path") for line in (rotated + current).splitlines() if line.strip()
+    ]
+    numbers = sorted(int(p.split("/")[-1]) for p in paths if p and p.startswith("/n/"))
+    expected = sorted(result["answered"] + list(range(10_001, 10_021)))
+    assert numbers == expected, "access-log lines lost or doubled across the rotation"
+    assert rotated == old_after_rotation, "lines went to the rotated file after the signal"
+    assert current.count('"/n/10001"') == 1, "new requests are not logged to the new file"
+
+
 # -- monitoring files --------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from nsproxy import (
     admin,
     channel,
     config,
+    daemonlog,
     heap,
     netns,
     privileges,
@@ -148,9 +149,45 @@ class Binder:
             (signal.SIGHUP, self._sighup),
             (signal.SIGTERM, self._sigterm),
             (signal.SIGINT, self._sigterm),
+            (signal.SIGUSR1, self._sigusr1),
         ):
             self.loop.add_signal_handler(sig, handler)
         self.sweeper = self.loop.call_later(SWEEP, self._sweep)
+
+    def _sigusr1(self) -> None:
+        self.reopen_logs("SIGUSR1")
+
+    def reopen_logs(self, why: str) -> None:
+        """Open the access log and the daemon log anew, when they are files (logrotate renamed
+        them; SIGUSR1 and every reload), and hand them to every worker, which writes what it
+        buffered to the old file first. A file that cannot be opened stays as it was."""
+        fds, fields = [], {}
+        try:
+            target = self.config.access_log
+            if target and target != "-" and self.access_log_fd is not None:
+                try:
+                    fd = accesslog.open_target(target)
+                except OSError as exc:
+                    log.error("%s: access_log %s: %s; still writing to the old file",
+                              why, target, exc.strerror)  # fmt: skip
+                else:
+                    fds.append(fd)
+                    fields["access"] = True
+                    # Workers forked from now on inherit the new file under the old number.
+                    os.dup2(fd, self.access_log_fd, inheritable=False)
+            try:
+                fd = daemonlog.reopen()
+            except OSError as exc:
+                log.error("%s: log.path: %s; still writing to the old file", why, exc.strerror)
+            else:
+                if fd is not None:
+                    fds.append(fd)
+                    fields["log"] = True
+            if fds:
+                self.pool.broadcast("reopen", fds, everyone=True, **fields)
+                log.info("%s: logs reopened", why)
+        finally:
+            channel.close_fds(fds)
 
     def _sighup(self) -> None:
         from nsproxy.binder import reload

@@ -102,9 +102,10 @@ def _forget_binder(seed: Seed) -> None:
     _ABANDONED.append(seed.binder)
     seed.binder = None
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGHUP, signal.SIGINT):
+    # SIGUSR1 (reopen the logs) is the binder's: it opens the files and hands them over.
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
-    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
     asyncio.events._set_running_loop(None)
     keep = {0, 1, 2, seed.channel.fileno(), *daemonlog.fds()}
@@ -246,6 +247,22 @@ class Worker:
             for up in tenant.upstreams.values():
                 if up.identity == identity:
                     up.namespace_replaced()
+
+    def _on_reopen(self, message: dict, fds: list[int]) -> None:
+        """The log files opened anew by the binder (SIGUSR1, a reload): ``access`` and
+        ``log`` say which fds came, in that order. What was buffered goes to the old file."""
+        fds = list(fds)
+        try:
+            if message.get("access") and fds:
+                fd = fds.pop(0)
+                access = self.served.shared.access_log
+                if access is not None:
+                    access.adopt(fd)
+            if message.get("log") and fds:
+                daemonlog.adopt(fds.pop(0))
+        finally:
+            channel.close_fds(fds)
+        log.debug("logs reopened")
 
     def _on_metrics_socket(self, message: dict, fds: list[int]) -> None:
         if self.metrics_server is not None:
