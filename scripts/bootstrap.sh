@@ -38,7 +38,7 @@ echo "== bootstrap: virtualenv .venv"
 [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -r requirements-dev.txt
-[ -f src/nsproxy/pyproject.toml ] && .venv/bin/pip install -q -e "src/nsproxy[fast]"
+[ -f src/nsproxy/pyproject.toml ] && .venv/bin/pip install -q -e "src/nsproxy[fast,titles]"
 
 # The collection as ansible sees it: build/collections/ansible_collections/tenantnet/nsproxy.
 mkdir -p build/collections/ansible_collections/tenantnet

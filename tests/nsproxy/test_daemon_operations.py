@@ -1,7 +1,7 @@
 """What an operator relies on, against the real daemon (binder and workers) in the sandbox: the
 values of the exported metrics (summed over workers, checked against what real clients sent and
 received), /healthz and /ready, SIGUSR1 and reload reopening the logs, the journald priority
-prefix and JSON daemon logs.
+prefix and JSON daemon logs, the systemd watchdog (a fake notify socket), and process titles.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -380,3 +381,101 @@ def test_json_daemon_log(proxy):
     assert all(r["level"] in ("debug", "info", "warning", "error", "critical") for _, r in records)
     assert {priority for priority, r in records if r["level"] == "info"} == {6}
     assert any(r["process"].startswith("nsproxy[worker") for _, r in records)
+
+
+# -- systemd watchdog --------------------------------------------------------------------------
+
+
+class NotifySocket:
+    """A stand-in for systemd's notify socket: a datagram socket the daemon sends to."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[tuple[float, str]] = []
+
+    def collect(self, seconds: float) -> list[tuple[float, str]]:
+        """Receive for ``seconds``; the (monotonic time, message) pairs received meanwhile."""
+        got = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                break
+            got.append((time.monotonic(), data.decode()))
+        self.messages += got
+        return got
+
+    def close(self):
+        self.sock.close()
+
+
+def pings(messages) -> list[float]:
+    return [t for t, m in messages if "WATCHDOG=1" in m.split("\n")]
+
+
+def test_watchdog_pings_only_while_the_workers_answer(proxy, tmp_path):
+    proxy.add_netns("acme")
+    proxy.start_echo("echo", "127.0.0.1:9811")
+    proxy.write_config([http_tenant("acme", ["127.0.0.1:9811"])], workers=2)
+    notify = NotifySocket(tmp_path / "notify")
+    try:
+        proxy.start(env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "2000000"})
+        steady = notify.collect(4)
+        assert any("READY=1" in m for _, m in notify.messages), notify.messages
+        assert len(pings(steady)) >= 5, steady  # every second (half of WATCHDOG_USEC)
+
+        hung = worker_pids(proxy)[0]
+        os.kill(hung, signal.SIGSTOP)  # a hung event loop: no heartbeat any more
+        stopped_at = time.monotonic()
+        try:
+            during = notify.collect(7)
+        finally:
+            os.kill(hung, signal.SIGCONT)
+        resumed = notify.collect(4)
+        late = [t - stopped_at for t in pings(during)]
+        # Pings go on until the worker has been silent for 3 s (3 heartbeats), then stop.
+        assert late and max(late) < 4.5, late
+        assert [t for t in late if t > 4.5] == []
+        assert len(pings(resumed)) >= 3, resumed
+        assert proxy.proc.poll() is None
+    finally:
+        notify.close()
+
+
+def test_no_watchdog_pings_without_watchdog_usec(proxy, tmp_path):
+    proxy.add_netns("acme")
+    proxy.start_echo("echo", "127.0.0.1:9811")
+    proxy.write_config([http_tenant("acme", ["127.0.0.1:9811"])])
+    notify = NotifySocket(tmp_path / "notify")
+    try:
+        proxy.start(env={"NOTIFY_SOCKET": notify.path})
+        got = notify.collect(2.5)
+        assert any("READY=1" in m for _, m in notify.messages)
+        assert pings(got) == []
+    finally:
+        notify.close()
+
+
+# -- process titles ----------------------------------------------------------------------------
+
+
+def test_every_process_says_what_it_is_in_ps(proxy):
+    proxy.add_netns("acme")
+    proxy.start_echo("echo", "127.0.0.1:9811")
+    proxy.write_config([http_tenant("acme", ["127.0.0.1:9811"])], workers=2)
+    proxy.start()
+    status = proxy.status_json()
+
+    def args(pid: int) -> str:
+        return proxy.sb.run(["ps", "-o", "args=", "-p", str(pid)]).stdout.strip()
+
+    assert args(status["pid"]) == "nsproxy: binder test"
+    titles = sorted(args(w["pid"]) for w in status["workers"])
+    assert titles == ["nsproxy: worker 0 test", "nsproxy: worker 1 test"]
+    # A reload (same processes) and the daemon's own commands still work with the new titles.
+    assert proxy.reload().returncode == 0
+    assert args(status["pid"]) == "nsproxy: binder test"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import textwrap
@@ -191,11 +192,14 @@ def test_supervisor_is_an_installed_program_named_in_ps(host):
     # It is the program, not a fork of Ansible's (deleted) temporary module file.
     maps = host.read(f"/proc/{pid}/maps") + host.sb.sh(f"ls -l /proc/{pid}/fd").stdout
     assert "ansible" not in maps.lower() and "(deleted)" not in maps
-    # The daemon is its child, and serves.
+    # The daemon is its child, says what it is (setproctitle, the role's "titles" extra), and
+    # so do its workers; it serves.
     daemon = host.sb.run(["ps", "-o", "pid=", "--ppid", str(pid)]).stdout.split()
     assert len(daemon) == 1, daemon
-    argv = host.read(f"/proc/{daemon[0]}/cmdline").rstrip("\0").split("\0")
-    assert argv[-4:] == ["/opt/nsproxy/bin/nsproxy", "run", "--config", "/etc/nsproxy/main.json"]
+    title = host.sb.run(["ps", "-o", "args=", "-p", daemon[0]]).stdout.strip()
+    assert title == "nsproxy: binder main"
+    workers = host.sb.run(["ps", "-o", "args=", "--ppid", daemon[0]]).stdout.splitlines()
+    assert workers and all(re.fullmatch(r"nsproxy: worker \d+ main", w.strip()) for w in workers)
     answer = host.sb.run(
         ["ip", "netns", "exec", "acme", "curl", "-sS", "--max-time", "5", "http://10.0.0.250/x"]
     )

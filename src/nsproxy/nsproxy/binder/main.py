@@ -36,6 +36,7 @@ from nsproxy import (
     privileges,
     procstat,
     systemd,
+    titles,
     tls_tickets,
 )
 from nsproxy.binder.listeners import Listeners
@@ -112,6 +113,8 @@ class Binder:
         self.started_at = time.time()
         self.upgrades = 0
         self.reload_success_time = 0.0  # Unix time the running config was applied
+        self.watchdog_timer = None
+        titles.set_title(titles.binder_title(cfg.instance))
 
     # -- start / stop ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -153,6 +156,18 @@ class Binder:
         ):
             self.loop.add_signal_handler(sig, handler)
         self.sweeper = self.loop.call_later(SWEEP, self._sweep)
+        interval = systemd.watchdog_interval()
+        if interval is not None:
+            self.watchdog_timer = self.loop.call_soon(self._watchdog, interval)
+
+    def _watchdog(self, interval: float) -> None:
+        """``WATCHDOG=1`` every ``interval`` seconds, only while this loop runs and every
+        serving worker has sent a heartbeat within max(3 heartbeats, interval): a hung worker
+        is replaced by the pool (workers.py, HUNG_AFTER) well before; if that fails, the pings
+        stop and systemd restarts the daemon (WatchdogSec= in the unit)."""
+        self.watchdog_timer = self.loop.call_later(interval, self._watchdog, interval)
+        if self.pool.answering(max(3 * worker_main.HEARTBEAT, interval)):
+            systemd.watchdog()
 
     def _sigusr1(self) -> None:
         self.reopen_logs("SIGUSR1")

@@ -152,6 +152,13 @@ class WorkerPool:
         self.workers[handle.pid] = handle
         self.loop.add_reader(handle.pidfd, self._exited, handle)
 
+    def answering(self, within: float) -> bool:
+        """Whether workers serve and every serving one was heard from in the last ``within``
+        seconds (a heartbeat comes every second: worker/main.py HEARTBEAT)."""
+        now = time.monotonic()
+        serving = [w for w in self.workers.values() if w.state == "serving"]
+        return bool(serving) and all(now - w.last_heard <= within for w in serving)
+
     def serving(self) -> list[WorkerHandle]:
         """Workers that serve the current generation (starting or serving)."""
         return [w for w in self.workers.values() if w.state in ("starting", "serving")]

@@ -31,7 +31,7 @@ import signal
 import socket
 import sys
 
-from nsproxy import channel, daemonlog, heap, metrics, privileges, tls_tickets
+from nsproxy import channel, daemonlog, heap, metrics, privileges, titles, tls_tickets
 from nsproxy.metrics_endpoint import MetricsProtocol
 from nsproxy.worker import status, sweep
 from nsproxy.worker.apply import Served
@@ -81,6 +81,7 @@ def run(seed: Seed) -> None:
     code = EXIT_INTERNAL
     try:
         _forget_binder(seed)
+        titles.set_title(titles.worker_title(seed.index, seed.config.instance))
         try:
             privileges.drop(seed.credentials)
         except privileges.PrivilegeError as exc:
