@@ -137,6 +137,11 @@ def test_metrics_count_what_clients_sent_and_received(proxy):
     assert value(m, "nsproxy_upstream_errors_total", tenant="globex", upstream="app",
                  reason="connect") >= 1  # fmt: skip
     assert value(m, "nsproxy_upstream_failures_total", tenant="globex") >= 1
+    # status names why: the error that marked the server down.
+    app = next(u for u in proxy.tenant_status("globex")["upstreams"] if u["name"] == "app")
+    assert app["servers"] == [
+        {"address": "127.0.0.1:9", "healthy": False, "last_error": "Connection refused"}
+    ]
     # Listeners: serving, one gauge per state.
     for tenant, listen, protocol in (
         ("acme", f"{ADDR}:80", "http"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import socket
 import time
 
@@ -102,7 +103,10 @@ class Upstreams(dict):
         up = dict.get(self, name)
         if up is not None:
             return up.health()
-        return [{"address": _label(*a), "healthy": True} for a in self.specs[name].servers]
+        return [
+            {"address": _label(*a), "healthy": True, "last_error": None}
+            for a in self.specs[name].servers
+        ]
 
 
 class Upstream:
@@ -155,8 +159,10 @@ class Upstream:
             except OSError as exc:
                 sock.close()
                 self.count_error("connect")
-                self._failed(server, exc.strerror or str(exc))
-                errors.append(f"{server.label}: {exc.strerror or exc}")
+                # asyncio's strerror is "Connect call failed (address)": the errno says more.
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                self._failed(server, reason)
+                errors.append(f"{server.label}: {reason}")
                 continue
             except BaseException:
                 sock.close()
@@ -261,8 +267,17 @@ class Upstream:
                 server.idle = keep
 
     def health(self) -> list[dict]:
+        """Each server: address, healthy, and while it is marked down the error that marked
+        it (None once it is healthy again)."""
         now = time.monotonic()
-        return [{"address": s.label, "healthy": s.down_until <= now} for s in self.servers]
+        return [
+            {
+                "address": s.label,
+                "healthy": s.down_until <= now,
+                "last_error": None if s.down_until <= now else s.last_error,
+            }
+            for s in self.servers
+        ]
 
     # -- internals ------------------------------------------------------------------------
     async def _socket(self, family: int) -> socket.socket:
