@@ -13,6 +13,8 @@ APT_PACKAGES=(
   gdb                                                  # runs probe code inside a live worker
   docker.io apparmor busybox-static python3-requests python3-apt  # container tests (local image); what docker_host installs
   haproxy nginx-light wrk                              # benchmark contenders
+  prometheus                                           # promtool: the shipped alert rules, real scrapes
+  logrotate python3-setproctitle                       # what the nsproxy role installs (role tests run offline)
   qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client  # molecule VM
 )
 
@@ -36,7 +38,7 @@ echo "== bootstrap: virtualenv .venv"
 [ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -r requirements-dev.txt
-[ -f src/nsproxy/pyproject.toml ] && .venv/bin/pip install -q -e "src/nsproxy[fast]"
+[ -f src/nsproxy/pyproject.toml ] && .venv/bin/pip install -q -e "src/nsproxy[fast,titles]"
 
 # The collection as ansible sees it: build/collections/ansible_collections/tenantnet/nsproxy.
 mkdir -p build/collections/ansible_collections/tenantnet

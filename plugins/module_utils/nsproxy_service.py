@@ -1,15 +1,14 @@
 # Copyright: tenantnet developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """How the nsproxy_instance module drives a running instance: the installed `nsproxy` CLI
-(check, status, reload, upgrade) and a service manager, either systemd (`nsproxy@<name>`) or, where
-systemd is not PID 1, a small supervisor forked off the module (pid file, log file, restart
-on failure), so the whole path works in containers and CI sandboxes too.
+(check, status, reload, upgrade) and a service manager, either systemd (`nsproxy@<name>`) or,
+where systemd is not PID 1, the supervisor program the role installs beside the daemon (pid
+file, log file, restart on failure), so the whole path works in containers and CI sandboxes too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import os
@@ -172,15 +171,6 @@ def _proc_start_time(pid: int):
     return int(fields[19])
 
 
-def _set_process_name(name: bytes) -> None:
-    """Name the supervisor in ps/top (comm, 15 bytes); it is a fork of the module otherwise."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
-
-
 def read_pid_file(path: str):
     """The live supervisor pid recorded in path, or None (absent, stale, or reused pid)."""
     try:
@@ -192,69 +182,26 @@ def read_pid_file(path: str):
     return pid if _proc_start_time(pid) == start else None
 
 
-def supervise(argv: list, pid_file: str, log) -> int:
-    """Run argv, restart it when it fails (backoff 1 s doubling to 30 s), forward SIGTERM,
-    SIGINT and SIGHUP to it, and stop when it exits cleanly or after SIGTERM."""
-    state = {"stop": False, "child": None}
-
-    def forward(signum, _frame):
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            state["stop"] = True
-        child = state["child"]
-        if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("NOTIFY_SOCKET", None)
-    backoff = 1.0
-    code = 0
-    try:
-        while not state["stop"]:
-            started = time.monotonic()
-            state["child"] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)
-            if state["stop"]:
-                state["child"].send_signal(signal.SIGTERM)
-            code = state["child"].wait()
-            if state["stop"]:
-                log(f"nsproxy stopped (exit {code})")
-                break
-            if code == 0:
-                log("nsproxy exited cleanly; not restarting")
-                break
-            if time.monotonic() - started > 30:
-                backoff = 1.0
-            log(f"nsproxy exited with status {code}; restarting in {backoff:g} s")
-            deadline = time.monotonic() + backoff
-            while not state["stop"] and time.monotonic() < deadline:
-                time.sleep(0.1)
-            backoff = min(backoff * 2, 30.0)
-    finally:
-        try:
-            if read_pid_file(pid_file) == os.getpid():
-                os.unlink(pid_file)
-        except OSError:
-            pass
-    return 0 if state["stop"] else code
-
-
 class SupervisedManager:
-    """Runs `nsproxy run` under a supervisor forked off the calling process: pid file
+    """Runs `nsproxy run` under the supervisor program the nsproxy role installs
+    (roles/nsproxy/files/nsproxy_supervisor.py, as <venv>/bin/nsproxy-supervisor): started
+    detached from the calling process, it shows as `nsproxy-supervisor <name>` in ps, restarts
+    the daemon when it fails and forwards SIGTERM, SIGHUP and SIGUSR1 to it. Pid file
     <run_dir>/<name>.pid (supervisor pid and start time), log file <log_dir>/<name>.log."""
 
     kind = "supervised"
 
-    def __init__(self, name: str, argv: list, run_dir: str, log_dir: str):
+    def __init__(self, name: str, argv: list, run_dir: str, log_dir: str, supervisor: str):
         self.name = name
         self.argv = argv
         self.run_dir = run_dir
         self.log_dir = log_dir
+        self.supervisor = supervisor
         self.pid_file = os.path.join(run_dir, f"{name}.pid")
         self.log_file = os.path.join(log_dir, f"{name}.log")
 
     def installed(self) -> bool:
-        return True
+        return os.path.isfile(self.supervisor) and os.access(self.supervisor, os.X_OK)
 
     def supervisor_pid(self):
         return read_pid_file(self.pid_file)
@@ -281,6 +228,11 @@ class SupervisedManager:
         """Boot-time start needs a service manager; supervised instances have none."""
 
     def start(self) -> None:
+        if not self.installed():
+            raise ServiceError(
+                f"the supervisor {self.supervisor} is not installed (or not executable): "
+                "deploy it with the tenantnet.nsproxy.nsproxy role"
+            )
         os.makedirs(self.run_dir, mode=0o755, exist_ok=True)
         os.makedirs(self.log_dir, mode=0o750, exist_ok=True)
         ready_r, ready_w = os.pipe()
@@ -292,7 +244,7 @@ class SupervisedManager:
                 os.setsid()
                 if os.fork() != 0:
                     os._exit(0)
-                code = self._become_supervisor(ready_w)
+                code = self._exec_supervisor(ready_w)
             finally:
                 os._exit(code)
         os.close(ready_w)
@@ -305,11 +257,16 @@ class SupervisedManager:
             answer += chunk
         os.close(ready_r)
         if not answer.startswith(b"ok"):
+            reason = answer.decode(errors="replace") or (
+                f"it exited before it was ready; see {self.log_file}"
+            )
             raise ServiceError(
-                f"could not start the nsproxy supervisor: {answer.decode(errors='replace')}"
+                f"could not start the nsproxy supervisor {self.supervisor}: {reason}"
             )
 
-    def _become_supervisor(self, ready_w: int) -> int:  # pragma: no cover - forked child
+    def _exec_supervisor(self, ready_w: int) -> int:  # pragma: no cover - forked child
+        """In the detached grandchild: output to the log file, the pid file (exec keeps the pid
+        and its start time), then exec the supervisor, which says "ok" on ready_w."""
         try:
             devnull = os.open(os.devnull, os.O_RDWR)
             log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
@@ -324,20 +281,15 @@ class SupervisedManager:
             with open(tmp, "w") as handle:
                 handle.write(f"{pid} {_proc_start_time(pid)}\n")
             os.rename(tmp, self.pid_file)
+            os.set_inheritable(ready_w, True)
+            argv = [self.supervisor, "--name", self.name, "--pid-file", self.pid_file]
+            os.execv(self.supervisor, [*argv, "--ready-fd", str(ready_w), "--", *self.argv])
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(self.pid_file)
             os.write(ready_w, f"{exc}".encode())
             os.close(ready_w)
-            return 1
-        os.write(ready_w, b"ok")
-        os.close(ready_w)
-        _set_process_name(b"nsproxy-superv")
-
-        def log(message: str) -> None:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            os.write(2, f"{stamp} nsproxy-supervisor[{self.name}]: {message}\n".encode())
-
-        log(f"starting {' '.join(self.argv)}")
-        return supervise(self.argv, self.pid_file, log)
+        return 1
 
     def stop(self, timeout: float = 90) -> None:
         sup = self.supervisor_pid()

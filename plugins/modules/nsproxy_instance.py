@@ -19,8 +19,8 @@ description:
     was.
   - Under systemd (PID 1) it drives the template unit C(nsproxy@<name>.service) installed by the
     C(tenantnet.nsproxy.nsproxy) role. Without systemd (containers, CI) it runs the instance as
-    a supervised background process (restart on failure) with a pid file in O(run_dir) and a
-    log file in O(log_dir).
+    a supervised background process with a pid file in O(run_dir) and a log file in O(log_dir),
+    under the supervisor program the role installs (O(supervisor)).
   - Check mode computes the plan (and still validates with C(nsproxy check) when it is
     installed). Diff mode shows the change per tenant (added, removed, changed) and for the
     global settings, not the whole file.
@@ -150,6 +150,13 @@ options:
       - Whether the instance starts at boot (systemd only; ignored when supervised). Omit to
         leave it as it is.
     type: bool
+  supervisor:
+    description:
+      - The supervisor program of a supervised instance (restarts the daemon when it fails,
+        forwards SIGTERM, SIGHUP and SIGUSR1 to it, shows as C(nsproxy-supervisor <name>) in
+        ps). The C(tenantnet.nsproxy.nsproxy) role installs it.
+      - Default C(nsproxy-supervisor) in the directory of O(nsproxy_bin).
+    type: path
   run_dir:
     description: Directory of the admin sockets and, when supervised, the pid files.
     type: path
@@ -323,6 +330,7 @@ ARGUMENT_SPEC = dict(
     config_group=dict(type="str"),
     nsproxy_bin=dict(type="path", default="/opt/nsproxy/bin/nsproxy"),
     service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "supervised"]),
+    supervisor=dict(type="path"),
     enabled=dict(type="bool"),
     run_dir=dict(type="path", default="/run/nsproxy"),
     log_dir=dict(type="path", default="/var/log/nsproxy"),
@@ -375,7 +383,10 @@ def choose_manager(params, config_file):
     if kind == "systemd":
         return SystemdManager(params["name"])
     argv = [params["nsproxy_bin"], "run", "--config", config_file]
-    return SupervisedManager(params["name"], argv, params["run_dir"], params["log_dir"])
+    supervisor = params["supervisor"] or os.path.join(
+        os.path.dirname(params["nsproxy_bin"]), "nsproxy-supervisor"
+    )
+    return SupervisedManager(params["name"], argv, params["run_dir"], params["log_dir"], supervisor)
 
 
 def resolve_gid(ctx, group):

@@ -36,7 +36,10 @@ def test_status_reports_tenants_listeners_upstreams_as_table_and_json(proxy):
         {"listen": f"{ADDR}:80", "protocol": "http", "state": "bound", "error": None}
     ]
     assert blue["upstreams"] == [
-        {"name": "app", "servers": [{"address": "127.0.0.1:9801", "healthy": True}]}
+        {
+            "name": "app",
+            "servers": [{"address": "127.0.0.1:9801", "healthy": True, "last_error": None}],
+        }
     ]
     pid = status["pid"]
     assert proxy.proc.poll() is None and pid > 0
@@ -61,7 +64,9 @@ def test_status_reports_tenants_listeners_upstreams_as_table_and_json(proxy):
     bad = proxy.curl("green", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ADDR}/")
     assert bad.stdout == "502"
     green = proxy.tenant_status("green")
-    assert green["upstreams"][0]["servers"] == [{"address": "127.0.0.1:9899", "healthy": False}]
+    assert green["upstreams"][0]["servers"] == [
+        {"address": "127.0.0.1:9899", "healthy": False, "last_error": "Connection refused"}
+    ]
 
 
 def test_metrics_per_tenant_and_json_access_log(proxy):
@@ -98,8 +103,9 @@ def test_metrics_per_tenant_and_json_access_log(proxy):
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
             metrics[name] = float(value)
-    assert metrics['nsproxy_requests_total{tenant="blue"}'] == 3
-    assert metrics['nsproxy_requests_total{tenant="green"}'] == 2
+    assert metrics['nsproxy_requests_total{tenant="blue",code="2xx"}'] == 3
+    assert metrics['nsproxy_requests_total{tenant="green",code="2xx"}'] == 1
+    assert metrics['nsproxy_requests_total{tenant="green",code="4xx"}'] == 1  # the 404
     assert metrics['nsproxy_errors_total{tenant="green"}'] == 1
     assert metrics['nsproxy_errors_total{tenant="blue"}'] == 0
     assert metrics['nsproxy_active_connections{tenant="blue"}'] == 1

@@ -30,9 +30,9 @@ print(json.dumps(seen))
     assert {server for _, server in seen} == {"echo@9901", "echo@9902"}
     health = proxy.tenant_status("rr")["upstreams"][0]["servers"]
     assert health == [
-        {"address": "127.0.0.1:9901", "healthy": True},
-        {"address": "127.0.0.1:9999", "healthy": False},
-        {"address": "127.0.0.1:9902", "healthy": True},
+        {"address": "127.0.0.1:9901", "healthy": True, "last_error": None},
+        {"address": "127.0.0.1:9999", "healthy": False, "last_error": "Connection refused"},
+        {"address": "127.0.0.1:9902", "healthy": True, "last_error": None},
     ]
 
 

@@ -9,6 +9,7 @@ for the trunk NIC of the example inventory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -52,13 +53,14 @@ UPSTREAM = textwrap.dedent(
 def ensure_wheelhouse() -> Path:
     """The daemon's dependency wheels for the offline install (the sandbox has no network);
     downloaded from PyPI once into build/ (the nsproxy role tests share the same cache)."""
-    marker = WHEELHOUSE / ".complete"
+    wanted = ["setuptools>=61", "wheel", "httptools>=0.6", "uvloop>=0.19", "setproctitle>=1.3"]
+    # Keyed by the list: a cache made for a shorter list is completed, not trusted.
+    marker = WHEELHOUSE / f".complete-{hashlib.sha256(' '.join(wanted).encode()).hexdigest()[:12]}"
     if not marker.exists():
         WHEELHOUSE.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             [str(VENV_BIN / "pip"), "download", "-q", "--disable-pip-version-check",
-             "--only-binary=:all:", "-d", str(WHEELHOUSE),
-             "setuptools>=61", "wheel", "httptools>=0.6", "uvloop>=0.19"],
+             "--only-binary=:all:", "-d", str(WHEELHOUSE), *wanted],
             check=True,
         )  # fmt: skip
         marker.touch()

@@ -115,6 +115,14 @@ class AccessLog:
                     view = view[os.write(self.fd, view) :]
                 data = data[len(piece) :]
 
+    def adopt(self, fd: int) -> None:
+        """Write to the file open as ``fd`` from now on (logrotate renamed the old one): the
+        buffered lines go to the old file first, then ``fd`` takes the old descriptor's number
+        (dup2). ``fd`` stays the caller's to close."""
+        self.flush()
+        if self.fd >= 0:
+            os.dup2(fd, self.fd, inheritable=False)
+
     def close(self) -> None:
         self.flush()
         if self.fd >= 0:

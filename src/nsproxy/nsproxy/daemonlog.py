@@ -5,10 +5,18 @@ handler and file descriptor and only change the process label of their lines. Ea
 written with one ``write`` to a file opened for appending, so lines of several processes never
 interleave. ``log`` settings apply at start (and so at an upgrade, which starts the binder
 anew), not at a reload.
+
+Under systemd with the output going to the journal (``$JOURNAL_STREAM`` names stderr's device
+and inode, systemd.exec(5)), every line starts with its syslog priority, ``<3>`` for an error,
+``<4>`` a warning, ``<6>`` info, ``<7>`` debug (sd-daemon(3), SyslogLevelPrefix=), and carries
+no timestamp: the journal stamps every entry itself. A log file is reopened by :func:`reopen`
+(SIGUSR1, a reload: after logrotate renamed it); a worker gets the new file from the binder
+and puts it under the same descriptor number (:func:`adopt`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +24,34 @@ import sys
 import time
 
 TEXT_FORMAT = "%(asctime)s {label} %(levelname)s %(message)s"
+JOURNAL_FORMAT = "{label} %(levelname)s %(message)s"  # the journal adds the time
+
+# syslog(3) priorities of Python's levels (sd-daemon(3): "<N>" line prefixes).
+PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
+              logging.DEBUG: 7}  # fmt: skip
+
+_STATE = {"path": None, "format": "text", "journal": False}
+
+
+def priority(levelno: int) -> int:
+    """The syslog priority of a Python log level (a level between two takes the lower one's)."""
+    for level in (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO):
+        if levelno >= level:
+            return PRIORITIES[level]
+    return PRIORITIES[logging.DEBUG]
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is the journal's stream: ``$JOURNAL_STREAM`` ("DEVICE:INODE") equals
+    stderr's (systemd.exec(5) says to compare, as the variable is inherited by children whose
+    output may go elsewhere)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(x) for x in value.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,34 +75,56 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=True)
 
 
+class JournalFormatter(logging.Formatter):
+    """Wraps another formatter: each line of the record gets the record's ``<N>`` prefix (the
+    journal reads the priority per line; a traceback's lines keep the record's)."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def label(self) -> str:
+        return getattr(self.inner, "label", "")
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
+
+
 def configure(level: str, fmt: str = "text", path: str | None = None) -> None:
-    """Log at ``level`` to ``path`` (appended, created 0640) or stderr, as ``fmt`` lines.
-    Raises OSError if the file cannot be opened."""
+    """Log at ``level`` to ``path`` (appended, created 0640) or stderr, as ``fmt`` lines
+    (with syslog priorities when stderr is the journal). Raises OSError if the file cannot be
+    opened."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    if path:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        stream = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
-    else:
-        stream = sys.stderr
+    stream = os.fdopen(_open(path), "a", buffering=1, encoding="utf-8") if path else sys.stderr
+    _STATE.update(path=path, format=fmt, journal=not path and stderr_is_journal())
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(_formatter(fmt, "nsproxy"))
+    handler.setFormatter(_formatter("nsproxy"))
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
 
 
-def _formatter(fmt: str, label: str) -> logging.Formatter:
-    if fmt == "json":
-        return JsonFormatter(label)
-    return logging.Formatter(TEXT_FORMAT.format(label=label))
+def _open(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+def _formatter(label: str) -> logging.Formatter:
+    if _STATE["format"] == "json":
+        inner: logging.Formatter = JsonFormatter(label)
+    elif _STATE["journal"]:
+        inner = logging.Formatter(JOURNAL_FORMAT.format(label=label))
+    else:
+        inner = logging.Formatter(TEXT_FORMAT.format(label=label))
+    return JournalFormatter(inner) if _STATE["journal"] else inner
 
 
 def relabel(label: str) -> None:
     """A worker's lines: the same handlers, labelled ``label`` (e.g. "nsproxy[worker 0 123]")."""
     for handler in logging.getLogger().handlers:
-        json_lines = isinstance(handler.formatter, JsonFormatter)
-        handler.setFormatter(_formatter("json" if json_lines else "text", label))
+        handler.setFormatter(_formatter(label))
 
 
 def fds() -> list[int]:
@@ -79,3 +137,40 @@ def fds() -> list[int]:
         except (AttributeError, ValueError, OSError):
             continue
     return out
+
+
+def file_fd() -> int | None:
+    """The descriptor of the log file (None when the log goes to stderr)."""
+    if not _STATE["path"]:
+        return None
+    found = fds()
+    return found[0] if found else None
+
+
+def reopen() -> int | None:
+    """Open the log file anew (logrotate renamed it) and put it under the handler's descriptor
+    number; returns a descriptor of the new file for the workers (the caller closes it), or
+    None when the log goes to stderr. Raises OSError (the old file stays in use)."""
+    target = file_fd()
+    if target is None:
+        return None
+    fd = _open(_STATE["path"])
+    try:
+        adopt(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def adopt(fd: int) -> None:
+    """Write the log to the file open as ``fd`` from now on, under the handler's own
+    descriptor number (dup2: the handler's stream object stays as it is). ``fd`` stays open
+    (the caller's)."""
+    target = file_fd()
+    if target is None:
+        return
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os.dup2(fd, target, inheritable=False)

@@ -33,3 +33,21 @@ def reloading() -> bool:
 
 def stopping() -> bool:
     return notify("STOPPING=1")
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between two ``WATCHDOG=1``: half of ``$WATCHDOG_USEC`` (sd_watchdog_enabled(3)),
+    or None when systemd asks for none (unset, not a positive number, or ``$WATCHDOG_PID``
+    names another process)."""
+    pid = os.environ.get("WATCHDOG_PID")
+    if pid and pid != str(os.getpid()):
+        return None
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    return usec / 2e6 if usec > 0 else None
+
+
+def watchdog() -> bool:
+    return notify("WATCHDOG=1")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import socket
 import time
 
@@ -102,13 +103,17 @@ class Upstreams(dict):
         up = dict.get(self, name)
         if up is not None:
             return up.health()
-        return [{"address": _label(*a), "healthy": True} for a in self.specs[name].servers]
+        return [
+            {"address": _label(*a), "healthy": True, "last_error": None}
+            for a in self.specs[name].servers
+        ]
 
 
 class Upstream:
     """The servers of one upstream of one tenant; ``connect`` is the UpstreamLike contract."""
 
-    __slots__ = ("digest", "identity", "name", "netns", "rr", "servers", "shared", "tenant")
+    __slots__ = ("digest", "errors", "identity", "name", "netns", "rr", "servers", "shared",
+                 "tenant")  # fmt: skip
 
     def __init__(self, spec, tenant: str, shared):
         self.name = spec.name
@@ -120,6 +125,7 @@ class Upstream:
         # (st_dev, st_ino) of the namespace the pooled connections were made in (netns set)
         self.identity: tuple | None = None
         self.rr = 0
+        self.errors: dict[str, int] | None = None  # reason -> count (metrics.UPSTREAM_ERRORS)
 
     # -- UpstreamLike ---------------------------------------------------------------------
     async def connect(self, protocol_factory, first: Server | None = None):
@@ -146,13 +152,17 @@ class Upstream:
                 transport, protocol = await loop.create_connection(protocol_factory, sock=sock)
             except asyncio.TimeoutError:
                 sock.close()
+                self.count_error("connect_timeout")
                 self._failed(server, f"connect timeout after {timeout}s")
                 errors.append(f"{server.label}: connect timeout")
                 continue
             except OSError as exc:
                 sock.close()
-                self._failed(server, exc.strerror or str(exc))
-                errors.append(f"{server.label}: {exc.strerror or exc}")
+                self.count_error("connect")
+                # asyncio's strerror is "Connect call failed (address)": the errno says more.
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                self._failed(server, reason)
+                errors.append(f"{server.label}: {reason}")
                 continue
             except BaseException:
                 sock.close()
@@ -197,8 +207,16 @@ class Upstream:
 
     def failed_response(self, conn, reason: str) -> None:
         """A server sent a response the proxy could not forward: remembered for status."""
+        self.count_error("invalid_response")
         if conn.server is not None:
             conn.server.last_error = reason
+
+    def count_error(self, reason: str) -> None:
+        """One more upstream error of this kind (a reason of metrics.UPSTREAM_ERRORS)."""
+        errors = self.errors
+        if errors is None:
+            errors = self.errors = {}
+        errors[reason] = errors.get(reason, 0) + 1
 
     def put_idle(self, conn) -> None:
         """Keep ``conn`` for a later request (closed instead if its server left the upstream,
@@ -249,8 +267,17 @@ class Upstream:
                 server.idle = keep
 
     def health(self) -> list[dict]:
+        """Each server: address, healthy, and while it is marked down the error that marked
+        it (None once it is healthy again)."""
         now = time.monotonic()
-        return [{"address": s.label, "healthy": s.down_until <= now} for s in self.servers]
+        return [
+            {
+                "address": s.label,
+                "healthy": s.down_until <= now,
+                "last_error": None if s.down_until <= now else s.last_error,
+            }
+            for s in self.servers
+        ]
 
     # -- internals ------------------------------------------------------------------------
     async def _socket(self, family: int) -> socket.socket:

@@ -59,15 +59,17 @@ def test_an_undeclared_upstream_is_not_made(table):
 def test_health_lists_configured_servers_before_first_use_and_real_state_after(table):
     table.use_specs(specs(app=["127.0.0.1:8080", "[::1]:8081"]))
     assert table.health("app") == [
-        {"address": "127.0.0.1:8080", "healthy": True},
-        {"address": "[::1]:8081", "healthy": True},
+        {"address": "127.0.0.1:8080", "healthy": True, "last_error": None},
+        {"address": "[::1]:8081", "healthy": True, "last_error": None},
     ]
     up = table["app"]
     up._failed(up.servers[1], "refused")
     assert table.health("app") == [
-        {"address": "127.0.0.1:8080", "healthy": True},
-        {"address": "[::1]:8081", "healthy": False},
+        {"address": "127.0.0.1:8080", "healthy": True, "last_error": None},
+        {"address": "[::1]:8081", "healthy": False, "last_error": "refused"},
     ]
+    up.servers[1].down_until = 0.0  # recovered: the old error is not shown any more
+    assert table.health("app")[1] == {"address": "[::1]:8081", "healthy": True, "last_error": None}
 
 
 def test_a_reload_keeps_unchanged_upstreams_and_drops_changed_or_removed_ones(table):

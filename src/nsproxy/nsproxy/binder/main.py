@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import resource
@@ -29,10 +30,13 @@ from nsproxy import (
     admin,
     channel,
     config,
+    daemonlog,
     heap,
     netns,
     privileges,
+    procstat,
     systemd,
+    titles,
     tls_tickets,
 )
 from nsproxy.binder.listeners import Listeners
@@ -46,6 +50,7 @@ log = logging.getLogger("nsproxy")
 SWEEP = 1.0  # seconds between two looks at namespaces and workers
 START_TIMEOUT = 60.0  # seconds the first workers have to become ready
 SOCKETS_PER_SECOND = 20000  # upstream sockets one worker may ask for per second
+MAX_READY_LINES = 100  # listeners named in the answer to /ready
 
 
 def load_config(path: str, previous: dict | None = None) -> tuple[config.Config, bytes]:
@@ -107,6 +112,9 @@ class Binder:
         self.socket_budget: dict[int, tuple[float, int]] = {}  # pid -> (second, sockets)
         self.started_at = time.time()
         self.upgrades = 0
+        self.reload_success_time = 0.0  # Unix time the running config was applied
+        self.watchdog_timer = None
+        titles.set_title(titles.binder_title(cfg.instance))
 
     # -- start / stop ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -136,6 +144,7 @@ class Binder:
             len(self.pool.serving()),
             self.credentials,
         )
+        self.reload_success_time = time.time()
         systemd.ready(f"{len(self.listeners.tenants)} tenants")
 
     def _begin_serving(self) -> None:
@@ -143,9 +152,57 @@ class Binder:
             (signal.SIGHUP, self._sighup),
             (signal.SIGTERM, self._sigterm),
             (signal.SIGINT, self._sigterm),
+            (signal.SIGUSR1, self._sigusr1),
         ):
             self.loop.add_signal_handler(sig, handler)
         self.sweeper = self.loop.call_later(SWEEP, self._sweep)
+        interval = systemd.watchdog_interval()
+        if interval is not None:
+            self.watchdog_timer = self.loop.call_soon(self._watchdog, interval)
+
+    def _watchdog(self, interval: float) -> None:
+        """``WATCHDOG=1`` every ``interval`` seconds, only while this loop runs and every
+        serving worker has sent a heartbeat within max(3 heartbeats, interval): a hung worker
+        is replaced by the pool (workers.py, HUNG_AFTER) well before; if that fails, the pings
+        stop and systemd restarts the daemon (WatchdogSec= in the unit)."""
+        self.watchdog_timer = self.loop.call_later(interval, self._watchdog, interval)
+        if self.pool.answering(max(3 * worker_main.HEARTBEAT, interval)):
+            systemd.watchdog()
+
+    def _sigusr1(self) -> None:
+        self.reopen_logs("SIGUSR1")
+
+    def reopen_logs(self, why: str) -> None:
+        """Open the access log and the daemon log anew, when they are files (logrotate renamed
+        them; SIGUSR1 and every reload), and hand them to every worker, which writes what it
+        buffered to the old file first. A file that cannot be opened stays as it was."""
+        fds, fields = [], {}
+        try:
+            target = self.config.access_log
+            if target and target != "-" and self.access_log_fd is not None:
+                try:
+                    fd = accesslog.open_target(target)
+                except OSError as exc:
+                    log.error("%s: access_log %s: %s; still writing to the old file",
+                              why, target, exc.strerror)  # fmt: skip
+                else:
+                    fds.append(fd)
+                    fields["access"] = True
+                    # Workers forked from now on inherit the new file under the old number.
+                    os.dup2(fd, self.access_log_fd, inheritable=False)
+            try:
+                fd = daemonlog.reopen()
+            except OSError as exc:
+                log.error("%s: log.path: %s; still writing to the old file", why, exc.strerror)
+            else:
+                if fd is not None:
+                    fds.append(fd)
+                    fields["log"] = True
+            if fds:
+                self.pool.broadcast("reopen", fds, everyone=True, **fields)
+                log.info("%s: logs reopened", why)
+        finally:
+            channel.close_fds(fds)
 
     def _sighup(self) -> None:
         from nsproxy.binder import reload
@@ -272,12 +329,24 @@ class Binder:
         if not isinstance(ident, int):
             return
         snapshots = await self.pool.snapshots(5.0)
-        fds = [fd for _, fd in snapshots][: channel.MAX_FDS]
+        fds = [fd for _, fd in snapshots][: channel.MAX_FDS - 1]
+        doc = json.dumps({"listeners": self.listener_states()}, separators=(",", ":"))
+        listeners_fd = channel.sealed_memfd(doc.encode(), "nsproxy-listeners")
         try:
             if handle.channel is not None and not handle.channel.closed:
-                handle.channel.send("metrics", fds, reply_to=ident, binder=self.counters())
+                handle.channel.send(
+                    "metrics", [*fds, listeners_fd], reply_to=ident, binder=self.counters(),
+                    listeners_fd=True,
+                )  # fmt: skip
         finally:
-            channel.close_fds(fd for _, fd in snapshots)
+            channel.close_fds([*(fd for _, fd in snapshots), listeners_fd])
+
+    def answer_ready(self, handle, ident) -> None:
+        """The metrics worker's ``ready?`` (GET /ready)."""
+        if not isinstance(ident, int) or handle.channel is None or handle.channel.closed:
+            return
+        ready, text = self.readiness()
+        handle.channel.send("ready_answer", reply_to=ident, ready=ready, text=text[:30000])
 
     def counters(self) -> dict:
         return {
@@ -286,7 +355,52 @@ class Binder:
             "workers_started": self.pool.started,
             "worker_deaths": self.pool.deaths,
             "upgrades": self.upgrades,
+            "generation": self.generation,
+            "reload_refused": self.last_reload_error is not None,
+            "reload_success_time": self.reload_success_time,
+            "process": procstat.sample(),
         }
+
+    def listener_states(self) -> list[list[str]]:
+        """[tenant, listen, protocol, state] of every listener, state as the metrics name it:
+        serving (bound), waiting (for its namespace or address; gone: its namespace went
+        away) or error."""
+        out = []
+        for name, binding in self.listeners.tenants.items():
+            for li in binding.spec.listeners:
+                state = binding.states.get(li.digest, ("waiting", None))[0]
+                state = {"bound": "serving", "gone": "waiting"}.get(state, state)
+                out.append([name, li.listen, li.protocol, state])
+        return out
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, text) for /ready: every serving worker on the current generation and no
+        listener in error; the text names what is not serving."""
+        problems, waiting = [], []
+        serving = self.pool.serving()
+        behind = [w for w in serving if w.generation < self.generation]
+        if not serving:
+            problems.append("no worker is serving")
+        elif behind:
+            problems.append(
+                f"{len(behind)} of {len(serving)} workers have not applied generation "
+                f"{self.generation} yet"
+            )
+        for name, binding in self.listeners.tenants.items():
+            for li in binding.spec.listeners:
+                state, error = binding.states.get(li.digest, ("waiting", None))
+                if state == "error":
+                    problems.append(f"tenant {name} listener {li.listen}: {error}")
+                elif state != "bound":
+                    waiting.append(f"tenant {name} listener {li.listen}: {state}: {error}")
+        total = self.config.listener_count()
+        head = f"generation {self.generation}, {total - len(problems) - len(waiting)}/{total} "
+        head += "listeners serving"
+        shown = [*problems, *waiting]
+        if len(shown) > MAX_READY_LINES:
+            shown = [*shown[:MAX_READY_LINES], f"... and {len(shown) - MAX_READY_LINES} more"]
+        lines = [("not ready: " if problems else "ready: ") + head, *shown]
+        return not problems, "\n".join(lines) + "\n"
 
     # -- files ----------------------------------------------------------------------------
     def read_certificates(self, cfg: config.Config) -> dict[str, bytes]:

@@ -89,6 +89,8 @@ async def reload(binder) -> tuple[bool, str]:
             binder.credentials = credentials
             await replace_workers(binder, "the workers' user changed")
         binder.last_reload_error = None
+        binder.reload_success_time = time.time()
+        binder.reopen_logs("reload")
         added, removed, changed = counts
         log.info(
             "reloaded in %.3f s (read and check %.3f, bind and send %.3f, workers applied "

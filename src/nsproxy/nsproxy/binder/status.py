@@ -79,14 +79,19 @@ async def document(binder) -> dict:
 def _health(up, name: str, entries: list[dict]) -> list[dict]:
     from nsproxy.upstream import _label
 
-    down = set()
+    down: dict[str, str | None] = {}  # address -> the error a worker marked it down with
     for entry in entries:
         servers = (entry.get("upstreams") or {}).get(name) or []
         for server in servers if isinstance(servers, list) else ():
             if isinstance(server, dict) and server.get("healthy") is False:
-                down.add(server.get("address"))
+                error = server.get("last_error")
+                error = error[:500] if isinstance(error, str) else None
+                down[server.get("address")] = down.get(server.get("address")) or error
     labels = [_label(*address) for address in up.servers]
-    return [{"address": label, "healthy": label not in down} for label in labels]
+    return [
+        {"address": label, "healthy": label not in down, "last_error": down.get(label)}
+        for label in labels
+    ]
 
 
 def _int(value) -> int:

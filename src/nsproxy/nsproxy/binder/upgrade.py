@@ -315,6 +315,7 @@ async def resume(binder, state: dict) -> None:
         raise SystemExit(f"nsproxy: {binder.pool.fatal}")
     for handle in old:
         binder.pool.drain(handle, "upgrade", None)
+    binder.reload_success_time = time.time()
     binder._begin_serving()
     message = (
         f"upgraded nsproxy {state.get('from')} -> {__version__} in pid {os.getpid()} in "

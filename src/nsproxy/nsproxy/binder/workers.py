@@ -12,7 +12,8 @@ growing delay; one that could not drop its privileges stops the binder.
 
 Messages a worker may send (anything else ends it): ``ready`` (generation applied),
 ``heartbeat``, ``need_sockets`` (answered by the binder's upstream sockets), ``metrics?`` (every
-worker's snapshot, relayed unread) and answers to the binder's requests.
+worker's snapshot, relayed unread), ``ready?`` (the binder's /ready answer) and answers to the
+binder's requests.
 """
 
 from __future__ import annotations
@@ -151,6 +152,13 @@ class WorkerPool:
         self.workers[handle.pid] = handle
         self.loop.add_reader(handle.pidfd, self._exited, handle)
 
+    def answering(self, within: float) -> bool:
+        """Whether workers serve and every serving one was heard from in the last ``within``
+        seconds (a heartbeat comes every second: worker/main.py HEARTBEAT)."""
+        now = time.monotonic()
+        serving = [w for w in self.workers.values() if w.state == "serving"]
+        return bool(serving) and all(now - w.last_heard <= within for w in serving)
+
     def serving(self) -> list[WorkerHandle]:
         """Workers that serve the current generation (starting or serving)."""
         return [w for w in self.workers.values() if w.state in ("starting", "serving")]
@@ -232,6 +240,9 @@ class WorkerPool:
         elif kind == "metrics?":
             channel.close_fds(fds)
             self.loop.create_task(self.binder.relay_metrics(handle, message.get("id")))
+        elif kind == "ready?":
+            channel.close_fds(fds)
+            self.binder.answer_ready(handle, message.get("id"))
         else:
             channel.close_fds(fds)
             raise channel.ChannelError(f"unknown message type {kind!r}")

@@ -177,6 +177,7 @@ class ClientConnection(Flow):
         if tenant.connections is None:
             tenant.connections = set()
         tenant.connections.add(self)
+        tenant.metrics.connections[self.scheme == b"https"] += 1  # metrics.PROTOCOLS index
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "-"
         transport.set_write_buffer_limits(high=HIGH_WATER)
@@ -738,6 +739,8 @@ class ClientConnection(Flow):
             self.shared.loop.create_task(self._connect(conn.upstream))
             return
         self.tenant.metrics.upstream_failures += 1
+        if conn is not None:
+            conn.upstream.count_error("closed")
         self.upstream_fault(502, f"upstream {cycle.upstream_name} closed the connection: {reason}")
 
     def upstream_fault(self, status: int, detail: str) -> None:
@@ -868,8 +871,12 @@ class ClientConnection(Flow):
                 and cycle.t_sent
                 and self.shared.loop_time() - cycle.t_sent > timeouts["response_head"]
             ):
+                if up is not None:
+                    up.upstream.count_error("response_head_timeout")
                 self.upstream_fault(504, "no complete response head within response_head")
             elif now - max(self.last_io, up.last_io if up is not None else 0) > timeouts["read"]:
+                if up is not None:
+                    up.upstream.count_error("read_timeout")
                 self.upstream_fault(504, "upstream did not answer within the read timeout")
         elif state == IDLE:
             if now - self.last_io > timeouts["idle"]:
@@ -993,6 +1000,10 @@ class ClientConnection(Flow):
         counters = tenant.counters or tenant.metrics
         counters.requests += 1
         status = cycle.status
+        counters.codes[status // 100 % 10] += 1
+        https = self.scheme == b"https"  # the index of metrics.PROTOCOLS
+        counters.received[https] += cycle.body_in
+        counters.sent[https] += cycle.bytes_out
         if status >= 400 and (status >= 500 or cycle.local):
             counters.errors += 1
         access = shared.access_log

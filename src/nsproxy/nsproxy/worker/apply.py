@@ -11,12 +11,13 @@ certificate files changed loads the new bytes into its running context (no rebin
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
 import weakref
 
-from nsproxy import accesslog, config
+from nsproxy import accesslog, config, metrics
 from nsproxy.http import Router
 from nsproxy.upstream import Upstreams
 from nsproxy.worker.runtime import ListenerRuntime, Shared, TenantRuntime
@@ -91,7 +92,7 @@ class Served:
                         spec.spec,
                         tenant.name,
                         tenant.upstreams,
-                        self._log_tcp,
+                        functools.partial(self._tcp_finished, tenant),
                         timeouts=self.config.timeouts,
                         runtime=tenant,
                     )
@@ -129,7 +130,13 @@ class Served:
             self.ssl_contexts[key] = ctx
         return ctx, listener.cert_state
 
-    def _log_tcp(self, record: dict) -> None:
+    def _tcp_finished(self, tenant: TenantRuntime, record: dict) -> None:
+        """A tcp relay of ``tenant`` ended: count it (open ones are added at scrape time,
+        worker/status.py) and log it."""
+        counters = tenant.metrics
+        counters.connections[metrics.TCP] += 1
+        counters.received[metrics.TCP] += record["bytes_in"]
+        counters.sent[metrics.TCP] += record["bytes_out"]
         access = self.shared.access_log
         if access is not None:
             access.event(**record)

@@ -31,7 +31,8 @@ import signal
 import socket
 import sys
 
-from nsproxy import channel, daemonlog, heap, privileges, tls_tickets
+from nsproxy import channel, daemonlog, heap, metrics, privileges, titles, tls_tickets
+from nsproxy.metrics_endpoint import MetricsProtocol
 from nsproxy.worker import status, sweep
 from nsproxy.worker.apply import Served
 from nsproxy.worker.stock import SocketStock
@@ -80,6 +81,7 @@ def run(seed: Seed) -> None:
     code = EXIT_INTERNAL
     try:
         _forget_binder(seed)
+        titles.set_title(titles.worker_title(seed.index, seed.config.instance))
         try:
             privileges.drop(seed.credentials)
         except privileges.PrivilegeError as exc:
@@ -101,9 +103,10 @@ def _forget_binder(seed: Seed) -> None:
     _ABANDONED.append(seed.binder)
     seed.binder = None
     signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGHUP, signal.SIGINT):
+    # SIGUSR1 (reopen the logs) is the binder's: it opens the files and hands them over.
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
-    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+    for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
     asyncio.events._set_running_loop(None)
     keep = {0, 1, 2, seed.channel.fileno(), *daemonlog.fds()}
@@ -246,6 +249,22 @@ class Worker:
                 if up.identity == identity:
                     up.namespace_replaced()
 
+    def _on_reopen(self, message: dict, fds: list[int]) -> None:
+        """The log files opened anew by the binder (SIGUSR1, a reload): ``access`` and
+        ``log`` say which fds came, in that order. What was buffered goes to the old file."""
+        fds = list(fds)
+        try:
+            if message.get("access") and fds:
+                fd = fds.pop(0)
+                access = self.served.shared.access_log
+                if access is not None:
+                    access.adopt(fd)
+            if message.get("log") and fds:
+                daemonlog.adopt(fds.pop(0))
+        finally:
+            channel.close_fds(fds)
+        log.debug("logs reopened")
+
     def _on_metrics_socket(self, message: dict, fds: list[int]) -> None:
         if self.metrics_server is not None:
             self.metrics_server.close()
@@ -274,36 +293,48 @@ class Worker:
             log.warning("%s; draining and exiting", reason)
             self.drain("stop", None)
 
-    # -- metrics (served by one worker) ---------------------------------------------------
+    # -- metrics listener (served by one worker) ------------------------------------------
     async def _serve_metrics(self, sock: socket.socket) -> None:
-        from nsproxy import metrics
-
         sock.setblocking(False)
+        answers = {b"/metrics": self._scrape, b"/ready": self._ready}
         self.metrics_server = await self.loop.create_server(
-            lambda: metrics.MetricsProtocol(self._scrape), sock=sock
+            lambda: MetricsProtocol(answers), sock=sock
         )
 
-    async def _scrape(self) -> bytes:
-        """Every worker's snapshot, through the binder (which relays them unread), summed."""
+    async def _scrape(self) -> tuple[int, bytes]:
+        """Every worker's snapshot and the binder's document (listener states), through the
+        binder (which relays the snapshots unread), summed and rendered."""
         import json
 
-        from nsproxy import metrics
-
         answer, fds = await self.channel.request("metrics?", 10)
-        snapshots = []
+        documents = []
         try:
             for fd in fds:
                 try:
-                    snapshots.append(json.loads(channel.read_sealed(fd, 16 << 20)))
-                except (channel.ChannelError, ValueError):
-                    continue
+                    documents.append(json.loads(channel.read_sealed(fd, 16 << 20)))
+                except (channel.ChannelError, ValueError, RecursionError):
+                    documents.append(None)
         finally:
             channel.close_fds(fds)
-        names = [t.name for t in self.served.config.tenants]
-        workers = [s for s in snapshots if isinstance(s, dict)]
-        tenants = metrics.merge(names, workers)
+        listeners = []
+        if answer.get("listeners_fd") and documents:  # the binder's document comes last
+            doc = documents.pop()
+            if isinstance(doc, dict) and isinstance(doc.get("listeners"), list):
+                listeners = [x for x in doc["listeners"] if isinstance(x, list) and len(x) == 4]
+        config = self.served.config
+        workers = [s for s in documents if isinstance(s, dict)]
+        tenants = metrics.merge([t.name for t in config.tenants], workers)
         binder = answer.get("binder") if isinstance(answer.get("binder"), dict) else {}
-        return metrics.render(tenants, metrics.render_processes(workers, binder))
+        specs = {t.name: t for t in config.tenants}
+        return 200, metrics.render(tenants, specs, listeners, workers, binder)
+
+    async def _ready(self) -> tuple[int, bytes]:
+        """The binder's judgement: every worker on the current generation, no listener in
+        error (503 with the reasons otherwise)."""
+        answer, fds = await self.channel.request("ready?", 10)
+        channel.close_fds(fds)
+        text = str(answer.get("text") or "")[:65536].encode("utf-8", "replace")
+        return (200 if answer.get("ready") is True else 503), text
 
     # -- the sweep, draining --------------------------------------------------------------
     def _sweep(self) -> None:

@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils import nsproxy_config as cfg
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.nsproxy_service import (
+    ServiceError,
     SupervisedManager,
     listener_report,
     read_pid_file,
 )
 from ansible_collections.tenantnet.nsproxy.plugins.modules import nsproxy_instance
+
+# The supervisor program the role installs as <venv>/bin/nsproxy-supervisor.
+SUPERVISOR = str(Path(__file__).resolve().parents[4] / "roles/nsproxy/files/nsproxy_supervisor.py")
 
 ACME = {
     "name": "acme",
@@ -279,6 +285,7 @@ def base_args(tmp_path, nsproxy_bin, **extra):
         "log_dir": str(tmp_path / "log"),
         "service_manager": "supervised",
         "nsproxy_bin": nsproxy_bin,
+        "supervisor": SUPERVISOR,
         "tenants": [ACME],
     }
     args.update(extra)
@@ -412,7 +419,7 @@ def request_cleanup():
 
 def test_supervisor_runs_the_process_and_stop_ends_both(tmp_path, request_cleanup):
     manager = SupervisedManager(
-        "demo", ["sleep", "300"], str(tmp_path / "run"), str(tmp_path / "log")
+        "demo", ["sleep", "300"], str(tmp_path / "run"), str(tmp_path / "log"), SUPERVISOR
     )
     manager.start()
     request_cleanup(manager)
@@ -428,13 +435,13 @@ def test_supervisor_runs_the_process_and_stop_ends_both(tmp_path, request_cleanu
 
     _wait(lambda: child_cmdline() == ["sleep", "300"], "the supervised sleep 300")
     child = manager.pid()
-    with open(f"/proc/{supervisor}/comm") as handle:
-        comm = handle.read().strip()
+    with open(f"/proc/{supervisor}/cmdline") as handle:
+        title = handle.read().rstrip("\0")
     manager.stop(timeout=10)
     _wait(lambda: not _alive(child), "the child to end")
     assert not _alive(supervisor)
     assert not os.path.exists(manager.pid_file)
-    assert comm == "nsproxy-superv"
+    assert title == "nsproxy-supervisor demo"  # what ps shows (setproctitle)
     assert "starting sleep 300" in (tmp_path / "log" / "demo.log").read_text()
 
 
@@ -442,7 +449,7 @@ def test_supervisor_restarts_a_failed_process(tmp_path):
     counter = tmp_path / "runs"
     script = f"echo run >> {counter}; [ $(wc -l < {counter}) -ge 2 ] && exec sleep 300; exit 3"
     manager = SupervisedManager(
-        "flaky", ["sh", "-c", script], str(tmp_path / "run"), str(tmp_path / "log")
+        "flaky", ["sh", "-c", script], str(tmp_path / "run"), str(tmp_path / "log"), SUPERVISOR
     )
     manager.start()
     try:
@@ -452,6 +459,40 @@ def test_supervisor_restarts_a_failed_process(tmp_path):
         assert manager.running()
     finally:
         manager.stop(timeout=10)
+    assert not manager.running()
+
+
+def test_supervisor_forwards_usr1_and_hup_to_the_process(tmp_path, request_cleanup):
+    """SIGUSR1 (logrotate's postrotate: reopen the logs) and SIGHUP (reload) sent to the pid
+    in the pid file reach the daemon; the supervisor itself keeps running."""
+    got = tmp_path / "signals"
+    script = (
+        f"trap 'echo USR1 >> {got}' USR1; trap 'echo HUP >> {got}' HUP; "
+        "echo traps set; while :; do sleep 0.1; done"
+    )
+    manager = SupervisedManager(
+        "sig", ["sh", "-c", script], str(tmp_path / "run"), str(tmp_path / "log"), SUPERVISOR
+    )
+    manager.start()
+    request_cleanup(manager)
+    supervisor = read_pid_file(manager.pid_file)
+    log = tmp_path / "log" / "sig.log"
+    _wait(lambda: "traps set" in log.read_text().splitlines(), "the child's traps")
+    os.kill(supervisor, signal.SIGUSR1)
+    _wait(lambda: got.exists() and "USR1" in got.read_text(), "USR1 at the child")
+    os.kill(supervisor, signal.SIGHUP)
+    _wait(lambda: "HUP" in got.read_text(), "HUP at the child")
+    assert got.read_text().split() == ["USR1", "HUP"]
+    assert manager.running() and _alive(supervisor)
+
+
+def test_missing_supervisor_is_a_sentence_naming_it(tmp_path):
+    missing = str(tmp_path / "bin" / "nsproxy-supervisor")
+    manager = SupervisedManager(
+        "gone", ["sleep", "300"], str(tmp_path / "run"), str(tmp_path / "log"), missing
+    )
+    with pytest.raises(ServiceError, match=f"the supervisor {missing} is not installed"):
+        manager.start()
     assert not manager.running()
 
 
@@ -529,7 +570,7 @@ def test_refused_reload_fails_with_the_reason_and_restores_the_file(
     args = base_args(tmp_path, refusing_nsproxy, state="started")
     run_module(args)
     started = module_result(capsys)
-    manager = SupervisedManager("main", [], args["run_dir"], args["log_dir"])
+    manager = SupervisedManager("main", [], args["run_dir"], args["log_dir"], SUPERVISOR)
     request_cleanup(manager)
     assert started["actions"] == ["write_config", "start"], started
     supervisor = manager.supervisor_pid()
