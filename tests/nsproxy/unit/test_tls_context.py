@@ -340,37 +340,80 @@ def test_session_tickets_resume_sessions(server_ctx, certs, sni, version):
     assert served_common_name(second) == f"{owner}.example"
 
 
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
-def test_rotated_certificates_are_served_after_update_without_a_new_context(
-    certs, tmp_path, version
-):
-    cert, key = tmp_path / "site.pem", tmp_path / "site.key"
-    cert.write_bytes(Path(certs["a"]["cert"]).read_bytes())
-    key.write_bytes(Path(certs["a"]["key"]).read_bytes())
-    spec = listener({"cert": str(cert), "key": str(key)})
-    ctx = tls.build_server_context(spec)
-    before = tls.certificate_files_state(spec)
-    assert tls.certificate_files_state(spec) == before
-    assert served_common_name(handshake(ctx, "a.example", certs["a"]["cert"])) == "a.example"
-    # rotate: same paths, another certificate (and key type)
-    cert.write_bytes(Path(certs["b"]["cert"]).read_bytes())
-    key.write_bytes(Path(certs["b"]["key"]).read_bytes())
-    assert tls.certificate_files_state(spec) != before
-    tls.update_server_context(ctx, spec)
-    for sni in ("b.example", "a.example", None):  # the new names, an old one, no SNI at all
-        client = connect(client_context(max_version=version), ctx, sni)
+def files_of(*paths) -> dict:
+    """path -> bytes, as the binder hands them to a worker."""
+    return {p: Path(p).read_bytes() for p in paths}
+
+
+def test_a_single_certificate_needs_no_sni_callback(certs, server_ctx):
+    assert server_ctx.sni_callback is not None  # three certificates: SNI chooses
+    ctx = tls.build_server_context(listener(certs["b"]))
+    assert ctx.sni_callback is None
+    for sni in ("b.example", "other.example", None):  # no choice: always the one certificate
+        client = connect(client_context(), ctx, sni)
         assert tls.certificate_names(client.getpeercert(binary_form=True)) == ["b.example"]
 
 
-def test_failed_update_keeps_the_certificates_in_use(certs, tmp_path):
-    cert = tmp_path / "site.pem"
-    cert.write_bytes(Path(certs["a"]["cert"]).read_bytes())
-    spec = listener({"cert": str(cert), "key": certs["a"]["key"]})
-    ctx = tls.build_server_context(spec)
-    cert.write_bytes(Path(certs["b"]["cert"]).read_bytes())  # no longer matches the key
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_server_context_is_made_at_first_use_and_rotated_from_new_bytes(certs, version):
+    spec = listener({"cert": "/etc/site.pem", "key": "/etc/site.key"})
+    files = {
+        "/etc/site.pem": Path(certs["a"]["cert"]).read_bytes(),
+        "/etc/site.key": Path(certs["a"]["key"]).read_bytes(),
+    }
+    lazy = tls.ServerContext(spec, files)
+    assert not lazy.built and not lazy.used
+    ctx = lazy.get()
+    assert lazy.built and lazy.used and lazy.get() is ctx
+    before = connect(client_context(max_version=version), ctx, "a.example")
+    assert tls.certificate_names(before.getpeercert(True)) == ["a.example", "*.a.example"]
+    # rotate: same paths, another certificate (and key type), as a new generation brings them
+    files["/etc/site.pem"] = Path(certs["b"]["cert"]).read_bytes()
+    files["/etc/site.key"] = Path(certs["b"]["key"]).read_bytes()
+    assert lazy.get() is ctx  # the new bytes count from the rotation on
+    lazy.rotate(spec)
+    assert not lazy.built
+    for sni in ("b.example", "a.example", None):  # the new names, an old one, no SNI at all
+        client = connect(client_context(max_version=version), lazy.get(), sni)
+        assert tls.certificate_names(client.getpeercert(binary_form=True)) == ["b.example"]
+    assert lazy.drop() and not lazy.built and not lazy.drop()
+    client = connect(client_context(), lazy.get(), None)
+    assert tls.certificate_names(client.getpeercert(binary_form=True)) == ["b.example"]
+
+
+def test_server_context_that_cannot_be_made_refuses_without_retrying(certs, caplog):
+    spec = listener(certs["a"])
+    files = files_of(certs["a"]["cert"], certs["a"]["key"])
+    files[certs["a"]["key"]] = Path(certs["c"]["key"]).read_bytes()  # not the certificate's key
+    lazy = tls.ServerContext(spec, files)
     with pytest.raises(tls.TLSConfigError, match="does not match"):
-        tls.update_server_context(ctx, spec)
-    assert served_common_name(handshake(ctx, "a.example", certs["a"]["cert"])) == "a.example"
+        lazy.get()
+    assert caplog.text.count("does not match") == 1
+    files.update(files_of(certs["a"]["key"]))  # repaired bytes count from the next rotation on
+    with pytest.raises(tls.TLSConfigError, match="does not match"):
+        lazy.get()
+    assert caplog.text.count("does not match") == 1  # logged once
+    lazy.rotate(spec)
+    assert served_common_name(handshake(lazy.get(), "a.example", certs["a"]["cert"])) == "a.example"
+
+
+def test_server_contexts_get_the_shared_ticket_keys(certs):
+    """Two contexts made from the same certificates in one process resume each other's
+    tickets only when both got the shared keys (tls_tickets.use), as two workers do."""
+    from nsproxy import tls_tickets
+
+    spec = listener(certs["a"])
+    files = files_of(certs["a"]["cert"], certs["a"]["key"])
+    client_ctx = client_context(certs["a"]["cert"], max_version=ssl.TLSVersion.TLSv1_3)
+    tls_tickets.use(tls_tickets.new_keys())
+    try:
+        one, two = tls.ServerContext(spec, files).get(), tls.ServerContext(spec, files).get()
+    finally:
+        tls_tickets.use(None)
+    three = tls.ServerContext(spec, files).get()
+    first = connect(client_ctx, one, "a.example")
+    assert connect(client_ctx, two, "a.example", session=first.session).session_reused
+    assert not connect(client_ctx, three, "a.example", session=first.session).session_reused
 
 
 def test_certificate_files_are_read_once_when_building(certs, tmp_path):
