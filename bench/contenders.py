@@ -29,6 +29,7 @@ from bench.measure import process_tree
 
 REPO = Path(__file__).resolve().parents[1]
 NSPROXY = REPO / ".venv" / "bin" / "nsproxy"
+RUN_DIR = "/run/nsproxy"  # inside the benchmark's sandbox (tools/sandbox.py: a private /run)
 
 
 class ContenderError(RuntimeError):
@@ -493,6 +494,9 @@ class Nsproxy(Contender):
         conf = self.workdir / "nsproxy.json"
         tmp = self.workdir / "nsproxy.json.tmp"
         text = json.dumps(config, indent=1)
+        # The systemd unit's RuntimeDirectory, where `nsproxy check` leaves the certificate
+        # sets it found valid for the `run` that follows (the sandbox's own /run).
+        os.makedirs(RUN_DIR, 0o755, exist_ok=True)
         tmp.write_text(text)
         if not self._checked_before(text):
             check = subprocess.run(
