@@ -268,8 +268,11 @@ def _read_files(listener: Mapping) -> dict[str, bytes] | None:
     files = {}
     for path in certificate_paths(listener):
         try:
-            with open(path, "rb") as f:
-                files[path] = f.read(_MAX_FILE_BYTES + 1)
+            with open(path, "rb", buffering=0) as f:
+                # read(limit) would allocate the whole limit for every small file
+                if os.fstat(f.fileno()).st_size > _MAX_FILE_BYTES:
+                    return None
+                files[path] = f.readall()
         except OSError:
             return None
         if len(files[path]) > _MAX_FILE_BYTES:
