@@ -41,6 +41,7 @@ __all__ = [
     "certificate_names",
     "certificate_paths",
     "forget_verified",
+    "take_validated_files",
     "record_verified",
     "save_verified",
     "trust_verified",
@@ -226,23 +227,32 @@ def validate_listener(listener: Mapping) -> list[str]:
     not loaded again.
     """
     problems: list[str] = []
-    if _verified is None:
-        _load(listener, problems, serving=False)
-        return problems
     files = _read_files(listener)
-    if files is None:  # unreadable: the full validation says why
+    if files is None:  # unreadable or too large: the full validation says why
         _load(listener, problems, serving=False)
         return problems
-    digest = _verdict_digest(listener, files)
-    if digest in _verified:
+    contents = {path: data for path, (_state, data) in files.items()}
+    digest = None if _verified is None else _verdict_digest(listener, contents)
+    if digest is not None and digest in _verified:
         verdicts["trusted"] += 1
     else:
-        _load(listener, problems, files, serving=False)  # the very bytes of the digest
-        verdicts["loaded"] += 1
+        _load(listener, problems, contents, serving=False)  # the very bytes read above
+        verdicts["loaded"] += digest is not None
     if not problems:
-        _verified.add(digest)
-        _valid_now[digest] = None
+        if digest is not None:
+            _verified.add(digest)
+            _valid_now[digest] = None
+        _validated_files.update(files)
     return problems
+
+
+def take_validated_files() -> dict[str, tuple[tuple, bytes]]:
+    """path -> ((device, inode, size, mtime_ns), bytes) of the files :func:`validate_listener`
+    found valid since the last call: the binder serves these very bytes (no second read, and
+    no file replaced between validation and reading)."""
+    files = dict(_validated_files)
+    _validated_files.clear()
+    return files
 
 
 # -- verdicts from ``nsproxy check`` for the ``run`` that follows it -----------------------
@@ -260,23 +270,27 @@ _VERIFIED_MAX = 100_000  # digests kept in the store (32 bytes each), the newest
 _DIGEST_BYTES = 32
 _verified: set[bytes] | None = None  # trusted digests (None: trust nothing, load everything)
 _valid_now: dict[bytes, None] = {}  # digests of the listeners validated in this process
+_validated_files: dict[str, tuple[tuple, bytes]] = {}  # see take_validated_files
 #: Certificate sets found valid in a store (not loaded) and loaded, while recording.
 verdicts = {"trusted": 0, "loaded": 0}
 
 
-def _read_files(listener: Mapping) -> dict[str, bytes] | None:
+def _read_files(listener: Mapping) -> dict[str, tuple[tuple, bytes]] | None:
+    """path -> (state, bytes) of the listener's files; None if one cannot be read."""
     files = {}
     for path in certificate_paths(listener):
         try:
             with open(path, "rb", buffering=0) as f:
+                st = os.fstat(f.fileno())
                 # read(limit) would allocate the whole limit for every small file
-                if os.fstat(f.fileno()).st_size > _MAX_FILE_BYTES:
+                if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE_BYTES:
                     return None
-                files[path] = f.readall()
+                data = f.readall()
         except OSError:
             return None
-        if len(files[path]) > _MAX_FILE_BYTES:
+        if len(data) > _MAX_FILE_BYTES:
             return None
+        files[path] = ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), data)
     return files
 
 
@@ -328,6 +342,7 @@ def forget_verified() -> None:
     global _verified
     _verified = None
     _valid_now.clear()
+    _validated_files.clear()
     verdicts.update(trusted=0, loaded=0)
 
 
