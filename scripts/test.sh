@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the repository, fastest first, so that a break shows early:
-#   lint -> unit -> sanity -> modules (pyroute2 0.9 and 0.7) -> daemon -> bench smoke -> roles -> vm
+#   lint -> unit -> sanity -> modules (pyroute2 0.9 and 0.7) -> daemon -> bench smoke -> roles
+#   -> fleet -> vm
 # Usage: scripts/test.sh [STAGE...]     (default: all stages, in that order)
 # It bootstraps itself (apt + .venv) first; run it as root on Debian 12 / Ubuntu 24.04.
 set -euo pipefail
@@ -90,12 +91,22 @@ stage_roles() {
   pytest_stage tests/roles -v
 }
 
+stage_fleet() {
+  [ -d tests/fleet ] || { echo "no fleet tests yet"; return 0; }
+  banner "fleet: site.yml across three container hosts (the VM stage's Debian 12 root, docker import)"
+  # The image is the VM stage's (one cache): built here when missing, then found by the vm stage.
+  local t=$SECONDS
+  bash molecule/default/vm/build-image.sh >/dev/null
+  echo "-- host image ready in $((SECONDS - t)) s"
+  pytest_stage tests/fleet -v
+}
+
 stage_vm() {
   banner "vm: molecule default scenario in a QEMU VM"
   (cd "$REPO" && bash molecule/default/vm/build-image.sh >/dev/null && molecule test -s default)
 }
 
-ALL=(lint unit sanity modules daemon bench roles vm)
+ALL=(lint unit sanity modules daemon bench roles fleet vm)
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=("${ALL[@]}")
 for s in "${stages[@]}"; do

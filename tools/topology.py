@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Draw what playbooks/site.yml builds from an inventory: the host with its trunk NIC, the
 802.1Q subinterfaces and macvlans of VLAN tenants, the bridges and veths of bridge tenants,
-every tenant namespace with its interface, addresses and routes, and nsproxy: one process with
-a listening socket inside each tenant namespace, and the upstreams it forwards to.
+every tenant namespace with its interface, addresses and routes, and nsproxy: a binder that
+makes a listening socket inside each tenant namespace, workers that serve them, and the
+upstreams they forward to.
 
 Reads the inventory's group_vars of docker_hosts (tenant_network_tenants,
 docker_host_trunk_interfaces, site_nsproxy_instance), writes Graphviz DOT and renders it with
@@ -73,7 +74,8 @@ def host_objects(tenants: list[dict], trunks: list[str], instance: str) -> list[
         node("docker", "Docker Engine\n(docker_host role)", shape="component"),
         node(
             "nsproxy",
-            f"nsproxy, instance {instance}\none process, one socket per tenant listener",
+            f"nsproxy, instance {instance}\nbinder (privileged) and workers (no capability),"
+            "\none socket per tenant listener and worker",
             shape="box3d",
             style="filled",
             fillcolor="lightyellow",
@@ -129,7 +131,12 @@ def tenant_objects(tenant: dict) -> tuple[list[str], list[str]]:
         ),  # fmt: skip
     ]
     leaving = [
-        edge("nsproxy", f"{name}-sockets", style="dashed", label="made inside\n(setns)"),
+        edge(
+            "nsproxy",
+            f"{name}-sockets",
+            style="dashed",
+            label="made inside by the binder\n(setns), used by the workers",
+        ),
         edge("docker", f"{name}-routes", style="invis"),  # the tenants below the host
     ]
     if att["type"] == "vlan":

@@ -43,7 +43,7 @@ def test_check_mode_predicts_every_module_path_exactly():
     with Sandbox() as sb:
         predicted, done, check_output = predicted_and_done(sb, "create.yml")
         assert predicted == done, "create.yml on a fresh sandbox"
-        assert len(done) == 11, done  # every task created something
+        assert len(done) == 12, done  # every task created something
         # The tasks into objects an earlier task creates said so instead of failing.
         warnings = " ".join(check_output.split())  # ansible wraps warnings
         assert "network namespace 'cm1' does not exist" in warnings
@@ -56,7 +56,7 @@ def test_check_mode_predicts_every_module_path_exactly():
 
         predicted, done, _ = predicted_and_done(sb, "change.yml")
         assert predicted == done, "change.yml on the converged sandbox"
-        assert len(done) == 10, done  # every task changed something
+        assert len(done) == 11, done  # every task changed something
         # What the real run left is what change.yml asked for.
         names = {entry["name"] for entry in sb.ip_json("netns")}
         assert "cm1-alias" not in names and "tb" not in names and "ta" in names

@@ -27,6 +27,12 @@ X-Nsproxy-Tenant values it received):
   /b/trailer-flood    a chunked answer whose trailer fields never end
   /b/ext-flood        a chunk-size line whose extension never ends
   /b/slow?delay=S     the normal answer after S seconds
+  /b/big?size=N       a Content-Length body of N bytes, in one write
+  /b/cut?framing=F    a response broken off: 10 of 100 Content-Length bytes (F=cl) or one
+                      chunk of 10 bytes without the last chunk (F=chunked), then close
+  /b/interim-body?code=N  a status-N head whose Content-Length body is itself a complete
+                      response ("FORGED"), then the normal answer; N=0: no Content-Length,
+                      the forged response, then close; framing=chunked: that body chunked
 With --idle-timeout S, a connection idle for S seconds between requests is closed, as servers
 close their idle keep-alive connections.
 """
@@ -242,6 +248,31 @@ class Handler(socketserver.BaseRequestHandler):
                 sock, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;e=", b"x" * 65536
             )
             return False
+        if path == "/b/big":
+            size = int(query.get("size", 200000))
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (size, b"x" * size))
+            return True
+        if path == "/b/cut":
+            if query.get("framing", "cl") == "chunked":
+                head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                sock.sendall(head + b"a\r\n0123456789\r\n")
+            else:
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            return False
+        if path == "/b/interim-body":
+            code = int(query.get("code", 150))
+            forged = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nFORGED"
+            if code == 0:
+                sock.sendall(b"HTTP/1.1 000 Zero\r\n\r\n" + forged)
+                return False
+            if query.get("framing") == "chunked":
+                framing = b"Transfer-Encoding: chunked"
+                forged = b"%x\r\n%b\r\n0\r\n\r\n" % (len(forged), forged)
+            else:
+                framing = b"Content-Length: %d" % len(forged)
+            head = b"HTTP/1.1 %03d Interim\r\n%b\r\n\r\n" % (code, framing)
+            sock.sendall(head + forged + normal)
+            return True
         if path == "/b/slow":
             time.sleep(float(query.get("delay", 1)))
         sock.sendall(normal)

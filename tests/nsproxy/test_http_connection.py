@@ -71,6 +71,118 @@ def test_a_502_before_the_body_is_read_reaches_the_client(proxy):
     assert json.loads(proc.stdout) == [502] * 5, proc.stdout + proc.stderr
 
 
+LAST_REQUEST_CLIENT = """
+import json, socket, sys
+first = sys.argv[1].encode().decode("unicode_escape").encode("latin-1")
+results = []
+for attempt in range(3):
+    try:
+        s = socket.create_connection(("{addr}", 80), timeout=20)
+        # the last request of the connection, then bytes that never form a request it reads
+        s.sendall(first + b"y" * 24_000_000)
+        answer = s.recv(100)
+        results.append(int(answer[9:12]))
+    except Exception as exc:
+        results.append(repr(exc))
+print(json.dumps(results))
+""".replace("{addr}", ADDR)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        r"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        r"GET /last HTTP/1.0\r\nHost: a\r\n\r\n",
+        # the proxy's own 502 (the upstream frames its answer with both Content-Length and
+        # chunked) while a pipelined request behind it is still arriving
+        r"GET /b/cl-te HTTP/1.1\r\nHost: a\r\n\r\n"
+        r"POST /next HTTP/1.1\r\nHost: a\r\nContent-Length: 24000000\r\n\r\n",
+    ],
+    ids=["connection-close", "http10", "502-then-pipelined"],
+)
+def test_a_client_still_sending_after_its_last_request_reads_the_answer(limited, first):
+    # RFC 9112 9.6: a server that closes after a response while the client may still send
+    # closes in stages, or the client's stack answers its data with a reset that destroys the
+    # response (the kind of case 03, for a forwarded answer). Found by the differential suite
+    # (NSPROXY_DIFF_SEED=4242, example e00095: HTTP/1.0 request, pipelined bytes, reset;
+    # NSPROXY_DIFF_SEED=777, shrunk: the proxy's own 502, then a pipelined 300 kB body, reset).
+    proc = limited.python("t1", LAST_REQUEST_CLIENT, first, timeout=120)
+    status = 502 if "cl-te" in first else 200
+    assert json.loads(proc.stdout) == [status] * 3, proc.stdout + proc.stderr
+
+
+CUT_CLIENT = """
+import json, socket, sys
+results = []
+for attempt in range(3):
+    s = socket.create_connection(("{addr}", 80), timeout=20)
+    # a request its upstream breaks off, and a pipelined one with a body behind it, all
+    # written before reading (as an HTTP/1.1 client that pipelines does)
+    s.sendall(sys.argv[1].encode() + b"POST /next HTTP/1.1\\r\\nHost: a\\r\\n"
+              b"Content-Length: 300000\\r\\n\\r\\n" + b"y" * 300000)
+    got = b""
+    try:
+        while data := s.recv(65536):
+            got += data
+        end = "eof"
+    except OSError as exc:
+        end = type(exc).__name__
+    results.append([got.split(b"\\r\\n\\r\\n", 1)[-1].decode(), end])
+print(json.dumps(results))
+""".replace("{addr}", ADDR)
+
+
+@pytest.mark.parametrize(
+    ("request_line", "body"),
+    [
+        ("GET /b/cut?framing=cl HTTP/1.1", "0123456789"),
+        ("GET /b/cut?framing=chunked HTTP/1.1", "a\r\n0123456789\r\n"),
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_a_response_the_upstream_breaks_off_is_delivered_then_closed_cleanly(
+    limited, request_line, body
+):
+    # Found by the differential suite in CI (main at 5941fc8): a response cut short by its
+    # upstream, with a pipelined request body still arriving, ended in a reset. The client
+    # must get every byte the upstream sent, its framing showing the cut (a Content-Length not
+    # reached, no last chunk), and a clean close (RFC 9112 9.6), like any last answer.
+    proc = limited.python("t1", CUT_CLIENT, request_line + "\r\nHost: a\r\n\r\n", timeout=120)
+    assert json.loads(proc.stdout) == [[body, "eof"]] * 3, proc.stdout + proc.stderr
+
+
+SLOW_READER = """
+import json, socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(("{addr}", 80))
+s.settimeout(30)
+s.sendall(b"GET /b/big?size=600000 HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n")
+got = b""
+try:
+    # at full speed until the proxy has the whole answer, then 30 kB/s: about 10 s more
+    while data := s.recv(3000):
+        got += data
+        if len(got) > 300000:
+            time.sleep(0.1)
+    end = "eof"
+except OSError as exc:
+    end = type(exc).__name__
+print(json.dumps([len(got.split(b"\\r\\n\\r\\n", 1)[-1]), end]))
+""".replace("{addr}", ADDR)
+
+
+def test_a_last_answer_read_slowly_is_delivered_whole(limited):
+    # The lingering close after a connection's last answer starts once the answer has left the
+    # proxy's write buffer. With its clocks started at the end of the upstream's response, a
+    # client still reading its answer after them lost the rest (5 s, then a reset). Small
+    # socket buffers in t1 (the proxy's listener is there), as on a slow link: what the kernel
+    # cannot take waits in the proxy's own write buffer.
+    limited.sb.sh("ip netns exec t1 sysctl -qw net.ipv4.tcp_wmem='4096 16384 16384'")
+    proc = limited.python("t1", SLOW_READER, timeout=120)
+    assert json.loads(proc.stdout) == [600000, "eof"], proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [
@@ -78,8 +190,13 @@ def test_a_502_before_the_body_is_read_reaches_the_client(proxy):
         b"GET /half HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         b"POST /half HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
         b"GET /half HTTP/1.1\r\nHost: a\r\n\r\nGET /half2 HTTP/1.1\r\nHost: a\r\n\r\n",
+        # held after a protocol-switch request the upstream answers (after the half-close
+        # arrived) with a plain 200
+        b"GET /b/slow?delay=0.5 HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n"
+        b"Upgrade: websocket\r\n\r\n"
+        b"GET /half2 HTTP/1.1\r\nHost: a\r\n\r\n",
     ],
-    ids=["keep-alive", "close", "body", "pipelined"],
+    ids=["keep-alive", "close", "body", "pipelined", "held-after-upgrade"],
 )
 def test_a_client_that_half_closes_after_its_request_gets_the_answer(limited, request_bytes):
     answer = limited.exchange("t1", request_bytes, "--halfclose")

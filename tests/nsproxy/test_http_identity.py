@@ -195,3 +195,44 @@ def test_every_request_of_either_tenant_carries_its_own_name_only(shared_upstrea
         )
         doc = json.loads(answer["responses"][0]["body"])
         assert doc["tenant"] == [tenant]
+
+
+def lighttpd_names(record: dict) -> list[tuple[str, str]]:
+    """The fields as lighttpd passes them to CGI, FastCGI and SCGI applications (PHP among
+    them): HTTP_ + upper case, every character that is not a letter or digit as '_'
+    (lighttpd buffer_copy_string_encoded_cgi_varnames). PHP's own variable registration
+    also turns '.' and ' ' into '_'."""
+    return [
+        ("HTTP_" + "".join(c.upper() if c.isalnum() else "_" for c in k), v)
+        for k, v in record["headers"]
+    ]
+
+
+# Token characters other than '-' and '_' that such servers fold into the same variable.
+OTHER_SEPARATORS = [
+    "X.Nsproxy.Tenant",
+    "X~Forwarded~For",
+    "X.Real.IP",
+    "X|Forwarded|Port",
+    "X+Forwarded+Proto",
+    "X!Forwarded!Host",
+    "X-Forwarded.Ssl",
+]
+
+
+def test_identity_fields_from_clients_never_reach_the_upstream_as_cgi_servers_fold_them(
+    shared_upstream,
+):
+    forged = b"".join(b"%b: forged\r\n" % name.encode() for name in OTHER_SEPARATORS)
+    request = b"GET /who HTTP/1.1\r\nHost: a\r\n" + forged + b"\r\n"
+    answer = shared_upstream.exchange("t1", request)
+    assert [r["status"] for r in answer["responses"]] in ([200], [400]), answer
+    for record in shared_upstream.upstream_saw():
+        folded = [(k, v) for k, v in lighttpd_names(record) if v == "forged"]
+        identity = [
+            (k, v)
+            for k, v in folded
+            if k.startswith(("HTTP_X_NSPROXY_", "HTTP_X_FORWARDED_"))
+            or k in ("HTTP_X_REAL_IP", "HTTP_FORWARDED")
+        ]
+        assert identity == [], record

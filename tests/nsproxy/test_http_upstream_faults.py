@@ -220,3 +220,38 @@ def test_endless_trailers_or_chunk_extensions_cut_the_response(upstream, path):
     # The head was sent; what follows never ends, so the client connection is cut.
     assert answer["closed"] or answer["reset"], answer
     assert answer["error"] is not None, answer  # the client sees an incomplete body
+
+
+@pytest.mark.parametrize("code", [150, 199, 99])
+def test_a_body_after_an_interim_or_sub_100_status_never_reaches_the_client(upstream, code):
+    # RFC 9110 15.2: a 1xx response ends with its head; a status below 100 is not HTTP. llhttp
+    # reads a Content-Length body after 104-199 (and after 0-99) anyway; that body is a complete
+    # response here. The client must get one final response per request, each its own.
+    answer = upstream.exchange(
+        "t1", get(f"/b/interim-body?code={code}") + get("/after", extra="Connection: close\r\n")
+    )
+    finals = [r for r in answer["responses"] if r["status"] >= 200]
+    assert len(finals) <= 2, answer  # never more final responses than requests
+    assert "FORGED" not in [r["body"] for r in finals[1:]], answer
+    if len(finals) == 2:
+        assert json.loads(finals[1]["body"])["path"] == "/after", answer
+
+
+def test_a_response_with_a_status_below_100_is_a_bad_gateway(upstream):
+    answer = upstream.exchange("t1", get("/b/interim-body?code=0", extra="Connection: close\r\n"))
+    assert statuses(answer) == [502], answer
+    assert "FORGED" not in answer["raw"], answer
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["code=100", "code=103", "code=150", "code=150&framing=chunked", "code=103&framing=chunked"],
+)
+def test_an_interim_response_with_body_framing_is_a_bad_gateway(upstream, query):
+    # RFC 9110 8.6 and RFC 9112 6.1: a server sends neither Content-Length nor
+    # Transfer-Encoding in a 1xx, which ends at its head (RFC 9110 15.2). llhttp reads a body
+    # after 104-199 and none after 100-103: either way a next hop may read the bytes after the
+    # head otherwise (the body, or a response), so the proxy answers 502 rather than choose.
+    answer = upstream.exchange("t1", get(f"/b/interim-body?{query}", extra="Connection: close\r\n"))
+    assert statuses(answer) == [502], answer
+    assert "FORGED" not in answer["raw"], answer

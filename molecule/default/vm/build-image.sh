@@ -4,7 +4,9 @@
 #   -> ext4 image made from the folder with `mkfs.ext4 -d` (no loop mount) -> Python wheelhouse.
 # The cache lives outside the repository, keyed by a hash of packages.txt and this script:
 #   ${TENANTNET_VM_CACHE:-~/.cache/tenantnet-nsproxy}/image-<key>/{rootfs.ext4,vmlinuz,initrd.img,
-#   id_ed25519,id_ed25519.pub,wheels/}
+#   id_ed25519,id_ed25519.pub,wheels/,rootfs.tar}
+# rootfs.tar is the same root as a tarball without the kernel (/boot, /usr/lib/modules), for
+# `docker import`: the fleet stage (tests/fleet) runs its container hosts from it.
 # Prints that directory on its last line of stdout; progress goes to stderr.
 # Runs as root (debootstrap, chroot). All mounts happen in a private mount namespace.
 set -euo pipefail
@@ -140,6 +142,10 @@ if ! "$PY" -m pip --version >/dev/null 2>&1; then PY=$HERE/../../../.venv/bin/py
 ls "$OUT/wheels" | sed 's/^/  | /' >&2
 mkdir -p "$ROOT/var/cache/tenantnet"
 cp "$OUT"/wheels/*.whl "$ROOT/var/cache/tenantnet/"
+
+log "container root: rootfs.tar (no kernel) for docker import"
+tar -C "$ROOT" --numeric-owner --xattrs --exclude=./boot --exclude=./usr/lib/modules \
+  -cf "$OUT/rootfs.tar" .
 
 log "ext4 image ($IMAGE_SIZE, sparse) from the folder: mkfs.ext4 -d"
 rm -f "$OUT/rootfs.ext4"

@@ -13,8 +13,10 @@ kernel until they time out. The policy (documented in src/nsproxy/README.md, "Fa
   hold connections (the newcomer counted), so a tenant over its share is refused first and a
   tenant under it is still admitted;
 - at the budget itself, a tenant under its share is admitted by closing a connection of the
-  tenant furthest over its share that is not in the middle of a request (one still reading its
-  first request head, or idle between requests); if there is none, the newcomer is refused.
+  tenant furthest over its share that is truly idle (still reading a request head, or between
+  requests, with every byte the proxy wrote to it acknowledged by its client: never a response
+  still being written or an error answer not yet read); if there is none, the newcomer is
+  refused.
 
 HAProxy's ``maxconn`` and Envoy's overload manager bound the whole process; this bounds each
 tenant by the others' needs too.
@@ -87,13 +89,13 @@ class Admission:
             self.busy.discard(tenant)
 
     def _evict_for(self, tenant) -> bool:
-        """Close one idle connection of the tenant furthest over its share (every tenant has
+        """Close one truly idle connection of the tenant furthest over its share (every tenant has
         the same share, the newcomer counted); False if there is none."""
         heaviest = max(self.busy, key=lambda t: t.local, default=None)
         if heaviest is None or heaviest is tenant or heaviest.local <= self.share(tenant):
             return False
         for conn in heaviest.connections or ():
             if conn.evictable():
-                conn.abort()
+                conn.evict()
                 return True
         return False

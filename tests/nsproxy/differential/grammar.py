@@ -44,21 +44,27 @@ CONNECTION_TOKENS = (
 )
 UPGRADE_TOKENS = ("websocket", "h2c", "WebSocket", "foo/1.0", "TLS/1.2")
 EXPECT_VALUES = ("100-continue", "100-continue", "100-Continue", "nothing")
-# Spellings that a WSGI/CGI environ (PEP 3333, RFC 3875 4.1.18) or a case-insensitive lookup
-# maps to the proxy's own headers.
+# Spellings that a WSGI/CGI environ (PEP 3333, RFC 3875 4.1.18), lighttpd's CGI/FastCGI
+# environment (every character but letters and digits as "_"), PHP ("." and " " as "_") or a
+# case-insensitive lookup maps to the proxy's own headers, or to identity headers it does not
+# set (X-Real-IP, X-Forwarded-Port), which an application then takes for the proxy's.
 IDENTITY_SPELLINGS = {
     "tenant": ("X-Nsproxy-Tenant", "x-nsproxy-tenant", "X-NSPROXY-TENANT", "X_Nsproxy_Tenant",
-               "x_nsproxy_tenant", "X-Nsproxy_Tenant"),
-    "for": ("X-Forwarded-For", "x-forwarded-for", "X_Forwarded_For"),
-    "host": ("X-Forwarded-Host", "X_Forwarded_Host"),
-    "proto": ("X-Forwarded-Proto", "x_forwarded_proto"),
+               "x_nsproxy_tenant", "X-Nsproxy_Tenant", "X.Nsproxy.Tenant", "X~Nsproxy~Tenant"),
+    "for": ("X-Forwarded-For", "x-forwarded-for", "X_Forwarded_For", "X.Forwarded.For"),
+    "host": ("X-Forwarded-Host", "X_Forwarded_Host", "X|Forwarded|Host"),
+    "proto": ("X-Forwarded-Proto", "x_forwarded_proto", "X+Forwarded+Proto"),
     "forwarded": ("Forwarded", "forwarded"),
+    "real-ip": ("X-Real-IP", "X_Real_IP", "X.Real.IP"),
+    "port": ("X-Forwarded-Port", "X!Forwarded!Port"),
 }  # fmt: skip
 FORGED_VALUES = {
     "for": "6.6.6.6",
     "host": "evil.example",
     "proto": "https",
     "forwarded": "for=6.6.6.6;proto=https",
+    "real-ip": "6.6.6.6",
+    "port": "8443",
 }
 # Each tuple lists the plain choice first (where shrinking goes) and repeats the choices that
 # a proxy must carry through, so that most requests get past its parser and reach the parts

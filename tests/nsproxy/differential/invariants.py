@@ -6,8 +6,9 @@
                  upstream's status was read by the upstream.
   (b) identity:  every request an upstream read carries each header the proxy sets
                  (X-Nsproxy-Tenant, X-Forwarded-For/-Proto/-Host) exactly once, with the
-                 proxy's value, in every spelling a server framework folds into that name, and
-                 no Forwarded header.
+                 proxy's value, in every spelling a server framework folds into that name
+                 (lighttpd's: every character but letters and digits as "_"), and no
+                 Forwarded, X-Real-IP or other X-Forwarded-* / X-Nsproxy-* field.
   (c) isolation: a tenant's own upstream reads only that tenant's requests; each upstream
                  reads only requests routed to it.
   (d) client:    each client gets one response per request, in order, each the one its
@@ -203,6 +204,12 @@ def _identity(r: ParsedRequest) -> list[str]:
     forwarded = [v for n, v in names_values if n == "HTTP_FORWARDED"]
     if forwarded:
         out.append(f"Forwarded {forwarded!r} from the client")
+    # Identity fields the proxy does not set: any value is a client's, read as the proxy's.
+    for n, v in names_values:
+        if n not in want and (
+            n.startswith(("HTTP_X_FORWARDED_", "HTTP_X_NSPROXY_")) or n == "HTTP_X_REAL_IP"
+        ):
+            out.append(f"{n} {v!r} from the client")
     return out
 
 

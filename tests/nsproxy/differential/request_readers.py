@@ -64,11 +64,15 @@ def origin_form(target: str) -> str:
 
 
 def wsgi_name(name: str | bytes) -> str:
-    """The environ key a WSGI/CGI server makes of a header name (PEP 3333, RFC 3875 4.1.18):
-    surrounding whitespace dropped, upper case, ``-`` as ``_``."""
+    """The environ key a CGI-style server makes of a header name: surrounding whitespace
+    dropped, upper case, and every character that is not an ASCII letter or digit as ``_``.
+    That is lighttpd's mapping for CGI, FastCGI and SCGI applications (PHP among them), the
+    most folding one known; PEP 3333 / RFC 3875 4.1.18 (``-`` as ``_``) and PHP (``.`` and
+    space as ``_``) fold a subset of it."""
     if isinstance(name, bytes):
         name = name.decode("latin-1")
-    return "HTTP_" + name.strip().upper().replace("-", "_")
+    folded = "".join(c if c.isascii() and c.isalnum() else "_" for c in name.strip().upper())
+    return "HTTP_" + folded
 
 
 def _text(b: bytes) -> str:

@@ -133,3 +133,35 @@ def test_round_robin_uses_both_servers(lab):
     first = Request(b"GET /s/XXXXXX/t1/1/cl HTTP/1.1\r\nHost: a.example\r\n\r\n", body=b"")
     second = Request(b"GET /s/XXXXXX/t1/2/cl HTTP/1.1\r\nHost: a.example\r\n\r\n", body=b"")
     verify(lab, Example((one("t1", first, pipelined=False), one("t1", second, pipelined=False))))
+
+
+def test_a_broken_off_response_with_a_pipelined_body_behind_it_ends_cleanly(lab):
+    """Found in CI on main (5941fc8). Session A's GET left a pooled connection to the shared
+    upstream; session B pipelined a GET its upstream breaks off after 10 of 144 body bytes
+    ("closeb"), then a GET with a 300000-byte body. B got the head and the 10 bytes, then a
+    reset: (d)."""
+    first = Request(b"GET /s/XXXXXX/t1/1/cl HTTP/1.1\r\nHost: a.example\r\n\r\n", body=b"")
+    cut = Request(b"GET /s/XXXXXX/t1/2/closeb HTTP/1.1\r\nHost: a.example\r\n\r\n", body=b"")
+    body = b"o" * 300000
+    raw = b"GET /s/XXXXXX/t1/3/cl HTTP/1.1\r\nHost: a.example\r\nContent-Length: 300000\r\n\r\n"
+    big = Request(raw + body, body=body)
+    verify(lab, Example((one("t1", first, pipelined=False), one("t1", cut, big))))
+
+
+def test_a_request_with_a_body_never_gets_an_unchecked_pooled_connection(lab):
+    """Found at seed 31337 (twice, after 790 and 655 examples). t1's own upstream answered
+    HEAD .../closeb with its head and closed without saying so; the connection had gone back
+    to the pool, and the next request (a GET with a one-byte body, or a POST sent after the
+    proxy's 100 Continue, so before the HEAD's answer) took it in the instant before the close
+    arrived: 502 (broken pipe, reset), though its upstream answers 'cl': (d). A request that
+    must not be resent cannot be saved from that race by any proxy (RFC 9112 9.3.1); the lab's
+    upstream now announces such a close (RFC 9112 9.6, upstream_behaviour.py), and the proxy
+    gives a request with a body, like a POST, only a pooled connection a peek shows open."""
+    head = Request(b"HEAD /o/XXXXXX/t1/1/closeb HTTP/1.1\r\nHost: a.example\r\n\r\n", body=b"")
+    raw = b"GET /o/XXXXXX/t1/2/cl HTTP/1.1\r\nHost: a.example\r\nContent-Length: 1\r\n\r\n\x00"
+    after = Request(raw, body=b"\x00")
+    other = Request(b"GET /s/XXXXXX/t1/3/cl HTTP/1.1\r\nHost: a.example\r\n\r\n", body=b"")
+    verify(
+        lab,
+        Example((one("t1", head, after, pipelined=False), one("t1", other, pipelined=False))),
+    )

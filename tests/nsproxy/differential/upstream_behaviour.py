@@ -40,6 +40,9 @@ OUTCOMES = {
     "teid": Outcome(body=True, local_error=True),  # Transfer-Encoding: identity (until close)
     "gzip": Outcome(body=True, local_error=True),  # Transfer-Encoding: gzip, chunked
     "info": Outcome(body=True),  # 103 Early Hints before the final response
+    # a 1xx with a Content-Length body (RFC 9110 15.2: a 1xx ends at its head, so "JUNK" is
+    # where the next response must start); llhttp reads a body after 104-199
+    "infobody": Outcome(body=False, local_error=True),
     "extra": Outcome(body=True),  # a complete stray response after the real one, same write
     "extrahead": Outcome(body=True),  # half of a stray response head after it
     "junk": Outcome(body=True),  # junk bytes after it
@@ -89,6 +92,12 @@ def answer(path: str, method: str, upgrade_token: bytes | None) -> tuple[bytes, 
     # A HEAD answer's head describes the body a GET would get (RFC 9110 9.3.2), without it.
     body_bytes = b"" if method == "HEAD" else body
     ok = b"HTTP/1.1 200 OK\r\n" + tag
+    if method == "HEAD" and behaviour in ("closeb", "teid"):
+        # The answer to HEAD is complete at its head, and the connection closes after it: a
+        # server says so (RFC 9112 9.6). Unannounced, a request the proxy sends on it in the
+        # instant before the close arrives fails, which no proxy can prevent for requests it
+        # must not resend (RFC 9112 9.3.1; HAProxy and nginx alike): a race, not a finding.
+        ok += b"Connection: close\r\n"
 
     def with_length() -> bytes:
         return ok + b"Content-Length: %d\r\n\r\n" % len(body) + body_bytes
@@ -116,6 +125,9 @@ def answer(path: str, method: str, upgrade_token: bytes | None) -> tuple[bytes, 
     if behaviour == "info":
         hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
         return hints + with_length(), "keep"
+    if behaviour == "infobody":
+        interim = b"HTTP/1.1 150 Interim\r\nContent-Length: 4\r\n\r\nJUNK"
+        return interim + with_length(), "keep"
     if behaviour == "extra":
         stray = b"HTTP/1.1 200 OK\r\n" + TAG + b": " + STRAY_TAG + b"\r\nContent-Length: 6\r\n\r\n"
         return with_length() + stray + b"stray\n", "keep"

@@ -26,14 +26,14 @@ class Connection:
     def __init__(self, tenant, evictable):
         self.tenant = tenant
         self._evictable = evictable
-        self.aborted = False
+        self.evicted = False
         tenant.connections.add(self)
 
     def evictable(self):
-        return self._evictable and not self.aborted
+        return self._evictable and not self.evicted
 
-    def abort(self):
-        self.aborted = True
+    def evict(self):
+        self.evicted = True
 
 
 def admission(budget=100, per_tenant=1000):
@@ -78,7 +78,7 @@ def test_at_the_budget_an_idle_connection_of_the_heaviest_tenant_makes_room():
     heavy, light = Tenant("heavy"), Tenant("light")
     fill(a, heavy, 100)
     assert a.admit(light) is None
-    assert sum(c.aborted for c in heavy.connections) == 1
+    assert sum(c.evicted for c in heavy.connections) == 1
 
 
 def test_without_an_idle_connection_to_close_the_newcomer_is_refused():
@@ -99,7 +99,7 @@ def test_every_tenant_can_reach_its_share(holders):
             # evicted connections give their slot back as they close
             for owner in tenants:
                 for victim in owner.connections:
-                    if victim.aborted and not getattr(victim, "left", False):
+                    if victim.evicted and not getattr(victim, "left", False):
                         victim.left = True
                         a.leave(owner)
     share = 120 // holders

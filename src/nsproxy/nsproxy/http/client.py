@@ -11,12 +11,14 @@ forwards it as the request-head policy says (``request_head``) to an upstream co
   are parsed as the next requests (RFC 9110 7.8);
 - a request is sent a second time only when it is idempotent, has no body, its pooled
   connection closed before any byte of a response, and only once (RFC 9110 9.2.2, RFC 9112
-  9.3.1); a request that is not idempotent gets a pooled connection only when it cannot be
-  one its server is about to close (``Upstream.take``);
-- an answer the proxy makes itself while request bytes may still arrive is followed by a
-  lingering close (RFC 9112 9.6): the write side is shut, input is read and dropped for up to
-  ``LINGER_SECONDS`` and ``LINGER_BYTES``, then the connection closes, so the client reads the
-  answer instead of a reset;
+  9.3.1); a request that cannot be sent again (not idempotent, or with a body) gets a pooled
+  connection only when it cannot be one its server is about to close (``Upstream.take``);
+- every close after an answer (the proxy's own, or an upstream's that is the connection's
+  last: ``Connection: close``, HTTP/1.0, drain, ``MAX_PIPELINED``, an upstream that broke its
+  response off) is a lingering close (RFC 9112 9.6, :meth:`_close`): once the answer is
+  written the write side is shut, and input is read and dropped until the client closes, for
+  up to ``LINGER_SECONDS`` in all, ``LINGER_IDLE`` without input and ``LINGER_BYTES``, so the
+  client reads the answer instead of a reset;
 - a client that half-closes after a complete request still gets its response, then the close.
 
 Timeouts are checked by the daemon's one-second sweep (:meth:`check_timeout`), not by a timer
@@ -25,12 +27,23 @@ per request.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import struct
+import termios
 
 import httptools
 
 from nsproxy.http.cycle import RequestCycle
-from nsproxy.http.flow import CONNECTING, HELD, HIGH_WATER, PEER_FULL, PIPELINE, Flow
+from nsproxy.http.flow import (
+    CHUNKS_PER_TURN,
+    CONNECTING,
+    HELD,
+    HIGH_WATER,
+    PEER_FULL,
+    PIPELINE,
+    Flow,
+)
 from nsproxy.http.request_head import forwarded_fields
 from nsproxy.http.response_head import LENGTH, client_framing
 from nsproxy.http.upstream_side import UpstreamConnection
@@ -44,7 +57,7 @@ HEAD = 1  # reading a request head (or waiting for the first one): header_read t
 BUSY = 2  # request forwarded, response pending or streaming: read/response_head timeouts
 IDLE = 3  # keep-alive, between requests: idle timeout
 TUNNEL = 4  # after 101: bytes flow unchanged both ways; idle timeout
-LINGER = 5  # the proxy answered and closes: input is read and dropped until LINGER_SECONDS
+LINGER = 5  # the last answer is out, the write side shut: input is read and dropped
 CLOSED = 6
 
 #: Pipelined requests parsed ahead of their turn; a connection that sends more is closed after
@@ -53,11 +66,24 @@ CLOSED = 6
 MAX_PIPELINED = 32
 #: Bytes held after a protocol-switch request before reading from the client pauses.
 HOLD_LIMIT = 64 * 1024
-#: Lingering close bounds (nginx's lingering_timeout default is 5 s).
-LINGER_SECONDS = 5.0
+#: Lingering close bounds: at most LINGER_SECONDS in all and LINGER_IDLE without input (nginx's
+#: lingering_time and lingering_timeout defaults), and LINGER_BYTES read and dropped.
+LINGER_SECONDS = 30.0
+LINGER_IDLE = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
 #: Bytes of chunk framing (size line, extensions, CRLFs) allowed per chunk without counting.
 CHUNK_LINE = 64
+
+
+def unsent_bytes(sock) -> int:
+    """Bytes written to ``sock`` that its peer has not acknowledged yet (the kernel's send
+    queue, ``SIOCOUTQ``, tcp(7)); -1 when it cannot be asked (no socket)."""
+    if sock is None:
+        return -1
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return -1
 
 
 class _TooManyPipelined(Exception):
@@ -71,6 +97,8 @@ class ClientConnection(Flow):
     __slots__ = (
         "backlog",
         "chunk_out",
+        "chunkbuf",
+        "chunks",
         "client_ip",
         "close_after",
         "counted",
@@ -90,10 +118,12 @@ class ClientConnection(Flow):
         "pending",
         "partial",
         "queued",
+        "rechunk",
         "scheme",
         "shared",
         "since",
         "unaccounted",
+        "unsent",
         "state",
         "tenant",
         "up",
@@ -128,9 +158,13 @@ class ClientConnection(Flow):
         self.eof = False  # the client has half-closed
         self.close_after = False  # close once the current response is complete
         self.chunk_out = False  # the current response body is re-framed as chunked
+        self.rechunk = None  # response body pieces of one upstream read, to re-chunk as one
+        self.chunkbuf = None  # request body chunks of one read, forwarded as one
+        self.chunks = 0  # request chunks parsed since the loop last had a turn (see YIELD)
         self.wbuf = None  # while the upstream's bytes are parsed: response pieces, one write
         self.linger_until = 0.0
         self.linger_left = 0
+        self.unsent = 0  # in LINGER: bytes of the last answer still in the write buffer
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport):
@@ -228,6 +262,11 @@ class ClientConnection(Flow):
                     self._event(self._reject, 400, "chunk extensions too long")
                 elif self.unaccounted < 0:
                     self.unaccounted = 0
+        if self.chunkbuf is not None:
+            self._flush_body()
+        if self.chunks > CHUNKS_PER_TURN:
+            self.chunks = 0
+            self.yield_turn()
 
     def _data_out_of_turn(self, state: int, data) -> None:
         """Bytes in a state other than reading requests: tunnel, lingering close, closed, after
@@ -347,6 +386,7 @@ class ClientConnection(Flow):
 
     def on_chunk_header(self):
         self.unaccounted -= CHUNK_LINE
+        self.chunks += 1
 
     def on_message_complete(self):
         self.in_body = False
@@ -410,13 +450,13 @@ class ClientConnection(Flow):
         if cycle.expect and cycle.version == "1.1":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         # A pooled connection may be closed by its server the instant it is reused. Only a
-        # request that may be sent again takes that risk; others get a recently used,
-        # checked connection or a new one (Upstream.take).
-        idempotent = cycle.method in IDEMPOTENT_METHODS
-        server, conn = upstream.take(safe=not idempotent)
+        # request that may be sent again (idempotent, no body) takes that risk; others get a
+        # recently used, checked connection or a new one (Upstream.take).
+        resendable = cycle.method in IDEMPOTENT_METHODS and not cycle.chunked and not cycle.length
+        server, conn = upstream.take(safe=not resendable)
         cycle.t_sent = shared.loop_time()
         if conn is not None:
-            if idempotent and not cycle.chunked and not cycle.length:
+            if resendable:
                 cycle.retry = head
             self._attach(conn)
             conn.transport.write(head)
@@ -433,8 +473,21 @@ class ClientConnection(Flow):
         if max_body is not None and cycle.body_in > max_body:
             raise Reject(413, "request body larger than max_body_bytes")
         if cycle.chunked:
-            body = b"%x\r\n%b\r\n" % (n, body)
+            # The chunks of one read are forwarded as one (data_received writes it): a body of
+            # many small chunks costs the upstream connection one send per read, not one each.
+            if self.chunkbuf is None:
+                self.chunkbuf = [body]
+            else:
+                self.chunkbuf.append(body)
+            return
         self._to_upstream(body)
+
+    def _flush_body(self) -> None:
+        """Forward the chunked body pieces batched by ``_body`` as one chunk."""
+        pieces = self.chunkbuf
+        self.chunkbuf = None
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self._to_upstream(b"%x\r\n%b\r\n" % (len(data), data))
 
     def _message_complete(self):
         cycle = self.cycle
@@ -442,6 +495,8 @@ class ClientConnection(Flow):
             return  # complete once its body has come (see _held_data)
         cycle.request_done = True
         if cycle.chunked:
+            if self.chunkbuf is not None:
+                self._flush_body()
             self._to_upstream(b"0\r\n\r\n")
 
     def _hold(self, tail):
@@ -538,6 +593,7 @@ class ClientConnection(Flow):
                 coding = client_framing(kind, codings, cycle.version)
                 if coding is None:
                     close = True  # an HTTP/1.0 client learns where the body ends by the close
+                    cycle.close_delimited = True
                 elif coding:
                     self.chunk_out = True
                     lines.append(coding)
@@ -558,9 +614,26 @@ class ClientConnection(Flow):
 
     def response_body(self, data) -> None:
         if self.chunk_out:
+            if self.wbuf is not None:
+                # Batched: the pieces of this read become one chunk (many small chunks from
+                # the upstream cost one chunk line to the client, not one each).
+                if self.rechunk is None:
+                    self.rechunk = [data]
+                else:
+                    self.rechunk.append(data)
+                return
             data = b"%x\r\n%b\r\n" % (len(data), data)
         self.cycle.bytes_out += len(data)
         self._send(data)
+
+    def _rechunked(self) -> bytes:
+        """The batched body pieces as one chunk."""
+        pieces = self.rechunk
+        self.rechunk = None
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        data = b"%x\r\n%b\r\n" % (len(data), data)
+        self.cycle.bytes_out += len(data)
+        return data
 
     def _send(self, data) -> None:
         if self.wbuf is not None:
@@ -572,6 +645,8 @@ class ClientConnection(Flow):
         """Write what was batched while the upstream's bytes were parsed (one send, not N)."""
         buf = self.wbuf
         self.wbuf = None
+        if self.rechunk is not None:
+            buf.append(self._rechunked())
         if buf:
             self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
@@ -581,6 +656,8 @@ class ClientConnection(Flow):
         self.wbuf = None
         if self.chunk_out:
             self.chunk_out = False
+            if self.rechunk is not None:
+                buf.append(self._rechunked())
             buf = [*buf, b"0\r\n\r\n"] if buf else [b"0\r\n\r\n"]
         if buf:
             self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
@@ -665,7 +742,10 @@ class ClientConnection(Flow):
 
     def upstream_fault(self, status: int, detail: str) -> None:
         """The upstream failed this request: an error answer if nothing was sent yet, else the
-        client connection is cut (the response it has is incomplete, and it must see that)."""
+        response is cut short, and the client must see that. Its framing shows it (a
+        ``Content-Length`` not reached, no last chunk) when the connection then closes like
+        after any last answer (:meth:`_close`); only a body that ends with the connection
+        (an HTTP/1.0 client's) is cut by a reset, the one sign left."""
         cycle = self.cycle
         if cycle is not None and cycle.response_started:
             self.flush()
@@ -678,8 +758,11 @@ class ClientConnection(Flow):
             )
             self.tenant.metrics.upstream_failures += 1
             self.chunk_out = False
-            self._finish_cycle()
-            self.abort()
+            if cycle.close_delimited:
+                self._finish_cycle()
+                self.abort()
+            else:
+                self._last_answer()
         else:
             self._reject(status, detail)
 
@@ -705,6 +788,11 @@ class ClientConnection(Flow):
             cycle.bytes_out += len(body)
             cycle.status = status
             self.transport.write(body)
+        self._last_answer()
+
+    def _last_answer(self) -> None:
+        """The current answer is the connection's last: drop its upstream connection and
+        whatever else of the client was waiting, log it, close (lingering)."""
         up = self.up
         if up is not None:
             self.up = None
@@ -715,21 +803,26 @@ class ClientConnection(Flow):
         self.pending = None
         self.backlog = None
         self.held = None
+        self.chunkbuf = None
         self._close()
 
     def _close(self) -> None:
         """Close after the last answer (RFC 9112 9.6): shut the write side, then read and drop
-        what the client still sends until it closes, for up to LINGER_SECONDS and
-        LINGER_BYTES. Closing with unread client bytes (a body still coming, pipelined
-        requests, bytes in flight) makes the kernel send a reset, which destroys the answer
-        before the client reads it. A client that half-closed already is closed at once."""
+        what the client still sends until it closes, for up to LINGER_SECONDS in all (counted
+        from when the answer has left the write buffer), LINGER_IDLE without input and
+        LINGER_BYTES (nginx's lingering_time, lingering_timeout). Closing with unread client
+        bytes (a body still coming, pipelined requests, bytes in flight) makes the kernel send
+        a reset, which destroys the answer before the client reads it. A client that
+        half-closed already is closed at once. This is the one place a connection closes
+        after an answer."""
         transport = self.transport
         if self.eof:
             self.state = CLOSED
             transport.close()
             return
         self.state = LINGER
-        self.linger_until = self.shared.now + LINGER_SECONDS
+        self.last_io = self.shared.now
+        self.linger_until = self.last_io + LINGER_SECONDS
         self.linger_left = LINGER_BYTES
         self.parser = None
         if transport.is_closing():
@@ -770,14 +863,43 @@ class ClientConnection(Flow):
             up = self.up
             if now - max(self.last_io, up.last_io if up is not None else 0) > timeouts["idle"]:
                 self.abort()
-        elif state == LINGER and now > self.linger_until:
-            self.abort()
+        elif state == LINGER:
+            unsent = self.transport.get_write_buffer_size()
+            if unsent:
+                # The answer is still being written: the lingering clocks start once it has
+                # gone to the kernel; a client that takes none of it for timeouts.read is cut.
+                if unsent != self.unsent:
+                    self.unsent = unsent
+                    self.since = now
+                elif now - self.since > timeouts["read"]:
+                    self.abort()
+                    return
+                self.last_io = now
+                self.linger_until = now + LINGER_SECONDS
+            elif now > self.linger_until or now - self.last_io > LINGER_IDLE:
+                # (what the kernel still holds for the client is sent before the FIN: no
+                # input is left unread to turn the close into a reset)
+                self.abort()
 
     def evictable(self) -> bool:
-        """Whether closing this connection loses no forwarded request: its request head is not
-        complete yet, it is idle between requests, or it is closing anyway (admission.Admission
-        evicts such ones)."""
-        return self.state in (HEAD, IDLE, LINGER)
+        """Whether closing this connection now loses nothing: its request head is not
+        complete yet, or it is idle between requests, and everything the proxy wrote to it has
+        left the process and been acknowledged by the client (the transport's buffer and the
+        kernel's send queue are empty). A response still being written, or the proxy's own
+        answer before a lingering close, is never cut (admission.Admission evicts only these)."""
+        state = self.state
+        if state != IDLE and state != HEAD:
+            return False
+        transport = self.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        return unsent_bytes(transport.get_extra_info("socket")) == 0
+
+    def evict(self) -> None:
+        """Close an :meth:`evictable` connection to make room for another tenant's: a FIN, so
+        that a keep-alive client reconnects as after any idle close."""
+        self.state = CLOSED
+        self.transport.close()
 
     def drain(self) -> None:
         """Stop keep-alive: close now if idle, else after the current response. An idle
@@ -815,6 +937,8 @@ class ClientConnection(Flow):
                 return
             if self.state == CLOSED or self.state == LINGER:
                 return
+        if self.chunkbuf is not None:
+            self._flush_body()
         self.resume_reading_for(PIPELINE)
         if self.parser_done and self.cycle is None:
             self._close()
@@ -829,7 +953,16 @@ class ClientConnection(Flow):
         self.resume_reading_for(HELD)
         if held:
             self.state = HEAD
+            # Here parser_done can only mean the client half-closed (a request that closes
+            # the connection ends it before its held bytes matter): what it sent before is
+            # read and answered all the same.
+            self.parser_done = False
             self.data_received(bytes(held))
+            if self.eof and self.state < TUNNEL:
+                self.parser_done = True
+                cycle = self.cycle
+                if cycle is None or not cycle.request_done:
+                    self._close()  # nothing complete, and nothing more will come
         elif self.parser_done:
             self._close()
 

@@ -16,6 +16,7 @@ class RequestCycle:
         "body_in",
         "bytes_out",
         "chunked",
+        "close_delimited",
         "expect",
         "headers",
         "held_body",
@@ -56,6 +57,7 @@ class RequestCycle:
         # such a request, so its Content-Length body is taken from the held bytes.
         self.held_body = 0
         self.response_started = False  # the response head was sent to the client
+        self.close_delimited = False  # the client learns where the body ends by the close
         self.retry = None  # the forwarded head, while the request may be sent once more
         self.interim = 0  # 1xx responses seen
         self.trailer_bytes = 0  # request trailer fields seen (they are not forwarded)

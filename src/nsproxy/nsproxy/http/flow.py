@@ -16,9 +16,15 @@ PEER_FULL = 1  # the peer's write buffer is above its high-water mark
 PIPELINE = 2  # a pipelined request waits until the current response is complete
 CONNECTING = 4  # the upstream connection is being made
 HELD = 8  # bytes after a protocol-switch request are held until the upstream answers
+YIELD = 16  # this connection's reads cost much: other connections get a turn of the loop first
 
 #: Bytes a transport may buffer for writing before the protocol feeding it pauses.
 HIGH_WATER = 64 * 1024
+#: Body chunks a protocol parses before it lets the event loop serve other connections
+#: (:meth:`Flow.yield_turn`). A chunk costs parser callbacks in Python (about 1 us each);
+#: left alone, the loop reads a busy socket up to 32 times per wake-up (libuv ``uv__read``),
+#: 256 kB each: 1.4 million one-byte chunks, seconds during which no other tenant is served.
+CHUNKS_PER_TURN = 4096
 
 
 class Flow(asyncio.Protocol):
@@ -47,6 +53,13 @@ class Flow(asyncio.Protocol):
                 transport = self.transport
                 if transport is not None and not transport.is_closing():
                     transport.resume_reading()
+
+    def yield_turn(self) -> None:
+        """Stop reading until the event loop has run its other ready callbacks and polled
+        every other socket once: bounds what one connection's reads cost the others in one
+        turn of the loop to one read (nginx and HAProxy bound the work per event likewise)."""
+        self.pause_reading_for(YIELD)
+        asyncio.get_running_loop().call_soon(self.resume_reading_for, YIELD)
 
     # asyncio calls these when our transport's write buffer crosses its water marks.
     def pause_writing(self) -> None:

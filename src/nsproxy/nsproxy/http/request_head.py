@@ -11,8 +11,10 @@ upstream receives"):
 - hop-by-hop fields (RFC 9110 7.6.1) are removed, and so are fields a ``Connection`` header
   names, except framing, ``Host`` and the proxy's own fields, whose nomination is ignored;
 - the identity fields the proxy vouches for are always its own: client fields named like them,
-  in any spelling a framework folds to the same name (case, ``_`` for ``-``), are dropped, as
-  are look-alikes of framing and hop-by-hop fields spelled with ``_``;
+  or like identity a proxy usually sets (``X-Real-IP``, ``Forwarded``, any ``X-Forwarded-*``
+  or ``X-Nsproxy-*``), in any spelling a server folds to the same name (case, and every
+  character but letters and digits as one separator: ``wire.identity_spelling``), are dropped,
+  as are such look-alikes of the framing and hop-by-hop fields;
 - ``Upgrade`` is forwarded only for the tokens in ``wire.UPGRADE_ALLOWED``.
 """
 
@@ -23,6 +25,7 @@ import itertools
 import httptools
 
 from nsproxy.http.wire import (
+    FOLD,
     HOP_BY_HOP,
     PROTECTED,
     UPGRADE_ALLOWED,
@@ -89,17 +92,16 @@ def forwarded_fields(cycle, meta: tuple, limits: dict) -> list[bytes]:
     upgrade = None
     special = SPECIAL
     for name, value in headers:
-        lname = name.lower()
-        code = special.get(lname)
+        # The name as the most folding server reads it (wire.identity_spelling), one C call.
+        folded = name.translate(FOLD)
+        code = special.get(folded)
         if code is None:
-            if b"_" in lname:
-                # A look-alike of a field the proxy controls, for servers that fold names.
-                folded = lname.replace(b"_", b"-")
-                if folded in special or is_identity_header(folded):
-                    continue
-            elif lname[0] == 120 and is_identity_header(lname):  # 120: "x"
-                continue
-            extend((name, b": ", value, b"\r\n"))
+            if folded[0] != 120 or not is_identity_header(folded):  # 120: "x"
+                extend((name, b": ", value, b"\r\n"))
+        elif name.lower() != folded:
+            # A look-alike of a field the proxy handles (``Content_Length``, ``X.Real.IP``):
+            # llhttp did not read it as that field, a folding server would. Dropped.
+            continue
         elif code == _HOST:
             if host is not None:
                 raise Reject(400, "more than one Host header")

@@ -14,7 +14,7 @@ import logging
 
 import httptools
 
-from nsproxy.http.flow import HIGH_WATER, Flow
+from nsproxy.http.flow import CHUNKS_PER_TURN, HIGH_WATER, Flow
 from nsproxy.http.response_head import (
     LENGTH,
     NO_BODY,
@@ -48,6 +48,7 @@ class UpstreamConnection(Flow):
 
     # Slots: less memory per connection and faster attribute access in the hot path.
     __slots__ = (
+        "chunks",
         "client",
         "closed",
         "codings",
@@ -103,6 +104,7 @@ class UpstreamConnection(Flow):
         self.status = 0
         self.trailer_bytes = 0
         self.unaccounted = 0  # body bytes not (yet) seen as data, trailers or chunk lines
+        self.chunks = 0  # body chunks parsed since the loop last had a turn (see YIELD)
         self.start_exchange(False)
         self._new_head()
 
@@ -229,6 +231,9 @@ class UpstreamConnection(Flow):
                 self._fault(ResponseFault("chunk extensions too long"))
             elif self.unaccounted < 0:
                 self.unaccounted = 0
+        if self.chunks > CHUNKS_PER_TURN:
+            self.chunks = 0
+            self.yield_turn()
 
     def _feed_heads_of_head_response(self, data) -> None:
         """A response to HEAD ends with its head, whatever its Content-Length says, which
@@ -306,6 +311,8 @@ class UpstreamConnection(Flow):
         if client is None:
             return
         if status < 200:
+            if status < 100:  # RFC 9110 15: status codes are 100-599; 0-99 is not HTTP
+                raise ResponseFault(f"status {status} is not an HTTP status code")
             if status == 101:
                 if client.cycle is None or client.cycle.upgrade is None:
                     raise ResponseFault("101 Switching Protocols without an upgrade request")
@@ -313,6 +320,11 @@ class UpstreamConnection(Flow):
                 self.in_head = False
                 client.response_head(101, self.reason, self._lines(), NO_BODY, None)
                 return
+            if self.has_length or self.codings is not None:
+                # RFC 9110 15.2 / 8.6, RFC 9112 6.1: a 1xx ends at its head and carries neither
+                # field. llhttp reads a body after 104-199 that has them, where the client's
+                # next hop would read the next response: the two readings cannot both hold.
+                raise ResponseFault(f"interim {status} response with a body length")
             client.cycle.interim += 1
             if client.cycle.interim > MAX_INTERIM:
                 raise ResponseFault(f"more than {MAX_INTERIM} interim (1xx) responses")
@@ -357,6 +369,7 @@ class UpstreamConnection(Flow):
 
     def on_chunk_header(self):
         self.unaccounted -= CHUNK_LINE
+        self.chunks += 1
 
     def on_message_complete(self):
         self.unaccounted = 0

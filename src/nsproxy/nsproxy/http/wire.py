@@ -50,22 +50,34 @@ PROTECTED = frozenset((b"content-length", b"transfer-encoding", b"host", b"conne
 UPGRADE_ALLOWED = frozenset((b"websocket",))
 
 
-def identity_spelling(name: bytes) -> bytes:
-    """The header name as frameworks that fold names see it: lower case, ``_`` as ``-``.
+#: ``bytes.translate`` table of :func:`identity_spelling`: ASCII letters in lower case, digits
+#: kept, every other byte as ``-``.
+FOLD = bytes(
+    c + 32 if 65 <= c <= 90 else c if 48 <= c <= 57 or 97 <= c <= 122 else 45 for c in range(256)
+)
 
-    CGI/WSGI (PEP 3333), Rack and PHP map a field to ``HTTP_`` + upper case with ``-`` and
-    ``_`` both becoming ``_``, so ``X_Nsproxy_Tenant`` and ``x-nsproxy-tenant`` reach a Django,
-    Flask or Rails application as the same variable."""
-    return name.lower().replace(b"_", b"-")
+
+def identity_spelling(name: bytes) -> bytes:
+    """The header name as the most folding server sees it: lower case, and every character
+    that is not an ASCII letter or digit as ``-``.
+
+    CGI/WSGI (RFC 3875 4.1.18, PEP 3333), Rack and PHP map a field to ``HTTP_`` + upper case
+    with ``-`` and ``_`` both becoming ``_``; lighttpd does the same with every character that
+    is not a letter or digit for its CGI, FastCGI and SCGI applications (PHP among them), and
+    PHP itself turns ``.`` and space into ``_``. So ``X_Nsproxy_Tenant``, ``x.real.ip`` and
+    ``X~Forwarded~For`` reach an application as the proxy's own fields would. Two names with
+    the same spelling here are the same variable to some server."""
+    return name.translate(FOLD)
 
 
 def is_identity_header(folded: bytes) -> bool:
     """Whether a client field (folded by :func:`identity_spelling`) could be read upstream as
-    the identity the proxy vouches for: the tenant header, the ``X-Forwarded-*`` family,
-    ``Forwarded`` (RFC 7239) and ``X-Real-IP``. Such fields from clients are dropped."""
+    identity the proxy vouches for, or as identity a proxy usually sets: the tenant header and
+    anything else named ``X-Nsproxy-*``, the ``X-Forwarded-*`` family (``-For``, ``-Proto``,
+    ``-Host``, ``-Port``, ``-Ssl``, ...), ``Forwarded`` (RFC 7239) and ``X-Real-IP``. Such
+    fields from clients are dropped."""
     return (
-        folded.startswith(b"x-nsproxy-")
-        or folded.startswith(b"x-forwarded-")
+        folded.startswith((b"x-nsproxy-", b"x-forwarded-"))
         or folded == b"forwarded"
         or folded == b"x-real-ip"
     )
