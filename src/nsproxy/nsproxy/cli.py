@@ -63,11 +63,13 @@ def cmd_check(args) -> int:
     tls.record_verified()
     try:
         cfg = config.load(args.file)
+        tls.save_verified()  # for the run that follows (ExecStartPre): see tls.VERIFIED_STORE
     except config.ConfigError as exc:
         for problem in exc.problems:
             print(problem)
         return 1
-    tls.save_verified()  # for the run that follows (ExecStartPre): see tls.VERIFIED_STORE
+    finally:
+        tls.forget_verified()
     print(f"ok: {len(cfg.tenants)} tenants, {cfg.listener_count()} listeners")
     return 0
 

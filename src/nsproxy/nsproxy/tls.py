@@ -326,6 +326,7 @@ def trust_verified(store: str = VERIFIED_STORE) -> int:
     """Trust the verdicts ``nsproxy check`` stored (the binder, for its start); the number
     read. Also records this process's verdicts, as :func:`record_verified` does."""
     global _verified
+    forget_verified()
     _verified = set(_read_store(store))
     return len(_verified)
 
@@ -334,6 +335,7 @@ def record_verified() -> None:
     """Record the digests of what is validated from now on, for :func:`save_verified`
     (``nsproxy check``); nothing stored is trusted."""
     global _verified
+    forget_verified()
     _verified = set()
 
 
