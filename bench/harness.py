@@ -64,6 +64,7 @@ class Harness:
         tenants, extra = self.tenants[:n], self.tenants[n]
         for tls in (False, True):
             prefix = "tls_" if tls else ""
+            contender.prepare(tenants, tls)  # config written and checked before the timer
             t0 = time.monotonic()
             contender.start(tenants, tls)
             try:

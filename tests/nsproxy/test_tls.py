@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import ADDR, headers_of, make_cert
+from conftest import ADDR, NSPROXY, headers_of, make_cert
 
 OLD_TLS_ENV = {**os.environ, "OPENSSL_CONF": "/dev/null"}  # no system MinProtocol/SECLEVEL
 
@@ -319,3 +319,30 @@ def test_a_client_that_never_finishes_the_tls_handshake_is_closed_after_header_r
     # own 30 s socket timeout would expire first ("still-open").
     out = proxy.python("t1", SILENT_CLIENT, ADDR, check=False, timeout=60)
     assert out.stdout.split()[0] == "closed", out.stdout + out.stderr + proxy.log()
+
+
+def test_run_after_check_does_not_load_its_certificates_again_but_refuses_changed_bytes(
+    proxy, tmp_path
+):
+    """`nsproxy check` (the unit's ExecStartPre) leaves what it found valid for the `run`
+    that follows; a key replaced after the check is loaded by `run` and refused."""
+    cert = make_cert(tmp_path, "t1", "t1.example")
+    wrong = make_cert(tmp_path, "wrong", "t1.example")
+    proxy.add_netns("t1")
+    proxy.start_echo("echo", "127.0.0.1:18080")
+    proxy.write_config([https_tenant("t1", [cert])], timeouts={"drain": 1})
+    proxy.sb.run(["mkdir", "-p", "/run/nsproxy"])  # the unit's RuntimeDirectory (sandbox's /run)
+    check = proxy.nsproxy("check", str(proxy.config_path))
+    assert check.returncode == 0, check.stdout + check.stderr
+    proxy.start()
+    assert "1 sets found valid by nsproxy check were not loaded again" in proxy.log()
+    out = verified(proxy, "t1", "t1.example", cert["cert"])
+    assert out.returncode == 0, out.stdout + out.stderr + proxy.log()
+    assert proxy.stop() == 0
+    with open(cert["key"], "wb") as f, open(wrong["key"], "rb") as other:
+        f.write(other.read())
+    refused = proxy.sb.run(
+        [NSPROXY, "run", "--config", str(proxy.config_path)], check=False, timeout=60
+    )
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "tls.certificates[0].key: the key in" in refused.stderr, refused.stderr

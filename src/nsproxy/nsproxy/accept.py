@@ -26,6 +26,7 @@ import logging
 import math
 import select
 import socket
+import ssl
 import time
 
 from nsproxy.http.wire import local_response
@@ -50,7 +51,8 @@ class Acceptor:
         self.loop = loop
         self.admission = admission  # admission.Admission: who may connect (None: anyone)
         self.epoll = select.epoll()
-        # fd -> (listening socket, protocol factory, ssl context or None, handshake timeout,
+        # fd -> (listening socket, protocol factory, ssl context (an ssl.SSLContext, or an
+        #        object whose get() returns one, see tls.ServerContext) or None, handshake timeout,
         #        whether clients speak first, tenant runtime or None)
         self.listeners: dict[int, tuple] = {}
         self.accepted = 0  # connections accepted so far (the daemon's sweep watches bursts)
@@ -86,6 +88,12 @@ class Acceptor:
         fd = sock.fileno()
         self.epoll.register(fd, select.EPOLLIN)
         self.listeners[fd] = (sock, factory, ssl_ctx, handshake_timeout, client_first, tenant)
+
+    def use_ssl_context(self, sock: socket.socket, ssl_ctx) -> None:
+        """Give the connections ``sock`` accepts from now on this TLS context."""
+        entry = self.listeners.get(sock.fileno())
+        if entry is not None and entry[0] is sock:
+            self.listeners[sock.fileno()] = (sock, entry[1], ssl_ctx, *entry[3:])
 
     def remove(self, sock: socket.socket) -> None:
         """Stop accepting on ``sock`` and close it (open connections are not touched)."""
@@ -157,6 +165,13 @@ class Acceptor:
             made.append(protocol)
             return protocol
 
+        if ssl_ctx is not None and not isinstance(ssl_ctx, ssl.SSLContext):
+            try:
+                ssl_ctx = ssl_ctx.get()  # tls.ServerContext: made at the first handshake
+            except Exception:  # logged once by tls.ServerContext: nothing can be served
+                conn.close()
+                self._unserved(made, tenant)
+                return
         try:
             if ssl_ctx is None:
                 await self.loop.connect_accepted_socket(counted, conn)

@@ -58,12 +58,18 @@ def cmd_check(args) -> int:
         format="nsproxy check %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    from nsproxy import tls
+
+    tls.record_verified()
     try:
         cfg = config.load(args.file)
+        tls.save_verified()  # for the run that follows (ExecStartPre): see tls.VERIFIED_STORE
     except config.ConfigError as exc:
         for problem in exc.problems:
             print(problem)
         return 1
+    finally:
+        tls.forget_verified()
     print(f"ok: {len(cfg.tenants)} tenants, {cfg.listener_count()} listeners")
     return 0
 
@@ -83,6 +89,9 @@ def cmd_run(args) -> int:
         print(f"nsproxy: the state handed over by the previous binder is unreadable: {exc}",
               file=sys.stderr)  # fmt: skip
         return 1
+    from nsproxy import tls
+
+    tls.trust_verified()  # certificates `nsproxy check` has just loaded are not loaded again
     try:
         if handoff is None:
             cfg, data = binder.load_config(args.config)
@@ -94,6 +103,15 @@ def cmd_run(args) -> int:
         for problem in exc.problems:
             print(f"nsproxy: {args.config}: {problem}", file=sys.stderr)
         return 1
+    finally:
+        if tls.verdicts["trusted"]:
+            logging.getLogger("nsproxy").info(
+                "certificates: %d sets found valid by nsproxy check were not loaded again, "
+                "%d loaded",
+                tls.verdicts["trusted"],
+                tls.verdicts["loaded"],
+            )
+        tls.forget_verified()
     try:
         daemonlog.configure(
             args.log_level, getattr(cfg, "log_format", "text"), getattr(cfg, "log_path", None)

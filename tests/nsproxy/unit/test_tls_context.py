@@ -340,37 +340,80 @@ def test_session_tickets_resume_sessions(server_ctx, certs, sni, version):
     assert served_common_name(second) == f"{owner}.example"
 
 
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
-def test_rotated_certificates_are_served_after_update_without_a_new_context(
-    certs, tmp_path, version
-):
-    cert, key = tmp_path / "site.pem", tmp_path / "site.key"
-    cert.write_bytes(Path(certs["a"]["cert"]).read_bytes())
-    key.write_bytes(Path(certs["a"]["key"]).read_bytes())
-    spec = listener({"cert": str(cert), "key": str(key)})
-    ctx = tls.build_server_context(spec)
-    before = tls.certificate_files_state(spec)
-    assert tls.certificate_files_state(spec) == before
-    assert served_common_name(handshake(ctx, "a.example", certs["a"]["cert"])) == "a.example"
-    # rotate: same paths, another certificate (and key type)
-    cert.write_bytes(Path(certs["b"]["cert"]).read_bytes())
-    key.write_bytes(Path(certs["b"]["key"]).read_bytes())
-    assert tls.certificate_files_state(spec) != before
-    tls.update_server_context(ctx, spec)
-    for sni in ("b.example", "a.example", None):  # the new names, an old one, no SNI at all
-        client = connect(client_context(max_version=version), ctx, sni)
+def files_of(*paths) -> dict:
+    """path -> bytes, as the binder hands them to a worker."""
+    return {p: Path(p).read_bytes() for p in paths}
+
+
+def test_a_single_certificate_needs_no_sni_callback(certs, server_ctx):
+    assert server_ctx.sni_callback is not None  # three certificates: SNI chooses
+    ctx = tls.build_server_context(listener(certs["b"]))
+    assert ctx.sni_callback is None
+    for sni in ("b.example", "other.example", None):  # no choice: always the one certificate
+        client = connect(client_context(), ctx, sni)
         assert tls.certificate_names(client.getpeercert(binary_form=True)) == ["b.example"]
 
 
-def test_failed_update_keeps_the_certificates_in_use(certs, tmp_path):
-    cert = tmp_path / "site.pem"
-    cert.write_bytes(Path(certs["a"]["cert"]).read_bytes())
-    spec = listener({"cert": str(cert), "key": certs["a"]["key"]})
-    ctx = tls.build_server_context(spec)
-    cert.write_bytes(Path(certs["b"]["cert"]).read_bytes())  # no longer matches the key
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_server_context_is_made_at_first_use_and_rotated_from_new_bytes(certs, version):
+    spec = listener({"cert": "/etc/site.pem", "key": "/etc/site.key"})
+    files = {
+        "/etc/site.pem": Path(certs["a"]["cert"]).read_bytes(),
+        "/etc/site.key": Path(certs["a"]["key"]).read_bytes(),
+    }
+    lazy = tls.ServerContext(spec, files)
+    assert not lazy.built and not lazy.used
+    ctx = lazy.get()
+    assert lazy.built and lazy.used and lazy.get() is ctx
+    before = connect(client_context(max_version=version), ctx, "a.example")
+    assert tls.certificate_names(before.getpeercert(True)) == ["a.example", "*.a.example"]
+    # rotate: same paths, another certificate (and key type), as a new generation brings them
+    files["/etc/site.pem"] = Path(certs["b"]["cert"]).read_bytes()
+    files["/etc/site.key"] = Path(certs["b"]["key"]).read_bytes()
+    assert lazy.get() is ctx  # the new bytes count from the rotation on
+    lazy.rotate(spec)
+    assert not lazy.built
+    for sni in ("b.example", "a.example", None):  # the new names, an old one, no SNI at all
+        client = connect(client_context(max_version=version), lazy.get(), sni)
+        assert tls.certificate_names(client.getpeercert(binary_form=True)) == ["b.example"]
+    assert lazy.drop() and not lazy.built and not lazy.drop()
+    client = connect(client_context(), lazy.get(), None)
+    assert tls.certificate_names(client.getpeercert(binary_form=True)) == ["b.example"]
+
+
+def test_server_context_that_cannot_be_made_refuses_without_retrying(certs, caplog):
+    spec = listener(certs["a"])
+    files = files_of(certs["a"]["cert"], certs["a"]["key"])
+    files[certs["a"]["key"]] = Path(certs["c"]["key"]).read_bytes()  # not the certificate's key
+    lazy = tls.ServerContext(spec, files)
     with pytest.raises(tls.TLSConfigError, match="does not match"):
-        tls.update_server_context(ctx, spec)
-    assert served_common_name(handshake(ctx, "a.example", certs["a"]["cert"])) == "a.example"
+        lazy.get()
+    assert caplog.text.count("does not match") == 1
+    files.update(files_of(certs["a"]["key"]))  # repaired bytes count from the next rotation on
+    with pytest.raises(tls.TLSConfigError, match="does not match"):
+        lazy.get()
+    assert caplog.text.count("does not match") == 1  # logged once
+    lazy.rotate(spec)
+    assert served_common_name(handshake(lazy.get(), "a.example", certs["a"]["cert"])) == "a.example"
+
+
+def test_server_contexts_get_the_shared_ticket_keys(certs):
+    """Two contexts made from the same certificates in one process resume each other's
+    tickets only when both got the shared keys (tls_tickets.use), as two workers do."""
+    from nsproxy import tls_tickets
+
+    spec = listener(certs["a"])
+    files = files_of(certs["a"]["cert"], certs["a"]["key"])
+    client_ctx = client_context(certs["a"]["cert"], max_version=ssl.TLSVersion.TLSv1_3)
+    tls_tickets.use(tls_tickets.new_keys())
+    try:
+        one, two = tls.ServerContext(spec, files).get(), tls.ServerContext(spec, files).get()
+    finally:
+        tls_tickets.use(None)
+    three = tls.ServerContext(spec, files).get()
+    first = connect(client_ctx, one, "a.example")
+    assert connect(client_ctx, two, "a.example", session=first.session).session_reused
+    assert not connect(client_ctx, three, "a.example", session=first.session).session_reused
 
 
 def test_certificate_files_are_read_once_when_building(certs, tmp_path):
@@ -381,3 +424,89 @@ def test_certificate_files_are_read_once_when_building(certs, tmp_path):
     os.unlink(cert)
     os.unlink(key)
     assert served_common_name(handshake(ctx, "a.example", certs["a"]["cert"])) == "a.example"
+
+
+# -- verdicts of `nsproxy check` for the `run` that follows it ----------------------------
+
+
+@pytest.fixture
+def verdicts():
+    yield tls
+    tls.forget_verified()
+
+
+def test_check_stores_what_it_found_valid_and_run_skips_loading_exactly_those(
+    certs, tmp_path, verdicts
+):
+    store = str(tmp_path / "run" / "tls-verified")
+    good, other = listener(certs["a"]), listener(certs["b"])
+    tls.record_verified()  # nsproxy check
+    assert tls.validate_listener(good) == []
+    assert not tls.save_verified(store)  # no RuntimeDirectory: nothing stored, none made
+    assert not os.path.exists(os.path.dirname(store))
+    os.mkdir(os.path.dirname(store), 0o755)
+    assert tls.save_verified(store)
+    assert os.stat(store).st_mode & 0o777 == 0o600
+    tls.forget_verified()
+    assert tls.trust_verified(store) == 1  # nsproxy run
+    assert tls.validate_listener(good) == [] and tls.validate_listener(other) == []
+    assert tls.verdicts == {"trusted": 1, "loaded": 1}
+
+
+def test_a_stored_verdict_counts_for_the_very_bytes_only(certs, tmp_path, verdicts):
+    """A digest in the store is trusted without loading (here one planted for a key that does
+    not match, to make the trust visible); a byte changed is loaded and refused again."""
+    store = tmp_path / "tls-verified"
+    cert, key = tmp_path / "c.pem", tmp_path / "c.key"
+    cert.write_bytes(Path(certs["a"]["cert"]).read_bytes())
+    key.write_bytes(Path(certs["c"]["key"]).read_bytes())  # not the certificate's key
+    spec = listener({"cert": str(cert), "key": str(key)})
+    files = {str(cert): cert.read_bytes(), str(key): key.read_bytes()}
+    store.write_bytes(tls._verdict_digest(spec, files))
+    store.chmod(0o600)
+    os.chmod(tmp_path, 0o755)
+    assert tls.trust_verified(str(store)) == 1
+    assert tls.validate_listener(spec) == []  # trusted: not loaded
+    key.write_bytes(key.read_bytes().replace(b"-----\n", b"-----\n\n", 1))  # same key, new bytes
+    problems = tls.validate_listener(spec)
+    assert len(problems) == 1 and "does not match" in problems[0]
+
+
+@pytest.mark.parametrize("mode", [0o622, 0o660])
+def test_a_store_others_could_write_is_ignored(certs, tmp_path, verdicts, mode):
+    store = tmp_path / "tls-verified"
+    cert, key = certs["a"]["cert"], certs["c"]["key"]  # a key that does not match
+    spec = listener({"cert": cert, "key": key})
+    files = {p: Path(p).read_bytes() for p in (cert, key)}
+    store.write_bytes(tls._verdict_digest(spec, files))
+    store.chmod(mode)
+    assert tls.trust_verified(str(store)) == 0
+    assert "does not match" in tls.validate_listener(spec)[0]
+    store.chmod(0o600)
+    os.chmod(tmp_path, 0o777)  # the folder too
+    assert tls.trust_verified(str(store)) == 0
+
+
+def test_contexts_without_a_handshake_for_a_whole_pass_are_dropped_and_made_again(certs):
+    """worker.sweep.drop_tls: a pass every TLS_IDLE_PASS seconds (none at the first tick)
+    drops the contexts no handshake used since the previous pass."""
+    import types
+
+    from nsproxy.worker import sweep
+    from nsproxy.worker.apply import Served
+
+    busy, idle = (tls.ServerContext(listener(certs[n])) for n in ("a", "b"))
+    served = types.SimpleNamespace(ssl_contexts={1: busy, 2: idle}, next_tls_sweep=0.0)
+    served.drop_idle_contexts = lambda: Served.drop_idle_contexts(served)
+    busy.get(), idle.get()
+    sweep.drop_tls(served, 1000.0, None)  # the first tick only schedules
+    assert busy.built and idle.built and served.next_tls_sweep == 1000.0 + sweep.TLS_IDLE_PASS
+    sweep.drop_tls(served, 1000.0 + sweep.TLS_IDLE_PASS, None)  # both used before: kept
+    assert busy.built and idle.built and not busy.used
+    busy.get()  # a handshake on one of them
+    sweep.drop_tls(served, 1000.0 + 1.5 * sweep.TLS_IDLE_PASS, None)  # not due yet
+    assert idle.built
+    sweep.drop_tls(served, 1000.0 + 2 * sweep.TLS_IDLE_PASS, None)
+    assert busy.built and not idle.built
+    client = connect(client_context(), idle.get(), "b.example")  # made again when needed
+    assert tls.certificate_names(client.getpeercert(binary_form=True)) == ["b.example"]

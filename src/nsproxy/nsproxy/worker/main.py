@@ -213,6 +213,7 @@ class Worker:
         self.served.slots = payload.get("slots") or self.served.slots
         with heap.collector_paused():
             added, removed, changed = self.served.apply(cfg, generation)
+        self.served.forget_files()
         if access is not None:
             self.served.set_access_log(fds[1] if len(fds) > 1 else None, access or None)
         heap.settle()

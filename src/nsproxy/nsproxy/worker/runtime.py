@@ -65,7 +65,7 @@ class ListenerRuntime:
         self.server = None
         self.sid = None
         self.factory = None  # tcp.RelayFactory, for draining its relays
-        self.ssl_ctx = None  # https: the context, updated in place when certificate files change
+        self.ssl_ctx = None  # https: its tls.ServerContext (rotated in place when files change)
         self.cert_state = None
 
     def __call__(self) -> ClientConnection:
