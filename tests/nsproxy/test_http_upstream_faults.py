@@ -22,6 +22,9 @@ def upstream(proxy):
     proxy.write_config(
         [http_tenant(t, ["127.0.0.1:9700"]) for t in ("t1", "t2")],
         timeouts={"response_head": 3, "read": 20},
+        # Keep-alive pools are each worker's own: with one worker, a client's next connection
+        # meets the pooled upstream connection of the previous one, which these tests are about.
+        workers=1,
     )
     proxy.start()
     return proxy

@@ -112,7 +112,9 @@ def supervise(name: str, argv: list, pid_file: str, ready_fd: int | None) -> int
 
 
 def main(args: list | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nsproxy-supervisor", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="nsproxy-supervisor", description=__doc__.split("\n", maxsplit=1)[0]
+    )
     parser.add_argument("--name", required=True, help="instance name, shown in the title")
     parser.add_argument("--pid-file", required=True, help="removed at exit if it names us")
     parser.add_argument("--ready-fd", type=int, help="descriptor to write 'ok' to when ready")

@@ -53,7 +53,7 @@ def sample() -> dict:
         pass
     with contextlib.suppress(OSError):
         out["fds"] = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own descriptor
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft != resource.RLIM_INFINITY:
         out["max_fds"] = soft
     return out
