@@ -86,18 +86,16 @@ def test_each_host_serves_only_its_own_tenants_each_with_its_own_identity(fleet)
             assert " 10.0.0.250/24 " in addresses.stdout
 
 
-def test_the_same_converge_with_2_hosts_and_with_forks_1(fleet):
-    """The no-op converge of the first test (3 hosts, default forks) again with 2 hosts (1 host:
-    the --limit run of the next test), and with forks 1 when FLEET_FORKS_1=1 (left out of CI:
-    it proves no more than the default run and costs minutes). Reported, never asserted on
-    time: what each host costs the controller and the host, and how the wall time grows."""
+def test_the_same_converge_with_forks_1_and_the_default_and_with_2_hosts(fleet):
+    """The no-op converge of the first test (3 hosts, default forks) again with forks 1, and
+    with 2 hosts (1 host: the --limit run of the next test). Reported, never asserted on time:
+    what each host costs the controller and the host, and how the wall time grows."""
+    serial = fleet.converge(forks=1)
+    assert_no_change(serial)
     two = fleet.converge(limit="docker1:docker2")
     assert_no_change(two, hosts=("docker1", "docker2"))
+    record("site.yml no-op, 3 hosts, forks 1", serial)
     record("site.yml no-op, 2 hosts (forks 5)", two)
-    if os.environ.get("FLEET_FORKS_1") == "1":
-        serial = fleet.converge(forks=1)
-        assert_no_change(serial)
-        record("site.yml no-op, 3 hosts, forks 1", serial)
 
 
 def _move(data):
