@@ -23,13 +23,9 @@ WHEELHOUSE=$REPO/build/nsproxy-wheelhouse
 
 if [ "${1:-}" != "--inside-sandbox" ]; then
   bash scripts/bootstrap.sh
-  if [ ! -f "$WHEELHOUSE/.complete" ]; then
-    echo "== demo: fetching the daemon's dependency wheels (the sandbox has no network)"
-    rm -rf "$WHEELHOUSE" && mkdir -p "$WHEELHOUSE"
-    .venv/bin/pip download -q --disable-pip-version-check --only-binary=:all: -d "$WHEELHOUSE" \
-      'setuptools>=61' wheel 'httptools>=0.6' 'uvloop>=0.19'
-    touch "$WHEELHOUSE/.complete"
-  fi
+  echo "== demo: the daemon's dependency wheels in $WHEELHOUSE (the sandbox has no network)"
+  # One list of wheels for the demo and the role tests (tests/roles/site_sandbox.py).
+  .venv/bin/python -c 'from tests.roles.site_sandbox import ensure_wheelhouse; ensure_wheelhouse()'
   echo "== demo: entering a throwaway sandbox (network + mount namespace)"
   exec .venv/bin/python tools/sandbox.py --private "$SCRATCH" --private /var/lib/docker \
     -- bash "$REPO/scripts/demo.sh" --inside-sandbox
