@@ -74,7 +74,8 @@ stage_daemon() {
   # the process-model tests choose their own worker count, so they run in the second pass only.
   banner "daemon: nsproxy with real namespaces, sockets and clients (workers: 1)"
   NSPROXY_TEST_WORKERS=1 pytest_stage tests/nsproxy -v --ignore=tests/nsproxy/unit \
-    --ignore-glob='tests/nsproxy/test_workers_*' --ignore=tests/nsproxy/test_netns_identity.py
+    --ignore-glob='tests/nsproxy/test_workers_*' --ignore=tests/nsproxy/test_netns_identity.py \
+    --ignore=tests/nsproxy/test_health_checks.py
   banner "daemon: nsproxy with real namespaces, sockets and clients (workers: 2)"
   NSPROXY_TEST_WORKERS=2 pytest_stage tests/nsproxy -v
 }

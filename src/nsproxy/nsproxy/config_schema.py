@@ -100,8 +100,8 @@ def _timeout_below_interval(kept: dict):
 # -- upstream health checks ------------------------------------------------------------------------
 _HEALTH_COMMON = {
     "type": (Choice("tcp", "http"), REQUIRED),  # tcp: connect; http: GET path, check the status
-    "interval": (Seconds(0.5, 3600), 5),  # between two checks of one server
-    "timeout": (Seconds(0.1, 600), 2),  # for one check; less than interval
+    "interval": (Seconds(0.1, 3600), 5),  # between two checks of one server
+    "timeout": (Seconds(0.05, 600), 2),  # for one check; less than interval
     "rise": (Int(1, 100), 2),  # successes in a row that make a server healthy
     "fall": (Int(1, 100), 3),  # failures in a row that make it unhealthy
 }

@@ -1,4 +1,4 @@
-"""Upstreams: servers of one tenant, round-robin, passive health, keep-alive pool.
+"""Upstreams: servers of one tenant, round-robin, passive and active health, keep-alive pool.
 
 An ``Upstream`` belongs to exactly one tenant (pools are per (tenant, upstream)), so a
 connection opened for one tenant is never handed to another. A worker makes sockets for
@@ -7,6 +7,11 @@ come from the binder (``shared.sockets``, worker/stock.py), which created them t
 connected from the event loop. Pools are keyed by the identity of that namespace: when it is
 replaced, the pooled connections into the old one are closed and never handed out again
 (connections in flight finish, and are then closed instead of pooled).
+
+A server is skipped while passive health has it marked down (a failed connect, for
+FAIL_TIMEOUT) or, for an upstream with a ``health_check``, while the checks have it marked down
+(health_check.py publishes that in the shared table ``shared.health``, read at each pick). A
+recovery seen in the table also ends the passive mark: the checks just proved the server up.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import functools
 import os
 import socket
 import time
+
+from nsproxy.health_table import key_of
 
 FAIL_TIMEOUT = 10.0  # seconds a failed server is skipped
 MAX_IDLE = 64  # idle keep-alive connections kept per upstream
@@ -52,9 +59,10 @@ def _label(host: str, port: int) -> str:
 class Server:
     """One server of an upstream, with its own pool of idle keep-alive connections."""
 
-    __slots__ = ("address", "down_until", "family", "idle", "label", "last_error")
+    __slots__ = ("address", "check_key", "check_seen", "check_slot", "down_until", "family",
+                 "idle", "label", "last_error")  # fmt: skip
 
-    def __init__(self, address: tuple[str, int]):
+    def __init__(self, address: tuple[str, int], check_key: int = 0):
         host, port = address
         self.address = address  # the config's tuple, shared by every tenant naming this server
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -62,6 +70,9 @@ class Server:
         self.down_until = 0.0
         self.last_error: str | None = None
         self.idle: list | None = None
+        self.check_key = check_key  # its key in the shared health table (0: not checked)
+        self.check_slot = -1  # where the key was last found in the table
+        self.check_seen = 0  # the table's state word as last read
 
 
 class Upstreams(dict):
@@ -100,20 +111,28 @@ class Upstreams(dict):
         self.specs = specs
 
     def health(self, name: str) -> list[dict]:
+        """Each server of upstream ``name``: address, healthy, last_error (Upstream.health);
+        an upstream not used yet shows what its health checks found, if any."""
         up = dict.get(self, name)
         if up is not None:
             return up.health()
-        return [
-            {"address": _label(*a), "healthy": True, "last_error": None}
-            for a in self.specs[name].servers
-        ]
+        spec = self.specs[name]
+        table = self.shared.health if spec.health_check is not None else None
+        out = []
+        for address in spec.servers:
+            label = _label(*address)
+            down, error = False, None
+            if table is not None:
+                down, error = table.lookup(key_of(self.tenant, name, spec.digest, label))
+            out.append({"address": label, "healthy": not down, "last_error": error})
+        return out
 
 
 class Upstream:
     """The servers of one upstream of one tenant; ``connect`` is the UpstreamLike contract."""
 
-    __slots__ = ("digest", "errors", "identity", "name", "netns", "rr", "servers", "shared",
-                 "tenant")  # fmt: skip
+    __slots__ = ("checked", "digest", "errors", "identity", "name", "netns", "rr", "servers",
+                 "shared", "tenant")  # fmt: skip
 
     def __init__(self, spec, tenant: str, shared):
         self.name = spec.name
@@ -121,7 +140,9 @@ class Upstream:
         self.netns = spec.netns
         self.tenant = tenant
         self.shared = shared  # for timeouts (connect) that a reload may change, and sockets
-        self.servers = [Server(address) for address in spec.servers]
+        # The shared health table when the upstream has active checks (None: passive only).
+        self.checked = getattr(shared, "health", None) if spec.health_check else None
+        self.servers = self._servers(spec.servers)
         # (st_dev, st_ino) of the namespace the pooled connections were made in (netns set)
         self.identity: tuple | None = None
         self.rr = 0
@@ -252,7 +273,7 @@ class Upstream:
         them, and give the upstream fresh servers (with their own pools and health), so that a
         connection made in the old one and still in flight is closed, not pooled, when done."""
         self.close_idle()
-        self.servers = [Server(server.address) for server in self.servers]
+        self.servers = self._servers([server.address for server in self.servers])
         self.identity = None
 
     def expire_idle(self, now: float, idle_timeout: float) -> None:
@@ -268,18 +289,44 @@ class Upstream:
 
     def health(self) -> list[dict]:
         """Each server: address, healthy, and while it is marked down the error that marked
-        it (None once it is healthy again)."""
+        it, the checks' first (None once it is healthy again)."""
         now = time.monotonic()
-        return [
-            {
-                "address": s.label,
-                "healthy": s.down_until <= now,
-                "last_error": None if s.down_until <= now else s.last_error,
-            }
-            for s in self.servers
-        ]
+        out = []
+        for s in self.servers:
+            error = None
+            if self._checked_down(s):
+                error = self.checked.error(s.check_slot)
+            elif s.down_until > now:
+                error = s.last_error
+            else:
+                out.append({"address": s.label, "healthy": True, "last_error": None})
+                continue
+            out.append({"address": s.label, "healthy": False, "last_error": error})
+        return out
 
     # -- internals ------------------------------------------------------------------------
+    def _servers(self, addresses) -> list[Server]:
+        if self.checked is None:
+            return [Server(address) for address in addresses]
+        return [Server(a, key_of(self.tenant, self.name, self.digest, _label(*a)))
+                for a in addresses]  # fmt: skip
+
+    def _checked_down(self, server: Server) -> bool:
+        """Whether the health checks have ``server`` marked down (a recovery they published
+        since the last look also ends its passive mark)."""
+        table = self.checked
+        if table is None:
+            return False
+        slot = server.check_slot = table.find(server.check_key, server.check_slot)
+        if slot < 0:
+            return False  # never marked down by a check
+        state = table.state(slot)
+        if state != server.check_seen:
+            server.check_seen = state
+            if not state & 1:
+                server.down_until = 0.0
+        return bool(state & 1)
+
     async def _socket(self, family: int) -> socket.socket:
         """A non-blocking, unconnected TCP socket in the upstream's namespace: made here for
         the host namespace, taken from the binder's stock otherwise (pools follow its
@@ -305,7 +352,10 @@ class Upstream:
             self.rr = start + 1
         ordered = self.servers[start:] + self.servers[:start]
         now = time.monotonic()
-        healthy = [s for s in ordered if s.down_until <= now]
+        if self.checked is None:
+            healthy = [s for s in ordered if s.down_until <= now]
+        else:
+            healthy = [s for s in ordered if not self._checked_down(s) and s.down_until <= now]
         if healthy:
             return healthy
         # Everything is marked down: try the one that failed longest ago rather than nothing.

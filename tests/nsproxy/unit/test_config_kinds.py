@@ -231,8 +231,8 @@ NUMBERS = {
     ("timeouts", "idle"): (0.1, 86400, float),
     ("timeouts", "drain"): (0.1, 3600, float),
     ("workers",): (1, 256, int),
-    (*HC, "interval"): (0.5, 3600, float),
-    (*HC, "timeout"): (0.1, 600, float),
+    (*HC, "interval"): (0.1, 3600, float),
+    (*HC, "timeout"): (0.05, 600, float),
     (*HC, "rise"): (1, 100, int),
     (*HC, "fall"): (1, 100, int),
 }
@@ -241,7 +241,7 @@ NUMBERS = {
 def _with_room(doc, path):
     """The health check's timeout must stay below its interval while either is varied."""
     if path == (*HC, "interval"):
-        return set_at(doc, (*HC, "timeout"), 0.1)
+        return set_at(doc, (*HC, "timeout"), 0.05)
     if path == (*HC, "timeout"):
         return set_at(doc, (*HC, "interval"), 3600)
     return doc

@@ -42,6 +42,7 @@ from nsproxy import (
 from nsproxy.binder.listeners import Listeners
 from nsproxy.binder.sockets import UpstreamSockets
 from nsproxy.binder.workers import WorkerPool
+from nsproxy.health_table import HealthTable
 from nsproxy.sharedcounts import SharedCounts, Slots
 from nsproxy.worker import main as worker_main
 
@@ -94,6 +95,8 @@ class Binder:
         self.slots = Slots(self.counts)
         for spec in cfg.tenants:
             self.slots.slot(spec.name)
+        # Active health checks: worker 0 writes, every worker reads (an upgrade starts afresh).
+        self.health = HealthTable.create()
         self.generation = 1
         self.credentials: privileges.Credentials | None = None
         self.cert_files: dict[str, bytes] = {}
@@ -244,6 +247,7 @@ class Binder:
         return worker_main.Seed(
             index=index,
             counts=self.counts.for_row(row),
+            health=self.health,
             slots=dict(self.slots.of),
             generation=self.generation,
             config=self.config,

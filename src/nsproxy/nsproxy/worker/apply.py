@@ -29,11 +29,13 @@ class Served:
     """Everything a worker serves: tenants by name, the listening sockets the binder gave it
     (by socket id), compiled routers, TLS contexts, and the certificate bytes they come from."""
 
-    def __init__(self, loop, cfg: config.Config, files: dict, sockets, counts=None, slots=None):
+    def __init__(
+        self, loop, cfg: config.Config, files: dict, sockets, counts=None, slots=None, health=None
+    ):
         self.loop = loop
         self.config = cfg
         self.generation = 0
-        self.shared = Shared(loop, cfg, sockets, counts)
+        self.shared = Shared(loop, cfg, sockets, counts, health)
         self.slots: dict[str, int] = dict(slots or {})  # tenant name -> shared count slot
         self.tenants: dict[str, TenantRuntime] = {}
         self.by_sid: dict[int, ListenerRuntime] = {}

@@ -18,7 +18,8 @@ In order, before any byte from a tenant is read:
 Then it follows the binder's messages (channel.py): ``config`` (a new generation), ``serve``/
 ``unserve`` (listening sockets), ``netns_changed`` (a namespace replaced: pools and stock for
 it dropped), ``metrics_socket``, ``drain`` and ``snapshot``. A worker whose channel closes (the
-binder is gone) stops accepting, drains and exits.
+binder is gone) stops accepting, drains and exits. Worker 0 also runs the active health checks
+of every upstream that has them (health_check.Prober), for all workers.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import signal
 import socket
 import sys
 
-from nsproxy import channel, daemonlog, heap, metrics, privileges, titles, tls_tickets
+from nsproxy import channel, daemonlog, health_check, heap, metrics, privileges, titles, tls_tickets
 from nsproxy.metrics_endpoint import MetricsProtocol
 from nsproxy.worker import status, sweep
 from nsproxy.worker.apply import Served
@@ -52,7 +53,7 @@ class Seed:
     """What the binder gives a worker at fork: its index, the config and generation, the
     certificate bytes, the bound listening sockets (sid -> (tenant, digest, socket)), the
     channel end, the access log fd, the metrics socket (one worker gets it), credentials, the
-    shared connection counts (its row) and tenant slots."""
+    shared connection counts (its row), tenant slots and the health table."""
 
     __slots__ = (
         "access_log_fd",
@@ -64,6 +65,7 @@ class Seed:
         "credentials",
         "files",
         "generation",
+        "health",
         "index",
         "metrics_sock",
         "served",
@@ -152,8 +154,11 @@ class Worker:
         )
         self.stock = SocketStock(loop, self.channel.request)
         self.served = Served(
-            loop, seed.config, seed.files or {}, self.stock, seed.counts, seed.slots
+            loop, seed.config, seed.files or {}, self.stock, seed.counts, seed.slots, seed.health
         )
+        self.prober = None  # worker 0's health checks
+        if seed.index == 0 and seed.health is not None:
+            self.prober = health_check.Prober(loop, self.served, seed.health)
         self.served.generation = seed.generation
         self.tidier = heap.Tidier()
         self.state = "starting"
@@ -181,6 +186,7 @@ class Worker:
         served.shared.acceptor.start()
         self.state = "serving"
         self.channel.send("ready", generation=served.generation)
+        self._reconcile_checks()
         self.sweeper = self.loop.call_later(HEARTBEAT, self._sweep)
         return await self.done
 
@@ -217,6 +223,7 @@ class Worker:
         if access is not None:
             self.served.set_access_log(fds[1] if len(fds) > 1 else None, access or None)
         heap.settle()
+        self._reconcile_checks()
         log.debug("generation %d: %d added, %d removed, %d changed", generation, added,
                   removed, changed)  # fmt: skip
         self.channel.send("ready", generation=generation)
@@ -232,6 +239,7 @@ class Worker:
                 sock.close()
                 continue
             self.served.serve(sid, tenant, bytes.fromhex(digest), sock)
+        self._reconcile_checks()
 
     def _on_unserve(self, message: dict, fds: list[int]) -> None:
         channel.close_fds(fds)
@@ -338,6 +346,14 @@ class Worker:
         return (200 if answer.get("ready") is True else 503), text
 
     # -- the sweep, draining --------------------------------------------------------------
+    def _reconcile_checks(self) -> None:
+        """Worker 0: start and stop health checks to match what is served now."""
+        if self.prober is not None and self.state == "serving":
+            try:
+                self.prober.reconcile()
+            except Exception:
+                log.exception("internal error while starting or stopping health checks")
+
     def _sweep(self) -> None:
         self.sweeper = self.loop.call_later(HEARTBEAT, self._sweep)
         now = self.loop.time()
@@ -346,6 +362,7 @@ class Worker:
             timeouts = dict(self.served.shared.timeouts)
             timeouts["idle"] = min(timeouts["idle"], DRAIN_IDLE_GRACE)
         sweep.tick(self.served, self.tidier, now, timeouts)
+        self._reconcile_checks()  # listeners served or gone since (a namespace came or went)
         if self.state == "draining":
             self._drain_progress(now)
         elif not self.channel.closed:
@@ -360,6 +377,8 @@ class Worker:
         if self.state == "draining":
             return
         self.state = "draining"
+        if self.prober is not None:
+            self.prober.stop()
         served = self.served
         served.stop_accepting()
         served.shared.draining = True

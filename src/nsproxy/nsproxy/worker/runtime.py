@@ -3,7 +3,8 @@
 The attributes named here are the interface of the traffic path (http.py, tcp.py,
 upstream.py): a connection reads ``tenant.name/router/upstreams/counters/metrics/active/
 closing`` and ``shared.loop/loop_time/now/limits/timeouts/access_log/connections/acceptor/
-draining``; upstreams read ``shared.sockets`` (the socket stock).
+draining``; upstreams read ``shared.sockets`` (the socket stock) and ``shared.health`` (the
+active health checks' table).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ _HEADER_SAFE = re.compile(rb"[A-Za-z0-9._-]{1,63}")
 
 class Shared:
     """What every connection of this worker reads: limits, timeouts, the coarse clock (set by
-    the sweep), the access log, the open connections, the acceptor and the socket stock."""
+    the sweep), the access log, the open connections, the acceptor, the socket stock and the
+    health table."""
 
-    def __init__(self, loop, cfg: config.Config, sockets, counts=None):
+    def __init__(self, loop, cfg: config.Config, sockets, counts=None, health=None):
         self.loop = loop
         self.loop_time = time.monotonic  # uvloop's loop.time() only has millisecond steps
         self.now = loop.time()
@@ -36,6 +38,7 @@ class Shared:
         self.acceptor = Acceptor(loop, self.admission)
         self.sockets = sockets  # worker.stock.SocketStock: sockets inside tenant namespaces
         self.counts = counts  # sharedcounts.SharedCounts: connections per tenant, all workers
+        self.health = health  # health_table.HealthTable: what worker 0's checks found
         self.draining = False
 
 

@@ -4,8 +4,9 @@ One JSON object: the worker (pid, index, generation, state, open connections, co
 accepted, sockets in stock, bytes buffered toward slow peers, its admission budget, its own
 ``process_*`` figures)
 and, for each tenant that has anything to say (counters made, connections open, upstreams
-used), its counters, open connections, upstream health and upstream errors by reason. Tenants
-without any are left out: the reader treats them as zeros and healthy.
+used, or checked by active health checks), its counters, open connections, upstream health and
+upstream errors by reason. Tenants without any are left out: the reader treats them as zeros and
+healthy.
 
 Made when asked (a scrape, a status): the open tcp relays' bytes and count are added to the
 tenant's counters here, so that a long relay shows its traffic before it ends.
@@ -30,8 +31,12 @@ def snapshot(served: Served, index: int, state: str) -> dict:
             entry["counters"] = counters
         if tenant.local:  # every protocol: the acceptor admits (and counts) them all
             entry["active"] = tenant.local
-        if tenant.upstreams:
-            entry["upstreams"] = {name: up.health() for name, up in tenant.upstreams.items()}
+        names = list(tenant.upstreams)
+        if served.shared.health is not None:  # what the checks found, used here or not
+            names += [n for n, spec in tenant.spec.upstreams.items()
+                      if spec.health_check is not None and n not in tenant.upstreams]  # fmt: skip
+        if names:
+            entry["upstreams"] = {name: tenant.upstreams.health(name) for name in names}
             errors = {name: up.errors for name, up in tenant.upstreams.items() if up.errors}
             if errors:
                 entry["upstream_errors"] = errors

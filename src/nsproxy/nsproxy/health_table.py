@@ -1,0 +1,131 @@
+"""Active health of upstream servers, shared by every worker: one writer, many readers.
+
+One worker (index 0, health_check.Prober) probes each checked server once per interval for the
+whole daemon and publishes the result here; every worker reads it when it picks a server. The
+table lives in one memfd the binder creates and maps; forked workers share the mapping. A new
+worker 0 (after a crash) finds the state its predecessor published and goes on from it. An
+upgrade's new binder starts a fresh table: its checks start from "healthy", as at a start.
+
+Entries are found by a 64-bit key, the hash of (tenant, upstream, upstream digest, server), by
+open addressing (linear probing). A changed upstream (new digest) therefore has new keys: it
+starts afresh, and an unchanged one keeps its state across a reload. Each entry is
+:data:`ENTRY` bytes: key (u64; 0 empty, 1 removed), state (i32: bit 0 set while the server is
+down, bits 1 and up count the transitions, so that a reader notices a recovery), the error's
+length (i32) and the error (UTF-8, at most :data:`ERROR_MAX` bytes). Only the writer writes, so
+there is no lock: it writes the error before the state, and the key last when it inserts; an
+aligned 4-byte state is read whole. A status read may meet an error being rewritten (it only
+shows text; the state is what routing uses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import struct
+
+ENTRIES = 32768  # slots; at most MAX_LOAD of them hold servers
+ENTRY = 128  # bytes per slot
+ERROR_MAX = ENTRY - 16
+MAX_LOAD = ENTRIES * 3 // 4  # checked servers published at most (longer probe chains beyond)
+_EMPTY, _REMOVED = 0, 1
+_HEAD = struct.Struct("<QiI")  # key, state, error length
+_STATE = struct.Struct("<i")
+
+
+def key_of(tenant: str, upstream: str, digest, server: str) -> int:
+    """The 64-bit key of one server of one upstream as configured (never 0 or 1)."""
+    text = f"{tenant}\0{upstream}\0{digest!r}\0{server}".encode()
+    key = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little")
+    return key if key > _REMOVED else key + 2
+
+
+class HealthTable:
+    """The shared table (see the module docstring); every process maps the same memfd."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.map = mmap.mmap(fd, ENTRIES * ENTRY)
+        self.used = 0  # the writer's count of live keys
+
+    @classmethod
+    def create(cls) -> HealthTable:
+        fd = os.memfd_create("nsproxy-health", os.MFD_CLOEXEC)
+        os.ftruncate(fd, ENTRIES * ENTRY)
+        return cls(fd)
+
+    # -- readers ------------------------------------------------------------------------------
+    def find(self, key: int, hint: int = -1) -> int:
+        """The slot holding ``key`` (``hint``, a slot found before, is tried first), or -1."""
+        buf = self.map
+        if hint >= 0 and _HEAD.unpack_from(buf, hint * ENTRY)[0] == key:
+            return hint
+        slot = key % ENTRIES
+        for _ in range(ENTRIES):
+            have = _HEAD.unpack_from(buf, slot * ENTRY)[0]
+            if have == key:
+                return slot
+            if have == _EMPTY:
+                return -1
+            slot = (slot + 1) % ENTRIES
+        return -1
+
+    def state(self, slot: int) -> int:
+        """The state word of ``slot``: bit 0 down, the rest a transition count."""
+        return _STATE.unpack_from(self.map, slot * ENTRY + 8)[0]
+
+    def error(self, slot: int) -> str | None:
+        """The error that marked the server in ``slot`` down (None when it is up)."""
+        _, state, length = _HEAD.unpack_from(self.map, slot * ENTRY)
+        if not state & 1:
+            return None
+        start = slot * ENTRY + 16
+        return self.map[start : start + min(length, ERROR_MAX)].decode("utf-8", "replace")
+
+    def lookup(self, key: int) -> tuple[bool, str | None]:
+        """(down, error) of the server with ``key`` (never published: up, no error)."""
+        slot = self.find(key)
+        if slot < 0:
+            return False, None
+        return bool(self.state(slot) & 1), self.error(slot)
+
+    # -- the writer ---------------------------------------------------------------------------
+    def publish(self, key: int, down: bool, error: str | None) -> bool:
+        """Set the server's state (the writer only); False when the table is full."""
+        buf = self.map
+        slot = self.find(key)
+        if slot < 0:
+            if self.used >= MAX_LOAD:
+                return False
+            slot = key % ENTRIES
+            for _ in range(ENTRIES):
+                if _HEAD.unpack_from(buf, slot * ENTRY)[0] <= _REMOVED:
+                    break
+                slot = (slot + 1) % ENTRIES
+            else:
+                return False
+            self._write(slot, down, error, 0)
+            struct.pack_into("<Q", buf, slot * ENTRY, key)
+            self.used += 1
+            return True
+        old = self.state(slot)
+        count = old & 0x7FFFFFFE
+        if bool(old & 1) != down:
+            count = (count + 2) & 0x7FFFFFFE
+        self._write(slot, down, error, count)
+        return True
+
+    def remove(self, key: int) -> None:
+        """Forget the server (its upstream changed or went away): readers see it as up."""
+        slot = self.find(key)
+        if slot >= 0:
+            self._write(slot, False, None, 0)
+            struct.pack_into("<Q", self.map, slot * ENTRY, _REMOVED)
+            self.used -= 1
+
+    def _write(self, slot: int, down: bool, error: str | None, count: int) -> None:
+        data = (error or "").encode("utf-8", "replace")[:ERROR_MAX]
+        base = slot * ENTRY
+        self.map[base + 16 : base + 16 + len(data)] = data
+        struct.pack_into("<I", self.map, base + 12, len(data))
+        _STATE.pack_into(self.map, base + 8, count | (1 if down else 0))
