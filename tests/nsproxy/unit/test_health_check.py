@@ -1,0 +1,188 @@
+"""The health checks' pure parts: the rise/fall state machine, the shared table, the status
+sentence, and a probe against a real socket that sends arbitrary bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nsproxy import health_check, health_table
+from nsproxy.config import HealthCheck, UpstreamSpec
+from nsproxy.health_check import CheckState, describe_expected
+from nsproxy.health_table import HealthTable
+
+TABLE = HealthTable.create()  # for the probes (a memfd and its mapping, once)
+results = st.lists(st.one_of(st.none(), st.sampled_from(["connect refused", "status 503"])))
+
+
+@given(results, st.integers(1, 5), st.integers(1, 5))
+def test_rise_and_fall_count_results_in_a_row(seq, rise, fall):
+    state = CheckState()
+    history = []
+    for error in seq:
+        was = state.down
+        published = (state.down, state.error)
+        changed = state.record(error, rise, fall)
+        history.append(error)
+        assert changed == ((state.down, state.error) != published)
+        if state.down and not was:  # went down: the last ``fall`` results all failed
+            assert len(history) >= fall and all(e is not None for e in history[-fall:])
+            assert state.error == error
+        if was and not state.down:  # came back: the last ``rise`` results all passed
+            assert len(history) >= rise and all(e is None for e in history[-rise:])
+        if error is None:
+            assert not (state.down and not was)  # a success never marks a server down
+        else:
+            assert not (was and not state.down)  # a failure never brings it back
+        assert (state.error is None) == (not state.down)  # the error shows only while down
+        if state.down:
+            assert state.error == next(e for e in reversed(history) if e is not None)
+    # Enough equal results in a row always settle the state.
+    for _ in range(max(rise, fall)):
+        state.record("timeout after 1.0 s", rise, fall)
+    assert state.down and state.error == "timeout after 1.0 s"
+    for _ in range(rise):
+        state.record(None, rise, fall)
+    assert not state.down and state.error is None
+
+
+def test_a_server_starts_up_and_the_first_failures_below_fall_keep_it_up():
+    state = CheckState()
+    assert not state.record("connect refused", 2, 3)
+    assert not state.record("connect refused", 2, 3)
+    assert not state.down
+    assert state.record("connect refused", 2, 3) and state.down
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["publish", "remove"]),
+            st.integers(0, 7),  # eight keys, all on two neighbouring slots: chains and gaps
+            st.booleans(),
+            st.text(max_size=200),
+        ),
+        max_size=60,
+    )
+)
+@settings(max_examples=60)
+def test_the_table_finds_what_was_published_through_collisions_and_removals(ops):
+    table = HealthTable.create()
+    try:
+        keys = [2 + (i % 2) + health_table.ENTRIES * (i + 1) for i in range(8)]
+        model: dict[int, tuple[bool, str | None]] = {}
+        for op, i, down, error in ops:
+            key = keys[i]
+            if op == "publish":
+                assert table.publish(key, down, error)
+                model[key] = (down, error if down else None)
+            else:
+                table.remove(key)
+                model.pop(key, None)
+            for k in keys:
+                got_down, got_error = table.lookup(k)
+                want_down, want_error = model.get(k, (False, None))
+                assert got_down == want_down
+                if want_down:
+                    limit = want_error.encode()[: health_table.ERROR_MAX]
+                    assert got_error == limit.decode("utf-8", "replace")
+                else:
+                    assert got_error is None
+        assert table.used == len(model)
+    finally:
+        table.map.close()
+        os.close(table.fd)
+
+
+def test_a_reader_sees_each_transition_in_the_state_word():
+    table = HealthTable.create()
+    key = health_table.key_of("t", "app", b"digest", "127.0.0.1:80")
+    table.publish(key, True, "connect refused")
+    slot = table.find(key)
+    first = table.state(slot)
+    table.publish(key, True, "status 503, expected 2xx")  # still down: same transition
+    assert table.state(slot) == first and table.error(slot) == "status 503, expected 2xx"
+    table.publish(key, False, None)
+    up = table.state(slot)
+    assert not up & 1 and up != 0 and table.error(slot) is None
+    table.publish(key, True, "x")
+    assert table.state(slot) & 1 and table.state(slot) != first
+
+
+def test_a_changed_upstream_has_other_keys():
+    one = health_table.key_of("t", "app", b"one", "127.0.0.1:80")
+    assert one == health_table.key_of("t", "app", b"one", "127.0.0.1:80")
+    assert one != health_table.key_of("t", "app", b"two", "127.0.0.1:80")
+    assert one != health_table.key_of("u", "app", b"one", "127.0.0.1:80")
+
+
+def test_expected_statuses_read_as_written():
+    assert describe_expected(frozenset(range(200, 300))) == "2xx"
+    assert describe_expected(frozenset({200, 204})) == "200, 204"
+    assert describe_expected(frozenset({*range(200, 300), 301})) == "2xx, 301"
+    assert describe_expected(frozenset({*range(300, 400), 200})) == "200, 3xx"
+
+
+def _probe(answer: bytes, timeout: float = 0.3) -> tuple[str | None, bytes]:
+    """One http check against a real loopback server that answers ``answer`` and keeps the
+    connection open; (the check's result, the request the server received)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    got = bytearray()
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(2)
+            try:
+                while b"\r\n\r\n" not in got:
+                    got.extend(conn.recv(4096))
+                conn.sendall(answer)
+                conn.recv(1)  # hold the connection until the checker closes it
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    check = HealthCheck("http", 1, timeout, 1, 1, "/h\u00e9", None, frozenset({200}))
+    spec = UpstreamSpec("app", None, [("127.0.0.1", port)], b"d", check)
+
+    async def run():
+        prober = health_check.Prober(asyncio.get_running_loop(), None, TABLE)
+        one = health_check.Check(prober, "t", spec)
+        one.task.cancel()
+        return await one.probe(("127.0.0.1", port))
+
+    try:
+        return asyncio.run(run()), bytes(got)
+    finally:
+        listener.close()
+        thread.join(3)
+
+
+@given(st.binary(max_size=3 * health_check.MAX_HEAD))
+@settings(max_examples=25, deadline=None)
+def test_any_answer_gives_a_sentence_or_a_pass_within_the_timeout(answer):
+    result, _ = _probe(answer, timeout=0.1)
+    head_ends = b"\r\n\r\n" in answer[: health_check.MAX_HEAD] or b"\n\n" in answer
+    if result is None:  # a pass needs a 200 status line and a complete head
+        assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")) and head_ends
+    else:
+        assert isinstance(result, str) and 0 < len(result) < 100
+
+
+def test_the_check_request_and_its_answers():
+    result, request = _probe(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+    assert result is None
+    assert request.startswith(b"GET /h%C3%A9 HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"\r\nConnection: close\r\n" in request
+    assert _probe(b"HTTP/1.1 503 No\r\n\r\n")[0] == "status 503, expected 200"
+    assert _probe(b"HTTP/1.1 200 OK\r\nX: endless\r\n")[0] == "timeout after 0.3 s"
+    assert _probe(b"SSH-2.0-x\r\n\r\n")[0] == "no HTTP/1.x status line in the response"
+    long = b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 2000
+    assert _probe(long)[0] == f"response head longer than {health_check.MAX_HEAD} bytes"
