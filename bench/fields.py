@@ -107,11 +107,20 @@ METRICS_LABELS = {
         "walk",
     ),  # fmt: skip
     "busy_walk_tenants": ("tenants with counters, summed over workers", "", "walk"),
-    "busy_walk_tenant_metrics_bytes": ("  of which TenantMetrics objects", "B", "walk"),
-    "busy_walk_lists_bytes": ("  of which their lists", "B", "walk"),
-    "busy_walk_numbers_bytes": ("  of which int/float objects", "B", "walk"),
-    "busy_walk_upstream_errors_bytes": ("  of which upstream error dicts", "B", "walk"),
+    "busy_walk_tenant_metrics_bytes": (
+        "  of which TenantMetrics objects, all tenants",
+        "B",
+        "walk",
+    ),
+    "busy_walk_lists_bytes": ("  of which their lists, all tenants", "B", "walk"),
+    "busy_walk_numbers_bytes": ("  of which int/float objects, all tenants", "B", "walk"),
+    "busy_walk_upstream_errors_bytes": (
+        "  of which upstream error dicts, all tenants",
+        "B",
+        "walk",
+    ),
     "idle_walk_bytes": ("metrics objects while idle (all tenants)", "B", "walk"),
+    "idle_walk_tenants": ("tenants with counters while idle (start's probe)", "", "walk"),
     "scraped_walk_bytes": ("metrics objects after the scrape (all tenants)", "B", "walk"),
     "listener_rss_b_per_tenant": (
         "idle, with the listener - without, per tenant",

@@ -125,10 +125,17 @@ def _walk_fields(prefix: str, workers: list[dict]) -> dict:
 
 
 def _memory(contender: ProbedNsproxy, prefix: str) -> dict:
+    """Summed RSS and PSS (kB), and each process's RSS by its title (``nsproxy: worker 1
+    bench``: which process grew)."""
     contender.check_alive()
     pids = measure.process_tree(contender.roots())
     rss, pss = measure.memory_kb(pids)
-    return {f"{prefix}rss_kb": rss, f"{prefix}pss_kb": pss}
+    each = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            each[f"{title} ({pid})"] = measure.memory_kb([pid])[0]
+    return {f"{prefix}rss_kb": rss, f"{prefix}pss_kb": pss, f"{prefix}rss_kb_by_process": each}
 
 
 def measure_once(
@@ -192,7 +199,9 @@ def per_tenant(s: dict, n: int) -> dict:
         out[f"scrape_{kind}_b_per_tenant"] = (
             (s[f"scraped_{kind}_kb"] - s[f"busy_{kind}_kb"]) * 1024 / n
         )
-    out["walk_b_per_tenant"] = (s["busy_walk_bytes"] - s["idle_walk_bytes"]) / n
+    # all of it: counters made before the traffic (a refused or early-closed connection of
+    # the start's probe makes them too) belong to busy tenants as well
+    out["walk_b_per_tenant"] = s["busy_walk_bytes"] / n
     counted = s["busy_walk_tenants"]
     out["walk_b_per_tenant_worker"] = s["busy_walk_bytes"] / counted if counted else None
     out["scrape_bytes_per_tenant"] = s["scrape_bytes"] / n

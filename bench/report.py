@@ -164,15 +164,15 @@ def _metrics_cell(summary: dict, field: str) -> str:
     s = summary.get(field)
     if not s:
         return "-"
-    if field.endswith("_kb"):
-        text = f"{s['median'] / MIB:.1f}"
-    elif isinstance(s["median"], int) or abs(s["median"]) >= 100:
-        text = f"{s['median']:.0f}"
-    else:
-        text = f"{s['median']:.3g}"
-    if s["n"] > 1:
-        scale = MIB if field.endswith("_kb") else 1
-        text += f" ({s['min'] / scale:.4g}..{s['max'] / scale:.4g})"
+
+    def fmt(value) -> str:
+        if field.endswith("_kb"):
+            return f"{value / MIB:.1f}"
+        return f"{value:.0f}" if abs(value) >= 100 or isinstance(value, int) else f"{value:.3g}"
+
+    text = fmt(s["median"])
+    if s["n"] > 1 and s["min"] != s["max"]:
+        text += f" ({fmt(s['min'])}..{fmt(s['max'])})"
     return text
 
 
@@ -195,20 +195,30 @@ def metrics_rows(result: dict) -> list[tuple[str, list[str], list[tuple[str, str
     return blocks
 
 
+def _metrics_setup_line(result: dict) -> str:
+    p = result["parameters"]
+    pins = "; ".join(f"{v['id']} on CPU {v['cpus']}" for v in p["variant_details"])
+    return (
+        f"Metrics cost only (--metrics-only): HTTP listeners, 4 requests per tenant; harness and "
+        f"backend on CPU {p['load_cpu']}; {pins}. {p['repeat']} repetition(s), settle "
+        f"{p['settle_s']} s, {p.get('metrics_settle_s')} s after the traffic."
+    )
+
+
 def table(result: dict) -> str:
     """Contenders as columns, one block per tenant count; cells are 'median ±half-spread%'."""
     width, first = 14, 31
     lines = []
     for title, columns, rows, notes in metrics_rows(result):
         lines.append("")
-        lines.append(title.ljust(58) + "".join(c.rjust(width + 8) for c in columns) + "  method")
+        lines.append(title.ljust(58) + "".join(c.rjust(width + 14) for c in columns) + "  method")
         for label, method, cells in rows:
             lines.append(
-                label.ljust(58) + "".join(x.rjust(width + 8) for x in cells) + "  " + method
+                label.ljust(58) + "".join(x.rjust(width + 14) for x in cells) + "  " + method
             )
         lines += [f"  {x}" for x in notes]
     if result["parameters"].get("metrics_only"):
-        return "\n".join(lines + ["", _machine_line(result)])
+        return "\n".join(lines + ["", _machine_line(result), _metrics_setup_line(result)])
     for n in result["parameters"]["tenant_counts"]:
         columns, rows, notes = _rows(result, n)
         lines.append("")
@@ -257,7 +267,8 @@ def markdown(result: dict, charts: list[str] = ()) -> str:
     p = result["parameters"]
     m = result["machine"]
     out = [
-        f"# Benchmark run {result['started']} ({p['tls']['label']})",
+        f"# Benchmark run {result['started']} "
+        f"({'metrics cost' if p.get('metrics_only') else p['tls']['label']})",
         "",
         f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, kernel "
         f"{m['kernel']}, {m['os']}; load average at start {' '.join(m['loadavg_at_start'])}, "
@@ -265,7 +276,9 @@ def markdown(result: dict, charts: list[str] = ()) -> str:
         f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; "
         f"commit {m['git_commit']}. Whole run: {result.get('duration_s', 0) / 60:.1f} min.",
         "",
-        _setup_line(result) + " Cells: median ±half the min-max spread.",
+        _metrics_setup_line(result)
+        if p.get("metrics_only")
+        else _setup_line(result) + " Cells: median ±half the min-max spread.",
         "",
         "Variants: " + "; ".join(f"`{v['id']}` = {v['label']}" for v in p["variant_details"]) + ".",
         "",
