@@ -210,6 +210,7 @@ http {{
     ssl_certificate {self.cert};
     ssl_certificate_key {self.key};
     location / {{ return 200 "ok $http_x_nsproxy_tenant\\n"; }}
+    location = {topo.BACKEND_MISSING_PATH} {{ return 404 "missing\\n"; }}
   }}
 }}
 """
@@ -472,7 +473,8 @@ class Nsproxy(Contender):
             return workers_unsupported()
         return None
 
-    def _write(self, tenants: list[str]) -> Path:
+    def _config(self, tenants: list[str]) -> dict:
+        """The daemon's config for ``tenants`` (what :meth:`_write` writes and checks)."""
         http = {"listen": f"{topo.LISTEN_ADDR}:{topo.HTTP_PORT}", "protocol": "http"}
 
         def listeners(tenant: str) -> list[dict]:
@@ -504,6 +506,10 @@ class Nsproxy(Contender):
                 for t in tenants
             ],
         }
+        return config
+
+    def _write(self, tenants: list[str]) -> Path:
+        config = self._config(tenants)
         conf = self.workdir / "nsproxy.json"
         tmp = self.workdir / "nsproxy.json.tmp"
         text = json.dumps(config, indent=1)
@@ -530,9 +536,13 @@ class Nsproxy(Contender):
     def start(self, tenants: list[str], tls: bool) -> None:
         self.tls = tls
         conf = self._prepared_config(tenants, tls) or self._write(tenants)
-        argv = [*_pin(self.cpus), str(NSPROXY), "run", "--config", str(conf)]
+        argv = [*_pin(self.cpus), *self._command(), "run", "--config", str(conf)]
         with open(self.workdir / "stderr.log", "w") as log:
             self.procs = [subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)]
+
+    def _command(self) -> list[str]:
+        """The daemon's command line before ``run --config FILE``."""
+        return [str(NSPROXY)]
 
     def prepare_add(self, tenants: list[str]) -> None:
         self._write(tenants)

@@ -95,3 +95,63 @@ LABELS = {
     "tls_add_tenant_ms": ("+TLS: add tenant + own cert", "ms"),
     "tls_add_failed_requests": ("+TLS: failed req in add", ""),
 }
+
+# The metrics-cost measurement (bench/metrics_cost.py): nsproxy only, per variant and N.
+# Every figure names its method: "RSS"/"PSS" are smaps_rollup sums over the daemon's processes,
+# "walk" is sys.getsizeof of each worker's per-tenant metrics objects (bench/metrics_probe.py).
+METRICS_LABELS = {
+    "walk_b_per_tenant": ("metrics objects per busy tenant, all workers", "B", "walk"),
+    "walk_b_per_tenant_worker": (
+        "metrics objects per tenant per worker that counted",
+        "B",
+        "walk",
+    ),  # fmt: skip
+    "busy_walk_tenants": ("tenants with counters, summed over workers", "", "walk"),
+    "busy_walk_tenant_metrics_bytes": (
+        "  of which TenantMetrics objects, all tenants",
+        "B",
+        "walk",
+    ),
+    "busy_walk_lists_bytes": ("  of which their lists, all tenants", "B", "walk"),
+    "busy_walk_numbers_bytes": ("  of which int/float objects, all tenants", "B", "walk"),
+    "busy_walk_upstream_errors_bytes": (
+        "  of which upstream error dicts, all tenants",
+        "B",
+        "walk",
+    ),
+    "idle_walk_bytes": ("metrics objects while idle (all tenants)", "B", "walk"),
+    "idle_walk_tenants": ("tenants with counters while idle (start's probe)", "", "walk"),
+    "scraped_walk_bytes": ("metrics objects after the scrape (all tenants)", "B", "walk"),
+    "listener_rss_b_per_tenant": (
+        "idle, with the listener - without, per tenant",
+        "B",
+        "RSS, two starts",
+    ),  # fmt: skip
+    "listener_pss_b_per_tenant": ("same, PSS", "B", "PSS, two starts"),
+    "busy_rss_b_per_tenant": ("busy - idle, per tenant", "B", "RSS, same process"),
+    "busy_pss_b_per_tenant": ("busy - idle, per tenant", "B", "PSS, same process"),
+    "scrape_rss_b_per_tenant": ("after one scrape - busy, per tenant", "B", "RSS, same process"),
+    "scrape_pss_b_per_tenant": ("after one scrape - busy, per tenant", "B", "PSS, same process"),
+    "plain_idle_rss_kb": ("idle RSS without the metrics listener", "MiB", "RSS"),
+    "idle_rss_kb": ("idle RSS with the metrics listener", "MiB", "RSS"),
+    "busy_rss_kb": ("RSS, every tenant busy", "MiB", "RSS"),
+    "scraped_rss_kb": ("RSS after one scrape", "MiB", "RSS"),
+    "plain_idle_pss_kb": ("idle PSS without the metrics listener", "MiB", "PSS"),
+    "idle_pss_kb": ("idle PSS with the metrics listener", "MiB", "PSS"),
+    "busy_pss_kb": ("PSS, every tenant busy", "MiB", "PSS"),
+    "scraped_pss_kb": ("PSS after one scrape", "MiB", "PSS"),
+    "scrape_bytes": ("/metrics answer", "B", "body size"),
+    "scrape_bytes_per_tenant": ("/metrics answer per tenant", "B", "body size"),
+    "scrape_series": ("/metrics series", "", "body"),
+    "scrape_ms": ("/metrics answer time", "ms", "wall, at the client"),
+    "scrape_us_per_tenant": ("/metrics answer time per tenant", "µs", "wall, at the client"),
+    "scrape_cpu_us_per_tenant": ("/metrics CPU per tenant", "µs", "CPU of all processes"),
+    "traffic_requests": ("requests made (4 per tenant)", "", "client"),
+    "traffic_failed": ("requests with the wrong status class", "", "client"),
+    "scrape_requests_2xx": ("scraped 2xx sum (2 per tenant)", "", "body"),
+    "scrape_requests_4xx": ("scraped 4xx sum (1 per tenant)", "", "body"),
+    "scrape_requests_5xx": ("scraped 5xx sum (1 per tenant)", "", "body"),
+    "scrape_upstream_connect_errors": ("scraped upstream connect errors", "", "body"),
+    "processes": ("processes", "", "/proc"),
+}
+METRICS_FIELDS = list(METRICS_LABELS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.fields import LABELS
+from bench.fields import LABELS, METRICS_LABELS
 from bench.targets import stat
 
 MIB = 1024.0  # /proc reports kB (KiB); tables use MiB
@@ -148,10 +148,77 @@ def _setup_line(result: dict) -> str:
     )
 
 
+def metrics_line(sample: dict) -> str:
+    """A metrics-cost repetition's main figures on one line (progress output)."""
+    return (
+        f"metrics objects {sample['walk_b_per_tenant']:.0f} B per busy tenant (walk, "
+        f"{sample['busy_walk_tenants']} tenant counters over the workers); RSS idle "
+        f"{sample['plain_idle_rss_kb'] / MIB:.1f} -> {sample['idle_rss_kb'] / MIB:.1f} MiB with "
+        f"the listener, busy {sample['busy_rss_kb'] / MIB:.1f}, scraped "
+        f"{sample['scraped_rss_kb'] / MIB:.1f}; /metrics {sample['scrape_bytes']} B in "
+        f"{sample['scrape_ms']:.0f} ms; {sample['traffic_failed']} failed requests"
+    )
+
+
+def _metrics_cell(summary: dict, field: str) -> str:
+    s = summary.get(field)
+    if not s:
+        return "-"
+
+    def fmt(value) -> str:
+        if field.endswith("_kb"):
+            return f"{value / MIB:.1f}"
+        return f"{value:.0f}" if abs(value) >= 100 or isinstance(value, int) else f"{value:.3g}"
+
+    text = fmt(s["median"])
+    if s["n"] > 1 and s["min"] != s["max"]:
+        text += f" ({fmt(s['min'])}..{fmt(s['max'])})"
+    return text
+
+
+def metrics_rows(result: dict) -> list[tuple[str, list[str], list[tuple[str, str, list[str]]]]]:
+    """Per tenant count with a metrics-cost point: (title, columns, [(label, method, cells)])."""
+    blocks = []
+    points = result.get("metrics_cost", [])
+    for n in sorted({p["tenants"] for p in points}):
+        here = [p for p in points if p["tenants"] == n]
+        columns = [p["contender"] for p in here]
+        rows = []
+        for field, (label, unit, method) in METRICS_LABELS.items():
+            cells = [
+                _metrics_cell(p.get("summary", {}), field) if p["status"] == "ok" else p["status"]
+                for p in here
+            ]
+            rows.append((f"{label} ({unit})" if unit else label, method, cells))
+        notes = [f"{p['contender']}: {p['status']}: {p['reason']}" for p in here if p["reason"]]
+        blocks.append((f"metrics cost at N = {n} tenants", columns, rows, notes))
+    return blocks
+
+
+def _metrics_setup_line(result: dict) -> str:
+    p = result["parameters"]
+    pins = "; ".join(f"{v['id']} on CPU {v['cpus']}" for v in p["variant_details"])
+    return (
+        f"Metrics cost only (--metrics-only): HTTP listeners, 4 requests per tenant; harness and "
+        f"backend on CPU {p['load_cpu']}; {pins}. {p['repeat']} repetition(s), settle "
+        f"{p['settle_s']} s, {p.get('metrics_settle_s')} s after the traffic."
+    )
+
+
 def table(result: dict) -> str:
     """Contenders as columns, one block per tenant count; cells are 'median ±half-spread%'."""
     width, first = 14, 31
     lines = []
+    for title, columns, rows, notes in metrics_rows(result):
+        lines.append("")
+        lines.append(title.ljust(58) + "".join(c.rjust(width + 14) for c in columns) + "  method")
+        for label, method, cells in rows:
+            lines.append(
+                label.ljust(58) + "".join(x.rjust(width + 14) for x in cells) + "  " + method
+            )
+        lines += [f"  {x}" for x in notes]
+    if result["parameters"].get("metrics_only"):
+        return "\n".join(lines + ["", _machine_line(result), _metrics_setup_line(result)])
     for n in result["parameters"]["tenant_counts"]:
         columns, rows, notes = _rows(result, n)
         lines.append("")
@@ -161,13 +228,38 @@ def table(result: dict) -> str:
         lines += [f"  {x}" for x in notes]
     lines.append("")
     lines += _verdict_lines(result, markdown=False)
-    m = result["machine"]
-    lines.append(
-        f"machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, kernel "
-        f"{m['kernel']}, load average at start {' '.join(m['loadavg_at_start'])}"
-    )
+    lines.append(_machine_line(result))
     lines.append(_setup_line(result))
     return "\n".join(lines)
+
+
+def _machine_line(result: dict) -> str:
+    m = result["machine"]
+    return (
+        f"machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, kernel "
+        f"{m['kernel']}, load average at start {' '.join(m['loadavg_at_start'])}, at the end "
+        f"{' '.join(result.get('loadavg_at_end', []))}"
+    )
+
+
+def metrics_markdown(result: dict) -> list[str]:
+    out = []
+    for title, columns, rows, notes in metrics_rows(result):
+        out += [f"## {title[0].upper()}{title[1:]}", "", "| figure | " + " | ".join(columns)
+                + " | method |", "|---|" + "---:|" * len(columns) + "---|"]  # fmt: skip
+        out += [
+            f"| {label} | " + " | ".join(cells) + f" | {method} |" for label, method, cells in rows
+        ]
+        out += [""] + [f"- {x}" for x in notes] + ([""] if notes else [])
+    if out:
+        out += [
+            "Cells: median (min..max) over the repetitions. walk: sys.getsizeof of each worker's "
+            "per-tenant metrics objects (bench/metrics_probe.py); RSS/PSS: smaps_rollup summed "
+            "over the daemon's processes; per-tenant figures are differences within one "
+            "repetition divided by N (bench/metrics_cost.py).",
+            "",
+        ]
+    return out
 
 
 def markdown(result: dict, charts: list[str] = ()) -> str:
@@ -175,7 +267,8 @@ def markdown(result: dict, charts: list[str] = ()) -> str:
     p = result["parameters"]
     m = result["machine"]
     out = [
-        f"# Benchmark run {result['started']} ({p['tls']['label']})",
+        f"# Benchmark run {result['started']} "
+        f"({'metrics cost' if p.get('metrics_only') else p['tls']['label']})",
         "",
         f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, kernel "
         f"{m['kernel']}, {m['os']}; load average at start {' '.join(m['loadavg_at_start'])}, "
@@ -183,11 +276,16 @@ def markdown(result: dict, charts: list[str] = ()) -> str:
         f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}; "
         f"commit {m['git_commit']}. Whole run: {result.get('duration_s', 0) / 60:.1f} min.",
         "",
-        _setup_line(result) + " Cells: median ±half the min-max spread.",
+        _metrics_setup_line(result)
+        if p.get("metrics_only")
+        else _setup_line(result) + " Cells: median ±half the min-max spread.",
         "",
         "Variants: " + "; ".join(f"`{v['id']}` = {v['label']}" for v in p["variant_details"]) + ".",
         "",
     ]
+    out += metrics_markdown(result)
+    if p.get("metrics_only"):
+        return "\n".join(out) + "\n"
     for n in p["tenant_counts"]:
         columns, rows, notes = _rows(result, n)
         out += [f"## {n} tenants", "", "| figure | " + " | ".join(columns) + " |"]

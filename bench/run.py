@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import certs, report  # noqa: E402
+from bench import certs, metrics_cost, report  # noqa: E402
 from bench import targets as tg  # noqa: E402
 from bench import topology as topo  # noqa: E402
 from bench.contenders import (  # noqa: E402
@@ -45,7 +45,7 @@ from bench.contenders import (  # noqa: E402
     NginxPerNetns,
     Nsproxy,
 )
-from bench.fields import fields_for  # noqa: E402
+from bench.fields import METRICS_FIELDS, fields_for  # noqa: E402
 from bench.harness import Harness  # noqa: E402
 
 INSIDE_ENV = "NSPROXY_BENCH_IN_SANDBOX"
@@ -97,6 +97,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--scaling-tenants",
         default="100,1000",
         help="the N where variants with 2+ workers/threads run (default 100,1000)",
+    )
+    p.add_argument(
+        "--metrics-tenants",
+        default="1000",
+        help="the N of --tenants where nsproxy's metrics cost per tenant is measured (each "
+        "nsproxy variant; 2+ workers at --scaling-tenants only); empty: never (default 1000)",
+    )
+    p.add_argument(
+        "--metrics-only",
+        action="store_true",
+        help="measure only nsproxy's metrics cost (no other contender, no load, no TLS)",
+    )
+    p.add_argument(
+        "--metrics-settle",
+        type=float,
+        default=11.0,
+        help="seconds between making every tenant busy and reading memory (default 11: the "
+        "daemon tidies its heap after a burst at most every 10 s)",
     )
     p.add_argument(
         "--contenders",
@@ -204,14 +222,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     scaling = _counts(p, "--scaling-tenants", args.scaling_tenants)
     args.load_counts = [n for n in args.tenant_counts if n in load]
     args.scaling_counts = [n for n in args.tenant_counts if n in scaling]
+    metrics = _counts(p, "--metrics-tenants", args.metrics_tenants)
+    args.metrics_counts = [n for n in args.tenant_counts if n in metrics]
     args.contender_kinds = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = [c for c in args.contender_kinds if c not in KINDS]
     if unknown:
         p.error(f"--contenders: unknown {', '.join(unknown)} (allowed: {', '.join(KINDS)})")
+    if args.metrics_only:
+        if "nsproxy" not in args.contender_kinds:
+            p.error("--metrics-only measures nsproxy: keep it in --contenders")
+        if not args.metrics_counts:
+            p.error("--metrics-only: --metrics-tenants names none of the --tenants counts")
+        args.contender_kinds = ["nsproxy"]
     args.workers = _workers(p, args.nsproxy_workers)
     args.nbthreads = _counts(p, "--haproxy-nbthread", args.haproxy_nbthread)
     if not args.nbthreads:
         p.error("--haproxy-nbthread: give at least one value")
+    if args.metrics_settle < 0:
+        p.error("--metrics-settle must be at least 0")
     if min(args.duration, args.repeat, args.add_window, args.handshake_seconds) < 1:
         p.error("--duration, --repeat, --add-window and --handshake-seconds must be at least 1")
     if args.handshake_clients < 1 or args.add_loop_connections < 1:
@@ -365,7 +393,9 @@ def _in_sandbox() -> bool:
         )
 
 
-def assemble(args, run: dict, variants: list[Contender], points, complete: bool) -> dict:
+def assemble(
+    args, run: dict, variants: list[Contender], points, complete: bool, metrics_points=()
+) -> dict:
     """The result document: machine, parameters, points, target verdicts."""
     result = {
         "started": run["started"].isoformat(timespec="seconds"),
@@ -379,6 +409,9 @@ def assemble(args, run: dict, variants: list[Contender], points, complete: bool)
             "tenant_counts": args.tenant_counts,
             "load_tenants": args.load_counts,
             "scaling_tenants": args.scaling_counts,
+            "metrics_tenants": args.metrics_counts,
+            "metrics_only": args.metrics_only,
+            "metrics_settle_s": args.metrics_settle,
             "contenders": args.contender_kinds,
             "variants": [c.id for c in variants],
             "variant_details": [
@@ -415,6 +448,7 @@ def assemble(args, run: dict, variants: list[Contender], points, complete: bool)
         },
         "baseline": run["baseline"],
         "points": points,
+        "metrics_cost": list(metrics_points),
     }
     result["targets"] = tg.evaluate(result)
     return result
@@ -431,9 +465,12 @@ def run_inside(args: argparse.Namespace) -> int:
 
     # before pinning: key generation uses every CPU
     try:
-        store, made = certs.ensure(
-            Path(args.cert_cache), args.tls_key, max(args.tenant_counts) + 1, args.shared_cert
-        )
+        if args.metrics_only:  # no TLS listener: the backend's certificate only
+            store, made = certs.ensure(Path(args.cert_cache), args.tls_key, 0, True)
+        else:
+            store, made = certs.ensure(
+                Path(args.cert_cache), args.tls_key, max(args.tenant_counts) + 1, args.shared_cert
+            )
     except certs.CertError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -458,12 +495,19 @@ def run_inside(args: argparse.Namespace) -> int:
     harness = Harness(args, workdir, store)
     variants = make_variants(args, workdir, store)
     points: list[dict] = []
+    metrics_points: list[dict] = []
     try:
         built = harness.setup(max(args.tenant_counts) + 1, nginx_veths(args))
         print(f"# {len(harness.tenants)} tenant namespaces built in {built:.1f} s", flush=True)
         run["setup"] = {"certificates": made, "namespaces_s": round(built, 1)}
         run["machine"] = machine_info(variants)
         for n in args.tenant_counts:
+            if n in args.metrics_counts:
+                metrics_points += measure_metrics(args, harness, variants, n, workdir)
+            if args.metrics_only:
+                partial = assemble(args, run, variants, points, False, metrics_points)
+                json_path.write_text(json.dumps(partial, indent=1) + "\n")
+                continue
             with_load = n in args.load_counts
             live = {}
             for c in variants:
@@ -510,7 +554,7 @@ def run_inside(args: argparse.Namespace) -> int:
                 point["fields"] = fields_for(c.is_proxy, with_load)
                 point["summary"] = report.summarise(point["samples"], point["fields"])
             # a checkpoint, so that an interrupted long run still leaves what it measured
-            partial = assemble(args, run, variants, points, complete=False)
+            partial = assemble(args, run, variants, points, False, metrics_points)
             json_path.write_text(json.dumps(partial, indent=1) + "\n")
     finally:
         for c in variants:
@@ -521,12 +565,12 @@ def run_inside(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    result = assemble(args, run, variants, points, complete=True)
+    result = assemble(args, run, variants, points, True, metrics_points)
     json_path.write_text(json.dumps(result, indent=1) + "\n")
     print(report.table(result))
     print(f"\nresults: {json_path}")
     chart_paths = []
-    if not args.no_charts:
+    if not args.no_charts and points:
         from bench.charts import charts
 
         chart_paths = charts(result, out, args.stamp)
@@ -536,7 +580,53 @@ def run_inside(args: argparse.Namespace) -> int:
     md.write_text(report.markdown(result, [str(x) for x in chart_paths]))
     print(f"tables:  {md}")
     print(f"# whole run {result['duration_s'] / 60:.1f} min")
-    return 1 if any(p["status"] == "failed" for p in points) else 0
+    return 1 if any(p["status"] == "failed" for p in [*points, *metrics_points]) else 0
+
+
+def measure_metrics(args, harness: Harness, variants, n: int, workdir: Path) -> list[dict]:
+    """The metrics cost of every nsproxy variant at ``n`` tenants (bench/metrics_cost.py),
+    ``--repeat`` times; one point per variant."""
+    out = []
+    for c in variants:
+        if c.kind != "nsproxy":
+            continue
+        point = {"contender": c.id, "tenants": n, "status": "ok", "reason": None, "samples": []}
+        point["reason"] = skip_reason(args, c, n, [])
+        if point["reason"]:
+            point["status"] = "skipped"
+            out.append(point)
+            continue
+        probed = metrics_cost.ProbedNsproxy(c, workdir / "metrics-cost")
+        for rep in range(args.repeat):
+            t = time.monotonic()
+            try:
+                sample = metrics_cost.measure_once(
+                    harness.namespaces,
+                    probed,
+                    harness.tenants[:n],
+                    args.settle,
+                    args.metrics_settle,
+                    harness.kill_tenant_processes,
+                )
+            except Exception as exc:
+                if not isinstance(exc, (ContenderError, TimeoutError, OSError)):
+                    traceback.print_exc()
+                point.update(status="failed", reason=str(exc)[-2000:])
+                print(f"! metrics cost of {c.id} at {n} tenants failed: {exc}", file=sys.stderr)
+                break
+            finally:
+                probed.stop()
+                harness.kill_tenant_processes()
+            point["samples"].append(sample)
+            print(
+                f"# metrics {c.id:11} N={n:<5} rep {rep + 1}/{args.repeat} "
+                f"({time.monotonic() - t:.0f} s) " + report.metrics_line(sample),
+                flush=True,
+            )
+        point["fields"] = METRICS_FIELDS
+        point["summary"] = report.summarise(point["samples"], METRICS_FIELDS)
+        out.append(point)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

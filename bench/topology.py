@@ -24,6 +24,9 @@ BRIDGE = "br-bench"
 BRIDGE_ADDR = "172.16.0.1"
 BACKEND_PORT = 8080
 BACKEND_TLS_PORT = 8443
+BACKEND_MISSING_PATH = "/bench-404"  # the backend answers 404 here (a 4xx for the metrics)
+CLOSED_PORT = 9  # nothing listens here on 127.0.0.1: an upstream that refuses every connect
+METRICS_LISTEN = ("127.0.0.1", 9464)  # nsproxy's metrics listener, host namespace
 MAX_VETHS = 1023  # bridge ports (1024) less one spare
 
 

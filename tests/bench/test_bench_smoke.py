@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench.contenders import workers_unsupported  # noqa: E402
-from bench.fields import fields_for  # noqa: E402
+from bench.fields import METRICS_FIELDS, fields_for  # noqa: E402
 from bench.loadgen import parse_s_time, parse_wrk  # noqa: E402
 
 pytestmark = pytest.mark.sandbox
@@ -72,6 +72,10 @@ def smoke_run(tmp_path_factory):
         "3",
         "--nsproxy-workers",
         workers,
+        "--metrics-tenants",
+        "3",
+        "--metrics-settle",
+        "0.2",
     )
     return proc, out
 
@@ -155,6 +159,37 @@ def test_load_handshakes_and_add_really_happened(result):
             errors = sum(sample[f"{prefix}add_socket_errors"].values())
             errors += sample[f"{prefix}add_non_2xx"] + sample[f"{prefix}add_loop_failed"]
             assert sample[f"{prefix}add_failed_requests"] == errors, (point["contender"], prefix)
+
+
+def test_metrics_cost_produces_every_field(result, smoke_run):
+    """The metrics-cost measurement at N=3 for every nsproxy variant: every field, the
+    tenants' counters really made by the traffic (as the scrape sums show), none while idle,
+    the walk's parts adding up, and the table printed with the method of each figure."""
+    proc, out = smoke_run
+    points = result["metrics_cost"]
+    variants = ["nsproxy"] if WORKERS_MISSING else ["nsproxy-w1", "nsproxy-w2"]
+    assert [p["contender"] for p in points] == variants
+    for point in points:
+        cid = point["contender"]
+        assert point["status"] == "ok", f"{cid}: {point['reason']}"
+        sample = point["samples"][0]
+        missing = [f for f in METRICS_FIELDS if not _is_number(sample.get(f))]
+        assert not missing, f"{cid} lacks {missing}"
+        assert set(METRICS_FIELDS) <= set(point["summary"])
+        assert (sample["traffic_requests"], sample["traffic_failed"]) == (12, 0), sample
+        assert (sample["scrape_requests_2xx"], sample["scrape_requests_4xx"]) == (6, 3)
+        assert sample["scrape_requests_5xx"] == 3 and sample["scrape_upstream_connect_errors"] >= 3
+        # every tenant counted in at least one worker (before the traffic only a connection
+        # of the start's probe that was accepted before its close could make counters)
+        assert sample["idle_walk_bytes"] <= sample["busy_walk_bytes"]
+        assert 3 <= sample["busy_walk_tenants"] <= 3 * (1 if cid != "nsproxy-w2" else 2)
+        assert sample["busy_walk_error_tenants"] >= 3
+        parts = ("tenant_metrics", "lists", "numbers", "upstream_errors")
+        assert sum(sample[f"busy_walk_{k}_bytes"] for k in parts) == sample["busy_walk_bytes"]
+        assert all(sample[f"busy_walk_{k}_bytes"] > 0 for k in parts), sample
+        assert sample["scrape_bytes"] > 0 and sample["scrape_series"] > 0
+    assert "metrics cost at N = 3 tenants" in proc.stdout
+    assert "sys.getsizeof" in (out / "smoke.md").read_text()
 
 
 def test_processes_are_summed_over_the_whole_tree(result):
