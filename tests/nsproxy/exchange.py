@@ -3,12 +3,14 @@
 
 Usage: exchange.py HOST PORT [--halfclose] [--head N,...] [--wait S] < request-bytes
 
-Sends the bytes in one write (``--halfclose``: then shuts down its write side), reads until
-the proxy closes or ``--wait`` seconds pass, and prints JSON: "responses" (each: status, reason,
-headers as [name, value], body (latin-1), framing: length/chunked/close/none), "closed" (the
-proxy closed), "reset" (the connection was reset), "error" (a framing error in what came back),
-"raw" (the first 4000 bytes). ``--head`` lists the 0-based indexes of responses that answer
-HEAD requests (they have no body).
+Sends the bytes in one write (``--halfclose``: then shuts down its write side) and reads until
+the proxy closes, or ``--wait`` seconds pass without a byte. Without ``--wait`` it also stops
+once what came back parses as whole responses and nothing more came for QUIET seconds (a
+keep-alive connection the proxy rightly holds open). It prints JSON: "responses" (each: status,
+reason, headers as [name, value], body (latin-1), framing: length/chunked/close/none), "closed"
+(the proxy closed), "reset" (the connection was reset), "error" (a framing error in what came
+back), "raw" (the first 4000 bytes). ``--head`` lists the 0-based indexes of responses that
+answer HEAD requests (they have no body).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from __future__ import annotations
 import json
 import socket
 import sys
+
+WAIT = 10.0  # s without a byte before giving up (the default of --wait)
+QUIET = 2.0  # s of silence after a whole answer, when --wait is not given
 
 
 def parse(data: bytes, head_indexes: set[int], closed: bool) -> tuple[list[dict], str | None]:
@@ -92,7 +97,8 @@ def main() -> None:
     args = sys.argv[1:]
     host, port = args[0], int(args[1])
     half = "--halfclose" in args
-    wait = float(args[args.index("--wait") + 1]) if "--wait" in args else 10.0
+    wait = float(args[args.index("--wait") + 1]) if "--wait" in args else WAIT
+    quiet = None if "--wait" in args else QUIET
     heads = set()
     if "--head" in args:
         heads = {int(i) for i in args[args.index("--head") + 1].split(",")}
@@ -104,6 +110,10 @@ def main() -> None:
     answer, closed, reset = b"", False, False
     try:
         while True:
+            if quiet is not None and answer:
+                responses, error = parse(answer, heads, False)
+                whole = error is None and any(r["status"] >= 200 for r in responses)
+                sock.settimeout(quiet if whole else wait)
             chunk = sock.recv(65536)
             if not chunk:
                 closed = True

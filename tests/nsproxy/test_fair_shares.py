@@ -214,7 +214,7 @@ def test_admitting_a_tenant_never_cuts_a_response_another_tenant_is_still_receiv
     proxy.start_rawup("up", "127.0.0.1:9952")
     proxy.write_config(
         [http_tenant(t, ["127.0.0.1:9952"]) for t in ("tv", "ta")],
-        timeouts={"read": 120, "response_head": 120, "idle": 120},
+        timeouts={"read": 120, "response_head": 120, "idle": 120, "drain": 2},
     )
     proxy.start(wrap=["prlimit", "--nofile=256:256"])  # a budget of (256 - 2 - 64) // 2 = 95
     victim = proxy.sb.popen(
