@@ -10,7 +10,7 @@ import time
 
 from conftest import ADDR, http_tenant
 
-SERVERS = 24  # more servers in one netns upstream than the socket stock holds (2..9) plus a batch (8)
+SERVERS = 24  # more than the socket stock holds (2..9) plus one refill (8)
 
 
 def test_every_server_of_a_big_netns_upstream_stays_up_while_all_answer(proxy):
