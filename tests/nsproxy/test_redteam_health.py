@@ -6,6 +6,8 @@ their assertion message shows what went wrong. Real daemon, real namespaces, rea
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 from conftest import ADDR, http_tenant
@@ -63,3 +65,47 @@ def test_after_a_reload_moves_an_upstream_to_another_namespace_no_request_goes_t
     assert proxy.reload().returncode == 0, proxy.log()
     served = [proxy.get_json("t1", f"http://{ADDR}/after{i}")["server"] for i in range(5)]
     assert served == ["NEW@9900"] * 5, served
+
+
+FLAPPING = """
+import socket, sys, threading
+server = socket.create_server(("127.0.0.1", 9950), backlog=128)
+print("ready", flush=True)
+n = 0
+while True:
+    conn, _ = server.accept()
+    n += 1
+    try:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\\r\\n\\r\\n" if n % 2 else b"HTTP/1.1 503 No\\r\\n\\r\\n")
+    except OSError:
+        pass
+    conn.close()
+"""
+
+
+def test_a_flapping_upstream_cannot_flood_the_daemon_log(proxy):
+    """A tenant's own upstream answers its checks 200 and 503 in turn (rise 1, fall 1,
+    interval 0.1 s: all allowed by the schema). The daemon log is shared by every tenant (and
+    journald drops a unit's lines past its rate limit), so one tenant's server must not be able
+    to write lines at the probe rate. accept.py bounds its refusal lines to one per tenant per
+    10 s; at a78a35f health_check.py logs every transition: about 10 lines per second per
+    server, without end."""
+    proxy.add_netns("t1")
+    flapping = proxy.sb.popen(
+        ["ip", "netns", "exec", "t1", sys.executable, "-c", FLAPPING],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    proxy.helpers.append(flapping)
+    assert flapping.stdout.readline().strip() == "ready"
+    tenant = http_tenant("t1", ["127.0.0.1:9950"], upstream_netns="t1")
+    tenant["upstreams"]["app"]["health_check"] = {
+        "type": "http", "interval": 0.1, "timeout": 0.05, "rise": 1, "fall": 1}  # fmt: skip
+    proxy.write_config([tenant], workers=1)
+    proxy.start()
+    time.sleep(5.0)
+    lines = [
+        line for line in proxy.log_path.read_text().splitlines() if "server 127.0.0.1:9950" in line
+    ]
+    assert len(lines) <= 5, f"{len(lines)} transition lines in 5 s, e.g. {lines[-2:]}"
