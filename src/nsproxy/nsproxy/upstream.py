@@ -108,6 +108,10 @@ class Upstreams(dict):
             if spec is None or spec.digest != up.digest:
                 up.close()
                 del self[name]
+        for name, old in self.specs.items():  # used here or not (worker 0's checks take too)
+            spec = specs.get(name)
+            if (spec is None or spec.digest != old.digest) and old.netns is not None:
+                self.shared.sockets.forget(self.tenant, name)
         self.specs = specs
 
     def health(self, name: str) -> list[dict]:

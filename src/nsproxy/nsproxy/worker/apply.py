@@ -282,6 +282,8 @@ class Served:
     def _remove_tenant(self, tenant: TenantRuntime) -> None:
         """Stop accepting for a removed tenant and drain its connections up to timeouts.drain."""
         tenant.closing = True
+        for name in tenant.upstreams.specs:  # a tenant added again later asks afresh
+            self.shared.sockets.forget(tenant.name, name)
         for li in tenant.listeners:
             if li.sid is not None:
                 self.by_sid.pop(li.sid, None)

@@ -57,7 +57,8 @@ class SocketStock:
                 if len(sockets) < LOW:
                     self._refill(tenant, upstream, family)
                 return sock, identity
-        await self._refill(tenant, upstream, family)
+        # Shielded: a taker cancelled meanwhile must not cancel the refill others wait for.
+        await asyncio.shield(self._refill(tenant, upstream, family))
         identity = self.identity.get((tenant, upstream))
         sockets = self.stock.get((identity, family)) if identity is not None else None
         if not sockets:
@@ -102,6 +103,11 @@ class SocketStock:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sockets.append((sock, made))
+
+    def forget(self, tenant: str, upstream: str) -> None:
+        """The tenant's upstream changed or went away (a reload): its next socket is asked
+        for again, so that one moved to another namespace never gets the old one's."""
+        self.identity.pop((tenant, upstream), None)
 
     def namespace_changed(self, identity: tuple) -> None:
         """The namespace ``identity`` was replaced or has gone: close its sockets and forget
