@@ -10,11 +10,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ADDR, http_tenant
 
 SERVERS = 24  # more than the socket stock holds (2..9) plus one refill (8)
 
 
+@pytest.mark.xfail(strict=True, reason="probes starve the socket stock (redteam-health finding 1)")
 def test_every_server_of_a_big_netns_upstream_stays_up_while_all_answer(proxy):
     """24 healthy servers inside the tenant's namespace, one tcp check: every one must stay up.
 
@@ -84,6 +86,7 @@ while True:
 """
 
 
+@pytest.mark.xfail(strict=True, reason="one log line per transition, unbounded (finding 5)")
 def test_a_flapping_upstream_cannot_flood_the_daemon_log(proxy):
     """A tenant's own upstream answers its checks 200 and 503 in turn (rise 1, fall 1,
     interval 0.1 s: all allowed by the schema). The daemon log is shared by every tenant (and

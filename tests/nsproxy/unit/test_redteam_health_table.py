@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from nsproxy import health_table
 from nsproxy.health_table import ENTRIES, ENTRY, MAX_LOAD, HealthTable, key_of
 
@@ -34,6 +36,7 @@ def _live(table: HealthTable) -> int:
     )
 
 
+@pytest.mark.xfail(strict=True, reason="the writer count is per process (finding 4)")
 def test_a_new_worker_0_counts_the_entries_its_predecessor_left():
     """The binder makes the table (used = 0) and forks worker 0, which publishes; when worker 0
     dies, the binder forks a replacement from ITS copy: used = 0 again, whatever is in the
@@ -60,6 +63,7 @@ def test_a_new_worker_0_counts_the_entries_its_predecessor_left():
         os.close(table.fd)
 
 
+@pytest.mark.xfail(strict=True, reason="removed slots are never emptied (finding 4)")
 def test_reload_churn_leaves_absent_lookups_short():
     """400 checked servers, all down, and reloads that change their upstreams (new digests:
     new keys; the old ones are removed). The live entries never exceed 400, so a lookup of a
@@ -125,6 +129,7 @@ PROBE_WITHOUT_FDS = textwrap.dedent(
 )
 
 
+@pytest.mark.xfail(strict=True, reason="a prober-side failure counts as the server's (finding 2)")
 def test_a_probe_that_could_not_start_is_not_a_failure_of_the_server():
     """The server answers throughout; only the prober (worker 0) has no descriptor left. A
     check that could not even make its socket says nothing about the server, so it must not
