@@ -140,3 +140,30 @@ def test_an_upgrade_keeps_a_failing_server_out(proxy):
         served.append(proxy.curl("t1", f"http://{ADDR}/after-upgrade-{i}").stdout)
         time.sleep(0.3)
     assert served == ["A"] * 8, served
+
+
+@pytest.mark.xfail(strict=True, reason="a reload of a listener forgets the checks (finding 3)")
+def test_a_reload_that_changes_only_a_listener_keeps_the_upstream_checks_state(proxy):
+    """README: "unchanged upstreams keep both" (checks and state). A reload that changes only
+    t1's listener port leaves upstream ``app`` unchanged, so B (answering its checks 503)
+    must stay down. At a78a35f worker 0 applies the generation before the new listener's
+    socket is served, Prober.reconcile sees no served listener, stops the check with
+    forget=True and removes B from the table: B is healthy for every worker (and gets
+    requests) until ``fall`` checks fail again, after every such reload."""
+    from test_health_checks import server_status, start_server
+
+    proxy.add_netns("t1")
+    a, b = "127.0.0.1:9781", "127.0.0.1:9782"
+    start_server(proxy, "A", a)
+    start_server(proxy, "B", b, mode="503")
+    tenant = http_tenant("t1", [a, b])
+    check = {"type": "http", "path": "/health", "interval": 1, "timeout": 0.5, "fall": 3}
+    tenant["upstreams"]["app"]["health_check"] = check
+    proxy.write_config([tenant], workers=1)
+    proxy.start()
+    proxy.wait_for(lambda s: not server_status(proxy, "t1", "app", b, s)["healthy"], "B down")
+    tenant["listeners"][0]["listen"] = f"{ADDR}:8080"
+    proxy.write_config([tenant], workers=1)
+    assert proxy.reload().returncode == 0, proxy.log()
+    assert server_status(proxy, "t1", "app", b) == {
+        "address": b, "healthy": False, "last_error": "status 503, expected 2xx"}  # fmt: skip
