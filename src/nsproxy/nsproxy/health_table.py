@@ -61,7 +61,7 @@ class HealthTable:
         if hint >= 0 and _HEAD.unpack_from(buf, hint * ENTRY)[0] == key:
             return hint
         slot = key % ENTRIES
-        for _ in range(ENTRIES):
+        for _probe in range(ENTRIES):
             have = _HEAD.unpack_from(buf, slot * ENTRY)[0]
             if have == key:
                 return slot
@@ -76,7 +76,7 @@ class HealthTable:
 
     def error(self, slot: int) -> str | None:
         """The error that marked the server in ``slot`` down (None when it is up)."""
-        _, state, length = _HEAD.unpack_from(self.map, slot * ENTRY)
+        state, length = _HEAD.unpack_from(self.map, slot * ENTRY)[1:]
         if not state & 1:
             return None
         start = slot * ENTRY + 16
@@ -98,7 +98,7 @@ class HealthTable:
             if self.used >= MAX_LOAD:
                 return False
             slot = key % ENTRIES
-            for _ in range(ENTRIES):
+            for _probe in range(ENTRIES):
                 if _HEAD.unpack_from(buf, slot * ENTRY)[0] <= _REMOVED:
                     break
                 slot = (slot + 1) % ENTRIES
