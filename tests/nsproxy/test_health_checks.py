@@ -205,3 +205,98 @@ def test_wrong_status_and_an_endless_head_fail_and_reload_keeps_or_stops_checks(
     stopped = len(received(proxy, "endless"))
     time.sleep(1.0)
     assert len(received(proxy, "endless")) == stopped
+
+
+SERVERS = 24  # more than the socket stock holds (2..9) plus one refill (8)
+
+
+def test_every_server_of_a_big_netns_upstream_stays_up_while_all_answer(proxy):
+    """24 healthy servers inside the tenant's namespace, one tcp check: every one must stay up.
+
+    The probes share the worker's socket stock for the namespace (2..9 sockets, refilled 8 at
+    a time). Probing all servers at once starved it: the waiters beyond one refill got
+    StockError, counted as failed checks, and the same trailing servers were marked down. Now
+    at most health_check.PARALLEL probes of an upstream run at once, and a probe that gets no
+    socket counts for nothing."""
+    proxy.add_netns("t1")
+    ports = [9800 + i for i in range(SERVERS)]
+    servers = [f"127.0.0.1:{p}" for p in ports]
+    proxy.start_echo("big", *servers, netns="t1")
+    tenant = http_tenant("t1", servers, upstream_netns="t1")
+    tenant["upstreams"]["app"]["health_check"] = {
+        "type": "tcp", "interval": 0.5, "timeout": 0.4, "rise": 1, "fall": 2}  # fmt: skip
+    proxy.write_config([tenant], workers=1)
+    proxy.start()
+    time.sleep(4.0)  # eight rounds of checks
+    status = proxy.tenant_status("t1")
+    down = [s for s in status["upstreams"][0]["servers"] if not s["healthy"]]
+    assert down == [], f"{len(down)} of {SERVERS} answering servers marked down: {down}"
+    served = proxy.curl("t1", f"http://{ADDR}/")
+    assert served.returncode == 0, served.stderr
+
+
+FLAPPING = """
+import socket, sys, threading
+server = socket.create_server(("127.0.0.1", 9950), backlog=128)
+print("ready", flush=True)
+n = 0
+while True:
+    conn, _ = server.accept()
+    n += 1
+    try:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\\r\\n\\r\\n" if n % 2 else b"HTTP/1.1 503 No\\r\\n\\r\\n")
+    except OSError:
+        pass
+    conn.close()
+"""
+
+
+def test_a_flapping_upstream_writes_at_most_one_transition_line_per_10_s(proxy):
+    """A tenant's own upstream answers its checks 200 and 503 in turn (rise 1, fall 1,
+    interval 0.1 s: all allowed by the schema). The daemon log is shared by every tenant (and
+    journald drops a unit's lines past its rate limit), so one tenant's server must not be able
+    to write lines at the probe rate: one transition line per tenant per 10 s (as accept.py
+    bounds its refusal lines), while the transitions themselves still apply."""
+    proxy.add_netns("t1")
+    flapping = proxy.sb.popen(
+        ["ip", "netns", "exec", "t1", sys.executable, "-c", FLAPPING],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    proxy.helpers.append(flapping)
+    assert flapping.stdout.readline().strip() == "ready"
+    tenant = http_tenant("t1", ["127.0.0.1:9950"], upstream_netns="t1")
+    tenant["upstreams"]["app"]["health_check"] = {
+        "type": "http", "interval": 0.1, "timeout": 0.05, "rise": 1, "fall": 1}  # fmt: skip
+    proxy.write_config([tenant], workers=1)
+    proxy.start()
+    time.sleep(5.0)
+    lines = [
+        line for line in proxy.log_path.read_text().splitlines() if "server 127.0.0.1:9950" in line
+    ]
+    assert len(lines) <= 5, f"{len(lines)} transition lines in 5 s, e.g. {lines[-2:]}"
+
+
+def test_a_reload_that_changes_only_a_listener_keeps_the_upstream_checks_state(proxy):
+    """README: "unchanged upstreams keep both" (checks and state). A reload that changes only
+    t1's listener port leaves upstream ``app`` unchanged, so B (answering its checks 503)
+    must stay down. Worker 0 applies the generation before the new listener's socket is
+    served: the tenant is not served for that moment, which pauses its checks (state kept)
+    rather than forgetting them."""
+
+    proxy.add_netns("t1")
+    a, b = "127.0.0.1:9781", "127.0.0.1:9782"
+    start_server(proxy, "A", a)
+    start_server(proxy, "B", b, mode="503")
+    tenant = http_tenant("t1", [a, b])
+    check = {"type": "http", "path": "/health", "interval": 1, "timeout": 0.5, "fall": 3}
+    tenant["upstreams"]["app"]["health_check"] = check
+    proxy.write_config([tenant], workers=1)
+    proxy.start()
+    proxy.wait_for(lambda s: not server_status(proxy, "t1", "app", b, s)["healthy"], "B down")
+    tenant["listeners"][0]["listen"] = f"{ADDR}:8080"
+    proxy.write_config([tenant], workers=1)
+    assert proxy.reload().returncode == 0, proxy.log()
+    assert server_status(proxy, "t1", "app", b) == {
+        "address": b, "healthy": False, "last_error": "status 503, expected 2xx"}  # fmt: skip

@@ -17,10 +17,22 @@ binder's stock (worker/stock.py) for an upstream inside a tenant namespace.
 of the upstream is up), ``rise`` successes in a row bring it back (:class:`CheckState`). Passive
 health (upstream.py) stays: a failed connect still skips the server for a while.
 
-Checks start when the tenant's listener serves (a tenant waiting for its namespace, or never
+A probe that could not start (no descriptor left in worker 0, the binder's per-worker socket
+limit or silence, a socket stock emptied meanwhile) says nothing about the server: its result
+is :data:`UNKNOWN`, counted neither toward ``fall`` nor ``rise``, and logged at most once per
+:data:`LOG_INTERVAL`. A binder answer that the upstream's namespace cannot be opened is a
+failure. At most :data:`PARALLEL` probes of one upstream run at once, so that a big upstream
+inside a namespace does not take the socket stock faster than the binder refills it.
+
+Checks run while the tenant's listener serves (a tenant waiting for its namespace, or never
 used, costs no probe), with a random delay below one interval so that many tenants do not
-probe in one burst. A reload stops the checks of a changed or removed upstream (their state is
-forgotten) and keeps the others, state included.
+probe in one burst. A tenant not served for a while (a reload that replaces its listener, its
+namespace gone) has its checks paused, state kept. A reload forgets the state of exactly the
+upstreams whose (tenant, upstream, digest) left the config and keeps the others.
+
+Transition lines in the daemon log are bounded per tenant (one per :data:`LOG_INTERVAL`, the
+next one counting those left out), as accept.py bounds refusal lines: a tenant's flapping server
+must not flood the log every tenant shares.
 """
 
 from __future__ import annotations
@@ -36,10 +48,14 @@ import string
 import urllib.parse
 
 from nsproxy.health_table import key_of
+from nsproxy.worker.stock import StockError
 
 log = logging.getLogger("nsproxy")
 
 MAX_HEAD = 8192  # bytes of a check's response head read at most
+PARALLEL = 4  # probes of one upstream running at once
+LOG_INTERVAL = 10.0  # seconds between two transition lines of one tenant (and unknown lines)
+UNKNOWN = object()  # a probe's result when it could not start: nothing about the server
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-9][0-9][0-9])(?:[ \t][^\r\n]*)?\r?\n")
 _PATH_SAFE = string.punctuation  # a path is printable ASCII (schema): only the rest is escaped
 
@@ -103,16 +119,26 @@ class Check:
         self.tenant = tenant
         self.spec = spec
         self.keys = [key_of(tenant, spec.name, spec.digest, _label(a)) for a in spec.servers]
-        table = prober.table
-        # A worker 0 that replaced a dead one goes on from what it had published.
-        self.states = [CheckState(*table.lookup(key)) for key in self.keys]
+        self.states: list[CheckState] = []
         self.full_warned = False
-        self.task = prober.loop.create_task(self._run())
+        self.limit = asyncio.Semaphore(PARALLEL)
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Probe from now on (again), going on from what the table holds: what this worker 0,
+        a dead predecessor, or this check before a pause published."""
+        if self.task is None:
+            table = self.prober.table
+            self.states = [CheckState(*table.lookup(key)) for key in self.keys]
+            self.task = self.prober.loop.create_task(self._run())
 
     def stop(self, forget: bool) -> None:
-        """Stop probing; ``forget``: the upstream changed or went away, so its servers are
-        shown up again (routing falls back to passive health)."""
-        self.task.cancel()
+        """Stop probing (a pause when not ``forget``: the state stays published); ``forget``:
+        the upstream changed or went away, so its servers are shown up again (routing falls
+        back to passive health)."""
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
         if forget:
             for key in self.keys:
                 self.prober.table.remove(key)
@@ -123,8 +149,10 @@ class Check:
         await asyncio.sleep(random.uniform(0, check.interval))
         while True:
             started = loop.time()
-            errors = await asyncio.gather(*(self.probe(a) for a in self.spec.servers))
+            errors = await asyncio.gather(*(self.limited(a) for a in self.spec.servers))
             for key, state, error in zip(self.keys, self.states, errors):
+                if error is UNKNOWN:
+                    continue
                 was_down = state.down
                 if state.record(error, check.rise, check.fall):
                     self._publish(key, state, was_down)
@@ -142,18 +170,31 @@ class Check:
                 )
             return
         if state.down != was_down:
-            log.info("tenant %s: upstream %s: server %s %s", self.tenant, self.spec.name,
-                     _label(self.spec.servers[self.keys.index(key)]),
-                     f"down: {state.error}" if state.down else "up again")  # fmt: skip
+            server = _label(self.spec.servers[self.keys.index(key)])
+            what = f"down: {state.error}" if state.down else "up again"
+            self.prober.log_transition(self.tenant, self.spec.name, server, what)
 
-    async def probe(self, address: tuple[str, int]) -> str | None:
-        """One check of one server: None when it passed, else why not (a sentence)."""
+    async def limited(self, address: tuple[str, int]):
+        """:meth:`probe`, at most PARALLEL of this upstream at once."""
+        async with self.limit:
+            return await self.probe(address)
+
+    async def probe(self, address: tuple[str, int]):
+        """One check of one server: None when it passed, a sentence saying why not, or
+        UNKNOWN when the probe could not start (see the module docstring)."""
         check = self.spec.health_check
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         try:
             sock = await self.prober.socket(self.tenant, self.spec, family)
-        except Exception as exc:
-            return f"no socket in the upstream's namespace: {exc}"
+        except StockError as exc:
+            if exc.missing:
+                return f"upstream namespace unavailable: {exc}"
+            self.prober.log_unknown(self.tenant, self.spec.name, _label(address), str(exc))
+            return UNKNOWN
+        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: worker 0's own shortage
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            self.prober.log_unknown(self.tenant, self.spec.name, _label(address), reason)
+            return UNKNOWN
         try:
             return await asyncio.wait_for(self._exchange(sock, address), check.timeout)
         except asyncio.TimeoutError:
@@ -227,12 +268,41 @@ class Prober:
         self.loop = loop
         self.served = served
         self.table = table  # health_table.HealthTable
-        self.checks: dict[tuple, Check] = {}  # (tenant, upstream, digest) -> Check
+        # (tenant, upstream, digest) -> Check, for every checked upstream of the config:
+        # running while the tenant serves, paused (state kept) otherwise.
+        self.checks: dict[tuple, Check] = {}
         self.config = None
         self.checked: list[tuple[str, list]] = []  # (tenant, [UpstreamSpec with a check])
+        self.logged: dict[str, list] = {}  # tenant -> [last transition line, lines left out]
+        self.unknown = [float("-inf"), 0]  # [last line about probes that could not start, left out]
+
+    def log_transition(self, tenant: str, upstream: str, server: str, what: str) -> None:
+        """A server went down or came back: one line per tenant per LOG_INTERVAL at most."""
+        now = self.loop.time()
+        entry = self.logged.setdefault(tenant, [float("-inf"), 0])
+        if now - entry[0] < LOG_INTERVAL:
+            entry[1] += 1
+            return
+        more = f" ({entry[1]} transitions of this tenant not logged before)" if entry[1] else ""
+        log.info("tenant %s: upstream %s: server %s %s%s", tenant, upstream, server, what, more)
+        entry[0], entry[1] = now, 0
+
+    def log_unknown(self, tenant: str, upstream: str, server: str, reason: str) -> None:
+        """A probe could not start (worker 0's or the binder's shortage): rate-limited."""
+        now = self.loop.time()
+        entry = self.unknown
+        if now - entry[0] < LOG_INTERVAL:
+            entry[1] += 1
+            return
+        more = f" ({entry[1]} more since the last such line)" if entry[1] else ""
+        log.warning("tenant %s: upstream %s: the health check of server %s could not start: "
+                    "%s; the server keeps its state%s", tenant, upstream, server, reason,
+                    more)  # fmt: skip
+        entry[0], entry[1] = now, 0
 
     def reconcile(self) -> None:
-        """Run exactly the checks of the served tenants' checked upstreams."""
+        """Run the checks of the served tenants' checked upstreams, pause those of tenants not
+        served now, and forget those whose (tenant, upstream, digest) left the config."""
         served = self.served
         if served.config is not self.config:
             self.config = served.config
@@ -241,26 +311,39 @@ class Prober:
                 ups = [u for u in spec.upstreams.values() if u.health_check is not None]
                 if ups:
                     self.checked.append((spec.name, ups))
-        wanted = {}
+        configured, running = {}, set()
         for name, ups in self.checked:
             tenant = served.tenants.get(name)
-            if tenant is None or tenant.closing:
-                continue
-            if not any(li.server is not None for li in tenant.listeners):
-                continue
+            serving = (
+                tenant is not None
+                and not tenant.closing
+                and any(li.server is not None for li in tenant.listeners)
+            )
             for up in ups:
-                wanted[(name, up.name, up.digest)] = up
-        for key in [k for k in self.checks if k not in wanted]:
+                key = (name, up.name, up.digest)
+                configured[key] = up
+                if serving:
+                    running.add(key)
+        for key in [k for k in self.checks if k not in configured]:
             self.checks.pop(key).stop(forget=True)
-        for key, up in wanted.items():
-            if key not in self.checks:
-                self.checks[key] = Check(self, key[0], up)
+        names = {name for name, _ups in self.checked}
+        for tenant in [t for t in self.logged if t not in names]:
+            del self.logged[tenant]
+        for key, up in configured.items():
+            check = self.checks.get(key)
+            if check is None:
+                check = self.checks[key] = Check(self, key[0], up)
+            if key in running:
+                check.start()
+            else:
+                check.stop(forget=False)
 
     def stop(self) -> None:
         """Stop every check (the worker drains); what was published stays for the next."""
         for check in self.checks.values():
             check.stop(forget=False)
         self.checks.clear()
+        self.config = None
 
     async def socket(self, tenant: str, spec, family: int) -> socket.socket:
         """A non-blocking TCP socket in the upstream's namespace, as a request gets one."""

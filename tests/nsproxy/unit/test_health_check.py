@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 
 from hypothesis import given, settings
@@ -15,6 +18,7 @@ from nsproxy import health_check, health_table
 from nsproxy.config import HealthCheck, UpstreamSpec
 from nsproxy.health_check import CheckState, describe_expected
 from nsproxy.health_table import HealthTable
+from nsproxy.worker.stock import StockError
 
 TABLE = HealthTable.create()  # for the probes (a memfd and its mapping, once)
 results = st.lists(st.one_of(st.none(), st.sampled_from(["connect refused", "status 503"])))
@@ -154,8 +158,7 @@ def _probe(answer: bytes, timeout: float = 0.3) -> tuple[str | None, bytes]:
 
     async def run():
         prober = health_check.Prober(asyncio.get_running_loop(), None, TABLE)
-        one = health_check.Check(prober, "t", spec)
-        one.task.cancel()
+        one = health_check.Check(prober, "t", spec)  # not started: no task of its own
         return await one.probe(("127.0.0.1", port))
 
     try:
@@ -186,3 +189,82 @@ def test_the_check_request_and_its_answers():
     assert _probe(b"SSH-2.0-x\r\n\r\n")[0] == "no HTTP/1.x status line in the response"
     long = b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 2000
     assert _probe(long)[0] == f"response head longer than {health_check.MAX_HEAD} bytes"
+
+
+PROBE_WITHOUT_FDS = textwrap.dedent(
+    """
+    import asyncio, resource, socket
+    from nsproxy import health_check
+    from nsproxy.config import HealthCheck, UpstreamSpec
+    from nsproxy.health_table import HealthTable, key_of
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    table = HealthTable.create()
+    server = socket.create_server(("127.0.0.1", 0), backlog=128)  # answers every connect
+    port = server.getsockname()[1]
+    check = HealthCheck("tcp", 0.2, 0.1, 1, 1, "/", None, frozenset({200}))
+    spec = UpstreamSpec("app", None, [("127.0.0.1", port)], b"d", check)
+    key = key_of("victim", "app", b"d", f"127.0.0.1:{port}")
+
+    async def run():
+        prober = health_check.Prober(asyncio.get_running_loop(), None, table)
+        health_check.Check(prober, "victim", spec).start()  # probes every 0.2 s, fall 1
+        await asyncio.sleep(0.5)
+        print("with fds:", table.lookup(key))
+        hog = []  # the worker's descriptors are used up (other tenants' connections, stock)
+        try:
+            while True:
+                hog.append(socket.socket())
+        except OSError:
+            pass
+        await asyncio.sleep(0.5)
+        print("without:", table.lookup(key))
+
+    asyncio.run(run())
+    """
+)
+
+
+def test_a_probe_without_a_descriptor_leaves_an_answering_server_up():
+    """The server answers throughout; only the prober (worker 0) runs out of descriptors
+    (EMFILE). A check that could not make its socket says nothing about the server: it must
+    not count toward ``fall`` (else worker 0's own shortage marks servers down everywhere)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE_WITHOUT_FDS], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "with fds: (False, None)", proc.stdout
+    assert lines[1] == "without: (False, None)", proc.stdout
+    assert "could not start: Too many open files" in proc.stderr, proc.stderr
+
+
+class _Stockless(health_check.Prober):
+    """A prober whose socket stock fails the way ``error`` says (the binder's real answers)."""
+
+    def __init__(self, loop, error: StockError):
+        super().__init__(loop, None, TABLE)
+        self.failure = error
+
+    async def socket(self, tenant, spec, family):
+        raise self.failure
+
+
+def test_the_binders_limits_are_unknown_and_a_missing_namespace_is_a_failure():
+    check = HealthCheck("tcp", 1, 0.1, 1, 1, "/", None, frozenset({200}))
+    spec = UpstreamSpec("app", "t1", [("127.0.0.1", 9)], b"d", check)
+
+    async def probe(error):
+        prober = _Stockless(asyncio.get_running_loop(), error)
+        return await health_check.Check(prober, "t", spec).probe(("127.0.0.1", 9))
+
+    for limit in (
+        "too many sockets asked for",
+        "the binder did not answer: timeout",
+        "no socket in the namespace of upstream app",
+    ):
+        assert asyncio.run(probe(StockError(limit))) is health_check.UNKNOWN, limit
+    missing = StockError("network namespace t1 does not exist", missing=True)
+    assert asyncio.run(probe(missing)) == (
+        "upstream namespace unavailable: network namespace t1 does not exist"
+    )

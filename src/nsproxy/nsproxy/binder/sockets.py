@@ -25,6 +25,12 @@ MAX_COUNT = 64  # sockets per answer
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
+class Missing(str):
+    """The reason a refusal gives when the upstream's namespace cannot be opened (it does not
+    exist, or its pinned process exited): unlike the binder's own limits, this says something
+    about the upstream (a health check counts it as a failure)."""
+
+
 class UpstreamSockets:
     """The upstream namespaces opened for workers, by the config's netns string."""
 
@@ -37,8 +43,8 @@ class UpstreamSockets:
 
     def make(self, spec, upstream, family, count) -> tuple[list, tuple | str]:
         """(sockets, identity) for upstream ``upstream`` of the tenant ``spec`` (None: no such
-        tenant), or ([], reason) when refused. Every field is checked here: the request comes
-        from a worker."""
+        tenant), or ([], reason) when refused (a :class:`Missing` reason: the namespace cannot
+        be opened). Every field is checked here: the request comes from a worker."""
         up = (
             spec.upstreams.get(upstream) if spec is not None and isinstance(upstream, str) else None
         )
@@ -49,7 +55,7 @@ class UpstreamSockets:
         count = max(1, min(count, MAX_COUNT))
         entry = self._namespace(up.netns)
         if entry[0] is None:
-            return [], entry[1]
+            return [], Missing(entry[1])
         ns = entry[0]
         try:
             return self.registry.unconnected_sockets(ns, family, count), ns.identity

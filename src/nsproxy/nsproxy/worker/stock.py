@@ -32,7 +32,13 @@ REQUEST_TIMEOUT = 5.0  # seconds to wait for the binder's answer
 
 
 class StockError(Exception):
-    """No socket could be had; the message says why (the binder's reason)."""
+    """No socket could be had; the message says why (the binder's reason). ``missing``: the
+    binder could not open the upstream's namespace (a fact about the upstream); otherwise the
+    cause is on the proxy's side (the binder's limits or silence, a stock taken meanwhile)."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
 
 
 class SocketStock:
@@ -92,7 +98,9 @@ class SocketStock:
         identity = answer.get("identity")
         if error or not isinstance(identity, list) or len(identity) != 2:
             close_fds(fds)
-            raise StockError(str(error or "bad answer from the binder"))
+            raise StockError(
+                str(error or "bad answer from the binder"), answer.get("missing") is True
+            )
         identity = tuple(identity)
         self.identity[(tenant, upstream)] = identity
         sockets = self.stock.setdefault((identity, family), collections.deque())
