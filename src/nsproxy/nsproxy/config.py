@@ -33,6 +33,7 @@ from nsproxy.config_schema import (
     TENANT,
     TOP,
 )
+from nsproxy.health_table import MAX_LOAD
 from nsproxy.schema import SocketPath, key_text, parse_address, shown
 
 __all__ = [
@@ -371,7 +372,28 @@ def validate(raw, previous: dict | None = None) -> tuple[Config, list[str]]:
         tenant = _tenant(index, spec, ctx)
         if tenant is not None:
             config.tenants.append(tenant)
+    _check_health_capacity(config, problems)
     return config, problems
+
+
+def _check_health_capacity(config: Config, problems: list[str]) -> None:
+    """Checked servers (servers of upstreams with a ``health_check``) must fit the shared health
+    table (health_table.MAX_LOAD); a problem names the biggest such upstreams."""
+    sizes = [
+        (len(up.servers), tenant.name, up.name)
+        for tenant in config.tenants
+        for up in tenant.upstreams.values()
+        if up.health_check is not None
+    ]
+    total = sum(size for size, _tenant_name, _up_name in sizes)
+    if total > MAX_LOAD:
+        biggest = ", ".join(
+            f"tenant {key_text(t)} upstream {key_text(u)} ({n})" for n, t, u in sorted(sizes)[-3:]
+        )
+        problems.append(
+            f"tenants[].upstreams.*.health_check: {total} servers have health checks, at most "
+            f"{MAX_LOAD} can (the shared health table's capacity); the biggest: {biggest}"
+        )
 
 
 def _share_tenant(tenant: Tenant, shared: dict) -> None:

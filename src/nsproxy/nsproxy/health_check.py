@@ -268,6 +268,7 @@ class Prober:
         self.loop = loop
         self.served = served
         self.table = table  # health_table.HealthTable
+        table.recount()  # a worker 0 that replaced a dead one: what its predecessor left
         # (tenant, upstream, digest) -> Check, for every checked upstream of the config:
         # running while the tenant serves, paused (state kept) otherwise.
         self.checks: dict[tuple, Check] = {}

@@ -15,6 +15,17 @@ length (i32) and the error (UTF-8, at most :data:`ERROR_MAX` bytes). Only the wr
 there is no lock: it writes the error before the state, and the key last when it inserts; an
 aligned 4-byte state is read whole. A status read may meet an error being rewritten (it only
 shows text; the state is what routing uses).
+
+The writer's count of live entries is per process: a new worker 0 (after a crash) recounts the
+table when it starts (:meth:`HealthTable.recount`). A removed entry becomes a tombstone (key 1)
+only while a later entry of a probe chain may pass through it; a tombstone followed by an empty
+slot is emptied (with the tombstones before it), and an insert reuses the first tombstone of
+its chain, so reloads that change upstreams do not lengthen lookups for good. Emptying such a
+slot is safe for a concurrent reader: no chain continues past an empty slot.
+
+Known limit: hashing, tombstones and a writer-side count could all go if the binder assigned
+each checked server a fixed slot from the config (as sharedcounts.Slots does for tenants);
+config.py refuses a config with more than :data:`MAX_LOAD` checked servers meanwhile.
 """
 
 from __future__ import annotations
@@ -53,6 +64,14 @@ class HealthTable:
         fd = os.memfd_create("nsproxy-health", os.MFD_CLOEXEC)
         os.ftruncate(fd, ENTRIES * ENTRY)
         return cls(fd)
+
+    def recount(self) -> int:
+        """Count the live entries (a new writer goes on from its predecessor's table)."""
+        buf = self.map
+        self.used = sum(
+            1 for slot in range(ENTRIES) if _HEAD.unpack_from(buf, slot * ENTRY)[0] > _REMOVED
+        )
+        return self.used
 
     # -- readers ------------------------------------------------------------------------------
     def find(self, key: int, hint: int = -1) -> int:
@@ -117,11 +136,22 @@ class HealthTable:
 
     def remove(self, key: int) -> None:
         """Forget the server (its upstream changed or went away): readers see it as up."""
+        buf = self.map
         slot = self.find(key)
-        if slot >= 0:
-            self._write(slot, False, None, 0)
-            struct.pack_into("<Q", self.map, slot * ENTRY, _REMOVED)
-            self.used -= 1
+        if slot < 0:
+            return
+        self._write(slot, False, None, 0)
+        self.used = max(0, self.used - 1)
+        after = _HEAD.unpack_from(buf, ((slot + 1) % ENTRIES) * ENTRY)[0]
+        if after != _EMPTY:
+            struct.pack_into("<Q", buf, slot * ENTRY, _REMOVED)  # a chain may pass through
+            return
+        # No chain passes an empty slot: this one and the tombstones before it end none.
+        for _step in range(ENTRIES):
+            struct.pack_into("<Q", buf, slot * ENTRY, _EMPTY)
+            slot = (slot - 1) % ENTRIES
+            if _HEAD.unpack_from(buf, slot * ENTRY)[0] != _REMOVED:
+                break
 
     def _write(self, slot: int, down: bool, error: str | None, count: int) -> None:
         data = (error or "").encode("utf-8", "replace")[:ERROR_MAX]

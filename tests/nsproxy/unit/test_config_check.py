@@ -218,3 +218,21 @@ def test_check_names_a_missing_file(tmp_path):
     )
     assert result.returncode == 1
     assert "cannot read" in result.stdout and "No such file" in result.stdout
+
+
+def checked_tenants(count: int, servers: int) -> dict:
+    check = {"type": "tcp"}
+    addresses = [f"10.{i // 250}.{i % 250}.1:80" for i in range(servers)]
+    ups = {"api": {"netns": None, "servers": addresses, "health_check": check}}
+    return {"tenants": [tenant(f"t{i}", upstreams=ups) for i in range(count)]}
+
+
+def test_check_refuses_more_checked_servers_than_the_health_table_holds(tmp_path):
+    """24 tenants x 1000 checked servers fit the shared health table (24576); 25 do not."""
+    assert check(tmp_path, checked_tenants(24, 1000)).returncode == 0
+    refused = check(tmp_path, checked_tenants(25, 1000))
+    assert refused.returncode != 0
+    assert (
+        "tenants[].upstreams.*.health_check: 25000 servers have health checks, at most 24576 "
+        "can (the shared health table's capacity); the biggest: tenant t7 upstream api (1000), "
+    ) in refused.stdout + refused.stderr, refused.stdout + refused.stderr

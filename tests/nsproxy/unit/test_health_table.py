@@ -1,15 +1,12 @@
-"""Red-team reproductions for the shared health table and the prober (branch redteam-health).
-
-Each test states an invariant; on the code at a78a35f they fail and say what went wrong."""
+"""The shared health table under a worker 0 restart and reload churn (found by the red-team
+review of branch redteam-health; each test states the invariant the table keeps)."""
 
 from __future__ import annotations
 
 import os
 import struct
 
-import pytest
-
-from nsproxy import health_table
+from nsproxy import health_check, health_table
 from nsproxy.health_table import ENTRIES, ENTRY, MAX_LOAD, HealthTable, key_of
 
 
@@ -33,11 +30,10 @@ def _live(table: HealthTable) -> int:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="the writer count is per process (finding 4)")
 def test_a_new_worker_0_counts_the_entries_its_predecessor_left():
     """The binder makes the table (used = 0) and forks worker 0, which publishes; when worker 0
-    dies, the binder forks a replacement from ITS copy: used = 0 again, whatever is in the
-    table. MAX_LOAD is then not enforced, and removals drive the count below zero."""
+    dies, the binder forks a replacement from ITS copy (used = 0): the replacement's prober
+    recounts the table at its start, so MAX_LOAD holds and removals keep the count right."""
     table = HealthTable.create()
     try:
         keys = [key_of("t", "app", b"d1", f"10.0.0.{i}:80") for i in range(100)]
@@ -48,6 +44,7 @@ def test_a_new_worker_0_counts_the_entries_its_predecessor_left():
             os._exit(0)
         os.waitpid(pid, 0)
         replacement = table  # what the binder's fork gives the next worker 0
+        health_check.Prober(None, None, replacement)  # the replacement worker 0 starts
         assert _live(replacement) == 100
         for key in keys[:10]:  # a reload changed part of the upstream: forgotten
             replacement.remove(key)
@@ -60,14 +57,12 @@ def test_a_new_worker_0_counts_the_entries_its_predecessor_left():
         os.close(table.fd)
 
 
-@pytest.mark.xfail(strict=True, reason="removed slots are never emptied (finding 4)")
 def test_reload_churn_leaves_absent_lookups_short():
     """400 checked servers, all down, and reloads that change their upstreams (new digests:
     new keys; the old ones are removed). The live entries never exceed 400, so a lookup of a
-    server that never went down should read a few slots. Removed slots are never made empty
-    again (tombstones), so the chains grow until an absent lookup walks the whole table (32768
-    slots in every worker at every pick; measured here: 490 us per lookup after 400 such
-    reloads, 1.8 us at the start)."""
+    server that never went down must read a few slots. Tombstones that were never emptied made
+    the chains grow until an absent lookup walked the whole table (32768 slots in every worker
+    at every pick: 490 us per lookup after 400 such reloads, 1.8 us at the start)."""
     table = HealthTable.create()
     try:
         live: list[int] = []
