@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import os
 import socket
 import time
@@ -51,6 +52,10 @@ class UpstreamError(Exception):
 
 
 @functools.lru_cache(maxsize=4096)
+def _down_until(server: Server) -> float:
+    return server.down_until
+
+
 def _label(host: str, port: int) -> str:
     """'host:port' ('[v6]:port'); one string for every tenant naming the same server."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -162,7 +167,8 @@ class Upstream:
         if first is None:
             order = self._order(advance=True)
         else:  # take() chose ``first`` (and advanced the round robin) for this request
-            order = [first, *(s for s in self._order(advance=False) if s is not first)]
+            rest = (s for s in self._order(advance=False) if s is not first)
+            order = itertools.chain((first,), rest)
         for server in order:
             try:
                 sock = await self._socket(server.family)
@@ -214,7 +220,7 @@ class Upstream:
         75 s), so such a connection is not about to be closed; an older one is left for
         idempotent requests, which may be resent."""
         servers = self.servers
-        server = servers[0] if len(servers) == 1 else self._order(advance=True)[0]
+        server = servers[0] if len(servers) == 1 else next(self._order(advance=True))
         idle = server.idle
         while idle:
             conn = idle.pop()
@@ -347,23 +353,31 @@ class Upstream:
             self.identity = identity
         return sock
 
-    def _order(self, advance: bool) -> list[Server]:
-        """The servers to try, healthy ones first in round-robin order from the current
-        position (moved on by one when ``advance``)."""
-        n = len(self.servers)
-        start = self.rr % n
+    def _order(self, advance: bool):
+        """The servers to try (an iterator): the healthy ones in round-robin order from the
+        current position (moved on by one when ``advance``, at once). Lazy: a pick that takes
+        the first reads the health of the servers up to the first healthy one, not of all (an
+        upstream may have 1024 servers)."""
+        start = self.rr % len(self.servers)
         if advance:
             self.rr = start + 1
-        ordered = self.servers[start:] + self.servers[:start]
+        return self._healthy_from(start)
+
+    def _healthy_from(self, start: int):
+        servers = self.servers
+        n = len(servers)
         now = time.monotonic()
-        if self.checked is None:
-            healthy = [s for s in ordered if s.down_until <= now]
-        else:
-            healthy = [s for s in ordered if not self._checked_down(s) and s.down_until <= now]
-        if healthy:
-            return healthy
-        # Everything is marked down: try the one that failed longest ago rather than nothing.
-        return [min(ordered, key=lambda s: s.down_until)]
+        checked = self.checked is not None
+        found = False
+        for step in range(n):
+            server = servers[(start + step) % n]
+            # The checks first: a recovery they published also ends the passive mark.
+            if (not checked or not self._checked_down(server)) and server.down_until <= now:
+                found = True
+                yield server
+        if not found:
+            # Everything is marked down: try the one that failed longest ago rather than nothing.
+            yield min((servers[(start + step) % n] for step in range(n)), key=_down_until)
 
     def _failed(self, server: Server, reason: str) -> None:
         server.down_until = time.monotonic() + FAIL_TIMEOUT

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -268,3 +269,39 @@ def test_the_binders_limits_are_unknown_and_a_missing_namespace_is_a_failure():
     assert asyncio.run(probe(missing)) == (
         "upstream namespace unavailable: network namespace t1 does not exist"
     )
+
+
+class _CountingTable(HealthTable):
+    """The real shared table, counting the lookups a pick makes."""
+
+    lookups = 0
+
+    def find(self, key, hint=-1):
+        self.lookups += 1
+        return super().find(key, hint)
+
+
+def test_a_pick_reads_the_health_of_servers_up_to_the_first_usable_one():
+    """An upstream of 1024 checked servers: a request's pick must not look every one up in the
+    shared table; it reads them in round-robin order and stops at the first usable one."""
+    from nsproxy.upstream import Upstream
+
+    table = _CountingTable.create()
+    try:
+        check = HealthCheck("tcp", 1, 0.5, 1, 1, "/", None, frozenset({200}))
+        servers = [(f"10.0.{i // 256}.{i % 256}", 80) for i in range(1024)]
+        spec = UpstreamSpec("app", None, servers, b"d", check)
+        up = Upstream(spec, "t", types.SimpleNamespace(health=table))
+        for step in range(100):
+            assert up.take()[0].address == servers[step]
+        assert table.lookups == 100
+        for server in up.servers[101:110]:  # the checks marked these down
+            table.publish(server.check_key, True, "connect refused")
+        table.lookups = 0
+        picked = [up.take()[0].address for step in range(3)]
+        assert picked == [servers[100], servers[110], servers[110]]
+        # 100 (up); 101..109 (down) and 110; 102..109 and 110: not the other 1000 servers
+        assert table.lookups == 1 + 10 + 9
+    finally:
+        table.map.close()
+        os.close(table.fd)
