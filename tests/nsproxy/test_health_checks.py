@@ -300,3 +300,29 @@ def test_a_reload_that_changes_only_a_listener_keeps_the_upstream_checks_state(p
     assert proxy.reload().returncode == 0, proxy.log()
     assert server_status(proxy, "t1", "app", b) == {
         "address": b, "healthy": False, "last_error": "status 503, expected 2xx"}  # fmt: skip
+
+
+def test_an_upgrade_keeps_a_server_marked_down_out(proxy):
+    """B answers its checks 503 and is marked down; ``nsproxy upgrade`` (same build) must not
+    send it requests, and the status must still show it down. The old binder hands the health
+    table's memfd to the new one; a fresh table would route to B until ``fall`` checks had
+    failed again (with fall 100 and interval 3600 s, days)."""
+
+    proxy.add_netns("t1")
+    a, b = "127.0.0.1:9771", "127.0.0.1:9772"
+    start_server(proxy, "A", a)
+    start_server(proxy, "B", b, mode="503")
+    tenant = http_tenant("t1", [a, b])
+    check = {"type": "http", "path": "/health", "interval": 1, "timeout": 0.5, "fall": 3}
+    tenant["upstreams"]["app"]["health_check"] = check
+    proxy.write_config([tenant], workers=1)
+    proxy.start()
+    proxy.wait_for(lambda s: not server_status(proxy, "t1", "app", b, s)["healthy"], "B down")
+    upgrade = proxy.nsproxy("upgrade", "--socket", proxy.socket)
+    assert upgrade.returncode == 0, upgrade.stderr
+    served = []
+    for i in range(8):
+        served.append(proxy.curl("t1", f"http://{ADDR}/after-upgrade-{i}").stdout)
+        time.sleep(0.3)
+    assert served == ["A"] * 8, served
+    assert not server_status(proxy, "t1", "app", b)["healthy"]

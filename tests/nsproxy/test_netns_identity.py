@@ -230,3 +230,27 @@ def test_late_addresses_of_many_tenants_are_noticed_when_they_appear(proxy):
         assert proxy.get_json(name, f"http://{ADDR}/")["server"] == "echo@9601"
     assert took < 3, f"40 tenants were bound {took:.2f} s after their addresses appeared"
     print(f"40 late tenants bound {took:.3f} s after their addresses appeared")
+
+
+def test_after_a_reload_moves_an_upstream_to_another_namespace_no_request_goes_to_the_old(proxy):
+    """Upstream ``app`` of t1 is moved by a reload from namespace ``t2up`` (where tenant t2's
+    upstream also is) to ``new``; the same address answers in both. Every request of t1 after
+    the reload must be served from ``new``: the worker's stock forgets which namespace a
+    changed upstream's sockets came from, so it does not hand out the ones it still holds in
+    ``t2up`` (DESIGN.md: a tenant can never reach another tenant's upstream). Found by the
+    red-team review of the health checks (their probes take from the same stock)."""
+    proxy.add_netns("t1", "t2")
+    proxy.add_netns("t2up", "new", address=None)
+    proxy.start_echo("T2", "127.0.0.1:9900", netns="t2up")
+    proxy.start_echo("NEW", "127.0.0.1:9900", netns="new")
+    t1 = http_tenant("t1", ["127.0.0.1:9900"], upstream_netns="t2up")
+    t2 = http_tenant("t2", ["127.0.0.1:9900"], upstream_netns="t2up")
+    proxy.write_config([t1, t2], workers=1)
+    proxy.start()
+    first = proxy.get_json("t1", f"http://{ADDR}/before")
+    assert first["server"] == "T2@9900"
+    t1["upstreams"]["app"]["netns"] = "new"
+    proxy.write_config([t1, t2], workers=1)
+    assert proxy.reload().returncode == 0, proxy.log()
+    served = [proxy.get_json("t1", f"http://{ADDR}/after{i}")["server"] for i in range(5)]
+    assert served == ["NEW@9900"] * 5, served

@@ -3,8 +3,12 @@
 One worker (index 0, health_check.Prober) probes each checked server once per interval for the
 whole daemon and publishes the result here; every worker reads it when it picks a server. The
 table lives in one memfd the binder creates and maps; forked workers share the mapping. A new
-worker 0 (after a crash) finds the state its predecessor published and goes on from it. An
-upgrade's new binder starts a fresh table: its checks start from "healthy", as at a start.
+worker 0 (after a crash) finds the state its predecessor published and goes on from it.
+``nsproxy upgrade`` hands the memfd to the new binder with :data:`LAYOUT` (binder/upgrade.py):
+a build with the same layout goes on from it (a server marked down stays out), another starts
+a fresh table. For the moment between the new workers' start and the old ones' drain, the old
+and the new worker 0 both write: the last write wins, and :meth:`HealthTable.remove` removes
+every copy of a key that two inserting writers may have left.
 
 Entries are found by a 64-bit key, the hash of (tenant, upstream, upstream digest, server), by
 open addressing (linear probing). A changed upstream (new digest) therefore has new keys: it
@@ -35,6 +39,7 @@ import mmap
 import os
 import struct
 
+LAYOUT = 1  # the entry layout and key scheme; another value: an upgrade starts a fresh table
 ENTRIES = 32768  # slots; at most MAX_LOAD of them hold servers
 ENTRY = 128  # bytes per slot
 ERROR_MAX = ENTRY - 16
@@ -58,6 +63,18 @@ class HealthTable:
         self.fd = fd
         self.map = mmap.mmap(fd, ENTRIES * ENTRY)
         self.used = 0  # the writer's count of live keys
+
+    @classmethod
+    def adopt(cls, fd: int, layout) -> HealthTable | None:
+        """The table of memfd ``fd`` handed over by an upgrade, or None (``fd`` closed) when
+        its layout or size is not this build's."""
+        try:
+            if layout == LAYOUT and os.fstat(fd).st_size == ENTRIES * ENTRY:
+                return cls(fd)
+        except OSError:
+            pass
+        os.close(fd)
+        return None
 
     @classmethod
     def create(cls) -> HealthTable:
@@ -136,10 +153,14 @@ class HealthTable:
 
     def remove(self, key: int) -> None:
         """Forget the server (its upstream changed or went away): readers see it as up."""
+        while True:  # every copy (see the module docstring)
+            slot = self.find(key)
+            if slot < 0:
+                return
+            self._remove(slot)
+
+    def _remove(self, slot: int) -> None:
         buf = self.map
-        slot = self.find(key)
-        if slot < 0:
-            return
         self._write(slot, False, None, 0)
         self.used = max(0, self.used - 1)
         after = _HEAD.unpack_from(buf, ((slot + 1) % ENTRIES) * ENTRY)[0]

@@ -91,3 +91,44 @@ def test_the_table_layout_is_what_the_docstring_says():
     """Held: an entry is 128 bytes, the error at most 112 (not a finding; keeps the helpers
     above honest about the layout they read)."""
     assert (ENTRY, health_table.ERROR_MAX) == (128, 112)
+
+
+def test_an_upgrade_adopts_a_table_of_its_own_layout_only():
+    """binder/upgrade.py hands the memfd on with health_table.LAYOUT: the same layout goes on
+    from what the old binder's checks published, another one is closed (a fresh table)."""
+    table = HealthTable.create()
+    key = key_of("t", "app", b"d", "10.0.0.1:80")
+    table.publish(key, True, "status 503, expected 2xx")
+    handed = HealthTable.adopt(os.dup(table.fd), health_table.LAYOUT)
+    assert handed is not None and handed.lookup(key) == (True, "status 503, expected 2xx")
+    other = os.dup(table.fd)
+    assert HealthTable.adopt(other, health_table.LAYOUT + 1) is None
+    try:
+        os.fstat(other)
+        raise AssertionError("the refused memfd was left open")
+    except OSError:
+        pass
+    for each in (handed, table):
+        each.map.close()
+        os.close(each.fd)
+
+
+def test_a_key_two_writers_inserted_twice_is_removed_with_every_copy():
+    """During an upgrade the old and the new worker 0 both write; two inserts of one key may
+    leave two copies. Removing the key must leave no stale copy for readers to find."""
+    table = HealthTable.create()
+    try:
+        key = key_of("t", "app", b"d", "10.0.0.1:80")
+        other = HealthTable(table.fd)  # the other writer's mapping of the same memfd
+        home = key % ENTRIES
+        for writer, slot in ((table, home), (other, home + 1)):  # each inserted it blindly
+            writer._write(slot, True, "connect refused", 0)
+            struct.pack_into("<Q", writer.map, slot * ENTRY, key)
+        assert table.lookup(key) == (True, "connect refused")
+        table.remove(key)
+        assert table.lookup(key) == (False, None)
+        assert _live(table) == 0
+        other.map.close()
+    finally:
+        table.map.close()
+        os.close(table.fd)

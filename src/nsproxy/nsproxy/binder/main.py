@@ -95,7 +95,7 @@ class Binder:
         self.slots = Slots(self.counts)
         for spec in cfg.tenants:
             self.slots.slot(spec.name)
-        # Active health checks: worker 0 writes, every worker reads (an upgrade starts afresh).
+        # Active health checks: worker 0 writes, every worker reads (an upgrade hands it on).
         self.health = HealthTable.create()
         self.generation = 1
         self.credentials: privileges.Credentials | None = None

@@ -6,7 +6,8 @@
    started: the running one stays and says why);
 2. write its state into a memfd (listening sockets by tenant and listener digest with their
    socket ids, namespace fds and pins, the admin and metrics sockets, the access log, the
-   running config's bytes, its workers' pids and channels, counters) and clear close-on-exec
+   running config's bytes, its workers' pids and channels, counters, the shared connection
+   counts and health table) and clear close-on-exec
    on exactly those fds;
 3. ``execve`` the installed nsproxy with the same arguments, the memfd named in
    ``NSPROXY_HANDOFF_FD``. Same PID: systemd's MAINPID and NotifyAccess=main hold, and the old
@@ -33,7 +34,8 @@ import socket
 import sys
 import time
 
-from nsproxy import __version__, admin, config, netns, privileges, systemd
+from nsproxy import __version__, admin, config, health_table, netns, privileges, systemd
+from nsproxy.health_table import HealthTable
 from nsproxy.sharedcounts import SharedCounts, Slots
 
 log = logging.getLogger("nsproxy")
@@ -163,6 +165,8 @@ def _state(binder, reply_sock) -> tuple[dict, list[int]]:
         "metrics_listen": list(binder.config.metrics_listen or ()) or None,
         "access_log_fd": keep(binder.access_log_fd),
         "counts_fd": keep(binder.counts.fd),
+        "health_fd": keep(binder.health.fd),
+        "health_layout": health_table.LAYOUT,
         "slots": binder.slots.of,
         "next_slot": binder.slots.next,
         "access_log": binder.config.access_log,
@@ -240,6 +244,12 @@ async def resume(binder, state: dict) -> None:
         binder.slots.next = int(state.get("next_slot") or 0)
         for spec in cfg.tenants:
             binder.slots.slot(spec.name)
+    if isinstance(state.get("health_fd"), int):  # what the checks found goes on
+        handed = HealthTable.adopt(state["health_fd"], state.get("health_layout"))
+        if handed is not None:
+            binder.health.map.close()
+            os.close(binder.health.fd)
+            binder.health = handed
     # Old workers first: they keep serving until the new ones are ready.
     old = []
     for entry in state.get("workers") or []:
@@ -334,7 +344,7 @@ async def resume(binder, state: dict) -> None:
 
 
 def _inherited_fds(state: dict) -> list[int]:
-    keys = ("admin_fd", "metrics_fd", "access_log_fd", "reply_fd", "counts_fd")
+    keys = ("admin_fd", "metrics_fd", "access_log_fd", "reply_fd", "counts_fd", "health_fd")
     fds = [state.get(k) for k in keys]
     for entry in state.get("tenants") or []:
         fds.append(entry.get("ns_fd"))

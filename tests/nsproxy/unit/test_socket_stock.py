@@ -1,5 +1,5 @@
-"""Red-team reproduction (branch redteam-health): the socket stock the health checks share with
-requests. The binder's side is played by a function that answers ``need_sockets`` with real
+"""The socket stock the health checks share with requests (found by the red-team review of the
+health checks). The binder's side is played by a function that answers ``need_sockets`` with real
 socket descriptors after a delay, as the channel does; the stock itself is the real one."""
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from nsproxy.worker.stock import SocketStock
 def test_a_cancelled_taker_does_not_cancel_the_refill_others_wait_for():
     """A health check stopped by a reload (Check.stop cancels its task) while its probe waits
     in ``take`` for the refill must not take the refill down with it: a request of the same
-    tenant waiting for the same refill must still get its socket. At a78a35f ``take`` awaits
-    the shared refill task itself, so cancelling one waiter cancels the task, and the request
-    gets CancelledError (its connection is dropped without an answer)."""
+    tenant waiting for the same refill must still get its socket (the refill is shielded: a
+    waiter awaiting the shared task itself cancelled it, and the request got CancelledError)."""
 
     async def binder(kind, timeout, **fields):
         await asyncio.sleep(0.05)
