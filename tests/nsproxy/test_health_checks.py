@@ -326,3 +326,21 @@ def test_an_upgrade_keeps_a_server_marked_down_out(proxy):
         time.sleep(0.3)
     assert served == ["A"] * 8, served
     assert not server_status(proxy, "t1", "app", b)["healthy"]
+
+
+def test_a_checked_upstream_whose_namespace_is_missing_is_marked_down(proxy):
+    """The binder answers that the upstream's namespace cannot be opened: unlike its limits or
+    silence (a probe that could not start, which counts for nothing), that says something about
+    the upstream, so the checks mark its server down and say why, once."""
+    proxy.add_netns("t1")
+    server = "127.0.0.1:9790"
+    tenant = http_tenant("t1", [server], upstream_netns="nowhere")
+    tenant["upstreams"]["app"]["health_check"] = {
+        "type": "tcp", "interval": 0.2, "timeout": 0.15, "rise": 1, "fall": 1}  # fmt: skip
+    proxy.write_config([tenant], workers=1)
+    proxy.start()
+    proxy.wait_for(lambda s: not server_status(proxy, "t1", "app", server, s)["healthy"], "down")
+    error = server_status(proxy, "t1", "app", server)["last_error"]
+    assert error == (
+        "upstream namespace unavailable: network namespace /run/netns/nowhere does not exist"
+    ), error
