@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the repository, fastest first, so that a break shows early:
 #   lint -> unit, sanity, modules and the VM image at once -> bench smoke -> daemon and roles at
-#   once -> fleet -> vm
+#   once -> fleet and vm at once
 # Usage: scripts/test.sh [STEP...]     (default: all steps, in that order)
 # A step is a stage, or stages joined by commas, which run at the same time: each stage's lines
 # are prefixed with its name ("[roles] ..."). On a 2-core machine the stages that mostly wait
@@ -118,7 +118,7 @@ stage_vm() {
   (cd "$REPO" && bash molecule/default/vm/build-image.sh >/dev/null && molecule test -s default)
 }
 
-ALL=(lint unit,sanity,modules,image bench daemon,roles fleet vm)
+ALL=(lint unit,sanity,modules,image bench daemon,roles fleet,vm)
 
 # One step: a stage, or several at once (their lines prefixed, every one awaited, the step
 # failed if any of them failed).
