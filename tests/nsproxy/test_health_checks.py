@@ -278,15 +278,11 @@ def test_a_flapping_upstream_writes_at_most_one_transition_line_per_10_s(proxy):
     assert len(lines) <= 5, f"{len(lines)} transition lines in 5 s, e.g. {lines[-2:]}"
 
 
-def test_a_reload_that_changes_only_a_listener_keeps_the_upstream_checks_state(proxy):
-    """README: "unchanged upstreams keep both" (checks and state). A reload that changes only
-    t1's listener port leaves upstream ``app`` unchanged, so B (answering its checks 503)
-    must stay down. Worker 0 applies the generation before the new listener's socket is
-    served: the tenant is not served for that moment, which pauses its checks (state kept)
-    rather than forgetting them."""
-
+def _serving_with_b_marked_down(proxy, port_a: int, port_b: int) -> tuple[dict, str]:
+    """t1 served with upstream app = [A, B], B answering its http checks 503 until the checks
+    (interval 1 s, fall 3) mark it down; (t1's config, B's address)."""
     proxy.add_netns("t1")
-    a, b = "127.0.0.1:9781", "127.0.0.1:9782"
+    a, b = f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"
     start_server(proxy, "A", a)
     start_server(proxy, "B", b, mode="503")
     tenant = http_tenant("t1", [a, b])
@@ -295,6 +291,17 @@ def test_a_reload_that_changes_only_a_listener_keeps_the_upstream_checks_state(p
     proxy.write_config([tenant], workers=1)
     proxy.start()
     proxy.wait_for(lambda s: not server_status(proxy, "t1", "app", b, s)["healthy"], "B down")
+    return tenant, b
+
+
+def test_a_reload_that_changes_only_a_listener_keeps_the_upstream_checks_state(proxy):
+    """README: "unchanged upstreams keep both" (checks and state). A reload that changes only
+    t1's listener port leaves upstream ``app`` unchanged, so B (answering its checks 503)
+    must stay down. Worker 0 applies the generation before the new listener's socket is
+    served: the tenant is not served for that moment, which pauses its checks (state kept)
+    rather than forgetting them."""
+
+    tenant, b = _serving_with_b_marked_down(proxy, 9781, 9782)
     tenant["listeners"][0]["listen"] = f"{ADDR}:8080"
     proxy.write_config([tenant], workers=1)
     assert proxy.reload().returncode == 0, proxy.log()
@@ -308,16 +315,7 @@ def test_an_upgrade_keeps_a_server_marked_down_out(proxy):
     table's memfd to the new one; a fresh table would route to B until ``fall`` checks had
     failed again (with fall 100 and interval 3600 s, days)."""
 
-    proxy.add_netns("t1")
-    a, b = "127.0.0.1:9771", "127.0.0.1:9772"
-    start_server(proxy, "A", a)
-    start_server(proxy, "B", b, mode="503")
-    tenant = http_tenant("t1", [a, b])
-    check = {"type": "http", "path": "/health", "interval": 1, "timeout": 0.5, "fall": 3}
-    tenant["upstreams"]["app"]["health_check"] = check
-    proxy.write_config([tenant], workers=1)
-    proxy.start()
-    proxy.wait_for(lambda s: not server_status(proxy, "t1", "app", b, s)["healthy"], "B down")
+    tenant, b = _serving_with_b_marked_down(proxy, 9771, 9772)
     upgrade = proxy.nsproxy("upgrade", "--socket", proxy.socket)
     assert upgrade.returncode == 0, upgrade.stderr
     served = []
