@@ -67,8 +67,12 @@ def main(stop: str, report: str, addr: str, tenant: str, source: str | None = No
         if fresh:
             conn.close()
         time.sleep(0.003)
-    with open(report, "w") as f:
-        json.dump({"ok": ok, "fail": fail, "closes": closes, "errors": errors[:10]}, f)
+    # Written whole, then renamed: a reader that waits for the file never sees half a report.
+    # One JSON document per file, ending in a newline, so `cat` of several is one per line.
+    partial = f"{report}.partial"
+    with open(partial, "w") as f:
+        f.write(json.dumps({"ok": ok, "fail": fail, "closes": closes, "errors": errors[:10]}) + "\n")
+    os.replace(partial, report)
 
 
 if __name__ == "__main__":
