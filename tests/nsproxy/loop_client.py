@@ -71,7 +71,8 @@ def main(stop: str, report: str, addr: str, tenant: str, source: str | None = No
     # One JSON document per file, ending in a newline, so `cat` of several is one per line.
     partial = f"{report}.partial"
     with open(partial, "w") as f:
-        f.write(json.dumps({"ok": ok, "fail": fail, "closes": closes, "errors": errors[:10]}) + "\n")
+        summary = {"ok": ok, "fail": fail, "closes": closes, "errors": errors[:10]}
+        f.write(json.dumps(summary) + "\n")
     os.replace(partial, report)
 
 
