@@ -77,8 +77,10 @@ def wait_until(predicate, what: str, timeout: float = 20.0, step: float = 0.05):
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs and is not a zombie (it may exit, and its /proc entry go, at any
+    point between the checks: that is "not alive", not an error)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        return "Z" not in status_fields(pid)["State"][:1]
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return Path(f"/proc/{pid}/status").exists() and "Z" not in status_fields(pid)["State"][:1]
