@@ -9,9 +9,12 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ADDR, REPO, http_tenant
 from processes import Loops, pid_alive, wait_until, worker_pids
 
@@ -95,14 +98,10 @@ def test_a_reload_that_changes_the_number_of_workers_fails_no_request(proxy, tmp
     proxy.start()
     loops = Loops(proxy, tmp_path, TENANTS, ADDR)
     time.sleep(0.5)
-    for count in (3, 2):
-        proxy.write_config(tenants, workers=count)
-        assert proxy.reload().returncode == 0, proxy.log()
-        proxy.wait_for(lambda s, n=count: len(worker_pids(s)) == n, f"{count} workers serving")
-        time.sleep(1)
+    _reload_workers(proxy, tenants, (3, 2), pause=1)
     results = loops.stop()
     for name, result in results.items():
-        assert result["fail"] == 0 and result["ok"] > 20, (name, result)
+        assert result["fail"] == 0 and result["ok"] > 20, (name, result, proxy.log())
     status = proxy.status_json()
     assert sorted(w["index"] for w in status["workers"] if w["state"] == "serving") == [0, 1]
     assert all(w["accepted"] > 0 for w in status["workers"] if w["state"] == "serving")
@@ -137,6 +136,153 @@ def _install(current: Path, build: Path) -> None:
     swap = current.with_name("current.new")
     swap.symlink_to(build)
     swap.replace(current)
+
+
+# Connects COUNT times without sending (TCP_DEFER_ACCEPT keeps each in the kernel, queued at
+# one socket of the listener's group), says "connected", then on "go" sends one request on each
+# and prints what each got: the status and tenant of a response, or the error.
+QUEUED_CLIENT = """import json, socket, sys
+addr, count = sys.argv[1], int(sys.argv[2])
+socks = [socket.create_connection((addr, 80), timeout=10) for _ in range(count)]
+print("connected", flush=True)
+sys.stdin.readline()
+out = []
+for i, sock in enumerate(socks):
+    try:
+        sock.sendall(f"GET /queued/{i} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n".encode())
+        data = b""
+        while b"\\r\\n\\r\\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head = data.split(b"\\r\\n\\r\\n")[0].decode("latin-1").split("\\r\\n")
+        out.append(head[0].split(" ")[1] if head[0] else "closed")
+    except OSError as exc:
+        out.append(repr(exc))
+print(json.dumps(out), flush=True)
+"""
+
+
+def test_a_shrink_serves_what_was_queued_at_the_retired_sockets_and_sends_no_new_ones_there(
+    proxy, tmp_path
+):
+    """From 3 workers to 2: connections the kernel queued at the third socket of the listener
+    before the reload are served (they used to be reset with it), no new connection goes there
+    while its worker still accepts, and once that worker has exited the binder closes its copy
+    (2 listening sockets left)."""
+    tenants, queued = _three_workers_and_queued_connections(proxy)
+    proxy.write_config(tenants, workers=2, timeouts=QUEUED_TIMEOUTS)
+    assert proxy.reload().returncode == 0, proxy.log()
+    _queued_are_served_and_new_ones_steered_away(proxy, queued)
+
+
+@pytest.mark.parametrize("shrink_first", [False, True], ids=["fewer-workers", "after-a-shrink"])
+def test_an_upgrade_to_fewer_workers_serves_what_was_queued_at_the_retired_sockets(
+    proxy, tmp_path, shrink_first
+):
+    """``nsproxy upgrade`` whose configuration has fewer workers, or that comes while a
+    shrink's retired worker still accepts: the new binder keeps the retired sockets and steers
+    new connections away from them, and the old worker 2 accepts what was queued there."""
+    tenants, queued = _three_workers_and_queued_connections(proxy)
+    proxy.write_config(tenants, workers=2, timeouts=QUEUED_TIMEOUTS)
+    if shrink_first:
+        assert proxy.reload().returncode == 0, proxy.log()
+    upgrade = proxy.nsproxy("upgrade", "--socket", proxy.socket)
+    assert upgrade.returncode == 0, upgrade.stderr + proxy.log()
+    _queued_are_served_and_new_ones_steered_away(proxy, queued)
+
+
+# header_read 5 s: TCP_DEFER_ACCEPT 7 s as the kernel rounds it; a retired worker accepts 9 s.
+QUEUED_TIMEOUTS = {"header_read": 5}
+
+
+def _three_workers_and_queued_connections(proxy):
+    """t1 served by 3 workers, and 45 connections made but silent (QUEUED_CLIENT, waiting for
+    "go"), spread by the kernel over the listener's 3 sockets."""
+    tenants = _tenants(proxy, ["t1"])
+    proxy.write_config(tenants, workers=3, timeouts=QUEUED_TIMEOUTS)
+    proxy.start()
+    proxy.wait_for(lambda s: len(worker_pids(s)) == 3, "3 workers serving")
+    assert _listening(proxy, "t1") == 3
+    argv = ["ip", "netns", "exec", "t1", sys.executable, "-c", QUEUED_CLIENT, ADDR, "45"]
+    queued = proxy.sb.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proxy.helpers.append(queued)
+    assert queued.stdout.readline().strip() == "connected"
+    return tenants, queued
+
+
+def _queued_are_served_and_new_ones_steered_away(proxy, queued) -> None:
+    status = proxy.wait_for(lambda s: len(worker_pids(s)) == 2, "2 workers serving")
+    retired = [w for w in status["workers"] if w["index"] == 2]
+    out, _ = queued.communicate("go\n", timeout=60)
+    answers = json.loads(out)
+    assert answers == ["200"] * 45, (answers, proxy.log())
+    assert [w["state"] for w in retired] == ["draining"], status["workers"]
+    before = retired[0]["accepted"]
+    served_there = _accepted(proxy, 2) - before
+    # ~1/3 of them had been queued at the retired socket: its worker accepted them.
+    assert served_there > 0, answers
+    # New connections while the retired socket is still open: none is given to it.
+    fresh = proxy.python("t1", QUEUED_CLIENT, ADDR, "45", input="go\n")
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(fresh.stdout.splitlines()[-1]) == ["200"] * 45
+    assert _accepted(proxy, 2) == before + served_there, proxy.status_json()["workers"]
+    assert _listening(proxy, "t1") == 3
+    wait_until(lambda: retired[0]["pid"] not in _pids(proxy), "the retired worker to exit")
+    wait_until(lambda: _listening(proxy, "t1") == 2, "the binder to close the retired socket")
+    again = proxy.python("t1", QUEUED_CLIENT, ADDR, "45", input="go\n")
+    assert json.loads(again.stdout.splitlines()[-1]) == ["200"] * 45, again.stderr
+
+
+def test_workers_grown_back_before_the_retired_ones_exit_serve_the_kept_sockets(proxy, tmp_path):
+    """3 -> 2 -> 3 workers while the retired worker still accepts: the new worker 2 takes the
+    socket the binder kept (no fourth socket joins the group, whose steering program counts
+    positions), under looping clients that see no failure."""
+    tenants = _tenants(proxy)
+    proxy.write_config(tenants, workers=3)
+    proxy.start()
+    proxy.wait_for(lambda s: len(worker_pids(s)) == 3, "3 workers serving")
+    loops = Loops(proxy, tmp_path, TENANTS, ADDR)
+    time.sleep(0.5)
+    _reload_workers(proxy, tenants, (2, 3), pause=0.5)
+    assert [_listening(proxy, t) for t in TENANTS] == [3, 3, 3]
+    status = proxy.status_json()
+    new = next(w for w in status["workers"] if w["index"] == 2 and w["state"] == "serving")
+    wait_until(lambda: new["pid"] in _pids(proxy) and _accepted_by(proxy, new["pid"]) > 0,
+               "the new worker 2 to accept on the kept socket")  # fmt: skip
+    results = loops.stop()
+    for name, result in results.items():
+        assert result["fail"] == 0 and result["ok"] > 20, (name, result, proxy.log())
+
+
+def _reload_workers(proxy, tenants, counts, pause: float) -> None:
+    """Reload to each number of workers in turn, waiting until that many serve."""
+    for count in counts:
+        proxy.write_config(tenants, workers=count)
+        assert proxy.reload().returncode == 0, proxy.log()
+        proxy.wait_for(lambda s, n=count: len(worker_pids(s)) == n, f"{count} workers serving")
+        time.sleep(pause)
+
+
+def _listening(proxy, netns: str) -> int:
+    """Listening TCP sockets on port 80 inside ``netns`` (ss)."""
+    proc = proxy.sb.run(["ip", "netns", "exec", netns, "ss", "-Hltn", "sport = :80"])
+    return len(proc.stdout.splitlines())
+
+
+def _pids(proxy) -> list[int]:
+    return [w["pid"] for w in proxy.status_json()["workers"]]
+
+
+def _accepted_by(proxy, pid: int) -> int:
+    return next(w["accepted"] for w in proxy.status_json()["workers"] if w["pid"] == pid)
+
+
+def _accepted(proxy, index: int) -> int:
+    workers = [w for w in proxy.status_json()["workers"] if w["index"] == index]
+    assert len(workers) == 1 and workers[0]["state"] == "draining", workers
+    return workers[0]["accepted"]
 
 
 def test_upgrade_under_load_keeps_the_pid_swaps_the_workers_and_fails_no_request(proxy, tmp_path):

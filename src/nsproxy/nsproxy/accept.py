@@ -58,6 +58,9 @@ class Acceptor:
         self.accepted = 0  # connections accepted so far (the daemon's sweep watches bursts)
         self.wakeups = 0  # times the loop was woken to accept
         self.empty_wakeups = 0  # ... and found nothing to accept (a peer gone meanwhile)
+        # Connections accepted whose protocol has not started yet (a draining worker waits
+        # for them too: its exit would reset them).
+        self.handing_over = 0
         self.started = False
 
     def start(self) -> None:
@@ -148,6 +151,7 @@ class Acceptor:
                     _refuse(conn, client_first and ssl_ctx is None, tenant, refused)
                     continue
             self.accepted += 1
+            self.handing_over += 1
             self.loop.create_task(self._serve(conn, factory, ssl_ctx, handshake_timeout, tenant))
 
     def _resume(self, fd: int, sock: socket.socket) -> None:
@@ -156,6 +160,12 @@ class Acceptor:
             self.epoll.register(fd, select.EPOLLIN)
 
     async def _serve(self, conn, factory, ssl_ctx, handshake_timeout, tenant) -> None:
+        try:
+            await self._hand_over(conn, factory, ssl_ctx, handshake_timeout, tenant)
+        finally:
+            self.handing_over -= 1
+
+    async def _hand_over(self, conn, factory, ssl_ctx, handshake_timeout, tenant) -> None:
         made = []
 
         def counted():

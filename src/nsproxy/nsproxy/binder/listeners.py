@@ -15,7 +15,8 @@ is watched, not polled slowly:
 
 Each listener is an SO_REUSEPORT group of ``width`` sockets, one per worker index: the kernel
 spreads new connections over them, so no worker is woken for another's connection (measured
-against EPOLLEXCLUSIVE on one shared socket: src/nsproxy/README.md, "Accepting"). Every socket
+against EPOLLEXCLUSIVE on one shared socket: src/nsproxy/README.md, "Accepting"). After a
+shrink a group holds more until :meth:`Listeners.trim` (reuseport.py says why). Every socket
 gets a socket id; ``on_serve(binding, digest, index, sid, sock)`` and ``on_unserve(sids)``
 tell the workers.
 """
@@ -28,7 +29,7 @@ import logging
 import socket
 import time
 
-from nsproxy import config, netns
+from nsproxy import config, netns, reuseport
 
 log = logging.getLogger("nsproxy")
 
@@ -98,6 +99,8 @@ class Listeners:
         self.tenants: dict[str, Binding] = {}
         self.next_sid = 1
         self.width = width  # sockets per listener: one per worker index
+        # Whether groups may hold sockets beyond ``width`` and a steering program (resize)
+        self.steered = False
 
     # -- tenants --------------------------------------------------------------------------
     def add(self, spec: config.Tenant) -> Binding:
@@ -155,29 +158,67 @@ class Listeners:
                     out[sid] = (b.name, digest, sock)
         return out
 
-    def resize(self, width: int) -> None:
-        """``width`` sockets per listener from now on: the groups of bound listeners grow now
-        (joining the kernel's group), or give their extra sockets up (the workers of those
-        indexes are draining; connections still queued in those sockets are reset)."""
-        old, self.width = self.width, width
+    def resize(self, width: int) -> int:
+        """``width`` sockets per listener from now on. Groups that grow get new sockets now
+        (joining the kernel's group) after the ones they still hold. A group that shrinks
+        keeps every socket open, in index order, and gets no new connection beyond its first
+        ``width`` (reuseport.steer) until :meth:`trim`: the workers of the indexes beyond
+        accept what is queued there first (WorkerPool.resize), and a group that grows again
+        meanwhile serves the socket it kept. Returns the longest TCP_DEFER_ACCEPT, in whole
+        seconds as the kernel rounds it, of the sockets beyond ``width`` (0 if none)."""
+        self.width = width
+        defer = 0
         for binding in self.tenants.values():
             for digest, group in list(binding.sockets.items()):
-                if width < old:
-                    self.on_unserve([sid for sid, _ in group[width:]])
+                if len(group) < width and binding.ns is not None:
+                    self._grow(binding, digest, group)
+                if len(group) > width:
+                    self.steered = True
+                    self._steer(binding, group, width)
                     for _, sock in group[width:]:
-                        sock.close()
-                    del group[width:]
-                elif width > old and binding.ns is not None:
-                    listener = next(li for li in binding.spec.listeners if li.digest == digest)
-                    try:
-                        more = self.registry.listening_sockets(
-                            binding.ns, listener.host, listener.port, width - len(group)
-                        )
-                    except (OSError, netns.NetnsError) as exc:
-                        log.error("tenant %s: %s: cannot add sockets for new workers: %s",
-                                  binding.name, listener.listen, exc)  # fmt: skip
-                        continue
-                    self._add(binding, digest, group, more)
+                        defer = max(defer, _defer_accept(sock))
+                elif self.steered:
+                    self._steer(binding, group, None)
+        return defer
+
+    def _grow(self, binding: Binding, digest: bytes, group: list) -> None:
+        listener = next(li for li in binding.spec.listeners if li.digest == digest)
+        try:
+            more = self.registry.listening_sockets(
+                binding.ns, listener.host, listener.port, self.width - len(group)
+            )
+        except (OSError, netns.NetnsError) as exc:  # bind() is not retried: the group serves
+            log.error("tenant %s: %s: cannot add sockets for new workers: %s",
+                      binding.name, listener.listen, exc)  # fmt: skip
+            return
+        self._add(binding, digest, group, more)
+
+    def trim(self) -> None:
+        """Close the sockets beyond ``width`` that :meth:`resize` kept (their workers have
+        exited) and give every group the kernel's own hash back."""
+        if not self.steered:
+            return
+        self.steered = False
+        for binding in self.tenants.values():
+            for group in binding.sockets.values():
+                for _, sock in group[self.width :]:
+                    sock.close()
+                del group[self.width :]
+                self._steer(binding, group, None)
+
+    @staticmethod
+    def _steer(binding: Binding, group: list, width: int | None) -> None:
+        """Steer ``group`` to its first ``width`` sockets (None: detach the program)."""
+        if not group:
+            return
+        try:
+            if width is None:
+                reuseport.unsteer(group[0][1])
+            else:
+                reuseport.steer(group[0][1], width)
+        except OSError as exc:  # the kernel's hash over every socket stays: logged, not fatal
+            log.error("tenant %s: cannot steer new connections to %s workers' sockets: %s",
+                      binding.name, width or "all", exc.strerror)  # fmt: skip
 
     def _add(self, binding: Binding, digest: bytes, group: list, socks: list) -> None:
         for sock in socks:
@@ -398,3 +439,10 @@ def _reason(exc: OSError) -> str:
     if exc.errno == errno.EACCES:
         return "permission denied (binding a port below 1024 needs CAP_NET_BIND_SERVICE)"
     return exc.strerror or str(exc)
+
+
+def _defer_accept(sock: socket.socket) -> int:
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)
+    except OSError:
+        return 0

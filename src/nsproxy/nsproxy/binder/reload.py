@@ -166,7 +166,7 @@ async def replace_workers(binder, reason: str) -> None:
     log.info("%s: starting %d new workers, then draining the old ones", reason, len(old))
     for handle in old:
         handle.state = "old"
-    binder.pool.start(len(old) or 1)
+    binder.pool.start(binder.pool.wanted or len(old) or 1)
     await binder.pool.wait_ready(binder.generation, APPLY_TIMEOUT)
     for handle in old:
         binder.pool.drain(handle, "upgrade", None)

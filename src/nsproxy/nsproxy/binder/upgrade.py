@@ -173,6 +173,7 @@ def _state(binder, reply_sock) -> tuple[dict, list[int]]:
         "ticket_keys": base64.b64encode(binder.ticket_keys).decode(),
         "tenants": tenants,
         "workers": workers,
+        "steered": binder.listeners.steered,
     }
     if reply_sock is not None:
         state["reply_fd"] = keep(os.dup(reply_sock.fileno()))
@@ -276,18 +277,15 @@ async def resume(binder, state: dict) -> None:
             pid, pidfd, start_time = entry["pin"]
             binding.pin = netns.Pin(pid, pidfd, start_time)
             binder.loop.add_reader(pidfd, listeners._process_exited, binding)
-        # The new width may differ from the old one: indexes beyond it are left to the old
-        # workers (which hold their own copies until they have drained); missing ones are
-        # added by bind() below.
+        # Every index is kept, in order (a steering program counts positions): the width may
+        # be lower than the old one, and then the old workers beyond it accept what is queued
+        # at their sockets before those close (Listeners.resize below, WorkerPool.retire).
+        # Missing indexes are added by bind() below.
         wanted = {li.digest for li in spec.listeners}
         for sid, index, digest_hex, fd in sorted(sockets, key=lambda e: e[1]):
             digest = bytes.fromhex(digest_hex)
             group = binding.sockets.setdefault(digest, []) if digest in wanted else None
-            if (
-                group is not None
-                and binding.ns is not None
-                and index == len(group) < listeners.width
-            ):
+            if group is not None and binding.ns is not None and index == len(group):
                 group.append((sid, socket.socket(fileno=fd)))
                 binding.states[digest] = ("bound", None)
             else:
@@ -299,6 +297,10 @@ async def resume(binder, state: dict) -> None:
     for spec in cfg.tenants:
         if spec.name not in listeners.tenants:
             listeners.add(spec)
+    # Groups wider than the new width (fewer workers, or the old binder's shrink not done
+    # yet) are steered to their first sockets; with none, a program left attached goes.
+    listeners.steered = bool(state.get("steered"))
+    defer = listeners.resize(listeners.width)
     # Admin socket, metrics socket, access log.
     admin_sock = (
         socket.socket(fileno=state["admin_fd"]) if state.get("admin_fd") is not None else None
@@ -323,8 +325,7 @@ async def resume(binder, state: dict) -> None:
         for handle in old:  # nothing new can serve: the old workers stay
             handle.state = "serving"
         raise SystemExit(f"nsproxy: {binder.pool.fatal}")
-    for handle in old:
-        binder.pool.drain(handle, "upgrade", None)
+    binder.pool.retire(old, defer)
     binder.reload_success_time = time.time()
     binder._begin_serving()
     message = (

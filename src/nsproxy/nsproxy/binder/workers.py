@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -34,6 +35,7 @@ log = logging.getLogger("nsproxy")
 
 HUNG_AFTER = 20.0  # seconds without a message from a serving worker before it is killed
 START_WITHIN = 60.0  # seconds a starting worker has to report ready
+RETIRE_SLACK = 2.0  # seconds a retired index's worker accepts beyond TCP_DEFER_ACCEPT
 CRASH_WINDOW = 10.0  # deaths within this many seconds count as a crash loop
 CRASH_LIMIT = 5  # deaths within CRASH_WINDOW before replacements are delayed
 MAX_DELAY = 10.0  # seconds at most between two replacements in a crash loop
@@ -279,6 +281,8 @@ class WorkerPool:
             if not future.done():
                 future.set_result(False)
         how = _describe_exit(status)
+        if not any(w.index >= self.wanted for w in self.workers.values()):
+            self.binder.listeners.trim()  # a shrink's sockets are served by nobody now
         if handle.state in ("draining", "old") or self.stopping:
             log.info("worker %d (pid %d) %s", handle.index, handle.pid, how)
             return
@@ -310,7 +314,11 @@ class WorkerPool:
 
     def _delayed_spawn(self, index: int) -> None:
         self.pending_spawns.discard(index)
-        if not self.stopping and not any(w.index == index for w in self.serving()):
+        if (
+            not self.stopping
+            and index < self.wanted
+            and not any(w.index == index for w in self.serving())
+        ):
             self.spawn(index)
 
     def sweep(self) -> None:
@@ -323,22 +331,38 @@ class WorkerPool:
                 self.kill(handle, f"not ready after {START_WITHIN:.0f} s")
 
     def resize(self, count: int) -> None:
-        """Run ``count`` workers: start the missing indexes, drain the ones beyond (each index
-        has its own sockets: the listeners are resized to match)."""
+        """Run ``count`` workers: start the missing indexes, drain the ones beyond. Each index
+        has its own socket of every listener: the listeners are resized to match first, so
+        that no new connection reaches the sockets of the indexes beyond, and their workers
+        keep accepting what is already queued there (with TCP_DEFER_ACCEPT, a connection
+        waits in the kernel up to ``header_read`` for its first bytes, rounded up by the
+        kernel to its SYN-ACK retransmissions: 10 s is 15), then close those sockets and
+        drain. Once they have exited, the binder closes its copies (Listeners.trim)."""
         self.wanted = count
-        for handle in self.serving():
-            if handle.index >= count:
-                self.drain(handle, "upgrade", None)
-        self.binder.listeners.resize(count)
+        defer = self.binder.listeners.resize(count)
+        self.retire([h for h in self.serving() if h.index >= count], defer)
         have = {w.index for w in self.serving()}
         for index in range(count):
             if index not in have and index not in self.pending_spawns:
                 self.spawn(index)
 
-    def drain(self, handle: WorkerHandle, mode: str, within) -> None:
+    def retire(self, handles: list[WorkerHandle], defer: int) -> None:
+        """Drain ``handles`` ("upgrade" mode). Those of an index beyond ``wanted`` own the only
+        worker copies of their sockets: they accept what is queued there first, for the
+        longest TCP_DEFER_ACCEPT (``defer``, Listeners.resize) or ``header_read`` if longer,
+        plus RETIRE_SLACK. With no worker beyond ``wanted`` left at all, the binder's copies
+        go now (Listeners.trim); otherwise when the last of them exits."""
+        window = max(math.ceil(self.binder.config.timeouts["header_read"]), defer) + RETIRE_SLACK
+        for handle in handles:
+            self.drain(handle, "upgrade", None, window if handle.index >= self.wanted else 0)
+        if not any(w.index >= self.wanted for w in self.workers.values()):
+            self.binder.listeners.trim()
+
+    def drain(self, handle: WorkerHandle, mode: str, within, accept_for: float = 0) -> None:
+        """Ask ``handle``'s worker to drain (worker.main.Worker.drain)."""
         handle.state = "draining"
         if handle.channel is not None and not handle.channel.closed:
-            handle.channel.send("drain", mode=mode, within=within)
+            handle.channel.send("drain", mode=mode, within=within, accept_for=accept_for)
         else:
             self.kill(handle, "cannot be asked to drain")
 

@@ -306,8 +306,9 @@ class Served:
         self.pending.clear()
 
     def open_connections(self) -> int:
-        """Client connections still open: http/https ones and tcp relays."""
-        n = len(self.shared.connections)
+        """Client connections still open: http/https ones, tcp relays, and accepted ones whose
+        protocol has not started yet (a TLS handshake in progress)."""
+        n = len(self.shared.connections) + self.shared.acceptor.handing_over
         for tenant in self.tenants.values():
             for li in tenant.listeners:
                 if li.factory is not None:

@@ -163,6 +163,7 @@ class Worker:
         self.tidier = heap.Tidier()
         self.state = "starting"
         self.drain_deadline = None
+        self.accepting_until = None  # timer: a draining worker's last accept (drain)
         self.done = loop.create_future()
         self.metrics_server = None
         self.seed_served = seed.served
@@ -286,7 +287,9 @@ class Worker:
 
     def _on_drain(self, message: dict, fds: list[int]) -> None:
         channel.close_fds(fds)
-        self.drain(message.get("mode", "stop"), message.get("within"))
+        accept_for = message.get("accept_for")
+        accept_for = accept_for if isinstance(accept_for, (int, float)) else 0
+        self.drain(message.get("mode", "stop"), message.get("within"), accept_for)
 
     def _on_snapshot_query(self, message: dict, fds: list[int]) -> None:
         channel.close_fds(fds)
@@ -368,35 +371,67 @@ class Worker:
         elif not self.channel.closed:
             self.channel.send("heartbeat")
 
-    def drain(self, mode: str, within) -> None:
+    def drain(self, mode: str, within, accept_for: float = 0) -> None:
         """Stop accepting (the binder and the other workers keep the sockets open) and exit
         once the open connections are done, at the latest after ``within`` seconds
         (default timeouts.drain). ``mode`` "upgrade": keep-alive clients get
         ``Connection: close`` on their next response; an idle one is closed after
-        DRAIN_IDLE_GRACE. "stop": idle keep-alive connections are closed at once."""
+        DRAIN_IDLE_GRACE. "stop": idle keep-alive connections are closed at once.
+        ``accept_for`` > 0: this worker's sockets are retired (no other process serves
+        them, and the kernel gives them no new connection, see reuseport.py): go on
+        accepting what is queued there for that many seconds, then close them. A "stop"
+        reaching a worker that drains already ends its accepting and closes its idle
+        connections at once."""
         if self.state == "draining":
+            if mode == "stop":
+                if self.accepting_until is not None:
+                    self.accepting_until.cancel()
+                    self.accepting_until = None
+                    self.served.stop_accepting()
+                self._close_idle(within)
+                self._drain_progress(self.loop.time())
             return
         self.state = "draining"
         if self.prober is not None:
             self.prober.stop()
         served = self.served
-        served.stop_accepting()
+        if accept_for > 0:
+            self.accepting_until = self.loop.call_later(accept_for, self._stop_accepting)
+        else:
+            served.stop_accepting()
         served.shared.draining = True
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
         if mode == "stop":
-            for conn in list(served.shared.connections):
-                conn.drain()
-        if not isinstance(within, (int, float)) or within <= 0:
-            within = served.config.timeouts["drain"]
-        self.drain_deadline = self.loop.time() + within
+            self._close_idle(within)
+        else:
+            self.drain_deadline = self.loop.time() + accept_for + self._within(within)
         what = "stopping" if mode == "stop" else "replaced"
         log.info("%s: draining %d connections", what, served.open_connections())
         self.loop.call_soon(self._drain_progress, self.loop.time())
 
+    def _within(self, within) -> float:
+        if not isinstance(within, (int, float)) or within <= 0:
+            return self.served.config.timeouts["drain"]
+        return within
+
+    def _close_idle(self, within) -> None:
+        """Stop mode: idle keep-alive connections close now, the others after their response,
+        all of them within ``within`` seconds from now."""
+        for conn in list(self.served.shared.connections):
+            conn.drain()
+        deadline = self.loop.time() + self._within(within)
+        self.drain_deadline = min(deadline, self.drain_deadline or deadline)
+
+    def _stop_accepting(self) -> None:
+        self.accepting_until = None
+        if not self.done.done():
+            self.served.stop_accepting()
+            self._drain_progress(self.loop.time())
+
     def _drain_progress(self, now: float) -> None:
-        if self.done.done():
+        if self.done.done() or self.accepting_until is not None:
             return
         served = self.served
         if served.open_connections() and now < self.drain_deadline:
