@@ -160,12 +160,6 @@ class Acceptor:
             self.epoll.register(fd, select.EPOLLIN)
 
     async def _serve(self, conn, factory, ssl_ctx, handshake_timeout, tenant) -> None:
-        try:
-            await self._hand_over(conn, factory, ssl_ctx, handshake_timeout, tenant)
-        finally:
-            self.handing_over -= 1
-
-    async def _hand_over(self, conn, factory, ssl_ctx, handshake_timeout, tenant) -> None:
         made = []
 
         def counted():
@@ -175,29 +169,32 @@ class Acceptor:
             made.append(protocol)
             return protocol
 
-        if ssl_ctx is not None and not isinstance(ssl_ctx, ssl.SSLContext):
-            try:
-                ssl_ctx = ssl_ctx.get()  # tls.ServerContext: made at the first handshake
-            except Exception:  # logged once by tls.ServerContext: nothing can be served
-                conn.close()
-                self._unserved(made, tenant)
-                return
         try:
-            if ssl_ctx is None:
-                await self.loop.connect_accepted_socket(counted, conn)
-            else:
-                await self.loop.connect_accepted_socket(
-                    counted, conn, ssl=ssl_ctx, ssl_handshake_timeout=handshake_timeout
-                )
-        except (OSError, asyncio.TimeoutError) as exc:
-            # A failed TLS handshake or a client gone before it was served: the loop has
-            # closed the connection; create_server would not report it either.
-            log.debug("accepted connection not served: %s", exc)
-            self._unserved(made, tenant)
-        except Exception:
-            conn.close()
-            log.exception("accepted connection not served")
-            self._unserved(made, tenant)
+            if ssl_ctx is not None and not isinstance(ssl_ctx, ssl.SSLContext):
+                try:
+                    ssl_ctx = ssl_ctx.get()  # tls.ServerContext: made at the first handshake
+                except Exception:  # logged once by tls.ServerContext: nothing can be served
+                    conn.close()
+                    self._unserved(made, tenant)
+                    return
+            try:
+                if ssl_ctx is None:
+                    await self.loop.connect_accepted_socket(counted, conn)
+                else:
+                    await self.loop.connect_accepted_socket(
+                        counted, conn, ssl=ssl_ctx, ssl_handshake_timeout=handshake_timeout
+                    )
+            except (OSError, asyncio.TimeoutError) as exc:
+                # A failed TLS handshake or a client gone before it was served: the loop has
+                # closed the connection; create_server would not report it either.
+                log.debug("accepted connection not served: %s", exc)
+                self._unserved(made, tenant)
+            except Exception:
+                conn.close()
+                log.exception("accepted connection not served")
+                self._unserved(made, tenant)
+        finally:
+            self.handing_over -= 1
 
     def _unserved(self, made: list, tenant) -> None:
         """Give back the slot of a connection whose protocol never started (and so never

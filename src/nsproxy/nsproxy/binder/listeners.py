@@ -163,7 +163,7 @@ class Listeners:
         (joining the kernel's group) after the ones they still hold. A group that shrinks
         keeps every socket open, in index order, and gets no new connection beyond its first
         ``width`` (reuseport.steer) until :meth:`trim`: the workers of the indexes beyond
-        accept what is queued there first (WorkerPool.resize), and a group that grows again
+        accept what is queued there first (WorkerPool.retire), and a group that grows again
         meanwhile serves the socket it kept. Returns the longest TCP_DEFER_ACCEPT, in whole
         seconds as the kernel rounds it, of the sockets beyond ``width`` (0 if none)."""
         self.width = width

@@ -281,8 +281,7 @@ class WorkerPool:
             if not future.done():
                 future.set_result(False)
         how = _describe_exit(status)
-        if not any(w.index >= self.wanted for w in self.workers.values()):
-            self.binder.listeners.trim()  # a shrink's sockets are served by nobody now
+        self._trim_when_retired()
         if handle.state in ("draining", "old") or self.stopping:
             log.info("worker %d (pid %d) %s", handle.index, handle.pid, how)
             return
@@ -355,6 +354,10 @@ class WorkerPool:
         window = max(math.ceil(self.binder.config.timeouts["header_read"]), defer) + RETIRE_SLACK
         for handle in handles:
             self.drain(handle, "upgrade", None, window if handle.index >= self.wanted else 0)
+        self._trim_when_retired()
+
+    def _trim_when_retired(self) -> None:
+        """With no worker beyond ``wanted`` left, nobody serves a shrink's kept sockets."""
         if not any(w.index >= self.wanted for w in self.workers.values()):
             self.binder.listeners.trim()
 

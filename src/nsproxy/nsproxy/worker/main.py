@@ -384,12 +384,10 @@ class Worker:
         connections at once."""
         if self.state == "draining":
             if mode == "stop":
+                self._close_idle(within)
                 if self.accepting_until is not None:
                     self.accepting_until.cancel()
-                    self.accepting_until = None
-                    self.served.stop_accepting()
-                self._close_idle(within)
-                self._drain_progress(self.loop.time())
+                self._stop_accepting()  # (closing what is closed already is a no-op)
             return
         self.state = "draining"
         if self.prober is not None:
