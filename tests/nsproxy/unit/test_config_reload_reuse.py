@@ -143,3 +143,30 @@ def test_an_https_tenant_whose_certificate_file_changed_is_validated_again(tmp_p
     with pytest.raises(config.ConfigError) as err:
         parse([https_tenant("a", cert, key)], previous)
     assert "tenant 'a': listeners[0].tls" in err.value.problems[0]
+
+
+def test_a_certificate_rewritten_in_place_with_its_size_and_mtime_put_back_is_seen(tmp_path):
+    """`cp` onto the old file, then `touch -r` (or `rsync --inplace -t`): the same inode,
+    size and mtime; only the ctime, which no tool sets back, tells the rotation."""
+    cert, key = make_cert(tmp_path, "a")
+    previous = {t.name: t for t in parse([https_tenant("a", cert, key)]).tenants}
+    before = os.stat(cert)
+    for _ in range(20):  # ECDSA signatures vary in length: one no longer than a's
+        other_cert, _ = make_cert(tmp_path, "b")
+        data = other_cert.read_bytes()
+        if len(data) <= before.st_size:
+            break
+    data += b"\n" * (before.st_size - len(data))  # text after the PEM block is ignored
+    assert len(data) == before.st_size
+    with open(cert, "r+b") as f:  # in place: the inode stays
+        f.write(data)
+    os.utime(cert, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(cert)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    with pytest.raises(config.ConfigError) as err:
+        parse([https_tenant("a", cert, key)], previous)
+    assert "tenant 'a': listeners[0].tls" in err.value.problems[0]

@@ -70,3 +70,74 @@ def test_changing_one_tenant_on_reload_leaves_the_shared_objects_of_the_others_i
     # An added tenant equal to the kept ones shares their objects.
     assert second["d"].routes is shared_routes
     assert second["d"].upstreams is second["a"].upstreams
+
+
+def _pass(tenants, running=None):
+    """config.parse as a reload calls it: the running tenants and the running registry."""
+    data = json.dumps({"tenants": tenants}).encode()
+    if running is None:
+        return config.parse(data)
+    return config.parse(data, {t.name: t for t in running.tenants}, running.parts)
+
+
+def _registered(cfg) -> set:
+    return {id(part) for part in cfg.parts.values()}
+
+
+def test_a_reload_that_only_adds_shares_through_the_carried_registry():
+    first = _pass([tenant("a"), tenant("b", servers=["127.0.0.1:9"])])
+    second = _pass([tenant("a"), tenant("b", servers=["127.0.0.1:9"]), tenant("c")], first)
+    assert second.tenants[0] is first.tenants[0] and second.tenants[1] is first.tenants[1]
+    assert second.tenants[2].upstreams is first.tenants[0].upstreams
+    assert second.parts is not first.parts  # a copy: a refused reload leaves the running one
+    assert first.parts.items() <= second.parts.items()
+
+
+def test_a_reload_that_removes_or_changes_a_tenant_drops_its_parts_from_the_registry():
+    first = _pass([tenant("a"), tenant("b", servers=["127.0.0.1:9"]), tenant("c", port=81)])
+    gone_upstreams = first.tenants[1].upstreams
+    gone_listeners = first.tenants[2].listeners
+    assert {id(gone_upstreams), id(gone_listeners)} <= _registered(first)
+    removed = _pass([tenant("a"), tenant("c", port=82)], first)
+    assert id(gone_upstreams) not in _registered(removed)  # b removed
+    assert id(gone_listeners) not in _registered(removed)  # c changed
+    assert id(removed.tenants[1].listeners) in _registered(removed)
+    # What stays registered is exactly what the running tenants hold.
+    held = set()
+    for t in removed.tenants:
+        held |= {id(t.upstreams), id(t.listeners), id(t.routes)}
+        held |= {id(u) for u in t.upstreams.values()} | {id(li) for li in t.listeners}
+        held |= {id(r) for r in t.routes}
+    assert _registered(removed) == held
+
+
+def test_a_tenant_whose_json_changes_only_in_type_counts_as_changed():
+    """The reload's tenant digest tells true from 1 and 1.0 from 1 (json.loads keeps them
+    apart, and so must the test of what changed): the changed tenant is checked again."""
+    base = tenant("a")
+    base["upstreams"]["app"]["health_check"] = {"type": "tcp", "rise": 1}
+    first = _pass([base])
+    for other in (True, 1.0):
+        changed = json.loads(json.dumps(base))
+        changed["upstreams"]["app"]["health_check"]["rise"] = other
+        data = json.dumps({"tenants": [changed]}).encode()
+        try:
+            again = config.parse(data, {"a": first.tenants[0]}, first.parts).tenants[0]
+        except config.ConfigError:
+            continue  # refused: checked again, not kept
+        assert again is not first.tenants[0]
+
+
+def test_a_tenant_written_with_its_keys_in_another_order_is_kept():
+    """The quick digest (marshal) sees key order; the tenant's identity (sorted JSON) does
+    not: a generator that orders keys otherwise at each run must not make every tenant
+    "changed" at every reload (validated again, rebuilt in every worker)."""
+    first = _pass([tenant("a"), tenant("b")])
+    spec = tenant("a")
+    reordered = {k: spec[k] for k in reversed(list(spec))}
+    reordered["listeners"] = [dict(reversed(list(li.items()))) for li in spec["listeners"]]
+    second = _pass([reordered, tenant("b")], first)
+    assert second.tenants[0] is first.tenants[0] and second.tenants[1] is first.tenants[1]
+    third = _pass([reordered, tenant("b")], second)  # and cheaply from then on
+    assert third.tenants[0] is first.tenants[0]
+    assert third.tenants[0].quick == config._quick_digest(reordered)

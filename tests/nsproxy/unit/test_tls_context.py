@@ -472,6 +472,61 @@ def test_a_stored_verdict_counts_for_the_very_bytes_only(certs, tmp_path, verdic
     assert len(problems) == 1 and "does not match" in problems[0]
 
 
+def test_a_reload_trusts_the_store_inside_its_check_only_and_keeps_the_bytes_it_read(
+    certs, tmp_path, verdicts
+):
+    """binder/reload.py checks the new file inside verdicts_trusted: a set the store vouches
+    for (planted here for a key that does not match, to make the trust visible) is not
+    loaded there; after the block every set is loaded again, and the files read inside stay
+    for take_validated_files (the bytes the workers get)."""
+    store = tmp_path / "tls-verified"
+    spec = listener({"cert": certs["a"]["cert"], "key": certs["c"]["key"]})
+    files = {p: Path(p).read_bytes() for p in (certs["a"]["cert"], certs["c"]["key"])}
+    store.write_bytes(tls._verdict_digest(spec, files))
+    store.chmod(0o600)
+    os.chmod(tmp_path, 0o755)
+    with tls.verdicts_trusted(str(store)):
+        assert tls.validate_listener(spec) == []
+    assert set(tls.take_validated_files()) == set(files)
+    assert "does not match" in tls.validate_listener(spec)[0]
+    with tls.verdicts_trusted(str(tmp_path / "missing")):
+        assert "does not match" in tls.validate_listener(spec)[0]
+
+
+def test_a_verdict_made_by_another_nsproxy_python_or_openssl_is_not_trusted(
+    certs, tmp_path, verdicts, monkeypatch
+):
+    """The store outlives upgrades (RuntimeDirectoryPreserve): a verdict counts only for the
+    very maker (nsproxy version and rules, Python, OpenSSL version and library files)."""
+    store = tmp_path / "tls-verified"
+    spec = listener({"cert": certs["a"]["cert"], "key": certs["c"]["key"]})  # mismatched
+    files = {p: Path(p).read_bytes() for p in (certs["a"]["cert"], certs["c"]["key"])}
+    maker = tls._verdict_maker()
+    assert tls.__version__.encode() in maker and b"libcrypto" in maker
+    monkeypatch.setattr(tls, "_verdict_maker", lambda: maker.replace(b"verdict 2", b"verdict 1"))
+    store.write_bytes(tls._verdict_digest(spec, files))
+    monkeypatch.undo()
+    store.chmod(0o600)
+    os.chmod(tmp_path, 0o755)
+    with tls.verdicts_trusted(str(store)):
+        assert "does not match" in tls.validate_listener(spec)[0]
+
+
+def test_a_reload_reads_the_store_only_when_it_validates_a_certificate_set(
+    certs, tmp_path, verdicts, monkeypatch
+):
+    reads = []
+    real = tls._read_store
+    monkeypatch.setattr(tls, "_read_store", lambda path: reads.append(path) or real(path))
+    with tls.verdicts_trusted(str(tmp_path / "store")):
+        pass  # a reload that adds or changes no https listener
+    assert reads == []
+    with tls.verdicts_trusted(str(tmp_path / "store")):
+        assert tls.validate_listener(listener(certs["a"])) == []
+        assert tls.validate_listener(listener(certs["b"])) == []
+    assert reads == [str(tmp_path / "store")]  # once per reload
+
+
 @pytest.mark.parametrize("mode", [0o622, 0o660])
 def test_a_store_others_could_write_is_ignored(certs, tmp_path, verdicts, mode):
     store = tmp_path / "tls-verified"

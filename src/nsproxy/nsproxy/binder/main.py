@@ -54,7 +54,9 @@ SOCKETS_PER_SECOND = 20000  # upstream sockets one worker may ask for per second
 MAX_READY_LINES = 100  # listeners named in the answer to /ready
 
 
-def load_config(path: str, previous: dict | None = None) -> tuple[config.Config, bytes]:
+def load_config(
+    path: str, previous: dict | None = None, parts: dict | None = None
+) -> tuple[config.Config, bytes]:
     """(config, the file's bytes): config.load, keeping the bytes (an upgrade hands them to
     the new binder, which falls back to them if it refuses the file). Raises ConfigError."""
     limit = getattr(config, "MAX_FILE_BYTES", 64 * 1024 * 1024)
@@ -65,7 +67,7 @@ def load_config(path: str, previous: dict | None = None) -> tuple[config.Config,
         raise config.ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from None
     if len(data) > limit:
         raise config.ConfigError([f"{path} is larger than {limit} bytes"])
-    return config.parse(data, previous), data
+    return config.parse(data, previous, parts), data
 
 
 def worker_count(cfg: config.Config) -> int:
@@ -416,7 +418,7 @@ class Binder:
         """Read the certificate and key files of cfg's https listeners whose files changed
         since they were last read (workers cannot read them); the changed ones.
 
-        The files' state (device, inode, size, mtime) is the one config.load validated
+        The files' state (tls.file_identity) is the one config.load validated
         (``Listener.cert_state``), not stat-ed again: 3000 tenants name 6000 files. The bytes
         are the very ones the validation loaded (tls.take_validated_files) when it read them
         in that state; others are read here, and one replaced since its validation is logged
@@ -428,7 +430,8 @@ class Binder:
             for li in tenant.listeners:
                 if li.protocol == "https" and li.cert_state:
                     for entry in li.cert_state:
-                        if entry[0] is not None and entry[0] not in wanted and len(entry) == 5:
+                        # (path, *identity); (path, errno) and (field, None) name no file
+                        if len(entry) > 2 and entry[0] not in wanted:
                             wanted[entry[0]] = entry[1:]
         validated = tls.take_validated_files()
         changed = {}
@@ -443,7 +446,7 @@ class Binder:
                     except OSError as exc:
                         log.error("cannot read %s: %s", path, exc.strerror)
                         continue
-                    if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != state:
+                    if tls.file_identity(st) != state:
                         log.warning("%s changed after it was validated; reload", path)
                 changed[path] = data
                 self.cert_stats[path] = state

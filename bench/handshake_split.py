@@ -1,0 +1,208 @@
+"""CPU per full TLS handshake in the serving process, nsproxy builds against HAProxy.
+
+    .venv/bin/python bench/handshake_split.py                         # this tree and HAProxy
+    .venv/bin/python bench/handshake_split.py --build old=/path/to/checkout/src/nsproxy
+    .venv/bin/python bench/handshake_split.py --perf                  # + where it goes, by DSO
+
+One tenant namespace with one RSA-2048 certificate, inside a throwaway sandbox
+(tools/sandbox.py); the proxy pinned to CPU 0, one ``openssl s_time -new -www /`` client and
+the backend on CPU 1. Each build (and HAProxy ``nbthread 1``) is started in turn, loaded for
+``--seconds`` and stopped, ``--rounds`` times. CPU is read from ``/proc/PID/stat`` of the
+process that serves (nsproxy's worker 0 when there is one, else the daemon; HAProxy's
+process). With ``--perf``, ``perf record -e cpu-clock`` samples that process (software clock:
+no hardware counters needed) and the report gives microseconds per handshake by DSO, which
+separates the signature (libcrypto) from the rest. A narrower harness than the benchmark's
+(4 clients on 4 tenants among N): it answers whether a build spends more per handshake, not
+how the proxies compare at scale. Prints one JSON line per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tools.sandbox import Sandbox  # noqa: E402
+
+PY = str(REPO / ".venv" / "bin" / "python")
+ECHO = str(REPO / "tests" / "nsproxy" / "echo_server.py")
+ADDR = "10.0.0.250"
+BACKEND = "127.0.0.1:9400"
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _nsproxy(sb: Sandbox, work: Path, src: str, cert: Path, key: Path) -> tuple:
+    config = {
+        "instance": "hs",
+        "admin_socket": str(work / "hs.sock"),
+        "workers": 1,
+        "tenants": [
+            {
+                "name": "t1",
+                "netns": "t1",
+                "listeners": [
+                    {
+                        "listen": f"{ADDR}:443",
+                        "protocol": "https",
+                        "tls": {"certificates": [{"cert": str(cert), "key": str(key)}]},
+                    }
+                ],
+                "routes": [{"host": "*", "path_prefix": "/", "upstream": "app"}],
+                "upstreams": {"app": {"netns": None, "servers": [BACKEND]}},
+            }
+        ],
+    }
+    path = work / "nsproxy.json"
+    path.write_text(json.dumps(config))
+    if subprocess.run([PY, "-m", "nsproxy", "check", str(path)], capture_output=True,
+                      env={**os.environ, "PYTHONPATH": src}).returncode:  # fmt: skip
+        del config["workers"]  # a build from before binder and workers
+        path.write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONPATH": src}
+    argv = ["taskset", "-c", "0", PY, "-m", "nsproxy", "run", "--config", str(path)]
+    proc = sb.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    time.sleep(4)
+    status = sb.run(
+        [PY, "-m", "nsproxy", "status", "--socket", str(work / "hs.sock"), "--json"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    pid = proc.pid  # one process serves, unless the status names a worker
+    with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+        pid = json.loads(status.stdout)["workers"][0]["pid"]
+    return proc, pid
+
+
+def _haproxy(sb: Sandbox, work: Path, cert: Path, key: Path) -> tuple:
+    pem = work / "combined.pem"
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    conf = work / "haproxy.cfg"
+    conf.write_text(
+        f"""global
+  nbthread 1
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option forwardfor
+frontend fe
+  bind {ADDR}:443 ssl crt {pem} namespace t1
+  http-request set-header X-Nsproxy-Tenant t1
+  default_backend be
+backend be
+  http-reuse always
+  server s1 {BACKEND}
+"""
+    )
+    proc = sb.popen(["taskset", "-c", "0", "haproxy", "-f", str(conf)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(2)
+    return proc, proc.pid
+
+
+def _split(data: Path) -> dict:
+    """DSO -> share of the samples in a perf.data."""
+    out = subprocess.run(
+        ["perf", "report", "-i", str(data), "--sort", "dso", "--stdio", "-F", "overhead,dso"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    shares = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(\S+)", line)
+        if m:
+            shares[m.group(2)] = float(m.group(1)) / 100
+    return shares
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--build", action="append", default=[],
+                   help="NAME=PATH of an nsproxy source folder (src/nsproxy); default: this "
+                        "tree")  # fmt: skip
+    p.add_argument("--no-haproxy", action="store_true")
+    p.add_argument("--seconds", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--perf", action="store_true", help="split each run's CPU by DSO")
+    args = p.parse_args()
+    builds = dict(b.split("=", 1) for b in args.build) or {"tree": str(REPO / "src" / "nsproxy")}
+    if not args.no_haproxy:
+        builds["haproxy"] = None
+    with tempfile.TemporaryDirectory() as tmp, Sandbox() as sb:
+        work = Path(tmp)
+        cert, key = work / "c.pem", work / "c.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=t1.example"],
+                       check=True, capture_output=True)  # fmt: skip
+        sb.sh(f"ip netns add t1 && ip -n t1 link set lo up && ip -n t1 addr add {ADDR}/32 dev lo")
+        echo = sb.popen(["taskset", "-c", "1", PY, ECHO, "echo", BACKEND],
+                        stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert echo.stdout.readline().strip() == "ready"
+        for rnd in range(args.rounds):
+            for name, src in builds.items():
+                if src is None:
+                    proc, pid = _haproxy(sb, work, cert, key)
+                else:
+                    proc, pid = _nsproxy(sb, work, src, cert, key)
+                data = work / f"perf.{name}"
+                perf = None
+                if args.perf:
+                    perf = subprocess.Popen(
+                        ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-o",
+                         str(data), "-p", str(pid)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
+                before = _cpu_seconds(pid)
+                client = sb.run(
+                    ["ip", "netns", "exec", "t1", "taskset", "-c", "1", "openssl", "s_time",
+                     "-connect", f"{ADDR}:443", "-new", "-time", str(args.seconds), "-www", "/"],
+                    check=False, capture_output=True, text=True,
+                )  # fmt: skip
+                cpu = _cpu_seconds(pid) - before
+                if perf is not None:
+                    perf.send_signal(2)
+                    perf.wait()
+                proc.terminate()
+                proc.wait(timeout=20)
+                m = re.search(r"(\d+) connections in ([\d.]+)s", client.stdout)
+                count = int(m.group(1)) if m else 0
+                row = {
+                    "round": rnd,
+                    "build": name,
+                    "handshakes": count,
+                    "cpu_s": round(cpu, 2),
+                    "per_cpu_s": round(count / cpu) if cpu else None,
+                    "us_per_handshake": round(cpu / count * 1e6) if count else None,
+                }
+                if perf is not None and count:
+                    row["us_by_dso"] = {
+                        dso: round(share * cpu / count * 1e6)
+                        for dso, share in _split(data).items()
+                        if share >= 0.005
+                    }
+                print(json.dumps(row), flush=True)
+        echo.terminate()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
