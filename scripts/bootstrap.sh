@@ -10,7 +10,6 @@ APT_PACKAGES=(
   iproute2 util-linux procps kmod iptables             # sandbox and kernel objects
   curl openssl socat jq rsync git                      # real clients in tests
   shellcheck graphviz                                  # ansible-test sanity's shellcheck; README pictures (dot)
-  gdb                                                  # runs probe code inside a live worker
   docker.io apparmor busybox-static python3-requests python3-apt  # container tests (local image); what docker_host installs
   haproxy nginx-light wrk                              # benchmark contenders
   prometheus                                           # promtool: the shipped alert rules, real scrapes

@@ -4,24 +4,30 @@ inside a live nsproxy worker, as code a parser bug would run there, and print wh
 
     worker_probe.py WORKER_PID VICTIM_PID BINDER_PID
 
-gdb attaches to the worker and makes its main thread run the probes through the interpreter
-(PyGILState_Ensure + PyRun_SimpleString, as pyrasite does), so they run with the worker's own
-credentials and capabilities. The probes try to read /etc/shadow, to read the memory of the
-victim (a root process of another tenant) and of the binder through /proc/PID/mem, and to enter
-the victim's network namespace (via /run/netns/victim and /proc/VICTIM/ns/net) to reach its
-loopback-only service on 127.0.0.1:7777. They send their findings as one JSON object to a TCP
-port this script listens on (the worker can connect to the host namespace's loopback; it cannot
-write a file), which this script prints. Each finding is "no: <why>" or "YES: <what it got>".
+hypno (with pyinjector) makes the worker's main thread load a small library that runs the
+probes through the interpreter (PyGILState_Ensure + PyRun_SimpleString), so they run with the
+worker's own credentials and capabilities. (gdb's ``call`` did the same until a host with AMX,
+where gdb 13 fails with "Couldn't write extended state status: Bad address" and the call never
+runs; pyinjector's injection works there.) The library is written to PROBE_LIB_DIR (default
+/run/tenantnet-probe, the sandbox's own /run), a folder the worker can read and map: not /tmp
+under the unit's PrivateTmp=, and not a noexec /run (the VM sets a folder under /usr/local).
+
+The probes try to read /etc/shadow, to read the memory of the victim (a root process of
+another tenant) and of the binder through /proc/PID/mem, and to enter the victim's network
+namespace (via /run/netns/victim and /proc/VICTIM/ns/net) to reach its loopback-only service
+on 127.0.0.1:7777. They send their findings as one JSON object to a TCP port this script
+listens on (the worker can connect to the host namespace's loopback; it cannot write a file),
+which this script prints. Each finding is "no: <why>" or "YES: <what it got>".
 Runs as root, in the worker's network namespace. Used by tests/nsproxy and the molecule VM.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import socket
-import subprocess
 import sys
+import tempfile
 
 PROBES = r"""
 import ctypes, json, os, socket
@@ -78,23 +84,21 @@ with socket.create_connection(("127.0.0.1", port), timeout=5) as report:
 
 
 def run_in_process(pid: int, code: str) -> None:
-    """Run Python ``code`` in the main thread of the live process ``pid`` (gdb, the GIL taken
-    with PyGILState_Ensure); raises RuntimeError with gdb's output if it could not."""
-    gdb = shutil.which("gdb")
-    if gdb is None:
-        raise RuntimeError("gdb is not installed")
-    literal = json.dumps(code)  # a JSON string is a valid C string literal for this text
-    proc = subprocess.run(
-        [gdb, "-p", str(pid), "-batch", "-nx",
-         "-ex", "set confirm off",
-         "-ex", "call (int)PyGILState_Ensure()",
-         "-ex", f"call (int)PyRun_SimpleString({literal})",
-         "-ex", "call (void)PyGILState_Release($1)",
-         "-ex", "detach"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"gdb failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    """Run Python ``code`` in the main thread of the live process ``pid`` (hypno: the GIL taken
+    with PyGILState_Ensure); raises RuntimeError if it could not."""
+    from hypno import inject_py  # tests only (requirements-dev.txt; the VM: a venv of its own)
+
+    folder = os.environ.get("PROBE_LIB_DIR", "/run/tenantnet-probe")
+    os.makedirs(folder, mode=0o755, exist_ok=True)
+    os.chmod(folder, 0o755)  # the worker's user must read the library in it
+    previous = tempfile.tempdir
+    tempfile.tempdir = folder  # where hypno writes the library, mode 0644, removed after
+    try:
+        inject_py(pid, code)
+    except Exception as exc:
+        raise RuntimeError(f"could not run code in process {pid}: {exc}") from exc
+    finally:
+        tempfile.tempdir = previous
 
 
 def probe(worker: int, victim: int, binder: int) -> dict:

@@ -16,7 +16,7 @@ SUITE=bookworm
 IMAGE_SIZE=${TENANTNET_VM_IMAGE_SIZE:-6G}
 CACHE=${TENANTNET_VM_CACHE:-$HOME/.cache/tenantnet-nsproxy}
 # The wheels the nsproxy daemon's fast path needs, for the VM's Python (3.11, like the host's).
-WHEELS=(httptools uvloop setproctitle setuptools wheel)
+WHEELS=(httptools uvloop setproctitle setuptools wheel hypno==1.1.0)  # hypno: verify's worker probe (its temp-file use is relied on)
 
 log() { printf '[build-image %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
