@@ -30,6 +30,13 @@ def status_fields(pid: int) -> dict[str, str]:
     return fields
 
 
+def nice_of(pid: int) -> int:
+    """The nice value of process ``pid``: field 19 of /proc/PID/stat (proc(5)), counted after
+    the command name, which may hold spaces and parentheses."""
+    after_name = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(after_name[16])
+
+
 def worker_pids(status: dict, state: str = "serving") -> list[int]:
     return [w["pid"] for w in status["workers"] if w["state"] == state]
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pwd
 import subprocess
 
 from conftest import ADDR, NSPROXY, http_tenant
-from processes import VICTIM, probe_worker, status_fields, worker_pids
+from processes import VICTIM, nice_of, probe_worker, status_fields, worker_pids
+
+from nsproxy import priority
 
 ZERO = "0000000000000000"
 
@@ -44,6 +47,44 @@ def test_workers_run_as_the_configured_user_with_every_capability_set_empty(prox
         doc = proxy.get_json(tenant, f"http://{ADDR}/")
         assert doc["server"] == "echo@9301"
     assert "as daemon (uid" in proxy.log()
+
+
+def test_a_reload_runs_ahead_of_the_workers_and_the_binder_comes_back_after_it(proxy):
+    """priority.py: the reload's check and binds BOOST nice levels below the workers; the
+    workers and, outside a reload, the binder keep the sandbox's nice value (this test's)."""
+    proxy.add_netns("solo", "late")
+    proxy.start_echo("echo", "127.0.0.1:9303")
+    tenants = [http_tenant("solo", ["127.0.0.1:9303"])]
+    proxy.write_config(tenants, workers=2)
+    proxy.start()
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert base - priority.BOOST >= -20, "run the tests at nice -10 or above"
+    proxy.write_config([*tenants, http_tenant("late", ["127.0.0.1:9303"])], workers=2)
+    reload = proxy.reload()
+    assert reload.returncode == 0, reload.stderr
+    assert f", at nice {base - priority.BOOST};" in proxy.log()
+    status = proxy.status_json()
+    assert nice_of(status["pid"]) == base
+    assert [nice_of(pid) for pid in worker_pids(status)] == [base, base]
+    assert proxy.get_json("late", f"http://{ADDR}/")["server"] == "echo@9303"
+
+
+def test_without_cap_sys_nice_a_reload_runs_at_the_workers_nice_value_and_says_so(proxy):
+    proxy.add_netns("solo", "late")
+    proxy.start_echo("echo", "127.0.0.1:9304")
+    tenants = [http_tenant("solo", ["127.0.0.1:9304"])]
+    proxy.write_config(tenants, workers=1)
+    proxy.start(wrap=["setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice", "--"])
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    proxy.write_config([*tenants, http_tenant("late", ["127.0.0.1:9304"])], workers=1)
+    for _ in range(2):  # said once, however many reloads
+        reload = proxy.reload()
+        assert reload.returncode == 0, reload.stderr
+    log = proxy.log()
+    assert log.count(f", at nice {base};") == 2, log
+    said = f"a reload runs at the workers' nice value {base} (running ahead of them needs "
+    assert log.count(said) == 1, log
+    assert proxy.get_json("late", f"http://{ADDR}/")["server"] == "echo@9304"
 
 
 def test_started_as_root_without_a_user_the_workers_are_nobody(proxy):

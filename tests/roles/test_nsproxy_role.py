@@ -357,7 +357,7 @@ def test_installed_unit_file_passes_systemd_analyze_verify(host):
         "RestrictNamespaces=net",
         "ProtectProc=invisible",
         "CapabilityBoundingSet=CAP_SYS_ADMIN CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID "
-        "CAP_SETPCAP CAP_KILL",
+        "CAP_SETPCAP CAP_KILL CAP_SYS_NICE",
     ):
         assert line in unit.splitlines(), f"missing {line!r}"
     # The binder runs as root with that bounding set only: no User=, nothing ambient.
