@@ -238,6 +238,29 @@ def _nginx_temp_paths(wd: Path) -> str:
     )
 
 
+def haproxy_preamble(nbthread: int, admin_socket: Path | None = None) -> str:
+    """HAProxy's ``global`` and ``defaults`` sections for every harness of the benchmark (the
+    matrix and bench/handshake_split.py): the same threads, TLS floor, timeouts and
+    ``forwardfor``; ``admin_socket`` adds the stats socket the matrix's reloads use."""
+    admin = (
+        f"  stats socket {admin_socket} mode 600 level admin expose-fd listeners\n"
+        if admin_socket
+        else ""
+    )
+    return f"""global
+  nbthread {nbthread}
+{admin}  ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+  option forwardfor
+"""
+
+
 class HAProxy(Contender):
     """HAProxy in master-worker mode with ``nbthread`` threads and ``bind ... namespace tN`` per
     tenant."""
@@ -270,21 +293,7 @@ class HAProxy(Contender):
 
     def _write(self, tenants: list[str]) -> Path:
         wd = self.workdir
-        parts = [
-            f"""global
-  nbthread {self.nbthread}
-  stats socket {wd}/admin.sock mode 600 level admin expose-fd listeners
-  ssl-default-bind-options ssl-min-ver TLSv1.2
-
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  timeout http-keep-alive 60s
-  option forwardfor
-"""
-        ]
+        parts = [haproxy_preamble(self.nbthread, wd / "admin.sock")]
         for t in tenants:
             tls_bind = (
                 f"  bind {topo.LISTEN_ADDR}:{topo.HTTPS_PORT} ssl crt "

@@ -32,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.contenders import haproxy_preamble  # noqa: E402
 from tools.sandbox import Sandbox  # noqa: E402
 
 PY = str(REPO / ".venv" / "bin" / "python")
@@ -95,16 +96,8 @@ def _haproxy(sb: Sandbox, work: Path, cert: Path, key: Path) -> tuple:
     pem.write_bytes(cert.read_bytes() + key.read_bytes())
     conf = work / "haproxy.cfg"
     conf.write_text(
-        f"""global
-  nbthread 1
-  ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option forwardfor
-frontend fe
+        haproxy_preamble(1)
+        + f"""frontend fe
   bind {ADDR}:443 ssl crt {pem} namespace t1
   http-request set-header X-Nsproxy-Tenant t1
   default_backend be
