@@ -13,7 +13,8 @@ log file and written its pid file. It:
 - runs the daemon command after ``--``, restarts it when it fails (backoff 1 s doubling to 30 s,
   back to 1 s after 30 s of running), and stops when it exits cleanly or after SIGTERM/SIGINT;
 - forwards SIGTERM (SIGINT as SIGTERM), SIGHUP (reload) and SIGUSR1 (reopen the logs, sent by
-  the role's logrotate postrotate) to the daemon;
+  the role's logrotate postrotate) to the daemon, also one that comes while it is being
+  started (sent as soon as Popen returns);
 - removes its pid file when it ends, if the file still names it.
 
 Usage: nsproxy-supervisor --name NAME --pid-file PATH [--ready-fd FD] -- COMMAND [ARG...]
@@ -56,14 +57,20 @@ def log(name: str, message: str) -> None:
 
 def supervise(name: str, argv: list, pid_file: str, ready_fd: int | None) -> int:
     """Run argv until it exits cleanly or a stop signal comes; the exit status to return."""
-    state = {"stop": False, "child": None}
+    # "early" holds signals that came while a child was being started: the child may already be
+    # running (and have said so in the log) before Popen returns and state["child"] names it.
+    # They are sent to it as soon as it is named, so none is lost in that window.
+    state = {"stop": False, "child": None, "early": []}
 
     def forward(signum, _frame):
         if signum in (signal.SIGTERM, signal.SIGINT):
             state["stop"] = True
+        signum = signal.SIGTERM if signum == signal.SIGINT else signum
         child = state["child"]
-        if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+        if child is None:
+            state["early"].append(signum)
+        elif child.poll() is None:
+            child.send_signal(signum)
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
@@ -78,15 +85,20 @@ def supervise(name: str, argv: list, pid_file: str, ready_fd: int | None) -> int
     try:
         while not state["stop"]:
             started = time.monotonic()
+            state["child"], state["early"] = None, []  # what came before this start is moot
             try:
-                state["child"] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)
+                child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)
             except OSError as exc:
                 log(name, f"cannot run {argv[0]}: {exc.strerror}")
                 code = 127
             else:
+                state["child"] = child
+                for signum in state["early"]:  # a stop is sent once, below
+                    if signum != signal.SIGTERM:
+                        child.send_signal(signum)
                 if state["stop"]:
-                    state["child"].send_signal(signal.SIGTERM)
-                code = state["child"].wait()
+                    child.send_signal(signal.SIGTERM)
+                code = child.wait()
                 if state["stop"]:
                     log(name, f"nsproxy stopped (exit {code})")
                     break

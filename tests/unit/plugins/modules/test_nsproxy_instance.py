@@ -4,10 +4,12 @@ exercised by tests/roles/test_nsproxy_role.py), plus the supervisor with real pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import textwrap
 import time
@@ -484,6 +486,47 @@ def test_supervisor_forwards_usr1_and_hup_to_the_process(tmp_path, request_clean
     _wait(lambda: "HUP" in got.read_text(), "HUP at the child")
     assert got.read_text().split() == ["USR1", "HUP"]
     assert manager.running() and _alive(supervisor)
+
+
+def test_supervisor_forwards_a_signal_that_comes_while_the_child_is_being_started(tmp_path):
+    """The child can be running, and have said so, before Popen returns in the supervisor. A
+    SIGUSR1 raised in exactly that window (here: inside a Popen wrapper, after the child's trap
+    is set) still reaches the child. This window lost a signal in CI once (stop 22)."""
+    ready, got = tmp_path / "ready", tmp_path / "signals"
+    script = (
+        f"trap 'echo USR1 >> {got}; exit 0' USR1; echo traps set > {ready}; "
+        "while :; do sleep 0.1; done"
+    )
+    driver = textwrap.dedent(
+        f"""
+        import os, runpy, signal, subprocess, sys, time
+        real = subprocess.Popen
+        def popen_then_signal(*args, **kwargs):
+            child = real(*args, **kwargs)
+            while not os.path.exists({str(ready)!r}):
+                time.sleep(0.02)
+            os.kill(os.getpid(), signal.SIGUSR1)  # handled here, before Popen returns
+            return child
+        subprocess.Popen = popen_then_signal
+        sys.argv = [{SUPERVISOR!r}, "--name", "early", "--pid-file", {str(tmp_path / "pid")!r},
+                    "--", "sh", "-c", {script!r}]
+        runpy.run_path({SUPERVISOR!r}, run_name="__main__")
+        """
+    )
+    # Its own process group, so a failing run leaves neither the supervisor nor the sh behind.
+    driven = subprocess.Popen(
+        [sys.executable, "-c", driver], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = driven.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the child never got the SIGUSR1 raised while it was being started")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driven.pid, signal.SIGKILL)
+        driven.wait()
+    assert got.read_text().split() == ["USR1"]
+    assert "exited cleanly; not restarting" in stderr
 
 
 def test_missing_supervisor_is_a_sentence_naming_it(tmp_path):
