@@ -115,8 +115,11 @@ class Proxy:
         tmp.write_text(json.dumps(cfg, indent=1))
         tmp.replace(self.config_path)
 
-    def start(self, wait_bound: bool = True, env: dict | None = None, wrap=()) -> None:
-        """Start the daemon (``wrap``: a command prefix, e.g. prlimit); wait until it serves."""
+    def start(
+        self, wait_bound: bool = True, env: dict | None = None, wrap=(), wait: bool = True
+    ) -> None:
+        """Start the daemon (``wrap``: a command prefix, e.g. prlimit); wait until it serves
+        (unless ``wait`` is false)."""
         self.logfile = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the daemon
         self.proc = self.sb.popen(
             [*wrap, NSPROXY, "run", "--config", str(self.config_path)],
@@ -124,6 +127,8 @@ class Proxy:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
+        if not wait:
+            return
         deadline = time.monotonic() + 20
         while True:
             assert self.proc.poll() is None, f"nsproxy exited:\n{self.log()}"

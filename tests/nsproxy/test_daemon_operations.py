@@ -6,14 +6,18 @@ prefix and JSON daemon logs, the systemd watchdog (a fake notify socket), and pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
+from pathlib import Path
 
+from processes import status_fields, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.nsproxy.conftest import ADDR, WORKERS, http_tenant
@@ -319,6 +323,90 @@ def test_sigusr1_reopens_the_access_log_and_the_daemon_log(proxy):
     assert {int(re.search(r"\[worker \d+ (\d+)\]", x).group(1)) for x in workers_lines} == set(
         before[1]
     ), daemon_log.read_text()
+
+
+def _catches(pid: int, *signums: int) -> bool:
+    """Whether the process has a handler for every one of ``signums`` (SigCgt, proc(5))."""
+    caught = int(status_fields(pid)["SigCgt"], 16)
+    return all(caught >> (signum - 1) & 1 for signum in signums)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def test_sighup_and_sigusr1_while_starting_are_acted_on_once_serving(proxy):
+    """Both end a process by default (signal(7)), and a binder that is still starting serves no
+    one yet but would take every tenant down with it. Sent as soon as ``nsproxy run`` catches
+    them, before any worker exists, they are held: the daemon serves, then reloads and reopens
+    its logs, in the same process."""
+    proxy.add_netns("acme")
+    proxy.start_echo("echo", "127.0.0.1:9811")
+    daemon_log = proxy.dir / "daemon.log"
+    proxy.write_config([http_tenant("acme", ["127.0.0.1:9811"])], log={"path": str(daemon_log)})
+    proxy.start(wait=False)
+    pid = proxy.proc.pid
+    wait_until(
+        lambda: proxy.proc.poll() is not None or _catches(pid, signal.SIGHUP, signal.SIGUSR1),
+        "nsproxy run to catch SIGHUP and SIGUSR1",
+        step=0.001,
+    )
+    assert proxy.proc.poll() is None, proxy.log()
+    os.kill(pid, signal.SIGSTOP)  # held where it is: no worker starts between look and send
+    try:
+        workers_then = _children(pid)
+        os.kill(pid, signal.SIGHUP)
+        os.kill(pid, signal.SIGUSR1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert workers_then == [], "SIGHUP and SIGUSR1 were caught only once workers had started"
+    proxy.wait_for(lambda s: s["generation"] == 2 and proxy.all_bound(s), "the held reload")
+    assert proxy.proc.poll() is None and proxy.status_json()["pid"] == pid
+    text = daemon_log.read_text()
+    assert "SIGHUP came while starting: acting on it now" in text, text
+    assert "SIGUSR1: logs reopened" in text, text
+    requests(proxy, "acme", 1, 1)
+
+
+def test_sighup_throughout_an_upgrade_neither_ends_the_binder_nor_is_lost(proxy):
+    """``nsproxy upgrade`` re-executes the binder in its process; SIGHUP every 20 ms all
+    through it (a reload sent meanwhile) finds it either serving or holding the signal (blocked
+    across execve, then held until the new binder serves): the process lives on, and the new
+    binder acts on what came while it started."""
+    proxy.add_netns("acme")
+    proxy.start_echo("echo", "127.0.0.1:9811")
+    daemon_log = proxy.dir / "daemon.log"
+    proxy.write_config([http_tenant("acme", ["127.0.0.1:9811"])], log={"path": str(daemon_log)})
+    proxy.start()
+    pid = proxy.status_json()["pid"]
+    stop = threading.Event()
+
+    def hup_every_20_ms():
+        while not stop.wait(0.02):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
+    sender = threading.Thread(target=hup_every_20_ms)
+    sender.start()
+    try:
+        upgrade = proxy.nsproxy("upgrade", "--socket", proxy.socket)
+    finally:
+        stop.set()
+        sender.join()
+    assert upgrade.returncode == 0, upgrade.stderr + proxy.log()
+    assert proxy.proc.poll() is None, f"a SIGHUP ended the binder:\n{proxy.log()}"
+    assert proxy.status_json()["pid"] == pid
+    text = daemon_log.read_text()
+    assert "SIGHUP came while starting: acting on it now" in text.split("upgrade: executing")[-1]
+    requests(proxy, "acme", 1, 1)
 
 
 def test_reload_reopens_the_access_log(proxy):

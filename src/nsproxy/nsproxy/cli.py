@@ -75,6 +75,9 @@ def cmd_check(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from nsproxy.binder import early_signals
+
+    early_signals.hold()  # first: a SIGHUP or SIGUSR1 while starting must not end the process
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s nsproxy %(levelname)s %(message)s",

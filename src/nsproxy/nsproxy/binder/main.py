@@ -39,6 +39,7 @@ from nsproxy import (
     titles,
     tls_tickets,
 )
+from nsproxy.binder import early_signals
 from nsproxy.binder.listeners import Listeners
 from nsproxy.binder.sockets import Missing, UpstreamSockets
 from nsproxy.binder.workers import WorkerPool
@@ -153,13 +154,17 @@ class Binder:
         systemd.ready(f"{len(self.listeners.tenants)} tenants")
 
     def _begin_serving(self) -> None:
-        for sig, handler in (
-            (signal.SIGHUP, self._sighup),
-            (signal.SIGTERM, self._sigterm),
-            (signal.SIGINT, self._sigterm),
-            (signal.SIGUSR1, self._sigusr1),
-        ):
+        handlers = {
+            signal.SIGHUP: self._sighup,
+            signal.SIGTERM: self._sigterm,
+            signal.SIGINT: self._sigterm,
+            signal.SIGUSR1: self._sigusr1,
+        }
+        for sig, handler in handlers.items():
             self.loop.add_signal_handler(sig, handler)
+        for sig in early_signals.release():  # came while starting (or across an upgrade)
+            log.info("%s came while starting: acting on it now", signal.Signals(sig).name)
+            handlers[sig]()
         self.sweeper = self.loop.call_later(SWEEP, self._sweep)
         interval = systemd.watchdog_interval()
         if interval is not None:

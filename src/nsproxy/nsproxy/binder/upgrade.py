@@ -35,6 +35,7 @@ import sys
 import time
 
 from nsproxy import __version__, admin, config, health_table, netns, privileges, systemd
+from nsproxy.binder import early_signals
 from nsproxy.health_table import HealthTable
 from nsproxy.sharedcounts import SharedCounts, Slots
 
@@ -91,9 +92,11 @@ async def upgrade(binder, reply_sock) -> tuple[bool, str]:
             handler.flush()
         sys.stdout.flush()
         sys.stderr.flush()
+        early_signals.block_for_exec()  # pending across the exec, taken by the new binder
         try:
             os.execve(argv[0], [*argv, *run_args], env)
         except OSError as exc:
+            early_signals.unblock()
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.set_inheritable(fd, False)
