@@ -13,8 +13,11 @@ log file and written its pid file. It:
 - runs the daemon command after ``--``, restarts it when it fails (backoff 1 s doubling to 30 s,
   back to 1 s after 30 s of running), and stops when it exits cleanly or after SIGTERM/SIGINT;
 - forwards SIGTERM (SIGINT as SIGTERM), SIGHUP (reload) and SIGUSR1 (reopen the logs, sent by
-  the role's logrotate postrotate) to the daemon, also one that comes while it is being
-  started (sent as soon as Popen returns);
+  the role's logrotate postrotate) to the daemon, once it has logged the daemon's pid;
+- starts the daemon with SIGHUP and SIGUSR1 ignored (a disposition execve keeps, execve(2)):
+  until ``nsproxy run`` installs its own handlers (binder/early_signals.py), their default
+  action would end it. One that comes while the daemon is being started is not forwarded: the
+  daemon has not read its file or opened its logs yet;
 - removes its pid file when it ends, if the file still names it.
 
 Usage: nsproxy-supervisor --name NAME --pid-file PATH [--ready-fd FD] -- COMMAND [ARG...]
@@ -32,6 +35,7 @@ import sys
 import time
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+IGNORED_AT_START = (signal.SIGHUP, signal.SIGUSR1)
 
 
 def set_title(title: str) -> None:
@@ -57,19 +61,18 @@ def log(name: str, message: str) -> None:
 
 def supervise(name: str, argv: list, pid_file: str, ready_fd: int | None) -> int:
     """Run argv until it exits cleanly or a stop signal comes; the exit status to return."""
-    # "early" holds signals that came while a child was being started: the child may already be
-    # running (and have said so in the log) before Popen returns and state["child"] names it.
-    # They are sent to it as soon as it is named, so none is lost in that window.
-    state = {"stop": False, "child": None, "early": []}
+    state = {"stop": False, "stopped": False, "child": None}
 
     def forward(signum, _frame):
         if signum in (signal.SIGTERM, signal.SIGINT):
             state["stop"] = True
-        signum = signal.SIGTERM if signum == signal.SIGINT else signum
         child = state["child"]
-        if child is None:
-            state["early"].append(signum)
-        elif child.poll() is None:
+        if child is not None and child.poll() is None:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if state["stopped"]:
+                    return
+                state["stopped"] = True
+                signum = signal.SIGTERM
             child.send_signal(signum)
 
     for signum in FORWARDED:
@@ -85,7 +88,8 @@ def supervise(name: str, argv: list, pid_file: str, ready_fd: int | None) -> int
     try:
         while not state["stop"]:
             started = time.monotonic()
-            state["child"], state["early"] = None, []  # what came before this start is moot
+            for signum in IGNORED_AT_START:  # inherited by the child; ours again right after
+                signal.signal(signum, signal.SIG_IGN)
             try:
                 child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)
             except OSError as exc:
@@ -93,12 +97,18 @@ def supervise(name: str, argv: list, pid_file: str, ready_fd: int | None) -> int
                 code = 127
             else:
                 state["child"] = child
-                for signum in state["early"]:  # a stop is sent once, below
-                    if signum != signal.SIGTERM:
-                        child.send_signal(signum)
-                if state["stop"]:
+            finally:
+                for signum in IGNORED_AT_START:
+                    signal.signal(signum, forward)
+            if state["child"] is not None:
+                log(name, f"nsproxy started as pid {child.pid}")
+                # A stop that came before the child was named was not sent to it (forward
+                # saw no child); one that came after was.
+                if state["stop"] and not state["stopped"]:
+                    state["stopped"] = True
                     child.send_signal(signal.SIGTERM)
                 code = child.wait()
+                state["child"] = None
                 if state["stop"]:
                     log(name, f"nsproxy stopped (exit {code})")
                     break

@@ -464,69 +464,104 @@ def test_supervisor_restarts_a_failed_process(tmp_path):
     assert not manager.running()
 
 
+# The daemon the supervisor starts, as nsproxy does: handlers for SIGHUP and SIGUSR1 (which it
+# starts with ignored), each noted in GOT; "handlers set" once they are; exits 0 on SIGHUP when
+# told to. (sh cannot stand in: a trap on a signal ignored at entry has no effect, POSIX.)
+DAEMON = textwrap.dedent(
+    """
+    import signal, sys, time
+    got, delay, exit_on_hup = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+    time.sleep(delay)  # the interpreter's start, before the handlers are in place
+    def note(signum, _frame):
+        with open(got, "a") as out:
+            out.write(signal.Signals(signum).name + "\\n")
+        if exit_on_hup and signum == signal.SIGHUP:
+            sys.exit(0)
+    signal.signal(signal.SIGHUP, note)
+    signal.signal(signal.SIGUSR1, note)
+    print("handlers set", flush=True)
+    while True:
+        time.sleep(0.1)
+    """
+)
+
+
 def test_supervisor_forwards_usr1_and_hup_to_the_process(tmp_path, request_cleanup):
     """SIGUSR1 (logrotate's postrotate: reopen the logs) and SIGHUP (reload) sent to the pid
     in the pid file reach the daemon; the supervisor itself keeps running."""
     got = tmp_path / "signals"
-    script = (
-        f"trap 'echo USR1 >> {got}' USR1; trap 'echo HUP >> {got}' HUP; "
-        "echo traps set; while :; do sleep 0.1; done"
-    )
     manager = SupervisedManager(
-        "sig", ["sh", "-c", script], str(tmp_path / "run"), str(tmp_path / "log"), SUPERVISOR
+        "sig",
+        [sys.executable, "-c", DAEMON, str(got), "0", "0"],
+        str(tmp_path / "run"),
+        str(tmp_path / "log"),
+        SUPERVISOR,
     )
     manager.start()
     request_cleanup(manager)
     supervisor = read_pid_file(manager.pid_file)
     log = tmp_path / "log" / "sig.log"
-    _wait(lambda: "traps set" in log.read_text().splitlines(), "the child's traps")
+
+    def ready():
+        lines = log.read_text().splitlines()
+        started = any("nsproxy started as pid" in line for line in lines)
+        return started and "handlers set" in lines
+
+    _wait(ready, "the daemon's handlers and the supervisor naming it")
     os.kill(supervisor, signal.SIGUSR1)
-    _wait(lambda: got.exists() and "USR1" in got.read_text(), "USR1 at the child")
+    _wait(lambda: got.exists() and "SIGUSR1" in got.read_text(), "SIGUSR1 at the daemon")
     os.kill(supervisor, signal.SIGHUP)
-    _wait(lambda: "HUP" in got.read_text(), "HUP at the child")
-    assert got.read_text().split() == ["USR1", "HUP"]
+    _wait(lambda: "SIGHUP" in got.read_text(), "SIGHUP at the daemon")
+    assert got.read_text().split() == ["SIGUSR1", "SIGHUP"]
     assert manager.running() and _alive(supervisor)
 
 
-def test_supervisor_forwards_a_signal_that_comes_while_the_child_is_being_started(tmp_path):
-    """The child can be running, and have said so, before Popen returns in the supervisor. A
-    SIGUSR1 raised in exactly that window (here: inside a Popen wrapper, after the child's trap
-    is set) still reaches the child. This window lost a signal in CI once (stop 22)."""
-    ready, got = tmp_path / "ready", tmp_path / "signals"
-    script = (
-        f"trap 'echo USR1 >> {got}; exit 0' USR1; echo traps set > {ready}; "
-        "while :; do sleep 0.1; done"
-    )
+def test_a_signal_while_the_daemon_starts_neither_ends_it_nor_reaches_it_twice(tmp_path):
+    """The daemon starts with SIGHUP and SIGUSR1 ignored, so one that reaches it before its
+    handlers are in place (here: sent to it the moment Popen returns, and the daemon takes 0.5 s
+    to set them) does not end it (their default action); one the supervisor gets while still
+    starting it (raised inside Popen) is not forwarded. A later SIGHUP is, once."""
+    got = tmp_path / "signals"
     driver = textwrap.dedent(
         f"""
-        import os, runpy, signal, subprocess, sys, time
+        import os, runpy, signal, subprocess, sys
         real = subprocess.Popen
         def popen_then_signal(*args, **kwargs):
             child = real(*args, **kwargs)
-            while not os.path.exists({str(ready)!r}):
-                time.sleep(0.02)
-            os.kill(os.getpid(), signal.SIGUSR1)  # handled here, before Popen returns
+            os.kill(os.getpid(), signal.SIGUSR1)  # at the supervisor, before Popen returns
+            os.kill(child.pid, signal.SIGHUP)  # at the daemon, before its handlers
+            os.kill(child.pid, signal.SIGUSR1)
             return child
         subprocess.Popen = popen_then_signal
         sys.argv = [{SUPERVISOR!r}, "--name", "early", "--pid-file", {str(tmp_path / "pid")!r},
-                    "--", "sh", "-c", {script!r}]
+                    "--", sys.executable, "-c", {DAEMON!r}, {str(got)!r}, "0.5", "1"]
         runpy.run_path({SUPERVISOR!r}, run_name="__main__")
         """
     )
-    # Its own process group, so a failing run leaves neither the supervisor nor the sh behind.
+    # Its own process group, so a failing run leaves neither the supervisor nor the daemon.
     driven = subprocess.Popen(
-        [sys.executable, "-c", driver], stderr=subprocess.PIPE, text=True, start_new_session=True
+        [sys.executable, "-c", driver],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
+    lines = []
     try:
-        _, stderr = driven.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        pytest.fail("the child never got the SIGUSR1 raised while it was being started")
+        for line in driven.stdout:
+            lines.append(line)
+            if line.strip() == "handlers set":
+                os.kill(driven.pid, signal.SIGHUP)
+        driven.wait(timeout=20)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driven.pid, signal.SIGKILL)
         driven.wait()
-    assert got.read_text().split() == ["USR1"]
-    assert "exited cleanly; not restarting" in stderr
+    output = "".join(lines)
+    assert "restarting in" not in output, output  # the early signals did not end the daemon
+    assert output.count("nsproxy started as pid") == 1, output
+    assert "exited cleanly; not restarting" in output, output
+    assert got.read_text().split() == ["SIGHUP"]
 
 
 def test_missing_supervisor_is_a_sentence_naming_it(tmp_path):
