@@ -8,9 +8,13 @@ runs first in ``nsproxy run`` and notes them; ``release()`` hands them, in the o
 came and once each, to the binder as it begins serving: a SIGHUP then reloads (the config may
 have changed after it was read) and a SIGUSR1 reopens the logs.
 
-An upgrade re-executes the binder in the same process. ``block_for_exec()`` blocks both signals
-before ``execve``: the mask and pending signals survive it (execve(2)), and ``hold()`` unblocks
-them once its handlers are in place, so none is lost or fatal across the exec either.
+Before ``hold()`` (the interpreter starting, about 0.1 s) nothing can catch them; what can be
+done is to start the process with them ignored, as a disposition of SIG_IGN survives execve
+(execve(2)) and ``hold()`` replaces it. ``ignore_for_exec()`` does that for an upgrade, which
+re-executes the binder in the same process; nsproxy-supervisor does it for every start. An
+ignored signal is lost, which is harmless there: the process has not yet read its file or
+opened its logs. Blocking them instead would keep them, but a build without ``hold()`` (a
+rollback) would then never see a SIGHUP again.
 
 SIGTERM and SIGINT are not held: before serving, stopping at once is what the sender wants.
 """
@@ -29,26 +33,26 @@ def _note(signum: int, _frame) -> None:
 
 
 def hold() -> None:
-    """Note HELD signals from now on instead of dying of them (and take any blocked across an
-    upgrade's exec)."""
+    """Note HELD signals from now on instead of dying of (or ignoring) them."""
     for signum in HELD:
         signal.signal(signum, _note)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
 
 
 def release() -> list[int]:
     """The HELD signals that came since ``hold()``, oldest first, each once; forgotten here.
-    Call after the binder's own handlers replace ours."""
+    Call with HELD blocked, once the binder's own handlers replace ours (binder/main.py)."""
     came = list(_came)
     _came.clear()
     return came
 
 
-def block_for_exec() -> None:
-    """Block HELD until the re-executed binder's ``hold()`` (an upgrade, just before execve)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+def ignore_for_exec() -> dict:
+    """Ignore HELD until the re-executed binder's ``hold()`` (an upgrade, just before execve);
+    the handlers they had, for ``restore()`` should the execve fail."""
+    return {signum: signal.signal(signum, signal.SIG_IGN) for signum in HELD}
 
 
-def unblock() -> None:
-    """Undo ``block_for_exec()`` when the execve failed."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
+def restore(handlers: dict) -> None:
+    """Undo ``ignore_for_exec()``."""
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)

@@ -160,9 +160,16 @@ class Binder:
             signal.SIGINT: self._sigterm,
             signal.SIGUSR1: self._sigusr1,
         }
-        for sig, handler in handlers.items():
-            self.loop.add_signal_handler(sig, handler)
-        for sig in early_signals.release():  # came while starting (or across an upgrade)
+        # Blocked while the handlers change hands, so a signal meanwhile is neither noted by
+        # early_signals and also written to the loop's wakeup pipe (acted on twice) nor lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, early_signals.HELD)
+        try:
+            for sig, handler in handlers.items():
+                self.loop.add_signal_handler(sig, handler)
+            came = early_signals.release()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, early_signals.HELD)
+        for sig in came:
             log.info("%s came while starting: acting on it now", signal.Signals(sig).name)
             handlers[sig]()
         self.sweeper = self.loop.call_later(SWEEP, self._sweep)
@@ -220,19 +227,23 @@ class Binder:
         self.loop.create_task(reload.reload(self))
 
     def _sigterm(self) -> None:
-        if not self.stopping:
-            self.loop.create_task(self.shutdown())
+        self._stop()
 
     def fatal_error(self, reason: str) -> None:
         """Something no new worker can fix (privileges): stop with exit status 1."""
         self.exit_code = 1
+        self._stop()
+
+    def _stop(self) -> None:
+        """One shutdown, however many stop signals the loop reads at once."""
         if not self.stopping:
+            self.stopping = True
             self.loop.create_task(self.shutdown())
 
     async def shutdown(self) -> None:
-        """Stop accepting everywhere, let open requests finish (up to timeouts.drain), exit."""
+        """Stop accepting everywhere, let open requests finish (up to timeouts.drain), exit.
+        Started by ``_stop`` only."""
         systemd.stopping()
-        self.stopping = True
         log.info("stopping: %d workers draining", len(self.pool.workers))
         self.pool.stopping = True
         for handle in list(self.pool.workers.values()):

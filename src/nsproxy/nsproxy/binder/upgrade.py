@@ -63,6 +63,8 @@ async def upgrade(binder, reply_sock) -> tuple[bool, str]:
     async with binder.reload_lock:
         argv = command()
         rc, output = await run_check([*argv, "check", binder.config_path], CHECK_TIMEOUT)
+        if binder.stopping:  # a SIGTERM during the check: stop, do not re-execute
+            return False, "the daemon is stopping"
         if rc != 0:
             reason = " ".join(output.decode(errors="replace").split())[-2000:]
             message = f"upgrade refused: the installed nsproxy ({argv[-1]}) does not accept "
@@ -92,11 +94,11 @@ async def upgrade(binder, reply_sock) -> tuple[bool, str]:
             handler.flush()
         sys.stdout.flush()
         sys.stderr.flush()
-        early_signals.block_for_exec()  # pending across the exec, taken by the new binder
+        handlers = early_signals.ignore_for_exec()  # not fatal before the new binder's hold()
         try:
             os.execve(argv[0], [*argv, *run_args], env)
         except OSError as exc:
-            early_signals.unblock()
+            early_signals.restore(handlers)
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.set_inheritable(fd, False)
@@ -331,6 +333,9 @@ async def resume(binder, state: dict) -> None:
     binder.pool.retire(old, defer)
     binder.reload_success_time = time.time()
     binder._begin_serving()
+    # As a reload does: also covers a SIGUSR1 that came just before the execve (taken by the
+    # old loop's wakeup pipe, which the execve closed) or during it (ignored).
+    binder.reopen_logs("upgrade")
     message = (
         f"upgraded nsproxy {state.get('from')} -> {__version__} in pid {os.getpid()} in "
         f"{time.monotonic() - started:.3f} s: {len(binder.pool.serving())} new workers, "
