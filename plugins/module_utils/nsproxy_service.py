@@ -282,6 +282,10 @@ class SupervisedManager:
                 handle.write(f"{pid} {_proc_start_time(pid)}\n")
             os.rename(tmp, self.pid_file)
             os.set_inheritable(ready_w, True)
+            # Logrotate may signal the pid in the file from now on; until the supervisor's own
+            # handlers are set, ignored (kept across execve, execve(2)) rather than fatal.
+            for signum in (signal.SIGHUP, signal.SIGUSR1):
+                signal.signal(signum, signal.SIG_IGN)
             argv = [self.supervisor, "--name", self.name, "--pid-file", self.pid_file]
             os.execv(self.supervisor, [*argv, "--ready-fd", str(ready_w), "--", *self.argv])
         except OSError as exc:
@@ -302,9 +306,12 @@ class SupervisedManager:
                 break
             time.sleep(0.1)
         else:
-            # Did not drain in time: end the whole session (supervisor and daemon).
+            # Did not drain in time: end the whole session (supervisor and daemon). Its process
+            # group is the one the first child made with setsid, not the supervisor's pid.
             try:
-                os.killpg(sup, signal.SIGKILL)
+                group = os.getpgid(sup)
+                if group != os.getpgrp():
+                    os.killpg(group, signal.SIGKILL)
             except OSError as exc:
                 if exc.errno != errno.ESRCH:
                     raise

@@ -61,19 +61,15 @@ def log(name: str, message: str) -> None:
 
 def supervise(name: str, argv: list, pid_file: str, ready_fd: int | None) -> int:
     """Run argv until it exits cleanly or a stop signal comes; the exit status to return."""
-    state = {"stop": False, "stopped": False, "child": None}
+    state = {"stop": False, "child": None}
 
     def forward(signum, _frame):
         if signum in (signal.SIGTERM, signal.SIGINT):
             state["stop"] = True
+            signum = signal.SIGTERM
         child = state["child"]
         if child is not None and child.poll() is None:
-            if signum in (signal.SIGTERM, signal.SIGINT):
-                if state["stopped"]:
-                    return
-                state["stopped"] = True
-                signum = signal.SIGTERM
-            child.send_signal(signum)
+            child.send_signal(signum)  # every one: a second stop is one the daemon may need
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
@@ -102,10 +98,7 @@ def supervise(name: str, argv: list, pid_file: str, ready_fd: int | None) -> int
                     signal.signal(signum, forward)
             if state["child"] is not None:
                 log(name, f"nsproxy started as pid {child.pid}")
-                # A stop that came before the child was named was not sent to it (forward
-                # saw no child); one that came after was.
-                if state["stop"] and not state["stopped"]:
-                    state["stopped"] = True
+                if state["stop"]:  # came before the child was named: not sent by forward
                     child.send_signal(signal.SIGTERM)
                 code = child.wait()
                 state["child"] = None

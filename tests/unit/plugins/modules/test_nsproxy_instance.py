@@ -465,25 +465,36 @@ def test_supervisor_restarts_a_failed_process(tmp_path):
 
 
 # The daemon the supervisor starts, as nsproxy does: handlers for SIGHUP and SIGUSR1 (which it
-# starts with ignored), each noted in GOT; "handlers set" once they are; exits 0 on SIGHUP when
-# told to. (sh cannot stand in: a trap on a signal ignored at entry has no effect, POSIX.)
+# starts with ignored) and SIGTERM, each noted in GOT; "handlers set" once they are. Arguments:
+# GOT, the seconds it takes to set them, and SIGNAL:N, exit 0 at the N-th of SIGNAL (SIGTERM
+# otherwise ends it at once). (sh cannot stand in: a trap on a signal ignored at entry has no
+# effect, POSIX.)
 DAEMON = textwrap.dedent(
     """
     import signal, sys, time
-    got, delay, exit_on_hup = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+    got, delay = sys.argv[1], float(sys.argv[2])
+    exit_on, exit_at = sys.argv[3].split(":")
     time.sleep(delay)  # the interpreter's start, before the handlers are in place
     def note(signum, _frame):
+        name = signal.Signals(signum).name
         with open(got, "a") as out:
-            out.write(signal.Signals(signum).name + "\\n")
-        if exit_on_hup and signum == signal.SIGHUP:
-            sys.exit(0)
-    signal.signal(signal.SIGHUP, note)
-    signal.signal(signal.SIGUSR1, note)
+            out.write(name + "\\n")
+        with open(got) as seen:
+            if name == exit_on and seen.read().split().count(name) == int(exit_at):
+                sys.exit(0)
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(signum, note)
     print("handlers set", flush=True)
     while True:
         time.sleep(0.1)
     """
 )
+
+
+def _daemon_ready(log: Path) -> bool:
+    """The daemon has set its handlers and the supervisor has named it (so forwards to it)."""
+    text = log.read_text() if log.exists() else ""
+    return "nsproxy started as pid" in text and "handlers set" in text.splitlines()
 
 
 def test_supervisor_forwards_usr1_and_hup_to_the_process(tmp_path, request_cleanup):
@@ -492,7 +503,7 @@ def test_supervisor_forwards_usr1_and_hup_to_the_process(tmp_path, request_clean
     got = tmp_path / "signals"
     manager = SupervisedManager(
         "sig",
-        [sys.executable, "-c", DAEMON, str(got), "0", "0"],
+        [sys.executable, "-c", DAEMON, str(got), "0", "SIGTERM:1"],
         str(tmp_path / "run"),
         str(tmp_path / "log"),
         SUPERVISOR,
@@ -501,13 +512,7 @@ def test_supervisor_forwards_usr1_and_hup_to_the_process(tmp_path, request_clean
     request_cleanup(manager)
     supervisor = read_pid_file(manager.pid_file)
     log = tmp_path / "log" / "sig.log"
-
-    def ready():
-        lines = log.read_text().splitlines()
-        started = any("nsproxy started as pid" in line for line in lines)
-        return started and "handlers set" in lines
-
-    _wait(ready, "the daemon's handlers and the supervisor naming it")
+    _wait(lambda: _daemon_ready(log), "the daemon's handlers and the supervisor naming it")
     os.kill(supervisor, signal.SIGUSR1)
     _wait(lambda: got.exists() and "SIGUSR1" in got.read_text(), "SIGUSR1 at the daemon")
     os.kill(supervisor, signal.SIGHUP)
@@ -516,12 +521,94 @@ def test_supervisor_forwards_usr1_and_hup_to_the_process(tmp_path, request_clean
     assert manager.running() and _alive(supervisor)
 
 
+def test_supervisor_forwards_every_stop(tmp_path, request_cleanup):
+    """A daemon may need a second SIGTERM (nsproxy's can miss one sent just before an
+    upgrade's execve under load): each one sent to the supervisor reaches it."""
+    got = tmp_path / "signals"
+    manager = SupervisedManager(
+        "stop",
+        [sys.executable, "-c", DAEMON, str(got), "0", "SIGTERM:2"],
+        str(tmp_path / "run"),
+        str(tmp_path / "log"),
+        SUPERVISOR,
+    )
+    manager.start()
+    request_cleanup(manager)
+    supervisor = read_pid_file(manager.pid_file)
+    log = tmp_path / "log" / "stop.log"
+    _wait(lambda: _daemon_ready(log), "the daemon's handlers and the supervisor naming it")
+    os.kill(supervisor, signal.SIGTERM)
+    _wait(lambda: got.exists() and "SIGTERM" in got.read_text(), "the first SIGTERM")
+    assert _alive(supervisor)  # the daemon took it and goes on
+    os.kill(supervisor, signal.SIGTERM)
+    _wait(lambda: not _alive(supervisor), "the supervisor to end with the daemon")
+    assert got.read_text().split() == ["SIGTERM", "SIGTERM"]
+    assert "nsproxy stopped (exit 0)" in log.read_text()
+
+
+def test_stop_ends_a_daemon_that_does_not_drain_in_time_and_its_supervisor(tmp_path):
+    """A daemon that takes every SIGTERM and goes on: stop(timeout) then kills the whole
+    session the module started (supervisor and daemon), leaving no process behind."""
+    got = tmp_path / "signals"
+    manager = SupervisedManager(
+        "stuck",
+        [sys.executable, "-c", DAEMON, str(got), "0", "SIGTERM:99"],
+        str(tmp_path / "run"),
+        str(tmp_path / "log"),
+        SUPERVISOR,
+    )
+    manager.start()
+    supervisor = read_pid_file(manager.pid_file)
+    group = os.getpgid(supervisor)
+    _wait(lambda: _daemon_ready(tmp_path / "log" / "stuck.log"), "the daemon's handlers")
+    daemon = manager.pid()
+    try:
+        manager.stop(timeout=2)
+        assert "SIGTERM" in got.read_text()  # it was asked first
+        assert not _alive(supervisor) and not _alive(daemon)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+
+
+def test_the_supervisor_starts_with_reload_and_reopen_ignored(tmp_path):
+    """Its pid file is written before its exec, and logrotate may signal that pid at once:
+    until the supervisor's handlers are set, SIGHUP and SIGUSR1 must be ignored, not fatal. A
+    stand-in supervisor reports the dispositions it was executed with (SigIgn, proc(5))."""
+    report = tmp_path / "sigign"
+    stand_in = tmp_path / "stand-in-supervisor"
+    stand_in.write_text(
+        textwrap.dedent(
+            f"""\
+            #!{sys.executable}
+            import os, sys, time
+            with open("/proc/self/status") as status:
+                ignored = next(l.split()[1] for l in status if l.startswith("SigIgn:"))
+            open({str(report)!r}, "w").write(ignored)
+            fd = int(sys.argv[sys.argv.index("--ready-fd") + 1])
+            os.write(fd, b"ok")
+            os.close(fd)
+            """
+        )
+    )
+    stand_in.chmod(0o755)
+    manager = SupervisedManager(
+        "ign", ["true"], str(tmp_path / "run"), str(tmp_path / "log"), str(stand_in)
+    )
+    manager.start()
+    _wait(report.exists, "the stand-in's report")
+    ignored = int(report.read_text(), 16)
+    for signum in (signal.SIGHUP, signal.SIGUSR1):
+        assert ignored >> (signum - 1) & 1, f"{signal.Signals(signum).name} is not ignored"
+    assert not ignored >> (signal.SIGTERM - 1) & 1  # a stop still ends it at once
+
+
 def test_a_signal_while_the_daemon_starts_neither_ends_it_nor_reaches_it_twice(tmp_path):
     """The daemon starts with SIGHUP and SIGUSR1 ignored, so one that reaches it before its
     handlers are in place (here: sent to it the moment Popen returns, and the daemon takes 0.5 s
     to set them) does not end it (their default action); one the supervisor gets while still
     starting it (raised inside Popen) is not forwarded. A later SIGHUP is, once."""
-    got = tmp_path / "signals"
+    got, out = tmp_path / "signals", tmp_path / "out"
     driver = textwrap.dedent(
         f"""
         import os, runpy, signal, subprocess, sys
@@ -534,30 +621,30 @@ def test_a_signal_while_the_daemon_starts_neither_ends_it_nor_reaches_it_twice(t
             return child
         subprocess.Popen = popen_then_signal
         sys.argv = [{SUPERVISOR!r}, "--name", "early", "--pid-file", {str(tmp_path / "pid")!r},
-                    "--", sys.executable, "-c", {DAEMON!r}, {str(got)!r}, "0.5", "1"]
+                    "--", sys.executable, "-c", {DAEMON!r}, {str(got)!r}, "0.5", "SIGHUP:1"]
         runpy.run_path({SUPERVISOR!r}, run_name="__main__")
         """
     )
     # Its own process group, so a failing run leaves neither the supervisor nor the daemon.
-    driven = subprocess.Popen(
-        [sys.executable, "-c", driver],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines = []
+    with out.open("w") as output_file:
+        driven = subprocess.Popen(
+            [sys.executable, "-c", driver],
+            stdout=output_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        for line in driven.stdout:
-            lines.append(line)
-            if line.strip() == "handlers set":
-                os.kill(driven.pid, signal.SIGHUP)
-        driven.wait(timeout=20)
+        _wait(lambda: _daemon_ready(out), "the daemon's handlers and the supervisor naming it")
+        os.kill(driven.pid, signal.SIGHUP)
+        try:
+            driven.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the SIGHUP did not reach the daemon:\n{out.read_text()}")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driven.pid, signal.SIGKILL)
         driven.wait()
-    output = "".join(lines)
+    output = out.read_text()
     assert "restarting in" not in output, output  # the early signals did not end the daemon
     assert output.count("nsproxy started as pid") == 1, output
     assert "exited cleanly; not restarting" in output, output
