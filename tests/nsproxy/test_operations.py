@@ -165,6 +165,9 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits(proxy):
     time.sleep(0.3)
     refused = proxy.curl("green", f"http://{ADDR}/app/")
     assert refused.returncode == 7  # no longer accepting
+    reload = proxy.reload()  # still answered while draining, but nothing is re-bound or forked
+    assert reload.returncode != 0 and "the daemon is stopping" in reload.stderr, reload
+    assert proxy.curl("green", f"http://{ADDR}/app/").returncode == 7
     out, _ = slow.communicate(timeout=20)
     assert json.loads(out)["path"] == "/slow?delay=2"
     assert proxy.proc.wait(timeout=20) == 0

@@ -30,6 +30,8 @@ async def reload(binder) -> tuple[bool, str]:
     from nsproxy.binder.main import load_config
 
     async with binder.reload_lock:
+        if binder.stopping:  # e.g. a SIGHUP held while starting, replayed after a SIGTERM
+            return False, "the daemon is stopping"
         systemd.reloading()
         started, cpu_started = time.monotonic(), time.process_time()
         # Parsing a big config allocates tens of thousands of objects: without the pause,

@@ -44,6 +44,7 @@ log = logging.getLogger("nsproxy")
 HANDOFF_ENV = "NSPROXY_HANDOFF_FD"
 CHECK_TIMEOUT = 120.0  # seconds the installed `nsproxy check` may take
 MAX_HANDOFF = 256 * 1024 * 1024
+STOPS = (signal.SIGTERM, signal.SIGINT)  # a stop; see upgrade()
 
 
 def command() -> list[str]:
@@ -71,43 +72,64 @@ async def upgrade(binder, reply_sock) -> tuple[bool, str]:
             message += f"{binder.config_path}: {reason or f'exit status {rc}'}"
             log.error("%s", message)
             return False, message
-        systemd.reloading()
-        state, fds = _state(binder, reply_sock)
-        memfd = os.memfd_create("nsproxy-handoff", 0)  # inherited by the new image
-        data = json.dumps(state).encode()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(memfd, view) :]
-        for fd in fds:
-            os.set_inheritable(fd, True)
-        env = dict(os.environ)
-        env[HANDOFF_ENV] = str(memfd)
-        run_args = ["run", "--config", binder.config_path, "--log-level", _log_level()]
-        log.info(
-            "upgrade: executing %s %s (pid %d stays, %d workers keep serving meanwhile)",
-            " ".join(argv),
-            " ".join(run_args),
-            os.getpid(),
-            len(binder.pool.workers),
-        )
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        handlers = early_signals.ignore_for_exec()  # not fatal before the new binder's hold()
+        # From here to the execve nothing awaits, so the loop would never read a SIGTERM's
+        # byte from its wakeup pipe (the execve closes it) and the stop would be lost. Blocked,
+        # a stop stays pending and is seen just before the execve (_execute).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
         try:
-            os.execve(argv[0], [*argv, *run_args], env)
-        except OSError as exc:
-            early_signals.restore(handlers)
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.set_inheritable(fd, False)
-            os.close(memfd)
-            if "reply_fd" in state:
-                os.close(state["reply_fd"])
-            systemd.ready()
-            return False, f"upgrade failed: cannot execute {argv[0]}: {exc.strerror}"
-    return False, "unreachable"
+            return _execute(binder, argv, reply_sock)
+        finally:  # reached only when there was no execve: a pending stop reaches the loop now
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
+
+
+def _execute(binder, argv: list[str], reply_sock) -> tuple[bool, str]:
+    """Hand the state over and execve; (False, why) if that did not happen. Called with STOPS
+    blocked; they are unblocked only for the execve itself, with their default action, which
+    is what they have in the new image until it serves (execve(2) resets caught signals)."""
+    systemd.reloading()
+    state, fds = _state(binder, reply_sock)
+    memfd = os.memfd_create("nsproxy-handoff", 0)  # inherited by the new image
+    data = json.dumps(state).encode()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(memfd, view) :]
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    env = dict(os.environ)
+    env[HANDOFF_ENV] = str(memfd)
+    run_args = ["run", "--config", binder.config_path, "--log-level", _log_level()]
+    log.info(
+        "upgrade: executing %s %s (pid %d stays, %d workers keep serving meanwhile)",
+        " ".join(argv),
+        " ".join(run_args),
+        os.getpid(),
+        len(binder.pool.workers),
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    handlers = early_signals.ignore_for_exec()  # not fatal before the new binder's hold()
+    handlers.update({signum: signal.signal(signum, signal.SIG_DFL) for signum in STOPS})
+    try:
+        if signal.sigpending() & set(STOPS):
+            raise InterruptedError("the daemon is stopping")
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
+        os.execve(argv[0], [*argv, *run_args], env)
+    except OSError as exc:
+        early_signals.restore(handlers)
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # until the caller's finally
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+        os.close(memfd)
+        if "reply_fd" in state:
+            os.close(state["reply_fd"])
+        if isinstance(exc, InterruptedError):
+            log.info("upgrade: not executed, a stop signal came")
+            return False, "the daemon is stopping"
+        systemd.ready()
+        return False, f"upgrade failed: cannot execute {argv[0]}: {exc.strerror}"
 
 
 def _log_level() -> str:
