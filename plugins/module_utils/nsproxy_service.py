@@ -299,10 +299,11 @@ class SupervisedManager:
         sup = self.supervisor_pid()
         if sup is None:
             return
+        start = _proc_start_time(sup)  # the same pid with another start: another process
         os.kill(sup, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _proc_start_time(sup) is None:
+            if _proc_start_time(sup) != start:
                 break
             time.sleep(0.1)
         else:
@@ -310,7 +311,7 @@ class SupervisedManager:
             # group is the one the first child made with setsid, not the supervisor's pid.
             try:
                 group = os.getpgid(sup)
-                if group != os.getpgrp():
+                if _proc_start_time(sup) == start and group != os.getpgrp():
                     os.killpg(group, signal.SIGKILL)
             except OSError as exc:
                 if exc.errno != errno.ESRCH:

@@ -406,8 +406,11 @@ def _alive(pid):
     except ProcessLookupError:
         return False
     # A zombie is gone for our purpose.
-    with open(f"/proc/{pid}/stat") as handle:
-        return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:  # reaped since the kill
+        return False
 
 
 @pytest.fixture
@@ -565,7 +568,7 @@ def test_stop_ends_a_daemon_that_does_not_drain_in_time_and_its_supervisor(tmp_p
     try:
         manager.stop(timeout=2)
         assert "SIGTERM" in got.read_text()  # it was asked first
-        assert not _alive(supervisor) and not _alive(daemon)
+        _wait(lambda: not _alive(supervisor) and not _alive(daemon), "both to be killed")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
