@@ -154,6 +154,8 @@ class Binder:
         systemd.ready(f"{len(self.listeners.tenants)} tenants")
 
     def _begin_serving(self) -> None:
+        from nsproxy.binder import upgrade
+
         handlers = {
             signal.SIGHUP: self._sighup,
             signal.SIGTERM: self._sigterm,
@@ -166,6 +168,7 @@ class Binder:
         try:
             for sig, handler in handlers.items():
                 self.loop.add_signal_handler(sig, handler)
+            upgrade.watch_stops()  # a stop just before an upgrade's execve is seen
             came = early_signals.release()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, early_signals.HELD)

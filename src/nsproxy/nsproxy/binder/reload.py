@@ -82,6 +82,8 @@ async def reload(binder) -> tuple[bool, str]:
             if new.metrics_listen != old.metrics_listen:
                 _move_metrics(binder, new)
         late = await binder.pool.wait_ready(generation, APPLY_TIMEOUT)
+        if binder.stopping:  # a SIGTERM meanwhile: no worker is started or resized now
+            return False, "the daemon is stopping"
         applied = time.monotonic()
         names = {u.netns for t in new.tenants for u in t.upstreams.values() if u.netns}
         binder.upstream_sockets.keep_only(names)

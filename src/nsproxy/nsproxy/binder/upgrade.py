@@ -83,53 +83,84 @@ async def upgrade(binder, reply_sock) -> tuple[bool, str]:
 
 
 def _execute(binder, argv: list[str], reply_sock) -> tuple[bool, str]:
-    """Hand the state over and execve; (False, why) if that did not happen. Called with STOPS
-    blocked; they are unblocked only for the execve itself, with their default action, which
-    is what they have in the new image until it serves (execve(2) resets caught signals)."""
+    """Hand the state over and execve; (False, why) if that did not happen, with nothing left
+    inheritable or open and systemd told READY again. Called with STOPS blocked; they are
+    unblocked only for the execve itself, with their default action, which is what they have
+    in the new image until it serves (execve(2) resets caught signals)."""
     systemd.reloading()
-    state, fds = _state(binder, reply_sock)
-    memfd = os.memfd_create("nsproxy-handoff", 0)  # inherited by the new image
-    data = json.dumps(state).encode()
-    view = memoryview(data)
-    while view:
-        view = view[os.write(memfd, view) :]
-    for fd in fds:
-        os.set_inheritable(fd, True)
-    env = dict(os.environ)
-    env[HANDOFF_ENV] = str(memfd)
-    run_args = ["run", "--config", binder.config_path, "--log-level", _log_level()]
-    log.info(
-        "upgrade: executing %s %s (pid %d stays, %d workers keep serving meanwhile)",
-        " ".join(argv),
-        " ".join(run_args),
-        os.getpid(),
-        len(binder.pool.workers),
-    )
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    handlers = early_signals.ignore_for_exec()  # not fatal before the new binder's hold()
-    handlers.update({signum: signal.signal(signum, signal.SIG_DFL) for signum in STOPS})
+    state: dict = {}
+    fds: list[int] = []
+    memfd = -1
+    handlers: dict = {}
+    executing = False
     try:
-        if signal.sigpending() & set(STOPS):
+        state, fds = _state(binder, reply_sock)
+        memfd = os.memfd_create("nsproxy-handoff", 0)  # inherited by the new image
+        data = json.dumps(state).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(memfd, view) :]
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        env = dict(os.environ)
+        env[HANDOFF_ENV] = str(memfd)
+        run_args = ["run", "--config", binder.config_path, "--log-level", _log_level()]
+        log.info(
+            "upgrade: executing %s %s (pid %d stays, %d workers keep serving meanwhile)",
+            " ".join(argv),
+            " ".join(run_args),
+            os.getpid(),
+            len(binder.pool.workers),
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        handlers = early_signals.ignore_for_exec()  # not fatal before the new binder's hold()
+        handlers.update({signum: signal.signal(signum, signal.SIG_DFL) for signum in STOPS})
+        # A stop that came before the block has run _note_stop (pthread_sigmask runs pending
+        # Python handlers); one since is pending.
+        if _stop_came or signal.sigpending() & set(STOPS):
             raise InterruptedError("the daemon is stopping")
+        # From here to the execve, microseconds, a stop ends the process at once.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
+        executing = True
         os.execve(argv[0], [*argv, *run_args], env)
-    except OSError as exc:
+    except BaseException as exc:
         early_signals.restore(handlers)
         signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)  # until the caller's finally
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.set_inheritable(fd, False)
-        os.close(memfd)
+        if memfd >= 0:
+            os.close(memfd)
         if "reply_fd" in state:
             os.close(state["reply_fd"])
         if isinstance(exc, InterruptedError):
             log.info("upgrade: not executed, a stop signal came")
             return False, "the daemon is stopping"
         systemd.ready()
-        return False, f"upgrade failed: cannot execute {argv[0]}: {exc.strerror}"
+        if not isinstance(exc, OSError):
+            raise
+        where = f"cannot execute {argv[0]}" if executing else "cannot hand the state over"
+        return False, f"upgrade failed: {where}: {exc.strerror or exc}"
+    return False, "unreachable"
+
+
+_stop_came = False
+
+
+def _note_stop(_signum: int, _frame) -> None:
+    global _stop_came
+    _stop_came = True
+
+
+def watch_stops() -> None:
+    """Note STOPS at the Python level too (the loop's wakeup fd still dispatches them), for
+    ``_execute`` to see a stop whose wakeup byte the loop had not read yet. Called by the
+    binder once the loop handles them (binder/main.py)."""
+    for signum in STOPS:
+        signal.signal(signum, _note_stop)
 
 
 def _log_level() -> str:
