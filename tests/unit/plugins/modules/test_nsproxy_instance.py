@@ -500,22 +500,28 @@ def _daemon_ready(log: Path) -> bool:
     return "nsproxy started as pid" in text and "handlers set" in text.splitlines()
 
 
-def test_supervisor_forwards_usr1_and_hup_to_the_process(tmp_path, request_cleanup):
-    """SIGUSR1 (logrotate's postrotate: reopen the logs) and SIGHUP (reload) sent to the pid
-    in the pid file reach the daemon; the supervisor itself keeps running."""
+def _supervised_daemon(tmp_path, name: str, exit_rule: str):
+    """A SupervisedManager running DAEMON (exit at ``exit_rule``), started and ready: its
+    handlers set and the supervisor naming it. (manager, supervisor pid, log, GOT)."""
     got = tmp_path / "signals"
     manager = SupervisedManager(
-        "sig",
-        [sys.executable, "-c", DAEMON, str(got), "0", "SIGTERM:1"],
+        name,
+        [sys.executable, "-c", DAEMON, str(got), "0", exit_rule],
         str(tmp_path / "run"),
         str(tmp_path / "log"),
         SUPERVISOR,
     )
     manager.start()
-    request_cleanup(manager)
-    supervisor = read_pid_file(manager.pid_file)
-    log = tmp_path / "log" / "sig.log"
+    log = tmp_path / "log" / f"{name}.log"
     _wait(lambda: _daemon_ready(log), "the daemon's handlers and the supervisor naming it")
+    return manager, read_pid_file(manager.pid_file), log, got
+
+
+def test_supervisor_forwards_usr1_and_hup_to_the_process(tmp_path, request_cleanup):
+    """SIGUSR1 (logrotate's postrotate: reopen the logs) and SIGHUP (reload) sent to the pid
+    in the pid file reach the daemon; the supervisor itself keeps running."""
+    manager, supervisor, _log, got = _supervised_daemon(tmp_path, "sig", "SIGTERM:1")
+    request_cleanup(manager)
     os.kill(supervisor, signal.SIGUSR1)
     _wait(lambda: got.exists() and "SIGUSR1" in got.read_text(), "SIGUSR1 at the daemon")
     os.kill(supervisor, signal.SIGHUP)
@@ -527,19 +533,8 @@ def test_supervisor_forwards_usr1_and_hup_to_the_process(tmp_path, request_clean
 def test_supervisor_forwards_every_stop(tmp_path, request_cleanup):
     """A daemon may need a second SIGTERM (nsproxy's can miss one sent just before an
     upgrade's execve under load): each one sent to the supervisor reaches it."""
-    got = tmp_path / "signals"
-    manager = SupervisedManager(
-        "stop",
-        [sys.executable, "-c", DAEMON, str(got), "0", "SIGTERM:2"],
-        str(tmp_path / "run"),
-        str(tmp_path / "log"),
-        SUPERVISOR,
-    )
-    manager.start()
+    manager, supervisor, log, got = _supervised_daemon(tmp_path, "stop", "SIGTERM:2")
     request_cleanup(manager)
-    supervisor = read_pid_file(manager.pid_file)
-    log = tmp_path / "log" / "stop.log"
-    _wait(lambda: _daemon_ready(log), "the daemon's handlers and the supervisor naming it")
     os.kill(supervisor, signal.SIGTERM)
     _wait(lambda: got.exists() and "SIGTERM" in got.read_text(), "the first SIGTERM")
     assert _alive(supervisor)  # the daemon took it and goes on
@@ -552,18 +547,8 @@ def test_supervisor_forwards_every_stop(tmp_path, request_cleanup):
 def test_stop_ends_a_daemon_that_does_not_drain_in_time_and_its_supervisor(tmp_path):
     """A daemon that takes every SIGTERM and goes on: stop(timeout) then kills the whole
     session the module started (supervisor and daemon), leaving no process behind."""
-    got = tmp_path / "signals"
-    manager = SupervisedManager(
-        "stuck",
-        [sys.executable, "-c", DAEMON, str(got), "0", "SIGTERM:99"],
-        str(tmp_path / "run"),
-        str(tmp_path / "log"),
-        SUPERVISOR,
-    )
-    manager.start()
-    supervisor = read_pid_file(manager.pid_file)
+    manager, supervisor, _log, got = _supervised_daemon(tmp_path, "stuck", "SIGTERM:99")
     group = os.getpgid(supervisor)
-    _wait(lambda: _daemon_ready(tmp_path / "log" / "stuck.log"), "the daemon's handlers")
     daemon = manager.pid()
     try:
         manager.stop(timeout=2)
