@@ -34,6 +34,7 @@ config.py refuses a config with more than :data:`MAX_LOAD` checked servers meanw
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mmap
 import os
@@ -83,12 +84,37 @@ class HealthTable:
         return cls(fd)
 
     def recount(self) -> int:
-        """Count the live entries (a new writer goes on from its predecessor's table)."""
+        """Count the live entries (a new writer goes on from its predecessor's table).
+
+        Only the slots of pages some writer has written are read: the memfd's data extents
+        (``lseek`` SEEK_DATA/SEEK_HOLE, which tmpfs answers page by page, lseek(2)). Reading a
+        never-written page through the shared mapping would allocate it (a tmpfs fault fills
+        a hole): a full scan made every worker 0 allocate the whole table, 4 MiB of shared
+        memory, with no server checked at all."""
         buf = self.map
         self.used = sum(
-            1 for slot in range(ENTRIES) if _HEAD.unpack_from(buf, slot * ENTRY)[0] > _REMOVED
+            1
+            for start, stop in self._written()
+            for slot in range(start // ENTRY, -(-stop // ENTRY))
+            if _HEAD.unpack_from(buf, slot * ENTRY)[0] > _REMOVED
         )
         return self.used
+
+    def _written(self):
+        """(start, stop) byte ranges of the table that hold written pages, in order."""
+        end, offset = ENTRIES * ENTRY, 0
+        while offset < end:
+            try:
+                start = os.lseek(self.fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after offset
+                    return
+                raise
+            offset = min(os.lseek(self.fd, start, os.SEEK_HOLE), end)
+            if offset <= start:  # no tmpfs answer (the fd is not the table's): read the rest
+                yield start, end
+                return
+            yield start, offset
 
     # -- readers ------------------------------------------------------------------------------
     def find(self, key: int, hint: int = -1) -> int:
