@@ -3,6 +3,7 @@ and memory (RSS, PSS). See proc(5) for every field read here."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -69,8 +70,9 @@ def rss_kb(pids: list[int]) -> int:
 def memory_kb(pids: list[int]) -> tuple[int, int]:
     """(RSS, PSS) summed over the processes, in kB, from /proc/PID/smaps_rollup. RSS counts a
     shared page once per process that maps it; PSS splits it between them, so summed PSS is
-    what the processes together occupy."""
-    rss = pss = 0
+    what the processes together occupy. Both include, once, the pages of memfds the processes
+    hold that no mapping of theirs shows (:func:`unmapped_memfd_kb`)."""
+    rss = pss = unmapped_memfd_kb(pids)
     for pid in pids:
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -83,6 +85,38 @@ def memory_kb(pids: list[int]) -> tuple[int, int]:
         except OSError:
             continue
     return rss, pss
+
+
+def unmapped_memfd_kb(pids: list[int]) -> int:
+    """kB of memfd pages the processes hold but no mapping of theirs counts: for each memfd
+    (by inode) open in one of them, its allocated size (st_blocks) less the largest Rss one
+    process maps of it. nsproxy's workers read certificate bytes from a memfd with pread
+    (nsproxy/cert_store.py): those pages are in no RSS, yet they occupy memory."""
+    allocated: dict[int, int] = {}  # inode -> kB allocated
+    mapped: dict[int, int] = {}  # inode -> the largest kB one process maps
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
+                    st = os.stat(f"/proc/{pid}/fd/{fd}")
+                    allocated[st.st_ino] = st.st_blocks * 512 // 1024
+        own: dict[int, int] = {}
+        inode = None
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                    fields = line.split(None, 5)  # range perms offset dev inode [path]
+                    memfd = len(fields) > 5 and fields[5].startswith("/memfd:")
+                    inode = int(fields[4]) if memfd else None
+                elif inode is not None and line.startswith("Rss:"):
+                    own[inode] = own.get(inode, 0) + int(line.split()[1])
+        for inode, kb in own.items():
+            mapped[inode] = max(mapped.get(inode, 0), kb)
+    return sum(max(0, kb - mapped.get(inode, 0)) for inode, kb in allocated.items())
 
 
 def thread_cpu_seconds(pids: list[int]) -> dict[int, float]:
