@@ -43,6 +43,7 @@ from nsproxy.binder import early_signals
 from nsproxy.binder.listeners import Listeners
 from nsproxy.binder.sockets import Missing, UpstreamSockets
 from nsproxy.binder.workers import WorkerPool
+from nsproxy.cert_store import CertificateStore
 from nsproxy.health_table import HealthTable
 from nsproxy.sharedcounts import SharedCounts, Slots
 from nsproxy.worker import main as worker_main
@@ -102,7 +103,7 @@ class Binder:
         self.health = HealthTable.create()
         self.generation = 1
         self.credentials: privileges.Credentials | None = None
-        self.cert_files: dict[str, bytes] = {}
+        self.cert_files = CertificateStore()  # path -> bytes, in a memfd (cert_store.py)
         self.ticket_keys = tls_tickets.new_keys()  # TLS session tickets valid in every worker
         self.cert_stats: dict[str, tuple] = {}
         self.access_log_fd: int | None = None
@@ -272,7 +273,7 @@ class Binder:
             slots=dict(self.slots.of),
             generation=self.generation,
             config=self.config,
-            files=self.cert_files,
+            files=self.cert_files.view(),
             served=self.listeners.served(index),
             channel=worker_end,
             access_log_fd=self.access_log_fd,

@@ -7,7 +7,8 @@ In order, before any byte from a tenant is read:
 1. forget the binder: signal handlers and wakeup fd reset, the binder's event loop abandoned
    (never run, never closed), and every fd the worker was not given replaced by /dev/null
    (namespace fds, pidfds, the admin socket, other workers' channels, the binder loop's own;
-   kept: its channel, listening sockets, logs and the health table's memfd).
+   kept: its channel, listening sockets, logs, the certificate store's and health table's
+   memfds).
    /dev/null rather than close: an abandoned binder object that ever closed "its" fd would
    otherwise close whatever the worker opened under that number later;
 2. drop privileges (privileges.drop: a non-root user, every capability set empty,
@@ -118,6 +119,8 @@ def _forget_binder(seed: Seed) -> None:
         keep.add(seed.access_log_fd)
     if seed.metrics_sock is not None:
         keep.add(seed.metrics_sock.fileno())
+    if getattr(seed.files, "fd", -1) >= 0:  # the certificate store's memfd (cert_store.py)
+        keep.add(seed.files.fd)
     if seed.health is not None:  # worker 0's recount asks it for the written pages
         keep.add(seed.health.fd)
     devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
