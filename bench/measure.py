@@ -89,34 +89,39 @@ def memory_kb(pids: list[int]) -> tuple[int, int]:
 
 def unmapped_memfd_kb(pids: list[int]) -> int:
     """kB of memfd pages the processes hold but no mapping of theirs counts: for each memfd
-    (by inode) open in one of them, its allocated size (st_blocks) less the largest Rss one
-    process maps of it. nsproxy's workers read certificate bytes from a memfd with pread
-    (nsproxy/cert_store.py): those pages are in no RSS, yet they occupy memory."""
-    allocated: dict[int, int] = {}  # inode -> kB allocated
-    mapped: dict[int, int] = {}  # inode -> the largest kB one process maps
+    open in one of them (by device and inode), its allocated size (st_blocks) less the largest
+    Rss one process maps of it. nsproxy's workers read certificate bytes from a memfd with
+    pread (nsproxy/cert_store.py): those pages are in no RSS, yet they occupy memory. An upper
+    bound when processes map disjoint parts of one memfd (the parts beyond the largest are
+    counted in their RSS and again here); exact for a memfd nobody maps."""
+    allocated: dict[tuple[int, int, int], int] = {}  # (major, minor, inode) -> kB allocated
+    mapped: dict[tuple[int, int, int], int] = {}  # the same -> the largest kB one process maps
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
+        except FileNotFoundError:
+            continue  # the process is gone
         for fd in fds:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(FileNotFoundError):
                 if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:"):
                     st = os.stat(f"/proc/{pid}/fd/{fd}")
-                    allocated[st.st_ino] = st.st_blocks * 512 // 1024
-        own: dict[int, int] = {}
-        inode = None
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps") as f:
+                    key = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+                    allocated[key] = st.st_blocks * 512 // 1024
+        own: dict[tuple[int, int, int], int] = {}
+        key = None
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/smaps") as f:
             for line in f:
                 if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
                     fields = line.split(None, 5)  # range perms offset dev inode [path]
-                    memfd = len(fields) > 5 and fields[5].startswith("/memfd:")
-                    inode = int(fields[4]) if memfd else None
-                elif inode is not None and line.startswith("Rss:"):
-                    own[inode] = own.get(inode, 0) + int(line.split()[1])
-        for inode, kb in own.items():
-            mapped[inode] = max(mapped.get(inode, 0), kb)
-    return sum(max(0, kb - mapped.get(inode, 0)) for inode, kb in allocated.items())
+                    key = None
+                    if len(fields) > 5 and fields[5].startswith("/memfd:"):
+                        major, minor = (int(x, 16) for x in fields[3].split(":"))
+                        key = (major, minor, int(fields[4]))
+                elif key is not None and line.startswith("Rss:"):
+                    own[key] = own.get(key, 0) + int(line.split()[1])
+        for key, kb in own.items():
+            mapped[key] = max(mapped.get(key, 0), kb)
+    return sum(max(0, kb - mapped.get(key, 0)) for key, kb in allocated.items())
 
 
 def thread_cpu_seconds(pids: list[int]) -> dict[int, float]:
@@ -161,7 +166,9 @@ def host_cpu_busy() -> list[float]:
 
 
 class RssSampler:
-    """Samples the summed RSS of fixed processes in the background; keeps the maximum."""
+    """Samples the summed RSS of fixed processes in the background; keeps the maximum, plus,
+    once, the memfd pages no mapping shows (:func:`unmapped_memfd_kb`, read at the end), as
+    :func:`memory_kb` counts them."""
 
     def __init__(self, pids: list[int], period: float = 0.25):
         self.pids, self.period = pids, period
@@ -181,4 +188,4 @@ class RssSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss_kb(self.pids))
+        self.peak = max(self.peak, rss_kb(self.pids)) + unmapped_memfd_kb(self.pids)

@@ -134,7 +134,7 @@ def _memory(contender: ProbedNsproxy, prefix: str) -> dict:
     for pid in pids:
         with contextlib.suppress(OSError):
             title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-            each[f"{title} ({pid})"] = measure.memory_kb([pid])[0]
+            each[f"{title} ({pid})"] = measure.rss_kb([pid])  # its own mappings only
     return {f"{prefix}rss_kb": rss, f"{prefix}pss_kb": pss, f"{prefix}rss_kb_by_process": each}
 
 

@@ -43,6 +43,8 @@ def test_an_unmapped_memfd_counts_once_and_a_mapped_part_is_not_counted_again():
         pid, end_w = _holder(mapped)
         try:
             extra = measure.unmapped_memfd_kb([pid])
+            # the same memfd seen through two descriptor tables is counted once
+            assert measure.unmapped_memfd_kb([pid, pid]) == extra
             rss, _pss = measure.memory_kb([pid])
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 plain = int(next(line.split()[1] for line in f if line.startswith("Rss:")))
