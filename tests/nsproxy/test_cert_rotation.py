@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 from conftest import make_cert
@@ -74,3 +75,80 @@ def test_tenants_sharing_certificate_files_all_serve_the_rotated_certificate(pro
     out = s_client(proxy, "t3", "-servername", "other.example", "-CAfile", other["cert"])
     assert out.returncode == 0, out.stdout + out.stderr
     assert proxy.log().count("certificates reloaded") == 3  # t1, t2 and t4, not t3
+
+
+def _memfds(pid: int) -> dict[str, list[int]]:
+    """memfd name -> the access modes (O_RDONLY, O_RDWR...) of the process's descriptors."""
+    found: dict[str, list[int]] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                flags = next(int(line.split()[1], 8) for line in f if line.startswith("flags:"))
+        except (OSError, StopIteration):
+            continue
+        if target.startswith("/memfd:"):
+            name = target.removeprefix("/memfd:").removesuffix(" (deleted)")
+            found.setdefault(name, []).append(flags & os.O_ACCMODE)
+    return found
+
+
+def _in_memory(pid: int, needle: bytes) -> bool:
+    """Whether ``needle`` is anywhere in the process's writable private memory (its heaps)."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if fields[1] != "rw-p":
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                if needle in mem.read(end - start):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def test_workers_read_certificates_from_the_binders_store_read_only_even_after_a_rotation(
+    proxy, tmp_path
+):
+    """cert_store.py: every worker holds one read-only descriptor of the binder's certificate
+    memfd (it can neither write nor truncate what the others read) and only worker 0 one of
+    the health table; after a rotation the workers hold the new store's, and the new key's
+    bytes reach no worker's heap before a handshake needs them (a reload used to send them
+    in its message, and every worker kept its own copy)."""
+    live = {"cert": str(tmp_path / "live.pem"), "key": str(tmp_path / "live.key")}
+    old = make_cert(tmp_path, "old", "rot.example")
+    new = make_cert(tmp_path, "new", "rot.example")
+    shutil.copy(old["cert"], live["cert"])
+    shutil.copy(old["key"], live["key"])
+    proxy.add_netns("t1")
+    proxy.start_echo("echo", "127.0.0.1:18080")
+    proxy.write_config([https_tenant("t1", [live])], workers=2)
+    proxy.start()
+    out = s_client(proxy, "t1", "-servername", "rot.example", "-CAfile", old["cert"])
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    def check_descriptors() -> list[int]:
+        workers = {w["index"]: w["pid"] for w in proxy.status_json()["workers"]}
+        assert sorted(workers) == [0, 1]
+        for index, pid in workers.items():
+            memfds = _memfds(pid)
+            assert memfds.get("nsproxy-certificates") == [os.O_RDONLY], (index, memfds)
+            health = [os.O_RDONLY] if index == 0 else None
+            assert memfds.get("nsproxy-health") == health, (index, memfds)
+        return list(workers.values())
+
+    check_descriptors()
+    shutil.copy(new["cert"], live["cert"])
+    shutil.copy(new["key"], live["key"])
+    result = proxy.reload()
+    assert result.returncode == 0, result.stderr
+    with open(new["key"], "rb") as f:
+        lines = f.read().splitlines()
+    needle = lines[len(lines) // 2][:48]  # a piece of one line of the new private key
+    for pid in check_descriptors():
+        assert not _in_memory(pid, needle), f"worker {pid} holds the new key in its heap"
+    out = verified(proxy, "t1", "rot.example", new["cert"])
+    assert out.returncode == 0, out.stdout + out.stderr + proxy.log()

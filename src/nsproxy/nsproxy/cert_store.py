@@ -1,31 +1,36 @@
 """The bytes of the certificate and key files, held once per daemon, outside every heap.
 
-Workers cannot open the files (they run unprivileged), so the binder reads them and every
+Workers cannot open the files (they run unprivileged), so the binder reads them, and every
 worker loads its tenants' SSLContexts from those bytes, lazily, at a listener's first handshake
 (tls.ServerContext). Kept as Python ``bytes`` in the binder, every forked worker mapped the
 binder's copy (3000 tenants with their own RSA-2048 certificate and key: about 12 MB, counted
-again in each worker's RSS), and wrote to those pages as soon as it touched one of the objects
-(reference counts live in the object's header), copying them page by page into each worker.
+again in each worker's RSS) and wrote to those pages as soon as it touched one of the objects
+(reference counts live in the object's header), copying them page by page into each worker; a
+reload sent the changed files' bytes to every worker, which kept its own copy.
 
 Here the binder appends the bytes to one memfd (memfd_create(2)) and keeps only an index,
-path -> (offset, length). A worker inherits the descriptor and a copy of the index when it is
-forked (:meth:`CertificateStore.view`) and reads one file's bytes with ``pread`` when it builds a
-context; the file is never mapped, so its pages (tmpfs, shared) are in no process's RSS and are
-never copied. The benchmark adds the memfd's allocated pages to the daemon's memory, once.
+path -> (offset, length). A worker reads a file's bytes with ``pread`` when it builds a context,
+through a read-only descriptor of that memfd (:attr:`CertificateStore.reader_fd`: a worker
+can neither write nor truncate what the others read), and never maps it, so the memfd's pages
+(tmpfs, shared) are in no process's RSS and never copied. A worker gets the descriptor and the
+index when it is forked (:meth:`CertificateStore.view`), and again with every reload that
+changed them (binder/reload.py: the descriptor travels with the message, the index in its
+payload); it then reads from the new memfd only (:meth:`CertificateView.replace`).
 
-The memfd only grows, so a view's offsets stay valid however the binder's store changes
-later; bytes a reload replaced or dropped become dead space, and when dead space passes both
-half of the memfd and :data:`COMPACT_AFTER`, the binder copies the live bytes into a new memfd
-and closes its descriptor of the old one (workers forked before keep theirs, and with it the
-old memfd, until they exit). Files a reload changes reach running workers as bytes in the
-reload's message (binder/reload.py), which a view keeps in its own heap.
+The binder writes past every indexed byte and never over one, so what a worker's index points
+at never changes until the worker replaces it. Bytes a reload replaced or dropped become dead
+space; when dead space passes half of the memfd and :data:`COMPACT_AFTER`, :meth:`settle` copies
+the live bytes into a new memfd in the kernel (copy_file_range(2)) and closes the old one, which
+lives on until the last worker holding it has applied the reload.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping
+
+from nsproxy.channel import readonly
 
 __all__ = ["COMPACT_AFTER", "CertificateStore", "CertificateView"]
 
@@ -34,167 +39,166 @@ _IOV_MAX = 1024  # buffers per pwritev call (Linux's UIO_MAXIOV)
 
 log = logging.getLogger("nsproxy")
 
-
-class _NoMemfd(Exception):
-    """The store has no memfd (memfd_create failed, and said so)."""
+Index = dict[str, tuple[int, int]]  # path -> (offset, length) in the memfd
 
 
-class _Files(MutableMapping):
-    """path -> bytes: in the memfd ``fd`` at ``index[path]`` (offset, length), or in ``own``
-    (this process's heap). A path is in one of the two only."""
+class CertificateView(Mapping):
+    """path -> bytes, read with ``pread`` from the memfd a read-only ``fd`` is open on, at
+    ``index``. Reading raises OSError when the memfd holds fewer bytes than the index says
+    (never for a descriptor the binder gave)."""
 
-    def __init__(self, fd: int, index: dict[str, tuple[int, int]]):
+    def __init__(self, fd: int, index: Index):
         self.fd = fd
         self.index = index
-        self.own: dict[str, bytes] = {}
 
     def __getitem__(self, path: str) -> bytes:
-        data = self.own.get(path)
-        if data is not None:
-            return data
         offset, length = self.index[path]
         data = os.pread(self.fd, length, offset)
-        if len(data) != length:  # the memfd never shrinks under an index entry
+        if len(data) != length:
             raise OSError(f"certificate store: {len(data)} of {length} bytes at offset {offset}")
         return data
 
-    def __setitem__(self, path: str, data: bytes) -> None:
-        self._forget(path)
-        self.own[path] = data
-
-    def __delitem__(self, path: str) -> None:
-        if not self._forget(path):
-            raise KeyError(path)
-
-    def _forget(self, path: str) -> bool:
-        return self.own.pop(path, None) is not None or self.index.pop(path, None) is not None
-
     def __iter__(self) -> Iterator[str]:
-        yield from self.index
-        yield from self.own
+        return iter(self.index)
 
     def __len__(self) -> int:
-        return len(self.index) + len(self.own)
+        return len(self.index)
 
     def __contains__(self, path: object) -> bool:
-        return path in self.own or path in self.index
+        return path in self.index
+
+    def replace(self, fd: int, index: Index) -> None:
+        """Read from now on from ``fd`` (this view's to close) at ``index``; the descriptor
+        held so far is closed."""
+        old, self.fd, self.index = self.fd, fd, index
+        if old >= 0 and old != fd:
+            os.close(old)
 
 
-class CertificateView(_Files):
-    """In a worker: the binder's memfd as it was when the worker was forked, read with
-    ``pread``, plus the files later reloads sent, kept in ``own`` (this worker's heap)."""
-
-
-class CertificateStore(_Files):
-    """In the binder: each value written is appended to the memfd. When the memfd cannot be
-    made or written (ENOMEM, EMFILE), the values stay in the binder's heap instead (``own``),
-    with one warning: the store never loses a value, and a reload never fails on it."""
+class CertificateStore(CertificateView):
+    """In the binder: the memfd (read-write ``fd``, read-only :attr:`reader_fd`) and its index.
+    Raises OSError when the memfd cannot be made (memfd_create(2): EMFILE, ENFILE, ENOMEM)."""
 
     def __init__(self) -> None:
-        try:
-            fd = os.memfd_create("nsproxy-certificates", os.MFD_CLOEXEC)
-        except OSError as exc:
-            log.warning("certificate bytes kept in the binder's memory: memfd_create: %s", exc)
-            fd = -1
+        fd, reader = _new_memfd()
         super().__init__(fd, {})
+        self.reader_fd = reader
         self.size = 0  # bytes written to the memfd (its end)
-        self.live = 0  # bytes of the memfd the index points at
+        self.live = 0  # bytes the index points at
 
-    def __setitem__(self, path: str, data: bytes) -> None:
-        self.update({path: data})
-
-    def __delitem__(self, path: str) -> None:
-        super().__delitem__(path)
-        self._maybe_compact()
-
-    def _forget(self, path: str) -> bool:
-        entry = self.index.get(path)
-        if entry is not None:
-            self.live -= entry[1]
-        return super()._forget(path)
-
-    def update(self, other: Mapping[str, bytes] = (), /, **kwargs) -> None:  # type: ignore[override]
-        """Append the values to the memfd with as few writes as the kernel allows (pwritev)."""
-        items = [*dict(other, **kwargs).items()]
+    def update(self, files: Mapping[str, bytes]) -> None:
+        """Append every value, then index them all at once. Raises OSError when the memfd
+        takes no more bytes (ENOSPC, ENOMEM): nothing is indexed then, the store is unchanged
+        (bytes written past its end are overwritten by the next update)."""
+        items = list(files.items())
+        offset, added = self.size, {}
         for start in range(0, len(items), _IOV_MAX):
-            chunk = items[start : start + _IOV_MAX]
-            try:
-                if self.fd < 0:  # said when memfd_create failed
-                    raise _NoMemfd
-                self._append(chunk)
-            except (OSError, _NoMemfd) as exc:
-                if not isinstance(exc, _NoMemfd):
-                    log.warning("certificate bytes kept in the binder's memory: %s", exc)
-                for path, data in chunk:
-                    _Files.__setitem__(self, path, data)
-        self._maybe_compact()
-
-    def _append(self, chunk: list[tuple[str, bytes]]) -> None:
-        want = sum(len(data) for _path, data in chunk)
-        done = 0
-        while done < want:  # a short write: go on after what was written
-            written = os.pwritev(self.fd, _after([d for _p, d in chunk], done), self.size + done)
-            if written <= 0:
-                raise OSError("the memfd took no more bytes")
-            done += written
-        offset = self.size
-        for path, data in chunk:
-            self._forget(path)
-            self.index[path] = (offset, len(data))
-            self.live += len(data)
-            offset += len(data)
+            chunk = [data for _path, data in items[start : start + _IOV_MAX]]
+            _write_all(self.fd, chunk, offset)
+            for path, data in items[start : start + _IOV_MAX]:
+                added[path] = (offset, len(data))
+                offset += len(data)
+        self.discard(added)
+        self.index.update(added)
+        self.live += offset - self.size
         self.size = offset
 
-    def view(self) -> CertificateView:
-        """What a worker forked now reads: this memfd and copies of the index and of ``own``
-        (see the module docstring); valid in the child, whose descriptors are a copy of these."""
-        view = CertificateView(self.fd, dict(self.index))
-        view.own.update(self.own)
-        return view
+    def discard(self, paths: Iterable[str]) -> None:
+        """Forget these paths (absent ones are ignored); their bytes become dead space."""
+        for path in paths:
+            entry = self.index.pop(path, None)
+            if entry is not None:
+                self.live -= entry[1]
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    # -- dead space -------------------------------------------------------------------------
     @property
     def dead(self) -> int:
         """Bytes of the memfd no index entry points at."""
         return self.size - self.live
 
-    def _maybe_compact(self) -> None:
-        if self.size > COMPACT_AFTER and self.dead > max(self.size // 2, COMPACT_AFTER):
-            self.compact()
+    def view(self) -> CertificateView:
+        """What a worker forked now reads: the read-only descriptor and a copy of the index
+        (the child's descriptor table is a copy of this process's)."""
+        return CertificateView(self.reader_fd, dict(self.index))
 
-    def compact(self) -> None:
-        """Copy the live bytes into a new memfd, and close this process's descriptor of the old
-        one. When the new one cannot be made or written, nothing changes (one warning)."""
+    def settle(self) -> bool:
+        """Compact when dead space passes half of the memfd and COMPACT_AFTER; whether it did.
+        A compaction that fails changes nothing (one warning), and is tried again next time."""
+        if self.size <= COMPACT_AFTER or self.dead <= max(self.size // 2, COMPACT_AFTER):
+            return False
         try:
-            fd = os.memfd_create("nsproxy-certificates", os.MFD_CLOEXEC)
+            fd, reader = _new_memfd()
         except OSError as exc:
-            log.warning("certificate store not compacted: memfd_create: %s", exc)
-            return
-        live = {path: self[path] for path in self.index}
-        old = self.fd, self.index, self.size, self.live
-        self.fd, self.index, self.size, self.live = fd, {}, 0, 0
+            log.warning("certificate store not compacted: %s", exc)
+            return False
         try:
-            self._append([*live.items()])
+            index, size = _copy_live(self.fd, fd, self.index)
         except OSError as exc:
             log.warning("certificate store not compacted: %s", exc)
             os.close(fd)
-            self.fd, self.index, self.size, self.live = old
-            return
-        os.close(old[0])
+            os.close(reader)
+            return False
+        os.close(self.fd)
+        os.close(self.reader_fd)
+        self.fd, self.reader_fd, self.index, self.size, self.live = fd, reader, index, size, size
+        return True
+
+    def close(self) -> None:
+        for fd in (self.fd, self.reader_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.reader_fd = -1
 
 
-def _after(buffers: list[bytes], skip: int) -> list[memoryview]:
-    """The buffers without their first ``skip`` bytes (what a short pwritev left)."""
-    out = []
-    for data in buffers:
-        if skip >= len(data):
-            skip -= len(data)
-            continue
-        out.append(memoryview(data)[skip:])
-        skip = 0
-    return out
+def _new_memfd() -> tuple[int, int]:
+    """(read-write, read-only) descriptors of a new memfd. Raises OSError."""
+    fd = os.memfd_create("nsproxy-certificates", os.MFD_CLOEXEC)
+    try:
+        return fd, readonly(fd)
+    except OSError:
+        os.close(fd)
+        raise
+
+
+def _write_all(fd: int, buffers: list[bytes], offset: int) -> None:
+    """pwritev(2) the buffers at ``offset``, going on after a short write. Raises OSError."""
+    want, done = sum(len(b) for b in buffers), 0
+    while done < want:
+        rest, skip = [], done
+        for data in buffers:
+            if skip >= len(data):
+                skip -= len(data)
+                continue
+            rest.append(memoryview(data)[skip:])
+            skip = 0
+        written = os.pwritev(fd, rest[:_IOV_MAX], offset + done)
+        if written <= 0:
+            raise OSError("certificate store: the memfd took no more bytes")
+        done += written
+
+
+def _copy_live(src: int, dst: int, index: Index) -> tuple[Index, int]:
+    """Copy the indexed ranges of ``src`` to the start of ``dst``, in the kernel, ranges that
+    touch copied at once; (the new index, bytes copied). Raises OSError."""
+    entries = sorted(index.items(), key=lambda item: item[1][0])
+    new: Index = {}
+    out = 0
+    run_start = run_end = None  # the range of src being gathered: copied when it breaks
+    for path, (offset, length) in entries:
+        if run_end != offset:
+            if run_start is not None:
+                _copy(src, dst, run_start, run_end - run_start, out - (run_end - run_start))
+            run_start = offset
+        run_end = offset + length
+        new[path] = (out, length)
+        out += length
+    if run_start is not None:
+        _copy(src, dst, run_start, run_end - run_start, out - (run_end - run_start))
+    return new, out
+
+
+def _copy(src: int, dst: int, offset: int, length: int, to: int) -> None:
+    while length > 0:
+        copied = os.copy_file_range(src, dst, length, offset, to)
+        if copied <= 0:
+            raise OSError("certificate store: copy_file_range copied nothing")
+        offset, to, length = offset + copied, to + copied, length - copied

@@ -60,6 +60,13 @@ def sealed_memfd(data: bytes, name: str = "nsproxy") -> int:
     return fd
 
 
+def readonly(fd: int) -> int:
+    """A new read-only, close-on-exec descriptor of the file ``fd`` is open on (a memfd opened
+    again through /proc/self/fd, proc(5)): what a worker gets of a memfd the binder writes.
+    Raises OSError."""
+    return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+
+
 def read_sealed(fd: int, limit: int = MAX_PAYLOAD) -> bytes:
     """The bytes of a memfd made by :func:`sealed_memfd` (ChannelError for anything else: a
     file that is not a fully sealed memfd, or larger than ``limit``)."""

@@ -434,9 +434,13 @@ class Binder:
         return not problems, "\n".join(lines) + "\n"
 
     # -- files ----------------------------------------------------------------------------
-    def read_certificates(self, cfg: config.Config) -> dict[str, bytes]:
+    def read_certificates(self, cfg: config.Config) -> bool:
         """Read the certificate and key files of cfg's https listeners whose files changed
-        since they were last read (workers cannot read them); the changed ones.
+        since they were last read (workers cannot read them) into the certificate store
+        (cert_store.py), forget those no listener names any more, and compact the store when
+        its dead space calls for it; whether the store changed (workers then need its new
+        descriptor and index). Raises OSError when the store takes no more bytes: the store
+        and what it knows of the files are unchanged then.
 
         The files' state (tls.file_identity) is the one config.load validated
         (``Listener.cert_state``), not stat-ed again: 3000 tenants name 6000 files. The bytes
@@ -454,7 +458,7 @@ class Binder:
                         if len(entry) > 2 and entry[0] not in wanted:
                             wanted[entry[0]] = entry[1:]
         validated = tls.take_validated_files()
-        changed = {}
+        changed, states = {}, {}
         for path, state in wanted.items():
             if self.cert_stats.get(path) != state or path not in self.cert_files:
                 read_state, data = validated.get(path, (None, None))
@@ -469,12 +473,15 @@ class Binder:
                     if tls.file_identity(st) != state:
                         log.warning("%s changed after it was validated; reload", path)
                 changed[path] = data
-                self.cert_stats[path] = state
-        for path in [p for p in self.cert_files if p not in wanted]:
-            del self.cert_files[path]
-            self.cert_stats.pop(path, None)
+                states[path] = state
+        gone = [path for path in self.cert_files if path not in wanted]
         self.cert_files.update(changed)
-        return changed
+        self.cert_files.discard(gone)
+        for path in gone:
+            del self.cert_stats[path]
+        self.cert_stats.update(states)
+        compacted = self.cert_files.settle()
+        return bool(changed or gone or compacted)
 
     def _open_access_log(self, target: str | None) -> int | None:
         if target is None:

@@ -5,8 +5,9 @@ certificate files changed). Refused: the running config stays, the reason goes t
 the status and the reply, and systemd gets READY=1 again. Accepted: the binder binds what was
 added, unbinds what was removed (its listeners.py), reads changed certificate files, and sends
 every worker the new generation: a memfd with the config, in which unchanged tenants are only
-their names (the worker keeps its own objects for them: pools, connections and all), and the
-changed certificate bytes. The reply waits until every worker has applied it, so that a
+their names (the worker keeps its own objects for them: pools, connections and all), and,
+when certificate files changed, the certificate store's index and read-only descriptor
+(cert_store.py). The reply waits until every worker has applied it, so that a
 client told "generation N" never meets generation N-1 (a worker that does not apply it in time
 is replaced). Then ``workers`` and ``user`` changes take effect (a changed user: the workers
 are replaced one set by the next, as in an upgrade).
@@ -44,8 +45,16 @@ async def reload(binder) -> tuple[bool, str]:
                     new, data = load_config(binder.config_path, kept, binder.config.parts)
                 checked, check_cpu = time.monotonic(), time.process_time() - cpu_started
                 credentials = privileges.worker_credentials(getattr(new, "user", None))
-            except (config.ConfigError, privileges.PrivilegeError) as exc:
-                problems = exc.problems if isinstance(exc, config.ConfigError) else [str(exc)]
+                # into the certificate store before anything else changes: its only error
+                # (the memfd takes no more bytes) refuses the file with nothing half-changed
+                certificates_changed = binder.read_certificates(new)
+            except (config.ConfigError, privileges.PrivilegeError, OSError) as exc:
+                if isinstance(exc, config.ConfigError):
+                    problems = exc.problems
+                elif isinstance(exc, OSError):
+                    problems = [f"certificate files: cannot keep them for the workers: {exc}"]
+                else:
+                    problems = [str(exc)]
                 message = "new configuration refused, the running one stays: " + "; ".join(problems)
                 log.error("%s", message)
                 binder.last_reload_error = message
@@ -58,21 +67,21 @@ async def reload(binder) -> tuple[bool, str]:
             for spec in new.tenants:
                 binder.slots.slot(spec.name)
             binder.slots.keep_only(t.name for t in new.tenants)
-            payload = {
-                "config": _wire(new, kept),
-                "files": binder.read_certificates(new),
-                "slots": dict(binder.slots.of),
-            }
+            payload = {"config": _wire(new, kept), "slots": dict(binder.slots.of)}
             fds = []
             if new.access_log != old.access_log:
                 if binder.access_log_fd is not None:
                     accesslog.close_fd(binder.access_log_fd)
                 binder.access_log_fd = binder._open_access_log(new.access_log)
                 payload["access_log"] = new.access_log or ""
+            if certificates_changed:  # the store's read-only descriptor goes last
+                payload["certificates"] = binder.cert_files.index
             memfd = channel.sealed_memfd(pickle.dumps(payload, pickle.HIGHEST_PROTOCOL), "config")
             try:
                 fds = [memfd] + ([binder.access_log_fd] if binder.access_log_fd is not None
                                  and "access_log" in payload else [])  # fmt: skip
+                if certificates_changed:
+                    fds.append(binder.cert_files.reader_fd)
                 binder._flush_serves()
                 binder.generation = generation
                 binder.pool.broadcast("config", fds, generation=generation)

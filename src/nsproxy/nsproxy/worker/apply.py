@@ -42,7 +42,7 @@ class Served:
         # Sockets that arrived before the generation that names their listener: sid ->
         # (tenant name, listener digest, socket).
         self.pending: dict[int, tuple[str, bytes, socket.socket]] = {}
-        self.files = files  # certificate/key path -> bytes, as the binder read them
+        self.files = files  # certificate/key path -> bytes (cert_store.CertificateView)
         # Compiled route tables, one per distinct routes tuple of the config (tenants with
         # identical routes share the tuple, see config._share_tenant): id -> (routes, Router).
         self.routers: dict[int, tuple[tuple, Router]] = {}
@@ -242,18 +242,6 @@ class Served:
             elif ctx.drop():
                 dropped += 1
         return dropped
-
-    def forget_files(self) -> None:
-        """Drop certificate bytes no listener of the current config names any more."""
-        from nsproxy import tls
-
-        wanted = set()
-        for spec in self.config.tenants:
-            for li in spec.listeners:
-                if li.protocol == "https":
-                    wanted.update(tls.certificate_paths(li.spec))
-        for path in [p for p in self.files if p not in wanted]:
-            del self.files[path]
 
     def _update_tenant(self, tenant: TenantRuntime, spec: config.Tenant) -> None:
         tenant.spec = spec

@@ -7,8 +7,8 @@ In order, before any byte from a tenant is read:
 1. forget the binder: signal handlers and wakeup fd reset, the binder's event loop abandoned
    (never run, never closed), and every fd the worker was not given replaced by /dev/null
    (namespace fds, pidfds, the admin socket, other workers' channels, the binder loop's own;
-   kept: its channel, listening sockets, logs, the certificate store's and health table's
-   memfds).
+   kept: its channel, listening sockets, logs, and read-only descriptors of the certificate
+   store's memfd and, in worker 0, of the health table's).
    /dev/null rather than close: an abandoned binder object that ever closed "its" fd would
    otherwise close whatever the worker opened under that number later;
 2. drop privileges (privileges.drop: a non-root user, every capability set empty,
@@ -119,9 +119,10 @@ def _forget_binder(seed: Seed) -> None:
         keep.add(seed.access_log_fd)
     if seed.metrics_sock is not None:
         keep.add(seed.metrics_sock.fileno())
-    if getattr(seed.files, "fd", -1) >= 0:  # the certificate store's memfd (cert_store.py)
+    if getattr(seed.files, "fd", -1) >= 0:  # the certificate store's, read-only (cert_store.py)
         keep.add(seed.files.fd)
-    if seed.health is not None:  # worker 0's recount asks it for the written pages
+    if seed.health is not None and seed.index == 0:  # its recount asks for the written pages
+        seed.health.fd = channel.readonly(seed.health.fd)
         keep.add(seed.health.fd)
     devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
     for name in os.listdir("/proc/self/fd"):
@@ -160,7 +161,7 @@ class Worker:
         )
         self.stock = SocketStock(loop, self.channel.request)
         self.served = Served(
-            loop, seed.config, seed.files or {}, self.stock, seed.counts, seed.slots, seed.health
+            loop, seed.config, seed.files, self.stock, seed.counts, seed.slots, seed.health
         )
         self.prober = None  # worker 0's health checks
         if seed.index == 0 and seed.health is not None:
@@ -207,8 +208,9 @@ class Worker:
         handler(message, fds)
 
     def _on_config(self, message: dict, fds: list[int]) -> None:
-        """A new generation: the config (kept tenants by name) and certificate bytes in a
-        memfd; the access log fd when it changed."""
+        """A new generation: the config (kept tenants by name) in a memfd; the access log fd
+        when it changed; last, when certificate files changed, the certificate store's
+        read-only memfd, whose index is in the payload (cert_store.py)."""
         try:
             payload = pickle.loads(channel.read_sealed(fds[0]))
         finally:
@@ -222,11 +224,11 @@ class Worker:
         cfg = payload["config"]
         kept = {t.name: t.spec for t in self.served.tenants.values()}
         cfg.tenants = [kept[t] if isinstance(t, str) else t for t in cfg.tenants]
-        self.served.files.update(payload.get("files") or {})
+        if "certificates" in payload:
+            self.served.files.replace(fds.pop(), payload["certificates"])
         self.served.slots = payload.get("slots") or self.served.slots
         with heap.collector_paused():
             added, removed, changed = self.served.apply(cfg, generation)
-        self.served.forget_files()
         if access is not None:
             self.served.set_access_log(fds[1] if len(fds) > 1 else None, access or None)
         heap.settle()
