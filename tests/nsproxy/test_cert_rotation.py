@@ -152,3 +152,32 @@ def test_workers_read_certificates_from_the_binders_store_read_only_even_after_a
         assert not _in_memory(pid, needle), f"worker {pid} holds the new key in its heap"
     out = verified(proxy, "t1", "rot.example", new["cert"])
     assert out.returncode == 0, out.stdout + out.stderr + proxy.log()
+
+
+def test_a_rotation_in_the_reload_that_also_changes_the_tenant_serves_the_new_certificate(
+    proxy, tmp_path
+):
+    """The tenant's JSON changes (another upstream) in the very reload that rotates its
+    certificate files: its kept listener serves the new certificate too (the changed-tenant
+    path kept the context built from the old files)."""
+    live = {"cert": str(tmp_path / "live.pem"), "key": str(tmp_path / "live.key")}
+    old = make_cert(tmp_path, "old", "rot.example")
+    new = make_cert(tmp_path, "new", "rot.example", "www.rot.example")
+    shutil.copy(old["cert"], live["cert"])
+    shutil.copy(old["key"], live["key"])
+    proxy.add_netns("t1")
+    proxy.start_echo("echo", "127.0.0.1:18080")
+    proxy.start_echo("echo2", "127.0.0.1:18081")
+    proxy.write_config([https_tenant("t1", [live])])
+    proxy.start()
+    out = s_client(proxy, "t1", "-servername", "rot.example", "-CAfile", old["cert"])
+    assert out.returncode == 0, out.stdout + out.stderr  # the context is built: old files
+
+    shutil.copy(new["cert"], live["cert"])
+    shutil.copy(new["key"], live["key"])
+    proxy.write_config([https_tenant("t1", [live], upstream="127.0.0.1:18081")])
+    result = proxy.reload()
+    assert result.returncode == 0, result.stderr
+    assert "1 changed" in proxy.log()
+    out = verified(proxy, "t1", "www.rot.example", new["cert"])
+    assert out.returncode == 0, out.stdout + out.stderr + proxy.log()

@@ -9,28 +9,31 @@ again in each worker's RSS) and wrote to those pages as soon as it touched one o
 reload sent the changed files' bytes to every worker, which kept its own copy.
 
 Here the binder appends the bytes to one memfd (memfd_create(2)) and keeps only an index,
-path -> (offset, length). A worker reads a file's bytes with ``pread`` when it builds a context,
-through a read-only descriptor of that memfd (:attr:`CertificateStore.reader_fd`: a worker
-can neither write nor truncate what the others read), and never maps it, so the memfd's pages
-(tmpfs, shared) are in no process's RSS and never copied. A worker gets the descriptor and the
-index when it is forked (:meth:`CertificateStore.view`), and again with every reload that
-changed them (binder/reload.py: the descriptor travels with the message, the index in its
-payload); it then reads from the new memfd only (:meth:`CertificateView.replace`).
+path -> (offset, length). A worker holds a read-only descriptor of that memfd
+(:attr:`CertificateStore.reader_fd`) and a copy of the index, from its fork
+(:meth:`CertificateStore.view`) and again from each reload that changed them (binder/reload.py:
+the descriptor travels with the message, the index in its payload; :meth:`CertificateView.
+replace`). It reads a file with ``pread`` into a short-lived buffer when it builds a context,
+and never maps the memfd, whose pages (tmpfs, shared) are therefore in no process's RSS. The
+memfd is mode 0400 and sealed against shrinking (channel.guarded_memfd): a worker, another user,
+can neither open it again for writing nor truncate what the others read.
 
 The binder writes past every indexed byte and never over one, so what a worker's index points
-at never changes until the worker replaces it. Bytes a reload replaced or dropped become dead
-space; when dead space passes half of the memfd and :data:`COMPACT_AFTER`, :meth:`settle` copies
-the live bytes into a new memfd in the kernel (copy_file_range(2)) and closes the old one, which
-lives on until the last worker holding it has applied the reload.
+at never changes. Bytes a reload replaced or dropped become dead space; when it passes half of
+the memfd and :data:`COMPACT_AFTER`, :meth:`CertificateStore.settle` copies the live bytes into
+a new memfd in the kernel (copy_file_range(2)) and closes the binder's descriptors of the old
+one, which lives on in the workers that hold it until they apply the next generation or exit
+(workers draining after a shrink or an upgrade keep theirs to the end).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 
-from nsproxy.channel import readonly
+from nsproxy.channel import guarded_memfd, readonly
 
 __all__ = ["COMPACT_AFTER", "CertificateStore", "CertificateView"]
 
@@ -42,10 +45,10 @@ log = logging.getLogger("nsproxy")
 Index = dict[str, tuple[int, int]]  # path -> (offset, length) in the memfd
 
 
-class CertificateView(Mapping):
-    """path -> bytes, read with ``pread`` from the memfd a read-only ``fd`` is open on, at
-    ``index``. Reading raises OSError when the memfd holds fewer bytes than the index says
-    (never for a descriptor the binder gave)."""
+class _Reader(Mapping):
+    """path -> bytes, read with ``pread`` from the memfd ``fd`` is open on, at ``index``.
+    Reading raises OSError when the memfd holds fewer bytes than the index says (never for the
+    store's own memfd, which no descriptor can shrink)."""
 
     def __init__(self, fd: int, index: Index):
         self.fd = fd
@@ -67,6 +70,10 @@ class CertificateView(Mapping):
     def __contains__(self, path: object) -> bool:
         return path in self.index
 
+
+class CertificateView(_Reader):
+    """In a worker: the store's read-only descriptor and the index it was given."""
+
     def replace(self, fd: int, index: Index) -> None:
         """Read from now on from ``fd`` (this view's to close) at ``index``; the descriptor
         held so far is closed."""
@@ -75,9 +82,11 @@ class CertificateView(Mapping):
             os.close(old)
 
 
-class CertificateStore(CertificateView):
-    """In the binder: the memfd (read-write ``fd``, read-only :attr:`reader_fd`) and its index.
-    Raises OSError when the memfd cannot be made (memfd_create(2): EMFILE, ENFILE, ENOMEM)."""
+class CertificateStore(_Reader):
+    """In the binder: the memfd (read-write ``fd``, read-only :attr:`reader_fd`) and its index;
+    ``version`` counts the changes of either (a reload sends them when it differs from what
+    the workers were last sent). Raises OSError when the memfd cannot be made
+    (memfd_create(2): EMFILE, ENFILE, ENOMEM)."""
 
     def __init__(self) -> None:
         fd, reader = _new_memfd()
@@ -85,6 +94,7 @@ class CertificateStore(CertificateView):
         self.reader_fd = reader
         self.size = 0  # bytes written to the memfd (its end)
         self.live = 0  # bytes the index points at
+        self.version = 0
 
     def update(self, files: Mapping[str, bytes]) -> None:
         """Append every value, then index them all at once. Raises OSError when the memfd
@@ -102,6 +112,7 @@ class CertificateStore(CertificateView):
         self.index.update(added)
         self.live += offset - self.size
         self.size = offset
+        self.version += bool(added)
 
     def discard(self, paths: Iterable[str]) -> None:
         """Forget these paths (absent ones are ignored); their bytes become dead space."""
@@ -109,6 +120,7 @@ class CertificateStore(CertificateView):
             entry = self.index.pop(path, None)
             if entry is not None:
                 self.live -= entry[1]
+                self.version += 1
 
     @property
     def dead(self) -> int:
@@ -123,7 +135,7 @@ class CertificateStore(CertificateView):
     def settle(self) -> bool:
         """Compact when dead space passes half of the memfd and COMPACT_AFTER; whether it did.
         A compaction that fails changes nothing (one warning), and is tried again next time."""
-        if self.size <= COMPACT_AFTER or self.dead <= max(self.size // 2, COMPACT_AFTER):
+        if self.dead <= max(self.size // 2, COMPACT_AFTER):
             return False
         try:
             fd, reader = _new_memfd()
@@ -140,6 +152,7 @@ class CertificateStore(CertificateView):
         os.close(self.fd)
         os.close(self.reader_fd)
         self.fd, self.reader_fd, self.index, self.size, self.live = fd, reader, index, size, size
+        self.version += 1
         return True
 
     def close(self) -> None:
@@ -151,7 +164,7 @@ class CertificateStore(CertificateView):
 
 def _new_memfd() -> tuple[int, int]:
     """(read-write, read-only) descriptors of a new memfd. Raises OSError."""
-    fd = os.memfd_create("nsproxy-certificates", os.MFD_CLOEXEC)
+    fd = guarded_memfd("nsproxy-certificates", fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
     try:
         return fd, readonly(fd)
     except OSError:
@@ -170,7 +183,7 @@ def _write_all(fd: int, buffers: list[bytes], offset: int) -> None:
                 continue
             rest.append(memoryview(data)[skip:])
             skip = 0
-        written = os.pwritev(fd, rest[:_IOV_MAX], offset + done)
+        written = os.pwritev(fd, rest, offset + done)  # len(buffers) <= _IOV_MAX
         if written <= 0:
             raise OSError("certificate store: the memfd took no more bytes")
         done += written

@@ -60,6 +60,22 @@ def sealed_memfd(data: bytes, name: str = "nsproxy") -> int:
     return fd
 
 
+def guarded_memfd(name: str, seals: int) -> int:
+    """A memfd the binder writes and workers only read: mode 0400, so that a worker (another
+    user) cannot open it again through /proc/self/fd, for writing or at all, and sealed with
+    ``seals`` (F_SEAL_SHRINK: no descriptor can truncate what others read; memfd_create(2),
+    fcntl(2) "File Sealing"). Raises OSError."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.fchmod(fd, 0o400)
+        if seals:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def readonly(fd: int) -> int:
     """A new read-only, close-on-exec descriptor of the file ``fd`` is open on (a memfd opened
     again through /proc/self/fd, proc(5)): what a worker gets of a memfd the binder writes.

@@ -34,11 +34,15 @@ config.py refuses a config with more than :data:`MAX_LOAD` checked servers meanw
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import mmap
 import os
 import struct
+
+from nsproxy import channel
 
 LAYOUT = 1  # the entry layout and key scheme; another value: an upgrade starts a fresh table
 ENTRIES = 32768  # slots; at most MAX_LOAD of them hold servers
@@ -46,6 +50,7 @@ ENTRY = 128  # bytes per slot
 ERROR_MAX = ENTRY - 16
 MAX_LOAD = ENTRIES * 3 // 4  # checked servers published at most (longer probe chains beyond)
 _EMPTY, _REMOVED = 0, 1
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 _HEAD = struct.Struct("<QiI")  # key, state, error length
 _STATE = struct.Struct("<i")
 
@@ -71,6 +76,9 @@ class HealthTable:
         its layout or size is not this build's."""
         try:
             if layout == LAYOUT and os.fstat(fd).st_size == ENTRIES * ENTRY:
+                os.fchmod(fd, 0o400)  # as create() makes it (an older build's may not be)
+                with contextlib.suppress(OSError):  # an older build's could not be sealed
+                    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
                 return cls(fd)
         except OSError:
             pass
@@ -79,9 +87,17 @@ class HealthTable:
 
     @classmethod
     def create(cls) -> HealthTable:
-        fd = os.memfd_create("nsproxy-health", os.MFD_CLOEXEC)
-        os.ftruncate(fd, ENTRIES * ENTRY)
-        return cls(fd)
+        """A new table: a memfd of the table's size that only the binder can open again
+        (channel.guarded_memfd), sealed against any change of size (every worker maps it: a
+        shrink would kill them all with SIGBUS)."""
+        fd = channel.guarded_memfd("nsproxy-health", 0)
+        try:
+            os.ftruncate(fd, ENTRIES * ENTRY)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            return cls(fd)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def recount(self) -> int:
         """Count the live entries (a new writer goes on from its predecessor's table).

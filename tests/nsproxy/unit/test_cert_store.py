@@ -38,6 +38,7 @@ def test_the_store_holds_what_was_last_written_whatever_the_sequence(ops):
     past COMPACT_AFTER), so rotations do not grow it for good; nothing is left open."""
     before = _fds()
     store, model = CertificateStore(), {}
+    seen, seen_fd, seen_version = {}, store.fd, store.version
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(cert_store, "COMPACT_AFTER", 4096)
@@ -52,6 +53,9 @@ def test_the_store_holds_what_was_last_written_whatever_the_sequence(ops):
                 else:
                     store.settle()
                     assert store.dead <= max(store.size // 2, cert_store.COMPACT_AFTER)
+                if dict(store) != seen or store.fd != seen_fd:
+                    assert store.version > seen_version, "a change the workers would miss"
+                seen, seen_fd, seen_version = dict(store), store.fd, store.version
                 assert dict(store) == model
                 assert dict(store.view()) == model
                 assert store.size == os.fstat(store.fd).st_size
@@ -187,3 +191,35 @@ def test_a_short_read_is_an_error_never_other_bytes():
             view["/tls/a.pem"]
     finally:
         os.close(devnull)
+
+
+def test_a_worker_can_neither_open_the_memfd_again_nor_shrink_it():
+    """A worker (another user, no capability) holding the read-only descriptor cannot open the
+    memfd again through /proc/self/fd, for writing or at all (mode 0400), and nobody, the
+    binder included, can truncate what the workers read (F_SEAL_SHRINK)."""
+    store = CertificateStore()
+    try:
+        store.update({"/tls/a.pem": b"A" * 5000})
+        with pytest.raises(PermissionError):
+            os.ftruncate(store.fd, 10)
+        view = store.view()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                for mode in (os.O_RDWR, os.O_RDONLY):
+                    with pytest.raises(PermissionError):
+                        os.open(f"/proc/self/fd/{view.fd}", mode)
+                with pytest.raises(OSError):
+                    os.ftruncate(view.fd, 0)
+                assert view["/tls/a.pem"] == b"A" * 5000
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the worker could change the memfd"
+    finally:
+        store.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import struct
 
+import pytest
+
 from nsproxy import health_check, health_table
 from nsproxy.health_table import ENTRIES, ENTRY, MAX_LOAD, HealthTable, key_of
 
@@ -168,6 +170,36 @@ def test_a_recount_through_a_descriptor_that_is_not_the_table_still_counts():
         os.dup2(devnull, table.fd)
         os.close(devnull)
         assert table.recount() == 1
+    finally:
+        table.map.close()
+        os.close(table.fd)
+
+
+def test_nobody_can_resize_the_table_and_a_worker_cannot_open_it_again():
+    """Every worker maps the table: a shrink would kill them all with SIGBUS, and a respawned
+    worker would map the same file. It is sealed against any change of size, and mode 0400:
+    a worker (another user) cannot open it again through /proc/self/fd."""
+    table = HealthTable.create()
+    try:
+        with pytest.raises(PermissionError):
+            os.ftruncate(table.fd, 0)
+        reader = os.open(f"/proc/self/fd/{table.fd}", os.O_RDONLY)  # what worker 0 gets
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                try:
+                    os.open(f"/proc/self/fd/{reader}", os.O_RDWR)
+                except PermissionError:
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        os.close(reader)
+        assert os.waitstatus_to_exitcode(status) == 0, "a worker could open the table again"
     finally:
         table.map.close()
         os.close(table.fd)

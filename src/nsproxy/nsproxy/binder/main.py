@@ -54,6 +54,7 @@ SWEEP = 1.0  # seconds between two looks at namespaces and workers
 START_TIMEOUT = 60.0  # seconds the first workers have to become ready
 SOCKETS_PER_SECOND = 20000  # upstream sockets one worker may ask for per second
 MAX_READY_LINES = 100  # listeners named in the answer to /ready
+CERTIFICATES_NOT_KEPT = "certificate files: cannot keep them for the workers"
 
 
 def load_config(
@@ -104,6 +105,7 @@ class Binder:
         self.generation = 1
         self.credentials: privileges.Credentials | None = None
         self.cert_files = CertificateStore()  # path -> bytes, in a memfd (cert_store.py)
+        self.certificates_sent = 0  # the store's version every running worker has been sent
         self.ticket_keys = tls_tickets.new_keys()  # TLS session tickets valid in every worker
         self.cert_stats: dict[str, tuple] = {}
         self.access_log_fd: int | None = None
@@ -128,7 +130,7 @@ class Binder:
         raise_nofile_limit()
         privileges.forbid_ptrace()
         self.credentials = privileges.worker_credentials(getattr(self.config, "user", None))
-        self.read_certificates(self.config)
+        keep_certificates(self)
         self.access_log_fd = self._open_access_log(self.config.access_log)
         started = time.monotonic()
         for spec in self.config.tenants:
@@ -434,13 +436,13 @@ class Binder:
         return not problems, "\n".join(lines) + "\n"
 
     # -- files ----------------------------------------------------------------------------
-    def read_certificates(self, cfg: config.Config) -> bool:
+    def read_certificates(self, cfg: config.Config) -> None:
         """Read the certificate and key files of cfg's https listeners whose files changed
         since they were last read (workers cannot read them) into the certificate store
         (cert_store.py), forget those no listener names any more, and compact the store when
-        its dead space calls for it; whether the store changed (workers then need its new
+        its dead space calls for it (its ``version`` then moves on: workers need its new
         descriptor and index). Raises OSError when the store takes no more bytes: the store
-        and what it knows of the files are unchanged then.
+        and what the binder knows of the files are unchanged then.
 
         The files' state (tls.file_identity) is the one config.load validated
         (``Listener.cert_state``), not stat-ed again: 3000 tenants name 6000 files. The bytes
@@ -480,8 +482,7 @@ class Binder:
         for path in gone:
             del self.cert_stats[path]
         self.cert_stats.update(states)
-        compacted = self.cert_files.settle()
-        return bool(changed or gone or compacted)
+        self.cert_files.settle()
 
     def _open_access_log(self, target: str | None) -> int | None:
         if target is None:
@@ -529,6 +530,16 @@ class Binder:
         from nsproxy.binder import status
 
         return await status.document(self)
+
+
+def keep_certificates(binder: Binder) -> None:
+    """The start's (or an upgrade's) read of the certificate files into the store; a store
+    that takes no more bytes ends the process with a sentence (SystemExit)."""
+    try:
+        binder.read_certificates(binder.config)
+    except OSError as exc:
+        raise SystemExit(f"nsproxy: {CERTIFICATES_NOT_KEPT}: {exc}") from None
+    binder.certificates_sent = binder.cert_files.version  # the workers' seeds carry it
 
 
 def raise_nofile_limit() -> tuple[int, int]:

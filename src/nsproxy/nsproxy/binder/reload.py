@@ -2,15 +2,16 @@
 
 The binder reads and validates the file (config.load re-checks only tenants whose JSON or
 certificate files changed). Refused: the running config stays, the reason goes to the log,
-the status and the reply, and systemd gets READY=1 again. Accepted: the binder binds what was
-added, unbinds what was removed (its listeners.py), reads changed certificate files, and sends
-every worker the new generation: a memfd with the config, in which unchanged tenants are only
-their names (the worker keeps its own objects for them: pools, connections and all), and,
-when certificate files changed, the certificate store's index and read-only descriptor
-(cert_store.py). The reply waits until every worker has applied it, so that a
-client told "generation N" never meets generation N-1 (a worker that does not apply it in time
-is replaced). Then ``workers`` and ``user`` changes take effect (a changed user: the workers
-are replaced one set by the next, as in an upgrade).
+the status and the reply, and systemd gets READY=1 again. The changed certificate files are
+read into the certificate store (cert_store.py) before anything else changes; a store that
+takes no more bytes refuses the file too. Accepted: the binder binds what was added, unbinds
+what was removed (its listeners.py), and sends every worker the new generation: a memfd with
+the config, in which unchanged tenants are only their names (the worker keeps its own objects
+for them: pools, connections and all), and, when the store changed since the workers were
+last sent it, its index and read-only descriptor. The reply waits until every worker has
+applied it, so that a client told "generation N" never meets generation N-1 (a worker that
+does not apply it in time is replaced). Then ``workers`` and ``user`` changes take effect (a
+changed user: the workers are replaced one set by the next, as in an upgrade).
 """
 
 from __future__ import annotations
@@ -26,9 +27,17 @@ log = logging.getLogger("nsproxy")
 APPLY_TIMEOUT = 60.0  # seconds every worker has to apply a generation
 
 
+def _refused(binder, problems: list[str]) -> tuple[bool, str]:
+    message = "new configuration refused, the running one stays: " + "; ".join(problems)
+    log.error("%s", message)
+    binder.last_reload_error = message
+    systemd.ready()
+    return False, message
+
+
 async def reload(binder) -> tuple[bool, str]:
     """Re-read the binder's config file and apply the difference; (ok, message)."""
-    from nsproxy.binder.main import load_config
+    from nsproxy.binder.main import CERTIFICATES_NOT_KEPT, load_config
 
     async with binder.reload_lock:
         if binder.stopping:  # e.g. a SIGHUP held while starting, replayed after a SIGTERM
@@ -45,21 +54,13 @@ async def reload(binder) -> tuple[bool, str]:
                     new, data = load_config(binder.config_path, kept, binder.config.parts)
                 checked, check_cpu = time.monotonic(), time.process_time() - cpu_started
                 credentials = privileges.worker_credentials(getattr(new, "user", None))
-                # into the certificate store before anything else changes: its only error
-                # (the memfd takes no more bytes) refuses the file with nothing half-changed
-                certificates_changed = binder.read_certificates(new)
-            except (config.ConfigError, privileges.PrivilegeError, OSError) as exc:
-                if isinstance(exc, config.ConfigError):
-                    problems = exc.problems
-                elif isinstance(exc, OSError):
-                    problems = [f"certificate files: cannot keep them for the workers: {exc}"]
-                else:
-                    problems = [str(exc)]
-                message = "new configuration refused, the running one stays: " + "; ".join(problems)
-                log.error("%s", message)
-                binder.last_reload_error = message
-                systemd.ready()
-                return False, message
+            except (config.ConfigError, privileges.PrivilegeError) as exc:
+                problems = exc.problems if isinstance(exc, config.ConfigError) else [str(exc)]
+                return _refused(binder, problems)
+            try:  # before anything else changes: the store's only error refuses the file
+                binder.read_certificates(new)
+            except OSError as exc:
+                return _refused(binder, [f"{CERTIFICATES_NOT_KEPT}: {exc}"])
             old = binder.config
             binder.config_bytes = data
             counts = _apply(binder, old, new)
@@ -74,17 +75,19 @@ async def reload(binder) -> tuple[bool, str]:
                     accesslog.close_fd(binder.access_log_fd)
                 binder.access_log_fd = binder._open_access_log(new.access_log)
                 payload["access_log"] = new.access_log or ""
-            if certificates_changed:  # the store's read-only descriptor goes last
-                payload["certificates"] = binder.cert_files.index
+            store = binder.cert_files
+            if store.version != binder.certificates_sent:  # its descriptor goes last
+                payload["certificates"] = store.index
             memfd = channel.sealed_memfd(pickle.dumps(payload, pickle.HIGHEST_PROTOCOL), "config")
             try:
                 fds = [memfd] + ([binder.access_log_fd] if binder.access_log_fd is not None
                                  and "access_log" in payload else [])  # fmt: skip
-                if certificates_changed:
-                    fds.append(binder.cert_files.reader_fd)
+                if "certificates" in payload:
+                    fds.append(store.reader_fd)
                 binder._flush_serves()
                 binder.generation = generation
                 binder.pool.broadcast("config", fds, generation=generation)
+                binder.certificates_sent = store.version
                 sent = time.monotonic()
             finally:
                 channel.close_fds([memfd])

@@ -275,7 +275,7 @@ def load_config(path: str, state: dict) -> tuple[config.Config, bytes, str | Non
 async def resume(binder, state: dict) -> None:
     """The new binder's start from a handed-over state (see the module docstring)."""
     from nsproxy.binder.listeners import Binding
-    from nsproxy.binder.main import raise_nofile_limit, worker_count
+    from nsproxy.binder.main import keep_certificates, raise_nofile_limit, worker_count
 
     started = time.monotonic()
     raise_nofile_limit()
@@ -292,7 +292,7 @@ async def resume(binder, state: dict) -> None:
     binder.pool.deaths = int(counters.get("worker_deaths") or 0)
     binder.upgrades = int(counters.get("upgrades") or 0) + 1
     binder.started_at = float(state.get("started_at") or time.time())
-    binder.read_certificates(cfg)
+    keep_certificates(binder)
     if state.get("ticket_keys"):  # tickets of the old workers stay valid in the new ones
         binder.ticket_keys = base64.b64decode(state["ticket_keys"])
     if state.get("counts_fd") is not None:  # the old workers count in this very table

@@ -215,22 +215,28 @@ class Served:
         by_digest = {li.digest: li for li in spec.listeners}
         for li in tenant.listeners:
             li.spec = by_digest.get(li.spec.digest, li.spec)
-            if li.ssl_ctx is None or li.spec.cert_state == li.cert_state:
-                continue
-            key = (li.spec.tls_key, li.spec.cert_state)
-            ctx = self.ssl_contexts.get(key)
-            if ctx is None:  # the first listener of this set: its context serves the new files
-                ctx = li.ssl_ctx
-                ctx.rotate(li.spec.spec)
-                old_key = (li.spec.tls_key, li.cert_state)
-                if self.ssl_contexts.get(old_key) is ctx:
-                    del self.ssl_contexts[old_key]
-                self.ssl_contexts[key] = ctx
-            elif ctx is not li.ssl_ctx and li.server is not None:
-                self.shared.acceptor.use_ssl_context(li.server, ctx)
-            li.ssl_ctx = ctx
-            li.cert_state = li.spec.cert_state
-            log.debug("tenant %s: %s: certificates loaded", tenant.name, li.spec.listen)
+            self._rotate(tenant, li)
+
+    def _rotate(self, tenant: TenantRuntime, li: ListenerRuntime) -> None:
+        """A kept listener whose certificate files changed (its spec's ``cert_state``) serves
+        them from its next handshake on, through the context shared by the listeners with
+        the same settings and files."""
+        if li.ssl_ctx is None or li.spec.cert_state == li.cert_state:
+            return
+        key = (li.spec.tls_key, li.spec.cert_state)
+        ctx = self.ssl_contexts.get(key)
+        if ctx is None:  # the first listener of this set: its context serves the new files
+            ctx = li.ssl_ctx
+            ctx.rotate(li.spec.spec)
+            old_key = (li.spec.tls_key, li.cert_state)
+            if self.ssl_contexts.get(old_key) is ctx:
+                del self.ssl_contexts[old_key]
+            self.ssl_contexts[key] = ctx
+        elif ctx is not li.ssl_ctx and li.server is not None:
+            self.shared.acceptor.use_ssl_context(li.server, ctx)
+        li.ssl_ctx = ctx
+        li.cert_state = li.spec.cert_state
+        log.debug("tenant %s: %s: certificates loaded", tenant.name, li.spec.listen)
 
     def drop_idle_contexts(self) -> int:
         """Forget the SSLContexts no handshake used since the last call (they are made again
@@ -249,8 +255,9 @@ class Served:
         kept, gone = [], []
         for li in tenant.listeners:
             (kept if li.spec.digest in keep else gone).append(li)
-        for li in kept:
+        for li in kept:  # same JSON: their certificate files may still have changed
             li.spec = keep[li.spec.digest]
+            self._rotate(tenant, li)
         have = {li.spec.digest for li in kept}
         kept += [ListenerRuntime(li, tenant, self.shared) for li in spec.listeners
                  if li.digest not in have]  # fmt: skip

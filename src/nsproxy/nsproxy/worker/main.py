@@ -7,8 +7,9 @@ In order, before any byte from a tenant is read:
 1. forget the binder: signal handlers and wakeup fd reset, the binder's event loop abandoned
    (never run, never closed), and every fd the worker was not given replaced by /dev/null
    (namespace fds, pidfds, the admin socket, other workers' channels, the binder loop's own;
-   kept: its channel, listening sockets, logs, and read-only descriptors of the certificate
-   store's memfd and, in worker 0, of the health table's).
+   kept: its channel, listening sockets, logs, the metrics socket (worker 0), the certificate
+   store's read-only descriptor, and in worker 0 a read-only descriptor of the health table's
+   memfd, opened here, for its recount).
    /dev/null rather than close: an abandoned binder object that ever closed "its" fd would
    otherwise close whatever the worker opened under that number later;
 2. drop privileges (privileges.drop: a non-root user, every capability set empty,
@@ -52,10 +53,11 @@ _ABANDONED: list = []
 
 
 class Seed:
-    """What the binder gives a worker at fork: its index, the config and generation, the
-    certificate bytes, the bound listening sockets (sid -> (tenant, digest, socket)), the
-    channel end, the access log fd, the metrics socket (one worker gets it), credentials, the
-    shared connection counts (its row), tenant slots and the health table."""
+    """What the binder gives a worker at fork: its index, the config and generation, a view of
+    the certificate store (cert_store.CertificateView), the bound listening sockets (sid ->
+    (tenant, digest, socket)), the channel end, the access log fd, the metrics socket (one
+    worker gets it), credentials, the shared connection counts (its row), tenant slots and the
+    health table."""
 
     __slots__ = (
         "access_log_fd",
