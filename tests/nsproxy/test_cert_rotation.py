@@ -9,12 +9,19 @@ from conftest import make_cert
 from test_tls import https_tenant, s_client, verified
 
 
-def test_reload_with_rotated_certificate_files_serves_the_new_certificate(proxy, tmp_path):
-    live = {"cert": str(tmp_path / "live.pem"), "key": str(tmp_path / "live.key")}
-    old = make_cert(tmp_path, "old", "rot.example")
-    new = make_cert(tmp_path, "new", "rot.example", "www.rot.example")
+def _live_files(folder, *more_names: str) -> tuple[dict, dict, dict]:
+    """(the live paths a tenant names, holding the old certificate; old; new): the new one
+    also names ``more_names``."""
+    live = {"cert": str(folder / "live.pem"), "key": str(folder / "live.key")}
+    old = make_cert(folder, "old", "rot.example")
+    new = make_cert(folder, "new", "rot.example", *more_names)
     shutil.copy(old["cert"], live["cert"])
     shutil.copy(old["key"], live["key"])
+    return live, old, new
+
+
+def test_reload_with_rotated_certificate_files_serves_the_new_certificate(proxy, tmp_path):
+    live, old, new = _live_files(tmp_path, "www.rot.example")
     proxy.add_netns("t1")
     proxy.start_echo("echo", "127.0.0.1:18080")
     proxy.write_config([https_tenant("t1", [live])])
@@ -118,11 +125,7 @@ def test_workers_read_certificates_from_the_binders_store_read_only_even_after_a
     the health table; after a rotation the workers hold the new store's, and the new key's
     bytes reach no worker's heap before a handshake needs them (a reload used to send them
     in its message, and every worker kept its own copy)."""
-    live = {"cert": str(tmp_path / "live.pem"), "key": str(tmp_path / "live.key")}
-    old = make_cert(tmp_path, "old", "rot.example")
-    new = make_cert(tmp_path, "new", "rot.example")
-    shutil.copy(old["cert"], live["cert"])
-    shutil.copy(old["key"], live["key"])
+    live, old, new = _live_files(tmp_path)
     proxy.add_netns("t1")
     proxy.start_echo("echo", "127.0.0.1:18080")
     proxy.write_config([https_tenant("t1", [live])], workers=2)
@@ -160,11 +163,7 @@ def test_a_rotation_in_the_reload_that_also_changes_the_tenant_serves_the_new_ce
     """The tenant's JSON changes (another upstream) in the very reload that rotates its
     certificate files: its kept listener serves the new certificate too (the changed-tenant
     path kept the context built from the old files)."""
-    live = {"cert": str(tmp_path / "live.pem"), "key": str(tmp_path / "live.key")}
-    old = make_cert(tmp_path, "old", "rot.example")
-    new = make_cert(tmp_path, "new", "rot.example", "www.rot.example")
-    shutil.copy(old["cert"], live["cert"])
-    shutil.copy(old["key"], live["key"])
+    live, old, new = _live_files(tmp_path, "www.rot.example")
     proxy.add_netns("t1")
     proxy.start_echo("echo", "127.0.0.1:18080")
     proxy.start_echo("echo2", "127.0.0.1:18081")
