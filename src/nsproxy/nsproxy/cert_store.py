@@ -78,8 +78,7 @@ class CertificateView(_Reader):
         """Read from now on from ``fd`` (this view's to close) at ``index``; the descriptor
         held so far is closed."""
         old, self.fd, self.index = self.fd, fd, index
-        if old >= 0 and old != fd:
-            os.close(old)
+        os.close(old)
 
 
 class CertificateStore(_Reader):
@@ -192,20 +191,17 @@ def _write_all(fd: int, buffers: list[bytes], offset: int) -> None:
 def _copy_live(src: int, dst: int, index: Index) -> tuple[Index, int]:
     """Copy the indexed ranges of ``src`` to the start of ``dst``, in the kernel, ranges that
     touch copied at once; (the new index, bytes copied). Raises OSError."""
-    entries = sorted(index.items(), key=lambda item: item[1][0])
     new: Index = {}
     out = 0
-    run_start = run_end = None  # the range of src being gathered: copied when it breaks
-    for path, (offset, length) in entries:
-        if run_end != offset:
-            if run_start is not None:
-                _copy(src, dst, run_start, run_end - run_start, out - (run_end - run_start))
-            run_start = offset
-        run_end = offset + length
+    runs = []  # [src start, src end, dst start]: ranges of src that touch, copied at once
+    for path, (offset, length) in sorted(index.items(), key=lambda item: item[1][0]):
+        if not runs or runs[-1][1] != offset:
+            runs.append([offset, offset, out])
+        runs[-1][1] = offset + length
         new[path] = (out, length)
         out += length
-    if run_start is not None:
-        _copy(src, dst, run_start, run_end - run_start, out - (run_end - run_start))
+    for start, end, to in runs:
+        _copy(src, dst, start, end - start, to)
     return new, out
 
 
