@@ -192,15 +192,16 @@ def _read_file(path: str, files: Mapping | None) -> bytes:
 
 
 @contextlib.contextmanager
-def _openssl_path(path: str, files: Mapping | None):
-    """A path OpenSSL can load ``path``'s bytes from: the path itself, or, for bytes in
-    ``files``, a memfd of this process (``load_cert_chain`` takes paths only)."""
+def _openssl_path(path: str, data: bytes, files: Mapping | None):
+    """A path OpenSSL can load ``path``'s bytes from: the path itself when they come from
+    disk (``files`` is None), else a memfd of this process holding ``data``, the bytes already
+    read from ``files`` (``load_cert_chain`` takes paths only)."""
     if files is None:
         yield path
         return
     fd = os.memfd_create("nsproxy-tls", os.MFD_CLOEXEC)
     try:
-        view = memoryview(_read_file(path, files))
+        view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         yield f"/proc/self/fd/{fd}"
@@ -208,8 +209,8 @@ def _openssl_path(path: str, files: Mapping | None):
         os.close(fd)
 
 
-def _read_pem_certificate(path: str, files: Mapping | None = None) -> bytes:
-    text = _read_file(path, files)
+def _pem_certificate(text: bytes) -> bytes:
+    """The DER bytes of the first PEM certificate block in ``text``."""
     match = _PEM_CERT.search(text)
     if not match:
         raise _DERError("no PEM 'BEGIN CERTIFICATE' block")
@@ -478,8 +479,10 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str], 
     if key is not None and (not isinstance(key, str) or not key):
         problems.append(f"{field}.key: must be the path of a PEM private key file")
         return None
+    # Each file is read once (a worker's ``files`` is a pread from the binder's store).
     try:
-        names = certificate_names(_read_pem_certificate(cert, files))
+        cert_bytes = _read_file(cert, files)
+        names = certificate_names(_pem_certificate(cert_bytes))
     except OSError as exc:
         problems.append(f"{field}.cert: cannot read {cert}: {exc.strerror or exc}")
         return None
@@ -489,18 +492,21 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str], 
     key_path = key or cert
     key_field = f"{field}.key" if key else f"{field}.cert"
     try:
-        has_key = _PEM_KEY.search(_read_file(key_path, files)) is not None
+        key_bytes = _read_file(key, files) if key else cert_bytes
     except OSError as exc:
         problems.append(f"{key_field}: cannot read {key_path}: {exc.strerror or exc}")
         return None
-    if not has_key:
+    if _PEM_KEY.search(key_bytes) is None:
         problems.append(f"{key_field}: {key_path} has no PEM 'PRIVATE KEY' block")
         return None
     # validation: a bare context (the serving settings cannot fail)
     context = _new_context(version) if version else ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        with _openssl_path(cert, files) as cert_path, _openssl_path(key_path, files) as kpath:
-            context.load_cert_chain(cert_path, kpath if key else None, password=_no_password)
+        with (
+            _openssl_path(cert, cert_bytes, files) as cert_path,
+            _openssl_path(key, key_bytes, files) if key else contextlib.nullcontext() as kpath,
+        ):
+            context.load_cert_chain(cert_path, kpath, password=_no_password)
     except _EncryptedKey:
         problems.append(f"{key_field}: {key_path} is encrypted; nsproxy needs an unencrypted key")
         return None

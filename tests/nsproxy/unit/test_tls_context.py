@@ -426,6 +426,33 @@ def test_certificate_files_are_read_once_when_building(certs, tmp_path):
     assert served_common_name(handshake(ctx, "a.example", certs["a"]["cert"])) == "a.example"
 
 
+class _CountedFiles(dict):
+    """path -> bytes, counting lookups (a worker's view preads its store at each one)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.reads: dict[str, int] = {}
+
+    def __getitem__(self, path):
+        self.reads[path] = self.reads.get(path, 0) + 1
+        return super().__getitem__(path)
+
+
+@pytest.mark.parametrize("combined", [False, True], ids=["cert+key", "combined-pem"])
+def test_a_build_from_the_binders_bytes_looks_each_file_up_once(certs, combined):
+    cert = Path(certs["a"]["cert"]).read_bytes()
+    key = Path(certs["a"]["key"]).read_bytes()
+    if combined:
+        files = _CountedFiles({"/x/both.pem": cert + key})
+        entry = {"cert": "/x/both.pem"}
+    else:
+        files = _CountedFiles({"/x/c.pem": cert, "/x/c.key": key})
+        entry = {"cert": "/x/c.pem", "key": "/x/c.key"}
+    ctx = tls.build_server_context(listener(entry), files)
+    assert files.reads == dict.fromkeys(files, 1)
+    assert served_common_name(handshake(ctx, "a.example", certs["a"]["cert"])) == "a.example"
+
+
 # -- verdicts of `nsproxy check` for the `run` that follows it ----------------------------
 
 
