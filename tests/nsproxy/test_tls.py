@@ -179,6 +179,34 @@ def test_a_ticket_from_one_worker_resumes_on_every_worker(proxy, tmp_path, versi
     assert resumptions(proxy, cert["cert"], version, 13) == ["False"] + ["True"] * 12
 
 
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_a_session_of_one_tenant_is_not_resumed_by_another_on_the_same_address(
+    two_tenants, tmp_path, version
+):
+    """t1's client saves its session with t1.example; offered to t2's listener (the same
+    10.0.0.250:443, in t2's namespace), it must not resume: t2 would serve "t1.example"
+    without a certificate the client checks, to t2's upstream. Offered to t1 again, it does
+    (so the refusal is the tenant boundary, not resumption broken)."""
+    proxy, certs = two_tenants
+    session = tmp_path / "t1.session"
+    request = "GET / HTTP/1.1\r\nHost: t1.example\r\nConnection: close\r\n\r\n"
+
+    def offer(netns, *args):
+        argv = ["ip", "netns", "exec", netns, "openssl", "s_client", "-connect", f"{ADDR}:443"]
+        argv += ["-servername", "t1.example", "-CAfile", certs["t1"]["cert"], "-ign_eof", version]
+        return proxy.sb.run([*argv, *args], check=False, input=request, timeout=60)
+
+    out = offer("t1", "-verify_return_error", "-sess_out", str(session))
+    assert out.returncode == 0 and "New, TLS" in out.stdout, out.stdout + out.stderr
+    out = offer("t2", "-sess_in", str(session))  # a client that does not stop at a bad chain
+    assert "Reused, TLS" not in out.stdout, out.stdout
+    assert "subject=CN = t2.example" in out.stdout  # a full handshake: t2's own certificate
+    out = offer("t2", "-verify_return_error", "-sess_in", str(session))
+    assert out.returncode != 0 and "X-Nsproxy-Tenant" not in out.stdout, out.stdout
+    out = offer("t1", "-verify_return_error", "-sess_in", str(session))
+    assert "Reused, TLS" in out.stdout, out.stdout + out.stderr
+
+
 def test_a_tls_client_that_reads_until_the_close_gets_it_after_its_answer(two_tenants):
     """Over TLS the proxy cannot shut only its write side, so a last answer is followed by the
     close at once (close_notify) when no client input is pending: a client reading until the

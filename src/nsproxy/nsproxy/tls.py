@@ -451,6 +451,8 @@ def _load(listener: Mapping, problems: list[str], files: Mapping | None = None, 
         problems.append("tls.certificates: must be a non-empty list of {cert, key} objects")
         return None
     loaded = []
+    # What a session is tied to (tls_tickets.apply): the settings and every certificate.
+    identity = hashlib.sha256(settings_key(listener).encode() + b"\0")
     for i, entry in enumerate(certificates):
         field = f"tls.certificates[{i}]"
         if not isinstance(entry, Mapping):
@@ -461,14 +463,20 @@ def _load(listener: Mapping, problems: list[str], files: Mapping | None = None, 
         version = MIN_VERSIONS[min_version] if serving else None
         one = _load_certificate(field, entry, version, problems, files)
         if one is not None:
-            names, context = one
+            names, context, cert_bytes = one
             if i > 0 and not names:
                 problems.append(
                     f"{field}.cert: has no DNS name (subjectAltName or CN), so SNI can never "
                     "select it; only the first certificate may be nameless"
                 )
             loaded.append((names, context))
-    return None if problems else loaded
+            identity.update(b"%d\0" % len(cert_bytes) + cert_bytes)
+    if problems:
+        return None
+    if serving:
+        for _names, context in loaded:
+            tls_tickets.apply(context, identity.digest())
+    return loaded
 
 
 def _load_certificate(field: str, entry: Mapping, version, problems: list[str], files=None):
@@ -521,7 +529,7 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str], 
     except OSError as exc:
         problems.append(f"{field}: cannot load {cert} / {key_path}: {exc.strerror or exc}")
         return None
-    return names, context
+    return names, context, cert_bytes
 
 
 def _new_context(version) -> ssl.SSLContext:
@@ -532,7 +540,6 @@ def _new_context(version) -> ssl.SSLContext:
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
     context.options &= ~ssl.OP_NO_TICKET  # session tickets on (stateless resumption)
     context.set_alpn_protocols(ALPN)
-    tls_tickets.apply(context)  # the workers' shared ticket keys (a worker only)
     return context
 
 

@@ -14,6 +14,20 @@ CPython's ``PySSLContext`` (Modules/_ssl.c). The pointer is checked before use: 
 options of that ``SSL_CTX`` must equal ``SSLContext.options``, else nothing is set and the
 context keeps its own keys (resumption then works per worker only).
 
+Sessions are tied to the certificate set that made them. Every tenant may listen on the same
+address (10.0.0.250:443 in each namespace), so a session of one tenant's listener offered to
+another's would otherwise resume there without a certificate: the client, which checked the
+first tenant's certificate, would talk to the second tenant's upstream under the first one's
+name (the "virtual host confusion" of Delignat-Lavaud and Bhargavan, 2015). So each context
+gets, from :func:`apply`, (1) ticket keys derived from the shared set and a digest of its
+listener's certificates and settings (HKDF-Expand, RFC 5869 section 2.3), and (2) that digest as
+its session id context (``SSL_CTX_set_session_id_context``; CPython gives every server context
+the same one, "Python"), which OpenSSL compares before it resumes any session, ticket or
+cached. A session made under another certificate set is then a cache miss: a full handshake,
+in which the client sees this listener's own certificate. Listeners with the same certificate
+files share a context (tls.ServerContext) and so their sessions: each can prove it holds that
+certificate anyway.
+
 Key rotation: like a context's own keys, the set lives as long as the binder (a restart draws a
 new one); clients then fall back to a full handshake once.
 """
@@ -21,6 +35,7 @@ new one); clients then fall back to a full handshake once.
 from __future__ import annotations
 
 import ctypes
+import hmac
 import logging
 import os
 import ssl
@@ -30,6 +45,7 @@ log = logging.getLogger("nsproxy")
 #: SSL_CTRL_SET_TLSEXT_TICKET_KEYS (openssl/ssl.h); the keys are 80 bytes: a 16-byte name,
 #: a 32-byte HMAC secret and a 32-byte AES secret (SSL_CTX_set_tlsext_ticket_keys(3)).
 _SET_TICKET_KEYS = 59
+_SID_CTX_MAX = 32  # SSL_MAX_SID_CTX_LENGTH (openssl/ssl.h)
 _SSL_CTRL_OPTIONS = 32  # SSL_CTRL_OPTIONS: SSL_CTX_get_options in OpenSSL 1.1 is a ctrl
 KEY_BYTES = 80
 
@@ -57,6 +73,12 @@ def _lib():
         lib = ctypes.CDLL(ssl._ssl.__file__)  # dlsym also searches its libssl dependency
         lib.SSL_CTX_ctrl.restype = ctypes.c_long
         lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        lib.SSL_CTX_set_session_id_context.restype = ctypes.c_int
+        lib.SSL_CTX_set_session_id_context.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_uint,
+        ]
         get_options = getattr(lib, "SSL_CTX_get_options", None)  # a function in OpenSSL 3
         if get_options is not None:
             get_options.restype = ctypes.c_uint64
@@ -78,11 +100,25 @@ def _ssl_ctx(context: ssl.SSLContext) -> int | None:
     return pointer if options == int(context.options) else None
 
 
-def apply(context: ssl.SSLContext) -> bool:
-    """Give ``context`` this process's key set, if one is in use; True if it was set."""
-    keys = _keys
-    if keys is None:
-        return False
+def derived_keys(keys: bytes, identity: bytes) -> bytes:
+    """The ticket keys of the contexts whose certificate set has digest ``identity``: KEY_BYTES
+    of HKDF-Expand(``keys``, info) with SHA-256 (RFC 5869 section 2.3). ``keys`` is uniformly
+    random, so it serves as the pseudorandom key without the Extract step (section 3.3). The
+    standard library's hmac is the library here: HKDF-Expand is these four lines."""
+    info, block, out = b"nsproxy ticket keys\0" + identity, b"", b""
+    for counter in range(1, -(-KEY_BYTES // 32) + 1):
+        block = hmac.digest(keys, block + info + bytes([counter]), "sha256")
+        out += block
+    return out[:KEY_BYTES]
+
+
+def apply(context: ssl.SSLContext, identity: bytes) -> bool:
+    """Tie ``context``'s sessions to ``identity``, a digest of its listener's certificates and
+    settings (see the module docstring): its session id context, and ticket keys derived from
+    this process's key set when one is in use. True if both were set. When the context's
+    ``SSL_CTX`` cannot be confirmed nothing is set: the context keeps OpenSSL's own random
+    ticket keys and session cache, which no other context shares (resumption then works within
+    one worker only)."""
     try:
         pointer = _ssl_ctx(context)
     except (OSError, AttributeError) as exc:  # no libssl symbols: keep the context's own keys
@@ -91,5 +127,12 @@ def apply(context: ssl.SSLContext) -> bool:
     if pointer is None:
         log.warning("TLS ticket keys cannot be shared between workers: unknown SSLContext layout")
         return False
-    buffer = ctypes.create_string_buffer(keys, KEY_BYTES)
-    return _lib().SSL_CTX_ctrl(pointer, _SET_TICKET_KEYS, KEY_BYTES, buffer) == 1
+    lib = _lib()
+    sid_ctx = identity[:_SID_CTX_MAX]
+    if lib.SSL_CTX_set_session_id_context(pointer, sid_ctx, len(sid_ctx)) != 1:
+        return False
+    keys = _keys
+    if keys is None:
+        return False
+    buffer = ctypes.create_string_buffer(derived_keys(keys, identity), KEY_BYTES)
+    return lib.SSL_CTX_ctrl(pointer, _SET_TICKET_KEYS, KEY_BYTES, buffer) == 1

@@ -13,6 +13,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nsproxy import tls
 
@@ -414,6 +416,61 @@ def test_server_contexts_get_the_shared_ticket_keys(certs):
     first = connect(client_ctx, one, "a.example")
     assert connect(client_ctx, two, "a.example", session=first.session).session_reused
     assert not connect(client_ctx, three, "a.example", session=first.session).session_reused
+
+
+# Listeners as tenants configure them; equal keys mean the same settings and certificates.
+_RESUMERS = {
+    "a": ("a",),
+    "a-again": ("a",),  # another tenant or worker with the same files: may resume
+    "b": ("b",),
+    "a+b": ("a", "b"),
+    "b+a": ("b", "a"),
+    "a-tls1.3": ("a",),
+}
+
+
+def _resumer(certs, name, shared_keys):
+    from nsproxy import tls_tickets
+
+    extra = {"min_version": "1.3"} if name.endswith("tls1.3") else {}
+    spec = listener(*(certs[c] for c in _RESUMERS[name]), **extra)
+    files = files_of(*(certs[c][k] for c in _RESUMERS[name] for k in ("cert", "key")))
+    tls_tickets.use(shared_keys)
+    try:
+        return tls.ServerContext(spec, files).get()
+    finally:
+        tls_tickets.use(None)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    issuer=st.sampled_from(sorted(_RESUMERS)),
+    offered=st.sampled_from(sorted(_RESUMERS)),
+    version=st.sampled_from([ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3]),
+    server_name=st.sampled_from(["a.example", "b.example", None]),
+    shared=st.booleans(),
+)
+def test_a_session_resumes_only_where_the_same_certificates_are_served(
+    certs, issuer, offered, version, server_name, shared
+):
+    """Every tenant may listen on the same address, so a client's saved session can be
+    offered to another tenant's listener: it must not resume there (it would skip the
+    certificate the client checks). Same settings and certificate files: it may."""
+    keys = os.urandom(80) if shared else None  # as the binder's key set, or none
+    same = _RESUMERS[issuer] == _RESUMERS[offered] and issuer.endswith("1.3") == offered.endswith(
+        "1.3"
+    )
+    if version == ssl.TLSVersion.TLSv1_2 and "tls1.3" in (issuer + offered):
+        version = ssl.TLSVersion.TLSv1_3
+    client_ctx = client_context(max_version=version)
+    first = connect(client_ctx, _resumer(certs, issuer, keys), server_name)
+    second = connect(client_ctx, _resumer(certs, offered, keys), server_name, session=first.session)
+    assert second.session_reused == (same and shared)
+    if not second.session_reused:  # a full handshake: the offered listener's own certificate
+        full = connect(client_ctx, _resumer(certs, offered, keys), server_name)
+        assert second.getpeercert(binary_form=True) == full.getpeercert(binary_form=True)
 
 
 def test_certificate_files_are_read_once_when_building(certs, tmp_path):
