@@ -4,6 +4,7 @@ namespaces; TLS older than 1.2 refused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -374,3 +375,25 @@ def test_run_after_check_does_not_load_its_certificates_again_but_refuses_change
     )
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "tls.certificates[0].key: the key in" in refused.stderr, refused.stderr
+
+
+def test_a_reload_naming_a_fifo_as_certificate_is_refused_and_the_binder_answers(proxy, tmp_path):
+    """A FIFO left at a certificate path: opening it to read would wait for a writer, inside
+    the binder's loop (no reload answer, no status, no signal handled, no worker watched)."""
+    good = make_cert(tmp_path, "a", "a.example")
+    proxy.add_netns("a", "b")
+    proxy.start_echo("echo", "127.0.0.1:18080")
+    proxy.write_config([https_tenant("a", [good])])
+    proxy.start()
+    fifo = tmp_path / "b.fifo"
+    os.mkfifo(fifo)
+    bad = https_tenant("b", [{"cert": str(fifo), "key": good["key"]}])
+    proxy.write_config([https_tenant("a", [good]), bad])
+    try:
+        out = proxy.sb.run([NSPROXY, "reload", "--socket", proxy.socket], check=False, timeout=30)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert f"certificates[0].cert: cannot read {fifo}: not a regular file" in out.stderr
+        assert [t["name"] for t in proxy.status_json()["tenants"]] == ["a"]
+    finally:
+        with contextlib.suppress(OSError):  # a binder blocked in open() gets its writer
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))

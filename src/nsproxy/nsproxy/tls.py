@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -179,12 +180,29 @@ def certificate_names(der: bytes) -> list[str]:
     return [n.lower().rstrip(".") for n in names]
 
 
+def read_certificate_file(path: str) -> tuple[tuple, bytes]:
+    """(file_identity, bytes) of a certificate or key file, read without blocking and bounded:
+    the path is opened non-blocking (a FIFO's open would wait for a writer), and anything but a
+    regular file of at most ``_MAX_FILE_BYTES`` is refused before a byte is read (/dev/zero,
+    a device, a sparse file of gigabytes). Raises OSError, whose ``strerror`` says why."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with open(fd, "rb", buffering=0) as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        # read(limit) would allocate the whole limit for every small file
+        data = f.readall() if st.st_size <= _MAX_FILE_BYTES else b""
+        if st.st_size > _MAX_FILE_BYTES or len(data) > _MAX_FILE_BYTES:
+            raise OSError(errno.EFBIG, f"larger than {_MAX_FILE_BYTES} bytes")
+    return file_identity(st), data
+
+
 def _read_file(path: str, files: Mapping | None) -> bytes:
-    """The bytes of a certificate or key file: from disk, or from ``files`` (path -> bytes,
-    what the binder read for a worker, which cannot open them)."""
+    """The bytes of a certificate or key file: from disk (:func:`read_certificate_file`), or
+    from ``files`` (path -> bytes, what the binder read for a worker, which cannot open them).
+    Raises OSError."""
     if files is None:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_certificate_file(path)[1]
     try:
         return files[path]
     except KeyError:
@@ -192,13 +210,10 @@ def _read_file(path: str, files: Mapping | None) -> bytes:
 
 
 @contextlib.contextmanager
-def _openssl_path(path: str, data: bytes, files: Mapping | None):
-    """A path OpenSSL can load ``path``'s bytes from: the path itself when they come from
-    disk (``files`` is None), else a memfd of this process holding ``data``, the bytes already
-    read from ``files`` (``load_cert_chain`` takes paths only)."""
-    if files is None:
-        yield path
-        return
+def _openssl_path(data: bytes):
+    """A path OpenSSL can load ``data`` from, the bytes already read and checked: a memfd of
+    this process (``load_cert_chain`` takes paths only; the file's own path could name other
+    bytes by now, or a FIFO)."""
     fd = os.memfd_create("nsproxy-tls", os.MFD_CLOEXEC)
     try:
         view = memoryview(data)
@@ -288,17 +303,9 @@ def _read_files(listener: Mapping) -> dict[str, tuple[tuple, bytes]] | None:
     files = {}
     for path in certificate_paths(listener):
         try:
-            with open(path, "rb", buffering=0) as f:
-                st = os.fstat(f.fileno())
-                # read(limit) would allocate the whole limit for every small file
-                if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_FILE_BYTES:
-                    return None
-                data = f.readall()
+            files[path] = read_certificate_file(path)
         except OSError:
             return None
-        if len(data) > _MAX_FILE_BYTES:
-            return None
-        files[path] = (file_identity(st), data)
     return files
 
 
@@ -511,8 +518,8 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str], 
     context = _new_context(version) if version else ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         with (
-            _openssl_path(cert, cert_bytes, files) as cert_path,
-            _openssl_path(key, key_bytes, files) if key else contextlib.nullcontext() as kpath,
+            _openssl_path(cert_bytes) as cert_path,
+            _openssl_path(key_bytes) if key else contextlib.nullcontext() as kpath,
         ):
             context.load_cert_chain(cert_path, kpath, password=_no_password)
     except _EncryptedKey:

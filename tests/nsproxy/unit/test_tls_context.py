@@ -181,6 +181,44 @@ def test_unreadable_file_is_reported(certs, tmp_path):
     assert problems == [f"tls.certificates[0].key: cannot read {tmp_path}/dir.key: Is a directory"]
 
 
+def _fifo(tmp_path):
+    os.mkfifo(tmp_path / "fifo")  # its open would wait for a writer that never comes
+    return str(tmp_path / "fifo")
+
+
+def _sparse(tmp_path):
+    with open(tmp_path / "huge.pem", "wb") as f:
+        f.truncate(4 << 30)  # 4 GiB that cost no disk: read whole, they would cost memory
+    return str(tmp_path / "huge.pem")
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("field", ["cert", "key"])
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (_fifo, "not a regular file"),
+        (lambda _tmp: "/dev/zero", "not a regular file"),
+        (lambda _tmp: "/dev/null", "not a regular file"),
+        (_sparse, "larger than 1048576 bytes"),
+    ],
+    ids=["fifo", "dev-zero", "dev-null", "sparse-4GiB"],
+)
+def test_a_file_that_is_no_regular_small_file_is_refused_before_it_is_read(
+    certs, tmp_path, make, reason, field
+):
+    """Checked by ``check`` and by the binder at reload: a read that blocks would stop the
+    binder's loop (admin socket, signals, workers), one without bound would fill its memory.
+    The validation refuses at once, naming the field; so does the binder's own read."""
+    path = make(tmp_path)
+    entry = {**certs["a"], field: path}
+    assert tls.validate_listener(listener(entry)) == [
+        f"tls.certificates[0].{field}: cannot read {path}: {reason}"
+    ]
+    with pytest.raises(OSError, match=reason):
+        tls.read_certificate_file(path)
+
+
 @pytest.mark.parametrize(("cert", "key"), [("a", "w"), ("b", "c"), ("a", "b")])
 def test_key_not_matching_certificate_is_reported(certs, cert, key):
     problems = tls.validate_listener(

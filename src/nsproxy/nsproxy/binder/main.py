@@ -446,9 +446,9 @@ class Binder:
 
         The files' state (tls.file_identity) is the one config.load validated
         (``Listener.cert_state``), not stat-ed again: 3000 tenants name 6000 files. The bytes
-        are the very ones the validation loaded (tls.take_validated_files) when it read them
-        in that state; others are read here, and one replaced since its validation is logged
-        (the next reload validates it: its state differs from the validated one)."""
+        are the very ones the validation loaded (tls.take_validated_files); a file a kept
+        listener names that the store lacks is read here, and served only if it is still in
+        the state it was validated in (else logged: the next reload validates it)."""
         from nsproxy import tls
 
         wanted: dict[str, tuple] = {}
@@ -462,20 +462,22 @@ class Binder:
         validated = tls.take_validated_files()
         changed, states = {}, {}
         for path, state in wanted.items():
-            if self.cert_stats.get(path) != state or path not in self.cert_files:
-                read_state, data = validated.get(path, (None, None))
-                if read_state != state:  # not read by the validation: read it now
-                    try:
-                        with open(path, "rb") as f:
-                            st = os.fstat(f.fileno())
-                            data = f.read()
-                    except OSError as exc:
-                        log.error("cannot read %s: %s", path, exc.strerror)
-                        continue
-                    if tls.file_identity(st) != state:
-                        log.warning("%s changed after it was validated; reload", path)
-                changed[path] = data
-                states[path] = state
+            if self.cert_stats.get(path) == state and path in self.cert_files:
+                continue
+            read = validated.get(path)
+            if read is None:  # a kept listener's file the store lost: read it again
+                try:
+                    read = tls.read_certificate_file(path)
+                except OSError as exc:
+                    log.error("cannot read %s: %s", path, exc.strerror)
+                    continue
+                if read[0] != state:  # bytes nobody validated: never served
+                    log.error("%s changed since it was validated; reload to serve it", path)
+                    continue
+            # The state the served bytes were read in: a file replaced between the config's
+            # stat and the validation's read differs from the config's state, so the next
+            # reload sees the listener rotated and validates it again.
+            changed[path], states[path] = read[1], read[0]
         gone = [path for path in self.cert_files if path not in wanted]
         self.cert_files.update(changed)
         self.cert_files.discard(gone)
