@@ -12,6 +12,17 @@ fd list, bytes that are not a JSON object with a type) closes the channel and ev
 came with it: the binder then replaces that worker, a worker exits.
 
 ``request`` sends a message with an ``id`` and waits for the answer carrying ``reply_to``.
+
+The binder's end does not trust what a worker passes (``only_memfds``): a worker has no reason
+to send anything but sealed memfds, and the last close of some descriptors blocks the process
+that makes it, whatever O_NONBLOCK says: a TCP socket with SO_LINGER and unsent data waits up
+to its linger time (socket(7)), and a unix socket releases, in that process, the descriptors in
+flight in its queue. A worker that passed one would stop the binder's loop, and with it every
+tenant's upstream sockets, reloads and the admin socket. So a message carrying another kind
+closes the channel (the binder replaces that worker), and those descriptors, like the channel's
+own socket, are closed on a thread of their own (:func:`close_off_loop`). Every descriptor a
+message carries is received (room for SCM_MAX_FD): one the kernel dropped for want of room
+would be closed inside recvmsg, on the loop.
 """
 
 from __future__ import annotations
@@ -24,7 +35,10 @@ import fcntl
 import json
 import logging
 import os
+import queue
 import socket
+import stat
+import threading
 
 log = logging.getLogger("nsproxy.channel")
 
@@ -33,6 +47,7 @@ MAX_FDS = 250  # file descriptors in one datagram (SCM_MAX_FD is 253)
 MAX_QUEUED = 4096  # messages waiting for a peer that does not read before it counts as gone
 MAX_PAYLOAD = 64 * 1024 * 1024  # bytes in one sealed memfd
 
+_SCM_MAX_FD = 253  # the most descriptors one message can carry (include/net/scm.h)
 _INT = array.array("i")
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
@@ -111,11 +126,48 @@ def close_fds(fds) -> None:
             os.close(fd)
 
 
+_closing: queue.SimpleQueue | None = None  # descriptors for the closer thread
+
+
+def close_off_loop(fds) -> None:
+    """Close ``fds`` on the closer thread (started at the first call): a close that blocks
+    (see the module docstring) then holds that thread only."""
+    global _closing
+    if _closing is None:
+        _closing = queue.SimpleQueue()
+        threading.Thread(
+            target=_close_forever, args=(_closing,), name="closer", daemon=True
+        ).start()
+    for fd in fds:
+        _closing.put(fd)
+
+
+def _close_forever(fds: queue.SimpleQueue) -> None:
+    while True:
+        close_fds([fds.get()])
+
+
+def _forget_closer() -> None:
+    global _closing
+    _closing = None  # a forked child has no closer thread: it starts its own if it needs one
+
+
+os.register_at_fork(after_in_child=_forget_closer)
+
+
+def _all_memfds(fds: list[int]) -> bool:
+    """Whether every fd is a regular file (what a memfd is); fstat(2) never blocks."""
+    try:
+        return all(stat.S_ISREG(os.fstat(fd).st_mode) for fd in fds)
+    except OSError:
+        return False
+
+
 def _recv(sock: socket.socket) -> tuple[bytes, list[int], int]:
     """One datagram: (bytes, fds received close-on-exec, msg flags). socket.recv_fds would
     do, but it drops its flags argument (so MSG_CMSG_CLOEXEC)."""
     data, ancdata, flags, _ = sock.recvmsg(
-        MAX_MESSAGE + 1, socket.CMSG_SPACE(MAX_FDS * _INT.itemsize), socket.MSG_CMSG_CLOEXEC
+        MAX_MESSAGE + 1, socket.CMSG_SPACE(_SCM_MAX_FD * _INT.itemsize), socket.MSG_CMSG_CLOEXEC
     )
     fds = array.array("i")
     for level, kind, payload in ancdata:
@@ -129,10 +181,21 @@ class Channel:
 
     ``on_message(message: dict, fds: list[int])`` gets every message that is not an answer to
     a ``request``; it owns the fds (keeps or closes them). ``on_closed(reason)`` is called once,
-    when the peer closed, misbehaved or stopped reading."""
+    when the peer closed, misbehaved or stopped reading. ``only_memfds``: the peer may pass
+    regular files (memfds) only, anything else is misbehaving (the binder's end of a worker's
+    channel, see the module docstring)."""
 
-    def __init__(self, sock: socket.socket, loop, on_message, on_closed, peer: str = "peer"):
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop,
+        on_message,
+        on_closed,
+        peer: str = "peer",
+        only_memfds: bool = False,
+    ):
         self.sock = sock
+        self.only_memfds = only_memfds
         sock.setblocking(False)
         self.loop = loop
         self.on_message = on_message
@@ -234,6 +297,10 @@ class Channel:
             if not data and not fds:
                 self.close(f"{self.peer} closed the channel")
                 return
+            if self.only_memfds and fds and not _all_memfds(fds):
+                close_off_loop(fds)
+                self.close(f"{self.peer} passed a descriptor that is not a memfd")
+                return
             try:
                 message = self._decode(data, flags)
             except ChannelError as exc:
@@ -283,5 +350,8 @@ class Channel:
             if not future.done():
                 future.set_exception(ChannelError(reason))
         self.pending.clear()
-        self.sock.close()
+        if self.only_memfds:  # its queue may hold descriptors still in flight
+            close_off_loop([self.sock.detach()])
+        else:
+            self.sock.close()
         self.on_closed(reason)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import socket
+import struct
+import termios
+import time
 
 import pytest
 from loops import LOOPS, run
@@ -195,3 +199,96 @@ def test_sealed_memfd_payloads_and_what_is_refused():
     finally:
         for x in (unsealed, r, w):
             os.close(x)
+
+
+LINGER = 60  # seconds a blocked close would take: far past what the test waits
+
+
+@contextlib.contextmanager
+def lingering_socket():
+    """A loopback TCP socket whose last close blocks for LINGER s (socket(7), SO_LINGER): its
+    peer never reads, so data stays unsent. The peer's listener closing resets it (cleanup)."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window that fills
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    sock = socket.create_connection(listener.getsockname())
+    sock.setblocking(False)
+    for _ in range(3):  # until the peer's window is shut and the rest stays queued here
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                sock.send(b"x" * 65536)
+        time.sleep(0.05)
+    unsent = struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0]
+    assert unsent > 0  # SIOCOUTQ, tcp(7): what makes the close wait
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, LINGER))
+    try:
+        yield sock
+    finally:
+        listener.close()
+
+
+def _in_flight(sock) -> socket.socket:
+    """A unix socket holding ``sock`` in its queue, which it releases on its last close."""
+    holder, sender = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    socket.send_fds(sender, [b"x"], [sock.fileno()])
+    sender.close()
+    return holder
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+@pytest.mark.parametrize(
+    "how", ["tcp-socket", "in-flight-in-a-unix-socket", "queued-behind-a-bad-message"]
+)
+def test_a_worker_passing_a_descriptor_whose_close_blocks_never_blocks_the_binders_loop(
+    loop_name, how
+):
+    """A compromised worker's way to stop the binder (every tenant's upstream sockets,
+    reloads, the admin socket): pass a descriptor whose last close blocks. The binder's end
+    refuses anything but memfds, ends the channel, and closes off its loop."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        worker, binder_sock = channel.pair()
+        binder = End(binder_sock, loop)
+        binder.channel.only_memfds = True
+        binder.channel.start()
+        with lingering_socket() as sock:
+            passed = _in_flight(sock) if how == "in-flight-in-a-unix-socket" else sock
+            if how == "queued-behind-a-bad-message":  # closed with the channel's own socket
+                worker.send(b"not json")
+            socket.send_fds(worker, [b'{"type": "heartbeat"}'], [passed.fileno()])
+            passed.close()
+            if passed is not sock:
+                sock.close()
+            started = time.monotonic()
+            for _ in range(100):
+                if binder.closed:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            assert time.monotonic() - started < LINGER / 3  # the loop went on turning
+            assert binder.got == [] and binder.closed, binder.closed
+            reason = "bad message" if how == "queued-behind-a-bad-message" else "not a memfd"
+            assert reason in binder.closed[0]
+        worker.close()
+
+    run(loop_name, main())
+
+
+def test_the_binders_end_takes_memfds_from_a_worker():
+    async def main():
+        loop = asyncio.get_running_loop()
+        worker, binder_sock = channel.pair()
+        binder = End(binder_sock, loop)
+        binder.channel.only_memfds = True
+        binder.channel.start()
+        fd = os.memfd_create("payload")
+        socket.send_fds(worker, [b'{"type": "status"}'], [fd])
+        os.close(fd)
+        message, fds = await binder.next()
+        assert message == {"type": "status"} and len(fds) == 1 and not binder.closed
+        os.close(fds[0])
+        worker.close()
+
+    run("asyncio", main())

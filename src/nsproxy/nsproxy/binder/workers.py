@@ -149,6 +149,7 @@ class WorkerPool:
             lambda message, fds: self._message(handle, message, fds),
             lambda reason: self._channel_closed(handle, reason),
             peer=f"worker {handle.index} (pid {handle.pid})",
+            only_memfds=True,
         )
         handle.channel.start()
         self.workers[handle.pid] = handle
