@@ -397,3 +397,25 @@ def test_a_reload_naming_a_fifo_as_certificate_is_refused_and_the_binder_answers
     finally:
         with contextlib.suppress(OSError):  # a binder blocked in open() gets its writer
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_server_name_that_is_not_ascii_costs_at_most_a_line_in_the_log(proxy, tmp_path):
+    """With two certificates SNI chooses, and CPython decodes the name before the choice; a
+    name that is not ASCII fails there, which Python reports outside the log (a traceback on
+    stderr, per handshake, at any client's will). It is one line in the log's format at most
+    every 10 s, without the name; the listener goes on serving."""
+    certs = [make_cert(tmp_path, "t1", "t1.example"), make_cert(tmp_path, "t1b", "b.t1.example")]
+    proxy.add_netns("t1")
+    proxy.start_echo("echo", "127.0.0.1:18080")
+    proxy.write_config([https_tenant("t1", certs)], log={"format": "json"})
+    proxy.start()
+    before = len(proxy.log_path.read_text(errors="replace").splitlines())
+    for _ in range(10):
+        out = s_client(proxy, "t1", "-servername", "caf\u00e9.example\nFAKE nsproxy ERROR")
+        assert handshake_failed(out), out.stdout
+    assert verified(proxy, "t1", "t1.example", certs[0]["cert"]).returncode == 0
+    new = proxy.log_path.read_text(errors="replace").splitlines()[before:]
+    records = [json.loads(line) for line in new]  # every line is one JSON object
+    ignored = [r for r in records if "ignored" in r.get("message", "")]
+    assert 1 <= len(ignored) <= 2, new
+    assert not any("FAKE" in line or "caf" in line for line in new), new

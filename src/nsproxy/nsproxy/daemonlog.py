@@ -32,6 +32,9 @@ PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging
 
 _STATE = {"path": None, "format": "text", "journal": False}
 
+UNRAISABLE_LOG_INTERVAL = 10.0  # seconds between two lines about ignored exceptions
+_unraisable = {"next": 0.0, "dropped": 0}
+
 
 def priority(levelno: int) -> int:
     """The syslog priority of a Python log level (a level between two takes the lower one's)."""
@@ -105,6 +108,30 @@ def configure(level: str, fmt: str = "text", path: str | None = None) -> None:
     handler.setFormatter(_formatter("nsproxy"))
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+    sys.unraisablehook = _log_unraisable
+
+
+def _log_unraisable(unraisable) -> None:
+    """``sys.unraisablehook``: an exception Python could not raise, in a call it made from C,
+    becomes one log line in the log's format, at most one per UNRAISABLE_LOG_INTERVAL (the
+    count of the others in the next). Python's own hook writes a traceback to stderr, outside
+    the log's format, and a client can cause one at will: a TLS server name that is not ASCII
+    fails to decode before the SNI callback is called (CPython Modules/_ssl.c,
+    _servername_callback; the handshake is refused). The object is not shown (that name)."""
+    now = time.monotonic()
+    if now < _unraisable["next"]:
+        _unraisable["dropped"] += 1
+        return
+    dropped, _unraisable["dropped"] = _unraisable["dropped"], 0
+    _unraisable["next"] = now + UNRAISABLE_LOG_INTERVAL
+    exc = unraisable.exc_value
+    logging.getLogger("nsproxy").warning(
+        "%s: %s: %.200s%s",
+        unraisable.err_msg or "exception ignored",
+        type(exc).__name__ if exc is not None else unraisable.exc_type.__name__,
+        exc,
+        f" ({dropped} more ignored since the last line)" if dropped else "",
+    )
 
 
 def _open(path: str) -> int:
