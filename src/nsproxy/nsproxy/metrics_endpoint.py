@@ -1,9 +1,13 @@
 """The metrics listener's HTTP side: ``/metrics``, ``/healthz`` and ``/ready``.
 
-Served by one worker on ``metrics.listen`` (host namespace). Requests are parsed by httptools
-and bounded: at most :data:`MAX_REQUEST_BYTES` per request, one answer at a time per
-connection. ``/healthz`` answers 200 as long as the worker's loop runs (the process is alive);
-``/metrics`` and ``/ready`` ask the binder (through the worker's ``answers``), with a time limit.
+Served by one worker on ``metrics.listen`` (host namespace), which also serves tenants; any
+local user can connect. Requests are parsed by httptools and bounded: at most
+:data:`MAX_REQUEST_BYTES` per request, one answer at a time per connection, at most
+:data:`MAX_CONNECTIONS` connections open (more are answered 503 and closed), and a connection
+with no request under way closed after :data:`IDLE_TIMEOUT` seconds without a byte: idle
+connections would otherwise hold that worker's descriptors, which its tenants need.
+``/healthz`` answers 200 as long as the worker's loop runs (the process is alive); ``/metrics``
+and ``/ready`` ask the binder (through the worker's ``answers``), with a time limit.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import httptools
 log = logging.getLogger("nsproxy.metrics")
 
 MAX_REQUEST_BYTES = 8192  # a scrape request is a few hundred bytes
+MAX_CONNECTIONS = 64  # open at once (Prometheus keeps one per scraper)
+IDLE_TIMEOUT = 30.0  # seconds; a scrape every 15 to 60 s reconnects at worst
 REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
            431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}  # fmt: skip
 PATHS = b"/metrics, /healthz and /ready"
@@ -25,6 +31,8 @@ class MetricsProtocol(asyncio.Protocol):
     """One connection to the metrics listener. ``answers``: path -> coroutine function
     returning (status, body bytes); ``/healthz`` is answered here."""
 
+    connections = 0  # open in this process
+
     def __init__(self, answers: dict):
         self.answers = answers
         self.transport = None
@@ -32,11 +40,38 @@ class MetricsProtocol(asyncio.Protocol):
         self.url = b""
         self.received = 0
         self.busy = False
+        self.counted = False
+        self.idle = None  # the timer that closes the connection
 
     def connection_made(self, transport):
         self.transport = transport
+        if MetricsProtocol.connections >= MAX_CONNECTIONS:
+            self._send(503, b"too many connections to the metrics listener\n", close=True)
+            return
+        MetricsProtocol.connections += 1
+        self.counted = True
+        self._rearm()
+
+    def connection_lost(self, exc):
+        if self.counted:
+            MetricsProtocol.connections -= 1
+            self.counted = False
+        if self.idle is not None:
+            self.idle.cancel()
+
+    def _rearm(self):
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._idle)
+
+    def _idle(self):
+        if self.busy:  # an answer under way has its own time limit
+            self._rearm()
+        else:
+            self.transport.close()
 
     def data_received(self, data):
+        self._rearm()
         self.received += len(data)
         if self.received > MAX_REQUEST_BYTES and not self.busy:
             self._send(431, b"request too large\n", close=True)
