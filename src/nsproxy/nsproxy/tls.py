@@ -131,11 +131,10 @@ _OID_SAN = bytes.fromhex("551d11")  # 2.5.29.17
 _DNS_NAME = 0x82  # GeneralName [2] IMPLICIT IA5String
 
 
-def certificate_names(der: bytes) -> list[str]:
-    """The DNS names a DER certificate serves: its SAN dNSNames, else its subject CNs.
-
-    Lower case, in certificate order. Raises ValueError if the DER is not a certificate.
-    """
+def _tbs_fields(der: bytes) -> list[tuple[int, int, int]]:
+    """The fields of a DER certificate's tbsCertificate (RFC 5280 section 4.1) after the
+    version: serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, then
+    the optional ones. Raises ValueError if the DER is not a certificate."""
     tag, start, end = _der_item(der, 0, len(der))
     if tag != _SEQUENCE:
         raise _DERError("not a SEQUENCE")
@@ -145,9 +144,75 @@ def certificate_names(der: bytes) -> list[str]:
     fields = list(_der_children(der, start, end))
     if fields and fields[0][0] == 0xA0:  # explicit version
         fields = fields[1:]
-    # serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ...
-    if len(fields) < 6 or fields[4][0] != _SEQUENCE:
-        raise _DERError("no subject")
+    if len(fields) < 6 or fields[4][0] != _SEQUENCE or fields[5][0] != _SEQUENCE:
+        raise _DERError("no subject or subjectPublicKeyInfo")
+    return fields
+
+
+#: Public key algorithms (RFC 5280 SubjectPublicKeyInfo) a TLS 1.2 and 1.3 handshake can use
+#: with the serving settings (CIPHERS_TLS12; TLS 1.3 signature schemes, RFC 8446 section
+#: 4.2.3), by the DER bytes of their OID. ECDSA needs one of the curves TLS 1.3 signs with.
+_SERVABLE_KEYS = {
+    bytes.fromhex("2a864886f70d010101"): "RSA",  # 1.2.840.113549.1.1.1 rsaEncryption
+    bytes.fromhex("2a864886f70d01010a"): "RSA-PSS",  # 1.2.840.113549.1.1.10 (RFC 4055)
+    bytes.fromhex("2b6570"): "Ed25519",  # 1.3.101.112 (RFC 8410)
+    bytes.fromhex("2b6571"): "Ed448",  # 1.3.101.113
+}
+_EC_KEY = bytes.fromhex("2a8648ce3d0201")  # 1.2.840.10045.2.1 id-ecPublicKey (RFC 5480)
+_SERVABLE_CURVES = {
+    bytes.fromhex("2a8648ce3d030107"): "P-256",  # 1.2.840.10045.3.1.7
+    bytes.fromhex("2b81040022"): "P-384",  # 1.3.132.0.34
+    bytes.fromhex("2b81040023"): "P-521",  # 1.3.132.0.35
+}
+_OTHER_KEYS = {  # only to name them in a refusal
+    bytes.fromhex("2a8648ce380401"): "a DSA key",  # 1.2.840.10040.4.1
+    bytes.fromhex("2b656e"): "an X25519 key",  # 1.3.101.110
+    bytes.fromhex("2b656f"): "an X448 key",  # 1.3.101.111
+}
+SERVABLE_KEYS_TEXT = "RSA, RSA-PSS, ECDSA on P-256, P-384 or P-521, Ed25519 or Ed448"
+
+
+def _dotted(oid: bytes) -> str:
+    """An OID's DER content as dotted decimal (X.690 section 8.19)."""
+    if not oid:
+        return "?"
+    parts, value = [], 0
+    for byte in oid[1:]:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            parts.append(str(value))
+            value = 0
+    first = oid[0]
+    head = [str(min(first // 40, 2)), str(first - 40 * min(first // 40, 2))]
+    return ".".join(head + parts)
+
+
+def unservable_key(der: bytes) -> str | None:
+    """What is wrong with a DER certificate's public key for serving TLS (as "a DSA key",
+    "an ECDSA key on curve 1.3.132.0.10"), or None if a handshake can use it. Raises
+    ValueError if the DER is not a certificate."""
+    spki = _tbs_fields(der)[5]
+    tag, start, end = _der_item(der, spki[1], spki[2])  # AlgorithmIdentifier
+    parts = list(_der_children(der, start, end)) if tag == _SEQUENCE else []
+    if not parts or parts[0][0] != _OID:
+        raise _DERError("bad subjectPublicKeyInfo")
+    algorithm = der[parts[0][1] : parts[0][2]]
+    if algorithm in _SERVABLE_KEYS:
+        return None
+    if algorithm == _EC_KEY:
+        if len(parts) < 2 or parts[1][0] != _OID:
+            return "an ECDSA key with explicit curve parameters"
+        curve = der[parts[1][1] : parts[1][2]]
+        return None if curve in _SERVABLE_CURVES else f"an ECDSA key on curve {_dotted(curve)}"
+    return _OTHER_KEYS.get(algorithm, f"a key of type {_dotted(algorithm)}")
+
+
+def certificate_names(der: bytes) -> list[str]:
+    """The DNS names a DER certificate serves: its SAN dNSNames, else its subject CNs.
+
+    Lower case, in certificate order. Raises ValueError if the DER is not a certificate.
+    """
+    fields = _tbs_fields(der)
     common_names = []
     for rdn_tag, rs, re_ in _der_children(der, fields[4][1], fields[4][2]):
         if rdn_tag != _SET:
@@ -497,12 +562,19 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str], 
     # Each file is read once (a worker's ``files`` is a pread from the binder's store).
     try:
         cert_bytes = _read_file(cert, files)
-        names = certificate_names(_pem_certificate(cert_bytes))
+        der = _pem_certificate(cert_bytes)
+        names, unservable = certificate_names(der), unservable_key(der)
     except OSError as exc:
         problems.append(f"{field}.cert: cannot read {cert}: {exc.strerror or exc}")
         return None
     except _DERError as exc:
         problems.append(f"{field}.cert: {cert} is not a PEM X.509 certificate ({exc})")
+        return None
+    if unservable:
+        problems.append(
+            f"{field}.cert: {cert} has {unservable}, which no handshake with nsproxy's TLS "
+            f"settings can use (allowed: {SERVABLE_KEYS_TEXT})"
+        )
         return None
     key_path = key or cert
     key_field = f"{field}.key" if key else f"{field}.cert"

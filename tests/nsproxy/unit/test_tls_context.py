@@ -145,6 +145,19 @@ def test_certificate_names_reject_non_certificates_without_crashing():
             tls.certificate_names(junk)
 
 
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300), cut=st.integers(min_value=0, max_value=2000))
+def test_the_certificate_readers_answer_any_bytes_with_a_result_or_value_error(certs, data, cut):
+    """A certificate file is the operator's, but bytes are bytes: the DER readers return or
+    raise ValueError (a problem line), never another exception, never a hang; a real
+    certificate cut short or with junk spliced in is such bytes too."""
+    real = ssl.PEM_cert_to_DER_cert(Path(certs["a"]["cert"]).read_text())
+    for der in (data, real[:cut] + data, real[: cut % (len(real) + 1)]):
+        for reader in (tls.certificate_names, tls.unservable_key):
+            with contextlib.suppress(ValueError):
+                reader(der)
+
+
 # -- validate_listener --------------------------------------------------------------------
 
 
@@ -217,6 +230,60 @@ def test_a_file_that_is_no_regular_small_file_is_refused_before_it_is_read(
     ]
     with pytest.raises(OSError, match=reason):
         tls.read_certificate_file(path)
+
+
+KEY_TYPES = {  # genpkey arguments; DSA needs its parameters first
+    "rsa-2048": ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+    "rsa-pss-2048": ["-algorithm", "RSA-PSS", "-pkeyopt", "rsa_keygen_bits:2048"],
+    "ecdsa-p256": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    "ecdsa-p384": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+    "ecdsa-p521": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521"],
+    "ecdsa-secp256k1": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:secp256k1"],
+    "ecdsa-brainpoolP256r1": ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:brainpoolP256r1"],
+    "ed25519": ["-algorithm", "ED25519"],
+    "ed448": ["-algorithm", "ED448"],
+    "dsa-2048": ["-paramfile", "{dsa_params}"],
+}
+
+
+@pytest.fixture(scope="module")
+def key_type_certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("key-types")
+    params = d / "dsa-params.pem"
+    openssl("genpkey", "-genparam", "-algorithm", "DSA", "-pkeyopt", "dsa_paramgen_bits:2048",
+            "-out", str(params))  # fmt: skip
+    made = {}
+    for name, args in KEY_TYPES.items():
+        key, cert = d / f"{name}.key", d / f"{name}.pem"
+        openssl("genpkey", *(a.format(dsa_params=params) for a in args), "-out", str(key))
+        openssl("req", "-x509", "-key", str(key), "-out", str(cert), "-days", "2", "-sha256",
+                "-subj", "/CN=a.example", "-addext", "subjectAltName=DNS:a.example")  # fmt: skip
+        made[name] = {"cert": str(cert), "key": str(key)}
+    return made
+
+
+@pytest.mark.parametrize("name", sorted(KEY_TYPES))
+def test_check_accepts_a_key_type_exactly_when_both_tls_versions_can_serve_it(key_type_certs, name):
+    """What check accepts, run can serve: loading a certificate proves nothing about the
+    handshake (OpenSSL loads a DSA or secp256k1 certificate, then finds no TLS 1.2 cipher and
+    no TLS 1.3 signature scheme for it). Judged against real handshakes at each version."""
+    files = key_type_certs[name]
+    served = []
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        serving = tls._new_context(ssl.TLSVersion.TLSv1_2)  # the settings, without the checks
+        serving.load_cert_chain(files["cert"], files["key"])
+        try:
+            connect(client_context(min_version=version, max_version=version), serving, "a.example")
+            served.append(True)
+        except ssl.SSLError:
+            served.append(False)
+    problems = tls.validate_listener(listener(files))
+    assert (problems == []) == all(served), (problems, served)
+    if problems:
+        (problem,) = problems
+        assert problem.startswith(f"tls.certificates[0].cert: {files['cert']} has ")
+        assert ("a DSA key" if name.startswith("dsa") else "an ECDSA key on curve") in problem
+        assert problem.endswith(f"(allowed: {tls.SERVABLE_KEYS_TEXT})")
 
 
 @pytest.mark.parametrize(("cert", "key"), [("a", "w"), ("b", "c"), ("a", "b")])
