@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ADDR, http_tenant
@@ -237,3 +238,78 @@ def test_admitting_a_tenant_never_cuts_a_response_another_tenant_is_still_receiv
     victim.stdin.flush()
     result = json.loads(victim.stdout.readlines()[-1])
     assert result == {"body": 600000}, (result, stopped, newcomer.stdout, proxy.log())
+
+
+# An upstream with a large answer: GET /big is 4 MiB, anything else "ok".
+BIG_UPSTREAM = """
+import socket, sys, threading
+body = b"x" * (4 << 20)
+def serve(c):
+    try:
+        while True:
+            data = b""
+            while b"\\r\\n\\r\\n" not in data:
+                got = c.recv(65536)
+                if not got:
+                    return
+                data += got
+            answer = body if data.startswith(b"GET /big") else b"ok"
+            c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(answer) + answer)
+    except OSError:
+        pass
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(1024)
+print("ready", flush=True)
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+"""
+
+# Connections that ask for the big answer and never read it (a tiny receive window).
+NEVER_READ = f"""
+import json, resource, socket, sys
+count = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (count + 100, count + 100))
+held = []
+for _ in range(count):
+    try:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(2)
+        s.connect(("{ADDR}", 80))
+        s.sendall(b"GET /big HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n")
+        held.append(s)
+    except OSError:
+        pass
+print(json.dumps({{"held": len(held)}}), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_tenant_that_never_reads_its_answers_cannot_lock_another_out_of_the_budget(proxy):
+    """Alone, a tenant's share is the whole budget; it fills it with requests whose answers it
+    never reads, so none of its connections is idle. Another tenant is admitted all the same:
+    a connection whose client has taken nothing for STALLED_AFTER seconds makes room."""
+    from nsproxy.admission import STALLED_AFTER
+
+    proxy.add_netns("ta", "tb")
+    upstream = proxy.sb.popen([sys.executable, "-c", BIG_UPSTREAM, "9960"], stdout=-1, text=True)
+    proxy.helpers.append(upstream)
+    assert upstream.stdout.readline().strip() == "ready"
+    proxy.write_config([http_tenant(t, ["127.0.0.1:9960"]) for t in ("ta", "tb")])
+    proxy.start(wrap=["prlimit", "--nofile=512:512"])  # a budget of about 220
+    holder = proxy.sb.popen(
+        ["ip", "netns", "exec", "ta", sys.executable, "-c", NEVER_READ, "600"],
+        stdin=-1,
+        stdout=-1,
+        text=True,
+    )
+    proxy.helpers.append(holder)
+    assert json.loads(holder.stdout.readline())["held"] >= 300
+    time.sleep(STALLED_AFTER + 2)  # their clients have taken nothing since
+    statuses = json.loads(proxy.python("tb", NEW_CONNECTIONS, timeout=120).stdout)
+    assert statuses == [200] * 40, statuses
+    assert "the connection budget" in proxy.log()  # ta was refused beyond it meanwhile
+    holder.stdin.close()
+    holder.wait(timeout=10)

@@ -13,10 +13,13 @@ kernel until they time out. The policy (documented in src/nsproxy/README.md, "Fa
   hold connections (the newcomer counted), so a tenant over its share is refused first and a
   tenant under it is still admitted;
 - at the budget itself, a tenant under its share is admitted by closing a connection of the
-  tenant furthest over its share that is truly idle (still reading a request head, or between
-  requests, with every byte the proxy wrote to it acknowledged by its client: never a response
-  still being written or an error answer not yet read); if there is none, the newcomer is
-  refused.
+  tenant furthest over its share: one that is truly idle (still reading a request head, or
+  between requests, with every byte the proxy wrote to it acknowledged by its client), else
+  one whose client has held up what the proxy writes to it for :data:`STALLED_AFTER` seconds
+  (a response it does not read, or not as fast as it comes; cut with a reset); if there is
+  none, the newcomer is refused. Without the second kind a tenant alone (its share then the
+  whole budget) could fill the budget with requests whose answers it never reads, and lock
+  every other tenant out for as long as it kept its windows shut.
 
 HAProxy's ``maxconn`` and Envoy's overload manager bound the whole process; this bounds each
 tenant by the others' needs too.
@@ -32,6 +35,11 @@ RESERVED_FDS = 64
 DEFAULT_MAX_CONNECTIONS = 65536
 #: Share of the budget in use above which fair shares apply.
 PRESSURE = 0.9
+#: Seconds a client must have taken none of what its connection writes to it before that
+#: connection may be cut for a tenant under its share (by the daemon's one-second clock; a
+#: download read slowly makes progress every second, one paused by its reader for moments
+#: is not cut).
+STALLED_AFTER = 5.0
 
 
 class Admission:
@@ -89,13 +97,20 @@ class Admission:
             self.busy.discard(tenant)
 
     def _evict_for(self, tenant) -> bool:
-        """Close one truly idle connection of the tenant furthest over its share (every tenant has
-        the same share, the newcomer counted); False if there is none."""
+        """Close one connection of the tenant furthest over its share (every tenant has the
+        same share, the newcomer counted): a truly idle one, else a stalled one (see the module
+        docstring); False if there is none."""
         heaviest = max(self.busy, key=lambda t: t.local, default=None)
         if heaviest is None or heaviest is tenant or heaviest.local <= self.share(tenant):
             return False
+        stalled = None
         for conn in heaviest.connections or ():
             if conn.evictable():
                 conn.evict()
                 return True
+            if stalled is None and conn.stalled_for() >= STALLED_AFTER:
+                stalled = conn
+        if stalled is not None:
+            stalled.abort()
+            return True
         return False

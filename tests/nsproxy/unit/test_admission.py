@@ -6,8 +6,10 @@ from __future__ import annotations
 import resource
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from nsproxy.admission import PRESSURE, RESERVED_FDS, Admission
+from nsproxy.admission import PRESSURE, RESERVED_FDS, STALLED_AFTER, Admission
 
 
 class Tenant:
@@ -23,10 +25,14 @@ class Tenant:
 
 
 class Connection:
-    def __init__(self, tenant, evictable):
+    """``stalled``: seconds its client has held up the proxy's writes (http/client.py)."""
+
+    def __init__(self, tenant, evictable, stalled=0.0):
         self.tenant = tenant
         self._evictable = evictable
+        self.stalled = stalled
         self.evicted = False
+        self.cut = False
         tenant.connections.add(self)
 
     def evictable(self):
@@ -34,6 +40,12 @@ class Connection:
 
     def evict(self):
         self.evicted = True
+
+    def stalled_for(self):
+        return 0.0 if self.evicted or self.cut else self.stalled
+
+    def abort(self):
+        self.cut = True
 
 
 def admission(budget=100, per_tenant=1000):
@@ -81,11 +93,54 @@ def test_at_the_budget_an_idle_connection_of_the_heaviest_tenant_makes_room():
     assert sum(c.evicted for c in heavy.connections) == 1
 
 
-def test_without_an_idle_connection_to_close_the_newcomer_is_refused():
+def test_without_an_idle_or_stalled_connection_to_close_the_newcomer_is_refused():
     a = admission(budget=100)
     heavy, light = Tenant("heavy"), Tenant("light")
     fill(a, heavy, 100, evictable=False)
+    for conn in heavy.connections:
+        conn.stalled = STALLED_AFTER / 2  # writes backed up for a moment only: a fast download
     assert a.admit(light) == "the connection budget (100) is full"
+    assert not any(c.cut or c.evicted for c in heavy.connections)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kinds=st.lists(
+        st.tuples(st.booleans(), st.sampled_from([0.0, STALLED_AFTER / 2, STALLED_AFTER, 60.0])),
+        min_size=4,
+        max_size=30,
+    ),
+    light_holds=st.integers(min_value=0, max_value=3),
+)
+def test_at_the_budget_room_is_made_from_an_idle_connection_first_then_a_stalled_one(
+    kinds, light_holds
+):
+    """A tenant alone fills the budget (its share is then all of it), with connections that
+    are idle or not, and whose clients hold up their writes or not; another arrives. It is
+    admitted by closing exactly one of the heavy tenant's connections: an idle one if there is
+    one, else one stalled for STALLED_AFTER, else it is refused; never one of its own."""
+    budget = len(kinds) + light_holds
+    a = admission(budget=budget)
+    heavy, light = Tenant("heavy"), Tenant("light")
+    for evictable, stalled in kinds:
+        assert a.admit(heavy) is None
+        Connection(heavy, evictable, stalled)
+    for _ in range(light_holds):
+        if a.admit(light) is None:
+            Connection(light, False, 60.0)
+    light_before = set(light.connections)
+    share = a.share(light)
+    assume(a.total >= a.budget and light.local < share < heavy.local)  # the case in question
+    answer = a.admit(light)
+    closed = [c for c in heavy.connections if c.evicted or c.cut]
+    idle = any(e for e, _ in kinds)
+    stalled = any(s >= STALLED_AFTER for _, s in kinds)
+    assert (answer is None) == (idle or stalled), answer
+    assert len(closed) == (answer is None)
+    if closed:
+        (victim,) = closed
+        assert victim.evicted if idle else (victim.cut and victim.stalled >= STALLED_AFTER)
+    assert not any(c.evicted or c.cut for c in light_before)
 
 
 @pytest.mark.parametrize("holders", [2, 3, 10])

@@ -96,6 +96,7 @@ class ClientConnection(Flow):
     # Slots: less memory per connection and faster attribute access in the hot path.
     __slots__ = (
         "backlog",
+        "buffered",
         "chunk_out",
         "chunkbuf",
         "chunks",
@@ -122,6 +123,7 @@ class ClientConnection(Flow):
         "scheme",
         "shared",
         "since",
+        "stall_since",
         "unaccounted",
         "unsent",
         "state",
@@ -165,6 +167,8 @@ class ClientConnection(Flow):
         self.linger_until = 0.0
         self.linger_left = 0
         self.unsent = 0  # in LINGER: bytes of the last answer still in the write buffer
+        self.stall_since = 0.0  # writes backed up: since when the client took none of them
+        self.buffered = 0  # ... and the write buffer's size when the sweep last looked
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport):
@@ -854,6 +858,11 @@ class ClientConnection(Flow):
 
     def check_timeout(self, now: float, timeouts: dict) -> None:
         """Called once a second by the daemon's sweep."""
+        if self.write_paused:
+            buffered = self.transport.get_write_buffer_size()
+            if buffered != self.buffered:  # the client took some: its stall clock restarts
+                self.buffered = buffered
+                self.stall_since = now
         state = self.state
         if state == HEAD:
             if now - self.since > timeouts["header_read"]:
@@ -923,6 +932,27 @@ class ClientConnection(Flow):
         that a keep-alive client reconnects as after any idle close."""
         self.state = CLOSED
         self.transport.close()
+
+    def pause_writing(self) -> None:
+        Flow.pause_writing(self)
+        self.stall_since = self.shared.now
+        self.buffered = self.transport.get_write_buffer_size()
+
+    def stalled_for(self) -> float:
+        """Seconds for which this connection's client has taken none of what the proxy writes
+        to it, by the daemon's one-second clock (0 if nothing waits for it): its writes backed
+        up in the transport (above the high-water mark) with the buffer unchanged at every
+        sweep since, or, between requests, bytes of the last response still unacknowledged in
+        the kernel's send queue since that response ended. A slow reader that takes some
+        bytes every second is not stalled."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.state == CLOSED:
+            return 0.0
+        if self.write_paused:
+            return self.shared.now - self.stall_since
+        if self.state == IDLE and unsent_bytes(transport.get_extra_info("socket")) > 0:
+            return self.shared.now - self.since
+        return 0.0
 
     def drain(self) -> None:
         """Stop keep-alive: close now if idle, else after the current response. An idle
