@@ -21,6 +21,7 @@ X-Nsproxy-Tenant values it received):
   /b/status?code=N    status N (with Content-Length: 0 unless cl=K is given)
   /b/interim?n=N      N 103 Early Hints before the answer
   /b/ws               101 Switching Protocols, then every byte is echoed back
+  /b/raw?hex=H        exactly the bytes H (hex), in one write, then close after 2 s
   /b/endless-line     a header line that never ends (sent until the peer goes away)
   /b/endless-headers  header lines that never end
   /b/trickle          a response head, one byte every 0.2 s
@@ -211,6 +212,10 @@ class Handler(socketserver.BaseRequestHandler):
             hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
             sock.sendall(hints * int(query.get("n", 1)) + normal)
             return True
+        if path == "/b/raw":
+            sock.sendall(bytes.fromhex(query.get("hex", "")))
+            time.sleep(2)
+            return False
         if path == "/b/ws":
             sock.sendall(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"

@@ -131,6 +131,43 @@ def test_a_websocket_upgrade_the_upstream_accepts_carries_the_held_bytes(shared_
     assert raw.endswith("frame-bytes"), answer  # held until the 101, then echoed by the upstream
 
 
+UPGRADE = b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+@pytest.mark.parametrize("interim", [0, 1, 2])
+def test_the_tunnel_starts_with_the_byte_after_the_101_whatever_came_before_it(
+    shared_upstream, method, interim
+):
+    """The upstream's 1xx heads, its 101 and the new protocol's first bytes, in one write: the
+    client gets the 101 and then exactly those bytes (a HEAD's heads are read one by one)."""
+    answer = HINTS * interim + SWITCHED + b"TAIL"
+    target = b"/b/raw?hex=" + answer.hex().encode()
+    request = method + b" " + target + b" HTTP/1.1\r\nHost: a\r\n" + UPGRADE
+    got = shared_upstream.exchange("t1", request, "--wait", "2")["raw"].encode("latin-1")
+    switched = got.find(b"HTTP/1.1 101 ")
+    assert switched >= 0 and got.count(b"HTTP/1.1 103 ") == interim, got
+    assert got[got.index(b"\r\n\r\n", switched) + 4 :] == b"TAIL", got
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [b"", b"Upgrade: websocket\r\n", b"Connection: upgrade\r\n", b"Connection: keep-alive\r\n"],
+    ids=["neither", "no-connection-upgrade", "no-upgrade-field", "other-connection"],
+)
+def test_a_101_without_the_fields_of_a_switch_is_a_502(shared_upstream, fields):
+    """RFC 9110 7.8: a 101 names the protocol (Upgrade) and carries "upgrade" in Connection.
+    Without them llhttp reads on as HTTP: the client must not be told it switched."""
+    answer = b"HTTP/1.1 101 Switching Protocols\r\n" + fields + b"\r\nTAIL"
+    target = b"/b/raw?hex=" + answer.hex().encode()
+    request = b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n" + UPGRADE + b"frame-bytes"
+    got = shared_upstream.exchange("t1", request, "--wait", "2")
+    assert [r["status"] for r in got["responses"]] == [502], got
+    assert "frame-bytes" not in got["raw"] and "TAIL" not in got["raw"], got
+
+
 SPELLINGS = [
     "X-Nsproxy-Tenant",
     "x-nsproxy-tenant",

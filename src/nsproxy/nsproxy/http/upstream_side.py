@@ -39,6 +39,11 @@ _ALWAYS_CONNECTION = frozenset((b"close", b"keep-alive", b"upgrade"))
 _PLAIN_CONNECTION = frozenset((b"close", b"keep-alive", b"upgrade"))  # values naming no field
 
 
+# What a 101 must carry (RFC 9110 section 7.8): an Upgrade field, and "upgrade" in Connection.
+# llhttp switches on exactly these two; without either it reads on as HTTP.
+_UPGRADE_FIELD, _CONNECTION_UPGRADE = 1, 2
+
+
 class _AfterResponse(Exception):
     """Raised from a parser callback to stop at bytes that follow a complete response."""
 
@@ -73,6 +78,7 @@ class UpstreamConnection(Flow):
         "server_label",
         "sock",
         "status",
+        "switch_fields",
         "switching",
         "trailer_bytes",
         "unaccounted",
@@ -122,6 +128,7 @@ class UpstreamConnection(Flow):
         self.has_length = False
         self.codings = None
         self.connection_values = None
+        self.switch_fields = 0  # _UPGRADE_FIELD | _CONNECTION_UPGRADE seen in this head
         self.reason = b""
 
     def usable(self) -> bool:
@@ -239,13 +246,18 @@ class UpstreamConnection(Flow):
         """A response to HEAD ends with its head, whatever its Content-Length says, which
         llhttp cannot be told: feed it exactly one head at a time (1xx ones first), so that
         any byte after the final head is known to be extra."""
+        fed = 0  # bytes of ``data`` fed before the current head
         while data:
             end = data.find(HEAD_END)
             if end < 0:
                 self.partial = PartialHead(b"")
                 self.partial.add(data)
                 return
-            self.parser.feed_data(data[: end + 4])
+            try:
+                self.parser.feed_data(data[: end + 4])
+            except httptools.HttpParserUpgrade as exc:  # where the tunnel starts, in all of it
+                raise httptools.HttpParserUpgrade(fed + exc.args[0]) from None
+            fed += end + 4
             data = data[end + 4 :]
             if self.done:
                 # llhttp still expects the body its Content-Length announced: a fresh parser
@@ -289,9 +301,17 @@ class UpstreamConnection(Flow):
                     self.codings = [value] if self.codings is None else [*self.codings, value]
                     return
                 else:
-                    if lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
-                        values = self.connection_values
-                        self.connection_values = [value] if values is None else [*values, value]
+                    if lname == b"connection":
+                        lvalue = value.lower()
+                        if b"upgrade" in lvalue and b"upgrade" in (
+                            t.strip() for t in lvalue.split(b",")
+                        ):
+                            self.switch_fields |= _CONNECTION_UPGRADE
+                        if lvalue not in _PLAIN_CONNECTION:
+                            values = self.connection_values
+                            self.connection_values = [value] if values is None else [*values, value]
+                    elif lname == b"upgrade":
+                        self.switch_fields |= _UPGRADE_FIELD
                     return
         self.lines.extend((name, b": ", value, b"\r\n"))
 
@@ -316,6 +336,11 @@ class UpstreamConnection(Flow):
             if status == 101:
                 if client.cycle is None or client.cycle.upgrade is None:
                     raise ResponseFault("101 Switching Protocols without an upgrade request")
+                if self.switch_fields != _UPGRADE_FIELD | _CONNECTION_UPGRADE:
+                    raise ResponseFault(
+                        "101 Switching Protocols without an Upgrade field and 'upgrade' in "
+                        "Connection (RFC 9110 7.8)"
+                    )
                 self.switching = True
                 self.in_head = False
                 client.response_head(101, self.reason, self._lines(), NO_BODY, None)
