@@ -323,7 +323,7 @@ class _Pass:
         self.problems = problems
         self.previous = previous
         self.kept = 0  # tenants of ``previous`` kept as they are
-        self.seen_names: set[str] = set()
+        self.seen_names: dict[str, str] = {}  # lower case -> the tenant name as written
         self.bound: dict[tuple, dict[str, tuple[str, str]]] = {}  # see _claim
         self.namespaces: dict[str, tuple] = {}  # netns as written -> identity
         self.httptools_ok = _optional_module("httptools") is not None
@@ -480,9 +480,17 @@ def _tenant(index: int, spec, ctx: _Pass) -> Tenant | None:
     if name is INVALID:
         return None
     where = f"tenant '{name}': "
-    if name in ctx.seen_names:
+    # Equal ignoring case counts as the same name: an upstream may compare X-Nsproxy-Tenant
+    # values without case (header values often are), and would take one tenant for another.
+    other = ctx.seen_names.get(name.lower())
+    if other == name:
         problems.append(f"{where}duplicate tenant name")
-    ctx.seen_names.add(name)
+    elif other is not None:
+        problems.append(
+            f"{where}name: differs from tenant '{other}' only in case; an upstream may compare "
+            "tenant names without case, so they must differ in more than case"
+        )
+    ctx.seen_names.setdefault(name.lower(), name)
     quick = _quick_digest(spec)
     known = ctx.previous.get(name)
     digest = None

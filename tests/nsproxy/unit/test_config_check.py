@@ -151,6 +151,11 @@ BAD = [
         "tenant 'acme': duplicate tenant name",
     ),
     (
+        "tenant_names_equal_but_for_case",
+        {"tenants": [tenant(), tenant(name="ACME", netns="other")]},
+        "tenant 'ACME': name: differs from tenant 'acme' only in case",
+    ),
+    (
         "bad_upstream_server",
         {"tenants": [tenant(upstreams={"api": {"servers": ["db.internal:5432"]}})]},
         "tenant 'acme': upstreams.api.servers[0]: 'db.internal' is not an IP address",
