@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import ADDR, http_tenant
+from conftest import ADDR, http_tenant, make_cert
 
 HOLD = f"""
 import json, resource, socket, sys, time
@@ -311,5 +311,90 @@ def test_a_tenant_that_never_reads_its_answers_cannot_lock_another_out_of_the_bu
     statuses = json.loads(proxy.python("tb", NEW_CONNECTIONS, timeout=120).stdout)
     assert statuses == [200] * 40, statuses
     assert "the connection budget" in proxy.log()  # ta was refused beyond it meanwhile
+    holder.stdin.close()
+    holder.wait(timeout=10)
+
+
+# Holds COUNT connections to PORT, each sent the start of MODE's opening (a TLS ClientHello's
+# first bytes, or a request head and one byte of a 100 MB body), and opens another for each one
+# the proxy closes, until stdin closes.
+HOLD_OPENINGS = f"""
+import json, resource, selectors, socket, sys
+count, port, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+resource.setrlimit(resource.RLIMIT_NOFILE, (count + 100, count + 100))
+HELLO = bytes.fromhex("16030102000100") + bytes.fromhex("01fc0303") + bytes(20)
+OPENING = {{
+    "https": HELLO,
+    "tcp": HELLO,
+    "post-body": b"POST /up HTTP/1.1\\r\\nHost: a\\r\\nContent-Length: 100000000\\r\\n\\r\\nx",
+}}[mode]
+sel = selectors.DefaultSelector()
+def one():
+    try:
+        s = socket.create_connection(("{ADDR}", port), timeout=2)
+        s.sendall(OPENING)
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        return 1
+    except OSError:
+        return 0
+print(json.dumps({{"held": sum(one() for _ in range(count))}}), flush=True)
+sel.register(sys.stdin, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select(1):
+        if key.fileobj is sys.stdin:
+            sys.exit(0)
+        try:
+            data = key.fileobj.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+            one()
+"""
+
+
+def _holding_tenant(mode, tmp_path) -> tuple[dict, int]:
+    if mode == "post-body":
+        return http_tenant("ta", ["127.0.0.1:9950"]), 80
+    listener = {"listen": f"{ADDR}:443", "protocol": mode}
+    if mode == "https":
+        listener["tls"] = {"certificates": [make_cert(tmp_path, "ta", "ta.example")]}
+    else:
+        listener["sni_routes"] = [{"sni": "a.example", "upstream": "app"}]
+    tenant = http_tenant("ta", ["127.0.0.1:9950"])
+    tenant["listeners"] = [listener]
+    if mode == "tcp":
+        tenant["routes"] = []
+    return tenant, 443
+
+
+@pytest.mark.parametrize("mode", ["https", "tcp", "post-body"])
+def test_connections_of_every_kind_make_room_for_a_tenant_under_its_share(proxy, tmp_path, mode):
+    """A tenant alone fills the budget with connections in a state a plain idle one is not in:
+    TLS handshakes and tcp ClientHellos never finished (nothing asked yet: closed at once), or
+    request bodies that stopped coming (closed once stalled for STALLED_AFTER seconds); it opens
+    another for each one closed. Another tenant gets every new connection."""
+    from nsproxy.admission import STALLED_AFTER
+
+    proxy.add_netns("ta", "tb")
+    proxy.start_echo("echo", "127.0.0.1:9950")
+    holding, port = _holding_tenant(mode, tmp_path)
+    proxy.write_config([holding, http_tenant("tb", ["127.0.0.1:9950"])])
+    proxy.start(wrap=["prlimit", "--nofile=512:512"])  # a budget of about 220
+    holder = proxy.sb.popen(
+        ["ip", "netns", "exec", "ta", sys.executable, "-c", HOLD_OPENINGS, "1500", str(port), mode],
+        stdin=-1,
+        stdout=-1,
+        text=True,
+    )
+    proxy.helpers.append(holder)
+    assert json.loads(holder.stdout.readline())["held"] >= 1000
+    if mode == "post-body":
+        time.sleep(STALLED_AFTER + 2)
+    statuses = json.loads(proxy.python("tb", NEW_CONNECTIONS, timeout=120).stdout)
+    assert statuses == [200] * 40, statuses
+    assert "the connection budget" in proxy.log() or "fair share" in proxy.log()
     holder.stdin.close()
     holder.wait(timeout=10)

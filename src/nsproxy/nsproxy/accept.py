@@ -29,6 +29,7 @@ import socket
 import ssl
 import time
 
+from nsproxy.admission import hold, release
 from nsproxy.http.wire import local_response
 
 log = logging.getLogger("nsproxy")
@@ -177,10 +178,14 @@ class Acceptor:
                     conn.close()
                     self._unserved(made, tenant)
                     return
+            handshake = None
             try:
                 if ssl_ctx is None:
                     await self.loop.connect_accepted_socket(counted, conn)
                 else:
+                    if tenant is not None:
+                        handshake = _Handshake(conn)
+                        hold(tenant, handshake)
                     await self.loop.connect_accepted_socket(
                         counted, conn, ssl=ssl_ctx, ssl_handshake_timeout=handshake_timeout
                     )
@@ -193,6 +198,9 @@ class Acceptor:
                 conn.close()
                 log.exception("accepted connection not served")
                 self._unserved(made, tenant)
+            finally:
+                if handshake is not None:
+                    release(tenant, handshake)
         finally:
             self.handing_over -= 1
 
@@ -205,6 +213,31 @@ class Acceptor:
             if made:
                 made[0].counted = False
             self.admission.leave(tenant)
+
+
+class _Handshake:
+    """A TLS handshake under way, as admission.py sees it: its client has asked nothing yet,
+    so closing it loses nothing. A shutdown ends it (the handshake then fails, and the slot is
+    given back as for any failed handshake); the loop's transport still owns the socket."""
+
+    __slots__ = ("conn", "ended")
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.ended = False
+
+    def evictable(self) -> bool:
+        return not self.ended
+
+    def evict(self) -> None:
+        self.ended = True
+        with contextlib.suppress(OSError):
+            self.conn.shutdown(socket.SHUT_RDWR)
+
+    def stalled_for(self) -> float:
+        return 0.0
+
+    cut = evict
 
 
 _REFUSED = local_response(503, "too many connections for this tenant right now")

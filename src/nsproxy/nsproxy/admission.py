@@ -13,13 +13,16 @@ kernel until they time out. The policy (documented in src/nsproxy/README.md, "Fa
   hold connections (the newcomer counted), so a tenant over its share is refused first and a
   tenant under it is still admitted;
 - at the budget itself, a tenant under its share is admitted by closing a connection of the
-  tenant furthest over its share: one that is truly idle (still reading a request head, or
-  between requests, with every byte the proxy wrote to it acknowledged by its client), else
-  one whose client has held up what the proxy writes to it for :data:`STALLED_AFTER` seconds
-  (a response it does not read, or not as fast as it comes; cut with a reset); if there is
-  none, the newcomer is refused. Without the second kind a tenant alone (its share then the
-  whole budget) could fill the budget with requests whose answers it never reads, and lock
-  every other tenant out for as long as it kept its windows shut.
+  tenant furthest over its share: one that has asked nothing yet or is truly idle (a TLS
+  handshake or a tcp ClientHello under way, an http request head still coming, or between
+  requests with every byte the proxy wrote acknowledged by the client), else one whose client
+  has held up its exchange for :data:`STALLED_AFTER` seconds (http: less than
+  http.client.MIN_PROGRESS bytes a second taken of a response or given of a request body;
+  tcp: no byte either way; cut with a reset); if there is none, the newcomer is refused.
+  Every connection a tenant holds is among the candidates (:func:`hold`): without them, a
+  tenant alone (its share then the whole budget) could fill the budget with connections
+  that never get to be idle (answers it never reads, bodies it never sends, handshakes it
+  never finishes) and lock every other tenant out.
 
 HAProxy's ``maxconn`` and Envoy's overload manager bound the whole process; this bounds each
 tenant by the others' needs too.
@@ -40,6 +43,21 @@ PRESSURE = 0.9
 #: download read slowly makes progress every second, one paused by its reader for moments
 #: is not cut).
 STALLED_AFTER = 5.0
+
+
+def hold(tenant, conn) -> None:
+    """Make ``conn`` one of ``tenant``'s connections admission may close for another tenant's
+    (an http client, a tcp relay, a TLS handshake under way). ``conn`` answers
+    ``evictable()``, ``evict()``, ``stalled_for()`` (seconds) and ``cut()``."""
+    if tenant.connections is None:
+        tenant.connections = set()
+    tenant.connections.add(conn)
+
+
+def release(tenant, conn) -> None:
+    """Undo :func:`hold` (``conn`` ends or no longer needs its slot watched)."""
+    if tenant.connections is not None:
+        tenant.connections.discard(conn)
 
 
 class Admission:
@@ -111,6 +129,6 @@ class Admission:
             if stalled is None and conn.stalled_for() >= STALLED_AFTER:
                 stalled = conn
         if stalled is not None:
-            stalled.abort()
+            stalled.cut()
             return True
         return False

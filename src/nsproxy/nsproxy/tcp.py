@@ -23,6 +23,7 @@ import re
 import time
 from typing import Callable, Mapping
 
+from .admission import hold, release
 from .clienthello import MAX_HELLO_BYTES, NEED_MORE, peek_client_hello
 from .proxy_protocol import build_v2
 
@@ -204,6 +205,8 @@ class _Relay:
     def start(self, transport: asyncio.Transport) -> None:
         self.client = transport
         self.factory.connections.add(self)
+        if self.factory.runtime is not None:
+            hold(self.factory.runtime, self)
         self.idle_timer = self.loop.call_later(self.factory.timeouts["idle"], self._check_idle)
         if self.factory.peek:
             self.peek_timer = self.loop.call_later(
@@ -252,6 +255,22 @@ class _Relay:
             self._half_close(transport)
         elif not self.upstream_full:
             self.client.resume_reading()
+
+    # -- as admission.py sees it: one of the tenant's connections it may close --------------
+    def evictable(self) -> bool:
+        """Nothing relayed yet: the client's first bytes (its ClientHello, when SNI picks the
+        upstream) have not come."""
+        return not self.closed and not self.peeked
+
+    def evict(self) -> None:
+        self.abort("closed to admit another tenant's connection (connection budget full)")
+
+    def stalled_for(self) -> float:
+        """Seconds without a byte either way (0 before the upstream is chosen)."""
+        return 0.0 if self.closed or not self.peeked else self.loop.time() - self.last_active
+
+    def cut(self) -> None:
+        self.abort("idle, closed to admit another tenant's connection (connection budget full)")
 
     def abort(self, error: str | None) -> None:
         if error and self.error is None:
@@ -411,9 +430,11 @@ class _ClientSide(asyncio.Protocol):
         return True  # keep the socket open: the other direction may still be flowing
 
     def connection_lost(self, exc):
+        tenant = self.relay.factory.runtime
+        if tenant is not None:
+            release(tenant, self.relay)
         if self.counted:
             self.counted = False
-            tenant = self.relay.factory.runtime
             tenant.admission.leave(tenant)
         self.relay.client_lost(exc)
 

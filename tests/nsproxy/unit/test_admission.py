@@ -32,7 +32,7 @@ class Connection:
         self._evictable = evictable
         self.stalled = stalled
         self.evicted = False
-        self.cut = False
+        self.was_cut = False
         tenant.connections.add(self)
 
     def evictable(self):
@@ -42,10 +42,10 @@ class Connection:
         self.evicted = True
 
     def stalled_for(self):
-        return 0.0 if self.evicted or self.cut else self.stalled
+        return 0.0 if self.evicted or self.was_cut else self.stalled
 
-    def abort(self):
-        self.cut = True
+    def cut(self):
+        self.was_cut = True
 
 
 def admission(budget=100, per_tenant=1000):
@@ -100,7 +100,7 @@ def test_without_an_idle_or_stalled_connection_to_close_the_newcomer_is_refused(
     for conn in heavy.connections:
         conn.stalled = STALLED_AFTER / 2  # writes backed up for a moment only: a fast download
     assert a.admit(light) == "the connection budget (100) is full"
-    assert not any(c.cut or c.evicted for c in heavy.connections)
+    assert not any(c.was_cut or c.evicted for c in heavy.connections)
 
 
 @settings(max_examples=200, deadline=None)
@@ -132,15 +132,15 @@ def test_at_the_budget_room_is_made_from_an_idle_connection_first_then_a_stalled
     share = a.share(light)
     assume(a.total >= a.budget and light.local < share < heavy.local)  # the case in question
     answer = a.admit(light)
-    closed = [c for c in heavy.connections if c.evicted or c.cut]
+    closed = [c for c in heavy.connections if c.evicted or c.was_cut]
     idle = any(e for e, _ in kinds)
     stalled = any(s >= STALLED_AFTER for _, s in kinds)
     assert (answer is None) == (idle or stalled), answer
     assert len(closed) == (answer is None)
     if closed:
         (victim,) = closed
-        assert victim.evicted if idle else (victim.cut and victim.stalled >= STALLED_AFTER)
-    assert not any(c.evicted or c.cut for c in light_before)
+        assert victim.evicted if idle else (victim.was_cut and victim.stalled >= STALLED_AFTER)
+    assert not any(c.evicted or c.was_cut for c in light_before)
 
 
 @pytest.mark.parametrize("holders", [2, 3, 10])

@@ -34,6 +34,7 @@ import termios
 
 import httptools
 
+from nsproxy.admission import hold, release
 from nsproxy.http.cycle import RequestCycle
 from nsproxy.http.flow import (
     CHUNKS_PER_TURN,
@@ -68,6 +69,10 @@ MAX_PIPELINED = 32
 HOLD_LIMIT = 64 * 1024
 #: Lingering close bounds: at most LINGER_SECONDS in all and LINGER_IDLE without input (nginx's
 #: lingering_time and lingering_timeout defaults), and LINGER_BYTES read and dropped.
+#: Bytes a second a client gives or takes for its exchange to be progressing, when admission
+#: looks for a stalled connection to close: ASP.NET Core Kestrel's minimum request body and
+#: response data rates (240 bytes/s, MinRequestBodyDataRate, MinResponseDataRate).
+MIN_PROGRESS = 240
 LINGER_SECONDS = 30.0
 LINGER_IDLE = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
@@ -114,6 +119,7 @@ class ClientConnection(Flow):
         "linger_until",
         "listener",
         "mid_head",
+        "moved",
         "parser",
         "parser_done",
         "pending",
@@ -167,8 +173,12 @@ class ClientConnection(Flow):
         self.linger_until = 0.0
         self.linger_left = 0
         self.unsent = 0  # in LINGER: bytes of the last answer still in the write buffer
-        self.stall_since = 0.0  # writes backed up: since when the client took none of them
-        self.buffered = 0  # ... and the write buffer's size when the sweep last looked
+        # Progress, for admission's stalled connections: bytes the client gave or took since
+        # the last sweep, when the last sweep saw MIN_PROGRESS of them, and the write
+        # buffer's size then.
+        self.moved = 0
+        self.stall_since = 0.0
+        self.buffered = 0
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport):
@@ -178,9 +188,7 @@ class ClientConnection(Flow):
         self.since = self.last_io = shared.now
         shared.connections.add(self)
         tenant = self.tenant
-        if tenant.connections is None:
-            tenant.connections = set()
-        tenant.connections.add(self)
+        hold(tenant, self)
         tenant.metrics.connections[self.scheme == b"https"] += 1  # metrics.PROTOCOLS index
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "-"
@@ -194,8 +202,7 @@ class ClientConnection(Flow):
         self.parser = None
         tenant = self.tenant
         self.shared.connections.discard(self)
-        if tenant.connections is not None:
-            tenant.connections.discard(self)
+        release(tenant, self)
         if self.counted:
             self.counted = False
             tenant.admission.leave(tenant)
@@ -213,6 +220,7 @@ class ClientConnection(Flow):
 
     def data_received(self, data):
         self.last_io = self.shared.now
+        self.moved += len(data)
         state = self.state
         if state > IDLE or self.held is not None or self.parser_done:
             self._data_out_of_turn(state, data)
@@ -860,9 +868,11 @@ class ClientConnection(Flow):
         """Called once a second by the daemon's sweep."""
         if self.write_paused:
             buffered = self.transport.get_write_buffer_size()
-            if buffered != self.buffered:  # the client took some: its stall clock restarts
-                self.buffered = buffered
-                self.stall_since = now
+            self.moved += max(0, self.buffered - buffered)  # what the client took
+            self.buffered = buffered
+        if self.moved >= MIN_PROGRESS:
+            self.stall_since = now
+        self.moved = 0
         state = self.state
         if state == HEAD:
             if now - self.since > timeouts["header_read"]:
@@ -939,20 +949,31 @@ class ClientConnection(Flow):
         self.buffered = self.transport.get_write_buffer_size()
 
     def stalled_for(self) -> float:
-        """Seconds for which this connection's client has taken none of what the proxy writes
-        to it, by the daemon's one-second clock (0 if nothing waits for it): its writes backed
-        up in the transport (above the high-water mark) with the buffer unchanged at every
-        sweep since, or, between requests, bytes of the last response still unacknowledged in
-        the kernel's send queue since that response ended. A slow reader that takes some
-        bytes every second is not stalled."""
+        """Seconds for which this connection's client has held up its exchange, by the
+        daemon's one-second clock (0 when it does not, or when it waits on the upstream): less
+        than MIN_PROGRESS bytes a second taken from the proxy's backed-up writes (above the
+        buffer's high-water mark) or given of a request body the proxy is reading; between
+        requests, bytes of the last response unacknowledged in the kernel's send queue since
+        that response ended."""
         transport = self.transport
-        if transport is None or transport.is_closing() or self.state == CLOSED:
+        state = self.state
+        if transport is None or transport.is_closing() or state == CLOSED:
             return 0.0
+        now = self.shared.now
         if self.write_paused:
-            return self.shared.now - self.stall_since
-        if self.state == IDLE and unsent_bytes(transport.get_extra_info("socket")) > 0:
-            return self.shared.now - self.since
+            return now - self.stall_since
+        if state == BUSY:
+            cycle = self.cycle
+            if cycle is None or cycle.request_done or self.paused:
+                return 0.0  # the client owes nothing, or the proxy is not reading it
+            return now - max(self.since, self.stall_since)
+        if state == IDLE and unsent_bytes(transport.get_extra_info("socket")) > 0:
+            return now - self.since
         return 0.0
+
+    def cut(self) -> None:
+        """Close a stalled connection for another tenant's (admission.py): a reset."""
+        self.abort()
 
     def drain(self) -> None:
         """Stop keep-alive: close now if idle, else after the current response. An idle
