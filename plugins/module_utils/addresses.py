@@ -5,19 +5,40 @@ the wanted list (exactly, with ``purge``). Pure: canonical CIDR strings in, acti
 
 from __future__ import annotations
 
+import ipaddress
+
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import cidr_sort_key
+
+
+def _replaced(want, have):
+    """Current IPv6 addresses that a wanted one replaces: same address, another prefix length.
+    The kernel keys an IPv6 address by the address alone, so the old one must go first."""
+    wanted_v6 = set()
+    for cidr in want:
+        iface = ipaddress.ip_interface(cidr)
+        if iface.version == 6:
+            wanted_v6.add(iface.ip)
+    replaced = set()
+    for cidr in have:
+        iface = ipaddress.ip_interface(cidr)
+        if iface.version == 6 and iface.ip in wanted_v6 and cidr not in want:
+            replaced.add(cidr)
+    return replaced
 
 
 def plan_addresses(want, have, purge):
     """Given wanted and current CIDR lists (normalised), return ``(to_add, to_remove)``.
-    ``want`` None means "not managed": nothing to do. Without ``purge`` nothing is removed.
-    Both lists come back sorted (IPv4 first) so plans are deterministic."""
+    ``want`` None means "not managed": nothing to do. Without ``purge`` nothing is removed,
+    except an IPv6 address the kernel holds under another prefix length than the wanted one
+    (it is replaced: removed, then added with the wanted prefix). Both lists come back sorted
+    (IPv4 first) so plans are deterministic."""
     if want is None:
         return [], []
     have_set = set(have or [])
     want_set = set(want)
     to_add = sorted(want_set - have_set, key=cidr_sort_key)
-    to_remove = sorted(have_set - want_set, key=cidr_sort_key) if purge else []
+    removed = (have_set - want_set) if purge else _replaced(want_set, have_set)
+    to_remove = sorted(removed, key=cidr_sort_key)
     return to_add, to_remove
 
 

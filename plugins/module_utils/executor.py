@@ -28,7 +28,10 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
     temp_ifname,
 )
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.ownership import OWNER_TAG
-from ansible_collections.tenantnet.nsproxy.plugins.module_utils.routes import apply_route_action
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.routes import (
+    apply_route_action,
+    route_text,
+)
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.vlan import VLAN_PROTOCOLS
 
 BRIDGE_ATTRS = (
@@ -180,35 +183,68 @@ def _link_del(ctx, action, rollback):
 def _addr_add(ctx, action, rollback):
     ns = ctx.netns(action["netns"])
     ifname, cidr = action["ifname"], action["address"]
-    add_address(ns, _link(ns, ifname)["index"], ifname, cidr)
-    rollback.push(
-        f"adding {cidr} to '{ifname}'",
-        lambda: remove_address(ns, _link(ns, ifname)["index"], ifname, cidr),
-    )
+    if add_address(ns, _link(ns, ifname)["index"], ifname, cidr):
+        rollback.push(
+            f"adding {cidr} to '{ifname}'",
+            lambda: remove_address(ns, _link(ns, ifname)["index"], ifname, cidr),
+        )
 
 
 def _addr_del(ctx, action, rollback):
+    """Remove an address; if a later action of the unit fails it is added again (while its
+    link still exists)."""
     ns = ctx.netns(action["netns"])
-    ifname = action["ifname"]
-    remove_address(ns, _link(ns, ifname)["index"], ifname, action["address"])
+    ifname, cidr = action["ifname"], action["address"]
+    index = _link(ns, ifname)["index"]
+    remove_address(ns, index, ifname, cidr)
+
+    def put_back():
+        msg = find_link(ns, ifname)
+        if msg is not None and msg["index"] == index:
+            add_address(ns, index, ifname, cidr)
+
+    rollback.push(f"removing {cidr} from '{ifname}'", put_back)
 
 
 def _route(ctx, action, rollback):
+    """Replace or delete a route. What it changed is put back if a later action of the unit
+    fails: a new route is deleted, a replaced one is written back as it was (``previous``), a
+    deleted one is added again."""
     ns = ctx.netns(action["netns"])
     op = action["op"][len("route_") :]
-    by_name = {name: index for index, name in link_names(ns).items()}
     text = action.get("text") or action["route"]["dst"]
 
-    def change(op):
+    def change(op, route, what):
         # A route the kernel dropped already (its device or its gateway's subnet went) is
-        # not an error to delete.
+        # not an error to delete. Returns False when there was nothing to delete.
+        by_name = {name: index for index, name in link_names(ns).items()}
         ignore = (errno.ESRCH,) if op == "delete" else ()
-        request = {"op": op, "route": action["route"]}
-        ns.call(f"{op} route {text}", apply_route_action, ns.ipr, request, by_name, ignore=ignore)
+        request = {"op": op, "route": route}
+        done = ns.call(
+            what,
+            lambda: apply_route_action(ns.ipr, request, by_name) or True,
+            ignore=ignore,
+        )
+        return bool(done)
 
-    change(op)
+    done = change(op, action["route"], f"{op} route {text}")
     if op == "replace" and action.get("new"):
-        rollback.push(f"adding route {text}", lambda: change("delete"))
+        rollback.push(
+            f"adding route {text}",
+            lambda: change("delete", action["route"], f"delete route {text}"),
+        )
+    elif op == "replace" and action.get("previous"):
+        previous = action["previous"]
+        before = route_text(previous)
+        rollback.push(
+            f"replacing route {before}",
+            lambda: change("replace", previous, f"putting back route {before}"),
+        )
+    elif op == "delete" and done:
+        rollback.push(
+            f"deleting route {text}",
+            lambda: change("replace", action["route"], f"putting back route {text}"),
+        )
 
 
 OPS = {

@@ -674,21 +674,33 @@ def create_link(ns, rollback, ifname, kind, alias=OWNER_TAG, target=None, **attr
     if target is not None:
         name = temp_ifname("tnm")
         attrs["net_ns_fd"] = target.fd
+    action = f"creating {kind} '{ifname}'"
     ns.call(
-        f"creating {kind} '{ifname}'" + (f" for {target.label}" if target else ""),
+        action + (f" for {target.label}" if target else ""),
         ns.ipr.link,
         "add",
         ifname=name,
         kind=kind,
         **attrs,
     )
+    # The undo step is registered before anything else can fail, the lookup by name included:
+    # until the ifindex is known it deletes whatever carries the name the link was made with.
+    created = {}
+
+    def undo():
+        index = created.get("index")
+        if index is None:
+            msg = find_link(where, name)
+            if msg is None:
+                return
+            index = msg["index"]
+        delete_link(where, index, ifname)
+
+    rollback.push(f"{action} in {where.label}", undo)
     msg = find_link(where, name)
     if msg is None:
         raise ModuleFailure(f"the new {kind} '{ifname}' did not appear in {where.label}")
-    index = msg["index"]
-    rollback.push(
-        f"creating {kind} '{ifname}' in {where.label}", lambda: delete_link(where, index, ifname)
-    )
+    index = created["index"] = msg["index"]
     change = {"ifname": ifname} if name != ifname else {}
     if alias:
         change["ifalias"] = alias
@@ -738,8 +750,29 @@ def _change_address(ns, op, what, index, cidr, ignore):
 
 
 def add_address(ns, index, ifname, cidr):
-    """Add CIDR address ``cidr`` to link ``index``; already present is not an error."""
-    _change_address(ns, "add", f"adding {cidr} to '{ifname}'", index, cidr, (errno.EEXIST,))
+    """Add CIDR address ``cidr`` to link ``index``. Returns True if it was added, False if the
+    link carries it already (same prefix length). The same address under another prefix
+    length (the kernel answers EEXIST for an IPv6 one) fails with a sentence saying so."""
+    what = f"adding {cidr} to '{ifname}'"
+    try:
+        _change_address(ns, "add", what, index, cidr, ())
+    except ModuleFailure as failure:
+        if failure.extra.get("errno") != errno.EEXIST:
+            raise
+        if cidr in read_addresses(ns, index):
+            return False
+        ip = str(ipaddress.ip_interface(cidr).ip)
+        held = [a for a in read_addresses(ns, index) if a.split("/")[0] == ip]
+        where = f"'{ifname}' in {ns.label}"
+        if held:
+            raise ModuleFailure(
+                f"{what} failed: {where} already holds {ip} as {', '.join(held)}, with another "
+                "prefix length; the kernel keeps one prefix per IPv6 address, so remove that "
+                "one first (purge_addresses: true replaces it)",
+                errno=errno.EEXIST,
+            ) from None
+        raise
+    return True
 
 
 def remove_address(ns, index, ifname, cidr):

@@ -123,12 +123,21 @@ def digest(data: bytes) -> str:
 
 
 def read_existing(path: str) -> tuple[bytes | None, dict | None]:
-    """(bytes, parsed) of the config on disk; (None, None) when absent; parsed None if broken."""
+    """(bytes, parsed) of the config on disk; (None, None) when absent; parsed None if broken.
+    Any other failure to read it (a directory, no permission, an I/O error) is a ConfigError
+    naming the path."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
         return None, None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"{path} is a directory, not a config file; remove it (the config file of the "
+            "instance goes there) or choose another config_dir"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the existing config {path}: {exc.strerror}") from None
     try:
         parsed = json.loads(data.decode())
     except (UnicodeDecodeError, ValueError):

@@ -71,7 +71,7 @@ DEFAULT_TABLE = 254
 DEFAULT_METRIC = {AF_INET: 0, AF_INET6: 1024}
 
 MAX_U32 = 2**32 - 1
-_IFNAME = re.compile(r"[^/:\s\x00-\x1f\x7f]{1," + str(IFNAMSIZ) + "}")
+_IFNAME = re.compile(r"[^/:%\s\x00-\x1f\x7f]+")
 
 ROUTE_KEYS = (
     "dst",
@@ -270,10 +270,11 @@ def normalize_route_spec(spec, index=0, require_nexthop=True):
         dev = None
     if dev is not None:
         dev = str(dev)
-        if not _IFNAME.fullmatch(dev) or dev in (".", ".."):
+        too_long = len(dev.encode("utf-8", "surrogatepass")) > IFNAMSIZ
+        if too_long or not _IFNAME.fullmatch(dev) or dev in (".", ".."):
             raise RouteSpecError(
                 f"{_field(index, 'dev')}: {dev!r} is not an interface name "
-                f"(1 to {IFNAMSIZ} characters, no '/', ':', whitespace or control characters)"
+                f"(1 to {IFNAMSIZ} bytes, no '/', ':', '%', whitespace or control characters)"
             )
     if gateway is None and dev is None and require_nexthop:
         raise RouteSpecError(
@@ -652,8 +653,10 @@ def plan_route_changes(plan, netns, want, have, state="present", purge=False):
     """Append the actions of ``plan_routes(want, have, state, purge)`` to ``plan`` as
     ``route_replace`` / ``route_delete`` on the routes of ``netns`` (each with the canonical
     ``route``, its ``text`` and the ``reason``; ``new`` marks a route that did not exist, so a
-    failure later removes it again). Returns the ``plan_routes`` actions."""
-    have_keys = {route_key(route) for route in have}
+    failure later removes it again, and ``previous`` is the kernel's route a ``replace``
+    overwrites, so a failure later puts it back). Returns the ``plan_routes`` actions."""
+    have_by_key = {route_key(route): route for route in have}
+    have_keys = set(have_by_key)
     actions = plan_routes(want, have, state, purge)
     for action in actions:
         entry = plan.add(
@@ -667,6 +670,8 @@ def plan_route_changes(plan, netns, want, have, state="present", purge=False):
             entry["predicted"] = action["predicted"]
         if action["op"] == "replace" and route_key(action["route"]) not in have_keys:
             entry["new"] = True
+        elif action["op"] == "replace":
+            entry["previous"] = have_by_key[route_key(action["route"])]
     return actions
 
 

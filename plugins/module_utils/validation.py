@@ -53,27 +53,32 @@ def validate_name(value, field, pattern, allowed):
     return value
 
 
-_BAD_IFNAME_CHARS = re.compile(r"[/:\s]")
+_BAD_IFNAME_CHARS = re.compile(r"[/:%\s]")
 
 
 def validate_ifname(value, field):
-    """Return ``value`` if it is a valid Linux interface name (1-15 characters, none of ``/``,
-    ``:`` or whitespace, not ``.``/``..``), else raise ParamError naming ``field``."""
+    """Return ``value`` if it is a valid Linux interface name (1-15 bytes in UTF-8, none of
+    ``/``, ``:``, ``%`` or whitespace, not ``.``/``..``), else raise ParamError naming
+    ``field``. The kernel reads a ``%`` as a name template (``%d``: the next free number), so
+    the link would get another name than the one asked for."""
     if value is None:
         return None
     if not isinstance(value, str) or not value:
         raise ParamError(field, f"an interface name is required (1-{IFNAMSIZ} characters)")
-    if len(value) > IFNAMSIZ:
+    refuse_control_characters(value, field)
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > IFNAMSIZ:
+        counted = f"{len(value)} characters" if size == len(value) else f"{size} bytes in UTF-8"
         raise ParamError(
             field,
-            f"interface name '{value}' has {len(value)} characters; "
-            f"the kernel allows at most {IFNAMSIZ}",
+            f"interface name '{value}' has {counted}; the kernel allows at most {IFNAMSIZ} bytes "
+            f"({IFNAMSIZ} ASCII characters)",
         )
-    refuse_control_characters(value, field)
     if value in (".", "..") or _BAD_IFNAME_CHARS.search(value):
         raise ParamError(
             field,
-            f"interface name '{value}' is not allowed: no '/', ':' or whitespace, not '.' or '..'",
+            f"interface name '{value}' is not allowed: no '/', ':', '%' or whitespace, "
+            "not '.' or '..'",
         )
     return value
 
@@ -131,18 +136,45 @@ def normalize_cidrs(values, field):
     return result
 
 
+def normalize_link_address(value, field):
+    """``normalize_cidr`` for an address to put on a link: an IPv6 link-local address
+    (fe80::/10) is refused naming ``field``, since the kernel makes and owns those and they
+    are never read back or compared."""
+    cidr = normalize_cidr(value, field)
+    iface = ipaddress.ip_interface(cidr)
+    if iface.version == 6 and iface.ip.is_link_local:
+        raise ParamError(
+            field,
+            f"'{cidr}' is an IPv6 link-local address; the kernel manages those, list "
+            "global or unique-local addresses only",
+        )
+    return cidr
+
+
 def normalize_link_addresses(values, field):
-    """Like ``normalize_cidrs`` for addresses to put on a link, but IPv6 link-local addresses
-    (fe80::/10) are refused: the kernel makes and owns them, and they are never compared."""
-    result = normalize_cidrs(values, field)
-    for i, cidr in enumerate(result or []):
+    """Like ``normalize_cidrs`` for addresses to put on a link (every module that plans link
+    addresses uses it). Refused, naming ``field[i]``: IPv6 link-local addresses (fe80::/10;
+    the kernel makes and owns them, and they are never compared), and one IPv6 address listed
+    twice with different prefix lengths (the kernel keys an IPv6 address by the address
+    alone, so a link can hold only one of them)."""
+    if values is None:
+        return None
+    result = []
+    seen_v6 = {}
+    for i, value in enumerate(values):
+        item = f"{field}[{i}]"
+        cidr = normalize_link_address(value, item)
         iface = ipaddress.ip_interface(cidr)
-        if iface.version == 6 and iface.ip.is_link_local:
-            raise ParamError(
-                f"{field}[{i}]",
-                f"'{cidr}' is an IPv6 link-local address; the kernel manages those, list "
-                "global or unique-local addresses only",
-            )
+        if iface.version == 6:
+            first = seen_v6.setdefault(iface.ip, (i, cidr))
+            if first[1] != cidr:
+                raise ParamError(
+                    item,
+                    f"'{cidr}' is the address of {field}[{first[0]}] ('{first[1]}') with another "
+                    "prefix length; an IPv6 address can be on a link only once, list it once",
+                )
+        if cidr not in result:
+            result.append(cidr)
     return result
 
 

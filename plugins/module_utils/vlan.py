@@ -19,9 +19,12 @@ _PROTOCOL_BY_NUMBER = {0x8100: "802.1Q", 0x0081: "802.1Q", 0x88A8: "802.1ad", 0x
 
 
 def default_vlan_name(parent, vlan_id):
-    """``<parent>.<id>``, with the parent part shortened so the name fits in 15 characters."""
+    """``<parent>.<id>``, with the parent part shortened so the name fits in 15 bytes (the
+    kernel counts bytes: a non-ASCII parent name is cut at a whole character)."""
     suffix = f".{vlan_id}"
-    return parent[: IFNAMSIZ - len(suffix)] + suffix
+    room = IFNAMSIZ - len(suffix)
+    head = parent.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
+    return head + suffix
 
 
 def vlan_protocol_name(value):

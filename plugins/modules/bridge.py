@@ -26,7 +26,8 @@ requirements:
 options:
   name:
     description:
-      - Name of the bridge. At most 15 characters.
+      - Name of the bridge. At most 15 bytes (15 ASCII characters); no C(/), C(:), C(%) or
+        whitespace.
     type: str
     required: true
   netns:
@@ -78,7 +79,9 @@ options:
     description:
       - Addresses of the bridge in CIDR form (C(10.0.0.1/24), C(2001:db8::1/64)).
       - Omitted means addresses are not managed. Kernel-made IPv6 link-local addresses are
-        never touched.
+        never touched, and listing one (C(fe80::/10)) is refused.
+      - One IPv6 address listed with two prefix lengths is refused. An IPv6 address the bridge
+        holds with another prefix length than the listed one is replaced (removed, then added).
     type: list
     elements: str
   purge_addresses:

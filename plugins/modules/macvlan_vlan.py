@@ -57,7 +57,7 @@ options:
   vlan_name:
     description:
       - Name of the VLAN subinterface. Default C(<parent>.<vlan_id>), with the parent part
-        shortened so that the name fits in 15 characters.
+        shortened so that the name fits in 15 bytes.
     type: str
   vlan_protocol:
     description:
@@ -78,7 +78,9 @@ options:
     default: []
     suboptions:
       name:
-        description: Interface name inside its namespace (at most 15 characters).
+        description:
+          - Interface name inside its namespace (at most 15 bytes; no C(/), C(:), C(%) or
+            whitespace).
         type: str
         required: true
       netns:
@@ -104,6 +106,9 @@ options:
         description:
           - Addresses in CIDR form (C(10.0.0.250/24), C(2001:db8::250/64)). Omitted means not
             managed.
+          - IPv6 link-local addresses (C(fe80::/10)) are refused (the kernel manages them), and
+            so is one IPv6 address listed with two prefix lengths. An IPv6 address the link
+            holds with another prefix length is replaced.
         type: list
         elements: str
       purge_addresses:
@@ -123,13 +128,15 @@ options:
     type: dict
     suboptions:
       name:
-        description: Interface name of the shim (at most 15 characters).
+        description:
+          - Interface name of the shim (at most 15 bytes; no C(/), C(:), C(%) or whitespace).
         type: str
         required: true
       address:
         description:
           - The shim's address in CIDR form. Use a free address of the tenant subnet as a /32
-            (C(192.0.2.254/32)) so no second connected route competes with the parent's.
+            (C(192.0.2.254/32)) so no second connected route competes with the parent's. An IPv6
+            link-local address is refused.
         type: str
         required: true
       routes:
@@ -316,8 +323,8 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.routes import (
 )
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.runner import run
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import (
-    normalize_cidr,
-    normalize_cidrs,
+    normalize_link_address,
+    normalize_link_addresses,
     normalize_mac,
     validate_ifname,
     validate_int_range,
@@ -420,7 +427,7 @@ def normalize_params(params):
                 "mode": mode,
                 "mac": normalize_mac(spec.get("mac"), f"{field}.mac"),
                 "mtu": validate_mtu(spec.get("mtu"), f"{field}.mtu"),
-                "addresses": normalize_cidrs(spec.get("addresses"), f"{field}.addresses"),
+                "addresses": normalize_link_addresses(spec.get("addresses"), f"{field}.addresses"),
                 "purge_addresses": bool(spec.get("purge_addresses")),
                 "state": spec.get("link_state") or "up",
             }
@@ -434,7 +441,7 @@ def normalize_params(params):
             raise ParamError("host_shim.name", f"'{name}' is already used by another interface")
         if shim_spec.get("address") in (None, ""):
             raise ParamError("host_shim.address", "required: the shim's address in CIDR form")
-        address = normalize_cidr(shim_spec["address"], "host_shim.address")
+        address = normalize_link_address(shim_spec["address"], "host_shim.address")
         try:
             routes = normalize_route_specs(
                 [{"dst": dst, "dev": name} for dst in shim_spec.get("routes") or []]

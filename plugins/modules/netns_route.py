@@ -27,6 +27,8 @@ description:
     a device route). Values are normalised first (CIDR forms, C(0.0.0.0/0) = C(default), IPv6
     metric 0 = 1024), so a second run reports no change.
   - Changes are runtime only. The kernel forgets them with the namespace or at reboot.
+  - If the kernel refuses a route half-way, the call puts back what it had already changed.
+    Routes it added are deleted, routes it replaced or deleted are written back as they were.
 author:
   - tenantnet developers (@tenantnet)
 requirements:

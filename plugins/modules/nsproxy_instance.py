@@ -17,6 +17,10 @@ description:
     C(nsproxy status) reports the new config digest. A reload the daemon refuses fails the task
     with the daemon's reason, restores the previous file and leaves the running instance as it
     was.
+  - A start or restart with a changed config that does not come up (the daemon exits, or never
+    reports the new digest within O(wait_timeout)) fails the task saying so; the previous file
+    is restored (removed, if there was none) and, when the instance ran before, it is started
+    again with that file.
   - Under systemd (PID 1) it drives the template unit C(nsproxy@<name>.service) installed by the
     C(tenantnet.nsproxy.nsproxy) role. Without systemd (containers, CI) it runs the instance as
     a supervised background process with a pid file in O(run_dir) and a log file in O(log_dir),
@@ -456,7 +460,10 @@ def read_have(ctx, want):
     params, path = want["params"], want["path"]
     cli = NsproxyCli(params["nsproxy_bin"])
     manager = choose_manager(params, path)
-    old_bytes, old_config = read_existing(path)
+    try:
+        old_bytes, old_config = read_existing(path)
+    except ConfigError as exc:
+        raise ModuleFailure(str(exc)) from None
     new_config, new_bytes = None, None  # absent, or stopped without any config
     if want["config"] is not None:
         new_config, new_bytes = want["config"], render(want["config"])
@@ -572,6 +579,20 @@ def build_plan(want, have):
             previous_generation=(have["live"] or {}).get("generation"),
         ),
     }
+    if have["content_changed"]:
+        # A start or restart the new config fails puts the previous file back and, when the
+        # instance ran before, starts it again with it.
+        old_data = have["old_bytes"]
+        previous = {
+            "path": want["path"],
+            "data": old_data,
+            "gid": have["gid"],
+            "socket": old_socket,
+            "digest": digest(old_data) if old_data is not None else None,
+            "was_running": have["running"],
+        }
+        details["start"] = dict(details["start"], previous=previous)
+        details["restart"] = dict(details["restart"], previous=previous)
     for op in plan_actions(
         want["state"],
         have["old_bytes"] is not None,
@@ -592,8 +613,9 @@ def build_plan(want, have):
 
 
 def apply(ctx, action, rollback):
-    """Carry out one action; a refused reload restores the previous file. Service errors
-    become sentences with the last lines of the instance's log."""
+    """Carry out one action; a refused reload restores the previous file, and a start or
+    restart that fails with a new config falls back to the previous one (``_fall_back``).
+    Service errors become sentences with the last lines of the instance's log."""
     manager = ctx.have["manager"]
     try:
         _apply(ctx, manager, action)
@@ -620,8 +642,13 @@ def _apply(ctx, manager, action):
     elif op in ("start", "restart"):
         if op == "restart":
             manager.stop(timeout=action["timeout"])
-        manager.start()
-        wait_for_config(cli, action["socket"], action["digest"], timeout, manager.running)
+        try:
+            manager.start()
+            wait_for_config(cli, action["socket"], action["digest"], timeout, manager.running)
+        except (ServiceError, OSError) as exc:
+            if not action.get("previous"):
+                raise
+            _fall_back(ctx, manager, action, exc)
     elif op == "reload":
         ok, output = cli.reload(action["old_socket"])
         if not ok:
@@ -640,6 +667,36 @@ def _apply(ctx, manager, action):
         _wait_for_newer(ctx, manager, action, "upgrade")
     elif op in ("enable", "disable"):
         manager.set_enabled(op == "enable")
+
+
+def _fall_back(ctx, manager, action, exc):
+    """The instance did not come up with the new config: stop what is left of it, put the
+    previous file back and, if the instance ran before, start it again with that file. Always
+    raises ModuleFailure saying what happened, the last lines of the log included."""
+    previous = action["previous"]
+    cli, timeout = ctx.have["cli"], ctx.module.params["wait_timeout"]
+    hint = manager.failure_hint()
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    msg = f"nsproxy did not start with the new configuration: {reason}."
+    try:
+        manager.stop(timeout=action.get("timeout", drain_timeout(None)))
+        restore(previous["path"], previous["data"], previous["gid"])
+        if previous["data"] is None:
+            msg += f" {previous['path']} was removed again (there was no previous one)"
+        else:
+            msg += f" The previous {previous['path']} was restored"
+        if previous["was_running"] and previous["data"] is not None:
+            manager.start()
+            wait_for_config(cli, previous["socket"], previous["digest"], timeout, manager.running)
+            msg += " and the previous instance was started again with it; it serves as before."
+        else:
+            msg += "; the instance stays stopped, as it was before."
+    except (ServiceError, OSError) as undo:
+        text = undo.strerror if isinstance(undo, OSError) and undo.strerror else str(undo)
+        msg += f" Going back to the previous configuration failed too: {text}."
+    if hint:
+        msg += f"\nlast log lines of the failed start:\n{hint}"
+    raise ModuleFailure(msg)
 
 
 def _wait_for_newer(ctx, manager, action, what):

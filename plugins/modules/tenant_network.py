@@ -23,6 +23,9 @@ description:
   - Every tenant is validated and the whole plan is made before anything is touched. Links
     this module creates carry the interface alias C(tenantnet.nsproxy tenant=<name>), and it
     never changes or deletes links it did not create.
+  - If a tenant fails half-way, what the call did for that tenant is undone. The links and the
+    namespace it created are removed, addresses it removed are added again, and routes it
+    replaced or deleted are put back as they were. Tenants before it stay applied.
   - Tenants with O(tenants[].state=absent) are removed cleanly, their links first and then the
     namespace name. Tenants left out of the list are not touched, unless O(exclusive=true).
   - Namespaces of C(container) tenants are attached by M(tenantnet.nsproxy.netns) beforehand
@@ -77,6 +80,10 @@ options:
             description:
               - Name of the host end of the veth (V(bridge), and the VLAN fallback). Default
                 C(tn-<name>).
+              - It must differ from every name another tenant of the call uses on the host (its
+                host end, bridge, trunk NIC, C(<parent>.<vlan_id>), C(tnvlan<vlan_id>)) and from
+                the tenant's own bridge; such a list is refused before anything is touched. An
+                existing host link of that name that is not a veth is never deleted.
             type: str
           parent:
             description:
@@ -115,6 +122,9 @@ options:
         description:
           - Addresses (CIDR) of the tenant-side interface. For links this module owns the list
             is exact; in a container namespace missing ones are only added.
+          - IPv6 link-local addresses (C(fe80::/10)) are refused (the kernel manages them), and
+            so is one IPv6 address listed with two prefix lengths. An IPv6 address the
+            interface holds with another prefix length is replaced.
         type: list
         elements: str
         default: []
@@ -286,7 +296,7 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.routes import (
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.runner import run
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.validation import (
     NETNS_DIR,
-    normalize_cidrs,
+    normalize_link_addresses,
     normalize_mac,
     refuse_control_characters,
     validate_ifname,
@@ -383,7 +393,9 @@ class Tenant:
         else:
             self._required(att, "container", "the Docker container name or id")
             refuse_control_characters(self.container, self.field("attachment.container"))
-        self.addresses = normalize_cidrs(raw.get("addresses") or [], self.field("addresses"))
+        self.addresses = normalize_link_addresses(
+            raw.get("addresses") or [], self.field("addresses")
+        )
         try:
             self.routes = normalize_route_specs(raw.get("routes") or [])
             if self.kind != "container" and self.state == "present":
@@ -414,11 +426,81 @@ class Tenant:
         return att[key]
 
 
+def host_objects(tenant):
+    """The host interfaces a tenant creates or uses, as ``(name, what, field)``: its own veth
+    end (``host_interface``, also the VLAN fallback's) and the shared objects its attachment
+    needs (its bridge; a VLAN tenant's trunk NIC, ``<parent>.<vlan_id>`` and the fallback
+    bridge ``tnvlan<vlan_id>``). A container tenant has none."""
+    if tenant.kind == "container":
+        return []
+    objects = [(tenant.host_interface, "host end", "attachment.host_interface")]
+    if tenant.kind == "bridge":
+        objects.append((tenant.bridge, "bridge", "attachment.bridge"))
+    else:
+        objects += [
+            (tenant.parent, "trunk NIC", "attachment.parent"),
+            (tenant.subinterface, "VLAN subinterface", "attachment.parent + vlan_id"),
+            (FALLBACK_BRIDGE % tenant.vlan_id, "VLAN fallback bridge", "attachment.vlan_id"),
+        ]
+    return objects
+
+
+# Shared objects of different kinds cannot carry one name; a trunk NIC may be a bridge.
+_SHAREABLE = {
+    frozenset(pair)
+    for pair in (
+        ("bridge",),
+        ("bridge", "VLAN fallback bridge"),
+        ("VLAN fallback bridge",),
+        ("VLAN subinterface",),
+        ("trunk NIC",),
+        ("trunk NIC", "bridge"),
+        ("trunk NIC", "VLAN fallback bridge"),
+    )
+}
+
+
+def refuse_shared_host_names(tenants):
+    """Fail before anything is touched when a name on the host would be two things at once: a
+    tenant's host end named like another tenant's (or its own) bridge, VLAN subinterface,
+    fallback bridge, trunk NIC or host end, or a bridge named like a VLAN subinterface. Left
+    through, one tenant's plan would delete or take over what another tenant uses."""
+    claims = {}
+    for tenant in tenants:
+        for name, what, field in host_objects(tenant):
+            for other, other_what, other_field in claims.get(name, []):
+                _refuse_name_clash(name, (tenant, what, field), (other, other_what, other_field))
+            claims.setdefault(name, []).append((tenant, what, field))
+
+
+def _refuse_name_clash(name, claim, earlier):
+    """Raise for one host name claimed twice, unless both claims are one shared object (two
+    tenants on one bridge or VLAN). The field named is the host end's, else the later one."""
+    what, other_what = claim[1], earlier[1]
+    if frozenset((what, other_what)) in _SHAREABLE:
+        return
+    if what == "host end" and other_what == "host end":
+        tenant, other = claim[0], earlier[0]
+        raise ModuleFailure(
+            f"{tenant.field('attachment.host_interface')}: '{name}' is already used by "
+            f"tenants[{other.index}] ({other.name}) as its host end; each tenant needs its own"
+        )
+    if other_what == "host end":
+        claim, earlier = earlier, claim
+    tenant, what, field = claim
+    other, other_what, other_field = earlier
+    whose = "its own" if other is tenant else f"tenants[{other.index}] ({other.name})'s"
+    raise ModuleFailure(
+        f"{tenant.field(field)}: '{name}' is {whose} {other_what} ({other_field}); it cannot "
+        f"also be the {what} of {tenant.label}, or one would destroy the other. Choose another "
+        "name"
+    )
+
+
 def build_tenants(raw_tenants):
     """Validate every tenant before anything is touched; returns the list of Tenant."""
     tenants = []
     names = {}
-    host_ends = {}
     for index, raw in enumerate(raw_tenants):
         try:
             tenant = Tenant(raw, index)
@@ -430,14 +512,8 @@ def build_tenants(raw_tenants):
                 f"tenants[{names[tenant.name]}]; tenant names must be unique"
             )
         names[tenant.name] = index
-        if tenant.kind != "container":
-            if tenant.host_interface in host_ends:
-                raise ModuleFailure(
-                    f"{tenant.label}.attachment.host_interface: '{tenant.host_interface}' is "
-                    f"already used by tenants[{host_ends[tenant.host_interface]}]"
-                )
-            host_ends[tenant.host_interface] = index
         tenants.append(tenant)
+    refuse_shared_host_names(tenants)
     return tenants
 
 
@@ -698,6 +774,14 @@ class TenantPlanner:
     def plan_veth(self, tenant, state, current, tag):
         host_end = self.have["host"].get(tenant.host_interface)
         _refuse_foreign(tenant, host_end, "the host", "attachment.host_interface")
+        if host_end is not None and host_end["kind"] != "veth":
+            # Recreating it would delete a bridge or subinterface that tenants use (of this
+            # call or another): never.
+            raise ModuleFailure(
+                f"{tenant.field('attachment.host_interface')}: '{tenant.host_interface}' exists "
+                f"on the host as a {host_end['kind'] or 'plain device'}, not as the veth end of "
+                f"{tenant.label}; it is left alone. Choose another host_interface"
+            )
         _refuse_foreign(tenant, current, f"netns '{tenant.name}'", "interface")
         bridge = bridge_of(tenant)
         self.ensure_bridge(tenant, bridge)
@@ -764,7 +848,8 @@ class TenantPlanner:
         if kind == "container":
             return
         for link in self.have["host"].values():
-            ours = link["name"] == host_interface and link["owned"]
+            # The host end is a veth: an owned bridge of that name is another tenant's.
+            ours = link["name"] == host_interface and link["owned"] and link["kind"] == "veth"
             if ours or tenant_of(link["alias"]) == name:
                 self.plan.add("link_del", ifname=link["name"], netns=None)
 

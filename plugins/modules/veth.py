@@ -30,7 +30,8 @@ requirements:
 options:
   name:
     description:
-      - Name of the first end, in O(netns). At most 15 characters.
+      - Name of the first end, in O(netns). At most 15 bytes (15 ASCII characters); no C(/),
+        C(:), C(%) or whitespace.
     type: str
     required: true
   netns:
@@ -41,7 +42,8 @@ options:
     type: str
   peer:
     description:
-      - Name of the other end, in O(peer_netns). At most 15 characters.
+      - Name of the other end, in O(peer_netns). At most 15 bytes; no C(/), C(:), C(%) or
+        whitespace.
       - Required when O(state=present).
     type: str
   peer_netns:
@@ -51,6 +53,8 @@ options:
   state:
     description:
       - V(present) creates or reconciles the pair, V(absent) deletes it (both ends go together).
+      - With V(absent), a namespace (O(netns) or O(peer_netns)) that no longer exists is not an
+        error (its end went with it); the other end is deleted if it is still there.
     type: str
     choices: [present, absent]
     default: present
@@ -82,7 +86,9 @@ options:
     description:
       - Addresses of O(name) in CIDR form (C(10.0.0.1/24), C(2001:db8::1/64)), IPv4 and IPv6.
       - Omitted means addresses are not managed. Kernel-made IPv6 link-local addresses are
-        never touched.
+        never touched, and listing one (C(fe80::/10)) is refused.
+      - One IPv6 address listed with two prefix lengths is refused. An IPv6 address the link
+        holds with another prefix length than the listed one is replaced (removed, then added).
     type: list
     elements: str
   peer_addresses:
@@ -182,6 +188,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import ParamError
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
+    NetnsMissing,
     read_link,
     veth_paired,
 )
@@ -252,12 +259,28 @@ def build_want(params):
     return want
 
 
+def _namespace(ctx, want, spec, field):
+    """The namespace of one end. For state=absent a namespace that is gone means that end is
+    gone too (a tenant torn down first): None instead of a failure."""
+    try:
+        return ctx.netns(spec, field)
+    except NetnsMissing:
+        if want["state"] == "absent":
+            return None
+        raise
+
+
+def _label(ns, spec):
+    return ns.label if ns is not None else f"netns '{spec}' (gone)"
+
+
 def read_have(ctx, want):
     """Both ends (``describe_link`` dicts or None), whether they are paired, and the labels of
     their namespaces. The bridge named in ``master`` must exist in ``netns`` and be a bridge
-    (in check mode a missing one is a warning: an earlier task may create it)."""
-    ns = ctx.netns(want["netns"])
-    pns = ctx.netns(want["peer_netns"], "peer_netns") if want["peer"] else ns
+    (in check mode a missing one is a warning: an earlier task may create it). With
+    state=absent a namespace that is gone reads as holding no end."""
+    ns = _namespace(ctx, want, want["netns"], "netns")
+    pns = _namespace(ctx, want, want["peer_netns"], "peer_netns") if want["peer"] else ns
     master = want["end"]["master"]
     if master and want["state"] == "present":
         link = read_link(ns, master)
@@ -266,13 +289,14 @@ def read_have(ctx, want):
         elif link["kind"] != "bridge":
             problem = f"'{master}' in {ns.label} is a {link['kind']}, not a bridge"
             raise ParamError("master", problem)
-    end = read_link(ns, want["name"])
-    peer_end = read_link(pns, want["peer"]) if want["peer"] else None
+    end = read_link(ns, want["name"]) if ns is not None else None
+    peer_end = read_link(pns, want["peer"]) if want["peer"] and pns is not None else None
+    paired = bool(want["peer"]) and None not in (ns, pns)
     return dict(
         end=end,
         peer_end=peer_end,
-        paired=bool(want["peer"]) and veth_paired(ns, end, pns, peer_end),
-        labels=(ns.label, pns.label),
+        paired=paired and veth_paired(ns, end, pns, peer_end),
+        labels=(_label(ns, want["netns"]), _label(pns, want["peer_netns"])),
     )
 
 
@@ -287,11 +311,11 @@ def read_result(ctx, want, have, plan):
     """Both ends after the call (before it, in check mode)."""
     if ctx.check_mode:
         return dict(interface=have["end"], peer=have["peer_end"])
-    ns = ctx.netns(want["netns"])
-    pns = ctx.netns(want["peer_netns"], "peer_netns") if want["peer"] else ns
+    ns = _namespace(ctx, want, want["netns"], "netns")
+    pns = _namespace(ctx, want, want["peer_netns"], "peer_netns") if want["peer"] else ns
     return dict(
-        interface=read_link(ns, want["name"]),
-        peer=read_link(pns, want["peer"]) if want["peer"] else None,
+        interface=read_link(ns, want["name"]) if ns is not None else None,
+        peer=read_link(pns, want["peer"]) if want["peer"] and pns is not None else None,
     )
 
 

@@ -3,6 +3,8 @@ without a kernel (the have side is given as the normalised dicts module_utils pr
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import (
@@ -11,7 +13,13 @@ from ansible_collections.tenantnet.nsproxy.plugins.module_utils.errors import (
 )
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.executor import bridge_attrs
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.link import plan_link_changes
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.netlink import (
+    NetlinkError,
+    Netns,
+    create_link,
+)
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.plan import DiffTracker, Plan
+from ansible_collections.tenantnet.nsproxy.plugins.module_utils.runner import Rollback
 from ansible_collections.tenantnet.nsproxy.plugins.modules import bridge, netns, veth
 
 LABELS = ("the host namespace", "netns 'vt'")
@@ -117,6 +125,92 @@ def test_veth_bad_inputs_fail_naming_the_field():
         veth.build_want(veth_params(peer_netns="a/b"))
     with pytest.raises(ParamError, match="^peer: must differ"):
         veth.build_want(veth_params(peer="vh0", peer_netns=None))
+
+
+@pytest.mark.parametrize("field", ["name", "peer", "master"])
+@pytest.mark.parametrize("value", ["vh%d", "ab%c", "%"])
+def test_a_percent_in_an_interface_name_is_refused_naming_the_field(field, value):
+    """The kernel reads '%d' as a name template: the link would get another name (vh0) that
+    the call never finds, tags or removes."""
+    with pytest.raises(ParamError, match=f"^{field}: interface name '{value}' is not allowed"):
+        veth.build_want(veth_params(**{field: value}))
+
+
+def test_interface_names_are_measured_in_bytes_like_the_kernel_does():
+    assert veth.build_want(veth_params(name="a" * 15))["name"] == "a" * 15
+    with pytest.raises(ParamError, match="^name: .* has 30 bytes in UTF-8; .* at most 15 bytes"):
+        bridge.build_want(bridge_params(name="\u00fc" * 15))
+    with pytest.raises(ParamError, match="^peer: .* has 16 bytes"):
+        veth.build_want(veth_params(peer="\u00fc" * 7 + "ab"))
+
+
+def test_an_ipv6_address_listed_with_two_prefixes_is_refused_naming_the_second():
+    with pytest.raises(ParamError, match=r"^addresses\[1\]: '2001:db8::5/80' is the address of "):
+        bridge.build_want(bridge_params(addresses=["2001:db8::5/64", "2001:db8::5/80"]))
+    with pytest.raises(ParamError, match=r"^peer_addresses\[2\]: "):
+        veth.build_want(
+            veth_params(peer_addresses=["2001:db8::5/64", "10.0.0.5/24", "2001:DB8::5/127"])
+        )
+    # The same IPv4 address under two prefixes is two kernel addresses; a duplicate is dropped.
+    want = bridge.build_want(
+        bridge_params(
+            addresses=["10.0.0.5/24", "10.0.0.5/16", "2001:db8::5/64", "2001:db8:0::5/64"]
+        )
+    )
+    assert want["link"]["addresses"] == ["10.0.0.5/24", "10.0.0.5/16", "2001:db8::5/64"]
+
+
+def test_an_ipv6_address_held_under_another_prefix_is_replaced_without_purge():
+    """The kernel keys an IPv6 address by the address alone: adding /72 next to /64 is EEXIST,
+    so the plan removes the /64 first, in check mode too."""
+    plan, tracker = Plan(), DiffTracker()
+    have = link("v0", addresses=["10.0.0.2/24", "2001:db8:1::5/64", "2001:db8:2::1/64"])
+    want = dict(addresses=["2001:db8:1::5/72"])
+    plan_link_changes(plan, tracker, "v0", None, want, have, purge_addresses=False)
+    assert [(a["op"], a["address"]) for a in plan.actions] == [
+        ("addr_del", "2001:db8:1::5/64"),
+        ("addr_add", "2001:db8:1::5/72"),
+    ]
+    assert tracker.after["addresses"] == ["10.0.0.2/24", "2001:db8:1::5/72", "2001:db8:2::1/64"]
+
+
+class OverloadedKernel:
+    """The link calls of pyroute2's IPRoute over a table of links; the first lookup by name
+    fails with ENOBUFS, as a busy host's netlink socket can."""
+
+    def __init__(self):
+        self.links = {}
+        self.lookups = 0
+
+    def link(self, command, index=None, **attrs):
+        if command == "add":
+            self.links[max(self.links, default=1) + 1] = attrs["ifname"]
+            return []
+        if command == "get":
+            return [{"index": index}]
+        if command == "del":
+            del self.links[index]
+            return []
+        raise AssertionError(command)
+
+    def link_lookup(self, ifname):
+        self.lookups += 1
+        if self.lookups == 1:
+            raise NetlinkError(errno.ENOBUFS, "no buffer space")
+        return [i for i, name in self.links.items() if name == ifname]
+
+
+def test_create_link_registers_its_undo_before_it_looks_the_new_link_up():
+    """The kernel made the link, then looking it up by name failed: the rollback still removes
+    it, so nothing is left, untagged, on the host."""
+    ns = Netns(None, None, "netns")
+    ns.ipr = OverloadedKernel()
+    rollback = Rollback()
+    with pytest.raises(ModuleFailure, match="ENOBUFS"):
+        create_link(ns, rollback, "br7", "bridge")
+    assert ns.ipr.links == {2: "br7"}
+    assert rollback.unwind() == []
+    assert ns.ipr.links == {}
 
 
 def test_veth_absent_link_is_created_with_peer_in_its_namespace():

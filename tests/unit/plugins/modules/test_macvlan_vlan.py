@@ -117,6 +117,19 @@ def test_vlan_makes_the_subinterface_the_lower_device():
             {"host_shim": {"name": "s0", "address": "10.0.0.1/32", "routes": ["10.0.0.5/8"]}},
             "host_shim.routes[0].dst",
         ),
+        # The kernel owns IPv6 link-local addresses and they are never read back (one shared
+        # validator with veth, bridge and tenant_network).
+        (
+            {"macvlans": [mv("m1", addresses=["10.0.0.2/24", "fe80::5/64"])]},
+            "macvlans[0].addresses[1]",
+        ),  # fmt: skip
+        ({"host_shim": {"name": "s0", "address": "fe80::9/64"}}, "host_shim.address"),
+        (
+            {"macvlans": [mv("m1", addresses=["2001:db8::5/64", "2001:db8::5/80"])]},
+            "macvlans[0].addresses[1]",
+        ),  # fmt: skip
+        ({"macvlans": [mv("m%d")]}, "macvlans[0].name"),
+        ({"host_shim": {"name": "s%d", "address": "10.0.0.1/32"}}, "host_shim.name"),
     ],
 )
 def test_bad_input_names_the_field(kw, field):

@@ -5,6 +5,7 @@ exercised by tests/roles/test_nsproxy_role.py), plus the supervisor with real pr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -757,3 +758,103 @@ def test_config_group_is_applied_to_the_file(tmp_path, capsys, fake_nsproxy):
     assert module_result(capsys)["changed"] is True
     info = (tmp_path / "etc" / "main.json").stat()
     assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o640, os.getgid())
+
+
+def test_config_path_that_is_a_directory_is_a_sentence_naming_it(tmp_path, capsys, fake_nsproxy):
+    """<config_dir>/<name>.json is a directory (a careless `mkdir -p`): a sentence naming the
+    path, not an IsADirectoryError traceback."""
+    (tmp_path / "etc" / "main.json").mkdir(parents=True)
+    run_module(base_args(tmp_path, fake_nsproxy))
+    result = module_result(capsys)
+    assert result["failed"] is True
+    assert f"{tmp_path / 'etc' / 'main.json'} is a directory" in result["msg"]
+    assert (tmp_path / "etc" / "main.json").is_dir()
+
+
+# -- a start the daemon refuses, with a stand-in daemon that cannot serve one tenant ----------
+
+
+@pytest.fixture
+def start_refusing_nsproxy(tmp_path):
+    """`check` accepts everything; `run` exits 1 on a config with a tenant named 'late-bad'
+    (what the real daemon does when a listener's port is taken), else records the digest it
+    serves and sleeps; `status` reports that digest while one is served."""
+    state = tmp_path / "applied"
+    script = tmp_path / "bin" / "nsproxy"
+    script.parent.mkdir()
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!{sys.executable}
+            import hashlib, json, os, sys
+            state = {str(state)!r}
+            if sys.argv[1] == "check":
+                sys.exit(0)
+            if sys.argv[1] == "run":
+                data = open(sys.argv[3], "rb").read()
+                if any(t["name"] == "late-bad" for t in json.loads(data)["tenants"]):
+                    print("tenant 'late-bad': listen 10.0.0.250:80: address already in use")
+                    if os.path.exists(state):
+                        os.unlink(state)
+                    sys.exit(1)
+                open(state, "w").write(hashlib.sha256(data).hexdigest())
+                os.execvp("sleep", ["sleep", "300"])
+            if sys.argv[1] == "status":
+                if not os.path.exists(state):
+                    sys.exit(1)
+                print(json.dumps({{"generation": 1, "config_digest": open(state).read(),
+                                  "tenants": []}}))
+                sys.exit(0)
+            sys.exit(2)
+            """
+        )
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_restart_the_daemon_refuses_restores_the_file_and_the_previous_instance(
+    tmp_path, capsys, start_refusing_nsproxy, request_cleanup
+):
+    """A running instance; the next run moves admin_socket (write_config + restart) and adds a
+    tenant the daemon refuses at start. The previous file comes back and the previous
+    instance serves it again."""
+    args = base_args(tmp_path, start_refusing_nsproxy, state="started", wait_timeout=5)
+    run_module(args)
+    assert module_result(capsys)["actions"] == ["write_config", "start"]
+    manager = SupervisedManager("main", [], args["run_dir"], args["log_dir"], SUPERVISOR)
+    request_cleanup(manager)
+    path = tmp_path / "etc" / "main.json"
+    before = path.read_bytes()
+    late_bad = dict(ACME, name="late-bad", netns="late-bad")
+    moved = str(tmp_path / "run" / "other.sock")
+
+    run_module(dict(args, tenants=[ACME, late_bad], admin_socket=moved))
+    result = module_result(capsys)
+    assert result["failed"] is True
+    assert "did not start with the new configuration" in result["msg"]
+    assert "previous instance was started again" in result["msg"]
+    assert path.read_bytes() == before
+    assert manager.running()
+    served = (tmp_path / "applied").read_text()
+    assert served == hashlib.sha256(before).hexdigest()
+
+
+def test_a_start_the_daemon_refuses_restores_the_file_and_stays_stopped(
+    tmp_path, capsys, start_refusing_nsproxy, request_cleanup
+):
+    args = base_args(tmp_path, start_refusing_nsproxy, state="present", wait_timeout=5)
+    run_module(args)
+    assert module_result(capsys)["actions"] == ["write_config"]
+    manager = SupervisedManager("main", [], args["run_dir"], args["log_dir"], SUPERVISOR)
+    request_cleanup(manager)
+    path = tmp_path / "etc" / "main.json"
+    before = path.read_bytes()
+    late_bad = dict(ACME, name="late-bad", netns="late-bad")
+
+    run_module(dict(args, state="started", tenants=[ACME, late_bad]))
+    result = module_result(capsys)
+    assert result["failed"] is True
+    assert "stays stopped" in result["msg"], result["msg"]
+    assert path.read_bytes() == before
+    assert not manager.running()

@@ -70,6 +70,16 @@ def test_overlapping_addresses_across_tenants_are_allowed():
         ),
         (tenant(routes=[{"dst": "default"}]), "routes[0]"),
         (tenant(attachment={**vlan(), "mac": "01:00:5e:00:00:01"}), "multicast MAC"),
+        (
+            tenant(addresses=["10.0.0.250/24", "fe80::5/64"]),
+            "tenants[0] (acme).addresses[1]: 'fe80::5/64' is an IPv6 link-local address",
+        ),
+        (
+            tenant(addresses=["2001:db8::5/64", "2001:db8::5/80"]),
+            "tenants[0] (acme).addresses[1]: '2001:db8::5/80' is the address of",
+        ),
+        (tenant(interface="eth%d"), "tenants[0] (acme).interface: interface name 'eth%d'"),
+        (tenant(attachment=vlan(parent="\u00fc" * 6)), "has 16 bytes in UTF-8"),
     ],
     ids=[
         "upper-case-name",
@@ -85,6 +95,10 @@ def test_overlapping_addresses_across_tenants_are_allowed():
         "gateway-outside-subnet",
         "route-without-gateway-or-dev",
         "multicast-mac",
+        "ipv6-link-local",
+        "ipv6-two-prefixes",
+        "percent-template",
+        "subinterface-15-characters-16-bytes",
     ],
 )
 def test_bad_tenant_is_rejected_naming_the_field(bad, message):
@@ -111,3 +125,57 @@ def test_container_tenants_need_no_addresses():
 @pytest.mark.parametrize("name", ["acme\n", "acme\x00", "ac\tme"])
 def test_tenant_names_are_matched_whole(name):
     assert "tenants[1].name: " in problem(tenant("ok"), tenant(name))
+
+
+def bridge_at(bridge, **over):
+    return dict({"type": "bridge", "bridge": bridge, "mode": "bridge"}, **over)
+
+
+@pytest.mark.parametrize(
+    ("aa", "host_interface", "what"),
+    [
+        (bridge_at("br-x"), "br-x", "tenants[0] (aa)'s bridge (attachment.bridge)"),
+        (vlan(), "eth1.101", "tenants[0] (aa)'s VLAN subinterface"),
+        (vlan(), "tnvlan101", "tenants[0] (aa)'s VLAN fallback bridge"),
+        (vlan(), "eth1", "tenants[0] (aa)'s trunk NIC"),
+    ],
+    ids=["bridge", "vlan-subinterface", "vlan-fallback-bridge", "trunk-nic"],
+)
+def test_a_host_end_named_like_another_tenants_host_object_is_refused(aa, host_interface, what):
+    """Left through, tenant bb's veth (recreated on every run) would take the name of what
+    tenant aa hangs on, and delete it."""
+    bb = tenant("bb", attachment=bridge_at("br-y", host_interface=host_interface))
+    for tenants in ([tenant("aa", attachment=aa), bb], [bb, tenant("aa", attachment=aa)]):
+        msg = problem(*tenants)
+        bb_index = tenants.index(bb)
+        assert msg.startswith(f"tenants[{bb_index}] (bb).attachment.host_interface: "), msg
+        assert what.replace("tenants[0]", f"tenants[{1 - bb_index}]") in msg
+
+
+def test_a_host_end_named_like_its_own_bridge_or_an_absent_tenants_objects_is_refused():
+    assert "is its own bridge" in problem(
+        tenant("aa", attachment=bridge_at("br-x", host_interface="br-x"))
+    )
+    # An absent tenant's host end is deleted: it must not be a present tenant's bridge.
+    msg = problem(
+        tenant("aa", attachment=bridge_at("br-x")),
+        tenant("bb", state="absent", attachment=bridge_at("br-y", host_interface="br-x")),
+    )
+    assert msg.startswith("tenants[1] (bb).attachment.host_interface: 'br-x' is tenants[0]")
+
+
+def test_a_bridge_named_like_a_vlan_subinterface_is_refused():
+    msg = problem(tenant("aa", attachment=bridge_at("eth1.101")), tenant("bb", attachment=vlan()))
+    assert msg.startswith("tenants[1] (bb).attachment.parent + vlan_id: 'eth1.101' is tenants[0]")
+
+
+def test_tenants_may_share_a_bridge_a_vlan_or_a_trunk_nic():
+    shared = [
+        tenant("aa", attachment=bridge_at("br-t")),
+        tenant("bb", attachment=bridge_at("br-t")),
+        tenant("cc", attachment=vlan()),
+        tenant("dd", attachment=vlan()),
+        tenant("ee", attachment=bridge_at("tnvlan101")),
+        tenant("ff", attachment=vlan(parent="br-t", vlan_id=7)),
+    ]
+    assert len(build_tenants(shared)) == 6
