@@ -398,3 +398,67 @@ def test_connections_of_every_kind_make_room_for_a_tenant_under_its_share(proxy,
     assert "the connection budget" in proxy.log() or "fair share" in proxy.log()
     holder.stdin.close()
     holder.wait(timeout=10)
+
+
+# Holds COUNT connections that keep the exchange alive at a trickle: "tcp-trickle" sends one
+# byte on each every 2 s through a tcp relay; "tunnel" switches to a WebSocket tunnel (the
+# recording upstream's /b/ws) and then sends nothing.
+HOLD_TRICKLES = f"""
+import json, resource, select, socket, sys
+count, port, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+resource.setrlimit(resource.RLIMIT_NOFILE, (count + 100, count + 100))
+held = []
+for _ in range(count):
+    try:
+        s = socket.create_connection(("{ADDR}", port), timeout=2)
+        if mode == "tunnel":
+            s.sendall(b"GET /b/ws HTTP/1.1\\r\\nHost: a\\r\\nConnection: Upgrade\\r\\n"
+                      b"Upgrade: websocket\\r\\n\\r\\n")
+            if not s.recv(4096).startswith(b"HTTP/1.1 101"):
+                s.close()
+                continue
+        else:
+            s.sendall(b"x")
+        held.append(s)
+    except OSError:
+        pass
+print(json.dumps({{"held": len(held)}}), flush=True)
+while not select.select([sys.stdin], [], [], 2)[0]:
+    if mode == "tcp-trickle":
+        for s in held:
+            try:
+                s.send(b"x")
+            except OSError:
+                pass
+"""
+
+
+@pytest.mark.parametrize("mode", ["tcp-trickle", "tunnel"])
+def test_connections_kept_alive_at_a_trickle_make_room_for_a_tenant_under_its_share(proxy, mode):
+    """Connections that are never idle but move next to nothing (a byte every 2 s through a
+    tcp relay, a silent WebSocket tunnel) are stalled: under PROGRESS_BYTES in STALLED_AFTER
+    seconds. A tenant alone cannot keep the budget with them."""
+    from nsproxy.admission import STALLED_AFTER
+
+    proxy.add_netns("ta", "tb")
+    proxy.start_echo("echo", "127.0.0.1:9950")
+    proxy.start_rawup("up", "127.0.0.1:9971")
+    holding, port = http_tenant("ta", ["127.0.0.1:9971"]), 80
+    if mode == "tcp-trickle":
+        holding["listeners"] = [{"listen": f"{ADDR}:443", "protocol": "tcp", "upstream": "app"}]
+        holding["routes"], port = [], 443
+    proxy.write_config([holding, http_tenant("tb", ["127.0.0.1:9950"])])
+    proxy.start(wrap=["prlimit", "--nofile=512:512"])  # a budget of about 220
+    holder = proxy.sb.popen(
+        ["ip", "netns", "exec", "ta", sys.executable, "-c", HOLD_TRICKLES, "1200", str(port), mode],
+        stdin=-1,
+        stdout=-1,
+        text=True,
+    )
+    proxy.helpers.append(holder)
+    assert json.loads(holder.stdout.readline())["held"] >= 300
+    time.sleep(STALLED_AFTER + 3)
+    statuses = json.loads(proxy.python("tb", NEW_CONNECTIONS, timeout=120).stdout)
+    assert statuses == [200] * 40, statuses
+    holder.stdin.close()
+    holder.wait(timeout=10)

@@ -16,9 +16,9 @@ kernel until they time out. The policy (documented in src/nsproxy/README.md, "Fa
   tenant furthest over its share: one that has asked nothing yet or is truly idle (a TLS
   handshake or a tcp ClientHello under way, an http request head still coming, or between
   requests with every byte the proxy wrote acknowledged by the client), else one whose client
-  has held up its exchange for :data:`STALLED_AFTER` seconds (http: less than
-  http.client.MIN_PROGRESS bytes a second taken of a response or given of a request body;
-  tcp: no byte either way; cut with a reset); if there is none, the newcomer is refused.
+  has moved fewer than :data:`PROGRESS_BYTES` for its exchange in :data:`STALLED_AFTER`
+  seconds (taken of a response, given of a request body, either way through a tunnel or a
+  tcp relay; cut with a reset); if there is none, the newcomer is refused.
   Every connection a tenant holds is among the candidates (:func:`hold`): without them, a
   tenant alone (its share then the whole budget) could fill the budget with connections
   that never get to be idle (answers it never reads, bodies it never sends, handshakes it
@@ -30,7 +30,10 @@ tenant by the others' needs too.
 
 from __future__ import annotations
 
+import contextlib
 import resource
+import socket
+import struct
 
 #: Descriptors kept for the process's own files (logs, admin socket, epoll, channel, metrics).
 RESERVED_FDS = 64
@@ -38,11 +41,25 @@ RESERVED_FDS = 64
 DEFAULT_MAX_CONNECTIONS = 65536
 #: Share of the budget in use above which fair shares apply.
 PRESSURE = 0.9
-#: Seconds a client must have taken none of what its connection writes to it before that
-#: connection may be cut for a tenant under its share (by the daemon's one-second clock; a
-#: download read slowly makes progress every second, one paused by its reader for moments
-#: is not cut).
+#: A connection is stalled when its client has moved fewer than PROGRESS_BYTES for its exchange
+#: in the last STALLED_AFTER seconds (taken of a response, given of a request body, either way
+#: through a tunnel or a tcp relay): under 240 bytes a second, the minimum data rates of
+#: ASP.NET Core's Kestrel (MinRequestBodyDataRate, MinResponseDataRate, 240 bytes/s with a
+#: 5 s grace period). Only then may it be cut for a tenant under its share.
 STALLED_AFTER = 5.0
+PROGRESS_BYTES = 240 * 5
+
+
+def reset(sock) -> None:
+    """Make the coming close of ``sock`` (a socket object, or None) a reset (SO_LINGER 0,
+    socket(7)): a cut connection's unsent bytes are dropped at once, not kept by the kernel
+    for a client that reads nothing."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 def hold(tenant, conn) -> None:

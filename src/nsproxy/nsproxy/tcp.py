@@ -23,7 +23,7 @@ import re
 import time
 from typing import Callable, Mapping
 
-from .admission import hold, release
+from .admission import PROGRESS_BYTES, hold, release, reset
 from .clienthello import MAX_HELLO_BYTES, NEED_MORE, peek_client_hello
 from .proxy_protocol import build_v2
 
@@ -169,7 +169,9 @@ class _Relay:
         "idle_timer",
         "last_active",
         "loop",
+        "moved",
         "peek_timer",
+        "progress_at",
         "peeked",
         "pending",
         "sni",
@@ -198,6 +200,8 @@ class _Relay:
         self.bytes_in = self.bytes_out = 0
         self.started = time.monotonic()
         self.last_active = self.loop.time()
+        self.moved = 0  # bytes either way since progress_at (admission's stalled connections)
+        self.progress_at = self.last_active
         self.idle_timer = self.peek_timer = None
         self.connect_task = None  # referenced so the loop does not drop it mid-connect
 
@@ -217,6 +221,7 @@ class _Relay:
 
     def _choose(self, name: str | None) -> None:
         self.peeked = True
+        self.progress_at = self.loop.time()  # the stall clock starts with the relaying
         if self.peek_timer is not None:
             self.peek_timer.cancel()
         self.upstream_name = name
@@ -265,12 +270,22 @@ class _Relay:
     def evict(self) -> None:
         self.abort("closed to admit another tenant's connection (connection budget full)")
 
+    def _moved(self, count: int) -> None:
+        self.last_active = now = self.loop.time()
+        self.moved += count
+        if self.moved >= PROGRESS_BYTES:
+            self.moved = 0
+            self.progress_at = now
+
     def stalled_for(self) -> float:
-        """Seconds without a byte either way (0 before the upstream is chosen)."""
-        return 0.0 if self.closed or not self.peeked else self.loop.time() - self.last_active
+        """Seconds since the relay last moved admission.PROGRESS_BYTES either way (0 before
+        the upstream is chosen)."""
+        return 0.0 if self.closed or not self.peeked else self.loop.time() - self.progress_at
 
     def cut(self) -> None:
-        self.abort("idle, closed to admit another tenant's connection (connection budget full)")
+        if self.client is not None:
+            reset(self.client.get_extra_info("socket"))
+        self.abort("stalled, closed to admit another tenant's connection (budget full)")
 
     def abort(self, error: str | None) -> None:
         if error and self.error is None:
@@ -338,7 +353,7 @@ class _Relay:
     # -- client side --------------------------------------------------------------------
     def client_data(self, data: bytes) -> None:
         self.bytes_in += len(data)
-        self.last_active = self.loop.time()
+        self._moved(len(data))
         if self.upstream is not None and self.pending is None:
             self.upstream.write(data)
             return
@@ -378,7 +393,7 @@ class _Relay:
     # -- upstream side ------------------------------------------------------------------
     def upstream_data(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        self.last_active = self.loop.time()
+        self._moved(len(data))
         self.client.write(data)
 
     def upstream_eof_received(self) -> None:

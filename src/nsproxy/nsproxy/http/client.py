@@ -34,7 +34,7 @@ import termios
 
 import httptools
 
-from nsproxy.admission import hold, release
+from nsproxy.admission import PROGRESS_BYTES, hold, release, reset
 from nsproxy.http.cycle import RequestCycle
 from nsproxy.http.flow import (
     CHUNKS_PER_TURN,
@@ -69,10 +69,6 @@ MAX_PIPELINED = 32
 HOLD_LIMIT = 64 * 1024
 #: Lingering close bounds: at most LINGER_SECONDS in all and LINGER_IDLE without input (nginx's
 #: lingering_time and lingering_timeout defaults), and LINGER_BYTES read and dropped.
-#: Bytes a second a client gives or takes for its exchange to be progressing, when admission
-#: looks for a stalled connection to close: ASP.NET Core Kestrel's minimum request body and
-#: response data rates (240 bytes/s, MinRequestBodyDataRate, MinResponseDataRate).
-MIN_PROGRESS = 240
 LINGER_SECONDS = 30.0
 LINGER_IDLE = 5.0
 LINGER_BYTES = 64 * 1024 * 1024
@@ -173,9 +169,9 @@ class ClientConnection(Flow):
         self.linger_until = 0.0
         self.linger_left = 0
         self.unsent = 0  # in LINGER: bytes of the last answer still in the write buffer
-        # Progress, for admission's stalled connections: bytes the client gave or took since
-        # the last sweep, when the last sweep saw MIN_PROGRESS of them, and the write
-        # buffer's size then.
+        # Progress, for admission's stalled connections (admission.PROGRESS_BYTES): bytes
+        # moved for the exchange since the stall clock last restarted, when it did, and the
+        # write buffer's size at the last sweep.
         self.moved = 0
         self.stall_since = 0.0
         self.buffered = 0
@@ -709,6 +705,7 @@ class ClientConnection(Flow):
         self.flush()
         self._finish_cycle()
         self.state = TUNNEL
+        self._restart_stall_clock()
         held = self.held
         self.held = None
         if held:
@@ -870,9 +867,9 @@ class ClientConnection(Flow):
             buffered = self.transport.get_write_buffer_size()
             self.moved += max(0, self.buffered - buffered)  # what the client took
             self.buffered = buffered
-        if self.moved >= MIN_PROGRESS:
+        if self.moved >= PROGRESS_BYTES:
             self.stall_since = now
-        self.moved = 0
+            self.moved = 0
         state = self.state
         if state == HEAD:
             if now - self.since > timeouts["header_read"]:
@@ -945,22 +942,26 @@ class ClientConnection(Flow):
 
     def pause_writing(self) -> None:
         Flow.pause_writing(self)
-        self.stall_since = self.shared.now
+        self._restart_stall_clock()
         self.buffered = self.transport.get_write_buffer_size()
 
+    def _restart_stall_clock(self) -> None:
+        self.stall_since = self.shared.now
+        self.moved = 0
+
     def stalled_for(self) -> float:
-        """Seconds for which this connection's client has held up its exchange, by the
-        daemon's one-second clock (0 when it does not, or when it waits on the upstream): less
-        than MIN_PROGRESS bytes a second taken from the proxy's backed-up writes (above the
-        buffer's high-water mark) or given of a request body the proxy is reading; between
-        requests, bytes of the last response unacknowledged in the kernel's send queue since
-        that response ended."""
+        """Seconds since this connection's exchange last moved admission.PROGRESS_BYTES, by
+        the daemon's one-second clock, where its client is the one to move it (0 when it waits
+        on the upstream): taken of the proxy's backed-up writes (above the buffer's high-water
+        mark), given of a request body the proxy is reading, either way through a tunnel; or,
+        between requests, since the last response ended with bytes of it still unacknowledged
+        in the kernel's send queue."""
         transport = self.transport
         state = self.state
         if transport is None or transport.is_closing() or state == CLOSED:
             return 0.0
         now = self.shared.now
-        if self.write_paused:
+        if self.write_paused or state == TUNNEL:
             return now - self.stall_since
         if state == BUSY:
             cycle = self.cycle
@@ -973,6 +974,7 @@ class ClientConnection(Flow):
 
     def cut(self) -> None:
         """Close a stalled connection for another tenant's (admission.py): a reset."""
+        reset(self.transport.get_extra_info("socket"))
         self.abort()
 
     def drain(self) -> None:

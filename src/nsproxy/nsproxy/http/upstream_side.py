@@ -172,6 +172,7 @@ class UpstreamConnection(Flow):
             self.close()  # bytes while idle in the pool: its state is unknown now
             return
         if self.tunnel:
+            client.moved += len(data)  # the tunnel's progress (admission's stalled connections)
             client.transport.write(data)
             return
         in_head = self.in_head
