@@ -67,7 +67,11 @@ ALPN = ["http/1.1"]
 
 _TLS_KEYS = {"certificates", "min_version"}
 _CERT_KEYS = {"cert", "key"}
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.S)
+#: The certificate blocks OpenSSL's PEM_read_bio_X509_AUX takes (what load_cert_chain serves):
+#: "CERTIFICATE", "X509 CERTIFICATE" and "TRUSTED CERTIFICATE" (crypto/pem/pem_lib.c).
+_PEM_CERT = re.compile(
+    rb"-----BEGIN ((?:X509 |TRUSTED )?CERTIFICATE)-----\s*(.+?)\s*-----END \1-----", re.S
+)
 _PEM_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
 _MAX_FILE_BYTES = 1024 * 1024  # a certificate chain or key file larger than this is refused
 
@@ -251,15 +255,27 @@ def read_certificate_file(path: str) -> tuple[tuple, bytes]:
     regular file of at most ``_MAX_FILE_BYTES`` is refused before a byte is read (/dev/zero,
     a device, a sparse file of gigabytes). Raises OSError, whose ``strerror`` says why."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    with open(fd, "rb", buffering=0) as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
-        # read(limit) would allocate the whole limit for every small file
-        data = f.readall() if st.st_size <= _MAX_FILE_BYTES else b""
-        if st.st_size > _MAX_FILE_BYTES or len(data) > _MAX_FILE_BYTES:
+        if st.st_size > _MAX_FILE_BYTES:
             raise OSError(errno.EFBIG, f"larger than {_MAX_FILE_BYTES} bytes")
-    return file_identity(st), data
+        chunks, size = [], 0
+        while True:  # to the end, at most the limit (a file may grow while it is read)
+            try:
+                chunk = os.read(fd, min(max(st.st_size - size, 0) + 1, _MAX_FILE_BYTES + 1 - size))
+            except BlockingIOError:  # a "regular" file of /proc that answers like a device
+                raise OSError(errno.EAGAIN, "not readable as a regular file") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > _MAX_FILE_BYTES:
+                raise OSError(errno.EFBIG, f"larger than {_MAX_FILE_BYTES} bytes")
+    finally:
+        os.close(fd)
+    return file_identity(st), b"".join(chunks)
 
 
 def _read_file(path: str, files: Mapping | None) -> bytes:
@@ -295,7 +311,7 @@ def _pem_certificate(text: bytes) -> bytes:
     if not match:
         raise _DERError("no PEM 'BEGIN CERTIFICATE' block")
     try:
-        return base64.b64decode(b"".join(match.group(1).split()), validate=True)
+        return base64.b64decode(b"".join(match.group(2).split()), validate=True)
     except ValueError as exc:
         raise _DERError("bad base64 in the PEM block") from exc
 

@@ -4,6 +4,7 @@ the openssl CLI and real handshakes between Python ssl objects."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -191,7 +192,41 @@ def test_unreadable_file_is_reported(certs, tmp_path):
     problems = tls.validate_listener(
         listener({"cert": certs["a"]["cert"], "key": str(tmp_path / "dir.key")})
     )
-    assert problems == [f"tls.certificates[0].key: cannot read {tmp_path}/dir.key: Is a directory"]
+    assert problems == [
+        f"tls.certificates[0].key: cannot read {tmp_path}/dir.key: not a regular file"
+    ]
+
+
+@pytest.mark.parametrize("label", ["X509 CERTIFICATE", "TRUSTED CERTIFICATE"])
+def test_every_certificate_label_openssl_serves_is_checked(key_type_certs, label):
+    """OpenSSL serves the first block labelled CERTIFICATE, X509 CERTIFICATE or TRUSTED
+    CERTIFICATE; the checks read that very block. A DSA certificate so labelled, before an RSA
+    one, is refused (it would be served, and no handshake could use it)."""
+    dsa = Path(key_type_certs["dsa-2048"]["cert"]).read_text()
+    rsa = Path(key_type_certs["rsa-2048"]["cert"]).read_text()
+    relabelled = dsa.replace("BEGIN CERTIFICATE", f"BEGIN {label}").replace(
+        "END CERTIFICATE", f"END {label}"
+    )
+    chain = Path(key_type_certs["dsa-2048"]["cert"]).with_name(f"relabelled-{label[:5]}.pem")
+    chain.write_text(relabelled + rsa)
+    problems = tls.validate_listener(
+        listener({"cert": str(chain), "key": key_type_certs["dsa-2048"]["key"]})
+    )
+    assert len(problems) == 1 and "has a DSA key" in problems[0], problems
+
+
+def test_a_regular_file_that_answers_like_a_device_is_a_sentence(certs, monkeypatch):
+    """/proc/kmsg is a "regular" file that, opened non-blocking, answers EAGAIN (reading it
+    for real would consume the machine's kernel log, so os.read plays it here)."""
+
+    def would_block(_fd, _size):
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(tls.os, "read", would_block)
+    assert tls.validate_listener(listener(certs["a"])) == [
+        f"tls.certificates[0].cert: cannot read {certs['a']['cert']}: not readable as a "
+        "regular file"
+    ]
 
 
 def _fifo(tmp_path):
