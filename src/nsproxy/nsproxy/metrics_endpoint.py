@@ -2,10 +2,13 @@
 
 Served by one worker on ``metrics.listen`` (host namespace), which also serves tenants; any
 local user can connect. Requests are parsed by httptools and bounded: at most
-:data:`MAX_REQUEST_BYTES` per request, one answer at a time per connection, at most
-:data:`MAX_CONNECTIONS` connections open (more are answered 503 and closed), and a connection
-with no request under way closed after :data:`IDLE_TIMEOUT` seconds without a byte: idle
-connections would otherwise hold that worker's descriptors, which its tenants need.
+:data:`MAX_REQUEST_BYTES` per request, one answer at a time per connection and none read while
+the client has not taken the last one, and a whole request within :data:`IDLE_TIMEOUT` seconds
+of the connection or of the last answer (a byte now and then does not keep a connection). At
+most :data:`MAX_CONNECTIONS` are open: a new one closes the oldest that is not being answered
+(so a scraper always gets in: whoever holds the others cannot keep them), or is answered 503
+when all are. Idle connections would otherwise hold that worker's descriptors, which its
+tenants need.
 ``/healthz`` answers 200 as long as the worker's loop runs (the process is alive); ``/metrics``
 and ``/ready`` ask the binder (through the worker's ``answers``), with a time limit.
 """
@@ -31,7 +34,7 @@ class MetricsProtocol(asyncio.Protocol):
     """One connection to the metrics listener. ``answers``: path -> coroutine function
     returning (status, body bytes); ``/healthz`` is answered here."""
 
-    connections = 0  # open in this process
+    alive: dict = {}  # this process's connections, oldest first (a dict keeps the order)
 
     def __init__(self, answers: dict):
         self.answers = answers
@@ -40,24 +43,29 @@ class MetricsProtocol(asyncio.Protocol):
         self.url = b""
         self.received = 0
         self.busy = False
-        self.counted = False
+        self.full = False  # the client has not taken what was written: nothing more is read
         self.idle = None  # the timer that closes the connection
 
     def connection_made(self, transport):
         self.transport = transport
-        if MetricsProtocol.connections >= MAX_CONNECTIONS:
-            self._send(503, b"too many connections to the metrics listener\n", close=True)
-            return
-        MetricsProtocol.connections += 1
-        self.counted = True
+        connections = MetricsProtocol.alive
+        if len(connections) >= MAX_CONNECTIONS:
+            oldest = next((c for c in connections if not c.busy), None)
+            if oldest is None:
+                self._send(503, b"too many connections to the metrics listener\n", close=True)
+                return
+            oldest.close()
+        connections[self] = None
         self._rearm()
 
     def connection_lost(self, exc):
-        if self.counted:
-            MetricsProtocol.connections -= 1
-            self.counted = False
+        MetricsProtocol.alive.pop(self, None)
         if self.idle is not None:
             self.idle.cancel()
+
+    def close(self):
+        MetricsProtocol.alive.pop(self, None)
+        self.transport.close()
 
     def _rearm(self):
         if self.idle is not None:
@@ -68,10 +76,18 @@ class MetricsProtocol(asyncio.Protocol):
         if self.busy:  # an answer under way has its own time limit
             self._rearm()
         else:
-            self.transport.close()
+            self.close()
+
+    def pause_writing(self):
+        self.full = True
+        self.transport.pause_reading()
+
+    def resume_writing(self):
+        self.full = False
+        if not self.busy and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data):
-        self._rearm()
         self.received += len(data)
         if self.received > MAX_REQUEST_BYTES and not self.busy:
             self._send(431, b"request too large\n", close=True)
@@ -112,7 +128,7 @@ class MetricsProtocol(asyncio.Protocol):
             self.busy = False
         if not self.transport.is_closing():
             self._send(status, body, close=close, head_only=head_only)
-            if not close:
+            if not close and not self.full:
                 self.transport.resume_reading()
 
     def _send(self, status, body, close, head_only=False):
@@ -131,3 +147,5 @@ class MetricsProtocol(asyncio.Protocol):
         )
         if close:
             self.transport.close()
+        else:
+            self._rearm()  # the next request is due within IDLE_TIMEOUT
