@@ -20,7 +20,7 @@ to its linger time (socket(7)), and a unix socket releases, in that process, the
 flight in its queue. A worker that passed one would stop the binder's loop, and with it every
 tenant's upstream sockets, reloads and the admin socket. So a message carrying another kind
 closes the channel (the binder replaces that worker), and those descriptors, like the channel's
-own socket, are closed on a thread of their own (:func:`close_off_loop`). Every descriptor a
+own socket, are closed so that nothing waits (:func:`close_off_loop`). Every descriptor a
 message carries is received (room for SCM_MAX_FD): one the kernel dropped for want of room
 would be closed inside recvmsg, on the loop.
 """
@@ -35,9 +35,9 @@ import fcntl
 import json
 import logging
 import os
-import queue
 import socket
 import stat
+import struct
 import threading
 
 log = logging.getLogger("nsproxy.channel")
@@ -126,33 +126,62 @@ def close_fds(fds) -> None:
             os.close(fd)
 
 
-_closing: queue.SimpleQueue | None = None  # descriptors for the closer thread
+MAX_CLOSERS = 16  # closer threads at once; beyond, descriptors wait for one to finish
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+_closers = {"running": 0, "waiting": []}  # closer threads alive, descriptors waiting for one
+_closers_lock = threading.Lock()
 
 
 def close_off_loop(fds) -> None:
-    """Close ``fds`` on the closer thread (started at the first call): a close that blocks
-    (see the module docstring) then holds that thread only."""
-    global _closing
-    if _closing is None:
-        _closing = queue.SimpleQueue()
-        threading.Thread(
-            target=_close_forever, args=(_closing,), name="closer", daemon=True
-        ).start()
-    for fd in fds:
-        _closing.put(fd)
+    """Close ``fds`` without blocking the caller, whatever a peer made of them (see the module
+    docstring). A socket gets SO_LINGER 0 first (socket(7): its close is then a reset, at
+    once), and every descriptor but a unix socket is closed here and now. A unix socket's last
+    close releases the descriptors in flight in it, which may nest others, to any depth: those
+    are closed on a thread of their own per call, so that one that blocks for hours holds that
+    thread only; past MAX_CLOSERS threads, they wait for one to finish."""
+    later = [fd for fd in fds if not _closes_now(fd)]
+    if not later:
+        return
+    with _closers_lock:
+        if _closers["running"] >= MAX_CLOSERS:
+            _closers["waiting"].extend(later)
+            return
+        _closers["running"] += 1
+    threading.Thread(target=_closer, args=(later,), name="closer", daemon=True).start()
 
 
-def _close_forever(fds: queue.SimpleQueue) -> None:
-    while True:
-        close_fds([fds.get()])
+def _closes_now(fd: int) -> bool:
+    """Disarm ``fd`` and close it unless it is a unix socket; whether it was closed."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:  # not a socket
+        close_fds([fd])
+        return True
+    try:
+        if sock.family == socket.AF_UNIX:
+            return False
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    finally:
+        sock.detach()
+    close_fds([fd])
+    return True
 
 
-def _forget_closer() -> None:
-    global _closing
-    _closing = None  # a forked child has no closer thread: it starts its own if it needs one
+def _closer(fds: list[int]) -> None:
+    while fds:
+        close_fds(fds)
+        with _closers_lock:
+            fds, _closers["waiting"] = _closers["waiting"], []
+            if not fds:
+                _closers["running"] -= 1
 
 
-os.register_at_fork(after_in_child=_forget_closer)
+def _forget_closers() -> None:
+    _closers.update(running=0, waiting=[])  # a forked child has no closer thread
+
+
+os.register_at_fork(after_in_child=_forget_closers)
 
 
 def _all_memfds(fds: list[int]) -> bool:

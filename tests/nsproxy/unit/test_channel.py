@@ -292,3 +292,21 @@ def test_the_binders_end_takes_memfds_from_a_worker():
         worker.close()
 
     run("asyncio", main())
+
+
+def test_a_close_that_blocks_holds_up_no_later_close():
+    """One unix socket holding a lingering TCP socket in flight blocks the thread that closes
+    it for LINGER s; what comes after is closed at once all the same, and a lingering TCP
+    socket passed as such is closed at once (a reset)."""
+    with lingering_socket() as first, lingering_socket() as second:
+        holder = _in_flight(first)
+        first.close()
+        channel.close_off_loop([holder.detach()])  # its thread blocks in that close
+        r, w = os.pipe()
+        direct = second.detach()
+        started = time.monotonic()
+        channel.close_off_loop([w, direct])
+        assert not is_open(direct) and not is_open(w)
+        assert os.read(r, 1) == b""  # the pipe's write side is gone: closed
+        assert time.monotonic() - started < LINGER / 3
+        os.close(r)
