@@ -32,8 +32,9 @@ PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging
 
 _STATE = {"path": None, "format": "text", "journal": False}
 
-UNRAISABLE_LOG_INTERVAL = 10.0  # seconds between two lines about ignored exceptions
-_unraisable = {"next": 0.0, "dropped": 0}
+UNRAISABLE_LOG_INTERVAL = 10.0  # seconds between two lines about one kind of ignored exception
+UNRAISABLE_KINDS = 64  # kinds (exception type and context) tracked; beyond, they share one
+_unraisable: dict = {}  # kind -> [when the next line may be written, lines dropped since]
 
 
 def priority(levelno: int) -> int:
@@ -113,17 +114,21 @@ def configure(level: str, fmt: str = "text", path: str | None = None) -> None:
 
 def _log_unraisable(unraisable) -> None:
     """``sys.unraisablehook``: an exception Python could not raise, in a call it made from C,
-    becomes one log line in the log's format, at most one per UNRAISABLE_LOG_INTERVAL (the
-    count of the others in the next). Python's own hook writes a traceback to stderr, outside
-    the log's format, and a client can cause one at will: a TLS server name that is not ASCII
-    fails to decode before the SNI callback is called (CPython Modules/_ssl.c,
-    _servername_callback; the handshake is refused). The object is not shown (that name)."""
+    becomes one log line in the log's format, at most one per UNRAISABLE_LOG_INTERVAL for each
+    kind (the count of the others in the next), so a client's flood of one kind hides no
+    other. Python's own hook writes a traceback to stderr, outside the log's format, and a
+    client can cause one at will: a TLS server name that is not ASCII fails to decode before
+    the SNI callback is called (CPython Modules/_ssl.c, _servername_callback; the handshake is
+    refused). The object is not shown (that name)."""
     now = time.monotonic()
-    if now < _unraisable["next"]:
-        _unraisable["dropped"] += 1
+    kind = (unraisable.exc_type, unraisable.err_msg)
+    if kind not in _unraisable and len(_unraisable) >= UNRAISABLE_KINDS:
+        kind = None  # a flood of new kinds shares one limit
+    state = _unraisable.setdefault(kind, [0.0, 0])
+    if now < state[0]:
+        state[1] += 1
         return
-    dropped, _unraisable["dropped"] = _unraisable["dropped"], 0
-    _unraisable["next"] = now + UNRAISABLE_LOG_INTERVAL
+    dropped, state[0], state[1] = state[1], now + UNRAISABLE_LOG_INTERVAL, 0
     exc = unraisable.exc_value
     logging.getLogger("nsproxy").warning(
         "%s: %s: %.200s%s",
