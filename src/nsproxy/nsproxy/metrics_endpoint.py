@@ -2,8 +2,9 @@
 
 Served by one worker on ``metrics.listen`` (host namespace), which also serves tenants; any
 local user can connect. Requests are parsed by httptools and bounded: at most
-:data:`MAX_REQUEST_BYTES` per request, one answer at a time per connection and none read while
-the client has not taken the last one, and a whole request within :data:`IDLE_TIMEOUT` seconds
+:data:`MAX_REQUEST_BYTES` per request, one answer at a time per connection (requests pipelined
+behind one being answered end the connection after it) and none read while the client has not
+taken the last one, and a whole request within :data:`IDLE_TIMEOUT` seconds
 of the connection or of the last answer (a byte now and then does not keep a connection). At
 most :data:`MAX_CONNECTIONS` are open: a new one closes the oldest that is not being answered
 (so a scraper always gets in: whoever holds the others cannot keep them), or is answered 503
@@ -44,6 +45,7 @@ class MetricsProtocol(asyncio.Protocol):
         self.received = 0
         self.busy = False
         self.full = False  # the client has not taken what was written: nothing more is read
+        self.last = False  # requests came pipelined behind the one being answered: close after
         self.idle = None  # the timer that closes the connection
 
     def connection_made(self, transport):
@@ -104,6 +106,12 @@ class MetricsProtocol(asyncio.Protocol):
         path = self.url.split(b"?", 1)[0]
         self.url = b""
         self.received = 0
+        if self.busy or self.transport.is_closing():
+            # Requests pipelined behind one being answered (one read can hold many): no
+            # scraper pipelines, and each answer costs a round trip to every worker. The one
+            # under way is the last: it closes the connection.
+            self.last = True
+            return
         close = not self.parser.should_keep_alive()
         head_only = self.parser.get_method() == b"HEAD"
         if self.parser.get_method() not in (b"GET", b"HEAD"):
@@ -127,7 +135,7 @@ class MetricsProtocol(asyncio.Protocol):
         finally:
             self.busy = False
         if not self.transport.is_closing():
-            self._send(status, body, close=close, head_only=head_only)
+            self._send(status, body, close=close or self.last, head_only=head_only)
             if not close and not self.full:
                 self.transport.resume_reading()
 

@@ -151,3 +151,27 @@ def test_answers_a_client_does_not_take_stop_its_requests_being_read(loop_name, 
         server.close()
 
     run(loop_name, main())
+
+
+def test_requests_pipelined_behind_one_being_answered_end_the_connection_after_it(small):
+    """One read can hold hundreds of requests; each /metrics answer costs a round trip to
+    every worker and can be large. One is answered, then the connection closes."""
+
+    async def main():
+        answered = []
+
+        async def counted():
+            answered.append(1)
+            await asyncio.sleep(0.05)
+            return 200, b"metrics\n"
+
+        server, port = await _listener({b"/metrics": counted})
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+        got = await asyncio.wait_for(reader.read(), 5)  # to the close
+        assert got.count(b"HTTP/1.1 200 ") == 1 and b"Connection: close" in got, got[:300]
+        assert answered == [1]
+        writer.close()
+        server.close()
+
+    run("asyncio", main())
