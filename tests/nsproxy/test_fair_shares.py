@@ -462,3 +462,62 @@ def test_connections_kept_alive_at_a_trickle_make_room_for_a_tenant_under_its_sh
     assert statuses == [200] * 40, statuses
     holder.stdin.close()
     holder.wait(timeout=10)
+
+
+# Holds COUNT connections, each with one request that its own upstream answers slowly (PATH:
+# /b/slow answers after a minute, /b/trickle a byte every 0.2 s); reads whatever comes.
+HOLD_WAITING = f"""
+import json, resource, selectors, socket, sys
+count, path = int(sys.argv[1]), sys.argv[2]
+resource.setrlimit(resource.RLIMIT_NOFILE, (count + 100, count + 100))
+sel = selectors.DefaultSelector()
+held = 0
+for _ in range(count):
+    try:
+        s = socket.create_connection(("{ADDR}", 80), timeout=2)
+        s.sendall(b"GET %b HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n" % path.encode())
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+        held += 1
+    except OSError:
+        pass
+print(json.dumps({{"held": held}}), flush=True)
+sel.register(sys.stdin, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select(1):
+        if key.fileobj is sys.stdin:
+            sys.exit(0)
+        try:
+            if not key.fileobj.recv(65536):
+                sel.unregister(key.fileobj)
+        except OSError:
+            sel.unregister(key.fileobj)
+"""
+
+
+@pytest.mark.parametrize("path", ["/b/slow?delay=60", "/b/trickle"])
+def test_exchanges_waiting_on_a_tenants_own_upstream_make_room_for_another(proxy, path):
+    """A tenant alone fills the budget with requests its own upstream answers slowly (a long
+    poll; an answer a byte at a time), its client taking all it gets. These exchanges are not
+    idle and their clients hold nothing up, but that tenant is over its share when another
+    comes: it pays, with exchanges whose answers have not started first."""
+    proxy.add_netns("ta", "tb")
+    proxy.start_echo("echo", "127.0.0.1:9950")
+    proxy.start_rawup("up", "127.0.0.1:9972")
+    proxy.write_config(
+        [http_tenant("ta", ["127.0.0.1:9972"]), http_tenant("tb", ["127.0.0.1:9950"])],
+        timeouts={"response_head": 120, "read": 120},
+    )
+    proxy.start(wrap=["prlimit", "--nofile=512:512"])  # a budget of about 220
+    holder = proxy.sb.popen(
+        ["ip", "netns", "exec", "ta", sys.executable, "-c", HOLD_WAITING, "600", path],
+        stdin=-1,
+        stdout=-1,
+        text=True,
+    )
+    proxy.helpers.append(holder)
+    assert json.loads(holder.stdout.readline())["held"] >= 300
+    statuses = json.loads(proxy.python("tb", NEW_CONNECTIONS, timeout=120).stdout)
+    assert statuses == [200] * 40, statuses
+    holder.stdin.close()
+    holder.wait(timeout=10)

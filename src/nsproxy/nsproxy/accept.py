@@ -234,6 +234,12 @@ class _Handshake:
         with contextlib.suppress(OSError):
             self.conn.shutdown(socket.SHUT_RDWR)
 
+    def waiting(self) -> bool:
+        return False
+
+    def closing(self) -> bool:
+        return self.ended
+
     def stalled_for(self) -> float:
         return 0.0
 

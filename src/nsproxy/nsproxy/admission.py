@@ -18,11 +18,14 @@ kernel until they time out. The policy (documented in src/nsproxy/README.md, "Fa
   requests with every byte the proxy wrote acknowledged by the client), else one whose client
   has moved fewer than :data:`PROGRESS_BYTES` for its exchange in :data:`STALLED_AFTER`
   seconds (taken of a response, given of a request body, either way through a tunnel or a
-  tcp relay; cut with a reset); if there is none, the newcomer is refused.
-  Every connection a tenant holds is among the candidates (:func:`hold`): without them, a
-  tenant alone (its share then the whole budget) could fill the budget with connections
-  that never get to be idle (answers it never reads, bodies it never sends, handshakes it
-  never finishes) and lock every other tenant out.
+  tcp relay), else one whose answer has not started (waiting on that tenant's own upstream:
+  a long poll, a slow answer), else any other: the last three are cut with a reset. So a
+  tenant under its share is admitted whenever another is over its share; the tenant over its
+  share pays, the least busy of its connections first. Every connection a tenant holds is
+  among the candidates (:func:`hold`): without them, a tenant alone (its share then the whole
+  budget) could fill the budget with connections that never get to be idle (answers it never
+  reads, bodies it never sends, handshakes it never finishes, requests its own upstream
+  answers slowly) and lock every other tenant out.
 
 HAProxy's ``maxconn`` and Envoy's overload manager bound the whole process; this bounds each
 tenant by the others' needs too.
@@ -31,6 +34,7 @@ tenant by the others' needs too.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import resource
 import socket
 import struct
@@ -48,6 +52,9 @@ PRESSURE = 0.9
 #: 5 s grace period). Only then may it be cut for a tenant under its share.
 STALLED_AFTER = 5.0
 PROGRESS_BYTES = 240 * 5
+#: Connections of the heaviest tenant looked at per eviction: a newcomer at a full budget
+#: costs a bounded walk, not one over all of that tenant's connections.
+EVICTION_SCAN = 64
 
 
 def reset(sock) -> None:
@@ -65,7 +72,8 @@ _LINGER_ZERO = struct.pack("ii", 1, 0)
 def hold(tenant, conn) -> None:
     """Make ``conn`` one of ``tenant``'s connections admission may close for another tenant's
     (an http client, a tcp relay, a TLS handshake under way). ``conn`` answers
-    ``evictable()``, ``evict()``, ``stalled_for()`` (seconds) and ``cut()``."""
+    ``evictable()``, ``evict()``, ``closing()``, ``stalled_for()`` (seconds), ``waiting()``
+    (its answer has not started) and ``cut()``."""
     if tenant.connections is None:
         tenant.connections = set()
     tenant.connections.add(conn)
@@ -133,19 +141,27 @@ class Admission:
 
     def _evict_for(self, tenant) -> bool:
         """Close one connection of the tenant furthest over its share (every tenant has the
-        same share, the newcomer counted): a truly idle one, else a stalled one (see the module
-        docstring); False if there is none."""
+        same share, the newcomer counted): a truly idle one, else a stalled one, else any (see
+        the module docstring), among the first EVICTION_SCAN; False if that tenant is not over
+        its share or holds none here."""
         heaviest = max(self.busy, key=lambda t: t.local, default=None)
         if heaviest is None or heaviest is tenant or heaviest.local <= self.share(tenant):
             return False
-        stalled = None
-        for conn in heaviest.connections or ():
+        stalled = waiting = other = None
+        for conn in itertools.islice(heaviest.connections or (), EVICTION_SCAN):
             if conn.evictable():
                 conn.evict()
                 return True
+            if conn.closing():
+                continue
             if stalled is None and conn.stalled_for() >= STALLED_AFTER:
                 stalled = conn
-        if stalled is not None:
-            stalled.cut()
-            return True
-        return False
+            elif waiting is None and conn.waiting():
+                waiting = conn
+            elif other is None:
+                other = conn
+        victim = stalled or waiting or other
+        if victim is None:
+            return False
+        victim.cut()
+        return True

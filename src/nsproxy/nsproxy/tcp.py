@@ -282,10 +282,16 @@ class _Relay:
         the upstream is chosen)."""
         return 0.0 if self.closed or not self.peeked else self.loop.time() - self.progress_at
 
+    def waiting(self) -> bool:
+        return False
+
+    def closing(self) -> bool:
+        return self.closed or self.client is None or self.client.is_closing()
+
     def cut(self) -> None:
         if self.client is not None:
             reset(self.client.get_extra_info("socket"))
-        self.abort("stalled, closed to admit another tenant's connection (budget full)")
+        self.abort("closed to admit another tenant's connection (connection budget full)")
 
     def abort(self, error: str | None) -> None:
         if error and self.error is None:

@@ -972,8 +972,17 @@ class ClientConnection(Flow):
             return now - self.since
         return 0.0
 
+    def waiting(self) -> bool:
+        """Whether the client waits for an answer that has not started (nothing of it sent)."""
+        cycle = self.cycle
+        return self.state == BUSY and cycle is not None and not cycle.response_started
+
+    def closing(self) -> bool:
+        transport = self.transport
+        return transport is None or transport.is_closing() or self.state == CLOSED
+
     def cut(self) -> None:
-        """Close a stalled connection for another tenant's (admission.py): a reset."""
+        """Close this connection for another tenant's (admission.py): a reset."""
         reset(self.transport.get_extra_info("socket"))
         self.abort()
 
