@@ -184,7 +184,7 @@ class Acceptor:
                     await self.loop.connect_accepted_socket(counted, conn)
                 else:
                     if tenant is not None:
-                        handshake = _Handshake(conn)
+                        handshake = _Handshake(conn, made)
                         hold(tenant, handshake)
                     await self.loop.connect_accepted_socket(
                         counted, conn, ssl=ssl_ctx, ssl_handshake_timeout=handshake_timeout
@@ -220,14 +220,15 @@ class _Handshake:
     so closing it loses nothing. A shutdown ends it (the handshake then fails, and the slot is
     given back as for any failed handshake); the loop's transport still owns the socket."""
 
-    __slots__ = ("conn", "ended")
+    __slots__ = ("conn", "ended", "made")
 
-    def __init__(self, conn: socket.socket):
+    def __init__(self, conn: socket.socket, made: list):
         self.conn = conn
         self.ended = False
+        self.made = made  # the protocol, once made: its transport is set when the handshake is done
 
     def evictable(self) -> bool:
-        return not self.ended
+        return not self.closing()
 
     def evict(self) -> None:
         self.ended = True
@@ -238,7 +239,9 @@ class _Handshake:
         return False
 
     def closing(self) -> bool:
-        return self.ended
+        """Ended, or the handshake is done: the connection is then its protocol's to judge
+        (it stays registered here until the accepting task resumes, a loop turn later)."""
+        return self.ended or bool(self.made and getattr(self.made[0], "transport", None))
 
     def stalled_for(self) -> float:
         return 0.0

@@ -69,9 +69,7 @@ _TLS_KEYS = {"certificates", "min_version"}
 _CERT_KEYS = {"cert", "key"}
 #: The certificate blocks OpenSSL's PEM_read_bio_X509_AUX takes (what load_cert_chain serves):
 #: "CERTIFICATE", "X509 CERTIFICATE" and "TRUSTED CERTIFICATE" (crypto/pem/pem_lib.c).
-_PEM_CERT = re.compile(
-    rb"-----BEGIN ((?:X509 |TRUSTED )?CERTIFICATE)-----\s*(.+?)\s*-----END \1-----", re.S
-)
+_PEM_CERT_BEGIN = re.compile(rb"-----BEGIN ((?:X509 |TRUSTED )?CERTIFICATE)-----")
 _PEM_KEY = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
 _MAX_FILE_BYTES = 1024 * 1024  # a certificate chain or key file larger than this is refused
 
@@ -307,11 +305,16 @@ def _openssl_path(data: bytes):
 
 def _pem_certificate(text: bytes) -> bytes:
     """The DER bytes of the first PEM certificate block in ``text``."""
-    match = _PEM_CERT.search(text)
-    if not match:
+    # The first BEGIN, then its END by a plain search: linear in the file's size (one pattern
+    # spanning both backtracked over every BEGIN: minutes for a megabyte of BEGIN lines).
+    begin = _PEM_CERT_BEGIN.search(text)
+    if not begin:
         raise _DERError("no PEM 'BEGIN CERTIFICATE' block")
+    end = text.find(b"-----END " + begin.group(1) + b"-----", begin.end())
+    if end < 0:
+        raise _DERError(f"no END line for its first {begin.group(1).decode()} block")
     try:
-        return base64.b64decode(b"".join(match.group(2).split()), validate=True)
+        return base64.b64decode(b"".join(text[begin.end() : end].split()), validate=True)
     except ValueError as exc:
         raise _DERError("bad base64 in the PEM block") from exc
 

@@ -144,3 +144,23 @@ def test_a_connection_closed_before_it_spoke_is_dropped_where_clients_speak_firs
         acceptor.close()
 
     run(loop_name, main())
+
+
+def test_a_handshake_is_evictable_only_until_its_protocol_has_the_connection():
+    """Between the end of a TLS handshake and the accepting task's next turn, the connection
+    is registered twice (handshake and protocol): only the protocol may be judged then, or a
+    newcomer would shut a live connection down as a handshake."""
+    from types import SimpleNamespace
+
+    from nsproxy.accept import _Handshake
+
+    a, b = socket.socketpair()
+    made: list = []
+    handshake = _Handshake(a, made)
+    assert handshake.evictable() and not handshake.closing()
+    made.append(SimpleNamespace(transport=None))  # made, handshake still under way
+    assert handshake.evictable()
+    made[0].transport = object()  # the handshake is done: the protocol has the connection
+    assert not handshake.evictable() and handshake.closing()
+    a.close()
+    b.close()

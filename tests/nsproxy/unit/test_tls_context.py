@@ -229,6 +229,19 @@ def test_a_regular_file_that_answers_like_a_device_is_a_sentence(certs, monkeypa
     ]
 
 
+@pytest.mark.timeout(60)  # a liveness bound: the pattern that backtracked took minutes
+def test_a_megabyte_of_begin_lines_is_refused_without_backtracking(certs, tmp_path):
+    """A certificate file is read in the binder's loop at a reload, and some deployments let a
+    tenant's automation write its own: its content must not cost the loop more than a read."""
+    junk = tmp_path / "junk.pem"
+    junk.write_bytes(b"-----BEGIN CERTIFICATE-----\n" * (1024 * 1024 // 28 - 1))
+    problems = tls.validate_listener(listener({**certs["a"], "cert": str(junk)}))
+    assert problems == [
+        f"tls.certificates[0].cert: {junk} is not a PEM X.509 certificate (no END line for "
+        "its first CERTIFICATE block)"
+    ]
+
+
 def _fifo(tmp_path):
     os.mkfifo(tmp_path / "fifo")  # its open would wait for a writer that never comes
     return str(tmp_path / "fifo")
