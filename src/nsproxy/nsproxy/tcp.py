@@ -267,9 +267,6 @@ class _Relay:
         upstream) have not come."""
         return not self.closed and not self.peeked
 
-    def evict(self) -> None:
-        self.abort("closed to admit another tenant's connection (connection budget full)")
-
     def _moved(self, count: int) -> None:
         self.last_active = now = self.loop.time()
         self.moved += count
@@ -292,6 +289,8 @@ class _Relay:
         if self.client is not None:
             reset(self.client.get_extra_info("socket"))
         self.abort("closed to admit another tenant's connection (connection budget full)")
+
+    evict = cut  # nothing relayed yet: a reset loses nothing either
 
     def abort(self, error: str | None) -> None:
         if error and self.error is None:

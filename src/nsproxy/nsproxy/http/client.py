@@ -956,11 +956,9 @@ class ClientConnection(Flow):
         mark), given of a request body the proxy is reading, either way through a tunnel; or,
         between requests, since the last response ended with bytes of it still unacknowledged
         in the kernel's send queue."""
-        transport = self.transport
-        state = self.state
-        if transport is None or transport.is_closing() or state == CLOSED:
+        if self.closing():
             return 0.0
-        now = self.shared.now
+        state, now = self.state, self.shared.now
         if self.write_paused or state == TUNNEL:
             return now - self.stall_since
         if state == BUSY:
@@ -968,7 +966,7 @@ class ClientConnection(Flow):
             if cycle is None or cycle.request_done or self.paused:
                 return 0.0  # the client owes nothing, or the proxy is not reading it
             return now - max(self.since, self.stall_since)
-        if state == IDLE and unsent_bytes(transport.get_extra_info("socket")) > 0:
+        if state == IDLE and unsent_bytes(self.transport.get_extra_info("socket")) > 0:
             return now - self.since
         return 0.0
 
