@@ -240,33 +240,51 @@ def test_admitting_a_tenant_never_cuts_a_response_another_tenant_is_still_receiv
     assert result == {"body": 600000}, (result, stopped, newcomer.stdout, proxy.log())
 
 
-# An upstream with a large answer: GET /big is 4 MiB, anything else "ok".
-BIG_UPSTREAM = """
-import socket, sys, threading
-body = b"x" * (4 << 20)
-def serve(c):
-    try:
-        while True:
-            data = b""
-            while b"\\r\\n\\r\\n" not in data:
-                got = c.recv(65536)
-                if not got:
-                    return
-                data += got
-            answer = body if data.startswith(b"GET /big") else b"ok"
-            c.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(answer) + answer)
-    except OSError:
-        pass
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-s.listen(1024)
-print("ready", flush=True)
-while True:
-    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
-"""
+def _others_admitted_while(proxy, holding: dict, script: str, *args: str, settle=0.0, **top):
+    """``holding`` (tenant ta) alone fills a budget of about 220 with the connections
+    ``script`` opens from ta's namespace (it prints {"held": N}, then holds them until its
+    stdin closes); after ``settle`` seconds, tenant tb, under its share, asks 40 new
+    connections. tb's statuses."""
+    proxy.add_netns("ta", "tb")
+    proxy.start_echo("echo", "127.0.0.1:9950")
+    proxy.start_rawup("up", "127.0.0.1:9971")  # ta's upstream
+    proxy.write_config([holding, http_tenant("tb", ["127.0.0.1:9950"])], **top)
+    proxy.start(wrap=["prlimit", "--nofile=512:512"])
+    holder = proxy.sb.popen(
+        ["ip", "netns", "exec", "ta", sys.executable, "-c", script, *args],
+        stdin=-1,
+        stdout=-1,
+        text=True,
+    )
+    proxy.helpers.append(holder)
+    assert json.loads(holder.stdout.readline())["held"] >= 300
+    time.sleep(settle)
+    statuses = json.loads(proxy.python("tb", NEW_CONNECTIONS, timeout=120).stdout)
+    holder.stdin.close()
+    holder.wait(timeout=10)
+    return statuses
 
-# Connections that ask for the big answer and never read it (a tiny receive window).
+
+def _holding_tenant(protocol: str, tmp_path=None) -> tuple[dict, str]:
+    """Tenant ta with one listener of ``protocol`` (http, https, tcp: routed by SNI, or
+    tcp-default: to its upstream), its upstream the recording one; (tenant, port)."""
+    tenant = http_tenant("ta", ["127.0.0.1:9971"])
+    if protocol == "http":
+        return tenant, "80"
+    listener = {"listen": f"{ADDR}:443", "protocol": protocol.split("-")[0]}
+    if protocol == "https":
+        listener["tls"] = {"certificates": [make_cert(tmp_path, "ta", "ta.example")]}
+    elif protocol == "tcp":
+        listener["sni_routes"] = [{"sni": "a.example", "upstream": "app"}]
+    else:
+        listener["upstream"] = "app"
+    tenant["listeners"] = [listener]
+    if protocol != "https":
+        tenant["routes"] = []
+    return tenant, "443"
+
+
+# Connections that ask for a 4 MiB answer and never read it (a tiny receive window).
 NEVER_READ = f"""
 import json, resource, socket, sys
 count = int(sys.argv[1])
@@ -278,7 +296,7 @@ for _ in range(count):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.settimeout(2)
         s.connect(("{ADDR}", 80))
-        s.sendall(b"GET /big HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n")
+        s.sendall(b"GET /b/big?size=4194304 HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n")
         held.append(s)
     except OSError:
         pass
@@ -293,26 +311,10 @@ def test_a_tenant_that_never_reads_its_answers_cannot_lock_another_out_of_the_bu
     a connection whose client has taken nothing for STALLED_AFTER seconds makes room."""
     from nsproxy.admission import STALLED_AFTER
 
-    proxy.add_netns("ta", "tb")
-    upstream = proxy.sb.popen([sys.executable, "-c", BIG_UPSTREAM, "9960"], stdout=-1, text=True)
-    proxy.helpers.append(upstream)
-    assert upstream.stdout.readline().strip() == "ready"
-    proxy.write_config([http_tenant(t, ["127.0.0.1:9960"]) for t in ("ta", "tb")])
-    proxy.start(wrap=["prlimit", "--nofile=512:512"])  # a budget of about 220
-    holder = proxy.sb.popen(
-        ["ip", "netns", "exec", "ta", sys.executable, "-c", NEVER_READ, "600"],
-        stdin=-1,
-        stdout=-1,
-        text=True,
-    )
-    proxy.helpers.append(holder)
-    assert json.loads(holder.stdout.readline())["held"] >= 300
-    time.sleep(STALLED_AFTER + 2)  # their clients have taken nothing since
-    statuses = json.loads(proxy.python("tb", NEW_CONNECTIONS, timeout=120).stdout)
+    holding, _port = _holding_tenant("http")
+    statuses = _others_admitted_while(proxy, holding, NEVER_READ, "600", settle=STALLED_AFTER + 2)
     assert statuses == [200] * 40, statuses
     assert "the connection budget" in proxy.log()  # ta was refused beyond it meanwhile
-    holder.stdin.close()
-    holder.wait(timeout=10)
 
 
 # Holds COUNT connections to PORT, each sent the start of MODE's opening (a TLS ClientHello's
@@ -326,7 +328,7 @@ HELLO = bytes.fromhex("16030102000100") + bytes.fromhex("01fc0303") + bytes(20)
 OPENING = {{
     "https": HELLO,
     "tcp": HELLO,
-    "post-body": b"POST /up HTTP/1.1\\r\\nHost: a\\r\\nContent-Length: 100000000\\r\\n\\r\\nx",
+    "http": b"POST /up HTTP/1.1\\r\\nHost: a\\r\\nContent-Length: 100000000\\r\\n\\r\\nx",
 }}[mode]
 sel = selectors.DefaultSelector()
 def one():
@@ -355,22 +357,7 @@ while True:
 """
 
 
-def _holding_tenant(mode, tmp_path) -> tuple[dict, int]:
-    if mode == "post-body":
-        return http_tenant("ta", ["127.0.0.1:9950"]), 80
-    listener = {"listen": f"{ADDR}:443", "protocol": mode}
-    if mode == "https":
-        listener["tls"] = {"certificates": [make_cert(tmp_path, "ta", "ta.example")]}
-    else:
-        listener["sni_routes"] = [{"sni": "a.example", "upstream": "app"}]
-    tenant = http_tenant("ta", ["127.0.0.1:9950"])
-    tenant["listeners"] = [listener]
-    if mode == "tcp":
-        tenant["routes"] = []
-    return tenant, 443
-
-
-@pytest.mark.parametrize("mode", ["https", "tcp", "post-body"])
+@pytest.mark.parametrize("mode", ["https", "tcp", "http"], ids=["https", "tcp", "post-body"])
 def test_connections_of_every_kind_make_room_for_a_tenant_under_its_share(proxy, tmp_path, mode):
     """A tenant alone fills the budget with connections in a state a plain idle one is not in:
     TLS handshakes and tcp ClientHellos never finished (nothing asked yet: closed at once), or
@@ -378,26 +365,12 @@ def test_connections_of_every_kind_make_room_for_a_tenant_under_its_share(proxy,
     another for each one closed. Another tenant gets every new connection."""
     from nsproxy.admission import STALLED_AFTER
 
-    proxy.add_netns("ta", "tb")
-    proxy.start_echo("echo", "127.0.0.1:9950")
     holding, port = _holding_tenant(mode, tmp_path)
-    proxy.write_config([holding, http_tenant("tb", ["127.0.0.1:9950"])])
-    proxy.start(wrap=["prlimit", "--nofile=512:512"])  # a budget of about 220
-    holder = proxy.sb.popen(
-        ["ip", "netns", "exec", "ta", sys.executable, "-c", HOLD_OPENINGS, "1500", str(port), mode],
-        stdin=-1,
-        stdout=-1,
-        text=True,
+    settle = STALLED_AFTER + 2 if mode == "http" else 0
+    statuses = _others_admitted_while(
+        proxy, holding, HOLD_OPENINGS, "1500", port, mode, settle=settle
     )
-    proxy.helpers.append(holder)
-    assert json.loads(holder.stdout.readline())["held"] >= 1000
-    if mode == "post-body":
-        time.sleep(STALLED_AFTER + 2)
-    statuses = json.loads(proxy.python("tb", NEW_CONNECTIONS, timeout=120).stdout)
     assert statuses == [200] * 40, statuses
-    assert "the connection budget" in proxy.log() or "fair share" in proxy.log()
-    holder.stdin.close()
-    holder.wait(timeout=10)
 
 
 # Holds COUNT connections that keep the exchange alive at a trickle: "tcp-trickle" sends one
@@ -440,28 +413,11 @@ def test_connections_kept_alive_at_a_trickle_make_room_for_a_tenant_under_its_sh
     seconds. A tenant alone cannot keep the budget with them."""
     from nsproxy.admission import STALLED_AFTER
 
-    proxy.add_netns("ta", "tb")
-    proxy.start_echo("echo", "127.0.0.1:9950")
-    proxy.start_rawup("up", "127.0.0.1:9971")
-    holding, port = http_tenant("ta", ["127.0.0.1:9971"]), 80
-    if mode == "tcp-trickle":
-        holding["listeners"] = [{"listen": f"{ADDR}:443", "protocol": "tcp", "upstream": "app"}]
-        holding["routes"], port = [], 443
-    proxy.write_config([holding, http_tenant("tb", ["127.0.0.1:9950"])])
-    proxy.start(wrap=["prlimit", "--nofile=512:512"])  # a budget of about 220
-    holder = proxy.sb.popen(
-        ["ip", "netns", "exec", "ta", sys.executable, "-c", HOLD_TRICKLES, "1200", str(port), mode],
-        stdin=-1,
-        stdout=-1,
-        text=True,
+    holding, port = _holding_tenant("tcp-default" if mode == "tcp-trickle" else "http")
+    statuses = _others_admitted_while(
+        proxy, holding, HOLD_TRICKLES, "1200", port, mode, settle=STALLED_AFTER + 3
     )
-    proxy.helpers.append(holder)
-    assert json.loads(holder.stdout.readline())["held"] >= 300
-    time.sleep(STALLED_AFTER + 3)
-    statuses = json.loads(proxy.python("tb", NEW_CONNECTIONS, timeout=120).stdout)
     assert statuses == [200] * 40, statuses
-    holder.stdin.close()
-    holder.wait(timeout=10)
 
 
 # Holds COUNT connections, each with one request that its own upstream answers slowly (PATH:
@@ -501,23 +457,7 @@ def test_exchanges_waiting_on_a_tenants_own_upstream_make_room_for_another(proxy
     poll; an answer a byte at a time), its client taking all it gets. These exchanges are not
     idle and their clients hold nothing up, but that tenant is over its share when another
     comes: it pays, with exchanges whose answers have not started first."""
-    proxy.add_netns("ta", "tb")
-    proxy.start_echo("echo", "127.0.0.1:9950")
-    proxy.start_rawup("up", "127.0.0.1:9972")
-    proxy.write_config(
-        [http_tenant("ta", ["127.0.0.1:9972"]), http_tenant("tb", ["127.0.0.1:9950"])],
-        timeouts={"response_head": 120, "read": 120},
-    )
-    proxy.start(wrap=["prlimit", "--nofile=512:512"])  # a budget of about 220
-    holder = proxy.sb.popen(
-        ["ip", "netns", "exec", "ta", sys.executable, "-c", HOLD_WAITING, "600", path],
-        stdin=-1,
-        stdout=-1,
-        text=True,
-    )
-    proxy.helpers.append(holder)
-    assert json.loads(holder.stdout.readline())["held"] >= 300
-    statuses = json.loads(proxy.python("tb", NEW_CONNECTIONS, timeout=120).stdout)
+    holding, _port = _holding_tenant("http")
+    timeouts = {"response_head": 120, "read": 120}
+    statuses = _others_admitted_while(proxy, holding, HOLD_WAITING, "600", path, timeouts=timeouts)
     assert statuses == [200] * 40, statuses
-    holder.stdin.close()
-    holder.wait(timeout=10)
