@@ -23,6 +23,10 @@ class ServiceError(RuntimeError):
     """A service operation failed; the message is a sentence for the user."""
 
 
+class CliTimeout(ServiceError):
+    """A call of the daemon's CLI did not finish within its time limit."""
+
+
 def systemd_booted() -> bool:
     """Same test as sd_booted(3): systemd is PID 1 when /run/systemd/system exists."""
     return os.path.isdir("/run/systemd/system")
@@ -50,7 +54,7 @@ class NsproxyCli:
         except OSError as exc:
             raise ServiceError(f"cannot run {self.binary}: {exc.strerror}") from exc
         except subprocess.TimeoutExpired as exc:
-            raise ServiceError(
+            raise CliTimeout(
                 f"{self.binary} {' '.join(args)} did not finish within {timeout} s"
             ) from exc
 
@@ -337,14 +341,28 @@ class SupervisedManager:
                 os.unlink(path)
 
 
-def wait_for_config(cli: NsproxyCli, socket_path: str, want_digest: str, timeout: float, alive):
+def wait_for_config(
+    cli: NsproxyCli,
+    socket_path: str,
+    want_digest: str,
+    timeout: float,
+    alive,
+    call_timeout: float = 10,
+):
     """Poll `nsproxy status` until the daemon reports want_digest as its applied config.
+
+    timeout (seconds) bounds the whole wait; each status call gets at most call_timeout of it,
+    and a call that runs out is asked again (a host under load can answer one call late).
     Returns the status document; raises ServiceError on timeout or when alive() turns False."""
     deadline = time.monotonic() + timeout
     last = None
     delay = 0.1
     while True:
-        status = cli.status(socket_path)
+        remaining = max(deadline - time.monotonic(), 1.0)
+        try:
+            status = cli.status(socket_path, timeout=min(call_timeout, remaining))
+        except CliTimeout:
+            status = None
         if status is not None:
             last = status
             if status.get("config_digest") == want_digest:

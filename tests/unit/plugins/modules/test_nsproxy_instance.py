@@ -21,10 +21,12 @@ from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils import nsproxy_config as cfg
 from ansible_collections.tenantnet.nsproxy.plugins.module_utils.nsproxy_service import (
+    NsproxyCli,
     ServiceError,
     SupervisedManager,
     listener_report,
     read_pid_file,
+    wait_for_config,
 )
 from ansible_collections.tenantnet.nsproxy.plugins.modules import nsproxy_instance
 
@@ -638,6 +640,45 @@ def test_a_signal_while_the_daemon_starts_neither_ends_it_nor_reaches_it_twice(t
     assert output.count("nsproxy started as pid") == 1, output
     assert "exited cleanly; not restarting" in output, output
     assert got.read_text().split() == ["SIGHUP"]
+
+
+def _slow_status_cli(tmp_path, hang_calls):
+    """A stand-in CLI whose first hang_calls `status` calls hang (a host under load), and
+    whose later ones report config digest 'want'."""
+    script = tmp_path / "bin" / "nsproxy"
+    script.parent.mkdir()
+    calls = tmp_path / "status-calls"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!{sys.executable}
+            import json, sys, time
+            with open({str(calls)!r}, "a+") as f:
+                f.write("x")
+                f.seek(0)
+                n = len(f.read())
+            if n <= {hang_calls}:
+                time.sleep(60)
+            print(json.dumps({{"config_digest": "want", "generation": 2}}))
+            """
+        )
+    )
+    script.chmod(0o755)
+    return NsproxyCli(str(script)), calls
+
+
+def test_wait_for_config_asks_again_after_a_status_call_that_ran_out(tmp_path):
+    cli, calls = _slow_status_cli(tmp_path, hang_calls=1)
+    status = wait_for_config(cli, "/run/x.sock", "want", 30, lambda: True, call_timeout=0.5)
+    assert status["config_digest"] == "want"
+    assert len(calls.read_text()) == 2  # the hung call, then the one that answered
+
+
+def test_wait_for_config_that_never_gets_an_answer_is_a_sentence(tmp_path):
+    cli, calls = _slow_status_cli(tmp_path, hang_calls=99)
+    with pytest.raises(ServiceError, match=r"nsproxy did not answer on /run/x.sock within 2 s"):
+        wait_for_config(cli, "/run/x.sock", "want", 2, lambda: True, call_timeout=0.5)
+    assert len(calls.read_text()) >= 2  # it asked again rather than stopping at the first
 
 
 def test_missing_supervisor_is_a_sentence_naming_it(tmp_path):
