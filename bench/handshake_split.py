@@ -19,9 +19,7 @@ how the proxies compare at scale. Prints one JSON line per run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -32,68 +30,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.builds import (  # noqa: E402
+    ADDR,
+    BACKEND,
+    builds_argument,
+    chosen_builds,
+    self_signed,
+    start_backend,
+    start_nsproxy,
+    tenant_netns,
+)
 from bench.contenders import haproxy_preamble  # noqa: E402
+from bench.measure import cpu_seconds  # noqa: E402
 from tools.sandbox import Sandbox  # noqa: E402
 
-PY = str(REPO / ".venv" / "bin" / "python")
-ECHO = str(REPO / "tests" / "nsproxy" / "echo_server.py")
-ADDR = "10.0.0.250"
-BACKEND = "127.0.0.1:9400"
 
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _nsproxy(sb: Sandbox, work: Path, src: str, cert: Path, key: Path) -> tuple:
-    config = {
-        "instance": "hs",
-        "admin_socket": str(work / "hs.sock"),
-        "workers": 1,
-        "tenants": [
-            {
-                "name": "t1",
-                "netns": "t1",
-                "listeners": [
-                    {
-                        "listen": f"{ADDR}:443",
-                        "protocol": "https",
-                        "tls": {"certificates": [{"cert": str(cert), "key": str(key)}]},
-                    }
-                ],
-                "routes": [{"host": "*", "path_prefix": "/", "upstream": "app"}],
-                "upstreams": {"app": {"netns": None, "servers": [BACKEND]}},
-            }
-        ],
-    }
-    path = work / "nsproxy.json"
-    path.write_text(json.dumps(config))
-    if subprocess.run([PY, "-m", "nsproxy", "check", str(path)], capture_output=True,
-                      env={**os.environ, "PYTHONPATH": src}).returncode:  # fmt: skip
-        del config["workers"]  # a build from before binder and workers
-        path.write_text(json.dumps(config))
-    env = {**os.environ, "PYTHONPATH": src}
-    argv = ["taskset", "-c", "0", PY, "-m", "nsproxy", "run", "--config", str(path)]
-    proc = sb.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    time.sleep(4)
-    status = sb.run(
-        [PY, "-m", "nsproxy", "status", "--socket", str(work / "hs.sock"), "--json"],
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    pid = proc.pid  # one process serves, unless the status names a worker
-    with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
-        pid = json.loads(status.stdout)["workers"][0]["pid"]
-    return proc, pid
-
-
-def _haproxy(sb: Sandbox, work: Path, cert: Path, key: Path) -> tuple:
+def _haproxy(sb: Sandbox, work: Path, certificate: dict) -> tuple:
     pem = work / "combined.pem"
-    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    pem.write_bytes(Path(certificate["cert"]).read_bytes() + Path(certificate["key"]).read_bytes())
     conf = work / "haproxy.cfg"
     conf.write_text(
         haproxy_preamble(1)
@@ -129,33 +83,28 @@ def _split(data: Path) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--build", action="append", default=[],
-                   help="NAME=PATH of an nsproxy source folder (src/nsproxy); default: this "
-                        "tree")  # fmt: skip
+    builds_argument(p)
     p.add_argument("--no-haproxy", action="store_true")
     p.add_argument("--seconds", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--perf", action="store_true", help="split each run's CPU by DSO")
     args = p.parse_args()
-    builds = dict(b.split("=", 1) for b in args.build) or {"tree": str(REPO / "src" / "nsproxy")}
+    builds = chosen_builds(args)
     if not args.no_haproxy:
         builds["haproxy"] = None
     with tempfile.TemporaryDirectory() as tmp, Sandbox() as sb:
         work = Path(tmp)
-        cert, key = work / "c.pem", work / "c.key"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                        str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=t1.example"],
-                       check=True, capture_output=True)  # fmt: skip
-        sb.sh(f"ip netns add t1 && ip -n t1 link set lo up && ip -n t1 addr add {ADDR}/32 dev lo")
-        echo = sb.popen(["taskset", "-c", "1", PY, ECHO, "echo", BACKEND],
-                        stdout=subprocess.PIPE, text=True)  # fmt: skip
-        assert echo.stdout.readline().strip() == "ready"
+        certificate = self_signed(work)
+        tenant_netns(sb)
+        echo = start_backend(sb)
         for rnd in range(args.rounds):
             for name, src in builds.items():
                 if src is None:
-                    proc, pid = _haproxy(sb, work, cert, key)
+                    proc, pid = _haproxy(sb, work, certificate)
                 else:
-                    proc, pid = _nsproxy(sb, work, src, cert, key)
+                    https = {"listen": f"{ADDR}:443", "protocol": "https",
+                             "tls": {"certificates": [certificate]}}  # fmt: skip
+                    proc, pid = start_nsproxy(sb, work, src, [https])
                 data = work / f"perf.{name}"
                 perf = None
                 if args.perf:
@@ -164,13 +113,13 @@ def main() -> int:
                          str(data), "-p", str(pid)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )  # fmt: skip
-                before = _cpu_seconds(pid)
+                before = cpu_seconds([pid])
                 client = sb.run(
                     ["ip", "netns", "exec", "t1", "taskset", "-c", "1", "openssl", "s_time",
                      "-connect", f"{ADDR}:443", "-new", "-time", str(args.seconds), "-www", "/"],
                     check=False, capture_output=True, text=True,
                 )  # fmt: skip
-                cpu = _cpu_seconds(pid) - before
+                cpu = cpu_seconds([pid]) - before
                 if perf is not None:
                     perf.send_signal(2)
                     perf.wait()

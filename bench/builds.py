@@ -1,0 +1,91 @@
+"""Starting one nsproxy build (a source folder, ``src/nsproxy`` of any checkout) with one
+tenant, ``t1``, inside a throwaway sandbox: the harness of the narrow benchmarks that compare
+builds (handshake_split.py, connection_buffers.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PY = str(REPO / ".venv" / "bin" / "python")
+ECHO = str(REPO / "tests" / "nsproxy" / "echo_server.py")
+ADDR = "10.0.0.250"
+BACKEND = "127.0.0.1:9400"
+
+
+def tenant_netns(sb) -> None:
+    """The tenant namespace ``t1``, with ADDR on its loopback."""
+    sb.sh(f"ip netns add t1 && ip -n t1 link set lo up && ip -n t1 addr add {ADDR}/32 dev lo")
+
+
+def start_backend(sb, cpus: str = "1") -> subprocess.Popen:
+    """tests/nsproxy/echo_server.py on BACKEND in the sandbox's own namespace (its reports of
+    clients gone mid-response, which the benchmarks cause, are not shown)."""
+    echo = sb.popen(["taskset", "-c", cpus, PY, ECHO, "echo", BACKEND],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    assert echo.stdout.readline().strip() == "ready"
+    return echo
+
+
+def self_signed(work: Path, key_type: str = "rsa:2048") -> dict:
+    """{"cert", "key"} of a new self-signed certificate for t1.example."""
+    cert, key = work / "c.pem", work / "c.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", key_type, "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=t1.example"],
+                   check=True, capture_output=True)  # fmt: skip
+    return {"cert": str(cert), "key": str(key)}
+
+
+def start_nsproxy(sb, work: Path, src: str, listeners: list[dict], cpus: str = "0") -> tuple:
+    """Run the build in ``src`` with tenant t1 (``listeners``; every request to BACKEND) and
+    one worker, pinned to ``cpus``. Returns (process, PID of the process that serves: worker
+    0 when the build has workers, else the daemon). A build from before binder and workers
+    gets the same config without ``workers``."""
+    config = {
+        "instance": "bench",
+        "admin_socket": str(work / "bench.sock"),
+        "workers": 1,
+        "tenants": [
+            {
+                "name": "t1",
+                "netns": "t1",
+                "listeners": listeners,
+                "routes": [{"host": "*", "path_prefix": "/", "upstream": "app"}],
+                "upstreams": {"app": {"netns": None, "servers": [BACKEND]}},
+            }
+        ],
+    }
+    path = work / "nsproxy.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONPATH": src}
+    if subprocess.run([PY, "-m", "nsproxy", "check", str(path)], capture_output=True,
+                      env=env).returncode:  # fmt: skip
+        del config["workers"]
+        path.write_text(json.dumps(config))
+    argv = ["taskset", "-c", cpus, PY, "-m", "nsproxy", "run", "--config", str(path)]
+    proc = sb.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    time.sleep(4)
+    status = sb.run(
+        [PY, "-m", "nsproxy", "status", "--socket", str(work / "bench.sock"), "--json"],
+        env=env,
+        check=False,
+    )
+    pid = proc.pid
+    with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+        pid = json.loads(status.stdout)["workers"][0]["pid"]
+    return proc, pid
+
+
+def builds_argument(parser) -> None:
+    parser.add_argument("--build", action="append", default=[],
+                        help="NAME=PATH of an nsproxy source folder (src/nsproxy); default: "
+                             "this tree")  # fmt: skip
+
+
+def chosen_builds(args) -> dict[str, str]:
+    return dict(b.split("=", 1) for b in args.build) or {"tree": str(REPO / "src" / "nsproxy")}
