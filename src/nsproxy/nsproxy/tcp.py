@@ -10,7 +10,8 @@ name).
 
 The relay is two asyncio Protocols sharing one :class:`_Relay`. Flow control both ways:
 when one side's write buffer passes its high-water mark, reading from the other side
-pauses until it drains. Half-close is relayed (EOF from one side becomes ``write_eof`` on
+pauses until it drains, and a read takes at most what that buffer can still take
+(``buffering``). Half-close is relayed (EOF from one side becomes ``write_eof`` on
 the other), and the pair closes once both directions are done, or when no byte moved for
 the idle timeout.
 """
@@ -24,6 +25,7 @@ import time
 from typing import Callable, Mapping
 
 from .admission import PROGRESS_BYTES, hold, release, reset
+from .buffering import HIGH_WATER, BoundedReads, room_toward
 from .clienthello import MAX_HELLO_BYTES, NEED_MORE, peek_client_hello
 from .proxy_protocol import build_v2
 
@@ -208,6 +210,7 @@ class _Relay:
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, transport: asyncio.Transport) -> None:
         self.client = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER)
         self.factory.connections.add(self)
         if self.factory.runtime is not None:
             hold(self.factory.runtime, self)
@@ -245,6 +248,7 @@ class _Relay:
         if self.closed or self.client.is_closing():
             transport.abort()
             return
+        transport.set_write_buffer_limits(high=HIGH_WATER)
         if self.factory.proxy_v2:
             transport.write(
                 build_v2(
@@ -432,12 +436,15 @@ class _Relay:
             self.upstream.resume_reading()
 
 
-class _ClientSide(asyncio.Protocol):
+class _ClientSide(BoundedReads):
     __slots__ = ("counted", "relay")
 
     def __init__(self, relay: _Relay):
         self.relay = relay
         self.counted = False  # holds an admission slot (set by the acceptor)
+
+    def room(self) -> int:
+        return room_toward(self.relay.upstream)
 
     def connection_made(self, transport):
         self.relay.start(transport)
@@ -465,12 +472,15 @@ class _ClientSide(asyncio.Protocol):
         self.relay.client_paused(False)
 
 
-class _UpstreamSide(asyncio.Protocol):
+class _UpstreamSide(BoundedReads):
     __slots__ = ("relay", "server_label")
 
     def __init__(self, relay: _Relay):
         self.relay = relay
         self.server_label = None  # set by upstream.Upstream.connect: which server answered
+
+    def room(self) -> int:
+        return room_toward(self.relay.client)
 
     def connection_made(self, transport):
         self.relay.upstream_protocol = self

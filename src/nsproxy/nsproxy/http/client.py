@@ -35,12 +35,12 @@ import termios
 import httptools
 
 from nsproxy.admission import PROGRESS_BYTES, hold, release, reset
+from nsproxy.buffering import HIGH_WATER
 from nsproxy.http.cycle import RequestCycle
 from nsproxy.http.flow import (
     CHUNKS_PER_TURN,
     CONNECTING,
     HELD,
-    HIGH_WATER,
     PEER_FULL,
     PIPELINE,
     Flow,
@@ -189,6 +189,9 @@ class ClientConnection(Flow):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if peer else "-"
         transport.set_write_buffer_limits(high=HIGH_WATER)
+        if self.scheme == b"https":
+            # The ciphertext taken from the socket but not yet decrypted (buffering.py).
+            transport.set_read_buffer_limits(high=HIGH_WATER)
 
     def connection_lost(self, exc):
         state = self.state

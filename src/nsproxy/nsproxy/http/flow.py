@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
+from nsproxy.buffering import BoundedReads, room_toward
+
 #: Reasons to stop reading (bits).
 PEER_FULL = 1  # the peer's write buffer is above its high-water mark
 PIPELINE = 2  # a pipelined request waits until the current response is complete
@@ -18,18 +20,18 @@ CONNECTING = 4  # the upstream connection is being made
 HELD = 8  # bytes after a protocol-switch request are held until the upstream answers
 YIELD = 16  # this connection's reads cost much: other connections get a turn of the loop first
 
-#: Bytes a transport may buffer for writing before the protocol feeding it pauses.
-HIGH_WATER = 64 * 1024
 #: Body chunks a protocol parses before it lets the event loop serve other connections
 #: (:meth:`Flow.yield_turn`). A chunk costs parser callbacks in Python (about 1 us each);
 #: left alone, the loop reads a busy socket up to 32 times per wake-up (libuv ``uv__read``),
-#: 256 kB each: 1.4 million one-byte chunks, seconds during which no other tenant is served.
+#: 64 KiB each (``buffering.READ_BYTES``): 350,000 one-byte chunks, a second during which no
+#: other tenant is served.
 CHUNKS_PER_TURN = 4096
 
 
-class Flow(asyncio.Protocol):
+class Flow(BoundedReads):
     """A protocol whose reading can be paused for several reasons, coupled to a ``peer``
-    whose reading pauses while this protocol's writes are backed up (and the other way)."""
+    whose reading pauses while this protocol's writes are backed up (and the other way).
+    A read takes at most what the peer's write buffer can still take (``buffering``)."""
 
     __slots__ = ("paused", "peer", "transport", "write_paused")
 
@@ -38,6 +40,10 @@ class Flow(asyncio.Protocol):
         self.paused = 0  # bit set of the reasons above
         self.write_paused = False
         self.peer: Flow | None = None
+
+    def room(self) -> int:
+        peer = self.peer
+        return room_toward(None if peer is None else peer.transport)
 
     def pause_reading_for(self, reason: int) -> None:
         if not self.paused:

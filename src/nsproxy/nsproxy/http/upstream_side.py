@@ -14,7 +14,8 @@ import logging
 
 import httptools
 
-from nsproxy.http.flow import CHUNKS_PER_TURN, HIGH_WATER, Flow
+from nsproxy.buffering import HIGH_WATER
+from nsproxy.http.flow import CHUNKS_PER_TURN, Flow
 from nsproxy.http.response_head import (
     LENGTH,
     NO_BODY,
