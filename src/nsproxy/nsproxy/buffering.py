@@ -4,8 +4,9 @@ A proxy holds a connection's bytes between reading them from one side and the ke
 them on the other. Left to the event loop, a read takes whatever the socket has, up to 256 KiB
 (uvloop's read buffer; libuv reads up to 32 times per wake-up), and the bytes go to the peer's
 write buffer even when the peer stopped taking them: a tenant that opens connections and never
-reads its responses (or uploads to an upstream that never reads) held about 350 kB of the
-worker's memory per connection, 700 kB with TLS (``bench/connection_buffers.py``).
+reads its responses (or uploads to an upstream that never reads) held up to a 256 KiB read past
+the mark per connection: about 100 kB of the worker's memory per stalled http connection and
+570 kB with TLS in ``bench/connection_buffers.py``, 49 and 229 kB now.
 
 Here every relaying protocol reads through :class:`BoundedReads` (asyncio's
 ``BufferedProtocol``): a read fills at most what the peer's write buffer can still take below
@@ -13,7 +14,10 @@ Here every relaying protocol reads through :class:`BoundedReads` (asyncio's
 buffer the whole worker shares (the loop runs one read at a time, and each read's bytes are
 copied out before the next). Reading pauses once the peer's buffer passes ``HIGH_WATER`` (see
 ``http/flow.py``), so what a connection holds for its peer is at most ``HIGH_WATER +
-MIN_READ_BYTES``, whatever the other side sends.
+MIN_READ_BYTES``, whatever the other side sends. Bytes a protocol keeps before it has a peer
+come on top, each bounded on its own: a request head (``limits.max_header_bytes``), bytes
+after a protocol-switch request (``HOLD_LIMIT``), pipelined requests parsed ahead, a tcp
+relay's bytes while its upstream connects (``_PENDING_LIMIT``), each plus one read.
 
 Not bounded here: a TLS connection's ciphertext. uvloop's ``SSLProtocol`` reads the socket into
 a buffer of its own, up to 256 KiB per read (``SSL_READ_MAX_SIZE``), before the incoming BIO's

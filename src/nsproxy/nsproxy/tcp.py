@@ -257,9 +257,11 @@ class _Relay:
                     netns=self.factory.tenant,
                 )
             )
-        if self.pending:
-            transport.write(bytes(self.pending))
-        self.pending = None
+        pending, self.pending = self.pending, None
+        # (None first: this write may pass the high-water mark, and upstream_paused, called
+        # inside it, pauses the client only once the relay no longer collects)
+        if pending:
+            transport.write(bytes(pending))
         if self.client_eof:
             self._half_close(transport)
         elif not self.upstream_full:

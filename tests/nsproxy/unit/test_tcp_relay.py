@@ -567,6 +567,82 @@ def test_client_leaving_during_a_slow_connect_cancels_the_connect():
     assert record["upstream"] == "db" and not open_relays
 
 
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_client_that_filled_the_connect_wait_is_paused_by_an_upstream_that_does_not_read(
+    loop_name,
+):
+    """The bytes collected while connecting (up to _PENDING_LIMIT) are written at once when the
+    upstream connects. When that write alone passes the high-water mark (the kernel took little
+    of it, and the upstream reads nothing), the client must still be paused: before,
+    the pause came inside the write, while the relay still counted as collecting, and was lost,
+    so the client was never paused and the worker buffered all it sent (hundreds of MB)."""
+    total = 32 * 1024 * 1024 + 200 * 1024
+
+    async def main():
+        release, draining = asyncio.Event(), asyncio.Event()
+
+        async def sink(backend, reader, writer):
+            await draining.wait()
+            backend.received.append(len(await reader.read()))
+
+        listening = socket.socket()
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        listening.bind(("127.0.0.1", 0))
+        backend = Backend(sink)
+        backend.server = await asyncio.start_server(backend._serve, sock=listening)
+
+        class Slow:
+            async def connect(self, protocol_factory):
+                await release.wait()
+                # A kernel that takes little of the first write (a small send buffer, as
+                # under memory pressure): most of the collected bytes stay in the transport.
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                sock.setblocking(False)
+                loop = asyncio.get_running_loop()
+                await loop.sock_connect(sock, listening.getsockname())
+                return await loop.create_connection(protocol_factory, sock=sock)
+
+        server, port, factory, records = await start_relay({"upstream": "db"}, {"db": Slow()})
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sent = [0]
+
+        async def send():
+            chunk = bytes(64 * 1024)
+            while sent[0] < total - 200 * 1024:
+                writer.write(chunk)
+                await writer.drain()
+                sent[0] += len(chunk)
+            writer.write_eof()
+
+        async def stalled():
+            last, still = -1, 0
+            while still < 25:
+                await asyncio.sleep(0.02)
+                still = still + 1 if sent[0] == last else 0
+                last = sent[0]
+
+        writer.write(bytes(200 * 1024))  # collected while connecting, below its limit
+        await writer.drain()
+        (relay,) = factory.connections
+        await wait_for(lambda: len(relay.pending or b"") == 200 * 1024, "the bytes collected")
+        release.set()
+        await wait_for(lambda: relay.upstream is not None, "the upstream connected")
+        sender = asyncio.ensure_future(send())
+        await stalled()  # the upstream reads nothing
+        buffered, stuck_at = relay.upstream.get_write_buffer_size(), sent[0]
+        draining.set()
+        await sender
+        await wait_for(lambda: records, "log record")
+        writer.close()
+        server.close()
+        return buffered, stuck_at, backend.received
+
+    buffered, stuck_at, received = run(loop_name, main())
+    assert buffered <= 1024 * 1024 and stuck_at < total / 2, (buffered, stuck_at)
+    assert received == [total]
+
+
 def test_bytes_held_while_connecting_are_bounded():
     async def main():
         release = asyncio.Event()
