@@ -51,6 +51,7 @@ def rich_document(folder: Path, cert: str, key: str) -> dict:
             "read": 60,
             "idle": 60,
             "drain": 5,
+            "ticket_keys": 3600,
         },
         "tenants": [
             {

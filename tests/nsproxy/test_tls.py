@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -178,6 +179,60 @@ def test_a_ticket_from_one_worker_resumes_on_every_worker(proxy, tmp_path, versi
     proxy.write_config([https_tenant("t1", [cert])], workers=2)
     proxy.start()
     assert resumptions(proxy, cert["cert"], version, 13) == ["False"] + ["True"] * 12
+
+
+ACROSS_ROTATION = r"""
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, sys.argv[3])
+
+def connect(session=None):
+    with socket.create_connection((sys.argv[2], 443)) as raw:
+        with ctx.wrap_socket(raw, server_hostname="www.t1.example", session=session) as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: www.t1.example\r\nConnection: close\r\n\r\n")
+            while tls.recv(65536):
+                pass
+            return tls.session, tls.session_reused
+
+before, _ = connect()
+print("issued", flush=True)
+sys.stdin.readline()  # the keys have been rotated since
+print(" ".join(str(connect(before)[1]) for _ in range(6)))
+after, _ = connect()
+print(" ".join(str(connect(after)[1]) for _ in range(12)), flush=True)
+"""
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_ticket_keys_rotate_in_every_worker(proxy, tmp_path, version):
+    """timeouts.ticket_keys: once the binder has drawn new keys, no worker takes a ticket
+    issued before (each of 6 offers is a full handshake), and every worker takes the tickets
+    issued after (12 resumptions over 2 workers: each worker has the new keys)."""
+    cert = make_cert(tmp_path, "t1", "t1.example", "*.t1.example")
+    proxy.add_netns("t1")
+    proxy.start_echo("echo", "127.0.0.1:18080")
+    period = 6
+    proxy.write_config([https_tenant("t1", [cert])], workers=2, timeouts={"ticket_keys": period})
+    proxy.start()
+    client = proxy.sb.popen(
+        ["ip", "netns", "exec", "t1", sys.executable, "-c", ACROSS_ROTATION, cert["cert"], ADDR,
+         version],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    proxy.helpers.append(client)
+    assert client.stdout.readline().strip() == "issued"
+    rotations = proxy.log().count("TLS ticket keys rotated")
+    proxy.wait_for(
+        lambda _: proxy.log().count("TLS ticket keys rotated") > rotations,
+        "a rotation after the first ticket",
+        timeout=period + 5,
+    )
+    time.sleep(0.5)  # the workers apply the binder's message
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    assert client.stdout.readline().split() == ["False"] * 6
+    assert client.stdout.readline().split() == ["True"] * 12
+    assert client.wait(timeout=30) == 0
 
 
 @pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])

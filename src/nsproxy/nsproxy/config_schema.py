@@ -230,6 +230,7 @@ TIMEOUTS = Object(
         "read": (Seconds(0.1, 86400), 60),  # silence while a request is in progress
         "idle": (Seconds(0.1, 86400), 60),  # silence of a keep-alive or tunnelled connection
         "drain": (Seconds(0.1, 3600), 30),  # removed tenants, stopping daemon
+        "ticket_keys": (Seconds(1, 604800), 3600),  # one set of TLS ticket keys in use
     }
 )
 LOG = Object(

@@ -28,8 +28,15 @@ in which the client sees this listener's own certificate. Listeners with the sam
 files share a context (tls.ServerContext) and so their sessions: each can prove it holds that
 certificate anyway.
 
-Key rotation: like a context's own keys, the set lives as long as the binder (a restart draws a
-new one); clients then fall back to a full handshake once.
+Key rotation: the binder draws a new set every ``timeouts.ticket_keys`` seconds (an hour by
+default) and sends it to every worker, which gives it to every context it has tied
+(:func:`rotate`); the old set is dropped everywhere (dropped, not wiped: CPython does not
+overwrite the memory it frees). A ticket is encrypted with the keys of its hour, so keys read
+later from a worker's or the binder's memory do not open the tickets recorded in the hours
+before: TLS 1.2 tickets carry the session's master secret (RFC 5077 section 5.5 asks for keys
+changed regularly for this reason; RFC 8446 section 4.6.1 caps a ticket's life at 7 days).
+OpenSSL's call holds one key set, not a list: a client whose ticket was issued before a
+rotation makes one full handshake after it.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import hmac
 import logging
 import os
 import ssl
+import weakref
 
 log = logging.getLogger("nsproxy")
 
@@ -51,6 +59,9 @@ KEY_BYTES = 80
 
 _keys: bytes | None = None
 _ssl_lib = None
+#: Every context of this process tied by :func:`apply`, with its identity: :func:`rotate` gives
+#: each the new keys (a context no listener holds any more leaves on its own).
+_tied: weakref.WeakKeyDictionary[ssl.SSLContext, bytes] = weakref.WeakKeyDictionary()
 
 
 def new_keys() -> bytes:
@@ -65,6 +76,22 @@ def use(keys: bytes | None) -> None:
     if keys is not None and len(keys) != KEY_BYTES:
         raise ValueError(f"TLS ticket keys must be {KEY_BYTES} bytes, not {len(keys)}")
     _keys = keys
+
+
+def rotate(keys: bytes) -> int:
+    """Use ``keys`` from now on, in the contexts built later and in every context tied so far;
+    returns how many of those took them. Raises ValueError as :func:`use`."""
+    use(keys)
+    taken = 0
+    for context, identity in list(_tied.items()):
+        pointer = _ssl_ctx(context)
+        taken += pointer is not None and _set_keys(pointer, keys, identity)
+    return taken
+
+
+def _set_keys(pointer: int, keys: bytes, identity: bytes) -> bool:
+    buffer = ctypes.create_string_buffer(derived_keys(keys, identity), KEY_BYTES)
+    return _lib().SSL_CTX_ctrl(pointer, _SET_TICKET_KEYS, KEY_BYTES, buffer) == 1
 
 
 def _lib():
@@ -131,8 +158,6 @@ def apply(context: ssl.SSLContext, identity: bytes) -> bool:
     sid_ctx = identity[:_SID_CTX_MAX]
     if lib.SSL_CTX_set_session_id_context(pointer, sid_ctx, len(sid_ctx)) != 1:
         return False
+    _tied[context] = identity
     keys = _keys
-    if keys is None:
-        return False
-    buffer = ctypes.create_string_buffer(derived_keys(keys, identity), KEY_BYTES)
-    return lib.SSL_CTX_ctrl(pointer, _SET_TICKET_KEYS, KEY_BYTES, buffer) == 1
+    return keys is not None and _set_keys(pointer, keys, identity)

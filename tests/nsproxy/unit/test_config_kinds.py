@@ -95,6 +95,7 @@ def test_defaults_of_the_new_keys(files):
         "read": 60,
         "idle": 60,
         "drain": 30,
+        "ticket_keys": 3600,
     }
     http = {"type": "http"}
     doc = {
@@ -230,6 +231,7 @@ NUMBERS = {
     ("timeouts", "read"): (0.1, 86400, float),
     ("timeouts", "idle"): (0.1, 86400, float),
     ("timeouts", "drain"): (0.1, 3600, float),
+    ("timeouts", "ticket_keys"): (1, 604800, float),
     ("workers",): (1, 256, int),
     (*HC, "interval"): (0.1, 3600, float),
     (*HC, "timeout"): (0.05, 600, float),

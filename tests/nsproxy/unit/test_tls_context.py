@@ -571,6 +571,38 @@ def test_server_contexts_get_the_shared_ticket_keys(certs):
     assert not connect(client_ctx, three, "a.example", session=first.session).session_reused
 
 
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["TLSv1.2", "TLSv1.3"]
+)
+def test_a_rotation_rekeys_every_context_and_ends_the_tickets_before_it(certs, version):
+    """tls_tickets.rotate, as a worker runs it on the binder's message: a context built before
+    the rotation (``one``) and one built after it (``two``, as in another worker) take no
+    ticket from before it, and each takes the other's tickets from after it."""
+    from nsproxy import tls_tickets
+
+    spec = listener(certs["a"])
+    files = files_of(certs["a"]["cert"], certs["a"]["key"])
+    client_ctx = client_context(certs["a"]["cert"], max_version=version)
+    tls_tickets.use(tls_tickets.new_keys())
+    try:
+        one = tls.ServerContext(spec, files).get()
+        before = connect(client_ctx, one, "a.example")
+        assert connect(client_ctx, one, "a.example", session=before.session).session_reused
+        assert tls_tickets.rotate(tls_tickets.new_keys()) >= 1
+        two = tls.ServerContext(spec, files).get()
+    finally:
+        tls_tickets.use(None)
+    for server_ctx in (one, two):
+        reused = connect(client_ctx, server_ctx, "a.example", session=before.session)
+        assert not reused.session_reused
+    from_one, from_two = (
+        connect(client_ctx, one, "a.example"),
+        connect(client_ctx, two, "a.example"),
+    )
+    assert connect(client_ctx, two, "a.example", session=from_one.session).session_reused
+    assert connect(client_ctx, one, "a.example", session=from_two.session).session_reused
+
+
 # Listeners as tenants configure them; equal keys mean the same settings and certificates.
 _RESUMERS = {
     "a": ("a",),

@@ -15,6 +15,7 @@ document); admin.py (the admin socket) is shared with the CLI.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -107,6 +108,7 @@ class Binder:
         self.cert_files = CertificateStore()  # path -> bytes, in a memfd (cert_store.py)
         self.certificates_sent = 0  # the store's version every running worker has been sent
         self.ticket_keys = tls_tickets.new_keys()  # TLS session tickets valid in every worker
+        self.ticket_keys_at = time.monotonic()  # when they were drawn (timeouts.ticket_keys)
         self.cert_stats: dict[str, tuple] = {}
         self.access_log_fd: int | None = None
         self.metrics_sock: socket.socket | None = None
@@ -512,10 +514,25 @@ class Binder:
                 job()
             except Exception:
                 log.exception("internal error in the binder's sweep")
+        if time.monotonic() - self.ticket_keys_at >= self.config.timeouts["ticket_keys"]:
+            self.rotate_ticket_keys()
         if len(self.socket_budget) > 2 * len(self.pool.workers) + 8:
             self.socket_budget = {
                 p: v for p, v in self.socket_budget.items() if p in self.pool.workers
             }
+
+    def rotate_ticket_keys(self) -> None:
+        """A new set of TLS ticket keys for every current worker; the old set is dropped. A
+        draining worker, or one from before an upgrade (it may not know the message), keeps
+        its keys until it exits: a ticket it issues meanwhile costs one full handshake."""
+        self.ticket_keys = tls_tickets.new_keys()
+        self.ticket_keys_at = time.monotonic()
+        keys = base64.b64encode(self.ticket_keys).decode()
+        self.pool.broadcast("ticket_keys", keys=keys)
+        log.info(
+            "TLS ticket keys rotated (timeouts.ticket_keys: %g s)",
+            self.config.timeouts["ticket_keys"],
+        )
 
     # -- admin ----------------------------------------------------------------------------
     async def reload(self) -> tuple[bool, str]:

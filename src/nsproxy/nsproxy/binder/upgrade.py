@@ -229,6 +229,7 @@ def _state(binder, reply_sock) -> tuple[dict, list[int]]:
         "next_slot": binder.slots.next,
         "access_log": binder.config.access_log,
         "ticket_keys": base64.b64encode(binder.ticket_keys).decode(),
+        "ticket_keys_age": time.monotonic() - binder.ticket_keys_at,
         "tenants": tenants,
         "workers": workers,
         "steered": binder.listeners.steered,
@@ -295,6 +296,9 @@ async def resume(binder, state: dict) -> None:
     keep_certificates(binder)
     if state.get("ticket_keys"):  # tickets of the old workers stay valid in the new ones
         binder.ticket_keys = base64.b64decode(state["ticket_keys"])
+        # (their age too: an upgrade does not extend their hour)
+        age = min(max(float(state.get("ticket_keys_age") or 0), 0.0), 604800.0)
+        binder.ticket_keys_at = time.monotonic() - age
     if state.get("counts_fd") is not None:  # the old workers count in this very table
         os.close(binder.counts.fd)
         binder.counts = SharedCounts(state["counts_fd"])

@@ -28,6 +28,7 @@ of every upstream that has them (health_check.Prober), for all workers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import pickle
@@ -251,6 +252,14 @@ class Worker:
                 continue
             self.served.serve(sid, tenant, bytes.fromhex(digest), sock)
         self._reconcile_checks()
+
+    def _on_ticket_keys(self, message: dict, fds: list[int]) -> None:
+        """The binder's new TLS ticket keys (``timeouts.ticket_keys``), for every context."""
+        channel.close_fds(fds)
+        try:
+            tls_tickets.rotate(base64.b64decode(message.get("keys") or "", validate=True))
+        except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
+            raise channel.ChannelError(f"ticket_keys: {exc}") from None
 
     def _on_unserve(self, message: dict, fds: list[int]) -> None:
         channel.close_fds(fds)
