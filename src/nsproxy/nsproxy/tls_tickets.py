@@ -29,14 +29,16 @@ files share a context (tls.ServerContext) and so their sessions: each can prove 
 certificate anyway.
 
 Key rotation: the binder draws a new set every ``timeouts.ticket_keys`` seconds (an hour by
-default) and sends it to every worker, which gives it to every context it has tied
-(:func:`rotate`); the old set is dropped everywhere (dropped, not wiped: CPython does not
-overwrite the memory it frees). A ticket is encrypted with the keys of its hour, so keys read
-later from a worker's or the binder's memory do not open the tickets recorded in the hours
-before: TLS 1.2 tickets carry the session's master secret (RFC 5077 section 5.5 asks for keys
-changed regularly for this reason; RFC 8446 section 4.6.1 caps a ticket's life at 7 days).
-OpenSSL's call holds one key set, not a list: a client whose ticket was issued before a
-rotation makes one full handshake after it.
+default) and sends it to every serving worker, which gives it to every context it has tied
+(:func:`rotate`, about 20 us per context); the old set is dropped (not wiped: CPython does
+not overwrite the memory it frees). A ticket is encrypted with the keys of its hour, so keys
+read later from a worker's or the binder's memory do not open the tickets recorded in the
+hours before: TLS 1.2 tickets carry the session's master secret (RFC 5077 section 5.5 asks for
+keys changed regularly for this reason; RFC 8446 section 4.6.1 caps a ticket's life at 7 days).
+A draining worker, and one from before an upgrade, keep their set until they exit (at most
+``timeouts.drain``) and may resume its tickets while they still accept (a reload's switch to
+new workers, a worker count lowered: seconds). OpenSSL's call holds one key set, not a list: a
+client whose ticket was issued before a rotation makes one full handshake after it.
 """
 
 from __future__ import annotations

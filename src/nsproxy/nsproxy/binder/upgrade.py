@@ -28,6 +28,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -273,6 +274,24 @@ def load_config(path: str, state: dict) -> tuple[config.Config, bytes, str | Non
         return config.parse(old), old, warning
 
 
+#: The largest timeouts.ticket_keys (config_schema.py), in seconds.
+_LONGEST_KEYS = 604800.0
+
+
+def ticket_keys_age(state: dict) -> float:
+    """Seconds the handed-over TLS ticket keys have been in use, so that an upgrade does not
+    give them a new period: the old binder's figure, kept within [0, 604800]. Unknown (a build
+    from before the keys were rotated wrote none; or not a finite number): 604800, so that
+    the first sweep replaces them."""
+    try:
+        age = float(state["ticket_keys_age"])
+    except (KeyError, TypeError, ValueError):
+        return _LONGEST_KEYS
+    if not math.isfinite(age):
+        return _LONGEST_KEYS
+    return min(max(age, 0.0), _LONGEST_KEYS)
+
+
 async def resume(binder, state: dict) -> None:
     """The new binder's start from a handed-over state (see the module docstring)."""
     from nsproxy.binder.listeners import Binding
@@ -296,9 +315,7 @@ async def resume(binder, state: dict) -> None:
     keep_certificates(binder)
     if state.get("ticket_keys"):  # tickets of the old workers stay valid in the new ones
         binder.ticket_keys = base64.b64decode(state["ticket_keys"])
-        # (their age too: an upgrade does not extend their hour)
-        age = min(max(float(state.get("ticket_keys_age") or 0), 0.0), 604800.0)
-        binder.ticket_keys_at = time.monotonic() - age
+        binder.ticket_keys_at = time.monotonic() - ticket_keys_age(state)
     if state.get("counts_fd") is not None:  # the old workers count in this very table
         os.close(binder.counts.fd)
         binder.counts = SharedCounts(state["counts_fd"])
