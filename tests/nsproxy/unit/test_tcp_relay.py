@@ -95,6 +95,27 @@ async def read_until_closed(reader) -> bytes:
         return b""
 
 
+async def send_counted(writer, sent: list[int], total: int, chunk_size=256 * 1024, eof=True):
+    """Write zeros until ``total`` bytes went, counting them in ``sent[0]``; then EOF."""
+    chunk = bytes(chunk_size)
+    while sent[0] < total:
+        writer.write(chunk)
+        await writer.drain()
+        sent[0] += len(chunk)
+    if eof:
+        writer.write_eof()
+
+
+async def until_stuck(sent: list[int]) -> int:
+    """Wait until ``sent[0]`` has not moved for half a second: the sender is held back."""
+    last, still = -1, 0
+    while still < 25:
+        await asyncio.sleep(0.02)
+        still = still + 1 if sent[0] == last else 0
+        last = sent[0]
+    return last
+
+
 def hello_bytes(server_name):
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -217,26 +238,16 @@ def test_upstream_is_paused_while_the_client_does_not_read(loop_name):
     sent = [0]
 
     async def flood(backend, reader, writer):
-        chunk = bytes(256 * 1024)
-        while sent[0] < total:
-            writer.write(chunk)
-            await writer.drain()
-            sent[0] += len(chunk)
+        await send_counted(writer, sent, total, eof=False)
 
     async def main():
         backend = Backend(flood)
         up = await backend.start()
         server, port, factory, _ = await start_relay({"upstream": "db"}, {"db": up})
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
-        # Without reading, wait until the backend is stuck, i.e. its count stops moving.
-        last, still = -1, 0
-        while still < 25:
-            await asyncio.sleep(0.02)
-            still = still + 1 if sent[0] == last else 0
-            last = sent[0]
+        stuck_at = await until_stuck(sent)  # without reading: the backend is held back
         (relay,) = factory.connections
         buffered = relay.client.get_write_buffer_size() + relay.upstream.get_write_buffer_size()
-        stuck_at = sent[0]
         got = 0
         while got < total:
             data = await reader.read(1 << 20)
@@ -273,25 +284,11 @@ def test_client_is_paused_while_the_upstream_does_not_read(loop_name):
         up = await backend.start()
         server, port, factory, _ = await start_relay({"upstream": "db"}, {"db": up})
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        chunk = bytes(256 * 1024)
         sent = [0]
-
-        async def send():
-            while sent[0] < total:
-                writer.write(chunk)
-                await writer.drain()
-                sent[0] += len(chunk)
-            writer.write_eof()
-
-        sender = asyncio.ensure_future(send())
-        last, still = -1, 0
-        while still < 25:
-            await asyncio.sleep(0.02)
-            still = still + 1 if sent[0] == last else 0
-            last = sent[0]
+        sender = asyncio.ensure_future(send_counted(writer, sent, total))
+        stuck_at = await until_stuck(sent)
         (relay,) = factory.connections
         buffered = relay.client.get_write_buffer_size() + relay.upstream.get_write_buffer_size()
-        stuck_at = sent[0]
         release.set()
         await sender
         answer = await reader.read()
@@ -606,31 +603,15 @@ def test_a_client_that_filled_the_connect_wait_is_paused_by_an_upstream_that_doe
         server, port, factory, records = await start_relay({"upstream": "db"}, {"db": Slow()})
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         sent = [0]
-
-        async def send():
-            chunk = bytes(64 * 1024)
-            while sent[0] < total - 200 * 1024:
-                writer.write(chunk)
-                await writer.drain()
-                sent[0] += len(chunk)
-            writer.write_eof()
-
-        async def stalled():
-            last, still = -1, 0
-            while still < 25:
-                await asyncio.sleep(0.02)
-                still = still + 1 if sent[0] == last else 0
-                last = sent[0]
-
         writer.write(bytes(200 * 1024))  # collected while connecting, below its limit
         await writer.drain()
         (relay,) = factory.connections
         await wait_for(lambda: len(relay.pending or b"") == 200 * 1024, "the bytes collected")
         release.set()
         await wait_for(lambda: relay.upstream is not None, "the upstream connected")
-        sender = asyncio.ensure_future(send())
-        await stalled()  # the upstream reads nothing
-        buffered, stuck_at = relay.upstream.get_write_buffer_size(), sent[0]
+        sender = asyncio.ensure_future(send_counted(writer, sent, total - 200 * 1024))
+        stuck_at = await until_stuck(sent)  # the upstream reads nothing
+        buffered = relay.upstream.get_write_buffer_size()
         draining.set()
         await sender
         await wait_for(lambda: records, "log record")
@@ -657,23 +638,10 @@ def test_bytes_held_while_connecting_are_bounded():
         server, port, factory, records = await start_relay({"upstream": "db"}, {"db": Slow()})
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         total, sent = 32 * 1024 * 1024, [0]
-
-        async def send():
-            chunk = bytes(256 * 1024)
-            while sent[0] < total:
-                writer.write(chunk)
-                await writer.drain()
-                sent[0] += len(chunk)
-            writer.write_eof()
-
-        sender = asyncio.ensure_future(send())
-        last, still = -1, 0
-        while still < 25:
-            await asyncio.sleep(0.02)
-            still = still + 1 if sent[0] == last else 0
-            last = sent[0]
+        sender = asyncio.ensure_future(send_counted(writer, sent, total))
+        stuck_at = await until_stuck(sent)
         (relay,) = factory.connections
-        held, stuck_at = len(relay.pending), sent[0]
+        held = len(relay.pending)
         release.set()
         await sender
         await wait_for(lambda: records, "log record")
