@@ -1,6 +1,6 @@
-"""Starting one nsproxy build (a source folder, ``src/nsproxy`` of any checkout) with one
-tenant, ``t1``, inside a throwaway sandbox: the harness of the narrow benchmarks that compare
-builds (handshake_split.py, connection_buffers.py)."""
+"""Starting one nsproxy build (a source folder, ``src/nsproxy`` of any checkout) with a tenant
+or a few (``t1`` by default) inside a throwaway sandbox: the harness of the narrow benchmarks
+that compare builds (handshake_split.py, connection_buffers.py, tenant_share.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ ADDR = "10.0.0.250"
 BACKEND = "127.0.0.1:9400"
 
 
-def tenant_netns(sb) -> None:
-    """The tenant namespace ``t1``, with ADDR on its loopback."""
-    sb.sh(f"ip netns add t1 && ip -n t1 link set lo up && ip -n t1 addr add {ADDR}/32 dev lo")
+def tenant_netns(sb, names: tuple[str, ...] = ("t1",)) -> None:
+    """A tenant namespace for each of ``names``, each with ADDR on its loopback."""
+    for name in names:
+        sb.sh(f"ip netns add {name} && ip -n {name} link set lo up && "
+              f"ip -n {name} addr add {ADDR}/32 dev lo")  # fmt: skip
 
 
 def start_backend(sb, cpus: str = "1") -> subprocess.Popen:
@@ -32,6 +34,29 @@ def start_backend(sb, cpus: str = "1") -> subprocess.Popen:
     return echo
 
 
+def start_nginx_backend(sb, work: Path, cpus: str = "1") -> subprocess.Popen:
+    """nginx on BACKEND in the sandbox's own namespace, answering every request with "ok":
+    a backend that is never the bottleneck (echo_server.py is a thread per connection with a
+    listen backlog of 5)."""
+    temp = " ".join(f"{kind}_temp_path {work}/nginx-{kind};"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    conf = work / "backend-nginx.conf"
+    conf.write_text(
+        f"worker_processes 1; daemon off; pid {work}/nginx.pid; error_log stderr error;\n"
+        f"events {{ worker_connections 8192; }}\n"
+        f"http {{ {temp} access_log off; keepalive_requests 10000000; keepalive_timeout 300s;\n"
+        f'  server {{ listen {BACKEND} backlog=4096; location / {{ return 200 "ok\\n"; }} }}\n'
+        f"}}\n"
+    )
+    proc = sb.popen(["taskset", "-c", cpus, "nginx", "-c", str(conf)])
+    for _ in range(100):
+        if sb.run(["bash", "-c", f"exec 3<>/dev/tcp/{BACKEND.replace(':', '/')}"],
+                  check=False).returncode == 0:  # fmt: skip
+            return proc
+        time.sleep(0.05)
+    raise RuntimeError("the nginx backend did not listen")
+
+
 def self_signed(work: Path, key_type: str = "rsa:2048") -> dict:
     """{"cert", "key"} of a new self-signed certificate for t1.example."""
     cert, key = work / "c.pem", work / "c.key"
@@ -41,23 +66,26 @@ def self_signed(work: Path, key_type: str = "rsa:2048") -> dict:
     return {"cert": str(cert), "key": str(key)}
 
 
-def start_nsproxy(sb, work: Path, src: str, listeners: list[dict], cpus: str = "0") -> tuple:
-    """Run the build in ``src`` with tenant t1 (``listeners``; every request to BACKEND) and
-    one worker, pinned to ``cpus``. Returns (process, PID of the process that serves: worker
-    0 when the build has workers, else the daemon). A build from before binder and workers
-    gets the same config without ``workers``."""
+def start_nsproxy(sb, work: Path, src: str, listeners: list[dict], cpus: str = "0",
+                  tenants: tuple[str, ...] = ("t1",)) -> tuple:  # fmt: skip
+    """Run the build in ``src`` with ``tenants`` (each in its namespace of the same name, with
+    ``listeners``; every request to BACKEND) and one worker, pinned to ``cpus``. Returns
+    (process, PID of the process that serves: worker 0 when the build has workers, else the
+    daemon). A build from before binder and workers gets the same config without
+    ``workers``."""
     config = {
         "instance": "bench",
         "admin_socket": str(work / "bench.sock"),
         "workers": 1,
         "tenants": [
             {
-                "name": "t1",
-                "netns": "t1",
+                "name": name,
+                "netns": name,
                 "listeners": listeners,
                 "routes": [{"host": "*", "path_prefix": "/", "upstream": "app"}],
                 "upstreams": {"app": {"netns": None, "servers": [BACKEND]}},
             }
+            for name in tenants
         ],
     }
     path = work / "nsproxy.json"

@@ -25,8 +25,9 @@ import time
 from typing import Callable, Mapping
 
 from .admission import PROGRESS_BYTES, hold, release, reset
-from .buffering import HIGH_WATER, BoundedReads, room_toward
+from .buffering import HIGH_WATER, room_toward
 from .clienthello import MAX_HELLO_BYTES, NEED_MORE, peek_client_hello
+from .loop_share import SharedReads
 from .proxy_protocol import build_v2
 
 __all__ = ["DEFAULT_TIMEOUTS", "RelayFactory", "validate_listener"]
@@ -43,6 +44,9 @@ _ROUTE_KEYS = {"sni", "upstream"}
 _PEEK_LIMIT = MAX_HELLO_BYTES + 1024
 # Client bytes buffered while the upstream connection is being made.
 _PENDING_LIMIT = 256 * 1024
+#: Reasons a side stops reading (bits of ``SharedReads.paused``; loop_share.SHARE is 32).
+PEER_FULL = 1  # the other side's write buffer is above HIGH_WATER
+COLLECTING = 4  # the client sent _PENDING_LIMIT bytes while the upstream connects
 
 
 def validate_listener(listener: Mapping, upstream_names: set[str] | frozenset[str]) -> list[str]:
@@ -164,6 +168,7 @@ class _Relay:
         "bytes_out",
         "client",
         "client_eof",
+        "client_side",
         "closed",
         "connect_task",
         "error",
@@ -189,6 +194,7 @@ class _Relay:
         self.factory = factory
         self.loop = asyncio.get_running_loop()
         self.client: asyncio.Transport | None = None
+        self.client_side: _ClientSide | None = None  # set by _ClientSide
         self.upstream: asyncio.Transport | None = None
         self.upstream_protocol = None
         self.pending: bytearray | None = bytearray()  # client bytes not yet sent upstream
@@ -264,8 +270,8 @@ class _Relay:
             transport.write(bytes(pending))
         if self.client_eof:
             self._half_close(transport)
-        elif not self.upstream_full:
-            self.client.resume_reading()
+        else:
+            self.client_side.resume_reading_for(COLLECTING)
 
     # -- as admission.py sees it: one of the tenant's connections it may close --------------
     def evictable(self) -> bool:
@@ -377,7 +383,7 @@ class _Relay:
         elif len(self.pending) > _PENDING_LIMIT:
             # Still connecting: hold further bytes in the kernel. Reading stays on below the
             # limit so that a client that resets is noticed (and the connect cancelled).
-            self.client.pause_reading()
+            self.client_side.pause_reading_for(COLLECTING)
 
     def _route_peeked(self, hello) -> None:
         self.sni = hello.sni if hello else None
@@ -422,33 +428,41 @@ class _Relay:
 
     def upstream_paused(self, full: bool) -> None:
         self.upstream_full = full
-        if self.client_eof or self.pending is not None or self.client.is_closing():
+        if self.client_eof:
             return
         if full:
-            self.client.pause_reading()
+            self.client_side.pause_reading_for(PEER_FULL)
         else:
-            self.client.resume_reading()
+            self.client_side.resume_reading_for(PEER_FULL)
 
     def client_paused(self, full: bool) -> None:
-        if self.upstream is None or self.upstream_eof or self.upstream.is_closing():
+        side = self.upstream_protocol
+        if side is None or self.upstream_eof:
             return
         if full:
-            self.upstream.pause_reading()
+            side.pause_reading_for(PEER_FULL)
         else:
-            self.upstream.resume_reading()
+            side.resume_reading_for(PEER_FULL)
 
 
-class _ClientSide(BoundedReads):
+class _ClientSide(SharedReads):
     __slots__ = ("counted", "relay")
 
     def __init__(self, relay: _Relay):
+        SharedReads.__init__(self)
         self.relay = relay
+        relay.client_side = self
         self.counted = False  # holds an admission slot (set by the acceptor)
 
     def room(self) -> int:
         return room_toward(self.relay.upstream)
 
+    def share(self):
+        runtime = self.relay.factory.runtime
+        return None if runtime is None else runtime.share
+
     def connection_made(self, transport):
+        self.transport = transport
         self.relay.start(transport)
 
     def data_received(self, data):
@@ -474,17 +488,21 @@ class _ClientSide(BoundedReads):
         self.relay.client_paused(False)
 
 
-class _UpstreamSide(BoundedReads):
+class _UpstreamSide(SharedReads):
     __slots__ = ("relay", "server_label")
 
     def __init__(self, relay: _Relay):
+        SharedReads.__init__(self)
         self.relay = relay
         self.server_label = None  # set by upstream.Upstream.connect: which server answered
 
     def room(self) -> int:
         return room_toward(self.relay.client)
 
+    share = _ClientSide.share
+
     def connection_made(self, transport):
+        self.transport = transport
         self.relay.upstream_protocol = self
         self.relay.upstream_ready(transport)
 

@@ -217,6 +217,9 @@ class ClientConnection(Flow):
                 cycle.status = 499  # client went away before the response (nginx's convention)
             self._finish_cycle()
 
+    def share(self):
+        return self.tenant.share
+
     def data_received(self, data):
         self.last_io = self.shared.now
         self.moved += len(data)

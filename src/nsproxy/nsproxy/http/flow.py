@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
-from nsproxy.buffering import BoundedReads, room_toward
+from nsproxy.buffering import room_toward
+from nsproxy.loop_share import SharedReads
 
 #: Reasons to stop reading (bits).
 PEER_FULL = 1  # the peer's write buffer is above its high-water mark
@@ -19,6 +20,7 @@ PIPELINE = 2  # a pipelined request waits until the current response is complete
 CONNECTING = 4  # the upstream connection is being made
 HELD = 8  # bytes after a protocol-switch request are held until the upstream answers
 YIELD = 16  # this connection's reads cost much: other connections get a turn of the loop first
+# SHARE = 32 (loop_share.py): its tenant used its share of this turn of the loop
 
 #: Body chunks a protocol parses before it lets the event loop serve other connections
 #: (:meth:`Flow.yield_turn`). A chunk costs parser callbacks in Python (about 1 us each);
@@ -28,37 +30,22 @@ YIELD = 16  # this connection's reads cost much: other connections get a turn of
 CHUNKS_PER_TURN = 4096
 
 
-class Flow(BoundedReads):
+class Flow(SharedReads):
     """A protocol whose reading can be paused for several reasons, coupled to a ``peer``
     whose reading pauses while this protocol's writes are backed up (and the other way).
-    A read takes at most what the peer's write buffer can still take (``buffering``)."""
+    A read takes at most what the peer's write buffer can still take (``buffering``), and
+    its cost is charged to the tenant's share of the loop (``loop_share``)."""
 
-    __slots__ = ("paused", "peer", "transport", "write_paused")
+    __slots__ = ("peer", "write_paused")
 
     def __init__(self) -> None:
-        self.transport = None
-        self.paused = 0  # bit set of the reasons above
+        SharedReads.__init__(self)
         self.write_paused = False
         self.peer: Flow | None = None
 
     def room(self) -> int:
         peer = self.peer
         return room_toward(None if peer is None else peer.transport)
-
-    def pause_reading_for(self, reason: int) -> None:
-        if not self.paused:
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                transport.pause_reading()
-        self.paused |= reason
-
-    def resume_reading_for(self, reason: int) -> None:
-        if self.paused & reason:
-            self.paused &= ~reason
-            if not self.paused:
-                transport = self.transport
-                if transport is not None and not transport.is_closing():
-                    transport.resume_reading()
 
     def yield_turn(self) -> None:
         """Stop reading until the event loop has run its other ready callbacks and polled

@@ -166,6 +166,10 @@ class UpstreamConnection(Flow):
             return True  # the other direction may still carry bytes
         return False
 
+    def share(self):
+        client = self.client  # None in the pool: bytes there end the connection, uncharged
+        return None if client is None else client.tenant.share
+
     def data_received(self, data):
         self.last_io = self.upstream.shared.now
         client = self.client

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 
-from nsproxy import accesslog, config, metrics
+from nsproxy import accesslog, config, loop_share, metrics
 from nsproxy.accept import Acceptor
 from nsproxy.admission import Admission
 from nsproxy.http import ClientConnection, Router
@@ -100,6 +100,7 @@ class TenantRuntime:
         "name",
         "others",
         "router",
+        "shares",
         "slot",
         "spec",
         "upstreams",
@@ -123,6 +124,7 @@ class TenantRuntime:
         self.upstreams = upstreams
         upstreams.use_specs(spec.upstreams)
         self.counters: metrics.TenantMetrics | None = None  # made by the first count
+        self.shares: loop_share.TenantShare | None = None  # made by the first read
         self.local = 0
         self.others = 0  # the other workers' count, as last read by ``active``
         # No shared count without a slot or a row: then this worker's count is the count.
@@ -162,6 +164,14 @@ class TenantRuntime:
         if counters is None:
             counters = self.counters = metrics.TenantMetrics()
         return counters
+
+    @property
+    def share(self) -> loop_share.TenantShare:
+        """The tenant's account of its share of this worker's loop, made at the first read."""
+        share = self.shares
+        if share is None:
+            share = self.shares = loop_share.TenantShare()
+        return share
 
     def discard(self) -> None:
         """The tenant is gone for good: drop the references between its objects (the tenant

@@ -1,0 +1,170 @@
+"""Each tenant's share of a worker's event loop: deficit round robin over turns of the loop.
+
+A worker serves every tenant from one event loop, and the loop serves what is ready one
+callback after the other: left alone, it shares its time per connection. A tenant with 256
+busy keep-alive connections then had 256 reads served for every one of a tenant with one,
+whose requests waited behind all of them: 2.7 % of its rate alone was left, and its median
+latency went from 0.25 to 17 ms (``bench/tenant_share.py``, run ``2026-12-03T1040Z`` in
+``bench/README.md``).
+
+Here the loop is shared per tenant, by deficit round robin (Shreedhar and Varghese, "Efficient
+Fair Queueing using Deficit Round Robin", SIGCOMM 1995) with one turn of the loop as the round:
+
+- every read a relaying protocol passes on (``buffering.BoundedReads.buffer_updated``) is
+  charged to its tenant, as the time its callback took (``time.perf_counter``): what the
+  proxy spends in Python for it, which differs by a factor of a hundred between a read of one
+  small request and a read of 4096 one-byte chunks;
+- each turn gives every tenant :data:`TURN_BUDGET` seconds; a tenant that has spent more in
+  the turn is over its share, and the connection that read is paused (``flow.SHARE``) and
+  queued behind the tenant's other paused connections;
+- at the start of the next turn (a callback queued with ``call_soon``, run before the loop
+  polls again) each tenant's spending is brought down by one budget per turn that passed (a
+  tenant that overspent in one costly read waits that many turns), and a tenant whose
+  spending is back under its budget has as many of its queued connections resumed as its
+  average read cost fits in what is left (at least one), oldest first.
+
+So while two tenants or more read, a tenant's reads take at most about one budget (plus one
+read) of each turn, and a tenant that asks little is served in the next turn however many
+connections another keeps busy. While a single tenant reads (none other for
+:data:`CONTENDED_SECONDS`) nothing is paused: sharing costs two ``epoll_ctl`` calls per
+paused read, and there is no one to share with. Work outside the protocols' callbacks is not
+charged (the kernel's, uvloop's own, a TLS handshake before the connection's protocol
+starts): the admission (``admission.py``) bounds how many connections a tenant can make.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+from nsproxy.buffering import BoundedReads
+
+#: Seconds of callback time a tenant may spend in one turn of the loop while others read too.
+TURN_BUDGET = 0.0001
+#: Seconds after a read of a second tenant during which the loop counts as shared (seconds,
+#: not turns: a tenant waiting for its upstream may not read for many short turns).
+CONTENDED_SECONDS = 1.0
+#: Bit of ``Flow.paused`` (http/flow.py) set while a connection waits for its tenant's turn.
+SHARE = 32
+
+clock = time.perf_counter
+
+
+class TenantShare:
+    """One tenant's account in one worker: seconds spent since ``turn``, the average cost of
+    a read (seconds, moving average) and its connections paused for a later turn."""
+
+    __slots__ = ("average", "spent", "turn", "waiting")
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self.turn = 0
+        self.average = TURN_BUDGET / 8
+        self.waiting: collections.deque = collections.deque()
+
+    def refill(self, turn: int) -> None:
+        """Take one budget off what was spent for every turn since the last account."""
+        if turn != self.turn:
+            self.spent = max(0.0, self.spent - TURN_BUDGET * (turn - self.turn))
+            self.turn = turn
+
+
+class LoopShares:
+    """The worker's turns of the loop and the tenants waiting for theirs. One per event loop
+    (:data:`SHARES`: a worker has one loop)."""
+
+    def __init__(self) -> None:
+        self.turn = 1
+        self.armed = False
+        self.backlog: list[TenantShare] = []  # tenants with paused connections
+        self.last: TenantShare | None = None  # the tenant of the last charged read
+        self.mixed = -CONTENDED_SECONDS  # when (clock) the last read of another tenant came
+
+    def charge(self, share: TenantShare, protocol, start: float, end: float) -> None:
+        """Charge one read of ``protocol`` (a ``flow.Flow``-like object with
+        ``pause_reading_for``/``resume_reading_for``), from ``start`` to ``end`` (``clock``
+        seconds), to ``share``; pause ``protocol`` if its tenant is over its budget in this
+        turn while other tenants read too."""
+        turn = self.turn
+        seconds = end - start
+        if not self.armed:
+            self.armed = True
+            asyncio.get_running_loop().call_soon(self.next_turn)
+        if share is not self.last:
+            if self.last is not None:
+                self.mixed = end
+            self.last = share
+        share.refill(turn)
+        share.spent += seconds
+        share.average += (seconds - share.average) * 0.125
+        if share.spent > TURN_BUDGET and end - self.mixed < CONTENDED_SECONDS:
+            protocol.pause_reading_for(SHARE)
+            if not share.waiting:
+                self.backlog.append(share)
+            share.waiting.append(protocol)
+
+    def next_turn(self) -> None:
+        """Start a turn: refill every waiting tenant and resume what its budget fits."""
+        self.armed = False
+        self.turn = turn = self.turn + 1
+        backlog, self.backlog = self.backlog, []
+        alone = clock() - self.mixed >= CONTENDED_SECONDS
+        for share in backlog:
+            share.refill(turn)
+            if alone:
+                count = len(share.waiting)  # nobody else reads: nothing to share
+            elif share.spent < TURN_BUDGET:
+                count = max(1, int((TURN_BUDGET - share.spent) / max(share.average, 1e-6)))
+            else:
+                count = 0  # still paying for an earlier turn
+            waiting = share.waiting
+            for _ in range(min(count, len(waiting))):
+                waiting.popleft().resume_reading_for(SHARE)
+            if waiting:
+                self.backlog.append(share)
+        if self.backlog:
+            self.armed = True
+            asyncio.get_running_loop().call_soon(self.next_turn)
+
+
+SHARES = LoopShares()
+
+
+class SharedReads(BoundedReads):
+    """A relaying protocol whose reads are charged to its tenant (:meth:`share`), and whose
+    reading pauses for several reasons, one bit each (``SHARE`` is this module's; the
+    protocols name theirs): reading resumes when no bit is left. Subclasses set
+    ``transport`` in ``connection_made``."""
+
+    __slots__ = ("paused", "transport")
+
+    def __init__(self) -> None:
+        self.transport = None
+        self.paused = 0  # bit set of the reasons to stop reading
+
+    def share(self) -> TenantShare | None:
+        """The account of the tenant this protocol's reads are charged to (None: none)."""
+        return None
+
+    def buffer_updated(self, nbytes: int) -> None:
+        start = clock()
+        BoundedReads.buffer_updated(self, nbytes)
+        share = self.share()
+        if share is not None:
+            SHARES.charge(share, self, start, clock())
+
+    def pause_reading_for(self, reason: int) -> None:
+        if not self.paused:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading_for(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused:
+                transport = self.transport
+                if transport is not None and not transport.is_closing():
+                    transport.resume_reading()
