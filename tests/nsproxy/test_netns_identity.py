@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ADDR, NSPROXY, http_tenant
 from processes import wait_until, worker_pids
 
@@ -127,8 +128,19 @@ class PidNamespace:
         self.proc.wait(timeout=60)
 
 
+# How tenants A, C (its upstream) and T name their processes' namespaces: as /proc writes
+# them, and as a path that reaches the same file another way (a reviewer's '//proc/PID/ns/net'
+# escaped the pin: tenant A's listener followed the PID into tenant B's namespace).
+SPELLINGS = {
+    "plain": ("/proc/{a}/ns/net", "/proc/{c}/ns/net", "/proc/{t}/task/{t}/ns/net"),
+    "roundabout": ("//proc/{a}/ns/net", "/proc/self/root/proc/{c}/ns/net",
+                   "/proc/{t}/./task//{t}/ns/net"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
 def test_a_proc_pid_path_is_pinned_to_its_process_and_never_followed_to_a_reused_pid(
-    proxy, tmp_path
+    proxy, tmp_path, spelling
 ):
     """Inside a PID namespace, the processes of tenants A (listener namespace) and C (upstream
     namespace) exit and processes of tenant B's namespace get their PIDs. Neither A's listener
@@ -143,11 +155,10 @@ def test_a_proc_pid_path_is_pinned_to_its_process_and_never_followed_to_a_reused
     pc = ns.spawn(["ip", "netns", "exec", "tC", *sleep])
     pt = ns.spawn(["ip", "netns", "exec", "tA", *sleep])
     time.sleep(0.3)
-    tenant_a = http_tenant("tenantA", ["127.0.0.1:9501"], netns=f"/proc/{pa}/ns/net", port=8443)
-    tenant_c = http_tenant("tenantC", ["127.0.0.1:9502"], netns="tC",
-                           upstream_netns=f"/proc/{pc}/ns/net")  # fmt: skip
-    tenant_t = http_tenant("tenantT", ["127.0.0.1:9501"], netns=f"/proc/{pt}/task/{pt}/ns/net",
-                           port=8444)  # fmt: skip
+    path_a, path_c, path_t = (p.format(a=pa, c=pc, t=pt) for p in SPELLINGS[spelling])
+    tenant_a = http_tenant("tenantA", ["127.0.0.1:9501"], netns=path_a, port=8443)
+    tenant_c = http_tenant("tenantC", ["127.0.0.1:9502"], netns="tC", upstream_netns=path_c)
+    tenant_t = http_tenant("tenantT", ["127.0.0.1:9501"], netns=path_t, port=8444)
     proxy.write_config([tenant_a, tenant_c, tenant_t], workers=2)
     log = tmp_path / "nsproxy.inner.log"
     ns.spawn([NSPROXY, "run", "--config", str(proxy.config_path)], out=str(log))
@@ -254,3 +265,36 @@ def test_after_a_reload_moves_an_upstream_to_another_namespace_no_request_goes_t
     assert proxy.reload().returncode == 0, proxy.log()
     served = [proxy.get_json("t1", f"http://{ADDR}/after{i}")["server"] for i in range(5)]
     assert served == ["NEW@9900"] * 5, served
+
+
+def test_two_tenants_whose_namespaces_became_one_never_share_an_address(proxy):
+    """Tenant b's namespace path did not exist at the check; then it is made a bind mount of
+    tenant a's namespace. b's listener must not join a's SO_REUSEPORT group (each would get
+    the other's clients): it is refused with a reason, and bound once a gives the address up."""
+    proxy.add_netns("ta")
+    proxy.start_echo("a-up", "127.0.0.1:9601")
+    proxy.start_echo("b-up", "127.0.0.1:9602")
+    tenants = [
+        http_tenant("a", ["127.0.0.1:9601"], netns="ta"),
+        http_tenant("b", ["127.0.0.1:9602"], netns="/run/late-b"),
+    ]
+    proxy.write_config(tenants, workers=2)
+    proxy.start(wait_bound=False)
+    proxy.wait_for(lambda s: proxy.tenant_status("a", s)["state"] == "serving", "a serving")
+    proxy.sb.sh("touch /run/late-b && mount --bind /run/netns/ta /run/late-b")
+    status = proxy.wait_for(
+        lambda s: "listens there" in (proxy.tenant_status("b", s)["last_error"] or ""),
+        "b refused",
+    )
+    assert (
+        "tenant 'a' listens there in the same network namespace"
+        in (proxy.tenant_status("b", status)["last_error"])
+    )
+    answers = {proxy.get_json("ta", f"http://{ADDR}/")["server"] for _ in range(40)}
+    assert answers == {"a-up@9601"}, answers
+    # a leaves: b binds at once (not at its next backoff retry), and serves the address
+    proxy.write_config(tenants[1:], workers=2)
+    assert proxy.reload().returncode == 0
+    proxy.wait_for(lambda s: proxy.all_bound(s), "b bound", timeout=5)
+    answers = {proxy.get_json("ta", f"http://{ADDR}/")["server"] for _ in range(10)}
+    assert answers == {"b-up@9602"}, answers

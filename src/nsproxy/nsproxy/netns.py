@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import posixpath
 import re
 import select
 import socket
@@ -31,7 +32,7 @@ EXIT_NETNS_RESTORE_FAILED = 70
 # rtnetlink(7) multicast groups: address added or removed, IPv4 and IPv6
 RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV6_IFADDR = 0x100
-_PROC_PATH = re.compile(r"^/proc/([1-9][0-9]{0,9})/(?:task/[1-9][0-9]{0,9}/)?ns/net$")
+_PROC_PID = re.compile(r"^/proc/([1-9][0-9]{0,9})(?:/|$)")
 
 if hasattr(os, "setns"):  # Python 3.12+
 
@@ -73,9 +74,28 @@ class Namespace:
 
 
 def pinned_pid(netns: str) -> int | None:
-    """The PID a ``/proc/PID/ns/net`` (or ``/proc/PID/task/TID/ns/net``) path names, else None."""
-    match = _PROC_PATH.match(netns)
-    return int(match.group(1)) if match else None
+    """The PID of the other process whose /proc entry the path ``netns`` goes through, else
+    None: ``/proc/PID/ns/net``, ``/proc/PID/task/TID/ns/net``, and every other spelling of a
+    path through ``/proc/PID`` (``//proc/PID/ns/net``, ``/proc/PID/./ns/net``,
+    ``/proc/PID/root/run/netns/x``, ``/proc/self/root/proc/PID/ns/net``, a symbolic link of
+    the operator's to any of them). Such a path names another namespace once PID is reused,
+    so the caller pins it to the process (``Registry.acquire``).
+
+    The path is followed one component at a time: symbolic links are resolved as this
+    process sees them (``/var/run``, ``/proc/self``) up to the first /proc/PID of another
+    process, past which resolving is meaningless here (its ``root`` and ``cwd`` are that
+    process's view). The last component, a namespace's own magic link, is not resolved."""
+    me = os.getpid()
+    parts = [part for part in netns.split("/") if part not in ("", ".")]
+    current = "/"
+    for index, part in enumerate(parts):
+        current = posixpath.normpath(posixpath.join(current, part))
+        if index < len(parts) - 1 and os.path.islink(current):
+            current = os.path.realpath(current)
+        match = _PROC_PID.match(current)
+        if match and int(match.group(1)) != me:
+            return int(match.group(1))
+    return None
 
 
 def process_start_time(pid: int) -> int | None:

@@ -392,7 +392,10 @@ _NETNS_DIRS = ("/run/netns/", "/var/run/netns/")
 
 class Netns(Check):
     """A namespace: a name under /run/netns, or an absolute path (``/proc/PID/ns/net``,
-    ``/run/docker/netns/ID``). No ``..`` component, no control characters."""
+    ``/run/docker/netns/ID``). No ``..`` component, no control characters. Converted to its
+    one spelling (:func:`netns_canonical`): the daemon opens, pins (a /proc/PID path) and
+    compares what check compared, so ``/run/netns/ta/`` is ``ta`` and ``//proc/7/ns/net`` is
+    ``/proc/7/ns/net`` everywhere."""
 
     __slots__ = ()
     what = "a name under /run/netns or an absolute path"
@@ -404,7 +407,7 @@ class Netns(Check):
             _absolute_path(value, self.what)
             if ".." in value.split("/"):
                 raise Invalid(f"must not contain a '..' component, got {shown(value)}")
-            return value
+            return netns_canonical(value)
         if _NETNS_NAME.fullmatch(value) is None or value in (".", ".."):
             raise Invalid(
                 "must be a name under /run/netns (1-255 letters, digits, '.', '_' or '-') or "

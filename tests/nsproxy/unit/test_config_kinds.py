@@ -456,6 +456,25 @@ def test_problems_are_listed_up_to_a_thousand(doc):
     assert len(problems) == 1001 and problems[-1] == "and 1500 more problems"
 
 
+@pytest.mark.parametrize(
+    ("written", "spelling"),
+    [("/run/netns/acme/", "acme"), ("/var/run/netns/acme", "acme"),
+     ("//proc/7/ns/net", "/proc/7/ns/net"), ("/proc//7/ns/net", "/proc/7/ns/net"),
+     ("/proc/7/./ns/net", "/proc/7/ns/net"), ("/proc/7/ns/net/", "/proc/7/ns/net"),
+     ("/run/docker/netns/abc/", "/run/docker/netns/abc")],
+)  # fmt: skip
+def test_the_config_holds_one_spelling_of_each_namespace(doc, written, spelling):
+    """What the daemon opens and pins is what check compared: a trailing '/' made the
+    binder's open fail (ENOTDIR) after check accepted it, and '//proc/PID/ns/net' escaped the
+    pinning of /proc/PID paths (another process could take the PID and its tenant's clients)."""
+    document = set_at(doc, (*TENANT, "netns"), written)
+    document = set_at(document, (*TENANT, "upstreams", "db", "netns"), written)
+    cfg = config.parse(json.dumps(document).encode())
+    tenant = cfg.tenants[0]
+    assert tenant.netns == spelling
+    assert tenant.upstreams["db"].netns == spelling
+
+
 @pytest.mark.parametrize("netns", ["/run/netns/../netns/a", "..", ".", "a/b", "", "/a/../b"])
 def test_namespace_spellings_that_could_leave_their_folder_are_refused(doc, netns):
     assert_refused(set_at(doc, (*TENANT, "netns"), netns), "tenant 'acme': netns")

@@ -29,7 +29,7 @@ import logging
 import socket
 import time
 
-from nsproxy import config, netns, reuseport
+from nsproxy import config, netns, reuseport, schema
 
 log = logging.getLogger("nsproxy")
 
@@ -97,6 +97,9 @@ class Listeners:
         self.on_serve = on_serve
         self.on_unserve = on_unserve
         self.tenants: dict[str, Binding] = {}
+        # namespace identity -> the bindings that hold it open: tenants whose namespaces are
+        # one (written differently, or converged after the check) must not share an address
+        self.sharing: dict[tuple[int, int], set[Binding]] = {}
         self.next_sid = 1
         self.width = width  # sockets per listener: one per worker index
         # Whether groups may hold sockets beyond ``width`` and a steering program (resize)
@@ -144,6 +147,8 @@ class Listeners:
                 for _, sock in group:
                     sock.close()
             binding.states = {d: s for d, s in binding.states.items() if d in keep}
+            if gone and binding.ns is not None:
+                self._retry_sharing(binding.ns.identity)
         self._cancel_retry(binding)
         binding.retry_delay = 0.0
         self.bind(binding)
@@ -250,11 +255,20 @@ class Listeners:
                 return
             if binding.pin is not None:
                 self.loop.add_reader(binding.pin.pidfd, self._process_exited, binding)
+            self.sharing.setdefault(binding.ns.identity, set()).add(binding)
         waiting_for_address = missing = False
         for listener in spec.listeners:
             group = binding.sockets.get(listener.digest)
             if group is not None and len(group) >= self.width:
                 continue
+            if group is None:
+                other = self._served_by_another(binding, listener)
+                if other is not None:
+                    missing = True
+                    self._listener_error(binding, listener, "error", (
+                        f"{listener.listen}: tenant {other!r} listens there in the same network "
+                        f"namespace; not bound (their clients would be mixed)"))  # fmt: skip
+                    continue
             try:
                 socks = self.registry.listening_sockets(
                     binding.ns, listener.host, listener.port, self.width - len(group or ())
@@ -282,6 +296,35 @@ class Listeners:
         else:
             binding.retry_delay = 0.0
             binding.last_error = None
+
+    def _served_by_another(self, binding: Binding, listener) -> str | None:
+        """The name of another tenant bound, in ``binding``'s namespace, to an address that
+        overlaps ``listener``'s (same port and family; equal, or either one the wildcard).
+
+        The check refuses this for namespaces it can tell apart; here it holds for those that
+        became one afterwards (a bind mount, a reused PID, a name given to another namespace):
+        the second tenant's socket would join the first one's SO_REUSEPORT group (same user,
+        socket(7)), and the kernel would hand either tenant's clients to both."""
+        ip = schema.ip_address(listener.host)
+        for other in self.sharing.get(binding.ns.identity, ()):
+            if other is binding:
+                continue
+            for theirs in other.spec.listeners:
+                if theirs.port != listener.port or theirs.digest not in other.sockets:
+                    continue
+                their_ip = schema.ip_address(theirs.host)
+                if their_ip.version == ip.version and (
+                    their_ip == ip or their_ip.is_unspecified or ip.is_unspecified
+                ):
+                    return other.name
+        return None
+
+    def _retry_sharing(self, identity: tuple[int, int]) -> None:
+        """Bind at once the tenants of a namespace where an address may have been freed."""
+        for other in self.sharing.get(identity, ()):
+            if other.retry_handle is not None:
+                self._cancel_retry(other)
+                other.retry_handle = self.loop.call_soon(self.bind, other)
 
     def _listener_error(self, binding: Binding, listener, state: str, error: str) -> None:
         if binding.states.get(listener.digest) != (state, error):
@@ -335,6 +378,12 @@ class Listeners:
             binding.pin.close()
             binding.pin = None
         if binding.ns is not None:
+            sharing = self.sharing.get(binding.ns.identity)
+            if sharing is not None:
+                sharing.discard(binding)
+                if not sharing:
+                    del self.sharing[binding.ns.identity]
+                self._retry_sharing(binding.ns.identity)
             self.registry.release(binding.ns)
             binding.ns = None
         binding.retry_delay = 0.0
