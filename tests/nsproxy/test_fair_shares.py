@@ -14,6 +14,7 @@ import time
 
 import pytest
 from conftest import ADDR, http_tenant, make_cert
+from processes import wait_until
 
 HOLD = f"""
 import json, resource, socket, sys, time
@@ -240,12 +241,16 @@ def test_admitting_a_tenant_never_cuts_a_response_another_tenant_is_still_receiv
     assert result == {"body": 600000}, (result, stopped, newcomer.stdout, proxy.log())
 
 
-def _others_admitted_while(proxy, holding: dict, script: str, *args: str, settle=0.0, **top):
+def _others_admitted_while(
+    proxy, holding: dict, script: str, *args: str, settle=0.0, prepare=None, **top
+):
     """``holding`` (tenant ta) alone fills a budget of about 220 with the connections
     ``script`` opens from ta's namespace (it prints {"held": N}, then holds them until its
     stdin closes); after ``settle`` seconds, tenant tb, under its share, asks 40 new
-    connections. tb's statuses."""
+    connections. tb's statuses. ``prepare``: a shell command run once the namespaces exist."""
     proxy.add_netns("ta", "tb")
+    if prepare:
+        proxy.sb.sh(prepare)
     proxy.start_echo("echo", "127.0.0.1:9950")
     proxy.start_rawup("up", "127.0.0.1:9971")  # ta's upstream
     proxy.write_config([holding, http_tenant("tb", ["127.0.0.1:9950"])], **top)
@@ -284,10 +289,10 @@ def _holding_tenant(protocol: str, tmp_path=None) -> tuple[dict, str]:
     return tenant, "443"
 
 
-# Connections that ask for a 4 MiB answer and never read it (a tiny receive window).
+# Connections that ask for an answer of argv[2] bytes and never read it (a tiny receive window).
 NEVER_READ = f"""
 import json, resource, socket, sys
-count = int(sys.argv[1])
+count, size = int(sys.argv[1]), int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_NOFILE, (count + 100, count + 100))
 held = []
 for _ in range(count):
@@ -296,7 +301,7 @@ for _ in range(count):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.settimeout(2)
         s.connect(("{ADDR}", 80))
-        s.sendall(b"GET /b/big?size=4194304 HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n")
+        s.sendall(b"GET /b/big?size=%d HTTP/1.1\\r\\nHost: a\\r\\n\\r\\n" % size)
         held.append(s)
     except OSError:
         pass
@@ -312,9 +317,52 @@ def test_a_tenant_that_never_reads_its_answers_cannot_lock_another_out_of_the_bu
     from nsproxy.admission import STALLED_AFTER
 
     holding, _port = _holding_tenant("http")
-    statuses = _others_admitted_while(proxy, holding, NEVER_READ, "600", settle=STALLED_AFTER + 2)
+    statuses = _others_admitted_while(
+        proxy, holding, NEVER_READ, "600", "4194304", settle=STALLED_AFTER + 2
+    )
     assert statuses == [200] * 40, statuses
     assert "the connection budget" in proxy.log()  # ta was refused beyond it meanwhile
+
+
+def test_connections_closed_with_answers_their_clients_never_read_make_room(proxy):
+    """ta's answers (48 KiB) fit below the write buffer's mark, but its clients read nothing
+    and ta's namespace lets the kernel queue only a few KiB per socket (lo's MTU 1500, 4 KiB
+    send buffers): the proxy has each whole answer, the connection goes idle with most of it
+    unsent, and the idle timeout closes it. A closing transport writes what it holds first,
+    for as long as the client takes nothing: such connections stayed, counted, for ever (a
+    reviewer's lockout of tb by 27 of them). Admission cuts them like any stalled connection,
+    and the sweep once they took nothing for timeouts.read."""
+    from nsproxy.admission import STALLED_AFTER
+
+    holding, _port = _holding_tenant("http")
+    proxy.add_netns("ta", "tb")
+    proxy.sb.sh("ip -n ta link set lo mtu 1500 && "
+                "ip netns exec ta sysctl -qw net.ipv4.tcp_wmem='4096 4096 4096'")  # fmt: skip
+    proxy.start_echo("echo", "127.0.0.1:9950")
+    proxy.start_rawup("up", "127.0.0.1:9971")
+    proxy.write_config([holding, http_tenant("tb", ["127.0.0.1:9950"])],
+                       timeouts={"idle": 2, "read": 20})  # fmt: skip
+    proxy.start(wrap=["prlimit", "--nofile=160:160"])  # a budget of about 45 per worker
+    holder = proxy.sb.popen(
+        ["ip", "netns", "exec", "ta", sys.executable, "-c", NEVER_READ, "150", "49152"],
+        stdin=-1, stdout=-1, text=True,
+    )  # fmt: skip
+    proxy.helpers.append(holder)
+    assert json.loads(holder.stdout.readline())["held"] >= 100
+
+    def held() -> int:
+        return sum(w["connections"] for w in proxy.status_json()["workers"])
+
+    admitted = held()
+    wait_until(lambda: len(proxy.access_records()) >= admitted, "every answer given", 60)
+    assert {r["status"] for r in proxy.access_records()} == {200}
+    time.sleep(2 + STALLED_AFTER + 1)  # closed by the idle timeout, then stalled
+    assert held() > admitted // 2  # closed, most still open: their answers wait in the proxy
+    statuses = json.loads(proxy.python("tb", NEW_CONNECTIONS, timeout=120).stdout)
+    assert statuses == [200] * 40, statuses
+    # the others are cut once they have taken nothing for timeouts.read (20 s)
+    wait_until(lambda: held() == 0, "ta's closed connections cut", 30)
+    holder.stdin.close()
 
 
 # Holds COUNT connections to PORT, each sent the start of MODE's opening (a TLS ClientHello's

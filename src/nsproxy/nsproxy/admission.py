@@ -153,6 +153,9 @@ class Admission:
                 conn.evict()
                 return True
             if conn.closing():
+                # closed, but a client that takes nothing keeps it open: it still counts
+                if stalled is None and conn.stalled_for() >= STALLED_AFTER:
+                    stalled = conn
                 continue
             if stalled is None and conn.stalled_for() >= STALLED_AFTER:
                 stalled = conn

@@ -98,6 +98,7 @@ class ClientConnection(Flow):
     __slots__ = (
         "backlog",
         "buffered",
+        "closing_since",
         "chunk_out",
         "chunkbuf",
         "chunks",
@@ -175,6 +176,7 @@ class ClientConnection(Flow):
         self.moved = 0
         self.stall_since = 0.0
         self.buffered = 0
+        self.closing_since = 0.0  # when the sweep first saw the transport closing
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport):
@@ -869,13 +871,28 @@ class ClientConnection(Flow):
 
     def check_timeout(self, now: float, timeouts: dict) -> None:
         """Called once a second by the daemon's sweep."""
-        if self.write_paused:
-            buffered = self.transport.get_write_buffer_size()
+        transport = self.transport
+        closing = transport is not None and transport.is_closing()
+        if self.write_paused or closing:
+            buffered = transport.get_write_buffer_size()
             self.moved += max(0, self.buffered - buffered)  # what the client took
             self.buffered = buffered
         if self.moved >= PROGRESS_BYTES:
             self.stall_since = now
             self.moved = 0
+        if closing:
+            # A closing transport writes what it still holds before it lets the socket go,
+            # for as long as that takes: a client that takes none of it for timeouts.read is
+            # cut, as in LINGER (admission.py may cut it sooner: stalled_for). Without this a
+            # client that stopped reading kept the connection, counted, for ever.
+            if not self.closing_since:
+                self.closing_since = now
+            if (
+                transport.get_write_buffer_size()
+                and now - max(self.stall_since, self.closing_since) > timeouts["read"]
+            ):
+                self.abort()
+            return
         state = self.state
         if state == HEAD:
             if now - self.since > timeouts["header_read"]:
@@ -961,8 +978,12 @@ class ClientConnection(Flow):
         on the upstream): taken of the proxy's backed-up writes (above the buffer's high-water
         mark), given of a request body the proxy is reading, either way through a tunnel; or,
         between requests, since the last response ended with bytes of it still unacknowledged
-        in the kernel's send queue."""
+        in the kernel's send queue; or, closing, since the client last took PROGRESS_BYTES of
+        what the transport still holds."""
         if self.closing():
+            transport = self.transport
+            if transport is not None and transport.get_write_buffer_size():
+                return self.shared.now - self.stall_since
             return 0.0
         state, now = self.state, self.shared.now
         if self.write_paused or state == TUNNEL:
