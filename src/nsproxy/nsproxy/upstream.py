@@ -17,8 +17,8 @@ recovery seen in the table also ends the passive mark: the checks just proved th
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
+import operator
 import os
 import socket
 import time
@@ -49,11 +49,6 @@ class UpstreamError(Exception):
     def __init__(self, message: str, timeout: bool = False):
         super().__init__(message)
         self.timeout = timeout
-
-
-@functools.lru_cache(maxsize=4096)
-def _down_until(server: Server) -> float:
-    return server.down_until
 
 
 def _label(host: str, port: int) -> str:
@@ -377,7 +372,8 @@ class Upstream:
                 yield server
         if not found:
             # Everything is marked down: try the one that failed longest ago rather than nothing.
-            yield min((servers[(start + step) % n] for step in range(n)), key=_down_until)
+            yield min((servers[(start + step) % n] for step in range(n)),
+                      key=operator.attrgetter("down_until"))  # fmt: skip
 
     def _failed(self, server: Server, reason: str) -> None:
         server.down_until = time.monotonic() + FAIL_TIMEOUT

@@ -124,3 +124,18 @@ def test_the_pool_hands_back_a_live_connection_and_times_idleness_from_its_last_
     assert server.idle == [live]  # the closing one is dropped, the live one kept
     assert up.take() == (server, live)
     assert up.take() == (server, None)
+
+
+def test_with_every_server_down_the_one_that_failed_longest_ago_is_tried(table):
+    """Its mark as it is now, each time: a cache of the first mark once made the choice stick
+    to a server marked down again since (and kept every server ever asked alive)."""
+    table.use_specs(specs(app=["127.0.0.1:8080", "127.0.0.1:8081", "127.0.0.1:8082"]))
+    app = table["app"]
+    now = time.monotonic()
+    first, second, third = app.servers
+    first.down_until, second.down_until, third.down_until = now + 30, now + 10, now + 20
+    assert list(app._healthy_from(0)) == [second]
+    second.down_until = now + 40  # marked down again: now the one that failed last
+    assert list(app._healthy_from(0)) == [third]
+    third.down_until = now + 50
+    assert list(app._healthy_from(1)) == [first]
