@@ -137,3 +137,31 @@ def test_pipelined_requests_are_answered_in_order(strict):
     assert result["statuses"] == ["HTTP/1.1 200 OK"] * 6
     paths = re.findall(r'"path": "([^"]*)"', result["body"])
     assert paths == ["/p0", "/p1", "/p2", "/p3", "/p4", "/last"]
+
+
+BAD_REQUEST_LOOP = f"""
+import socket, sys
+for _ in range(int(sys.argv[1])):
+    s = socket.create_connection(("{ADDR}", 80))
+    s.sendall(b"X\\r\\n\\r\\n")
+    s.recv(4096)
+    s.close()
+"""
+
+
+def test_one_tenants_bad_requests_cannot_flood_the_daemon_log(strict):
+    """A client that loops over connect, five bad bytes, close wrote one daemon log line per
+    request (15,000 in 5 s in a reviewer's run), past what journald keeps of every tenant's
+    lines. Each worker writes at most traffic_log.LINES of a tenant's lines per interval, says
+    so, and the access log still has every request."""
+    from nsproxy import traffic_log
+
+    count = 300
+    strict.python("edge", BAD_REQUEST_LOOP, str(count), timeout=120)
+    records = strict.wait_access(count, timeout=20)
+    assert len(records) == count and {r["status"] for r in records} == {400}
+    lines = strict.log().splitlines()
+    refused = [line for line in lines if "malformed request" in line]
+    workers = len(strict.status_json()["workers"])
+    assert 0 < len(refused) <= workers * traffic_log.LINES, len(refused)
+    assert any("more are not shown until" in line for line in lines)

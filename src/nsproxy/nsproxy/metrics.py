@@ -38,8 +38,9 @@ class TenantMetrics:
     statuses outside 100..599, not exported); ``received``, ``sent`` and ``connections`` are
     indexed like :data:`PROTOCOLS`; ``observe`` records an upstream latency in seconds."""
 
-    __slots__ = ("buckets", "codes", "connections", "errors", "latency_sum", "received",
-                 "refusal_logged", "refused", "requests", "sent", "upstream_failures")  # fmt: skip
+    __slots__ = ("buckets", "codes", "connections", "errors", "latency_sum", "log_window",
+                 "received", "refusal_logged", "refused", "requests", "sent",
+                 "upstream_failures")  # fmt: skip
 
     def __init__(self):
         self.requests = 0
@@ -53,6 +54,7 @@ class TenantMetrics:
         self.connections = [0, 0, 0]
         self.refused = 0  # connections not admitted (limits, fair share: accept.py)
         self.refusal_logged = -1e9  # time.monotonic() of the last refusal log line
+        self.log_window = None  # traffic_log.py: [start, lines, not shown] of this interval
 
     def observe(self, seconds: float) -> None:
         buckets = self.buckets

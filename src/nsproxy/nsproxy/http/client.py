@@ -34,6 +34,7 @@ import termios
 
 import httptools
 
+from nsproxy import traffic_log
 from nsproxy.admission import PROGRESS_BYTES, hold, release, reset
 from nsproxy.buffering import HIGH_WATER
 from nsproxy.http.cycle import RequestCycle
@@ -50,8 +51,6 @@ from nsproxy.http.response_head import LENGTH, client_framing
 from nsproxy.http.upstream_side import UpstreamConnection
 from nsproxy.http.wire import IDEMPOTENT_METHODS, PartialHead, Reject, local_response
 from nsproxy.upstream import UpstreamError
-
-log = logging.getLogger("nsproxy.http")
 
 # Connection states (timeouts differ per state).
 HEAD = 1  # reading a request head (or waiting for the first one): header_read timeout
@@ -259,9 +258,9 @@ class ClientConnection(Flow):
             if isinstance(cause, Reject):
                 self._event(self._reject, cause.status, cause.detail)
             elif not isinstance(cause, _TooManyPipelined):
-                log.error(
-                    "tenant %s: internal error handling a request", self.tenant.name, exc_info=cause
-                )
+                traffic_log.line(self.tenant, logging.ERROR,
+                                 "tenant %s: internal error handling a request",
+                                 self.tenant.name, exc_info=cause)  # fmt: skip
                 self._event(self._reject, 500, "internal error")
         except httptools.HttpParserError as exc:
             if not self.parser_done:  # (bytes after "Connection: close" are dropped)
@@ -554,7 +553,8 @@ class ClientConnection(Flow):
                 self.upstream_fault(504 if exc.timeout else 502, str(exc))
             return
         except Exception:
-            log.exception("tenant %s: upstream connect failed", self.tenant.name)
+            traffic_log.line(self.tenant, logging.ERROR, "tenant %s: upstream connect failed",
+                             self.tenant.name, exc_info=True)  # fmt: skip
             if self.state != CLOSED:
                 self.pending = None
                 self.upstream_fault(502, "upstream connect failed")
@@ -769,7 +769,9 @@ class ClientConnection(Flow):
         cycle = self.cycle
         if cycle is not None and cycle.response_started:
             self.flush()
-            log.info(
+            traffic_log.line(
+                self.tenant,
+                logging.INFO,
                 "tenant %s listener %s client %s: response cut: %s",
                 self.tenant.name,
                 self.listener,
@@ -791,7 +793,9 @@ class ClientConnection(Flow):
         if self.state == CLOSED or self.state == LINGER:
             return
         self.flush()
-        log.info(
+        traffic_log.line(
+            self.tenant,
+            logging.INFO,
             "tenant %s listener %s client %s: %d %s",
             self.tenant.name,
             self.listener,

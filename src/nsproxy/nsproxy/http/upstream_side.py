@@ -14,6 +14,7 @@ import logging
 
 import httptools
 
+from nsproxy import traffic_log
 from nsproxy.buffering import HIGH_WATER
 from nsproxy.http.flow import CHUNKS_PER_TURN, Flow
 from nsproxy.http.response_head import (
@@ -24,8 +25,6 @@ from nsproxy.http.response_head import (
     body_framing,
 )
 from nsproxy.http.wire import HEAD_END, HOP_BY_HOP, PROTECTED, PartialHead, connection_tokens
-
-log = logging.getLogger("nsproxy.http")
 
 #: Interim (1xx) responses accepted before the final one, per request.
 MAX_INTERIM = 16
@@ -211,7 +210,10 @@ class UpstreamConnection(Flow):
             if isinstance(cause, ResponseFault):
                 fault = cause
             elif not isinstance(cause, _AfterResponse):
-                log.error("upstream %s: internal error", self.upstream.name, exc_info=cause)
+                client = self.client
+                if client is not None:
+                    traffic_log.line(client.tenant, logging.ERROR, "upstream %s: internal error",
+                                     self.upstream.name, exc_info=cause)  # fmt: skip
                 fault = ResponseFault("internal error reading the response")
         except httptools.HttpParserError as exc:
             if self.done:
