@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import ADDR, headers_of, http_tenant
 
 N_TENANTS = 55
@@ -206,3 +207,23 @@ def test_tenants_with_identical_route_tables_each_reach_only_their_own_servers(p
         assert code == 200, (name, host, doc)
         assert doc["server"] == f"echo@{api if host == 'api.example' else app}", (name, host)
         assert headers_of(doc)["x-nsproxy-tenant"] == [name]
+
+
+@pytest.mark.parametrize(
+    ("target", "host"),
+    [("http://[2001:db8::7]:8080/x", "[2001:db8::7]:8080"), ("http://[::1]/x", "[::1]"),
+     ("http://a.example:8080/x?q=1", "a.example:8080")],
+)  # fmt: skip
+def test_the_authority_of_an_absolute_form_target_is_the_host_forwarded(proxy, target, host):
+    """RFC 9112 3.2.2: it replaces Host, and an IPv6 literal keeps its brackets (RFC 3986
+    3.2.2): without them, [::1]:8080 went out as '::1:8080', a host no route can match."""
+    proxy.add_netns("acme")
+    proxy.start_echo("echo", "127.0.0.1:9120")
+    proxy.write_config([http_tenant("acme", ["127.0.0.1:9120"])])
+    proxy.start()
+    request = f"GET {target} HTTP/1.1\r\nHost: ignored.example\r\nConnection: close\r\n\r\n"
+    (response,) = proxy.exchange("acme", request.encode())["responses"]
+    assert response["status"] == 200, response
+    doc = json.loads(response["body"])
+    assert headers_of(doc)["host"] == [host]
+    assert doc["path"].startswith("/x")

@@ -146,7 +146,11 @@ def forwarded_fields(cycle, meta: tuple, limits: dict) -> list[bytes]:
                 raise Reject(400, "invalid request target") from None
             if parsed.userinfo:
                 raise Reject(400, "userinfo in the request target")
-            host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+            host = parsed.host
+            if b":" in host:  # an IPv6 literal: llhttp gives it without its brackets
+                host = b"[" + host + b"]"
+            if parsed.port:
+                host += b":%d" % parsed.port
             url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
             cycle.url = url
         elif not (url == b"*" and method == b"OPTIONS"):
