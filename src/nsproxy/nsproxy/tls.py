@@ -209,6 +209,14 @@ def unservable_key(der: bytes) -> str | None:
     return _OTHER_KEYS.get(algorithm, f"a key of type {_dotted(algorithm)}")
 
 
+#: A name SNI can select (RFC 6066 3: an ASCII host name, IDNs as A-labels; RFC 6125 6.4.3: a
+#: wildcard only as the whole left-most label). Others ('*', '*.*.example', a U-label, which a
+#: client never sends) are left out of the selection tables.
+_SELECTABLE = re.compile(
+    r"(\*\.)?[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*"
+)
+
+
 def certificate_names(der: bytes) -> list[str]:
     """The DNS names a DER certificate serves: its SAN dNSNames, else its subject CNs.
 
@@ -557,8 +565,9 @@ def _load(listener: Mapping, problems: list[str], files: Mapping | None = None, 
             names, context, cert_bytes = one
             if i > 0 and not names:
                 problems.append(
-                    f"{field}.cert: has no DNS name (subjectAltName or CN), so SNI can never "
-                    "select it; only the first certificate may be nameless"
+                    f"{field}.cert: has no DNS name SNI can select (subjectAltName or CN: an ASCII "
+                    "host name, IDNs as A-labels, or '*.' and one), so it is never chosen; only "
+                    "the first certificate may be nameless"
                 )
             loaded.append((names, context))
             identity.update(b"%d\0" % len(cert_bytes) + cert_bytes)
@@ -582,7 +591,8 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str], 
     try:
         cert_bytes = _read_file(cert, files)
         der = _pem_certificate(cert_bytes)
-        names, unservable = certificate_names(der), unservable_key(der)
+        names = [n for n in certificate_names(der) if _SELECTABLE.fullmatch(n)]
+        unservable = unservable_key(der)
     except OSError as exc:
         problems.append(f"{field}.cert: cannot read {cert}: {exc.strerror or exc}")
         return None

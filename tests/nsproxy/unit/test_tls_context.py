@@ -395,6 +395,24 @@ def test_nameless_certificate_after_the_first_is_reported(certs):
     assert len(problems) == 1 and problems[0].startswith("tls.certificates[1].cert: has no DNS")
 
 
+@pytest.mark.parametrize("san", ["DNS:*", "DNS:*.*.example", "DNS:a.*.example",
+                                 "DNS:b\u00fccher.example", "DNS:*,DNS:x*.example"])  # fmt: skip
+def test_a_certificate_only_with_names_sni_cannot_select_is_reported(certs, tmp_path, san):
+    """Clients send A-labels and match a wildcard only as the whole left-most label: a second
+    certificate named only otherwise is never chosen (it passed the check before)."""
+    odd = make_cert(tmp_path, "odd", "/O=odd", san)
+    problems = tls.validate_listener(listener(certs["a"], odd))
+    assert len(problems) == 1 and "no DNS name SNI can select" in problems[0], problems
+
+
+def test_names_sni_cannot_select_are_left_out_and_the_others_kept(certs, tmp_path):
+    odd = make_cert(tmp_path, "mixed", "/O=odd", "DNS:*.*.example,DNS:ok.example")
+    assert tls.validate_listener(listener(certs["a"], odd)) == []
+    context = tls.build_server_context(listener(certs["a"], odd))
+    _default, exact, wildcard = context.sni_callback.tables
+    assert "ok.example" in exact and "example" not in wildcard
+
+
 def test_build_server_context_raises_with_the_problems(certs, tmp_path):
     with pytest.raises(tls.TLSConfigError) as err:
         tls.build_server_context(listener({"cert": str(tmp_path / "x.pem"), "key": "k"}))
