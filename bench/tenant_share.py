@@ -9,12 +9,14 @@ Two tenants, ``noisy`` and ``quiet``, each with an http listener, in a throwaway
 clients (wrk) on CPU 1. For each build, ``--rounds``
 times:
 
+- ``noisy_alone``: ``noisy`` runs ``wrk -c --noisy-connections`` (keep-alive, each connection
+  one request after the other) for ``--seconds``, nothing else: what sharing costs a tenant
+  with the worker to itself;
 - ``alone``: ``quiet`` runs ``wrk -c --quiet-connections`` for ``--seconds``, nothing else;
-- ``contended``: the same while ``noisy`` runs ``wrk -c --noisy-connections`` (keep-alive,
-  each connection one request after the other, as many as the proxy answers).
+- ``contended``: the same while ``noisy`` runs as in ``noisy_alone``.
 
-Prints one JSON line per build and round: the quiet tenant's requests per second and latency
-percentiles (ms) alone and contended, the noisy tenant's requests per second, and
+Prints one JSON line per build and round: each run's requests per second, latency
+percentiles (ms) and failed requests, and
 ``quiet_kept``: the quiet tenant's contended rate over its rate alone. With the loop shared per
 connection, a tenant with 1 connection against one with 256 keeps about 1/257 of what its
 requests got alone, however little it asks; shared per tenant, it keeps what its own
@@ -56,8 +58,15 @@ def wrk_argv(tenant: str, connections: int, seconds: float) -> list[str]:
 
 
 def wrk_figures(output: str) -> dict:
-    """Requests per second and the 50/90/99 % latencies (ms) of one wrk run's report."""
+    """Requests per second, the 50/90/99 % latencies (ms) and the failed requests (non-2xx
+    answers and socket errors) of one wrk run's report."""
     figures = {"rps": round(float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)))}
+    failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                       output)  # fmt: skip
+    figures["failed"] = (int(failed.group(1)) if failed else 0) + (
+        sum(map(int, errors.groups())) if errors else 0
+    )
     for pct in ("50", "90", "99"):
         value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M).groups()
         figures[f"p{pct}_ms"] = round(float(value) * _UNITS[unit], 2)
@@ -65,6 +74,9 @@ def wrk_figures(output: str) -> dict:
 
 
 def _round(sb, args) -> dict:
+    noisy_alone = wrk_figures(
+        sb.run(wrk_argv("noisy", args.noisy_connections, args.seconds)).stdout
+    )
     alone = wrk_figures(sb.run(wrk_argv("quiet", args.quiet_connections, args.seconds)).stdout)
     noisy = sb.popen(wrk_argv("noisy", args.noisy_connections, args.seconds + 2),
                      stdout=subprocess.PIPE, text=True)  # fmt: skip
@@ -72,9 +84,10 @@ def _round(sb, args) -> dict:
     contended = wrk_figures(sb.run(wrk_argv("quiet", args.quiet_connections, args.seconds)).stdout)
     noisy_out, _ = noisy.communicate(timeout=args.seconds + 30)
     return {
+        "noisy_alone": noisy_alone,
         "quiet_alone": alone,
         "quiet_contended": contended,
-        "noisy_rps": wrk_figures(noisy_out)["rps"],
+        "noisy_contended": wrk_figures(noisy_out),
         "quiet_kept": round(contended["rps"] / alone["rps"], 3),
     }
 
