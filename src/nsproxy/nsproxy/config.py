@@ -22,6 +22,7 @@ import json
 import logging
 import marshal
 import os
+import stat
 import sys
 from typing import NamedTuple
 
@@ -49,6 +50,7 @@ __all__ = [
     "UpstreamSpec",
     "load",
     "parse",
+    "read_file",
     "parse_address",
     "validate",
 ]
@@ -236,16 +238,46 @@ def load(path: str, previous: dict | None = None, parts: dict | None = None) -> 
     stat-ed). ``parts``, the running config's :attr:`Config.parts`, saves walking those
     tenants again to share their listeners, routes and upstreams with the new ones.
     """
+    return parse(read_file(path), previous, parts)
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of the config file at ``path``, never waiting: opened non-blocking (a FIFO's
+    open would wait for a writer), and anything but a regular file of at most
+    :data:`MAX_FILE_BYTES` is refused before a byte is read. Raises ConfigError."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+                raise ConfigError([schema.one_line(f"cannot read {path}: {kind}")])
+            if st.st_size > MAX_FILE_BYTES:
+                raise ConfigError(
+                    [schema.one_line(f"{path} is larger than {MAX_FILE_BYTES} bytes")]
+                )
+            chunks, size = [], 0
+            while size <= MAX_FILE_BYTES:  # to the end (a file may grow while it is read)
+                chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+    except ConfigError:
+        raise
+    except BlockingIOError:  # a "regular" file of /proc that answers like a device
+        raise ConfigError(
+            [schema.one_line(f"cannot read {path}: not readable as a regular file")]
+        ) from None
     except OSError as exc:
         raise ConfigError([schema.one_line(f"cannot read {path}: {exc.strerror or exc}")]) from None
     except Exception as exc:
         raise _unexpected(exc) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError([f"{path} is larger than {MAX_FILE_BYTES} bytes"])
-    return parse(data, previous, parts)
+    if size > MAX_FILE_BYTES:
+        raise ConfigError([schema.one_line(f"{path} is larger than {MAX_FILE_BYTES} bytes")])
+    return b"".join(chunks)
 
 
 def parse(data: bytes, previous: dict | None = None, parts: dict | None = None) -> Config:

@@ -51,6 +51,7 @@ __all__ = [
     "Text",
     "User",
     "field",
+    "file_kind",
     "key_text",
     "netns_canonical",
     "one_line",
@@ -293,6 +294,22 @@ def _absolute_path(value, what: str) -> str:
     return value
 
 
+def file_kind(mode: int) -> str:
+    """What kind of file ``mode`` (st_mode) is: "a FIFO", "a socket", "a directory"..."""
+    for test, kind in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
 def _parent_problem(path: str) -> str | None:
     """Why no file can be created at ``path``: its nearest existing ancestor is not a
     directory (creating the missing ones would fail with ENOTDIR); None when it can be."""
@@ -326,7 +343,8 @@ class AbsPath(Check):
 
 class FilePath(Check):
     """An absolute path of a file the daemon appends to (created if missing). Its folder must
-    exist: the daemon creates the file, not the folders above it."""
+    exist: the daemon creates the file, not the folders above it. An existing one must be a
+    regular file or a character device (/dev/null): daemonlog.open_append refuses the rest."""
 
     __slots__ = ("what",)
 
@@ -338,10 +356,17 @@ class FilePath(Check):
         if path.endswith("/"):
             raise Invalid(f"must name a file, not a directory, got {shown(path)}")
         try:
-            if stat.S_ISDIR(os.stat(path).st_mode):
-                raise Invalid(f"{path} is a directory; name a file")
+            mode = os.stat(path).st_mode
         except OSError:
-            pass
+            mode = None
+        if mode is not None and stat.S_ISDIR(mode):
+            raise Invalid(f"{path} is a directory; name a file")
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            # Opening a FIFO waits for its other end: the daemon must never wait there.
+            raise Invalid(
+                f"{path} exists and is {file_kind(mode)}; allowed: a regular file or a "
+                "character device such as /dev/null"
+            )
         problem = _parent_problem(path)
         if problem:
             raise Invalid(problem)

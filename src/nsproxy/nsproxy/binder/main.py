@@ -63,14 +63,7 @@ def load_config(
 ) -> tuple[config.Config, bytes]:
     """(config, the file's bytes): config.load, keeping the bytes (an upgrade hands them to
     the new binder, which falls back to them if it refuses the file). Raises ConfigError."""
-    limit = getattr(config, "MAX_FILE_BYTES", 64 * 1024 * 1024)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise config.ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from None
-    if len(data) > limit:
-        raise config.ConfigError([f"{path} is larger than {limit} bytes"])
+    data = config.read_file(path)  # never waits (a FIFO), nothing but a regular file
     return config.parse(data, previous, parts), data
 
 
