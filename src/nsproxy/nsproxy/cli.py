@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
+import os
+import stat
 import sys
 
 from nsproxy import __version__, config, daemonlog
@@ -70,8 +73,47 @@ def cmd_check(args) -> int:
         return 1
     finally:
         tls.forget_verified()
+    problem = _admin_socket_in_use(cfg)
+    if problem:
+        print(problem)
+        return 1
     print(f"ok: {len(cfg.tenants)} tenants, {cfg.listener_count()} listeners")
     return 0
+
+
+def _admin_socket_in_use(cfg) -> str | None:
+    """Why ``run`` would refuse the config's admin socket: a process serves it that is not
+    this instance's daemon (an existing socket is connected to, and asked for its status only
+    when something answers). The running daemon of the same ``instance`` is the one a reload
+    or restart applies this file to: its socket is fine. None when nothing is wrong."""
+    from nsproxy import admin, schema
+
+    path = cfg.admin_socket
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return None  # config.load has said what is wrong with it
+        live = admin.answering(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        return schema.one_line(
+            f"admin_socket: cannot tell whether a running process uses {path} "
+            f"({exc.strerror or exc}); run would refuse it"
+        )
+    if not live:
+        return None  # left by a daemon that died: run replaces it
+    try:
+        instance = admin.request(path, "status", timeout=10)["status"]["instance"]
+    except (admin.AdminError, KeyError, TypeError):
+        instance = None
+    if instance == cfg.instance:
+        return None
+    who = (
+        f"nsproxy instance {schema.shown(instance)}"
+        if isinstance(instance, str)
+        else f"not the nsproxy of instance {schema.shown(cfg.instance)}"
+    )
+    return schema.one_line(f"admin_socket: {path}: {admin.IN_USE} ({who})")
 
 
 def cmd_run(args) -> int:

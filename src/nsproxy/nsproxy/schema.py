@@ -326,7 +326,51 @@ def _parent_problem(path: str) -> str | None:
             return None  # cannot look (permissions): the daemon will say
         if not stat.S_ISDIR(st.st_mode):
             return f"{parent} is not a directory, so {path} cannot be created"
+        return _filesystem_problem(parent, path)
+
+
+#: Kernel filesystems in which no folder, file or socket of ours can be made (mkdir in /proc
+#: fails with ENOENT; in cgroup or configfs it would make a kernel object).
+_PSEUDO_FILESYSTEMS = frozenset(
+    ("proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "configfs",
+     "efivarfs", "pstore", "bpf", "devpts", "mqueue", "binfmt_misc", "fusectl", "selinuxfs")
+)  # fmt: skip
+
+
+def _filesystem_problem(folder: str, path: str) -> str | None:
+    """Why ``path`` cannot be made below the existing ``folder``: a read-only mount, or a
+    kernel filesystem (/proc, /sys); None when nothing says so. Looks, changes nothing."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f"{folder} is on a read-only filesystem, so {path} cannot be created"
+    except OSError:
+        return None  # cannot look: the daemon will say
+    kind = _filesystem_type(folder)
+    if kind in _PSEUDO_FILESYSTEMS:
+        return f"{folder} is on a {kind} filesystem (a kernel one), so {path} cannot be created"
+    return None
+
+
+def _filesystem_type(folder: str) -> str | None:
+    """The type of the filesystem mounted at or above ``folder`` (/proc/self/mountinfo, the
+    mount with the longest matching mount point), or None when it cannot be read."""
+    target = os.path.realpath(folder)
+    best, kind = -1, None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split()
+                try:
+                    point = fields[4].replace("\\040", " ").replace("\\011", "\t")
+                    fs_type = fields[fields.index("-", 6) + 1]
+                except (IndexError, ValueError):
+                    continue
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= best:  # the later of equal mounts is on top
+                    best, kind = len(point), fs_type
+    except OSError:
         return None
+    return kind
 
 
 class AbsPath(Check):
@@ -367,7 +411,13 @@ class FilePath(Check):
                 f"{path} exists and is {file_kind(mode)}; allowed: a regular file or a "
                 "character device such as /dev/null"
             )
-        problem = _parent_problem(path)
+        if mode is not None and stat.S_ISREG(mode):
+            try:
+                if os.statvfs(path).f_flag & os.ST_RDONLY:
+                    raise Invalid(f"{path} is on a read-only filesystem; it cannot be appended to")
+            except OSError:
+                pass
+        problem = _parent_problem(path) if mode is None else None
         if problem:
             raise Invalid(problem)
         folder = posixpath.dirname(path)

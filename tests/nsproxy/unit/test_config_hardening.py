@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from nsproxy import accesslog, config, daemonlog
+from nsproxy import accesslog, admin, config, daemonlog
 
 NSPROXY = [sys.executable, "-m", "nsproxy"]
 
@@ -129,3 +129,119 @@ def test_check_of_a_config_file_that_is_a_fifo_is_one_line_and_no_hang(fifo):
     assert line == f"cannot read {fifo}: not a regular file", line
     with pytest.raises(config.ConfigError, match="not a regular file"):
         config.read_file(fifo)
+
+
+# -- 2. admin sockets that cannot be made ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("path", "kind"), [("/proc/nsproxy/x.sock", "proc"), ("/sys/x.sock", "sysfs")]
+)
+def test_an_admin_socket_under_proc_or_sys_is_refused_by_check(tmp_path, path, kind):
+    (line,) = problems_of(doc(tmp_path, admin_socket=path))
+    assert line.startswith("admin_socket: ") and f"on a {kind} filesystem" in line, line
+
+
+def test_an_admin_socket_that_cannot_be_made_is_one_line_from_the_binder():
+    with pytest.raises(admin.AdminError) as caught:
+        admin.claim("/proc/nsproxy/x.sock")
+    message = str(caught.value)
+    assert message.startswith("admin_socket /proc/nsproxy/x.sock: cannot create the folder")
+    assert "\n" not in message
+
+
+def test_run_with_an_admin_socket_under_proc_is_one_line(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc(tmp_path, admin_socket="/proc/nsproxy/x.sock")))
+    line = one_line_without_traceback(run_nsproxy("run", "--config", str(path)))
+    assert "admin_socket: /proc is on a proc filesystem" in line, line
+
+
+# -- 3. an admin socket a running process serves -----------------------------------------------
+class FakeServer:
+    """A unix socket server at ``path`` answering each connection with ``answer`` (bytes),
+    or closing it at once (None)."""
+
+    def __init__(self, path: str, answer: bytes | None = None):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(16)
+        self.answer = answer
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                if self.answer is not None:
+                    conn.settimeout(2)
+                    with contextlib.suppress(OSError):
+                        conn.recv(4096)
+                        conn.sendall(self.answer)
+
+    def close(self):
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+
+def status_answer(instance: str) -> bytes:
+    return json.dumps({"ok": True, "status": {"instance": instance}}).encode() + b"\n"
+
+
+def test_the_binder_never_takes_over_a_socket_a_running_process_serves(tmp_path):
+    sock_path = str(tmp_path / "a.sock")
+    server = FakeServer(sock_path)
+    try:
+        with pytest.raises(admin.AdminError, match="in use by a running process"):
+            admin.claim(sock_path)
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps(doc(tmp_path)))
+        line = one_line_without_traceback(run_nsproxy("run", "--config", str(path)))
+        assert line.startswith(f"nsproxy: admin_socket {sock_path}: in use by a running process")
+        assert admin.answering(sock_path)  # still there, still served
+    finally:
+        server.close()
+
+
+def test_a_socket_left_by_a_process_that_died_is_replaced(tmp_path):
+    sock_path = str(tmp_path / "a.sock")
+    with socket.socket(socket.AF_UNIX) as gone:
+        gone.bind(sock_path)
+    assert not admin.answering(sock_path)
+    with admin.claim(sock_path) as sock:
+        assert admin.answering(sock_path)
+        assert os.stat(sock_path).st_mode & 0o777 == 0o600
+        assert sock.getsockname() == sock_path
+    assert problems_of(doc(tmp_path)) is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "who"),
+    [(None, "not the nsproxy of instance 'main'"), (status_answer("other"), "instance 'other'")],
+)
+def test_check_refuses_an_admin_socket_served_by_another_process(tmp_path, answer, who):
+    sock_path = str(tmp_path / "a.sock")
+    server = FakeServer(sock_path, answer)
+    try:
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps(doc(tmp_path, instance="main")))
+        line = one_line_without_traceback(run_nsproxy("check", str(path)))
+        assert line.startswith(f"admin_socket: {sock_path}: in use by a running process"), line
+        assert who in line, line
+    finally:
+        server.close()
+
+
+def test_check_accepts_the_socket_of_the_running_daemon_of_the_same_instance(tmp_path):
+    """nsproxy_instance checks a new file while the daemon it will reload runs."""
+    server = FakeServer(str(tmp_path / "a.sock"), status_answer("main"))
+    try:
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps(doc(tmp_path, instance="main")))
+        result = run_nsproxy("check", str(path))
+        assert (result.returncode, result.stdout) == (0, "ok: 0 tenants, 0 listeners\n"), result
+    finally:
+        server.close()
