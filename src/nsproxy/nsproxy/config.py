@@ -238,7 +238,7 @@ def load(path: str, previous: dict | None = None, parts: dict | None = None) -> 
     stat-ed). ``parts``, the running config's :attr:`Config.parts`, saves walking those
     tenants again to share their listeners, routes and upstreams with the new ones.
     """
-    return parse(read_file(path), previous, parts)
+    return parse(read_file(path), previous, parts, source=path)
 
 
 def read_file(path: str) -> bytes:
@@ -280,14 +280,17 @@ def read_file(path: str) -> bytes:
     return b"".join(chunks)
 
 
-def parse(data: bytes, previous: dict | None = None, parts: dict | None = None) -> Config:
-    """Validate the bytes of a config file; raise ConfigError listing every problem.
+def parse(
+    data: bytes, previous: dict | None = None, parts: dict | None = None, source: str | None = None
+) -> Config:
+    """Validate the bytes of a config file (read from ``source``, when given: no file the
+    daemon writes may be that one); raise ConfigError listing every problem.
 
     ConfigError is the only exception: an unexpected one (a bug, memory) becomes a problem
     line, so that ``check`` prints a sentence and a reload is refused with a reason.
     """
     try:
-        return _parse(data, previous, parts)
+        return _parse(data, previous, parts, source)
     except ConfigError:
         raise
     except RecursionError:
@@ -307,7 +310,7 @@ def _unexpected(exc: Exception) -> ConfigError:
     )  # fmt: skip
 
 
-def _parse(data: bytes, previous: dict | None, parts: dict | None) -> Config:
+def _parse(data: bytes, previous: dict | None, parts: dict | None, source: str | None) -> Config:
     try:
         raw = json.loads(data)
     except RecursionError:
@@ -317,7 +320,7 @@ def _parse(data: bytes, previous: dict | None, parts: dict | None) -> Config:
         ) from None  # fmt: skip
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError([schema.one_line(f"not valid JSON: {exc}")]) from None
-    config, problems = validate(raw, previous, parts)
+    config, problems = validate(raw, previous, parts, source)
     if problems:
         shown_problems = [schema.one_line(p) for p in problems[:MAX_PROBLEMS]]
         if len(problems) > MAX_PROBLEMS:
@@ -400,12 +403,12 @@ class _Pass:
 
 
 def validate(
-    raw, previous: dict | None = None, parts: dict | None = None
+    raw, previous: dict | None = None, parts: dict | None = None, source: str | None = None
 ) -> tuple[Config, list[str]]:
     """The Config described by ``raw`` (parsed JSON) and the list of problems found.
 
     ``previous`` (tenant name -> Tenant of the running config) and ``parts`` (its
-    :attr:`Config.parts`): see :func:`load`."""
+    :attr:`Config.parts`): see :func:`load`. ``source``: the file ``raw`` was read from."""
     config = Config()
     problems: list[str] = []
     if type(raw) is not dict:
@@ -434,6 +437,7 @@ def validate(
         config.limits = top["limits"]
     if top["timeouts"] is not INVALID:
         config.timeouts = top["timeouts"]
+    _check_distinct_files(config, top, source, problems)
     tenants = top["tenants"]
     if tenants is INVALID:
         return config, problems
@@ -449,6 +453,42 @@ def validate(
         for tenant in config.tenants:
             _share_tenant(tenant, config.parts)
     return config, problems
+
+
+def _check_distinct_files(config: Config, top: dict, source: str | None, problems: list) -> None:
+    """The admin socket and the config file are files of their own: a log at the socket's
+    path would be unlinked when the socket is made (and write to a deleted file), a socket or
+    a log at the config's path would replace or grow the config. (The two logs may share a
+    file, /dev/null say.) Paths are compared normalised, and with symbolic links followed."""
+    own = []  # (what, keys)
+    if source is not None:
+        own.append(("the configuration file", _file_keys(os.path.abspath(source))))
+    if top["admin_socket"] is not INVALID:
+        own.append(("admin_socket", _file_keys(config.admin_socket)))
+    others = [("admin_socket", config.admin_socket)] if top["admin_socket"] is not INVALID else []
+    if top["access_log"] not in (INVALID, None, "-"):
+        others.append(("access_log", config.access_log))
+    if top["log"] is not INVALID and config.log_path:
+        others.append(("log.path", config.log_path))
+    for name, path in others:
+        keys = _file_keys(path)
+        for what, taken in own:
+            if what != name and keys & taken:
+                problems.append(
+                    f"{name}: {path} is the same file as {what}; each must be a file of its own"
+                )
+                break
+
+
+def _file_keys(path: str) -> set[str]:
+    """``path`` in one spelling (``//a/./b`` is ``/a/b``), as written and with symbolic links
+    followed (os.path.realpath looks, changes nothing)."""
+    return {_file_key(path), _file_key(os.path.realpath(path))}
+
+
+def _file_key(path: str) -> str:
+    """``path`` in one spelling (``//a/./b`` is ``/a/b``)."""
+    return os.path.normpath("/" + path.lstrip("/"))
 
 
 def _check_health_capacity(config: Config, problems: list[str]) -> None:

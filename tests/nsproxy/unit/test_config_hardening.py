@@ -245,3 +245,46 @@ def test_check_accepts_the_socket_of_the_running_daemon_of_the_same_instance(tmp
         assert (result.returncode, result.stdout) == (0, "ok: 0 tenants, 0 listeners\n"), result
     finally:
         server.close()
+
+
+# -- 4. one path for two files -----------------------------------------------------------------
+@pytest.mark.parametrize("other", [("access_log",), ("log", "path")])
+def test_a_log_at_the_admin_socket_path_is_refused_naming_both(tmp_path, other):
+    sock = str(tmp_path / "a.sock")
+    for spelling in (sock, f"/{tmp_path}/./a.sock"):
+        document = doc(tmp_path, admin_socket=sock)
+        if other == ("access_log",):
+            document["access_log"] = spelling
+        else:
+            document["log"] = {"path": spelling}
+        (line,) = problems_of(document) or [None]
+        field = ".".join(other)
+        assert line == (
+            f"{field}: {spelling} is the same file as admin_socket; each must be a file of its own"
+        ), line
+
+
+def test_a_log_reaching_the_admin_socket_through_a_link_is_refused(tmp_path):
+    (tmp_path / "link.log").symlink_to(tmp_path / "a.sock")
+    (line,) = problems_of(doc(tmp_path, log={"path": str(tmp_path / "link.log")}))
+    assert line.startswith(f"log.path: {tmp_path}/link.log is the same file as admin_socket")
+
+
+def test_the_two_logs_may_share_a_file(tmp_path):
+    for path in ("/dev/null", str(tmp_path / "both.log")):
+        assert problems_of(doc(tmp_path, access_log=path, log={"path": path})) is None
+
+
+def test_no_file_of_the_daemon_may_be_the_config_file_itself(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc(tmp_path, access_log=str(path))))
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(str(path))
+    assert caught.value.problems == [
+        f"access_log: {path} is the same file as the configuration file; each must be a file "
+        "of its own"
+    ]
+    line = one_line_without_traceback(run_nsproxy("check", str(path)))
+    assert line.startswith("access_log: ") and "the configuration file" in line
+    line = one_line_without_traceback(run_nsproxy("run", "--config", str(path)))
+    assert line.startswith(f"nsproxy: {path}: access_log: "), line

@@ -65,7 +65,7 @@ def load_config(
     """(config, the file's bytes): config.load, keeping the bytes (an upgrade hands them to
     the new binder, which falls back to them if it refuses the file). Raises ConfigError."""
     data = config.read_file(path)  # never waits (a FIFO), nothing but a regular file
-    return config.parse(data, previous, parts), data
+    return config.parse(data, previous, parts, source=path), data
 
 
 def worker_count(cfg: config.Config) -> int:
