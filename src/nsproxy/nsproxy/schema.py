@@ -609,13 +609,17 @@ class User(Check):
                 raise Invalid(f"uid {value} is out of range (1 to 4294967294)")
             if int(value) == 0:
                 raise Invalid("workers never run as root (uid 0): name an unprivileged user")
-            return value
-        if _USER_NAME.fullmatch(value) is None:
+            try:
+                entry = pwd.getpwuid(int(value))
+            except KeyError:
+                return value  # no passwd entry: the workers get gid = uid (privileges.py)
+        elif _USER_NAME.fullmatch(value) is None:
             raise self.refuse(value)
-        try:
-            entry = pwd.getpwnam(value)
-        except KeyError:
-            raise Invalid(f"no user {value!r} on this host") from None
+        else:
+            try:
+                entry = pwd.getpwnam(value)
+            except KeyError:
+                raise Invalid(f"no user {value!r} on this host") from None
         if entry.pw_uid == 0 or entry.pw_gid == 0:
             raise Invalid(
                 f"workers never run as root or in group root ({value} is uid {entry.pw_uid}, "

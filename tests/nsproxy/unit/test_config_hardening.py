@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import threading
 
 import pytest
 
-from nsproxy import accesslog, admin, config, daemonlog
+from nsproxy import accesslog, admin, config, daemonlog, privileges
 
 NSPROXY = [sys.executable, "-m", "nsproxy"]
 
@@ -288,3 +289,42 @@ def test_no_file_of_the_daemon_may_be_the_config_file_itself(tmp_path):
     assert line.startswith("access_log: ") and "the configuration file" in line
     line = one_line_without_traceback(run_nsproxy("run", "--config", str(path)))
     assert line.startswith(f"nsproxy: {path}: access_log: "), line
+
+
+# -- 5. a uid string is looked up as a name is -------------------------------------------------
+@pytest.fixture
+def uid_1111_in_group_root(monkeypatch):
+    """A passwd entry for uid 1111 whose group is root (the host has none such to spare)."""
+    real = pwd.getpwuid
+
+    def getpwuid(uid):
+        if uid == 1111:
+            return pwd.struct_passwd(("op", "x", 1111, 0, "", "/", "/bin/sh"))
+        return real(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+
+
+def test_a_uid_whose_passwd_entry_is_in_group_root_is_refused_as_run_refuses_it(
+    tmp_path, uid_1111_in_group_root
+):
+    (line,) = problems_of(doc(tmp_path, user="1111"))
+    assert line.startswith("user: workers never run as root or in group root"), line
+    assert "gid 0" in line
+    with pytest.raises(privileges.PrivilegeError):  # what run says of the same user
+        privileges.worker_credentials("1111")
+
+
+def test_a_uid_without_a_passwd_entry_stays_allowed(tmp_path):
+    unknown = next(uid for uid in range(4_000_000, 4_100_000) if not _has_entry(uid))
+    assert problems_of(doc(tmp_path, user=str(unknown))) is None
+    creds = privileges.worker_credentials(str(unknown))
+    assert (creds.uid, creds.gid) == (unknown, unknown)
+
+
+def _has_entry(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
