@@ -50,6 +50,7 @@ __all__ = [
     "UpstreamSpec",
     "load",
     "parse",
+    "parse_json",
     "read_file",
     "parse_address",
     "validate",
@@ -310,9 +311,10 @@ def _unexpected(exc: Exception) -> ConfigError:
     )  # fmt: skip
 
 
-def _parse(data: bytes, previous: dict | None, parts: dict | None, source: str | None) -> Config:
+def parse_json(data: bytes):
+    """The JSON document in ``data``; ConfigError (one line) when it is not valid JSON."""
     try:
-        raw = json.loads(data)
+        return json.loads(data)
     except RecursionError:
         raise ConfigError(
             ["not valid JSON: arrays or objects are nested too deeply (a configuration needs 9 "
@@ -320,6 +322,10 @@ def _parse(data: bytes, previous: dict | None, parts: dict | None, source: str |
         ) from None  # fmt: skip
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError([schema.one_line(f"not valid JSON: {exc}")]) from None
+
+
+def _parse(data: bytes, previous: dict | None, parts: dict | None, source: str | None) -> Config:
+    raw = parse_json(data)
     config, problems = validate(raw, previous, parts, source)
     if problems:
         shown_problems = [schema.one_line(p) for p in problems[:MAX_PROBLEMS]]

@@ -328,3 +328,61 @@ def _has_entry(uid: int) -> bool:
     except KeyError:
         return False
     return True
+
+
+# -- 6. the admin commands' --config, and a closed stdout --------------------------------------
+@pytest.mark.parametrize("command", ["status", "reload", "upgrade"])
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (5, "admin_socket: must be an absolute path for a unix socket, got 5"),
+        (
+            "/tmp/a\x00b.sock",
+            "admin_socket: must not contain control characters, got '/tmp/a\\x00b",
+        ),
+        ("/proc/nsproxy/x.sock", "admin_socket: /proc is on a proc filesystem"),
+    ],
+)
+def test_admin_commands_check_the_socket_path_they_read_from_the_config(
+    tmp_path, command, value, why
+):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"admin_socket": value, "tenants": []}))
+    line = one_line_without_traceback(run_nsproxy(command, "--config", str(path)))
+    assert line.startswith(f"nsproxy: {path}: {why}"), line
+    assert "\x00" not in line
+
+
+def test_admin_commands_check_the_instance_and_read_the_config_without_waiting(tmp_path, fifo):
+    path = tmp_path / "c.json"
+    path.write_text('{"instance": "a/b", "tenants": []}')
+    line = one_line_without_traceback(run_nsproxy("status", "--config", str(path)))
+    assert line.startswith(f"nsproxy: {path}: instance: must be 1-63 letters"), line
+    line = one_line_without_traceback(run_nsproxy("status", "--config", fifo, timeout=20))
+    assert line == f"nsproxy: {fifo}: cannot read {fifo}: not a regular file", line
+
+
+def test_status_into_a_pipe_closed_early_exits_quietly(tmp_path):
+    tenants = [
+        {"name": f"t{i}", "netns": f"t{i}", "state": "serving", "last_error": None,
+         "listeners": [{"listen": "10.0.0.1:80", "protocol": "http", "state": "bound"}],
+         "upstreams": []}
+        for i in range(20000)
+    ]  # fmt: skip
+    answer = json.dumps({"ok": True, "status": {"instance": "main", "tenants": tenants}})
+    sock_path = str(tmp_path / "a.sock")
+    server = FakeServer(sock_path, answer.encode() + b"\n")
+    try:
+        for extra in ([], ["--json"]):
+            proc = subprocess.Popen(
+                [*NSPROXY, "status", "--socket", sock_path, *extra],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            assert proc.stdout.readline()  # as `| head -1` does
+            proc.stdout.close()
+            _, err = proc.communicate(timeout=30)
+            assert err == b"", err.decode()
+            assert proc.returncode == 1
+    finally:
+        server.close()
