@@ -311,10 +311,23 @@ def _unexpected(exc: Exception) -> ConfigError:
     )  # fmt: skip
 
 
-def parse_json(data: bytes):
-    """The JSON document in ``data``; ConfigError (one line) when it is not valid JSON."""
+def parse_json(data: bytes, duplicates: list | None = None):
+    """The JSON document in ``data``; ConfigError (one line) when it is not valid JSON.
+
+    An object that holds a key twice keeps the last value (as json.loads does); each such
+    object and its repeated keys are appended to ``duplicates`` (see :func:`_duplicate_keys`),
+    when given."""
+
+    def pairs_hook(pairs: list) -> dict:
+        obj = dict(pairs)
+        if len(obj) != len(pairs) and duplicates is not None:
+            seen: set = set()
+            repeated = [k for k, _ in pairs if k in seen or seen.add(k)]
+            duplicates.append((obj, list(dict.fromkeys(repeated))))
+        return obj
+
     try:
-        return json.loads(data)
+        return json.loads(data, object_pairs_hook=pairs_hook)
     except RecursionError:
         raise ConfigError(
             ["not valid JSON: arrays or objects are nested too deeply (a configuration needs 9 "
@@ -325,8 +338,11 @@ def parse_json(data: bytes):
 
 
 def _parse(data: bytes, previous: dict | None, parts: dict | None, source: str | None) -> Config:
-    raw = parse_json(data)
+    duplicates: list = []
+    raw = parse_json(data, duplicates)
     config, problems = validate(raw, previous, parts, source)
+    if duplicates:
+        problems[:0] = _duplicate_keys(raw, duplicates)
     if problems:
         shown_problems = [schema.one_line(p) for p in problems[:MAX_PROBLEMS]]
         if len(problems) > MAX_PROBLEMS:
@@ -334,6 +350,52 @@ def _parse(data: bytes, previous: dict | None, parts: dict | None, source: str |
         raise ConfigError(shown_problems)
     config.digest = hashlib.sha256(data).hexdigest()
     return config
+
+
+def _duplicate_keys(raw, duplicates: list) -> list[str]:
+    """One problem per key written twice in one object (``duplicate key 'api'``), where that
+    object is, as the other problems say it (``tenant 'acme': upstreams: ...``); objects are
+    found by identity in ``raw`` (``duplicates``: ``(object, [keys])`` from :func:`parse_json`;
+    one inside a value that a later duplicate replaced is not in ``raw``: its outer key is
+    reported already)."""
+    wanted = {id(obj): keys for obj, keys in duplicates}
+    found = []
+    stack = [(raw, "", 0)]  # (value, where, depth): iterative, the document may nest deeply
+    while stack:
+        value, where, depth = stack.pop()
+        if type(value) is dict:
+            keys = wanted.get(id(value))
+            if keys is not None:
+                for key in keys:
+                    what = f"duplicate key {shown(key)}, only its last value would count"
+                    if not where:
+                        found.append(f"{what} (at the top level)")
+                    elif where.endswith(": "):
+                        found.append(f"{where}{what}")
+                    else:
+                        found.append(f"{where}: {what}")
+            for key, item in reversed(value.items()):  # popped in the document's order
+                if type(item) in (dict, list):
+                    stack.append((item, schema.field(where, key), depth + 1))
+        elif type(value) is list:
+            for index, item in reversed(list(enumerate(value))):
+                if type(item) not in (dict, list):
+                    continue
+                sub = f"{where}[{index}]"
+                if where == "tenants" and depth == 1 and type(item) is dict:
+                    name = item.get("name")
+                    if type(name) is str and _valid_name(name):
+                        sub = f"tenant '{name}': "
+                stack.append((item, sub, depth + 1))
+    return found
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        NAME.convert(name)
+    except schema.Invalid:
+        return False
+    return True
 
 
 def _optional_module(name: str):

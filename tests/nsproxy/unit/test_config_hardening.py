@@ -386,3 +386,36 @@ def test_status_into_a_pipe_closed_early_exits_quietly(tmp_path):
             assert proc.returncode == 1
     finally:
         server.close()
+
+
+# -- 7. duplicate keys -------------------------------------------------------------------------
+def test_duplicate_keys_are_refused_naming_the_key_and_where_it_is(tmp_path):
+    sock = tmp_path / "a.sock"
+    text = (
+        f'{{"admin_socket": "{sock}", "log": {{"format": "text", "format": "json"}},'
+        ' "tenants": [{"name": "acme", "netns": "acme", "listeners": [], "listeners": [],'
+        ' "upstreams": {"api": {"servers": ["10.0.0.1:80"]},'
+        ' "api": {"servers": ["10.0.0.2:80"], "servers": ["10.0.0.3:80"]}}},'
+        ' {"name": "not a name", "netns": "b", "netns": "c"}],'
+        f' "admin_socket": "{sock}"}}'
+    )
+    problems = problems_of(text.encode())
+    assert problems[:6] == [
+        "duplicate key 'admin_socket', only its last value would count (at the top level)",
+        "log: duplicate key 'format', only its last value would count",
+        "tenant 'acme': duplicate key 'listeners', only its last value would count",
+        "tenant 'acme': upstreams: duplicate key 'api', only its last value would count",
+        "tenant 'acme': upstreams.api: duplicate key 'servers', only its last value would count",
+        "tenants[1]: duplicate key 'netns', only its last value would count",
+    ], problems
+    assert problems[6].startswith("tenants[1].name: must be")  # the other problems still said
+    assert len(problems) == 7
+
+
+def test_a_duplicate_key_alone_refuses_an_otherwise_valid_file(tmp_path):
+    text = json.dumps(doc(tmp_path))[:-1] + ', "tenants": []}'
+    assert problems_of(text.encode()) == [
+        "duplicate key 'tenants', only its last value would count (at the top level)"
+    ]
+    weird = json.dumps(doc(tmp_path))[:-1] + ', "x\\n": 1, "x\\n": 2}'
+    assert problems_of(weird.encode())[0].startswith("duplicate key 'x\\n'")
