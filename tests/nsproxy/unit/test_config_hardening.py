@@ -419,3 +419,26 @@ def test_a_duplicate_key_alone_refuses_an_otherwise_valid_file(tmp_path):
     ]
     weird = json.dumps(doc(tmp_path))[:-1] + ', "x\\n": 1, "x\\n": 2}'
     assert problems_of(weird.encode())[0].startswith("duplicate key 'x\\n'")
+
+
+def test_check_by_a_user_who_may_not_connect_leaves_the_socket_to_run(tmp_path):
+    """A socket of root's daemon (0600) cannot be connected to by another user: check, run by
+    that user to validate a file, does not fail for it (run, as root, decides)."""
+    from as_nobody import passes_as_nobody
+
+    from nsproxy import cli
+
+    sock_path = tmp_path / "a.sock"
+    server = FakeServer(str(sock_path), status_answer("other"))
+    try:
+        os.chmod(sock_path, 0o600)
+        os.chmod(tmp_path, 0o755)
+        cfg = config.parse(json.dumps(doc(tmp_path)).encode())
+        assert cli._admin_socket_in_use(cfg) is not None  # root: another instance answers
+
+        def as_nobody():
+            assert cli._admin_socket_in_use(cfg) is None
+
+        assert passes_as_nobody(as_nobody)
+    finally:
+        server.close()
