@@ -442,3 +442,14 @@ def test_check_by_a_user_who_may_not_connect_leaves_the_socket_to_run(tmp_path):
         assert passes_as_nobody(as_nobody)
     finally:
         server.close()
+
+
+# -- found on the way: a namespace path that is a FIFO -----------------------------------------
+def test_a_tenant_namespace_path_that_is_a_fifo_is_refused_without_waiting(fifo):
+    from nsproxy import netns
+
+    registry = netns.Registry()
+    thread, found = returns_soon(registry.acquire, fifo)
+    assert not thread.is_alive(), "opening a FIFO as a namespace waits in open()"
+    assert isinstance(found.get("error"), netns.NetnsError), found
+    assert str(found["error"]) == f"{fifo} is not a network namespace"
