@@ -17,6 +17,8 @@ import stat
 import time
 from json.encoder import encode_basestring_ascii as _quote  # C speedup: JSON string, quoted
 
+from nsproxy.daemonlog import open_append
+
 # One request record; every string field goes through _quote, numbers are ints and a float.
 _LINE = (
     '{{"time":"{}","tenant":{},"listener":{},"client":{},"method":{},"host":{},"path":{},'
@@ -30,10 +32,11 @@ PIPE_BUF = 4096  # bytes a pipe writes in one piece (pipe(7))
 
 def open_target(target: str) -> int:
     """The fd to write ``target`` to: stdout for "-", else the file opened for appending
-    (created 0640). Raises OSError."""
+    (created 0640; a regular file or a character device, never waited on:
+    :func:`daemonlog.open_append`). Raises OSError."""
     if target == "-":
         return os.dup(1)
-    return os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    return open_append(target)
 
 
 class AccessLog:

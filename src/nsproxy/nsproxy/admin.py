@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import stat
 
 log = logging.getLogger("nsproxy.admin")
 
@@ -25,13 +26,80 @@ class AdminError(Exception):
 MAX_REQUEST = 4096  # bytes of one request line
 
 
-async def start(daemon, path: str | None, sock: socket.socket | None = None):
-    """Listen on ``path`` (mode 0600; a stale socket file is replaced), or on ``sock`` (the
-    listening socket an upgrade handed over)."""
-    if sock is None:
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+#: Seconds a connect to an existing admin socket may take before it counts as answered (a
+#: listener whose backlog is full does not accept at once, but is alive).
+PROBE_TIMEOUT = 1.0
+
+
+def answering(path: str) -> bool:
+    """Whether a process listens on the unix socket ``path`` (a connect succeeds, or waits in
+    a full backlog); False when the file is gone or nothing listens (ECONNREFUSED: a socket
+    left by a process that died). Raises OSError for anything else (EACCES)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(PROBE_TIMEOUT)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+        except (TimeoutError, BlockingIOError):
+            return True
+        return True
+
+
+IN_USE = "in use by a running process (another nsproxy?); stop it or choose another admin_socket"
+
+
+def claim(path: str) -> socket.socket:
+    """The listening admin socket at ``path`` (mode 0600), made with its missing folders. A
+    socket file already there is replaced only when nothing answers on it (it was left by a
+    daemon that died): one that a running process serves, another nsproxy instance's say, is
+    never taken over. Raises AdminError: ``admin_socket PATH: <reason>``, one line."""
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise AdminError(
+            f"admin_socket {path}: cannot create the folder {folder}: {exc.strerror or exc}"
+        ) from None
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise AdminError(f"admin_socket {path}: {exc.strerror or exc}") from None
+    if mode is not None:
+        if not stat.S_ISSOCK(mode):
+            raise AdminError(f"admin_socket {path}: exists and is not a socket; not replaced")
+        try:
+            live = answering(path)
+        except OSError as exc:
+            raise AdminError(
+                f"admin_socket {path}: cannot tell whether a running process uses it "
+                f"({exc.strerror or exc}); not replaced"
+            ) from None
+        if live:
+            raise AdminError(f"admin_socket {path}: {IN_USE}")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        sock.listen(100)
+    except OSError as exc:
+        sock.close()
+        raise AdminError(f"admin_socket {path}: {exc.strerror or exc}") from None
+    return sock
+
+
+async def start(daemon, path: str | None, sock: socket.socket | None = None):
+    """Serve the admin socket: ``sock`` (from :func:`claim`, or the listening socket an
+    upgrade handed over), else the one :func:`claim` makes at ``path``. Raises AdminError."""
+    if sock is None:
+        sock = claim(path)
 
     async def handle(reader, writer):
         try:
@@ -65,14 +133,7 @@ async def start(daemon, path: str | None, sock: socket.socket | None = None):
         finally:
             writer.close()
 
-    if sock is not None:
-        return await asyncio.start_unix_server(handle, sock=sock, limit=MAX_REQUEST)
-    old = os.umask(0o177)
-    try:
-        server = await asyncio.start_unix_server(handle, path=path, limit=MAX_REQUEST)
-    finally:
-        os.umask(old)
-    return server
+    return await asyncio.start_unix_server(handle, sock=sock, limit=MAX_REQUEST)
 
 
 def request(path: str, command: str, timeout: float = 120.0) -> dict:

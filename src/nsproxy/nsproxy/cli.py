@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import stat
 import sys
 
 from nsproxy import __version__, config, daemonlog
@@ -47,7 +49,19 @@ def main(argv: list[str] | None = None) -> int:
         "reload": cmd_reload,
         "upgrade": cmd_upgrade,
     }
-    return commands[args.command](args)
+    if args.command == "run":
+        return cmd_run(args)
+    try:
+        code = commands[args.command](args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went (``nsproxy status | head -1``): exit quietly, as the Python docs
+        # recommend (library/signal.html, "Note on SIGPIPE"): stdout goes to /dev/null so that
+        # the interpreter's own flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return code
 
 
 def cmd_check(args) -> int:
@@ -70,8 +84,44 @@ def cmd_check(args) -> int:
         return 1
     finally:
         tls.forget_verified()
+    problem = _admin_socket_in_use(cfg)
+    if problem:
+        print(problem)
+        return 1
     print(f"ok: {len(cfg.tenants)} tenants, {cfg.listener_count()} listeners")
     return 0
+
+
+def _admin_socket_in_use(cfg) -> str | None:
+    """Why ``run`` would refuse the config's admin socket: a process serves it that is not
+    this instance's daemon (an existing socket is connected to, and asked for its status only
+    when something answers). The running daemon of the same ``instance`` is the one a reload
+    or restart applies this file to: its socket is fine. None when nothing is wrong."""
+    from nsproxy import admin, schema
+
+    path = cfg.admin_socket
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return None  # config.load has said what is wrong with it
+        live = admin.answering(path)
+    except OSError:
+        # Gone, or not ours to connect to (check run by another user than the daemon's):
+        # run, as root, decides.
+        return None
+    if not live:
+        return None  # left by a daemon that died: run replaces it
+    try:
+        instance = admin.request(path, "status", timeout=10)["status"]["instance"]
+    except (admin.AdminError, KeyError, TypeError):
+        instance = None
+    if instance == cfg.instance:
+        return None
+    who = (
+        f"nsproxy instance {schema.shown(instance)}"
+        if isinstance(instance, str)
+        else f"not the nsproxy of instance {schema.shown(cfg.instance)}"
+    )
+    return schema.one_line(f"admin_socket: {path}: {admin.IN_USE} ({who})")
 
 
 def cmd_run(args) -> int:
@@ -130,26 +180,40 @@ def cmd_run(args) -> int:
 
 
 def _socket_path(args) -> str:
+    """The admin socket: ``--socket``, or ``admin_socket`` (else the default for
+    ``instance``) of the ``--config`` file, both checked as ``nsproxy check`` checks them
+    (the rest of the file is not: a daemon may run a file that has been edited since).
+    Exits with one line when the file cannot be read or those keys are not valid."""
+    from nsproxy import schema
+    from nsproxy.config_schema import TOP
+
     if args.socket:
         return args.socket
     try:
-        with open(args.config, "rb") as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"nsproxy: cannot read {args.config}: {exc}") from None
-    instance = raw.get("instance", "nsproxy") if isinstance(raw, dict) else "nsproxy"
-    return (raw.get("admin_socket") if isinstance(raw, dict) else None) or (
-        f"/run/nsproxy/{instance}.sock"
-    )
+        raw = config.parse_json(config.read_file(args.config))
+    except config.ConfigError as exc:
+        raise SystemExit(schema.one_line(f"nsproxy: {args.config}: {exc.problems[0]}")) from None
+    if not isinstance(raw, dict):
+        raise SystemExit(
+            schema.one_line(f"nsproxy: {args.config}: the top level must be a JSON object")
+        )
+    found = {}
+    for key, default in (("instance", "nsproxy"), ("admin_socket", None)):
+        check = TOP.fields[key][0]
+        try:
+            found[key] = check.convert(raw[key]) if key in raw else default
+        except schema.Invalid as exc:
+            raise SystemExit(schema.one_line(f"nsproxy: {args.config}: {key}: {exc}")) from None
+    return found["admin_socket"] or f"/run/nsproxy/{found['instance']}.sock"
 
 
 def cmd_status(args) -> int:
-    from nsproxy import admin
+    from nsproxy import admin, schema
 
     try:
         answer = admin.request(_socket_path(args), "status", timeout=30)
     except admin.AdminError as exc:
-        print(f"nsproxy: {exc}", file=sys.stderr)
+        print(schema.one_line(f"nsproxy: {exc}"), file=sys.stderr)
         return 1
     status = answer.get("status", {})
     if args.json:
@@ -207,15 +271,15 @@ def cmd_upgrade(args) -> int:
 
 def _ask(args, command: str, timeout: float, say, refused: str) -> int:
     """One admin command: print ``say(answer)`` and exit 0, or the reason and exit 1."""
-    from nsproxy import admin
+    from nsproxy import admin, schema
 
     try:
         answer = admin.request(_socket_path(args), command, timeout=timeout)
     except admin.AdminError as exc:
-        print(f"nsproxy: {exc}", file=sys.stderr)
+        print(schema.one_line(f"nsproxy: {exc}"), file=sys.stderr)
         return 1
     if not answer.get("ok"):
-        print(f"nsproxy: {refused}{answer.get('error')}", file=sys.stderr)
+        print(schema.one_line(f"nsproxy: {refused}{answer.get('error')}"), file=sys.stderr)
         return 1
     print(say(answer))
     return 0

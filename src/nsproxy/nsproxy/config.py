@@ -22,6 +22,7 @@ import json
 import logging
 import marshal
 import os
+import stat
 import sys
 from typing import NamedTuple
 
@@ -49,6 +50,8 @@ __all__ = [
     "UpstreamSpec",
     "load",
     "parse",
+    "parse_json",
+    "read_file",
     "parse_address",
     "validate",
 ]
@@ -236,26 +239,59 @@ def load(path: str, previous: dict | None = None, parts: dict | None = None) -> 
     stat-ed). ``parts``, the running config's :attr:`Config.parts`, saves walking those
     tenants again to share their listeners, routes and upstreams with the new ones.
     """
+    return parse(read_file(path), previous, parts, source=path)
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of the config file at ``path``, never waiting: opened non-blocking (a FIFO's
+    open would wait for a writer), and anything but a regular file of at most
+    :data:`MAX_FILE_BYTES` is refused before a byte is read. Raises ConfigError."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+                raise ConfigError([schema.one_line(f"cannot read {path}: {kind}")])
+            if st.st_size > MAX_FILE_BYTES:
+                raise ConfigError(
+                    [schema.one_line(f"{path} is larger than {MAX_FILE_BYTES} bytes")]
+                )
+            chunks, size = [], 0
+            while size <= MAX_FILE_BYTES:  # to the end (a file may grow while it is read)
+                chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+    except ConfigError:
+        raise
+    except BlockingIOError:  # a "regular" file of /proc that answers like a device
+        raise ConfigError(
+            [schema.one_line(f"cannot read {path}: not readable as a regular file")]
+        ) from None
     except OSError as exc:
         raise ConfigError([schema.one_line(f"cannot read {path}: {exc.strerror or exc}")]) from None
     except Exception as exc:
         raise _unexpected(exc) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError([f"{path} is larger than {MAX_FILE_BYTES} bytes"])
-    return parse(data, previous, parts)
+    if size > MAX_FILE_BYTES:
+        raise ConfigError([schema.one_line(f"{path} is larger than {MAX_FILE_BYTES} bytes")])
+    return b"".join(chunks)
 
 
-def parse(data: bytes, previous: dict | None = None, parts: dict | None = None) -> Config:
-    """Validate the bytes of a config file; raise ConfigError listing every problem.
+def parse(
+    data: bytes, previous: dict | None = None, parts: dict | None = None, source: str | None = None
+) -> Config:
+    """Validate the bytes of a config file (read from ``source``, when given: no file the
+    daemon writes may be that one); raise ConfigError listing every problem.
 
     ConfigError is the only exception: an unexpected one (a bug, memory) becomes a problem
     line, so that ``check`` prints a sentence and a reload is refused with a reason.
     """
     try:
-        return _parse(data, previous, parts)
+        return _parse(data, previous, parts, source)
     except ConfigError:
         raise
     except RecursionError:
@@ -275,9 +311,23 @@ def _unexpected(exc: Exception) -> ConfigError:
     )  # fmt: skip
 
 
-def _parse(data: bytes, previous: dict | None, parts: dict | None) -> Config:
+def parse_json(data: bytes, duplicates: list | None = None):
+    """The JSON document in ``data``; ConfigError (one line) when it is not valid JSON.
+
+    An object that holds a key twice keeps the last value (as json.loads does); each such
+    object and its repeated keys are appended to ``duplicates`` (see :func:`_duplicate_keys`),
+    when given."""
+
+    def pairs_hook(pairs: list) -> dict:
+        obj = dict(pairs)
+        if len(obj) != len(pairs) and duplicates is not None:
+            seen: set = set()
+            repeated = [k for k, _ in pairs if k in seen or seen.add(k)]
+            duplicates.append((obj, list(dict.fromkeys(repeated))))
+        return obj
+
     try:
-        raw = json.loads(data)
+        return json.loads(data, object_pairs_hook=pairs_hook)
     except RecursionError:
         raise ConfigError(
             ["not valid JSON: arrays or objects are nested too deeply (a configuration needs 9 "
@@ -285,7 +335,14 @@ def _parse(data: bytes, previous: dict | None, parts: dict | None) -> Config:
         ) from None  # fmt: skip
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError([schema.one_line(f"not valid JSON: {exc}")]) from None
-    config, problems = validate(raw, previous, parts)
+
+
+def _parse(data: bytes, previous: dict | None, parts: dict | None, source: str | None) -> Config:
+    duplicates: list = []
+    raw = parse_json(data, duplicates)
+    config, problems = validate(raw, previous, parts, source)
+    if duplicates:
+        problems[:0] = _duplicate_keys(raw, duplicates)
     if problems:
         shown_problems = [schema.one_line(p) for p in problems[:MAX_PROBLEMS]]
         if len(problems) > MAX_PROBLEMS:
@@ -293,6 +350,52 @@ def _parse(data: bytes, previous: dict | None, parts: dict | None) -> Config:
         raise ConfigError(shown_problems)
     config.digest = hashlib.sha256(data).hexdigest()
     return config
+
+
+def _duplicate_keys(raw, duplicates: list) -> list[str]:
+    """One problem per key written twice in one object (``duplicate key 'api'``), where that
+    object is, as the other problems say it (``tenant 'acme': upstreams: ...``); objects are
+    found by identity in ``raw`` (``duplicates``: ``(object, [keys])`` from :func:`parse_json`;
+    one inside a value that a later duplicate replaced is not in ``raw``: its outer key is
+    reported already)."""
+    wanted = {id(obj): keys for obj, keys in duplicates}
+    found = []
+    stack = [(raw, "", 0)]  # (value, where, depth): iterative, the document may nest deeply
+    while stack:
+        value, where, depth = stack.pop()
+        if type(value) is dict:
+            keys = wanted.get(id(value))
+            if keys is not None:
+                for key in keys:
+                    what = f"duplicate key {shown(key)}, only its last value would count"
+                    if not where:
+                        found.append(f"{what} (at the top level)")
+                    elif where.endswith(": "):
+                        found.append(f"{where}{what}")
+                    else:
+                        found.append(f"{where}: {what}")
+            for key, item in reversed(value.items()):  # popped in the document's order
+                if type(item) in (dict, list):
+                    stack.append((item, schema.field(where, key), depth + 1))
+        elif type(value) is list:
+            for index, item in reversed(list(enumerate(value))):
+                if type(item) not in (dict, list):
+                    continue
+                sub = f"{where}[{index}]"
+                if where == "tenants" and depth == 1 and type(item) is dict:
+                    name = item.get("name")
+                    if type(name) is str and _valid_name(name):
+                        sub = f"tenant '{name}': "
+                stack.append((item, sub, depth + 1))
+    return found
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        NAME.convert(name)
+    except schema.Invalid:
+        return False
+    return True
 
 
 def _optional_module(name: str):
@@ -368,12 +471,12 @@ class _Pass:
 
 
 def validate(
-    raw, previous: dict | None = None, parts: dict | None = None
+    raw, previous: dict | None = None, parts: dict | None = None, source: str | None = None
 ) -> tuple[Config, list[str]]:
     """The Config described by ``raw`` (parsed JSON) and the list of problems found.
 
     ``previous`` (tenant name -> Tenant of the running config) and ``parts`` (its
-    :attr:`Config.parts`): see :func:`load`."""
+    :attr:`Config.parts`): see :func:`load`. ``source``: the file ``raw`` was read from."""
     config = Config()
     problems: list[str] = []
     if type(raw) is not dict:
@@ -402,6 +505,7 @@ def validate(
         config.limits = top["limits"]
     if top["timeouts"] is not INVALID:
         config.timeouts = top["timeouts"]
+    _check_distinct_files(config, top, source, problems)
     tenants = top["tenants"]
     if tenants is INVALID:
         return config, problems
@@ -417,6 +521,42 @@ def validate(
         for tenant in config.tenants:
             _share_tenant(tenant, config.parts)
     return config, problems
+
+
+def _check_distinct_files(config: Config, top: dict, source: str | None, problems: list) -> None:
+    """The admin socket and the config file are files of their own: a log at the socket's
+    path would be unlinked when the socket is made (and write to a deleted file), a socket or
+    a log at the config's path would replace or grow the config. (The two logs may share a
+    file, /dev/null say.) Paths are compared normalised, and with symbolic links followed."""
+    own = []  # (what, keys)
+    if source is not None:
+        own.append(("the configuration file", _file_keys(os.path.abspath(source))))
+    if top["admin_socket"] is not INVALID:
+        own.append(("admin_socket", _file_keys(config.admin_socket)))
+    others = [("admin_socket", config.admin_socket)] if top["admin_socket"] is not INVALID else []
+    if top["access_log"] not in (INVALID, None, "-"):
+        others.append(("access_log", config.access_log))
+    if top["log"] is not INVALID and config.log_path:
+        others.append(("log.path", config.log_path))
+    for name, path in others:
+        keys = _file_keys(path)
+        for what, taken in own:
+            if what != name and keys & taken:
+                problems.append(
+                    f"{name}: {path} is the same file as {what}; each must be a file of its own"
+                )
+                break
+
+
+def _file_keys(path: str) -> set[str]:
+    """``path`` in one spelling (``//a/./b`` is ``/a/b``), as written and with symbolic links
+    followed (os.path.realpath looks, changes nothing)."""
+    return {_file_key(path), _file_key(os.path.realpath(path))}
+
+
+def _file_key(path: str) -> str:
+    """``path`` in one spelling (``//a/./b`` is ``/a/b``)."""
+    return os.path.normpath("/" + path.lstrip("/"))
 
 
 def _check_health_capacity(config: Config, problems: list[str]) -> None:

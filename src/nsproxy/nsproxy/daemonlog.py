@@ -17,11 +17,16 @@ and puts it under the same descriptor number (:func:`adopt`).
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
+import stat
 import sys
 import time
+
+from nsproxy import schema
 
 TEXT_FORMAT = "%(asctime)s {label} %(levelname)s %(message)s"
 JOURNAL_FORMAT = "{label} %(levelname)s %(message)s"  # the journal adds the time
@@ -103,7 +108,9 @@ def configure(level: str, fmt: str = "text", path: str | None = None) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    stream = os.fdopen(_open(path), "a", buffering=1, encoding="utf-8") if path else sys.stderr
+    stream = sys.stderr
+    if path:
+        stream = os.fdopen(open_append(path), "a", buffering=1, encoding="utf-8")
     _STATE.update(path=path, format=fmt, journal=not path and stderr_is_journal())
     handler = logging.StreamHandler(stream)
     handler.setFormatter(_formatter("nsproxy"))
@@ -139,8 +146,32 @@ def _log_unraisable(unraisable) -> None:
     )
 
 
-def _open(path: str) -> int:
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+#: What a log file (``log.path``, ``access_log``) may be when it exists: config_schema's
+#: FilePath says the same to ``nsproxy check``.
+LOG_FILE_KINDS = "a regular file or a character device such as /dev/null"
+
+
+def open_append(path: str) -> int:
+    """``path`` opened for appending (created 0640), never waiting: opened non-blocking (a
+    FIFO's open would wait for a reader, and a binder stuck there ignores SIGTERM), then
+    anything but a regular file or a character device (/dev/null) is refused. The fd is
+    blocking again when returned. Raises OSError, whose ``strerror`` says why."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags, 0o640)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO without a reader, a unix socket
+            raise OSError(errno.ENXIO, f"not {LOG_FILE_KINDS}") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            raise OSError(errno.EINVAL, f"{schema.file_kind(mode)}, not {LOG_FILE_KINDS}")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _formatter(label: str) -> logging.Formatter:
@@ -186,7 +217,7 @@ def reopen() -> int | None:
     target = file_fd()
     if target is None:
         return None
-    fd = _open(_STATE["path"])
+    fd = open_append(_STATE["path"])
     try:
         adopt(fd)
     except OSError:

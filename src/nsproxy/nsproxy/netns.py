@@ -195,7 +195,9 @@ class Registry:
     def _open(self, path: str, source: str, fd: int | None = None) -> Namespace:
         if fd is None:
             try:
-                fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+                # Non-blocking: a FIFO at the path would hold the binder in open() (for a
+                # namespace file the flag changes nothing); _is_netns refuses it below.
+                fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
             except FileNotFoundError:
                 raise NetnsError(f"network namespace {path} does not exist") from None
             except OSError as exc:

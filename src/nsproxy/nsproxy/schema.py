@@ -51,6 +51,7 @@ __all__ = [
     "Text",
     "User",
     "field",
+    "file_kind",
     "key_text",
     "netns_canonical",
     "one_line",
@@ -293,6 +294,22 @@ def _absolute_path(value, what: str) -> str:
     return value
 
 
+def file_kind(mode: int) -> str:
+    """What kind of file ``mode`` (st_mode) is: "a FIFO", "a socket", "a directory"..."""
+    for test, kind in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
 def _parent_problem(path: str) -> str | None:
     """Why no file can be created at ``path``: its nearest existing ancestor is not a
     directory (creating the missing ones would fail with ENOTDIR); None when it can be."""
@@ -309,7 +326,51 @@ def _parent_problem(path: str) -> str | None:
             return None  # cannot look (permissions): the daemon will say
         if not stat.S_ISDIR(st.st_mode):
             return f"{parent} is not a directory, so {path} cannot be created"
+        return _filesystem_problem(parent, path)
+
+
+#: Kernel filesystems in which no folder, file or socket of ours can be made (mkdir in /proc
+#: fails with ENOENT; in cgroup or configfs it would make a kernel object).
+_PSEUDO_FILESYSTEMS = frozenset(
+    ("proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "configfs",
+     "efivarfs", "pstore", "bpf", "devpts", "mqueue", "binfmt_misc", "fusectl", "selinuxfs")
+)  # fmt: skip
+
+
+def _filesystem_problem(folder: str, path: str) -> str | None:
+    """Why ``path`` cannot be made below the existing ``folder``: a read-only mount, or a
+    kernel filesystem (/proc, /sys); None when nothing says so. Looks, changes nothing."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f"{folder} is on a read-only filesystem, so {path} cannot be created"
+    except OSError:
+        return None  # cannot look: the daemon will say
+    kind = _filesystem_type(folder)
+    if kind in _PSEUDO_FILESYSTEMS:
+        return f"{folder} is on a {kind} filesystem (a kernel one), so {path} cannot be created"
+    return None
+
+
+def _filesystem_type(folder: str) -> str | None:
+    """The type of the filesystem mounted at or above ``folder`` (/proc/self/mountinfo, the
+    mount with the longest matching mount point), or None when it cannot be read."""
+    target = os.path.realpath(folder)
+    best, kind = -1, None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                fields = line.split()
+                try:
+                    point = fields[4].replace("\\040", " ").replace("\\011", "\t")
+                    fs_type = fields[fields.index("-", 6) + 1]
+                except (IndexError, ValueError):
+                    continue
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= best:  # the later of equal mounts is on top
+                    best, kind = len(point), fs_type
+    except OSError:
         return None
+    return kind
 
 
 class AbsPath(Check):
@@ -326,7 +387,8 @@ class AbsPath(Check):
 
 class FilePath(Check):
     """An absolute path of a file the daemon appends to (created if missing). Its folder must
-    exist: the daemon creates the file, not the folders above it."""
+    exist: the daemon creates the file, not the folders above it. An existing one must be a
+    regular file or a character device (/dev/null): daemonlog.open_append refuses the rest."""
 
     __slots__ = ("what",)
 
@@ -338,11 +400,24 @@ class FilePath(Check):
         if path.endswith("/"):
             raise Invalid(f"must name a file, not a directory, got {shown(path)}")
         try:
-            if stat.S_ISDIR(os.stat(path).st_mode):
-                raise Invalid(f"{path} is a directory; name a file")
+            mode = os.stat(path).st_mode
         except OSError:
-            pass
-        problem = _parent_problem(path)
+            mode = None
+        if mode is not None and stat.S_ISDIR(mode):
+            raise Invalid(f"{path} is a directory; name a file")
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            # Opening a FIFO waits for its other end: the daemon must never wait there.
+            raise Invalid(
+                f"{path} exists and is {file_kind(mode)}; allowed: a regular file or a "
+                "character device such as /dev/null"
+            )
+        if mode is not None and stat.S_ISREG(mode):
+            try:
+                if os.statvfs(path).f_flag & os.ST_RDONLY:
+                    raise Invalid(f"{path} is on a read-only filesystem; it cannot be appended to")
+            except OSError:
+                pass
+        problem = _parent_problem(path) if mode is None else None
         if problem:
             raise Invalid(problem)
         folder = posixpath.dirname(path)
@@ -537,13 +612,17 @@ class User(Check):
                 raise Invalid(f"uid {value} is out of range (1 to 4294967294)")
             if int(value) == 0:
                 raise Invalid("workers never run as root (uid 0): name an unprivileged user")
-            return value
-        if _USER_NAME.fullmatch(value) is None:
+            try:
+                entry = pwd.getpwuid(int(value))
+            except KeyError:
+                return value  # no passwd entry: the workers get gid = uid (privileges.py)
+        elif _USER_NAME.fullmatch(value) is None:
             raise self.refuse(value)
-        try:
-            entry = pwd.getpwnam(value)
-        except KeyError:
-            raise Invalid(f"no user {value!r} on this host") from None
+        else:
+            try:
+                entry = pwd.getpwnam(value)
+            except KeyError:
+                raise Invalid(f"no user {value!r} on this host") from None
         if entry.pw_uid == 0 or entry.pw_gid == 0:
             raise Invalid(
                 f"workers never run as root or in group root ({value} is uid {entry.pw_uid}, "

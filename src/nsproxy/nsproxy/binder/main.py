@@ -36,6 +36,7 @@ from nsproxy import (
     netns,
     privileges,
     procstat,
+    schema,
     systemd,
     titles,
     tls_tickets,
@@ -63,15 +64,8 @@ def load_config(
 ) -> tuple[config.Config, bytes]:
     """(config, the file's bytes): config.load, keeping the bytes (an upgrade hands them to
     the new binder, which falls back to them if it refuses the file). Raises ConfigError."""
-    limit = getattr(config, "MAX_FILE_BYTES", 64 * 1024 * 1024)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise config.ConfigError([f"cannot read {path}: {exc.strerror or exc}"]) from None
-    if len(data) > limit:
-        raise config.ConfigError([f"{path} is larger than {limit} bytes"])
-    return config.parse(data, previous, parts), data
+    data = config.read_file(path)  # never waits (a FIFO), nothing but a regular file
+    return config.parse(data, previous, parts, source=path), data
 
 
 def worker_count(cfg: config.Config) -> int:
@@ -133,12 +127,15 @@ class Binder:
         privileges.forbid_ptrace()
         self.credentials = privileges.worker_credentials(getattr(self.config, "user", None))
         keep_certificates(self)
+        # First of all that binds: a socket another running daemon serves is refused before
+        # any of its tenants' addresses is bound a second time.
+        admin_sock = admin.claim(self.config.admin_socket)  # AdminError: see serve()
         self.access_log_fd = self._open_access_log(self.config.access_log)
         started = time.monotonic()
         for spec in self.config.tenants:
             self.listeners.add(spec)
         self.metrics_sock = self._metrics_socket(self.config.metrics_listen)
-        self.admin_server = await admin.start(self, self.config.admin_socket)
+        self.admin_server = await admin.start(self, self.config.admin_socket, sock=admin_sock)
         self.pool.start(worker_count(self.config))
         await self.pool.wait_ready(self.generation, START_TIMEOUT)
         if self.pool.fatal:
@@ -584,8 +581,8 @@ async def serve(config_path: str, cfg: config.Config, config_bytes: bytes, hando
             await upgrade.resume(binder, handoff)
         else:
             await binder.start()
-    except privileges.PrivilegeError as exc:
-        raise SystemExit(f"nsproxy: {exc}") from None
+    except (privileges.PrivilegeError, admin.AdminError) as exc:
+        raise SystemExit(schema.one_line(f"nsproxy: {exc}")) from None
     heap.settle()
     await binder.stopped.wait()
     return binder.exit_code
