@@ -21,7 +21,8 @@ Fair Queueing using Deficit Round Robin", SIGCOMM 1995) with one turn of the loo
   polls again) each tenant's spending is brought down by one budget per turn that passed (a
   tenant that overspent in one costly read waits that many turns), and a tenant whose
   spending is back under its budget has as many of its queued connections resumed as its
-  average read cost fits in what is left (at least one), oldest first.
+  costliest recent read fits in what is left (at least one, at most :data:`RESUME_MAX`),
+  oldest first.
 
 So while two tenants or more read, a tenant's reads take at most about one budget (plus one
 read) of each turn, and a tenant that asks little is served in the next turn however many
@@ -45,6 +46,9 @@ TURN_BUDGET = 0.0001
 #: Seconds after a read of a second tenant during which the loop counts as shared (seconds,
 #: not turns: a tenant waiting for its upstream may not read for many short turns).
 CONTENDED_SECONDS = 1.0
+#: Connections of one tenant resumed in one turn at most (a read may cost far more than its
+#: tenant's recent reads: what its socket holds is the client's choice).
+RESUME_MAX = 4
 #: Bit of ``Flow.paused`` (http/flow.py) set while a connection waits for its tenant's turn.
 SHARE = 32
 
@@ -52,15 +56,16 @@ clock = time.perf_counter
 
 
 class TenantShare:
-    """One tenant's account in one worker: seconds spent since ``turn``, the average cost of
-    a read (seconds, moving average) and its connections paused for a later turn."""
+    """One tenant's account in one worker: seconds spent since ``turn``, the cost of its
+    costliest recent read (seconds, decaying by a tenth per read) and its connections paused
+    for a later turn."""
 
-    __slots__ = ("average", "spent", "turn", "waiting")
+    __slots__ = ("peak", "spent", "turn", "waiting")
 
     def __init__(self) -> None:
         self.spent = 0.0
         self.turn = 0
-        self.average = TURN_BUDGET / 8
+        self.peak = TURN_BUDGET / 8
         self.waiting: collections.deque = collections.deque()
 
     def refill(self, turn: int) -> None:
@@ -97,7 +102,9 @@ class LoopShares:
             self.last = share
         share.refill(turn)
         share.spent += seconds
-        share.average += (seconds - share.average) * 0.125
+        # the costliest recent read, decaying: cheap reads queued first cannot make a batch
+        # of costly ones look affordable (a reviewer's 10 reads of 10 ms in one turn)
+        share.peak = max(seconds, share.peak * 0.9)
         if share.spent > TURN_BUDGET and end - self.mixed < CONTENDED_SECONDS:
             protocol.pause_reading_for(SHARE)
             if not share.waiting:
@@ -115,7 +122,9 @@ class LoopShares:
             if alone:
                 count = len(share.waiting)  # nobody else reads: nothing to share
             elif share.spent < TURN_BUDGET:
-                count = max(1, int((TURN_BUDGET - share.spent) / max(share.average, 1e-6)))
+                count = min(
+                    RESUME_MAX, max(1, int((TURN_BUDGET - share.spent) / max(share.peak, 1e-6)))
+                )
             else:
                 count = 0  # still paying for an earlier turn
             waiting = share.waiting
@@ -148,9 +157,12 @@ class SharedReads(BoundedReads):
         return None
 
     def buffer_updated(self, nbytes: int) -> None:
+        # The account is taken before the read: the read that ends a response also ends the
+        # upstream connection's tie to its client (share() is None in the pool), and what it
+        # runs (the next pipelined requests) is the tenant's too.
+        share = self.share()
         start = clock()
         BoundedReads.buffer_updated(self, nbytes)
-        share = self.share()
         if share is not None:
             SHARES.charge(share, self, start, clock())
 

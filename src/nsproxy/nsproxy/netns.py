@@ -74,12 +74,13 @@ class Namespace:
 
 
 def pinned_pid(netns: str) -> int | None:
-    """The PID of the other process whose /proc entry the path ``netns`` goes through, else
-    None: ``/proc/PID/ns/net``, ``/proc/PID/task/TID/ns/net``, and every other spelling of a
-    path through ``/proc/PID`` (``//proc/PID/ns/net``, ``/proc/PID/./ns/net``,
-    ``/proc/PID/root/run/netns/x``, ``/proc/self/root/proc/PID/ns/net``, a symbolic link of
-    the operator's to any of them). Such a path names another namespace once PID is reused,
-    so the caller pins it to the process (``Registry.acquire``).
+    """The PID of the other process whose network namespace link the path ``netns`` names,
+    else None: ``/proc/PID/ns/net``, ``/proc/PID/task/TID/ns/net``, in any spelling
+    (``//proc/PID/ns/net``, ``/proc/PID/./ns/net``, ``/proc/self/root/proc/PID/ns/net``, a
+    symbolic link of the operator's to one of them). Such a path names another namespace once
+    PID is reused, so the caller pins it to the process (``Registry.acquire``). A path into
+    another process's files (``/proc/PID/root/run/netns/x``) names a file that may come and go
+    while the process lives: it is not pinned, it waits and is followed like any path.
 
     The path is followed one component at a time: symbolic links are resolved as this
     process sees them (``/var/run``, ``/proc/self``) up to the first /proc/PID of another
@@ -94,7 +95,11 @@ def pinned_pid(netns: str) -> int | None:
             current = os.path.realpath(current)
         match = _PROC_PID.match(current)
         if match and int(match.group(1)) != me:
-            return int(match.group(1))
+            rest = parts[index + 1 :]
+            if rest == ["ns", "net"] or (len(rest) == 4 and rest[0] == "task" and rest[2:] ==
+                                         ["ns", "net"] and rest[1].isdigit()):  # fmt: skip
+                return int(match.group(1))
+            return None
     return None
 
 

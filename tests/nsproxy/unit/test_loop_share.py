@@ -196,3 +196,31 @@ def test_a_costly_read_is_paid_for_in_later_turns(loop_name):
         assert len(later) <= (last - first) / 10 + 2, (len(later), last - first)
     reads = 7 * READS
     assert last - first <= 1.25 * 10 * reads + 10, (last - first, reads)
+
+
+class Ending(Reader):
+    """Like an upstream connection whose read ends the response: after it, no account."""
+
+    def data_received(self, data: bytes) -> None:
+        Reader.data_received(self, data)
+        self.account = None
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_the_read_that_ends_the_tie_to_a_tenant_is_charged_to_it(loop_name):
+    """The account is taken before the read (a reviewer: the read that completed a response,
+    and the pipelined requests it ran, were free)."""
+
+    async def one_read():
+        account = loop_share.TenantShare()
+        ours, theirs = socket.socketpair()
+        reader = Ending(account, [0])
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: reader, ours)
+        theirs.sendall(b"x" * 100)
+        theirs.close()
+        await reader.done
+        return account
+
+    with fixed_cost(loop_share.TURN_BUDGET / 4):
+        account = run(loop_name, one_read())
+    assert account.spent > 0

@@ -24,8 +24,8 @@ def pid():
 @pytest.mark.parametrize(
     "spelling",
     ["/proc/{pid}/ns/net", "//proc/{pid}/ns/net", "/proc//{pid}/ns/net", "/proc/{pid}/./ns/net",
-     "/proc/{pid}/task/{pid}/ns/net", "/proc/{pid}/root/run/netns/x",
-     "/proc/self/root/proc/{pid}/ns/net", "/proc/thread-self/root/proc/{pid}/ns/net"],
+     "/proc/{pid}/task/{pid}/ns/net", "/proc/self/root/proc/{pid}/ns/net",
+     "/proc/thread-self/root/proc/{pid}/ns/net", "//proc/{pid}/task//{pid}/./ns/net"],
 )  # fmt: skip
 def test_every_path_through_proc_pid_is_pinned_to_that_pid(pid, spelling):
     assert netns.pinned_pid(spelling.format(pid=pid)) == pid
@@ -49,3 +49,10 @@ def test_this_process_own_proc_entry_is_not_pinned():
 )
 def test_paths_outside_proc_pid_are_not_pinned(path):
     assert netns.pinned_pid(path) is None
+
+
+def test_a_path_into_another_process_files_waits_and_is_followed_not_pinned(pid):
+    """/proc/PID/root/run/netns/x names a file that may appear and be replaced while PID
+    lives (a reviewer: pinned, a missing one was 'gone' for good)."""
+    assert netns.pinned_pid(f"/proc/{pid}/root/run/netns/x") is None
+    assert netns.pinned_pid(f"/proc/{pid}/ns/uts") is None

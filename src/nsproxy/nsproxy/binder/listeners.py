@@ -255,7 +255,8 @@ class Listeners:
                 return
             if binding.pin is not None:
                 self.loop.add_reader(binding.pin.pidfd, self._process_exited, binding)
-            self.sharing.setdefault(binding.ns.identity, set()).add(binding)
+        # (also for a namespace adopted across an upgrade, which comes here already open)
+        self.sharing.setdefault(binding.ns.identity, set()).add(binding)
         waiting_for_address = missing = False
         for listener in spec.listeners:
             group = binding.sockets.get(listener.digest)

@@ -35,7 +35,7 @@ import socket
 import sys
 import time
 
-from nsproxy import __version__, admin, config, health_table, netns, privileges, systemd
+from nsproxy import __version__, admin, config, health_table, netns, privileges, schema, systemd
 from nsproxy.binder import early_signals
 from nsproxy.health_table import HealthTable
 from nsproxy.sharedcounts import SharedCounts, Slots
@@ -342,7 +342,10 @@ async def resume(binder, state: dict) -> None:
     for entry in state.get("tenants") or []:
         spec = binder.tenant_specs.get(entry["name"])
         sockets = entry.get("sockets") or []
-        if spec is None or spec.netns != entry.get("netns") or entry["name"] in listeners.tenants:
+        old_netns = entry.get("netns")
+        if isinstance(old_netns, str):  # a build before one spelling handed over what was written
+            old_netns = schema.netns_canonical(old_netns)
+        if spec is None or spec.netns != old_netns or entry["name"] in listeners.tenants:
             _close(
                 [fd for *_, fd in sockets]
                 + [entry.get("ns_fd"), (entry.get("pin") or [0, None])[1]]

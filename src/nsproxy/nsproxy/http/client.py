@@ -987,7 +987,8 @@ class ClientConnection(Flow):
         if self.closing():
             transport = self.transport
             if transport is not None and transport.get_write_buffer_size():
-                return self.shared.now - self.stall_since
+                now = self.shared.now
+                return now - max(self.stall_since, self.closing_since or now)
             return 0.0
         state, now = self.state, self.shared.now
         if self.write_paused or state == TUNNEL:
