@@ -46,6 +46,10 @@ TURN_BUDGET = 0.0001
 #: Seconds after a read of a second tenant during which the loop counts as shared (seconds,
 #: not turns: a tenant waiting for its upstream may not read for many short turns).
 CONTENDED_SECONDS = 1.0
+#: The most one read is charged (seconds): what a read may cost the proxy is bounded
+#: (``buffering.READ_BYTES``, ``http.flow.CHUNKS_PER_TURN``: a few ms); more is a pause of the
+#: whole process during it (a garbage collection, the scheduler), not the tenant's doing.
+MAX_CHARGE = 0.02
 #: Connections of one tenant resumed in one turn at most (a read may cost far more than its
 #: tenant's recent reads: what its socket holds is the client's choice).
 RESUME_MAX = 4
@@ -92,7 +96,7 @@ class LoopShares:
         seconds), to ``share``; pause ``protocol`` if its tenant is over its budget in this
         turn while other tenants read too."""
         turn = self.turn
-        seconds = end - start
+        seconds = min(end - start, MAX_CHARGE)
         if not self.armed:
             self.armed = True
             asyncio.get_running_loop().call_soon(self.next_turn)
