@@ -322,7 +322,7 @@ def parse_json(data: bytes, duplicates: list | None = None):
         obj = dict(pairs)
         if len(obj) != len(pairs) and duplicates is not None:
             seen: set = set()
-            repeated = [k for k, _ in pairs if k in seen or seen.add(k)]
+            repeated = [key for key, _value in pairs if key in seen or seen.add(key)]
             duplicates.append((obj, list(dict.fromkeys(repeated))))
         return obj
 

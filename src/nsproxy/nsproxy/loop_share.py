@@ -132,7 +132,7 @@ class LoopShares:
             else:
                 count = 0  # still paying for an earlier turn
             waiting = share.waiting
-            for _ in range(min(count, len(waiting))):
+            for _resumed in range(min(count, len(waiting))):
                 waiting.popleft().resume_reading_for(SHARE)
             if waiting:
                 self.backlog.append(share)
