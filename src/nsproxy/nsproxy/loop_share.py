@@ -15,7 +15,7 @@ Fair Queueing using Deficit Round Robin", SIGCOMM 1995) with one turn of the loo
   proxy spends in Python for it, which differs by a factor of a hundred between a read of one
   small request and a read of 4096 one-byte chunks;
 - each turn gives every tenant :data:`TURN_BUDGET` seconds; a tenant that has spent more in
-  the turn is over its share, and the connection that read is paused (``flow.SHARE``) and
+  the turn is over its share, and the connection that read is paused (:data:`SHARE`) and
   queued behind the tenant's other paused connections;
 - at the start of the next turn (a callback queued with ``call_soon``, run before the loop
   polls again) each tenant's spending is brought down by one budget per turn that passed (a
@@ -24,13 +24,15 @@ Fair Queueing using Deficit Round Robin", SIGCOMM 1995) with one turn of the loo
   costliest recent read fits in what is left (at least one, at most :data:`RESUME_MAX`),
   oldest first.
 
-So while two tenants or more read, a tenant's reads take at most about one budget (plus one
-read) of each turn, and a tenant that asks little is served in the next turn however many
-connections another keeps busy. While a single tenant reads (none other for
-:data:`CONTENDED_SECONDS`) nothing is paused: sharing costs two ``epoll_ctl`` calls per
-paused read, and there is no one to share with. Work outside the protocols' callbacks is not
-charged (the kernel's, uvloop's own, a TLS handshake before the connection's protocol
-starts): the admission (``admission.py``) bounds how many connections a tenant can make.
+So while two tenants or more read, a tenant's reads take about one budget of each turn, plus
+one read by each of its connections that then pauses (a read is charged once it has run) and
+at most :data:`RESUME_MAX` resumed ones, each bounded by what one read may cost; a tenant that
+asks little is served within a turn or two however many connections another keeps busy.
+While a single tenant reads (none other for :data:`CONTENDED_SECONDS`) nothing is paused:
+sharing costs two ``epoll_ctl`` calls per paused read, and there is no one to share with.
+Work outside the protocols' callbacks is not charged (the kernel's, uvloop's own, a TLS
+handshake before the connection's protocol starts): the admission (``admission.py``)
+bounds how many connections a tenant can make.
 """
 
 from __future__ import annotations
