@@ -891,10 +891,7 @@ class ClientConnection(Flow):
             # client that stopped reading kept the connection, counted, for ever.
             if not self.closing_since:
                 self.closing_since = now
-            if (
-                transport.get_write_buffer_size()
-                and now - max(self.stall_since, self.closing_since) > timeouts["read"]
-            ):
+            if buffered and now - max(self.stall_since, self.closing_since) > timeouts["read"]:
                 self.abort()
             return
         state = self.state
