@@ -109,6 +109,20 @@ def start_nsproxy(sb, work: Path, src: str, listeners: list[dict], cpus: str = "
     return proc, pid
 
 
+def each_build(builds: dict, rounds: int, start):
+    """Every build in turn, ``rounds`` times over: yields (round, name, process, PID that
+    serves) from ``start(src)`` (which returns the last two, as :func:`start_nsproxy`
+    does), and stops the process once the caller's turn is over, however it ends."""
+    for rnd in range(rounds):
+        for name, src in builds.items():
+            proc, pid = start(src)
+            try:
+                yield rnd, name, proc, pid
+            finally:
+                proc.terminate()
+                proc.wait(timeout=20)
+
+
 def builds_argument(parser) -> None:
     parser.add_argument("--build", action="append", default=[],
                         help="NAME=PATH of an nsproxy source folder (src/nsproxy); default: "

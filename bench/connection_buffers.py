@@ -23,6 +23,7 @@ is shared and its load changes between runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from bench.builds import (  # noqa: E402
     PY,
     builds_argument,
     chosen_builds,
+    each_build,
     self_signed,
     start_backend,
     start_nsproxy,
@@ -116,23 +118,20 @@ def main() -> int:
             {"listen": f"{ADDR}:80", "protocol": "http"},
             {"listen": f"{ADDR}:443", "protocol": "https", "tls": {"certificates": [certificate]}},
         ]
-        for rnd in range(args.rounds):
-            for name, src in builds.items():
-                proc, _ = start_nsproxy(sb, work, src, listeners)
-                daemon = process_tree([proc.pid])
-                for scheme in PORTS:
-                    row = {
-                        "round": rnd,
-                        "build": name,
-                        "scheme": scheme,
-                        "kb_per_stalled": round(
-                            _stalled(sb, scheme, args.connections, args.settle, daemon)
-                        ),
-                        "cpu_s_per_gib": round(_bulk(sb, scheme, daemon), 2),
-                    }
-                    print(json.dumps(row), flush=True)
-                proc.terminate()
-                proc.wait(timeout=20)
+        start = functools.partial(start_nsproxy, sb, work, listeners=listeners)
+        for rnd, name, proc, _pid in each_build(builds, args.rounds, start):
+            daemon = process_tree([proc.pid])
+            for scheme in PORTS:
+                row = {
+                    "round": rnd,
+                    "build": name,
+                    "scheme": scheme,
+                    "kb_per_stalled": round(
+                        _stalled(sb, scheme, args.connections, args.settle, daemon)
+                    ),
+                    "cpu_s_per_gib": round(_bulk(sb, scheme, daemon), 2),
+                }
+                print(json.dumps(row), flush=True)
         echo.terminate()
     return 0
 

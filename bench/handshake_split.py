@@ -35,6 +35,7 @@ from bench.builds import (  # noqa: E402
     BACKEND,
     builds_argument,
     chosen_builds,
+    each_build,
     self_signed,
     start_backend,
     start_nsproxy,
@@ -97,51 +98,50 @@ def main() -> int:
         certificate = self_signed(work)
         tenant_netns(sb)
         echo = start_backend(sb)
-        for rnd in range(args.rounds):
-            for name, src in builds.items():
-                if src is None:
-                    proc, pid = _haproxy(sb, work, certificate)
-                else:
-                    https = {"listen": f"{ADDR}:443", "protocol": "https",
-                             "tls": {"certificates": [certificate]}}  # fmt: skip
-                    proc, pid = start_nsproxy(sb, work, src, [https])
-                data = work / f"perf.{name}"
-                perf = None
-                if args.perf:
-                    perf = subprocess.Popen(
-                        ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-o",
-                         str(data), "-p", str(pid)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    )  # fmt: skip
-                before = cpu_seconds([pid])
-                client = sb.run(
-                    ["ip", "netns", "exec", "t1", "taskset", "-c", "1", "openssl", "s_time",
-                     "-connect", f"{ADDR}:443", "-new", "-time", str(args.seconds), "-www", "/"],
-                    check=False, capture_output=True, text=True,
+        https = {"listen": f"{ADDR}:443", "protocol": "https",
+                 "tls": {"certificates": [certificate]}}  # fmt: skip
+
+        def start(src):
+            if src is None:
+                return _haproxy(sb, work, certificate)
+            return start_nsproxy(sb, work, src, [https])
+
+        for rnd, name, _proc, pid in each_build(builds, args.rounds, start):
+            data = work / f"perf.{name}"
+            perf = None
+            if args.perf:
+                perf = subprocess.Popen(
+                    ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-o",
+                     str(data), "-p", str(pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
-                cpu = cpu_seconds([pid]) - before
-                if perf is not None:
-                    perf.send_signal(2)
-                    perf.wait()
-                proc.terminate()
-                proc.wait(timeout=20)
-                m = re.search(r"(\d+) connections in ([\d.]+)s", client.stdout)
-                count = int(m.group(1)) if m else 0
-                row = {
-                    "round": rnd,
-                    "build": name,
-                    "handshakes": count,
-                    "cpu_s": round(cpu, 2),
-                    "per_cpu_s": round(count / cpu) if cpu else None,
-                    "us_per_handshake": round(cpu / count * 1e6) if count else None,
+            before = cpu_seconds([pid])
+            client = sb.run(
+                ["ip", "netns", "exec", "t1", "taskset", "-c", "1", "openssl", "s_time",
+                 "-connect", f"{ADDR}:443", "-new", "-time", str(args.seconds), "-www", "/"],
+                check=False, capture_output=True, text=True,
+            )  # fmt: skip
+            cpu = cpu_seconds([pid]) - before
+            if perf is not None:
+                perf.send_signal(2)
+                perf.wait()
+            m = re.search(r"(\d+) connections in ([\d.]+)s", client.stdout)
+            count = int(m.group(1)) if m else 0
+            row = {
+                "round": rnd,
+                "build": name,
+                "handshakes": count,
+                "cpu_s": round(cpu, 2),
+                "per_cpu_s": round(count / cpu) if cpu else None,
+                "us_per_handshake": round(cpu / count * 1e6) if count else None,
+            }
+            if perf is not None and count:
+                row["us_by_dso"] = {
+                    dso: round(share * cpu / count * 1e6)
+                    for dso, share in _split(data).items()
+                    if share >= 0.005
                 }
-                if perf is not None and count:
-                    row["us_by_dso"] = {
-                        dso: round(share * cpu / count * 1e6)
-                        for dso, share in _split(data).items()
-                        if share >= 0.005
-                    }
-                print(json.dumps(row), flush=True)
+            print(json.dumps(row), flush=True)
         echo.terminate()
     return 0
 

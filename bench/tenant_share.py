@@ -27,6 +27,7 @@ machine is shared and its load changes between runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import subprocess
@@ -42,6 +43,7 @@ from bench.builds import (  # noqa: E402
     ADDR,
     builds_argument,
     chosen_builds,
+    each_build,
     start_nginx_backend,
     start_nsproxy,
     tenant_netns,
@@ -106,13 +108,10 @@ def main() -> int:
         tenant_netns(sb, TENANTS)
         echo = start_nginx_backend(sb, work)
         listeners = [{"listen": f"{ADDR}:80", "protocol": "http"}]
-        for rnd in range(args.rounds):
-            for name, src in builds.items():
-                proc, _ = start_nsproxy(sb, work, src, listeners, tenants=TENANTS)
-                row = {"round": rnd, "build": name, **_round(sb, args)}
-                print(json.dumps(row), flush=True)
-                proc.terminate()
-                proc.wait(timeout=20)
+        start = functools.partial(start_nsproxy, sb, work, listeners=listeners, tenants=TENANTS)
+        for rnd, name, _proc, _pid in each_build(builds, args.rounds, start):
+            row = {"round": rnd, "build": name, **_round(sb, args)}
+            print(json.dumps(row), flush=True)
         echo.terminate()
     return 0
 
