@@ -116,13 +116,18 @@ class Proxy:
         tmp.replace(self.config_path)
 
     def start(
-        self, wait_bound: bool = True, env: dict | None = None, wrap=(), wait: bool = True
+        self,
+        wait_bound: bool = True,
+        env: dict | None = None,
+        wrap=(),
+        wait: bool = True,
+        log_level: str = "info",
     ) -> None:
         """Start the daemon (``wrap``: a command prefix, e.g. prlimit); wait until it serves
         (unless ``wait`` is false)."""
         self.logfile = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the daemon
         self.proc = self.sb.popen(
-            [*wrap, NSPROXY, "run", "--config", str(self.config_path)],
+            [*wrap, NSPROXY, "run", "--config", str(self.config_path), "--log-level", log_level],
             stdout=self.logfile,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

@@ -205,14 +205,16 @@ def test_a_proc_pid_path_is_pinned_to_its_process_and_never_followed_to_a_reused
 
 
 def test_late_addresses_of_many_tenants_are_noticed_when_they_appear(proxy):
-    """Many tenants' namespaces come back without their address; the addresses appear long
-    after (when a backoff would already wait many seconds). Every tenant is served right
-    after its address appears: the binder watches address events in each namespace."""
+    """Many tenants' namespaces come back without their address; the addresses appear later.
+    Every tenant is served once its address appears, and it is the address event in its
+    namespace that makes the binder bind it again (not a retry with backoff, which may wait
+    up to 30 s): the binder says so at debug level. (Not judged by the time it takes: that
+    spreads with the machine's load, 0.2 s quiet, 16 s in CI beside the roles stage.)"""
     names = [f"late{i}" for i in range(40)]
     proxy.add_netns(*names)
     proxy.start_echo("echo", "127.0.0.1:9601")
     proxy.write_config([http_tenant(n, ["127.0.0.1:9601"]) for n in names], workers=2)
-    proxy.start()
+    proxy.start(log_level="debug")
     proxy.sb.sh(" && ".join(f"ip netns del {n}" for n in names))
     proxy.wait_for(
         lambda s: all("does not exist" in (t["last_error"] or "") for t in s["tenants"]),
@@ -232,15 +234,14 @@ def test_late_addresses_of_many_tenants_are_noticed_when_they_appear(proxy):
         lambda s: all("address not available" in (t["last_error"] or "") for t in s["tenants"]),
         "every tenant waiting for its address",
     )
-    time.sleep(12)  # a retry backoff would now be at 8 s or more
-    added = time.monotonic()
+    assert "addresses changed in its namespace" not in proxy.log()
     proxy.sb.sh(" & ".join(f"ip -n {n} addr add {ADDR}/32 dev lo" for n in names) + " & wait")
-    proxy.wait_for(proxy.all_bound, "every tenant bound again", timeout=30)
-    took = time.monotonic() - added
+    proxy.wait_for(proxy.all_bound, "every tenant bound again", timeout=60)
     for name in names[:5] + names[-5:]:
         assert proxy.get_json(name, f"http://{ADDR}/")["server"] == "echo@9601"
-    assert took < 3, f"40 tenants were bound {took:.2f} s after their addresses appeared"
-    print(f"40 late tenants bound {took:.3f} s after their addresses appeared")
+    log = proxy.log()
+    for name in names:
+        assert f"tenant {name}: addresses changed in its namespace: binding again" in log, name
 
 
 def test_after_a_reload_moves_an_upstream_to_another_namespace_no_request_goes_to_the_old(proxy):

@@ -430,6 +430,7 @@ class Listeners:
                 break
             except OSError:  # ENOBUFS: events were lost, which is an event too
                 continue
+        log.debug("tenant %s: addresses changed in its namespace: binding again", binding.name)
         self._cancel_retry(binding)
         delay = max(0.0, binding.last_try + WATCH_MIN_INTERVAL - time.monotonic())
         binding.retry_handle = self.loop.call_later(delay, self.bind, binding)
