@@ -15,6 +15,11 @@ times:
 - ``alone``: ``quiet`` runs ``wrk -c --quiet-connections`` for ``--seconds``, nothing else;
 - ``contended``: the same while ``noisy`` runs as in ``noisy_alone``.
 
+With ``--noisy hello`` the noisy tenant's load is a TLS ClientHello flood instead
+(``bench/hello_flood.py``, ``--hello-connections`` threads on its https listener, RSA-2048):
+each connection costs the proxy a full handshake's key exchange and signature, and its client
+almost nothing. Its figures are then the connections answered and their rate.
+
 Prints one JSON line per build and round: each run's requests per second, latency
 percentiles (ms) and failed requests, and
 ``quiet_kept``: the quiet tenant's contended rate over its rate alone. With the loop shared per
@@ -41,9 +46,11 @@ sys.path.insert(0, str(REPO))
 
 from bench.builds import (  # noqa: E402
     ADDR,
+    PY,
     builds_argument,
     chosen_builds,
     each_build,
+    self_signed,
     start_nginx_backend,
     start_nsproxy,
     tenant_netns,
@@ -51,6 +58,7 @@ from bench.builds import (  # noqa: E402
 from tools.sandbox import Sandbox  # noqa: E402
 
 TENANTS = ("noisy", "quiet")
+HELLO_FLOOD = str(REPO / "bench" / "hello_flood.py")
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
@@ -75,13 +83,25 @@ def wrk_figures(output: str) -> dict:
     return figures
 
 
+def hello_argv(connections: int, seconds: float) -> list[str]:
+    return ["ip", "netns", "exec", "noisy", "taskset", "-c", "1", PY, HELLO_FLOOD, ADDR, "443",
+            str(connections), str(seconds)]  # fmt: skip
+
+
+def _noisy(sb, args, seconds: float) -> tuple:
+    """The noisy tenant's load: (process, function of its output giving its figures)."""
+    if args.noisy == "hello":
+        argv, figures = hello_argv(args.hello_connections, seconds), json.loads
+    else:
+        argv, figures = wrk_argv("noisy", args.noisy_connections, seconds), wrk_figures
+    return sb.popen(argv, stdout=subprocess.PIPE, text=True), figures
+
+
 def _round(sb, args) -> dict:
-    noisy_alone = wrk_figures(
-        sb.run(wrk_argv("noisy", args.noisy_connections, args.seconds)).stdout
-    )
+    noisy, figures = _noisy(sb, args, args.seconds)
+    noisy_alone = figures(noisy.communicate(timeout=args.seconds + 30)[0])
     alone = wrk_figures(sb.run(wrk_argv("quiet", args.quiet_connections, args.seconds)).stdout)
-    noisy = sb.popen(wrk_argv("noisy", args.noisy_connections, args.seconds + 2),
-                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+    noisy, figures = _noisy(sb, args, args.seconds + 2)
     time.sleep(1)
     contended = wrk_figures(sb.run(wrk_argv("quiet", args.quiet_connections, args.seconds)).stdout)
     noisy_out, _ = noisy.communicate(timeout=args.seconds + 30)
@@ -89,7 +109,7 @@ def _round(sb, args) -> dict:
         "noisy_alone": noisy_alone,
         "quiet_alone": alone,
         "quiet_contended": contended,
-        "noisy_contended": wrk_figures(noisy_out),
+        "noisy_contended": figures(noisy_out),
         "quiet_kept": round(contended["rps"] / alone["rps"], 3),
     }
 
@@ -97,7 +117,15 @@ def _round(sb, args) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     builds_argument(p)
+    p.add_argument(
+        "--noisy",
+        choices=("wrk", "hello"),
+        default="wrk",
+        help="the noisy tenant's load: keep-alive requests (wrk), or a TLS ClientHello flood "
+        "(bench/hello_flood.py) on its https listener",
+    )
     p.add_argument("--noisy-connections", type=int, default=256)
+    p.add_argument("--hello-connections", type=int, default=16)
     p.add_argument("--quiet-connections", type=int, default=1)
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2)
@@ -107,7 +135,11 @@ def main() -> int:
         work = Path(tmp)
         tenant_netns(sb, TENANTS)
         echo = start_nginx_backend(sb, work)
-        listeners = [{"listen": f"{ADDR}:80", "protocol": "http"}]
+        listeners = [
+            {"listen": f"{ADDR}:80", "protocol": "http"},
+            {"listen": f"{ADDR}:443", "protocol": "https",
+             "tls": {"certificates": [self_signed(work)]}},
+        ]  # fmt: skip
         start = functools.partial(start_nsproxy, sb, work, listeners=listeners, tenants=TENANTS)
         for rnd, name, _proc, _pid in each_build(builds, args.rounds, start):
             row = {"round": rnd, "build": name, **_round(sb, args)}

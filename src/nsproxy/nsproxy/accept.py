@@ -2,7 +2,7 @@
 
 An event-loop server object per listening socket costs about 0.8 kB of process memory (server,
 handle, lists, context); with thousands of tenants that was the largest per-tenant item. Here
-a listener costs its kernel socket and one dict entry. Accepted sockets are handed to the loop
+a listener costs its kernel socket and one small object. Accepted sockets are handed to the loop
 with ``connect_accepted_socket``, so connections behave as with ``create_server`` (same
 transports, TLS handled by the loop, TCP_NODELAY set by uvloop).
 
@@ -29,6 +29,7 @@ import socket
 import ssl
 import time
 
+from nsproxy import loop_share
 from nsproxy.admission import hold, release
 from nsproxy.http.wire import local_response
 
@@ -37,6 +38,7 @@ log = logging.getLogger("nsproxy")
 ACCEPT_BATCH = 64  # connections accepted per listener per wake-up (the rest on the next one)
 PAUSE_WHEN_OUT_OF_FILES = 0.5  # seconds a listener stops accepting after EMFILE/ENFILE
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between two refusal log lines of one tenant
+OUT_OF_FILES = 1  # bit of _Listener.paused: after EMFILE/ENFILE (loop_share.SHARE is another)
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -52,10 +54,7 @@ class Acceptor:
         self.loop = loop
         self.admission = admission  # admission.Admission: who may connect (None: anyone)
         self.epoll = select.epoll()
-        # fd -> (listening socket, protocol factory, ssl context (an ssl.SSLContext, or an
-        #        object whose get() returns one, see tls.ServerContext) or None, handshake timeout,
-        #        whether clients speak first, tenant runtime or None)
-        self.listeners: dict[int, tuple] = {}
+        self.listeners: dict[int, _Listener] = {}  # by the listening socket's fd
         self.accepted = 0  # connections accepted so far (the daemon's sweep watches bursts)
         self.wakeups = 0  # times the loop was woken to accept
         self.empty_wakeups = 0  # ... and found nothing to accept (a peer gone meanwhile)
@@ -91,27 +90,30 @@ class Acceptor:
         sock.setblocking(False)
         fd = sock.fileno()
         self.epoll.register(fd, select.EPOLLIN)
-        self.listeners[fd] = (sock, factory, ssl_ctx, handshake_timeout, client_first, tenant)
+        self.listeners[fd] = _Listener(
+            self, sock, factory, ssl_ctx, handshake_timeout, client_first, tenant
+        )
 
     def use_ssl_context(self, sock: socket.socket, ssl_ctx) -> None:
         """Give the connections ``sock`` accepts from now on this TLS context."""
-        entry = self.listeners.get(sock.fileno())
-        if entry is not None and entry[0] is sock:
-            self.listeners[sock.fileno()] = (sock, entry[1], ssl_ctx, *entry[3:])
+        listener = self.listeners.get(sock.fileno())
+        if listener is not None and listener.sock is sock:
+            listener.ssl_ctx = ssl_ctx
 
     def remove(self, sock: socket.socket) -> None:
         """Stop accepting on ``sock`` and close it (open connections are not touched)."""
         fd = sock.fileno()
-        if self.listeners.get(fd, (None,))[0] is sock:
+        listener = self.listeners.get(fd)
+        if listener is not None and listener.sock is sock:
             del self.listeners[fd]
-            # Paused after EMFILE: not registered right now.
-            with contextlib.suppress(OSError, ValueError):
+            if not listener.paused:  # else not registered right now
                 self.epoll.unregister(fd)
+            listener.gone = True  # a later turn of its tenant must not register the fd again
         sock.close()
 
     def close(self) -> None:
-        for sock, *_ in list(self.listeners.values()):
-            self.remove(sock)
+        for listener in list(self.listeners.values()):
+            self.remove(listener.sock)
         if self.started:
             self.loop.remove_reader(self.epoll.fileno())
         self.epoll.close()
@@ -120,16 +122,24 @@ class Acceptor:
         self.wakeups += 1
         before = self.accepted
         for fd, _ in self.epoll.poll(0):
-            entry = self.listeners.get(fd)
-            if entry is not None:
-                self._accept(fd, entry)
+            listener = self.listeners.get(fd)
+            if listener is not None and not listener.paused:
+                self._accept(listener)
         if self.accepted == before:
             self.empty_wakeups += 1
 
-    def _accept(self, fd: int, entry: tuple) -> None:
-        sock, factory, ssl_ctx, handshake_timeout, client_first, tenant = entry
-        admission = self.admission
+    def _accept(self, listener: _Listener) -> None:
+        """Accept up to ACCEPT_BATCH connections of one listener. Each is charged to its
+        tenant's share of the loop (loop_share.py): the accept's own time, and for a TLS
+        connection what its handshake will cost (handshake_cost.py), which the loop's TLS
+        transport runs out of sight of any callback of the tenant's. A tenant over its share
+        while others are served stops accepting here until its turn comes: the kernel's
+        backlog holds its clients meanwhile."""
+        sock, tenant = listener.sock, listener.tenant
+        share = tenant.share if tenant is not None else None
+        clock, shares = loop_share.clock, loop_share.SHARES
         for _ in range(ACCEPT_BATCH):
+            start = clock()
             try:
                 conn, _ = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -138,29 +148,43 @@ class Acceptor:
                 if exc.errno in _OUT_OF_RESOURCES:
                     # Level-triggered: without a pause the loop would spin on this listener.
                     log.error("accept: %s; pausing this listener briefly", exc.strerror)
-                    self.epoll.unregister(fd)
-                    self.loop.call_later(PAUSE_WHEN_OUT_OF_FILES, self._resume, fd, sock)
+                    listener.pause_reading_for(OUT_OF_FILES)
+                    self.loop.call_later(
+                        PAUSE_WHEN_OUT_OF_FILES, listener.resume_reading_for, OUT_OF_FILES
+                    )
                     return
                 continue  # ECONNABORTED and the like: that client is gone, accept the next
-            conn.setblocking(False)
-            if client_first and _closed_before_speaking(conn):
-                conn.close()  # a port probe or TCP health check: no transport, no protocol
-                continue
-            if tenant is not None and admission is not None:
-                refused = admission.admit(tenant)
-                if refused is not None:
-                    _refuse(conn, client_first and ssl_ctx is None, tenant, refused)
-                    continue
-            self.accepted += 1
-            self.handing_over += 1
-            self.loop.create_task(self._serve(conn, factory, ssl_ctx, handshake_timeout, tenant))
+            handshake = self._admit(conn, listener)
+            if share is not None:
+                shares.charge(share, listener, start, clock(), handshake)
+                if listener.paused:
+                    return
 
-    def _resume(self, fd: int, sock: socket.socket) -> None:
-        entry = self.listeners.get(fd)
-        if entry is not None and entry[0] is sock:
-            self.epoll.register(fd, select.EPOLLIN)
+    def _admit(self, conn: socket.socket, listener: _Listener) -> float:
+        """Serve an accepted connection, or close it (a probe, or refused by the admission);
+        the seconds its TLS handshake will cost (0 for none)."""
+        conn.setblocking(False)
+        ssl_ctx, tenant = listener.ssl_ctx, listener.tenant
+        if listener.client_first and _closed_before_speaking(conn):
+            conn.close()  # a port probe or TCP health check: no transport, no protocol
+            return 0.0
+        admission = self.admission
+        if tenant is not None and admission is not None:
+            refused = admission.admit(tenant)
+            if refused is not None:
+                _refuse(conn, listener.client_first and ssl_ctx is None, tenant, refused)
+                return 0.0
+        self.accepted += 1
+        self.handing_over += 1
+        self.loop.create_task(self._serve(conn, listener))
+        if ssl_ctx is None:
+            return 0.0
+        return getattr(ssl_ctx, "handshake_cost", _NO_COST)[0]
 
-    async def _serve(self, conn, factory, ssl_ctx, handshake_timeout, tenant) -> None:
+    async def _serve(self, conn, listener: _Listener) -> None:
+        factory, ssl_ctx, handshake_timeout, tenant = (
+            listener.factory, listener.ssl_ctx, listener.handshake_timeout, listener.tenant
+        )  # fmt: skip
         made = []
 
         def counted():
@@ -186,9 +210,10 @@ class Acceptor:
                     if tenant is not None:
                         handshake = _Handshake(conn, made)
                         hold(tenant, handshake)
-                    await self.loop.connect_accepted_socket(
+                    transport, _protocol = await self.loop.connect_accepted_socket(
                         counted, conn, ssl=ssl_ctx, ssl_handshake_timeout=handshake_timeout
                     )
+                    _credit_resumed(transport, listener)
             except (OSError, asyncio.TimeoutError) as exc:
                 # A failed TLS handshake or a client gone before it was served: the loop has
                 # closed the connection; create_server would not report it either.
@@ -213,6 +238,63 @@ class Acceptor:
             if made:
                 made[0].counted = False
             self.admission.leave(tenant)
+
+
+_NO_COST = (0.0, 0.0)  # a plain ssl.SSLContext (tests): its handshakes are not charged
+
+
+def _credit_resumed(transport, listener: _Listener) -> None:
+    """A handshake that resumed a session cost less than the full one charged at its accept:
+    its tenant gets the difference back."""
+    tenant = listener.tenant
+    ssl_object = transport.get_extra_info("ssl_object")
+    if tenant is None or ssl_object is None or not ssl_object.session_reused:
+        return
+    full, resumed = getattr(listener.ssl_ctx, "handshake_cost", _NO_COST)
+    if full > resumed:
+        loop_share.SHARES.credit(tenant.share, full - resumed)
+
+
+class _Listener:
+    """One listening socket the acceptor serves, and why it stops accepting for a while: a
+    bit per reason in ``paused`` (:data:`OUT_OF_FILES`, ``loop_share.SHARE``), as a relaying
+    protocol's reads (loop_share.SharedReads); its fd is in the epoll set while no bit is set.
+    ``ssl_ctx``: an ssl.SSLContext, or an object whose get() returns one (tls.ServerContext),
+    or None."""
+
+    __slots__ = (
+        "acceptor",
+        "client_first",
+        "factory",
+        "gone",
+        "handshake_timeout",
+        "paused",
+        "sock",
+        "ssl_ctx",
+        "tenant",
+    )
+
+    def __init__(self, acceptor, sock, factory, ssl_ctx, handshake_timeout, client_first, tenant):
+        self.acceptor = acceptor
+        self.sock = sock
+        self.factory = factory
+        self.ssl_ctx = ssl_ctx
+        self.handshake_timeout = handshake_timeout
+        self.client_first = client_first
+        self.tenant = tenant  # worker runtime whose connections these are, or None
+        self.paused = 0
+        self.gone = False  # removed from the acceptor (its socket closed)
+
+    def pause_reading_for(self, reason: int) -> None:
+        if not self.paused and not self.gone:
+            self.acceptor.epoll.unregister(self.sock.fileno())
+        self.paused |= reason
+
+    def resume_reading_for(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.gone:
+                self.acceptor.epoll.register(self.sock.fileno(), select.EPOLLIN)
 
 
 class _Handshake:

@@ -30,9 +30,12 @@ at most :data:`RESUME_MAX` resumed ones, each bounded by what one read may cost;
 asks little is served within a turn or two however many connections another keeps busy.
 While a single tenant reads (none other for :data:`CONTENDED_SECONDS`) nothing is paused:
 sharing costs two ``epoll_ctl`` calls per paused read, and there is no one to share with.
-Work outside the protocols' callbacks is not charged (the kernel's, uvloop's own, a TLS
-handshake before the connection's protocol starts): the admission (``admission.py``)
-bounds how many connections a tenant can make.
+Accepting is charged too (accept.py): the accept itself, and for a TLS connection what its
+handshake costs, which the loop's TLS transport runs out of sight of any callback of the
+tenant's (handshake_cost.py); a listener whose tenant is over its share stops accepting until
+the tenant's turn, as a paused connection stops reading. Other work outside the protocols'
+callbacks is not charged (the kernel's, uvloop's own, writing): the admission
+(``admission.py``) bounds how many connections a tenant can make.
 """
 
 from __future__ import annotations
@@ -92,13 +95,17 @@ class LoopShares:
         self.last: TenantShare | None = None  # the tenant of the last charged read
         self.mixed = -CONTENDED_SECONDS  # when (clock) the last read of another tenant came
 
-    def charge(self, share: TenantShare, protocol, start: float, end: float) -> None:
+    def charge(
+        self, share: TenantShare, protocol, start: float, end: float, beside: float = 0.0
+    ) -> None:
         """Charge one read of ``protocol`` (a ``flow.Flow``-like object with
-        ``pause_reading_for``/``resume_reading_for``), from ``start`` to ``end`` (``clock``
-        seconds), to ``share``; pause ``protocol`` if its tenant is over its budget in this
-        turn while other tenants read too."""
+        ``pause_reading_for``/``resume_reading_for``; the acceptor's listener for an accept),
+        from ``start`` to ``end`` (``clock`` seconds) plus ``beside`` seconds of work the loop
+        does for it outside the callback (a TLS handshake: handshake_cost.py), to ``share``;
+        pause ``protocol`` if its tenant is over its budget in this turn while other tenants
+        read too."""
         turn = self.turn
-        seconds = min(end - start, MAX_CHARGE)
+        seconds = min(end - start + beside, MAX_CHARGE)
         if not self.armed:
             self.armed = True
             asyncio.get_running_loop().call_soon(self.next_turn)
@@ -116,6 +123,12 @@ class LoopShares:
             if not share.waiting:
                 self.backlog.append(share)
             share.waiting.append(protocol)
+
+    def credit(self, share: TenantShare, seconds: float) -> None:
+        """Give back ``seconds`` charged in advance for work that turned out cheaper (a TLS
+        handshake that resumed a session)."""
+        share.refill(self.turn)
+        share.spent = max(0.0, share.spent - seconds)
 
     def next_turn(self) -> None:
         """Start a turn: refill every waiting tenant and resume what its budget fits."""

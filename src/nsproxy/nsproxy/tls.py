@@ -32,7 +32,7 @@ import stat
 import sys
 from collections.abc import Mapping
 
-from nsproxy import __version__, tls_tickets
+from nsproxy import __version__, handshake_cost, tls_tickets
 
 __all__ = [
     "ALPN",
@@ -207,6 +207,16 @@ def unservable_key(der: bytes) -> str | None:
         curve = der[parts[1][1] : parts[1][2]]
         return None if curve in _SERVABLE_CURVES else f"an ECDSA key on curve {_dotted(curve)}"
     return _OTHER_KEYS.get(algorithm, f"a key of type {_dotted(algorithm)}")
+
+
+def key_kind(der: bytes) -> bytes:
+    """What a handshake's cost depends on in a DER certificate's public key: its
+    AlgorithmIdentifier (algorithm and curve) and the size of its subjectPublicKeyInfo (RSA's
+    modulus size), as bytes to key a table with (handshake_cost.py). Raises ValueError if the
+    DER is not a certificate."""
+    spki = _tbs_fields(der)[5]
+    tag, start, end = _der_item(der, spki[1], spki[2])  # AlgorithmIdentifier
+    return der[start:end] + b"/%d" % (spki[2] - spki[1])
 
 
 #: A name SNI can select (RFC 6066 3: an ASCII host name, IDNs as A-labels; RFC 6125 6.4.3: a
@@ -530,7 +540,8 @@ def save_verified(store: str = VERIFIED_STORE) -> bool:
 
 
 def _load(listener: Mapping, problems: list[str], files: Mapping | None = None, serving=True):
-    """Check and load every certificate; returns [(names, context)] or None on problems.
+    """Check and load every certificate; returns [(names, context, key kind)] (``key_kind``)
+    or None on problems.
 
     ``serving``: the contexts get the serving settings (protocols, ciphers, ALPN, shared
     ticket keys); without it they are bare ``PROTOCOL_TLS_SERVER`` contexts, which saves about
@@ -562,19 +573,19 @@ def _load(listener: Mapping, problems: list[str], files: Mapping | None = None, 
         version = MIN_VERSIONS[min_version] if serving else None
         one = _load_certificate(field, entry, version, problems, files)
         if one is not None:
-            names, context, cert_bytes = one
+            names, context, cert_bytes, kind = one
             if i > 0 and not names:
                 problems.append(
                     f"{field}.cert: has no DNS name SNI can select (subjectAltName or CN: an ASCII "
                     "host name, IDNs as A-labels, or '*.' and one), so it is never chosen; only "
                     "the first certificate may be nameless"
                 )
-            loaded.append((names, context))
+            loaded.append((names, context, kind))
             identity.update(b"%d\0" % len(cert_bytes) + cert_bytes)
     if problems:
         return None
     if serving:
-        for _names, context in loaded:
+        for _names, context, _kind in loaded:
             tls_tickets.apply(context, identity.digest())
     return loaded
 
@@ -593,6 +604,7 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str], 
         der = _pem_certificate(cert_bytes)
         names = [n for n in certificate_names(der) if _SELECTABLE.fullmatch(n)]
         unservable = unservable_key(der)
+        kind = key_kind(der)
     except OSError as exc:
         problems.append(f"{field}.cert: cannot read {cert}: {exc.strerror or exc}")
         return None
@@ -637,7 +649,7 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str], 
     except OSError as exc:
         problems.append(f"{field}: cannot load {cert} / {key_path}: {exc.strerror or exc}")
         return None
-    return names, context, cert_bytes
+    return names, context, cert_bytes, kind
 
 
 def _new_context(version) -> ssl.SSLContext:
@@ -662,7 +674,12 @@ def build_server_context(listener: Mapping, files: Mapping | None = None) -> ssl
     as :func:`validate_listener`. With one certificate there is nothing to choose, so no
     ``sni_callback`` is installed (one Python call less in every handshake).
     """
-    loaded = _load_or_raise(listener, files)
+    return _front(_load_or_raise(listener, files))
+
+
+def _front(loaded: list) -> ssl.SSLContext:
+    """The context a handshake starts with: the first certificate's, choosing among the
+    others by SNI when there are others."""
     front = loaded[0][1]
     if len(loaded) > 1:
         front.sni_callback = _Selector(loaded)
@@ -682,9 +699,20 @@ class ServerContext:
     until the next generation). ``files`` is the worker's path -> bytes mapping.
 
     Shared by every listener with the same tls settings and certificate files.
+    ``handshake_cost`` is (full, resumed) seconds a handshake with its keys costs the worker
+    (the costliest of its certificates: the client's SNI picks one), which the acceptor
+    charges its tenant (handshake_cost.py); :data:`handshake_cost.DEFAULT` until it is made.
     """
 
-    __slots__ = ("__weakref__", "_context", "_error", "files", "listener", "used")
+    __slots__ = (
+        "__weakref__",
+        "_context",
+        "_error",
+        "files",
+        "handshake_cost",
+        "listener",
+        "used",
+    )
 
     def __init__(self, listener: Mapping, files: Mapping | None = None):
         self.listener = listener
@@ -692,6 +720,7 @@ class ServerContext:
         self._context: ssl.SSLContext | None = None
         self._error: TLSConfigError | None = None
         self.used = False  # set by each handshake, cleared by the idle sweep
+        self.handshake_cost = (handshake_cost.DEFAULT, handshake_cost.DEFAULT)
 
     @property
     def built(self) -> bool:
@@ -705,12 +734,14 @@ class ServerContext:
             if self._error is not None:
                 raise self._error
             try:
-                context = build_server_context(self.listener, self.files)
+                loaded = _load_or_raise(self.listener, self.files)
             except TLSConfigError as exc:
                 self._error = exc
                 log.error("https listener: certificates cannot be loaded: %s", exc)
                 raise
-            self._context = context
+            costs = [handshake_cost.of(ctx, kind) for _names, ctx, kind in loaded]
+            self.handshake_cost = max(costs)
+            self._context = context = _front(loaded)
         return context
 
     def rotate(self, listener: Mapping) -> None:
@@ -813,7 +844,7 @@ class _Selector:
     def use(self, loaded: list) -> None:
         exact: dict[str, ssl.SSLContext] = {}
         wildcard: dict[str, ssl.SSLContext] = {}  # "example.com" for "*.example.com"
-        for names, context in loaded:
+        for names, context, _kind in loaded:
             for name in names:
                 if name.startswith("*."):
                     wildcard.setdefault(name[2:], context)

@@ -20,3 +20,25 @@ def run(loop_name, coro):
         return loop.run_until_complete(asyncio.wait_for(coro, 20))
     finally:
         loop.close()
+
+
+class Turns:
+    """Counts the turns of the running loop: ``count`` grows by one each turn (a callback
+    queued with ``call_soon`` runs once per turn, before the loop polls again) from
+    :meth:`start` until :meth:`stop`."""
+
+    def __init__(self):
+        self.count = 0
+        self.ticking = False
+
+    def start(self) -> None:
+        self.ticking = True
+        asyncio.get_running_loop().call_soon(self._tick)
+
+    def stop(self) -> None:
+        self.ticking = False
+
+    def _tick(self) -> None:
+        self.count += 1
+        if self.ticking:
+            asyncio.get_running_loop().call_soon(self._tick)

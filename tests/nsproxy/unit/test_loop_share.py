@@ -24,7 +24,7 @@ import socket
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from loops import LOOPS, run
+from loops import LOOPS, Turns, run
 
 from nsproxy import loop_share
 from nsproxy.buffering import MIN_READ_BYTES
@@ -53,7 +53,7 @@ class Reader(loop_share.SharedReads):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self.reads.append((self.turns[0], data))
+        self.reads.append((self.turns.count, data))
 
     def pause_reading_for(self, reason: int) -> None:
         self.was_paused = True
@@ -71,14 +71,7 @@ async def _serve(counts: list[int]) -> list[list[Reader]]:
     """One tenant per entry of ``counts`` with that many connections, each fed PER_PEER
     distinct bytes before the loop reads any; returns every tenant's readers once all ended."""
     loop = asyncio.get_running_loop()
-    turns = [0]
-    ticking = True
-
-    def tick():
-        turns[0] += 1
-        if ticking:
-            loop.call_soon(tick)
-
+    turns = Turns()
     tenants, peers = [], []
     stamp = itertools.count()
     for count in counts:
@@ -102,14 +95,14 @@ async def _serve(counts: list[int]) -> list[list[Reader]]:
         await asyncio.sleep(0)
     # The rest is there before the loop polls again: all connections are ready at once, in
     # the turn the counting starts with (turn 1; the first reads were turn 0).
-    loop.call_soon(tick)
+    turns.start()
     for theirs, payload in peers:
         theirs.sendall(payload[MIN_READ_BYTES:])
         theirs.shutdown(socket.SHUT_WR)
     try:
         await asyncio.gather(*(r.done for readers in tenants for r in readers))
     finally:
-        ticking = False
+        turns.stop()
         for theirs, _ in peers:
             theirs.close()
     return tenants

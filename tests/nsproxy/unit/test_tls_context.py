@@ -29,8 +29,8 @@ def openssl(*args: str) -> str:
 def make_cert(folder: Path, name: str, subject: str, san: str | None, key="ec") -> dict:
     cert, key_file = folder / f"{name}.pem", folder / f"{name}.key"
     newkey = (
-        ["-newkey", "rsa:2048"]
-        if key == "rsa"
+        ["-newkey", "rsa:2048" if key == "rsa" else key]  # key "rsa:BITS": that size
+        if key.startswith("rsa")
         else ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
     )
     extra = ["-addext", f"subjectAltName={san}"] if san else []
