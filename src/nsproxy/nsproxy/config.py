@@ -25,7 +25,7 @@ import os
 import sys
 from typing import NamedTuple
 
-from nsproxy import schema
+from nsproxy import descriptors, schema
 from nsproxy.config_schema import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUTS,
@@ -411,6 +411,10 @@ def validate(
         if tenant is not None:
             config.tenants.append(tenant)
     _check_health_capacity(config, problems)
+    if not problems:  # counted on a valid config only: every listener is known
+        too_many = descriptors.problem(config)
+        if too_many:
+            problems.append(too_many)
     if ctx.kept == len(ctx.previous):
         config.parts = ctx.shared
     else:  # a tenant was removed or changed: its parts must not live on in the registry

@@ -241,3 +241,45 @@ def test_check_refuses_more_checked_servers_than_the_health_table_holds(tmp_path
         "tenants[].upstreams.*.health_check: 25000 servers have health checks, at most 24576 "
         "can (the shared health table's capacity); the biggest: tenant t7 upstream api (1000), "
     ) in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+
+
+def many_listeners(count: int, tenants: int = 1, workers: int = 1) -> dict:
+    listeners = [{"listen": f"10.0.0.250:{1000 + i}", "protocol": "http"} for i in range(count)]
+    return {
+        "workers": workers,
+        "tenants": [tenant(f"t{n}", listeners=listeners) for n in range(tenants)],
+    }
+
+
+def check_limited(tmp_path: Path, cfg, nofile: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    return subprocess.run(
+        ["prlimit", f"--nofile={nofile}", *NSPROXY, "check", str(path)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_check_refuses_more_listening_sockets_than_the_descriptor_limit(tmp_path):
+    # 400 listeners x 1 worker cannot fit 300 descriptors: the start would die of EMFILE.
+    result = check_limited(tmp_path, many_listeners(400), "300")
+    assert result.returncode == 1, result.stdout
+    (line,) = result.stdout.splitlines()
+    assert line.startswith("file descriptors: this configuration needs 500 in each worker")
+    assert "400 listeners x 1 workers = 400 listening sockets" in line
+    assert "RLIMIT_NOFILE is 300" in line and "LimitNOFILE" in line
+    # Each listener is one socket per worker: 10 x 1024 with 2 workers is 20480 sockets.
+    result = check_limited(tmp_path, many_listeners(1024, tenants=10, workers=2), "20000")
+    assert result.returncode == 1
+    assert "10240 listeners x 2 workers = 20480 listening sockets" in result.stdout
+    assert "RLIMIT_NOFILE is 20000" in result.stdout
+
+
+def test_check_counts_the_hard_descriptor_limit_the_daemon_raises_to(tmp_path):
+    # nsproxy run raises the soft limit to the hard one: check counts what run will have.
+    assert check_limited(tmp_path, many_listeners(100), "300").returncode == 0
+    result = check_limited(tmp_path, many_listeners(400), "300:1024")
+    assert result.returncode == 0, result.stdout
+    result = check_limited(tmp_path, many_listeners(400), "300:400")
+    assert "RLIMIT_NOFILE is 400" in result.stdout
