@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,29 @@ def test_check_counts_the_hard_descriptor_limit_the_daemon_raises_to(tmp_path):
     assert result.returncode == 0, result.stdout
     result = check_limited(tmp_path, many_listeners(400), "300:400")
     assert "RLIMIT_NOFILE is 400" in result.stdout
+
+
+def test_check_refuses_a_host_namespace_listener_on_the_metrics_address(tmp_path):
+    # A tenant in the host namespace (a /proc/PID path of a process there) must not take the
+    # metrics listener's address: the metrics would be off and /metrics go to its upstream.
+    cfg = {
+        "metrics": {"listen": "127.0.0.1:9108"},
+        "tenants": [
+            tenant(
+                netns=f"/proc/{os.getpid()}/ns/net",
+                listeners=[{"listen": "0.0.0.0:9108", "protocol": "http"}],
+            )
+        ],
+    }
+    result = check(tmp_path, cfg)
+    assert result.returncode == 1, result.stdout
+    assert result.stdout.strip() == (
+        "tenant 'acme': listeners[0].listen: duplicate listener: 0.0.0.0:9108 overlaps "
+        "metrics.listen in the host network namespace"
+    )
+    cfg["tenants"][0]["listeners"] = [{"listen": "127.0.0.1:9109", "protocol": "http"}]
+    assert check(tmp_path, cfg).returncode == 0
+    # Another namespace may use the address.
+    cfg["tenants"][0]["netns"] = "acme"
+    cfg["tenants"][0]["listeners"] = [{"listen": "127.0.0.1:9108", "protocol": "http"}]
+    assert check(tmp_path, cfg).returncode == 0

@@ -172,9 +172,33 @@ def _wire(new: config.Config, kept: dict) -> config.Config:
 
 
 def _move_metrics(binder, new: config.Config) -> None:
+    """``metrics.listen`` changed: the new socket is bound before the old one closes, so a
+    new address that cannot be bound (taken by another process, or overlapping the current
+    one: worker 0 holds its copy of the old socket until it is told) leaves the metrics where
+    they were, with an error in the log."""
+    address = new.metrics_listen
+    sock = None
+    if address is not None:
+        try:
+            sock = binder.registry.listening_socket(None, *address)
+        except OSError as exc:
+            where = binder.metrics_address
+            if binder.metrics_sock is None:
+                stay = "metrics are off"
+            else:
+                stay = f"the metrics stay on {where[0]}:{where[1]}"
+                if where[1] == address[1]:
+                    stay += " (to move them to an overlapping address, change the port first)"
+            log.error("metrics.listen %s:%d: %s; %s", address[0], address[1],
+                      exc.strerror or exc, stay)  # fmt: skip
+            return
     if binder.metrics_sock is not None:
         binder.metrics_sock.close()
-    binder.metrics_sock = binder._metrics_socket(new.metrics_listen)
+    binder.metrics_sock, binder.metrics_address = sock, address
+    _send_metrics_socket(binder)
+
+
+def _send_metrics_socket(binder) -> None:
     for handle in binder.pool.serving():
         if handle.index == 0:
             fds = [binder.metrics_sock.fileno()] if binder.metrics_sock is not None else []

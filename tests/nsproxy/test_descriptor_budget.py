@@ -1,0 +1,67 @@
+"""The descriptor budget and the metrics listener at reload: a reload that cannot get the
+descriptors it needs is refused whole, and a moved metrics listener is bound before the old
+one closes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from conftest import ADDR, http_tenant
+
+
+def _metrics(proxy, port: int, path: str = "/healthz") -> subprocess.CompletedProcess:
+    return proxy.sb.run(
+        ["curl", "-sS", "--max-time", "5", f"http://127.0.0.1:{port}{path}"], check=False
+    )
+
+
+HOLD = """
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+print("bound", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_reload_moving_metrics_binds_the_new_socket_before_closing_the_old(proxy):
+    proxy.add_netns("blue")
+    proxy.start_echo("echo", "127.0.0.1:9801")
+    tenants = [http_tenant("blue", ["127.0.0.1:9801"])]
+    proxy.write_config(tenants, metrics={"listen": "127.0.0.1:9108"})
+    proxy.start()
+    assert _metrics(proxy, 9108).stdout.startswith("ok")
+    holder = proxy.sb.popen([sys.executable, "-c", HOLD, "9109"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "bound"
+        # 9109 is taken by another process: the metrics stay where they were.
+        proxy.write_config(tenants, metrics={"listen": "127.0.0.1:9109"})
+        assert proxy.reload().returncode == 0
+        assert "metrics.listen 127.0.0.1:9109: Address already in use; the metrics stay on " \
+            "127.0.0.1:9108" in proxy.log()  # fmt: skip
+        assert _metrics(proxy, 9108).stdout.startswith("ok")
+    finally:
+        holder.kill()
+        holder.wait()
+    # A free address: served there, and the old one is closed.
+    proxy.write_config(tenants, metrics={"listen": "127.0.0.1:9110"})
+    assert proxy.reload().returncode == 0
+    deadline = time.monotonic() + 10
+    while not _metrics(proxy, 9110).stdout.startswith("ok"):
+        assert time.monotonic() < deadline, proxy.log()
+        time.sleep(0.1)
+    assert _metrics(proxy, 9108).returncode == 7  # connection refused
+    # The same port on the wildcard overlaps the socket worker 0 still holds: refused, kept.
+    proxy.write_config(tenants, metrics={"listen": "0.0.0.0:9110"})
+    assert proxy.reload().returncode == 0
+    assert "metrics.listen 0.0.0.0:9110: Address already in use; the metrics stay on " \
+        "127.0.0.1:9110" in proxy.log()  # fmt: skip
+    assert _metrics(proxy, 9110).stdout.startswith("ok")
+    assert "Traceback" not in proxy.log()
+    assert proxy.curl("blue", f"http://{ADDR}/", "-o", "/dev/null", "-w", "%{http_code}").stdout \
+        == "200"  # fmt: skip
+    assert os.path.exists(f"/proc/{proxy.status_json()['pid']}")
