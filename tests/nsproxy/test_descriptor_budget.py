@@ -65,3 +65,68 @@ def test_a_reload_moving_metrics_binds_the_new_socket_before_closing_the_old(pro
     assert proxy.curl("blue", f"http://{ADDR}/", "-o", "/dev/null", "-w", "%{http_code}").stdout \
         == "200"  # fmt: skip
     assert os.path.exists(f"/proc/{proxy.status_json()['pid']}")
+
+
+HOLD_ADMIN = """
+import socket, sys, time
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    held.append(s)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _listeners(count: int) -> list[dict]:
+    return [{"listen": f"{ADDR}:{8000 + i}", "protocol": "http"} for i in range(count)]
+
+
+def test_a_reload_the_binder_has_no_descriptors_for_is_refused_whole(proxy):
+    proxy.add_netns("blue")
+    proxy.start_echo("echo", "127.0.0.1:9801")
+    tenant = http_tenant("blue", ["127.0.0.1:9801"])
+    tenant["listeners"] = _listeners(1)
+    proxy.write_config([tenant], workers=1)
+    proxy.start(wrap=["prlimit", "--nofile=300:300"])
+    pid = proxy.status_json()["pid"]
+    # 100 listeners pass the check (300 descriptors), but the binder's descriptors are taken
+    # by idle admin clients: only about 60 are free when the reload comes.
+    holder = proxy.sb.popen(
+        [sys.executable, "-c", HOLD_ADMIN, proxy.socket, str(240 - _open_fds(pid))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        tenant["listeners"] = _listeners(100)
+        proxy.write_config([tenant], workers=1)
+        assert proxy.nsproxy("check", str(proxy.config_path)).returncode == 0
+        result = proxy.reload()
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "file descriptors: the new configuration needs 99 more in the binder" in (
+            result.stdout + result.stderr
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    status = proxy.status_json()
+    assert status["generation"] == 1
+    blue = proxy.tenant_status("blue", status)
+    assert blue["state"] == "serving" and len(blue["listeners"]) == 1
+    assert proxy.curl("blue", f"http://{ADDR}:8000/", "-o", "/dev/null", "-w", "%{http_code}")\
+        .stdout == "200"  # fmt: skip
+    # With the descriptors back, the same file applies whole.
+    assert proxy.reload().returncode == 0
+    proxy.wait_for(proxy.all_bound, "100 listeners bound")
+    assert proxy.curl("blue", f"http://{ADDR}:8099/", "-o", "/dev/null", "-w", "%{http_code}")\
+        .stdout == "200"  # fmt: skip
+    log = proxy.log()
+    assert "Traceback" not in log and "bad message" not in log
+    assert "Too many open files (retrying)" not in log
+    assert "killing it" not in log and "exited" not in log

@@ -16,7 +16,9 @@ changed user: the workers are replaced one set by the next, as in an upgrade).
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import pickle
 import time
 
@@ -25,6 +27,7 @@ from nsproxy import accesslog, channel, config, heap, priority, privileges, syst
 log = logging.getLogger("nsproxy")
 
 APPLY_TIMEOUT = 60.0  # seconds every worker has to apply a generation
+PROBE_MARGIN = 16  # descriptors a reload needs beyond its new sockets (memfds, log files)
 
 
 def _refused(binder, problems: list[str]) -> tuple[bool, str]:
@@ -57,6 +60,9 @@ async def reload(binder) -> tuple[bool, str]:
             except (config.ConfigError, privileges.PrivilegeError) as exc:
                 problems = exc.problems if isinstance(exc, config.ConfigError) else [str(exc)]
                 return _refused(binder, problems)
+            short = _descriptors_short(binder, new)
+            if short is not None:  # all or nothing: nothing is bound, the old one serves
+                return _refused(binder, [short])
             try:  # before anything else changes: the store's only error refuses the file
                 binder.read_certificates(new)
             except OSError as exc:
@@ -130,6 +136,50 @@ async def reload(binder) -> tuple[bool, str]:
         heap.settle()
         systemd.ready(f"{len(new.tenants)} tenants")
         return True, f"generation {generation}"
+
+
+def _descriptors_short(binder, new: config.Config) -> str | None:
+    """Why the binder cannot make what ``new`` needs, or None. The new listening sockets
+    (one per listener not bound yet and worker), the workers a larger ``workers`` starts (a
+    socket of every listener, a channel and a pidfd each), a moved metrics socket and the new
+    tenants' namespaces are opened here first, as /dev/null, with :data:`PROBE_MARGIN` for
+    the generation's memfd and the like, then closed: a limit (EMFILE) or a full system table
+    (ENFILE) refuses the reload before anything is bound, so the old generation keeps serving
+    and no worker is sent a part of the new one. The binder runs one thread: what is free
+    here is free when the sockets are made."""
+    from nsproxy import descriptors
+    from nsproxy.binder.main import worker_count
+
+    listeners = binder.listeners
+    width, wanted = listeners.width, worker_count(new)
+    count = 0
+    for spec in new.tenants:
+        binding = listeners.tenants.get(spec.name)
+        kept = binding.sockets if binding is not None and binding.spec.netns == spec.netns else {}
+        count += sum(1 for li in spec.listeners if li.digest not in kept) * width
+        count += 0 if binding is not None else 2  # its namespace file and address watch
+    if wanted > width:
+        count += (new.listener_count() + 2) * (wanted - width)
+    if new.metrics_listen is not None and new.metrics_listen != binder.config.metrics_listen:
+        count += 1
+    if not count:
+        return None
+    fds: list[int] = []
+    try:
+        for _ in range(count + PROBE_MARGIN):
+            fds.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        return (
+            f"file descriptors: the new configuration needs {count} more in the binder "
+            f"(listening sockets: one per new listener and worker) and only {len(fds)} are "
+            f"free ({exc.strerror}; RLIMIT_NOFILE {descriptors.limit()}): use fewer listeners "
+            "or workers, or raise the limit (LimitNOFILE=)"
+        )
+    finally:
+        channel.close_fds(fds)
+    return None
 
 
 def _apply(binder, old: config.Config, new: config.Config) -> tuple[int, int, int]:
