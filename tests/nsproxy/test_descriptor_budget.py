@@ -130,3 +130,31 @@ def test_a_reload_the_binder_has_no_descriptors_for_is_refused_whole(proxy):
     assert "Traceback" not in log and "bad message" not in log
     assert "Too many open files (retrying)" not in log
     assert "killing it" not in log and "exited" not in log
+
+
+def test_a_worker_that_cannot_be_started_for_want_of_descriptors_is_retried(proxy):
+    proxy.add_netns("blue")
+    proxy.start_echo("echo", "127.0.0.1:9801")
+    proxy.write_config([http_tenant("blue", ["127.0.0.1:9801"])], workers=1)
+    proxy.start(wrap=["prlimit", "--nofile=300:300"])
+    status = proxy.status_json()
+    pid, (worker,) = status["pid"], status["workers"]
+    # One descriptor fewer than the binder holds: the dead worker's pidfd and channel give
+    # back at most two, and a replacement's channel (a socketpair) needs two more.
+    limit = _open_fds(pid) - 1
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:300"], check=True)
+    os.kill(worker["pid"], 9)
+    deadline = time.monotonic() + 10
+    while "cannot start worker 0: Too many open files" not in proxy.log():
+        assert time.monotonic() < deadline, proxy.log()
+        time.sleep(0.1)
+    time.sleep(1.5)  # a few retries, still failing
+    assert proxy.proc.poll() is None
+    subprocess.run(["prlimit", f"--pid={pid}", "--nofile=300:300"], check=True)
+    status = proxy.wait_for(
+        lambda s: [w["state"] for w in s["workers"]] == ["serving"], "a replacement serving"
+    )
+    assert status["workers"][0]["pid"] != worker["pid"]
+    assert proxy.curl("blue", f"http://{ADDR}/", "-o", "/dev/null", "-w", "%{http_code}")\
+        .stdout == "200"  # fmt: skip
+    assert "Traceback" not in proxy.log()

@@ -97,11 +97,17 @@ class WorkerPool:
     # -- starting -------------------------------------------------------------------------
     def start(self, count: int) -> list[WorkerHandle]:
         self.wanted = count
-        return [self.spawn(index) for index in range(count)]
+        return [h for h in (self.spawn(index) for index in range(count)) if h is not None]
 
-    def spawn(self, index: int) -> WorkerHandle:
-        """Fork worker number ``index`` with the binder's current state."""
-        binder_end, worker_end = channel.pair()
+    def spawn(self, index: int) -> WorkerHandle | None:
+        """Fork worker number ``index`` with the binder's current state. When the binder has
+        no descriptor (EMFILE, ENFILE) or process to spare, that is logged in a sentence and
+        the start is retried with the crash loop's back-off (:meth:`_replace`); None then."""
+        try:
+            binder_end, worker_end = channel.pair()
+        except OSError as exc:
+            self._cannot_start(index, exc)
+            return None
         row = self.binder.slots.take_row()
         if row < 0:
             log.warning(
@@ -113,11 +119,27 @@ class WorkerPool:
         heap.settle()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.binder.slots.free_row(row)
+            binder_end.close()
+            worker_end.close()
+            self._cannot_start(index, exc)
+            return None
         if pid == 0:  # the child: never returns
             worker_main.run(seed)
         worker_end.close()
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:  # not supervised without it: ended at once
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            self.binder.slots.free_row(row)
+            binder_end.close()
+            self._cannot_start(index, exc)
+            return None
         handle = WorkerHandle(pid, pidfd, index, row=row)
         if row >= 0:
             self.binder.slots.rows[row] = pid
@@ -125,6 +147,20 @@ class WorkerPool:
         self.started += 1
         log.info("worker %d started (pid %d)", index, pid)
         return handle
+
+    def _cannot_start(self, index: int, exc: OSError) -> None:
+        """A start that failed counts as a death: tried again after the back-off."""
+        now = time.monotonic()
+        self.recent_deaths.append(now)
+        while self.recent_deaths and now - self.recent_deaths[0] > CRASH_WINDOW:
+            self.recent_deaths.popleft()
+        delay = min(MAX_DELAY, 0.5 * 2 ** max(0, len(self.recent_deaths) - CRASH_LIMIT))
+        log.error("cannot start worker %d: %s (the descriptor limit, RLIMIT_NOFILE, or the "
+                  "process limit is reached); trying again in %.1f s",
+                  index, exc.strerror or exc, delay)  # fmt: skip
+        if index not in self.pending_spawns:
+            self.pending_spawns.add(index)
+            self.loop.call_later(delay, self._delayed_spawn, index)
 
     def adopt(self, pid: int, channel_fd: int, index: int, row: int) -> WorkerHandle:
         """A worker of the binder before an upgrade's execve (still this process's child)."""

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
 import os
 import pickle
+import resource
 import signal
 import socket
 import sys
@@ -125,20 +127,61 @@ def _forget_binder(seed: Seed) -> None:
     if getattr(seed.files, "fd", -1) >= 0:  # the certificate store's, read-only (cert_store.py)
         keep.add(seed.files.fd)
     if seed.health is not None and seed.index == 0:  # its recount asks for the written pages
-        seed.health.fd = channel.readonly(seed.health.fd)
-        keep.add(seed.health.fd)
-    devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd in keep or fd == devnull:
-            continue
         try:
-            os.fstat(fd)
-        except OSError:
-            continue  # the listing's own directory fd, closed by now
-        os.dup2(devnull, fd, inheritable=False)
-    os.close(devnull)
+            seed.health.fd = channel.readonly(seed.health.fd)
+        except OSError as exc:
+            if exc.errno != errno.EMFILE:
+                raise
+            free_number(keep | {seed.health.fd})  # a full table: one of the binder's goes
+            seed.health.fd = channel.readonly(seed.health.fd)
+        keep.add(seed.health.fd)
+    null_all_but(keep)
     daemonlog.relabel(f"nsproxy[worker {seed.index} {os.getpid()}]")
+
+
+def null_all_but(keep: set) -> None:
+    """Replace every open descriptor not in ``keep`` by /dev/null (see the module docstring).
+    A worker forked from a binder whose table was full has no number free for /dev/null: one
+    of the binder's own numbers (:func:`free_number`) is opened again as /dev/null, and stays
+    so; and with no number free to list /proc/self/fd, every number below the limit is open."""
+    try:
+        devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        spare = True
+    except OSError as exc:
+        if exc.errno != errno.EMFILE:
+            raise
+        free_number(keep)
+        devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        spare = False
+    try:
+        numbers = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError as exc:
+        if exc.errno != errno.EMFILE:
+            raise
+        numbers = range(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    for fd in numbers:
+        if fd in keep or fd == devnull or not _is_open(fd):
+            continue  # (not open: the listing's own directory fd, closed by now)
+        os.dup2(devnull, fd, inheritable=False)
+    if spare:  # else it stands in for the number it took, like the others
+        os.close(devnull)
+
+
+def free_number(keep: set) -> None:
+    """Close one of the binder's descriptors (not in ``keep``) in a full table (EMFILE: every
+    number below the limit is open), so that the next open takes its number."""
+    for fd in range(resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1, -1, -1):
+        if fd not in keep and _is_open(fd):
+            os.close(fd)
+            return
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _new_loop():
