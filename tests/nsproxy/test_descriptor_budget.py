@@ -158,3 +158,43 @@ def test_a_worker_that_cannot_be_started_for_want_of_descriptors_is_retried(prox
     assert proxy.curl("blue", f"http://{ADDR}/", "-o", "/dev/null", "-w", "%{http_code}")\
         .stdout == "200"  # fmt: skip
     assert "Traceback" not in proxy.log()
+
+
+def test_a_reload_a_worker_has_no_descriptors_for_is_refused_whole(proxy):
+    proxy.add_netns("blue")
+    proxy.start_echo("echo", "127.0.0.1:9801")
+    tenant = http_tenant("blue", ["127.0.0.1:9801"])
+    tenant["listeners"] = _listeners(1)
+    proxy.write_config([tenant], workers=1)
+    proxy.start(wrap=["prlimit", "--nofile=300:300"])
+    status = proxy.status_json()
+    pid, (old,) = status["pid"], status["workers"]
+    # A worker with a lower limit than the binder's (as if its connections held the rest):
+    # the binder's is lowered while it forks a replacement, which keeps it, then raised.
+    limit = _open_fds(pid) + 60
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:300"], check=True)
+    os.kill(old["pid"], 9)
+    status = proxy.wait_for(
+        lambda s: (
+            [w["state"] for w in s["workers"]] == ["serving"]
+            and s["workers"][0]["pid"] != old["pid"]
+        ),
+        "a replacement serving",
+    )
+    subprocess.run(["prlimit", f"--pid={pid}", "--nofile=300:300"], check=True)
+    (worker,) = status["workers"]
+    time.sleep(2.5)  # a heartbeat or two tell the binder
+    tenant["listeners"] = _listeners(100)
+    proxy.write_config([tenant], workers=1)
+    result = proxy.reload()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"file descriptors: worker 0 (pid {worker['pid']}) holds " in result.stderr
+    assert f"of its {limit} and the new listeners need 99 more there" in result.stderr
+    status = proxy.status_json()
+    assert status["generation"] == 1
+    assert [w["pid"] for w in status["workers"]] == [worker["pid"]]
+    assert proxy.curl("blue", f"http://{ADDR}:8000/", "-o", "/dev/null", "-w", "%{http_code}")\
+        .stdout == "200"  # fmt: skip
+    log = proxy.log()
+    assert "Traceback" not in log and "bad message" not in log
+    assert log.count("killing it") == 1 and log.count("started") == 2  # the kill -9 only

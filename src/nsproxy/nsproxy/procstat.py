@@ -57,3 +57,14 @@ def sample() -> dict:
     if soft != resource.RLIM_INFINITY:
         out["max_fds"] = soft
     return out
+
+
+def descriptors() -> tuple[int, int]:
+    """(open descriptors, soft RLIMIT_NOFILE) of this process; a table too full to list
+    counts as full. An unlimited limit is given as 2**31."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    soft = 2**31 if soft == resource.RLIM_INFINITY else soft
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1, soft
+    except OSError:
+        return soft, soft

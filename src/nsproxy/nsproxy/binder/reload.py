@@ -146,18 +146,30 @@ def _descriptors_short(binder, new: config.Config) -> str | None:
     the generation's memfd and the like, then closed: a limit (EMFILE) or a full system table
     (ENFILE) refuses the reload before anything is bound, so the old generation keeps serving
     and no worker is sent a part of the new one. The binder runs one thread: what is free
-    here is free when the sockets are made."""
+    here is free when the sockets are made. A worker must have room for its socket of every
+    new listener too (else the kernel would cut the fd list of the message that carries
+    them: MSG_CTRUNC): the count its last heartbeat gave (at most a second old) decides."""
     from nsproxy import descriptors
     from nsproxy.binder.main import worker_count
 
     listeners = binder.listeners
     width, wanted = listeners.width, worker_count(new)
-    count = 0
+    count = added = 0
     for spec in new.tenants:
         binding = listeners.tenants.get(spec.name)
         kept = binding.sockets if binding is not None and binding.spec.netns == spec.netns else {}
-        count += sum(1 for li in spec.listeners if li.digest not in kept) * width
+        added += sum(1 for li in spec.listeners if li.digest not in kept)
         count += 0 if binding is not None else 2  # its namespace file and address watch
+    count += added * width
+    if added:  # each worker gets its socket of every new listener, in one or more messages
+        for handle in binder.pool.serving():
+            if handle.fds is not None and handle.fds[0] + added + PROBE_MARGIN > handle.fds[1]:
+                return (
+                    f"file descriptors: worker {handle.index} (pid {handle.pid}) holds "
+                    f"{handle.fds[0]} of its {handle.fds[1]} and the new listeners need "
+                    f"{added} more there: use fewer listeners or workers, or raise the limit "
+                    "(LimitNOFILE=)"
+                )
     if wanted > width:
         count += (new.listener_count() + 2) * (wanted - width)
     if new.metrics_listen is not None and new.metrics_listen != binder.config.metrics_listen:

@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 
-from nsproxy import channel, heap
+from nsproxy import channel, heap, procstat
 from nsproxy.worker import main as worker_main
 
 log = logging.getLogger("nsproxy")
@@ -46,6 +46,7 @@ class WorkerHandle:
 
     __slots__ = (
         "channel",
+        "fds",
         "generation",
         "index",
         "last_heard",
@@ -68,6 +69,8 @@ class WorkerHandle:
         self.last_heard = time.monotonic()
         self.channel: channel.Channel | None = None
         self.waiters: list = []  # (generation, future): wait_ready
+        # (open descriptors, RLIMIT_NOFILE) as its last heartbeat said; None: not known
+        self.fds: tuple[int, int] | None = None
 
     def describe(self) -> dict:
         return {
@@ -141,6 +144,7 @@ class WorkerPool:
             self._cannot_start(index, exc)
             return None
         handle = WorkerHandle(pid, pidfd, index, row=row)
+        handle.fds = procstat.descriptors()  # until its first heartbeat: the table it inherited
         if row >= 0:
             self.binder.slots.rows[row] = pid
         self._attach(handle, binder_end)
@@ -260,6 +264,9 @@ class WorkerPool:
         kind = message["type"]
         if kind == "heartbeat":
             channel.close_fds(fds)
+            counts = message.get("open_fds"), message.get("max_fds")
+            if all(type(n) is int and n >= 0 for n in counts):  # older builds send none
+                handle.fds = counts
         elif kind == "ready":
             channel.close_fds(fds)
             generation = message.get("generation")

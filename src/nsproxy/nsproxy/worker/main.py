@@ -38,7 +38,17 @@ import signal
 import socket
 import sys
 
-from nsproxy import channel, daemonlog, health_check, heap, metrics, privileges, titles, tls_tickets
+from nsproxy import (
+    channel,
+    daemonlog,
+    health_check,
+    heap,
+    metrics,
+    privileges,
+    procstat,
+    titles,
+    tls_tickets,
+)
 from nsproxy.metrics_endpoint import MetricsProtocol
 from nsproxy.worker import status, sweep
 from nsproxy.worker.apply import Served
@@ -431,7 +441,9 @@ class Worker:
         if self.state == "draining":
             self._drain_progress(now)
         elif not self.channel.closed:
-            self.channel.send("heartbeat")
+            # Its descriptors: the binder refuses a reload this worker could not receive.
+            fds, max_fds = procstat.descriptors()
+            self.channel.send("heartbeat", open_fds=fds, max_fds=max_fds)
 
     def drain(self, mode: str, within, accept_for: float = 0) -> None:
         """Stop accepting (the binder and the other workers keep the sockets open) and exit
