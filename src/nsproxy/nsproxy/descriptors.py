@@ -70,7 +70,8 @@ def needs(config) -> dict:
 
 def problem(config, nofile: int | None = None) -> str | None:
     """One line when ``config`` needs more descriptors than ``nofile`` (by default the limit
-    the daemon will run with), else None."""
+    the daemon will run with), else None. It starts with ``workers``, as a check line starts
+    with the field it is about: the count is listeners times workers."""
     nofile = limit() if nofile is None else nofile
     if nofile is None:
         return None
@@ -78,7 +79,7 @@ def problem(config, nofile: int | None = None) -> str | None:
     if need["worker"] <= nofile:
         return None
     return (
-        f"file descriptors: this configuration needs {need['worker']} in each worker "
+        f"workers: this configuration needs {need['worker']} file descriptors in each worker "
         f"({need['listeners']} listeners x {need['workers']} workers = {need['listening']} "
         f"listening sockets with the metrics socket, held by the binder and inherited by every "
         f"worker, plus namespaces, channels, {admission.RESERVED_FDS} for the process's own "
