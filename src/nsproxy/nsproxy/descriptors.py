@@ -80,9 +80,11 @@ def problem(config, nofile: int | None = None) -> str | None:
         return None
     return (
         f"workers: this configuration needs {need['worker']} file descriptors in each worker "
-        f"({need['listeners']} listeners x {need['workers']} workers = {need['listening']} "
-        f"listening sockets with the metrics socket, held by the binder and inherited by every "
-        f"worker, plus namespaces, channels, {admission.RESERVED_FDS} for the process's own "
+        f"({need['listeners']} listeners x {need['workers']} workers = "
+        f"{need['listeners'] * need['workers']} listening sockets"
+        f"{' and the metrics socket' if config.metrics_listen is not None else ''}, held by the "
+        f"binder and inherited by every worker, plus namespaces, channels, "
+        f"{admission.RESERVED_FDS} for the process's own "
         f"files and {2 * MIN_CONNECTIONS} for connections), but RLIMIT_NOFILE is {nofile}: "
         "use fewer listeners or workers, or raise the limit (LimitNOFILE=, the role's "
         "nsproxy_limit_nofile)"
