@@ -5,11 +5,12 @@ one closes."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 
-from conftest import ADDR, http_tenant
+from conftest import ADDR, NSPROXY, http_tenant
 
 
 def _metrics(proxy, port: int, path: str = "/healthz") -> subprocess.CompletedProcess:
@@ -198,3 +199,42 @@ def test_a_reload_a_worker_has_no_descriptors_for_is_refused_whole(proxy):
     log = proxy.log()
     assert "Traceback" not in log and "bad message" not in log
     assert log.count("killing it") == 1 and log.count("started") == 2  # the kill -9 only
+
+
+def test_a_worker_whose_table_fills_after_its_heartbeat_is_replaced_not_lost(proxy):
+    proxy.add_netns("blue")
+    proxy.start_echo("echo", "127.0.0.1:9801")
+    tenant = http_tenant("blue", ["127.0.0.1:9801"])
+    tenant["listeners"] = _listeners(1)
+    proxy.write_config([tenant], workers=1)
+    proxy.start(wrap=["prlimit", "--nofile=300:300"])
+    (old,) = proxy.status_json()["workers"]
+    # Stopped, the worker sends no heartbeat: the binder still counts the room it had when
+    # its limit is lowered (by its own user, as its connections would fill it).
+    os.kill(old["pid"], signal.SIGSTOP)
+    limit = _open_fds(old["pid"]) + 20
+    subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         "prlimit", f"--pid={old['pid']}", f"--nofile={limit}:300"],
+        check=True,
+    )  # fmt: skip
+    tenant["listeners"] = _listeners(40)
+    proxy.write_config([tenant], workers=1)
+    reload = proxy.sb.popen(
+        [NSPROXY, "reload", "--socket", proxy.socket], stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(1)
+    os.kill(old["pid"], signal.SIGCONT)  # the serve message comes with its fd list cut
+    out, _ = reload.communicate(timeout=60)
+    assert reload.returncode == 0, out
+    status = proxy.wait_for(
+        lambda s: [(w["state"], w["generation"]) for w in s["workers"]] == [("serving", 2)],
+        "the replacement serving generation 2",
+    )
+    assert status["workers"][0]["pid"] != old["pid"]
+    assert proxy.curl("blue", f"http://{ADDR}:8039/", "-o", "/dev/null", "-w", "%{http_code}")\
+        .stdout == "200"  # fmt: skip
+    log = proxy.log()
+    assert "the binder's serve message lost its descriptors" in log
+    assert "has no descriptor left to receive the binder's: starting a replacement" in log
+    assert "Traceback" not in log and "bad message" not in log and "killing it" not in log

@@ -11,7 +11,9 @@ the other workers throughout, so accepting never stops. A worker that stops send
 growing delay; one that could not drop its privileges stops the binder.
 
 Messages a worker may send (anything else ends it): ``ready`` (generation applied),
-``heartbeat``, ``need_sockets`` (answered by the binder's upstream sockets), ``metrics?`` (every
+``heartbeat`` (with its open descriptors and limit), ``replace_me`` (a message of the binder's
+lost its descriptors: its table is full; it is drained and its index gets a new worker),
+``need_sockets`` (answered by the binder's upstream sockets), ``metrics?`` (every
 worker's snapshot, relayed unread), ``ready?`` (the binder's /ready answer) and answers to the
 binder's requests.
 """
@@ -280,6 +282,17 @@ class WorkerPool:
                 if entry[0] <= handle.generation and not entry[1].done():
                     entry[1].set_result(True)
             handle.waiters = [e for e in handle.waiters if not e[1].done()]
+        elif kind == "replace_me":  # it could not receive descriptors: its table is full
+            channel.close_fds(fds)
+            if handle.state in ("starting", "serving"):
+                log.error(
+                    "worker %d (pid %d) has no descriptor left to receive the binder's: "
+                    "starting a replacement and draining it",
+                    handle.index,
+                    handle.pid,
+                )
+                self.drain(handle, "upgrade", None)
+                self._replace(handle.index)
         elif kind == "need_sockets":
             channel.close_fds(fds)
             self.binder.need_sockets(handle, message)

@@ -213,8 +213,14 @@ class Worker:
         self.index = seed.index
         tls_tickets.use(seed.ticket_keys)
         self.channel = channel.Channel(
-            seed.channel, loop, self._message, self._channel_closed, peer="the binder"
+            seed.channel,
+            loop,
+            self._message,
+            self._channel_closed,
+            peer="the binder",
+            on_cut=self._descriptors_cut,
         )
+        self.replacement_asked = False
         self.stock = SocketStock(loop, self.channel.request)
         self.served = Served(
             loop, seed.config, seed.files, self.stock, seed.counts, seed.slots, seed.health
@@ -371,6 +377,17 @@ class Worker:
             self.channel.send("snapshot", [fd], reply_to=message.get("id"))
         finally:
             os.close(fd)
+
+    def _descriptors_cut(self, message: dict) -> None:
+        """A message from the binder lost its descriptors: this worker's table is full (its
+        connections took it). It keeps what it serves and asks the binder, once, for a
+        replacement of its index (forked with every current socket), then drains."""
+        fds, max_fds = procstat.descriptors()
+        log.error("the binder's %s message lost its descriptors (this worker holds %d of its "
+                  "%d): asking for a replacement", message.get("type"), fds, max_fds)  # fmt: skip
+        if not self.replacement_asked and self.state != "draining" and not self.channel.closed:
+            self.replacement_asked = True
+            self.channel.send("replace_me")
 
     def _channel_closed(self, reason: str) -> None:
         if self.state != "draining":
