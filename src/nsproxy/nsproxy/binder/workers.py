@@ -146,7 +146,7 @@ class WorkerPool:
             self._cannot_start(index, exc)
             return None
         handle = WorkerHandle(pid, pidfd, index, row=row)
-        handle.fds = procstat.descriptors()  # until its first heartbeat: the table it inherited
+        handle.fds = procstat.descriptors()[:2]  # until its first heartbeat: its inherited table
         if row >= 0:
             self.binder.slots.rows[row] = pid
         self._attach(handle, binder_end)

@@ -59,6 +59,7 @@ log = logging.getLogger("nsproxy")
 EXIT_PRIVILEGES = 77  # privileges could not be dropped: the binder must not start more
 EXIT_INTERNAL = 70
 HEARTBEAT = 1.0  # seconds between two heartbeats (the sweep sends them)
+FDS_EVERY = 10.0  # seconds between two counts of its descriptors that need a listing
 DRAIN_IDLE_GRACE = 5.0  # seconds an idle keep-alive connection is kept by a draining worker
 
 # What the abandoned binder left in this process; referenced so that nothing of it is freed.
@@ -221,6 +222,8 @@ class Worker:
             on_cut=self._descriptors_cut,
         )
         self.replacement_asked = False
+        self.fds = (0, 0)  # (open descriptors, limit) as last counted; see _sweep
+        self.fds_due = 0.0
         self.stock = SocketStock(loop, self.channel.request)
         self.served = Served(
             loop, seed.config, seed.files, self.stock, seed.counts, seed.slots, seed.health
@@ -382,7 +385,7 @@ class Worker:
         """A message from the binder lost its descriptors: this worker's table is full (its
         connections took it). It keeps what it serves and asks the binder, once, for a
         replacement of its index (forked with every current socket), then drains."""
-        fds, max_fds = procstat.descriptors()
+        fds, max_fds, _ = procstat.descriptors()
         log.error("the binder's %s message lost its descriptors (this worker holds %d of its "
                   "%d): asking for a replacement", message.get("type"), fds, max_fds)  # fmt: skip
         if not self.replacement_asked and self.state != "draining" and not self.channel.closed:
@@ -459,8 +462,12 @@ class Worker:
             self._drain_progress(now)
         elif not self.channel.closed:
             # Its descriptors: the binder refuses a reload this worker could not receive.
-            fds, max_fds = procstat.descriptors()
-            self.channel.send("heartbeat", open_fds=fds, max_fds=max_fds)
+            # Counted every heartbeat when a stat does it, else every FDS_EVERY seconds.
+            if now >= self.fds_due:
+                fds, max_fds, cheap = procstat.descriptors()
+                self.fds = (fds, max_fds)
+                self.fds_due = now + (0 if cheap else FDS_EVERY)
+            self.channel.send("heartbeat", open_fds=self.fds[0], max_fds=self.fds[1])
 
     def drain(self, mode: str, within, accept_for: float = 0) -> None:
         """Stop accepting (the binder and the other workers keep the sockets open) and exit
