@@ -16,9 +16,10 @@ What the code makes (src/nsproxy/README.md, "Processes and privileges", says why
   its own files (logs, admin socket and its clients, epoll, memfds);
 - a worker: it is forked from the binder and replaces every descriptor it was not given by
   /dev/null (worker/main.py, so that an abandoned binder object never closes a number the
-  worker reuses), so it holds as many as the binder did, and on top the two descriptors per
-  connection of at least the smallest connection budget admission.py gives
-  (:data:`MIN_CONNECTIONS`).
+  worker reuses), so it holds as many as the binder did, and on top its stock of unconnected
+  sockets for upstreams inside namespaces (worker/stock.py, made by binder/sockets.py) and the
+  two descriptors per connection of at least the smallest connection budget admission.py
+  gives (:data:`MIN_CONNECTIONS`).
 
 The worker's count is the larger, so it is the one compared with the limit.
 """
@@ -53,18 +54,24 @@ def workers(config) -> int:
 def needs(config) -> dict:
     """The descriptors ``config`` needs: ``listening`` sockets, ``binder`` and ``worker``
     totals (see the module docstring)."""
+    from nsproxy.binder import sockets
+    from nsproxy.worker import stock
+
     width = workers(config)
     listeners = config.listener_count()
-    namespaces = {t.netns for t in config.tenants}
-    namespaces.update(u.netns for t in config.tenants for u in t.upstreams.values() if u.netns)
+    upstream_namespaces = {u.netns for t in config.tenants for u in t.upstreams.values() if u.netns}
+    namespaces = upstream_namespaces | {t.netns for t in config.tenants}
     listening = listeners * width + (1 if config.metrics_listen is not None else 0)
     binder = listening + 2 * width + 2 * len(namespaces) + admission.RESERVED_FDS
+    # A worker's stock of unconnected upstream sockets: per namespace and family, up to a
+    # batch asked for when fewer than LOW are left (worker/stock.py).
+    stocked = len(upstream_namespaces) * len(sockets.FAMILIES) * (stock.BATCH + stock.LOW)
     return {
         "listeners": listeners,
         "workers": width,
         "listening": listening,
         "binder": binder,
-        "worker": binder + 2 * MIN_CONNECTIONS,
+        "worker": binder + stocked + 2 * MIN_CONNECTIONS,
     }
 
 
@@ -84,7 +91,7 @@ def problem(config, nofile: int | None = None) -> str | None:
         f"{need['listeners'] * need['workers']} listening sockets"
         f"{' and the metrics socket' if config.metrics_listen is not None else ''}, held by the "
         f"binder and inherited by every worker, plus namespaces, channels, "
-        f"{admission.RESERVED_FDS} for the process's own "
+        f"upstream socket stock, {admission.RESERVED_FDS} for the process's own "
         f"files and {2 * MIN_CONNECTIONS} for connections), but RLIMIT_NOFILE is {nofile}: "
         "use fewer listeners or workers, or raise the limit (LimitNOFILE=, the role's "
         "nsproxy_limit_nofile)"
