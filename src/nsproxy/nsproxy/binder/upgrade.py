@@ -394,6 +394,7 @@ async def resume(binder, state: dict) -> None:
     else:
         _close([metrics_fd])
         binder.metrics_sock = binder._metrics_socket(cfg.metrics_listen)
+    binder.metrics_address = cfg.metrics_listen if binder.metrics_sock is not None else None
     access_fd = state.get("access_log_fd")
     if access_fd is not None and state.get("access_log") == cfg.access_log:
         binder.access_log_fd = access_fd
