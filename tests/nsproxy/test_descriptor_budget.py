@@ -88,13 +88,19 @@ def _listeners(count: int) -> list[dict]:
     return [{"listen": f"{ADDR}:{8000 + i}", "protocol": "http"} for i in range(count)]
 
 
-def test_a_reload_the_binder_has_no_descriptors_for_is_refused_whole(proxy):
+def _start_limited(proxy) -> dict:
+    """Tenant blue with one listener, one worker, the daemon under RLIMIT_NOFILE 300."""
     proxy.add_netns("blue")
     proxy.start_echo("echo", "127.0.0.1:9801")
     tenant = http_tenant("blue", ["127.0.0.1:9801"])
     tenant["listeners"] = _listeners(1)
     proxy.write_config([tenant], workers=1)
     proxy.start(wrap=["prlimit", "--nofile=300:300"])
+    return tenant
+
+
+def test_a_reload_the_binder_has_no_descriptors_for_is_refused_whole(proxy):
+    tenant = _start_limited(proxy)
     pid = proxy.status_json()["pid"]
     # 100 listeners pass the check (300 descriptors), but the binder's descriptors are taken
     # by idle admin clients: only about 60 are free when the reload comes.
@@ -162,12 +168,7 @@ def test_a_worker_that_cannot_be_started_for_want_of_descriptors_is_retried(prox
 
 
 def test_a_reload_a_worker_has_no_descriptors_for_is_refused_whole(proxy):
-    proxy.add_netns("blue")
-    proxy.start_echo("echo", "127.0.0.1:9801")
-    tenant = http_tenant("blue", ["127.0.0.1:9801"])
-    tenant["listeners"] = _listeners(1)
-    proxy.write_config([tenant], workers=1)
-    proxy.start(wrap=["prlimit", "--nofile=300:300"])
+    tenant = _start_limited(proxy)
     status = proxy.status_json()
     pid, (old,) = status["pid"], status["workers"]
     # A worker with a lower limit than the binder's (as if its connections held the rest):
@@ -202,12 +203,7 @@ def test_a_reload_a_worker_has_no_descriptors_for_is_refused_whole(proxy):
 
 
 def test_a_worker_whose_table_fills_after_its_heartbeat_is_replaced_not_lost(proxy):
-    proxy.add_netns("blue")
-    proxy.start_echo("echo", "127.0.0.1:9801")
-    tenant = http_tenant("blue", ["127.0.0.1:9801"])
-    tenant["listeners"] = _listeners(1)
-    proxy.write_config([tenant], workers=1)
-    proxy.start(wrap=["prlimit", "--nofile=300:300"])
+    tenant = _start_limited(proxy)
     (old,) = proxy.status_json()["workers"]
     # Stopped, the worker sends no heartbeat: the binder still counts the room it had when
     # its limit is lowered (by its own user, as its connections would fill it).
