@@ -4,6 +4,7 @@ one closes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,13 @@ def _metrics(proxy, port: int, path: str = "/healthz") -> subprocess.CompletedPr
     return proxy.sb.run(
         ["curl", "-sS", "--max-time", "5", f"http://127.0.0.1:{port}{path}"], check=False
     )
+
+
+def _wait_for_metrics(proxy, port: int) -> None:
+    deadline = time.monotonic() + 10
+    while not _metrics(proxy, port).stdout.startswith("ok"):
+        assert time.monotonic() < deadline, proxy.log()
+        time.sleep(0.1)
 
 
 HOLD = """
@@ -48,14 +56,16 @@ def test_a_reload_moving_metrics_binds_the_new_socket_before_closing_the_old(pro
     finally:
         holder.kill()
         holder.wait()
+    # 9109 is free now: reloading the same file tries the move again (the file did not
+    # change, where the metrics are did).
+    assert proxy.reload().returncode == 0
+    _wait_for_metrics(proxy, 9109)
+    assert _metrics(proxy, 9108).returncode == 7  # connection refused
     # A free address: served there, and the old one is closed.
     proxy.write_config(tenants, metrics={"listen": "127.0.0.1:9110"})
     assert proxy.reload().returncode == 0
-    deadline = time.monotonic() + 10
-    while not _metrics(proxy, 9110).stdout.startswith("ok"):
-        assert time.monotonic() < deadline, proxy.log()
-        time.sleep(0.1)
-    assert _metrics(proxy, 9108).returncode == 7  # connection refused
+    _wait_for_metrics(proxy, 9110)
+    assert _metrics(proxy, 9109).returncode == 7
     # The same port on the wildcard overlaps the socket worker 0 still holds: refused, kept.
     proxy.write_config(tenants, metrics={"listen": "0.0.0.0:9110"})
     assert proxy.reload().returncode == 0
@@ -234,3 +244,72 @@ def test_a_worker_whose_table_fills_after_its_heartbeat_is_replaced_not_lost(pro
     assert "the binder's serve message lost its descriptors" in log
     assert "has no descriptor left to receive the binder's: starting a replacement" in log
     assert "Traceback" not in log and "bad message" not in log and "killing it" not in log
+
+
+HOLD_SLOW = f"""
+import json, socket, sys, time
+held = []
+for _ in range(int(sys.argv[1])):
+    try:
+        s = socket.create_connection(("{ADDR}", 80), timeout=2)
+        s.sendall(b"GET /?delay=100 HTTP/1.1\\r\\nHost: e\\r\\n\\r\\n")
+        held.append(s)
+        time.sleep(0.01)
+    except OSError:
+        pass
+print(json.dumps({{"held": len(held)}}), flush=True)
+sys.stdin.read()
+"""
+
+
+def _needs(proxy) -> dict:
+    code = ("import json, sys; from nsproxy import config, descriptors; "
+            "print(json.dumps(descriptors.needs(config.load(sys.argv[1]))))")  # fmt: skip
+    return json.loads(proxy.sb.run([sys.executable, "-c", code, str(proxy.config_path)]).stdout)
+
+
+def test_a_tenant_filling_its_connections_under_a_tight_limit_leaves_the_others_theirs(proxy):
+    """The limit is what ``check`` asks for plus 20 descriptors; tenant evil opens 240
+    connections whose answers never come. The connection budget is what the worker's other
+    descriptors (every worker's listening sockets, inherited, among them) leave: evil gets its
+    share of it, never the worker's whole table, so good's clients are served, no message of
+    the binder loses its descriptors, no worker is replaced, and a reload adding a listener
+    applies. (The budget used to leave out all but one worker's listening sockets: the table
+    filled, both workers were replaced and good's requests timed out.)"""
+    proxy.add_netns("good", "evil")
+    proxy.start_echo("echo", "127.0.0.1:9802")
+    proxy.start_echo("evilup", "127.0.0.1:9801", netns="evil")
+    good = http_tenant("good", ["127.0.0.1:9802"])
+    good["listeners"] = [{"listen": f"{ADDR}:{8000 + i}", "protocol": "http"} for i in range(200)]
+    evil = http_tenant("evil", ["127.0.0.1:9801"], upstream_netns="evil")
+    timeouts = {"response_head": 120, "read": 120}
+    proxy.write_config([good, evil], workers=2, timeouts=timeouts)
+    limit = _needs(proxy)["worker"] + 20
+    assert proxy.sb.run(["prlimit", f"--nofile={limit}:{limit}", NSPROXY, "check",
+                         str(proxy.config_path)], check=False).returncode == 0  # fmt: skip
+    proxy.start(wrap=["prlimit", f"--nofile={limit}:{limit}"])
+    workers = [w["pid"] for w in proxy.status_json()["workers"]]
+    holder = proxy.sb.popen(["ip", "netns", "exec", "evil", sys.executable, "-c", HOLD_SLOW, "240"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        held = json.loads(holder.stdout.readline())["held"]
+        assert held > 0
+        for i in range(0, 200, 25):
+            code = proxy.curl("good", f"http://{ADDR}:{8000 + i}/", "-o", "/dev/null", "-w",
+                              "%{http_code}", "--max-time", "10").stdout  # fmt: skip
+            assert code == "200", (i, proxy.log()[-3000:])
+        good["listeners"].append({"listen": f"{ADDR}:9000", "protocol": "http"})
+        proxy.write_config([good, evil], workers=2, timeouts=timeouts)
+        result = proxy.reload()
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert proxy.curl("good", f"http://{ADDR}:9000/", "-o", "/dev/null", "-w",
+                          "%{http_code}").stdout == "200"  # fmt: skip
+    finally:
+        holder.stdin.close()
+        holder.kill()
+        holder.wait()
+    assert [w["pid"] for w in proxy.status_json()["workers"]] == workers
+    log = proxy.log()
+    for sign in ("Too many open files", "lost its descriptors", "has no descriptor left",
+                 "killing it", "Traceback"):  # fmt: skip
+        assert sign not in log, sign

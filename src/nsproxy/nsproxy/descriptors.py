@@ -75,6 +75,12 @@ def needs(config) -> dict:
     }
 
 
+def fixed(config) -> int:
+    """The descriptors a worker holds besides its connections' (see the module docstring):
+    what admission.py leaves out of the connection budget."""
+    return needs(config)["worker"] - 2 * MIN_CONNECTIONS
+
+
 def problem(config, nofile: int | None = None) -> str | None:
     """One line when ``config`` needs more descriptors than ``nofile`` (by default the limit
     the daemon will run with), else None. It starts with ``workers``, as a check line starts

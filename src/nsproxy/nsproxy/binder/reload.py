@@ -97,7 +97,7 @@ async def reload(binder) -> tuple[bool, str]:
                 sent = time.monotonic()
             finally:
                 channel.close_fds([memfd])
-            if new.metrics_listen != old.metrics_listen:
+            if new.metrics_listen != binder.metrics_address:  # (a failed move is tried again)
                 _move_metrics(binder, new)
         late = await binder.pool.wait_ready(generation, APPLY_TIMEOUT)
         if binder.stopping:  # a SIGTERM meanwhile: no worker is started or resized now
@@ -172,7 +172,7 @@ def _descriptors_short(binder, new: config.Config) -> str | None:
                 )
     if wanted > width:
         count += (new.listener_count() + 2) * (wanted - width)
-    if new.metrics_listen is not None and new.metrics_listen != binder.config.metrics_listen:
+    if new.metrics_listen is not None and new.metrics_listen != binder.metrics_address:
         count += 1
     if not count:
         return None

@@ -221,7 +221,7 @@ def _state(binder, reply_sock) -> tuple[dict, list[int]]:
         "counters": binder.counters(),
         "admin_fd": keep(binder.admin_server.sockets[0].fileno()) if binder.admin_server else None,
         "metrics_fd": keep(binder.metrics_sock.fileno()) if binder.metrics_sock else None,
-        "metrics_listen": list(binder.config.metrics_listen or ()) or None,
+        "metrics_listen": list(binder.metrics_address or ()) or None,  # where it is bound
         "access_log_fd": keep(binder.access_log_fd),
         "counts_fd": keep(binder.counts.fd),
         "health_fd": keep(binder.health.fd),

@@ -220,6 +220,9 @@ class WorkerPool:
                     handle.channel.send(kind, fds, **fields)
                 except channel.ChannelError as exc:
                     log.error("worker %d: %s", handle.index, exc)
+                    continue
+                if fds and handle.fds is not None:  # until its next heartbeat counts again
+                    handle.fds = (handle.fds[0] + len(fds), handle.fds[1])
 
     async def wait_ready(self, generation: int, timeout: float) -> list[WorkerHandle]:
         """Wait until every current worker has applied ``generation``; the ones that did not
@@ -293,6 +296,12 @@ class WorkerPool:
                 )
                 self.drain(handle, "upgrade", None)
                 self._replace(handle.index)
+                # A reload waiting for it waits for its replacement (forked with the current
+                # generation), not for it to drain, nor kills it with its connections.
+                for _generation, future in handle.waiters:
+                    if not future.done():
+                        future.set_result(False)
+                handle.waiters = []
         elif kind == "need_sockets":
             channel.close_fds(fds)
             self.binder.need_sockets(handle, message)

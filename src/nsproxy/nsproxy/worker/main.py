@@ -386,6 +386,10 @@ class Worker:
         connections took it). It keeps what it serves and asks the binder, once, for a
         replacement of its index (forked with every current socket), then drains."""
         fds, max_fds, _ = procstat.descriptors()
+        if message.get("reply_to") is not None:  # its request has failed (channel.py): no more
+            log.error("the binder's answer (%s) lost its descriptors (this worker holds %d of "
+                      "its %d)", message.get("type"), fds, max_fds)  # fmt: skip
+            return
         log.error("the binder's %s message lost its descriptors (this worker holds %d of its "
                   "%d): asking for a replacement", message.get("type"), fds, max_fds)  # fmt: skip
         if not self.replacement_asked and self.state != "draining" and not self.channel.closed:
