@@ -167,8 +167,8 @@ def _descriptors_short(binder, new: config.Config) -> str | None:
                 return (
                     f"file descriptors: worker {handle.index} (pid {handle.pid}) holds "
                     f"{handle.fds[0]} of its {handle.fds[1]} and the new listeners need "
-                    f"{added} more there: use fewer listeners or workers, or raise the limit "
-                    "(LimitNOFILE=)"
+                    f"{added} more there, with {PROBE_MARGIN} to spare: use fewer listeners "
+                    "or workers, or raise the limit (LimitNOFILE=)"
                 )
     if wanted > width:
         count += (new.listener_count() + 2) * (wanted - width)
@@ -185,9 +185,10 @@ def _descriptors_short(binder, new: config.Config) -> str | None:
             raise
         return (
             f"file descriptors: the new configuration needs {count} more in the binder "
-            f"(listening sockets: one per new listener and worker) and only {len(fds)} are "
-            f"free ({exc.strerror}; RLIMIT_NOFILE {descriptors.limit()}): use fewer listeners "
-            "or workers, or raise the limit (LimitNOFILE=)"
+            f"(listening sockets: one per new listener and worker), with {PROBE_MARGIN} to "
+            f"spare, and only {len(fds)} are free ({exc.strerror}; RLIMIT_NOFILE "
+            f"{descriptors.limit()}): use fewer listeners or workers, or raise the limit "
+            "(LimitNOFILE=)"
         )
     finally:
         channel.close_fds(fds)
