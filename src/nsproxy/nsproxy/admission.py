@@ -96,10 +96,13 @@ class Admission:
         self.total = 0
         self.busy: set = set()  # tenants holding at least one connection
 
-    def configure(self, limits: dict, listening_sockets: int) -> None:
-        """Derive the budget from the limits and the descriptor limit (start and reload)."""
+    def configure(self, limits: dict, fixed: int) -> None:
+        """Derive the budget from the limits and the descriptor limit (start and reload):
+        two descriptors per connection in what ``fixed`` (the worker's other descriptors,
+        ``descriptors.fixed``: every listening socket of every worker, which a worker inherits,
+        its upstream socket stock, channels, namespaces, RESERVED_FDS) leaves."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        by_fds = max(16, (soft - listening_sockets - RESERVED_FDS) // 2)
+        by_fds = max(16, (soft - fixed) // 2)
         wanted = limits.get("max_connections") or DEFAULT_MAX_CONNECTIONS
         self.budget = min(by_fds, wanted)
         self.per_tenant = limits["max_connections_per_tenant"]

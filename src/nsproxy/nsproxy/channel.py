@@ -9,7 +9,9 @@ Both ends are non-blocking and driven by their event loop (``add_reader``). A se
 block is queued (its fds duplicated until sent); a peer that lets :data:`MAX_QUEUED` messages
 pile up is treated as gone. Anything unexpected on the receiving side (a truncated datagram or
 fd list, bytes that are not a JSON object with a type) closes the channel and every fd that
-came with it: the binder then replaces that worker, a worker exits.
+came with it: the binder then replaces that worker, a worker exits. A worker's end is given
+``on_cut``: a whole message whose descriptors the kernel cut because the worker's own table is
+full (MSG_CTRUNC) is dropped, its descriptors closed, and ``on_cut(message)`` called instead.
 
 ``request`` sends a message with an ``id`` and waits for the answer carrying ``reply_to``.
 
@@ -222,8 +224,10 @@ class Channel:
         on_closed,
         peer: str = "peer",
         only_memfds: bool = False,
+        on_cut=None,
     ):
         self.sock = sock
+        self.on_cut = on_cut
         self.only_memfds = only_memfds
         sock.setblocking(False)
         self.loop = loop
@@ -330,13 +334,27 @@ class Channel:
                 close_off_loop(fds)
                 self.close(f"{self.peer} passed a descriptor that is not a memfd")
                 return
+            # Only the descriptors were cut (MSG_CTRUNC: this process's table is full), the
+            # message is whole: with ``on_cut``, that is this process's trouble, not the peer's.
+            cut = (
+                self.on_cut is not None
+                and flags & socket.MSG_CTRUNC
+                and not flags & socket.MSG_TRUNC
+            )
             try:
-                message = self._decode(data, flags)
+                message = self._decode(data, flags & ~socket.MSG_CTRUNC if cut else flags)
             except ChannelError as exc:
                 close_fds(fds)
                 self.close(f"{self.peer} sent a bad message: {exc}")
                 return
             reply_to = message.get("reply_to")
+            if cut:
+                close_fds(fds)
+                future = self.pending.pop(reply_to, None) if isinstance(reply_to, int) else None
+                if future is not None and not future.done():
+                    future.set_exception(ChannelError("its descriptors were cut (EMFILE)"))
+                self.on_cut(message)
+                continue
             if reply_to is not None:
                 future = self.pending.pop(reply_to, None) if isinstance(reply_to, int) else None
                 if future is None or future.done():

@@ -26,7 +26,7 @@ import stat
 import sys
 from typing import NamedTuple
 
-from nsproxy import schema
+from nsproxy import descriptors, schema
 from nsproxy.config_schema import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUTS,
@@ -510,11 +510,19 @@ def validate(
     if tenants is INVALID:
         return config, problems
     ctx = _Pass(problems, previous or {}, tenants, parts)
+    if config.metrics_listen is not None:
+        # The metrics socket is a listener in the host namespace: a tenant whose netns is the
+        # host's (a /proc/PID path of a process there) must not take its address.
+        _claim(ctx, None, _Address(*config.metrics_listen), "metrics.listen")
     for index, spec in enumerate(tenants):
         tenant = _tenant(index, spec, ctx)
         if tenant is not None:
             config.tenants.append(tenant)
     _check_health_capacity(config, problems)
+    if not problems:  # counted on a valid config only: every listener is known
+        too_many = descriptors.problem(config)
+        if too_many:
+            problems.append(too_many)
     if ctx.kept == len(ctx.previous):
         config.parts = ctx.shared
     else:  # a tenant was removed or changed: its parts must not live on in the registry
@@ -777,13 +785,15 @@ def _certificates_unchanged(tenant, tls, memo) -> bool:
     )
 
 
-def _claim(ctx: _Pass, netns: str, listener: Listener, lw: str) -> None:
+def _claim(ctx: _Pass, netns: str | None, listener, lw: str) -> None:
     """Refuse two listeners on the same port and overlapping addresses in one namespace,
     however the namespace is written (``ta``, ``/run/netns/ta``, ``/proc/PID/ns/net`` of a
-    process in it). IPv6 listeners are IPV6_V6ONLY, so only one family overlaps."""
+    process in it). IPv6 listeners are IPV6_V6ONLY, so only one family overlaps. ``netns``
+    None is the host namespace (the binder's own: ``metrics.listen``, claimed first)."""
     ip = schema.ip_address(listener.host)
+    identity = ctx.namespace(netns if netns is not None else "/proc/self/ns/net")
     # (namespace, port, family) -> {host: (where, netns as written)}: one lookup per listener.
-    taken = ctx.bound.setdefault((ctx.namespace(netns), listener.port, ip.version), {})
+    taken = ctx.bound.setdefault((identity, listener.port, ip.version), {})
     other = taken.get(listener.host)
     if other is None and ip.is_unspecified and taken:
         other = next(iter(taken.values()))  # the wildcard overlaps every address of its family
@@ -793,8 +803,21 @@ def _claim(ctx: _Pass, netns: str, listener: Listener, lw: str) -> None:
         taken[listener.host] = (lw, netns)
         return
     other_where, other_netns = other
-    spelled = "" if other_netns == netns else f" (written {other_netns!r} there)"
+    if other_netns is None:
+        where = "in the host network namespace"
+    else:
+        spelled = "" if other_netns == netns else f" (written {other_netns!r} there)"
+        where = f"in network namespace {netns!r}{spelled}"
     ctx.problems.append(
-        f"{lw}.listen: duplicate listener: {listener.listen} overlaps {other_where} "
-        f"in network namespace {netns!r}{spelled}"
+        f"{lw}.listen: duplicate listener: {listener.listen} overlaps {other_where} {where}"
     )
+
+
+class _Address:
+    """What :func:`_claim` reads of a listener, for ``metrics.listen``."""
+
+    __slots__ = ("host", "listen", "port")
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -57,3 +57,22 @@ def sample() -> dict:
     if soft != resource.RLIM_INFINITY:
         out["max_fds"] = soft
     return out
+
+
+def descriptors() -> tuple[int, int, bool]:
+    """(open descriptors, soft RLIMIT_NOFILE, whether the count was cheap) of this process;
+    a table too full to list counts as full, an unlimited limit as 2**31. Since Linux 6.2 the
+    size of /proc/self/fd is the count (one stat); before, it is a listing, about 2 ms per
+    thousand descriptors."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    soft = 2**31 if soft == resource.RLIM_INFINITY else soft
+    try:
+        size = os.stat("/proc/self/fd").st_size
+    except OSError:
+        size = 0
+    if size > 0:
+        return size, soft, True
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1, soft, False
+    except OSError:
+        return soft, soft, False

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from nsproxy.admission import EVICTION_SCAN, PRESSURE, RESERVED_FDS, STALLED_AFTER, Admission
+from nsproxy.admission import EVICTION_SCAN, PRESSURE, STALLED_AFTER, Admission
 
 
 class Tenant:
@@ -70,7 +70,7 @@ def test_the_budget_follows_the_descriptor_limit_and_the_configured_maximum():
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     a = Admission()
     a.configure({"max_connections": None, "max_connections_per_tenant": 10}, 100)
-    assert a.budget == min(65536, max(16, (soft - 100 - RESERVED_FDS) // 2))
+    assert a.budget == min(65536, max(16, (soft - 100) // 2))
     a.configure({"max_connections": 50, "max_connections_per_tenant": 10}, 100)
     assert a.budget == min(50, a.budget)
 

@@ -310,3 +310,52 @@ def test_a_close_that_blocks_holds_up_no_later_close():
         assert os.read(r, 1) == b""  # the pipe's write side is gone: closed
         assert time.monotonic() - started < LINGER / 3
         os.close(r)
+
+
+def test_descriptors_cut_for_a_full_table_are_reported_with_on_cut_not_taken_as_a_bad_message():
+    # A worker whose own table is full (its connections) gets a message whose fd list the
+    # kernel cut (MSG_CTRUNC): that is no fault of the binder, and the channel stays open.
+    import resource
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        raw, b_sock = channel.pair()
+        got, closed, cut = [], [], []
+        b = channel.Channel(
+            b_sock, loop, lambda m, fds: got.append((m, fds)), closed.append, on_cut=cut.append
+        )
+        b.start()
+        r, w = os.pipe()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fillers = []
+        try:
+            highest = max(int(n) for n in os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 4, hard))
+            with contextlib.suppress(OSError):
+                while True:
+                    fillers.append(os.open("/dev/null", os.O_RDONLY))
+            os.close(fillers.pop())
+            os.close(fillers.pop())  # two numbers free, five descriptors coming
+            socket.send_fds(raw, [b'{"type":"serve","listeners":[]}'], [w] * 5)
+            for _ in range(50):
+                if cut or closed:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            channel.close_fds(fillers)
+        assert closed == [] and got == []
+        assert [m["type"] for m in cut] == ["serve"]
+        os.close(w)
+        assert os.read(r, 10) == b""  # the two that came were closed
+        raw.send(b'{"type":"after"}')
+        for _ in range(50):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+        assert [m["type"] for m, _ in got] == ["after"]
+        os.close(r)
+        raw.close()
+        b.close()
+
+    run("asyncio", main())

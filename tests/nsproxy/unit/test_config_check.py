@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -241,3 +242,71 @@ def test_check_refuses_more_checked_servers_than_the_health_table_holds(tmp_path
         "tenants[].upstreams.*.health_check: 25000 servers have health checks, at most 24576 "
         "can (the shared health table's capacity); the biggest: tenant t7 upstream api (1000), "
     ) in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+
+
+def many_listeners(count: int, tenants: int = 1, workers: int = 1) -> dict:
+    listeners = [{"listen": f"10.0.0.250:{1000 + i}", "protocol": "http"} for i in range(count)]
+    return {
+        "workers": workers,
+        "tenants": [tenant(f"t{n}", listeners=listeners) for n in range(tenants)],
+    }
+
+
+def check_limited(tmp_path: Path, cfg, nofile: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    return subprocess.run(
+        ["prlimit", f"--nofile={nofile}", *NSPROXY, "check", str(path)],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_check_refuses_more_listening_sockets_than_the_descriptor_limit(tmp_path):
+    # 400 listeners x 1 worker cannot fit 300 descriptors: the start would die of EMFILE.
+    result = check_limited(tmp_path, many_listeners(400), "300")
+    assert result.returncode == 1, result.stdout
+    (line,) = result.stdout.splitlines()
+    assert line.startswith("workers: this configuration needs 500 file descriptors in each worker")
+    assert "400 listeners x 1 workers = 400 listening sockets" in line
+    assert "RLIMIT_NOFILE is 300" in line and "LimitNOFILE" in line
+    # Each listener is one socket per worker: 10 x 1024 with 2 workers is 20480 sockets.
+    result = check_limited(tmp_path, many_listeners(1024, tenants=10, workers=2), "20000")
+    assert result.returncode == 1
+    assert "10240 listeners x 2 workers = 20480 listening sockets" in result.stdout
+    assert "RLIMIT_NOFILE is 20000" in result.stdout
+
+
+def test_check_counts_the_hard_descriptor_limit_the_daemon_raises_to(tmp_path):
+    # nsproxy run raises the soft limit to the hard one: check counts what run will have.
+    assert check_limited(tmp_path, many_listeners(100), "300").returncode == 0
+    result = check_limited(tmp_path, many_listeners(400), "300:1024")
+    assert result.returncode == 0, result.stdout
+    result = check_limited(tmp_path, many_listeners(400), "300:400")
+    assert "RLIMIT_NOFILE is 400" in result.stdout
+
+
+def test_check_refuses_a_host_namespace_listener_on_the_metrics_address(tmp_path):
+    # A tenant in the host namespace (a /proc/PID path of a process there) must not take the
+    # metrics listener's address: the metrics would be off and /metrics go to its upstream.
+    cfg = {
+        "metrics": {"listen": "127.0.0.1:9108"},
+        "tenants": [
+            tenant(
+                netns=f"/proc/{os.getpid()}/ns/net",
+                listeners=[{"listen": "0.0.0.0:9108", "protocol": "http"}],
+            )
+        ],
+    }
+    result = check(tmp_path, cfg)
+    assert result.returncode == 1, result.stdout
+    assert result.stdout.strip() == (
+        "tenant 'acme': listeners[0].listen: duplicate listener: 0.0.0.0:9108 overlaps "
+        "metrics.listen in the host network namespace"
+    )
+    cfg["tenants"][0]["listeners"] = [{"listen": "127.0.0.1:9109", "protocol": "http"}]
+    assert check(tmp_path, cfg).returncode == 0
+    # Another namespace may use the address.
+    cfg["tenants"][0]["netns"] = "acme"
+    cfg["tenants"][0]["listeners"] = [{"listen": "127.0.0.1:9108", "protocol": "http"}]
+    assert check(tmp_path, cfg).returncode == 0

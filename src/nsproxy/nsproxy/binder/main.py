@@ -106,6 +106,7 @@ class Binder:
         self.cert_stats: dict[str, tuple] = {}
         self.access_log_fd: int | None = None
         self.metrics_sock: socket.socket | None = None
+        self.metrics_address: tuple[str, int] | None = None  # where metrics_sock listens
         self.admin_server = None
         self.reload_lock = asyncio.Lock()
         self.stopped = asyncio.Event()
@@ -135,6 +136,7 @@ class Binder:
         for spec in self.config.tenants:
             self.listeners.add(spec)
         self.metrics_sock = self._metrics_socket(self.config.metrics_listen)
+        self.metrics_address = self.config.metrics_listen if self.metrics_sock else None
         self.admin_server = await admin.start(self, self.config.admin_socket, sock=admin_sock)
         self.pool.start(worker_count(self.config))
         await self.pool.wait_ready(self.generation, START_TIMEOUT)

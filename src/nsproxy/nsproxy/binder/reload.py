@@ -16,7 +16,9 @@ changed user: the workers are replaced one set by the next, as in an upgrade).
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import pickle
 import time
 
@@ -25,6 +27,7 @@ from nsproxy import accesslog, channel, config, heap, priority, privileges, syst
 log = logging.getLogger("nsproxy")
 
 APPLY_TIMEOUT = 60.0  # seconds every worker has to apply a generation
+PROBE_MARGIN = 16  # descriptors a reload needs beyond its new sockets (memfds, log files)
 
 
 def _refused(binder, problems: list[str]) -> tuple[bool, str]:
@@ -57,6 +60,9 @@ async def reload(binder) -> tuple[bool, str]:
             except (config.ConfigError, privileges.PrivilegeError) as exc:
                 problems = exc.problems if isinstance(exc, config.ConfigError) else [str(exc)]
                 return _refused(binder, problems)
+            short = _descriptors_short(binder, new)
+            if short is not None:  # all or nothing: nothing is bound, the old one serves
+                return _refused(binder, [short])
             try:  # before anything else changes: the store's only error refuses the file
                 binder.read_certificates(new)
             except OSError as exc:
@@ -91,7 +97,7 @@ async def reload(binder) -> tuple[bool, str]:
                 sent = time.monotonic()
             finally:
                 channel.close_fds([memfd])
-            if new.metrics_listen != old.metrics_listen:
+            if new.metrics_listen != binder.metrics_address:  # (a failed move is tried again)
                 _move_metrics(binder, new)
         late = await binder.pool.wait_ready(generation, APPLY_TIMEOUT)
         if binder.stopping:  # a SIGTERM meanwhile: no worker is started or resized now
@@ -130,6 +136,63 @@ async def reload(binder) -> tuple[bool, str]:
         heap.settle()
         systemd.ready(f"{len(new.tenants)} tenants")
         return True, f"generation {generation}"
+
+
+def _descriptors_short(binder, new: config.Config) -> str | None:
+    """Why the binder cannot make what ``new`` needs, or None. The new listening sockets
+    (one per listener not bound yet and worker), the workers a larger ``workers`` starts (a
+    socket of every listener, a channel and a pidfd each), a moved metrics socket and the new
+    tenants' namespaces are opened here first, as /dev/null, with :data:`PROBE_MARGIN` for
+    the generation's memfd and the like, then closed: a limit (EMFILE) or a full system table
+    (ENFILE) refuses the reload before anything is bound, so the old generation keeps serving
+    and no worker is sent a part of the new one. The binder runs one thread: what is free
+    here is free when the sockets are made. A worker must have room for its socket of every
+    new listener too (else the kernel would cut the fd list of the message that carries
+    them: MSG_CTRUNC): the count its last heartbeat gave (at most a second old) decides."""
+    from nsproxy import descriptors
+    from nsproxy.binder.main import worker_count
+
+    listeners = binder.listeners
+    width, wanted = listeners.width, worker_count(new)
+    count = added = 0
+    for spec in new.tenants:
+        binding = listeners.tenants.get(spec.name)
+        kept = binding.sockets if binding is not None and binding.spec.netns == spec.netns else {}
+        added += sum(1 for li in spec.listeners if li.digest not in kept)
+        count += 0 if binding is not None else 2  # its namespace file and address watch
+    count += added * width
+    if added:  # each worker gets its socket of every new listener, in one or more messages
+        for handle in binder.pool.serving():
+            if handle.fds is not None and handle.fds[0] + added + PROBE_MARGIN > handle.fds[1]:
+                return (
+                    f"file descriptors: worker {handle.index} (pid {handle.pid}) holds "
+                    f"{handle.fds[0]} of its {handle.fds[1]} and the new listeners need "
+                    f"{added} more there, with {PROBE_MARGIN} to spare: use fewer listeners "
+                    "or workers, or raise the limit (LimitNOFILE=)"
+                )
+    if wanted > width:
+        count += (new.listener_count() + 2) * (wanted - width)
+    if new.metrics_listen is not None and new.metrics_listen != binder.metrics_address:
+        count += 1
+    if not count:
+        return None
+    fds: list[int] = []
+    try:
+        for _ in range(count + PROBE_MARGIN):
+            fds.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        return (
+            f"file descriptors: the new configuration needs {count} more in the binder "
+            f"(listening sockets: one per new listener and worker), with {PROBE_MARGIN} to "
+            f"spare, and only {len(fds)} are free ({exc.strerror}; RLIMIT_NOFILE "
+            f"{descriptors.limit()}): use fewer listeners or workers, or raise the limit "
+            "(LimitNOFILE=)"
+        )
+    finally:
+        channel.close_fds(fds)
+    return None
 
 
 def _apply(binder, old: config.Config, new: config.Config) -> tuple[int, int, int]:
@@ -172,9 +235,33 @@ def _wire(new: config.Config, kept: dict) -> config.Config:
 
 
 def _move_metrics(binder, new: config.Config) -> None:
+    """``metrics.listen`` changed: the new socket is bound before the old one closes, so a
+    new address that cannot be bound (taken by another process, or overlapping the current
+    one: worker 0 holds its copy of the old socket until it is told) leaves the metrics where
+    they were, with an error in the log."""
+    address = new.metrics_listen
+    sock = None
+    if address is not None:
+        try:
+            sock = binder.registry.listening_socket(None, *address)
+        except OSError as exc:
+            where = binder.metrics_address
+            if binder.metrics_sock is None:
+                stay = "metrics are off"
+            else:
+                stay = f"the metrics stay on {where[0]}:{where[1]}"
+                if where[1] == address[1]:
+                    stay += " (to move them to an overlapping address, change the port first)"
+            log.error("metrics.listen %s:%d: %s; %s", address[0], address[1],
+                      exc.strerror or exc, stay)  # fmt: skip
+            return
     if binder.metrics_sock is not None:
         binder.metrics_sock.close()
-    binder.metrics_sock = binder._metrics_socket(new.metrics_listen)
+    binder.metrics_sock, binder.metrics_address = sock, address
+    _send_metrics_socket(binder)
+
+
+def _send_metrics_socket(binder) -> None:
     for handle in binder.pool.serving():
         if handle.index == 0:
             fds = [binder.metrics_sock.fileno()] if binder.metrics_sock is not None else []

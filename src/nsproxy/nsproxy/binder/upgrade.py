@@ -221,7 +221,7 @@ def _state(binder, reply_sock) -> tuple[dict, list[int]]:
         "counters": binder.counters(),
         "admin_fd": keep(binder.admin_server.sockets[0].fileno()) if binder.admin_server else None,
         "metrics_fd": keep(binder.metrics_sock.fileno()) if binder.metrics_sock else None,
-        "metrics_listen": list(binder.config.metrics_listen or ()) or None,
+        "metrics_listen": list(binder.metrics_address or ()) or None,  # where it is bound
         "access_log_fd": keep(binder.access_log_fd),
         "counts_fd": keep(binder.counts.fd),
         "health_fd": keep(binder.health.fd),
@@ -394,6 +394,7 @@ async def resume(binder, state: dict) -> None:
     else:
         _close([metrics_fd])
         binder.metrics_sock = binder._metrics_socket(cfg.metrics_listen)
+    binder.metrics_address = cfg.metrics_listen if binder.metrics_sock is not None else None
     access_fd = state.get("access_log_fd")
     if access_fd is not None and state.get("access_log") == cfg.access_log:
         binder.access_log_fd = access_fd

@@ -11,7 +11,9 @@ the other workers throughout, so accepting never stops. A worker that stops send
 growing delay; one that could not drop its privileges stops the binder.
 
 Messages a worker may send (anything else ends it): ``ready`` (generation applied),
-``heartbeat``, ``need_sockets`` (answered by the binder's upstream sockets), ``metrics?`` (every
+``heartbeat`` (with its open descriptors and limit), ``replace_me`` (a message of the binder's
+lost its descriptors: its table is full; it is drained and its index gets a new worker),
+``need_sockets`` (answered by the binder's upstream sockets), ``metrics?`` (every
 worker's snapshot, relayed unread), ``ready?`` (the binder's /ready answer) and answers to the
 binder's requests.
 """
@@ -28,7 +30,7 @@ import signal
 import sys
 import time
 
-from nsproxy import channel, heap
+from nsproxy import channel, heap, procstat
 from nsproxy.worker import main as worker_main
 
 log = logging.getLogger("nsproxy")
@@ -46,6 +48,7 @@ class WorkerHandle:
 
     __slots__ = (
         "channel",
+        "fds",
         "generation",
         "index",
         "last_heard",
@@ -68,6 +71,8 @@ class WorkerHandle:
         self.last_heard = time.monotonic()
         self.channel: channel.Channel | None = None
         self.waiters: list = []  # (generation, future): wait_ready
+        # (open descriptors, RLIMIT_NOFILE) as its last heartbeat said; None: not known
+        self.fds: tuple[int, int] | None = None
 
     def describe(self) -> dict:
         return {
@@ -97,11 +102,17 @@ class WorkerPool:
     # -- starting -------------------------------------------------------------------------
     def start(self, count: int) -> list[WorkerHandle]:
         self.wanted = count
-        return [self.spawn(index) for index in range(count)]
+        return [h for h in (self.spawn(index) for index in range(count)) if h is not None]
 
-    def spawn(self, index: int) -> WorkerHandle:
-        """Fork worker number ``index`` with the binder's current state."""
-        binder_end, worker_end = channel.pair()
+    def spawn(self, index: int) -> WorkerHandle | None:
+        """Fork worker number ``index`` with the binder's current state. When the binder has
+        no descriptor (EMFILE, ENFILE) or process to spare, that is logged in a sentence and
+        the start is retried with the crash loop's back-off (:meth:`_replace`); None then."""
+        try:
+            binder_end, worker_end = channel.pair()
+        except OSError as exc:
+            self._cannot_start(index, exc)
+            return None
         row = self.binder.slots.take_row()
         if row < 0:
             log.warning(
@@ -113,18 +124,49 @@ class WorkerPool:
         heap.settle()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.binder.slots.free_row(row)
+            binder_end.close()
+            worker_end.close()
+            self._cannot_start(index, exc)
+            return None
         if pid == 0:  # the child: never returns
             worker_main.run(seed)
         worker_end.close()
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:  # not supervised without it: ended at once
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            self.binder.slots.free_row(row)
+            binder_end.close()
+            self._cannot_start(index, exc)
+            return None
         handle = WorkerHandle(pid, pidfd, index, row=row)
+        handle.fds = procstat.descriptors()[:2]  # until its first heartbeat: its inherited table
         if row >= 0:
             self.binder.slots.rows[row] = pid
         self._attach(handle, binder_end)
         self.started += 1
         log.info("worker %d started (pid %d)", index, pid)
         return handle
+
+    def _cannot_start(self, index: int, exc: OSError) -> None:
+        """A start that failed counts as a death: tried again after the back-off."""
+        now = time.monotonic()
+        self.recent_deaths.append(now)
+        while self.recent_deaths and now - self.recent_deaths[0] > CRASH_WINDOW:
+            self.recent_deaths.popleft()
+        delay = min(MAX_DELAY, 0.5 * 2 ** max(0, len(self.recent_deaths) - CRASH_LIMIT))
+        log.error("cannot start worker %d: %s (the descriptor limit, RLIMIT_NOFILE, or the "
+                  "process limit is reached); trying again in %.1f s",
+                  index, exc.strerror or exc, delay)  # fmt: skip
+        if index not in self.pending_spawns:
+            self.pending_spawns.add(index)
+            self.loop.call_later(delay, self._delayed_spawn, index)
 
     def adopt(self, pid: int, channel_fd: int, index: int, row: int) -> WorkerHandle:
         """A worker of the binder before an upgrade's execve (still this process's child)."""
@@ -178,6 +220,9 @@ class WorkerPool:
                     handle.channel.send(kind, fds, **fields)
                 except channel.ChannelError as exc:
                     log.error("worker %d: %s", handle.index, exc)
+                    continue
+                if fds and handle.fds is not None:  # until its next heartbeat counts again
+                    handle.fds = (handle.fds[0] + len(fds), handle.fds[1])
 
     async def wait_ready(self, generation: int, timeout: float) -> list[WorkerHandle]:
         """Wait until every current worker has applied ``generation``; the ones that did not
@@ -224,6 +269,9 @@ class WorkerPool:
         kind = message["type"]
         if kind == "heartbeat":
             channel.close_fds(fds)
+            counts = message.get("open_fds"), message.get("max_fds")
+            if all(type(n) is int and n >= 0 for n in counts):  # older builds send none
+                handle.fds = counts
         elif kind == "ready":
             channel.close_fds(fds)
             generation = message.get("generation")
@@ -237,6 +285,23 @@ class WorkerPool:
                 if entry[0] <= handle.generation and not entry[1].done():
                     entry[1].set_result(True)
             handle.waiters = [e for e in handle.waiters if not e[1].done()]
+        elif kind == "replace_me":  # it could not receive descriptors: its table is full
+            channel.close_fds(fds)
+            if handle.state in ("starting", "serving"):
+                log.error(
+                    "worker %d (pid %d) has no descriptor left to receive the binder's: "
+                    "starting a replacement and draining it",
+                    handle.index,
+                    handle.pid,
+                )
+                self.drain(handle, "upgrade", None)
+                self._replace(handle.index)
+                # A reload waiting for it waits for its replacement (forked with the current
+                # generation), not for it to drain, nor kills it with its connections.
+                for _generation, future in handle.waiters:
+                    if not future.done():
+                        future.set_result(False)
+                handle.waiters = []
         elif kind == "need_sockets":
             channel.close_fds(fds)
             self.binder.need_sockets(handle, message)

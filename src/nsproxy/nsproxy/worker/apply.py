@@ -17,7 +17,7 @@ import socket
 import time
 import weakref
 
-from nsproxy import accesslog, config, metrics
+from nsproxy import accesslog, config, descriptors, metrics
 from nsproxy.http import Router
 from nsproxy.upstream import Upstreams
 from nsproxy.worker.runtime import ListenerRuntime, Shared, TenantRuntime
@@ -154,7 +154,7 @@ class Served:
         shared = self.shared
         shared.limits = new.limits
         shared.timeouts = new.timeouts
-        shared.admission.configure(new.limits, new.listener_count())
+        shared.admission.configure(new.limits, descriptors.fixed(new))
         wanted = {t.name: t for t in new.tenants}
         added = removed = changed = 0
         for name in [n for n in self.tenants if n not in wanted]:

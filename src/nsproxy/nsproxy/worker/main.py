@@ -29,14 +29,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import logging
 import os
 import pickle
+import resource
 import signal
 import socket
 import sys
 
-from nsproxy import channel, daemonlog, health_check, heap, metrics, privileges, titles, tls_tickets
+from nsproxy import (
+    channel,
+    daemonlog,
+    health_check,
+    heap,
+    metrics,
+    privileges,
+    procstat,
+    titles,
+    tls_tickets,
+)
 from nsproxy.metrics_endpoint import MetricsProtocol
 from nsproxy.worker import status, sweep
 from nsproxy.worker.apply import Served
@@ -47,6 +59,7 @@ log = logging.getLogger("nsproxy")
 EXIT_PRIVILEGES = 77  # privileges could not be dropped: the binder must not start more
 EXIT_INTERNAL = 70
 HEARTBEAT = 1.0  # seconds between two heartbeats (the sweep sends them)
+FDS_EVERY = 10.0  # seconds between two counts of its descriptors that need a listing
 DRAIN_IDLE_GRACE = 5.0  # seconds an idle keep-alive connection is kept by a draining worker
 
 # What the abandoned binder left in this process; referenced so that nothing of it is freed.
@@ -125,20 +138,61 @@ def _forget_binder(seed: Seed) -> None:
     if getattr(seed.files, "fd", -1) >= 0:  # the certificate store's, read-only (cert_store.py)
         keep.add(seed.files.fd)
     if seed.health is not None and seed.index == 0:  # its recount asks for the written pages
-        seed.health.fd = channel.readonly(seed.health.fd)
-        keep.add(seed.health.fd)
-    devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd in keep or fd == devnull:
-            continue
         try:
-            os.fstat(fd)
-        except OSError:
-            continue  # the listing's own directory fd, closed by now
-        os.dup2(devnull, fd, inheritable=False)
-    os.close(devnull)
+            seed.health.fd = channel.readonly(seed.health.fd)
+        except OSError as exc:
+            if exc.errno != errno.EMFILE:
+                raise
+            free_number(keep | {seed.health.fd})  # a full table: one of the binder's goes
+            seed.health.fd = channel.readonly(seed.health.fd)
+        keep.add(seed.health.fd)
+    null_all_but(keep)
     daemonlog.relabel(f"nsproxy[worker {seed.index} {os.getpid()}]")
+
+
+def null_all_but(keep: set) -> None:
+    """Replace every open descriptor not in ``keep`` by /dev/null (see the module docstring).
+    A worker forked from a binder whose table was full has no number free for /dev/null: one
+    of the binder's own numbers (:func:`free_number`) is opened again as /dev/null, and stays
+    so; and with no number free to list /proc/self/fd, every number below the limit is open."""
+    try:
+        devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        spare = True
+    except OSError as exc:
+        if exc.errno != errno.EMFILE:
+            raise
+        free_number(keep)
+        devnull = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        spare = False
+    try:
+        numbers = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError as exc:
+        if exc.errno != errno.EMFILE:
+            raise
+        numbers = range(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    for fd in numbers:
+        if fd in keep or fd == devnull or not _is_open(fd):
+            continue  # (not open: the listing's own directory fd, closed by now)
+        os.dup2(devnull, fd, inheritable=False)
+    if spare:  # else it stands in for the number it took, like the others
+        os.close(devnull)
+
+
+def free_number(keep: set) -> None:
+    """Close one of the binder's descriptors (not in ``keep``) in a full table (EMFILE: every
+    number below the limit is open), so that the next open takes its number."""
+    for fd in range(resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1, -1, -1):
+        if fd not in keep and _is_open(fd):
+            os.close(fd)
+            return
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _new_loop():
@@ -160,8 +214,16 @@ class Worker:
         self.index = seed.index
         tls_tickets.use(seed.ticket_keys)
         self.channel = channel.Channel(
-            seed.channel, loop, self._message, self._channel_closed, peer="the binder"
+            seed.channel,
+            loop,
+            self._message,
+            self._channel_closed,
+            peer="the binder",
+            on_cut=self._descriptors_cut,
         )
+        self.replacement_asked = False
+        self.fds = (0, 0)  # (open descriptors, limit) as last counted; see _sweep
+        self.fds_due = 0.0
         self.stock = SocketStock(loop, self.channel.request)
         self.served = Served(
             loop, seed.config, seed.files, self.stock, seed.counts, seed.slots, seed.health
@@ -319,6 +381,21 @@ class Worker:
         finally:
             os.close(fd)
 
+    def _descriptors_cut(self, message: dict) -> None:
+        """A message from the binder lost its descriptors: this worker's table is full (its
+        connections took it). It keeps what it serves and asks the binder, once, for a
+        replacement of its index (forked with every current socket), then drains."""
+        fds, max_fds, _ = procstat.descriptors()
+        if message.get("reply_to") is not None:  # its request has failed (channel.py): no more
+            log.error("the binder's answer (%s) lost its descriptors (this worker holds %d of "
+                      "its %d)", message.get("type"), fds, max_fds)  # fmt: skip
+            return
+        log.error("the binder's %s message lost its descriptors (this worker holds %d of its "
+                  "%d): asking for a replacement", message.get("type"), fds, max_fds)  # fmt: skip
+        if not self.replacement_asked and self.state != "draining" and not self.channel.closed:
+            self.replacement_asked = True
+            self.channel.send("replace_me")
+
     def _channel_closed(self, reason: str) -> None:
         if self.state != "draining":
             log.warning("%s; draining and exiting", reason)
@@ -388,7 +465,13 @@ class Worker:
         if self.state == "draining":
             self._drain_progress(now)
         elif not self.channel.closed:
-            self.channel.send("heartbeat")
+            # Its descriptors: the binder refuses a reload this worker could not receive.
+            # Counted every heartbeat when a stat does it, else every FDS_EVERY seconds.
+            if now >= self.fds_due:
+                fds, max_fds, cheap = procstat.descriptors()
+                self.fds = (fds, max_fds)
+                self.fds_due = now + (0 if cheap else FDS_EVERY)
+            self.channel.send("heartbeat", open_fds=self.fds[0], max_fds=self.fds[1])
 
     def drain(self, mode: str, within, accept_for: float = 0) -> None:
         """Stop accepting (the binder and the other workers keep the sockets open) and exit
