@@ -177,14 +177,13 @@ class Acceptor:
         self.accepted += 1
         self.handing_over += 1
         self.loop.create_task(self._serve(conn, listener))
-        if ssl_ctx is None:
-            return 0.0
-        return getattr(ssl_ctx, "handshake_cost", _NO_COST)[0]
+        return _costs(ssl_ctx)[0]
 
     async def _serve(self, conn, listener: _Listener) -> None:
         factory, ssl_ctx, handshake_timeout, tenant = (
             listener.factory, listener.ssl_ctx, listener.handshake_timeout, listener.tenant
         )  # fmt: skip
+        charged = _costs(ssl_ctx)  # what _admit charged (a rotation may come meanwhile)
         made = []
 
         def counted():
@@ -213,7 +212,7 @@ class Acceptor:
                     transport, _protocol = await self.loop.connect_accepted_socket(
                         counted, conn, ssl=ssl_ctx, ssl_handshake_timeout=handshake_timeout
                     )
-                    _credit_resumed(transport, listener)
+                    _credit_resumed(transport, tenant, charged)
             except (OSError, asyncio.TimeoutError) as exc:
                 # A failed TLS handshake or a client gone before it was served: the loop has
                 # closed the connection; create_server would not report it either.
@@ -240,17 +239,22 @@ class Acceptor:
             self.admission.leave(tenant)
 
 
-_NO_COST = (0.0, 0.0)  # a plain ssl.SSLContext (tests): its handshakes are not charged
+_NO_COST = (0.0, 0.0)
 
 
-def _credit_resumed(transport, listener: _Listener) -> None:
-    """A handshake that resumed a session cost less than the full one charged at its accept:
-    its tenant gets the difference back."""
-    tenant = listener.tenant
+def _costs(ssl_ctx) -> tuple[float, float]:
+    """(full, resumed) seconds a handshake of a listener with ``ssl_ctx`` costs (a
+    tls.ServerContext knows; none for a plain listener, or a plain SSLContext in tests)."""
+    return getattr(ssl_ctx, "handshake_cost", _NO_COST)
+
+
+def _credit_resumed(transport, tenant, charged: tuple[float, float]) -> None:
+    """A handshake that resumed a session cost less than the full one charged at its accept
+    (``charged``: the costs it was charged by): its tenant gets the difference back."""
     ssl_object = transport.get_extra_info("ssl_object")
     if tenant is None or ssl_object is None or not ssl_object.session_reused:
         return
-    full, resumed = getattr(listener.ssl_ctx, "handshake_cost", _NO_COST)
+    full, resumed = charged
     if full > resumed:
         loop_share.SHARES.credit(tenant.share, full - resumed)
 
@@ -294,7 +298,14 @@ class _Listener:
         if self.paused & reason:
             self.paused &= ~reason
             if not self.paused and not self.gone:
-                self.acceptor.epoll.register(self.sock.fileno(), select.EPOLLIN)
+                try:
+                    self.acceptor.epoll.register(self.sock.fileno(), select.EPOLLIN)
+                except OSError as exc:  # ENOMEM, ENOSPC (max_user_watches): later, not never
+                    log.error("accept: %s; pausing this listener briefly", exc.strerror)
+                    self.paused |= OUT_OF_FILES
+                    self.acceptor.loop.call_later(
+                        PAUSE_WHEN_OUT_OF_FILES, self.resume_reading_for, OUT_OF_FILES
+                    )
 
 
 class _Handshake:

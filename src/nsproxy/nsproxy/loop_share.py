@@ -118,7 +118,11 @@ class LoopShares:
         # the costliest recent read, decaying: cheap reads queued first cannot make a batch
         # of costly ones look affordable (a reviewer's 10 reads of 10 ms in one turn)
         share.peak = max(seconds, share.peak * 0.9)
-        if share.spent > TURN_BUDGET and end - self.mixed < CONTENDED_SECONDS:
+        if end - self.mixed >= CONTENDED_SECONDS:
+            # Alone, nobody waited: no debt is kept to be paid once another tenant comes (a
+            # reviewer's 200 busy turns alone paused the tenant for 83,646 turns after).
+            share.spent = min(share.spent, TURN_BUDGET)
+        elif share.spent > TURN_BUDGET:
             protocol.pause_reading_for(SHARE)
             if not share.waiting:
                 self.backlog.append(share)

@@ -32,7 +32,7 @@ import stat
 import sys
 from collections.abc import Mapping
 
-from nsproxy import __version__, handshake_cost, tls_tickets
+from nsproxy import __version__, handshake_cost, libssl, tls_tickets
 
 __all__ = [
     "ALPN",
@@ -652,8 +652,19 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str], 
     return names, context, cert_bytes, kind
 
 
+#: Key exchange groups a handshake may use: the two a TLS 1.3 client must or should implement
+#: (RFC 8446 section 9.1: secp256r1 MUST, X25519 SHOULD), Mozilla's "modern" set without P-384.
+#: OpenSSL 3.0 also accepts by default P-384, P-521, X448 and the finite-field groups of RFC
+#: 7919, and the client chooses: one ffdhe8192 key exchange costs the server about 140 ms of
+#: CPU, held by the loop of every tenant (a reviewer's measure), P-384 about 2 ms on this
+#: project's machines against 0.1 for X25519. handshake_cost.py charges the costlier of these.
+GROUPS = "X25519:P-256"
+
+
 def _new_context(version) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if not libssl.set_groups(context, GROUPS):
+        context.set_ecdh_curve("prime256v1")  # one group, set by the ssl module itself
     context.minimum_version = version
     context.set_ciphers(CIPHERS_TLS12)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -740,7 +751,7 @@ class ServerContext:
                 log.error("https listener: certificates cannot be loaded: %s", exc)
                 raise
             costs = [handshake_cost.of(ctx, kind) for _names, ctx, kind in loaded]
-            self.handshake_cost = max(costs)
+            self.handshake_cost = (max(c[0] for c in costs), max(c[1] for c in costs))
             self._context = context = _front(loaded)
         return context
 
@@ -750,6 +761,7 @@ class ServerContext:
         self.listener = listener
         self._context = None
         self._error = None
+        self.handshake_cost = (handshake_cost.DEFAULT, handshake_cost.DEFAULT)  # other keys
 
     def drop(self) -> bool:
         """Forget the context (it is made again at the next handshake); True if one was

@@ -9,10 +9,9 @@ upgrade), every worker receives it, and each server context is given it.
 
 The standard library has no call for this (``SSLContext`` does not expose
 ``SSL_CTX_set_tlsext_ticket_keys``), and neither does pyOpenSSL for the stdlib's contexts, so it
-is done with ctypes on the context's ``SSL_CTX *``: the first field after ``PyObject_HEAD`` of
-CPython's ``PySSLContext`` (Modules/_ssl.c). The pointer is checked before use: OpenSSL's own
-options of that ``SSL_CTX`` must equal ``SSLContext.options``, else nothing is set and the
-context keeps its own keys (resumption then works per worker only).
+is done with ctypes on the context's ``SSL_CTX *`` (libssl.py); when that pointer cannot be
+confirmed nothing is set and the context keeps its own keys (resumption then works per worker
+only).
 
 Sessions are tied to the certificate set that made them. Every tenant may listen on the same
 address (10.0.0.250:443 in each namespace), so a session of one tenant's listener offered to
@@ -50,17 +49,17 @@ import os
 import ssl
 import weakref
 
+from nsproxy import libssl
+
 log = logging.getLogger("nsproxy")
 
 #: SSL_CTRL_SET_TLSEXT_TICKET_KEYS (openssl/ssl.h); the keys are 80 bytes: a 16-byte name,
 #: a 32-byte HMAC secret and a 32-byte AES secret (SSL_CTX_set_tlsext_ticket_keys(3)).
 _SET_TICKET_KEYS = 59
 _SID_CTX_MAX = 32  # SSL_MAX_SID_CTX_LENGTH (openssl/ssl.h)
-_SSL_CTRL_OPTIONS = 32  # SSL_CTRL_OPTIONS: SSL_CTX_get_options in OpenSSL 1.1 is a ctrl
 KEY_BYTES = 80
 
 _keys: bytes | None = None
-_ssl_lib = None
 #: Every context of this process tied by :func:`apply`, with its identity: :func:`rotate` gives
 #: each the new keys (a context no listener holds any more leaves on its own).
 _tied: weakref.WeakKeyDictionary[ssl.SSLContext, bytes] = weakref.WeakKeyDictionary()
@@ -86,47 +85,14 @@ def rotate(keys: bytes) -> int:
     use(keys)
     taken = 0
     for context, identity in list(_tied.items()):
-        pointer = _ssl_ctx(context)
+        pointer = libssl.ssl_ctx(context)
         taken += pointer is not None and _set_keys(pointer, keys, identity)
     return taken
 
 
 def _set_keys(pointer: int, keys: bytes, identity: bytes) -> bool:
     buffer = ctypes.create_string_buffer(derived_keys(keys, identity), KEY_BYTES)
-    return _lib().SSL_CTX_ctrl(pointer, _SET_TICKET_KEYS, KEY_BYTES, buffer) == 1
-
-
-def _lib():
-    global _ssl_lib
-    if _ssl_lib is None:
-        lib = ctypes.CDLL(ssl._ssl.__file__)  # dlsym also searches its libssl dependency
-        lib.SSL_CTX_ctrl.restype = ctypes.c_long
-        lib.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        lib.SSL_CTX_set_session_id_context.restype = ctypes.c_int
-        lib.SSL_CTX_set_session_id_context.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_char_p,
-            ctypes.c_uint,
-        ]
-        get_options = getattr(lib, "SSL_CTX_get_options", None)  # a function in OpenSSL 3
-        if get_options is not None:
-            get_options.restype = ctypes.c_uint64
-            get_options.argtypes = [ctypes.c_void_p]
-        _ssl_lib = lib
-    return _ssl_lib
-
-
-def _ssl_ctx(context: ssl.SSLContext) -> int | None:
-    """The ``SSL_CTX *`` of ``context``, or None when it cannot be confirmed."""
-    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
-    if not pointer:
-        return None
-    lib = _lib()
-    if getattr(lib, "SSL_CTX_get_options", None) is not None:
-        options = lib.SSL_CTX_get_options(pointer)
-    else:
-        options = lib.SSL_CTX_ctrl(pointer, _SSL_CTRL_OPTIONS, 0, None) & 0xFFFFFFFF
-    return pointer if options == int(context.options) else None
+    return libssl.lib().SSL_CTX_ctrl(pointer, _SET_TICKET_KEYS, KEY_BYTES, buffer) == 1
 
 
 def derived_keys(keys: bytes, identity: bytes) -> bytes:
@@ -149,14 +115,14 @@ def apply(context: ssl.SSLContext, identity: bytes) -> bool:
     ticket keys and session cache, which no other context shares (resumption then works within
     one worker only)."""
     try:
-        pointer = _ssl_ctx(context)
+        pointer = libssl.ssl_ctx(context)
     except (OSError, AttributeError) as exc:  # no libssl symbols: keep the context's own keys
         log.warning("TLS ticket keys cannot be shared between workers: %s", exc)
         return False
     if pointer is None:
         log.warning("TLS ticket keys cannot be shared between workers: unknown SSLContext layout")
         return False
-    lib = _lib()
+    lib = libssl.lib()
     sid_ctx = identity[:_SID_CTX_MAX]
     if lib.SSL_CTX_set_session_id_context(pointer, sid_ctx, len(sid_ctx)) != 1:
         return False

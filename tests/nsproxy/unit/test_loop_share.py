@@ -207,7 +207,7 @@ def test_the_read_that_ends_the_tie_to_a_tenant_is_charged_to_it(loop_name):
     async def one_read():
         account = loop_share.TenantShare()
         ours, theirs = socket.socketpair()
-        reader = Ending(account, [0])
+        reader = Ending(account, Turns())
         await asyncio.get_running_loop().connect_accepted_socket(lambda: reader, ours)
         theirs.sendall(b"x" * 100)
         theirs.close()
@@ -217,3 +217,42 @@ def test_the_read_that_ends_the_tie_to_a_tenant_is_charged_to_it(loop_name):
     with fixed_cost(loop_share.TURN_BUDGET / 4):
         account = run(loop_name, one_read())
     assert account.spent > 0
+
+
+class Paused:
+    """What LoopShares.charge pauses: a connection's reading bits."""
+
+    def __init__(self):
+        self.paused = 0
+
+    def pause_reading_for(self, reason: int) -> None:
+        self.paused |= reason
+
+    def resume_reading_for(self, reason: int) -> None:
+        self.paused &= ~reason
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_tenant_alone_owes_nothing_when_another_comes(loop_name):
+    """Alone, nobody waits: 200 reads of 1 ms each (ten budgets) are not a debt paid once
+    another tenant reads (a reviewer's 200 busy turns alone then paused the tenant for 83,646
+    turns). Its next read over the budget is paid for in a turn or two."""
+
+    async def main():
+        shares = loop_share.LoopShares()
+        alone, other = loop_share.TenantShare(), loop_share.TenantShare()
+        reader = Paused()
+        now = 10.0
+        for _read in range(200):
+            shares.charge(alone, reader, now, now + 0.001)
+            now += 0.001
+            await asyncio.sleep(0)  # a turn
+        assert not reader.paused and alone.spent <= loop_share.TURN_BUDGET
+        shares.charge(other, Paused(), now, now + 0.00001)  # another tenant: shared now
+        shares.charge(alone, reader, now, now + 0.001)
+        assert reader.paused  # over its budget in this turn
+        for _turn in range(12):
+            await asyncio.sleep(0)
+        return reader.paused
+
+    assert run(loop_name, main()) == 0

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nsproxy import tls
+from nsproxy import libssl, tls
 
 
 def openssl(*args: str) -> str:
@@ -852,3 +852,38 @@ def test_contexts_without_a_handshake_for_a_whole_pass_are_dropped_and_made_agai
     assert busy.built and not idle.built
     client = connect(client_context(), idle.get(), "b.example")  # made again when needed
     assert tls.certificate_names(client.getpeercert(binary_form=True)) == ["b.example"]
+
+
+def _handshake_with_groups(context: ssl.SSLContext, groups: str) -> str | None:
+    """A handshake over memory BIOs by a client offering only ``groups``: None when it
+    completes, else the server's reason."""
+    client = client_context()
+    assert libssl.set_groups(client, groups), groups
+    to_server, to_client, client_in, client_out = (ssl.MemoryBIO() for _ in range(4))
+    ours = client.wrap_bio(client_in, client_out)
+    theirs = context.wrap_bio(to_server, to_client, server_side=True)
+    try:
+        for _flight in range(4):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                ours.do_handshake()
+            to_server.write(client_out.read())
+            with contextlib.suppress(ssl.SSLWantReadError):
+                theirs.do_handshake()
+                return None
+            client_in.write(to_client.read())
+    except ssl.SSLError as exc:
+        return exc.reason
+    return "unfinished"
+
+
+@pytest.mark.parametrize("groups", ["X25519", "P-256"])
+def test_the_key_exchanges_every_client_has_are_served(certs, groups):
+    assert _handshake_with_groups(tls.build_server_context(listener(certs["b"])), groups) is None
+
+
+@pytest.mark.parametrize("groups", ["ffdhe2048", "ffdhe8192", "P-384", "P-521", "X448"])
+def test_costlier_key_exchanges_a_client_could_choose_are_refused(certs, groups):
+    """OpenSSL 3.0 accepts them by default and the client picks: one ffdhe8192 exchange held
+    the worker's loop about 140 ms, for every tenant."""
+    reason = _handshake_with_groups(tls.build_server_context(listener(certs["b"])), groups)
+    assert reason == "NO_SUITABLE_KEY_SHARE", reason
