@@ -178,7 +178,7 @@ def _descriptors_short(binder, new: config.Config) -> str | None:
         return None
     fds: list[int] = []
     try:
-        for _ in range(count + PROBE_MARGIN):
+        for _probe in range(count + PROBE_MARGIN):
             fds.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
     except OSError as exc:
         if exc.errno not in (errno.EMFILE, errno.ENFILE):

@@ -270,7 +270,8 @@ class WorkerPool:
         if kind == "heartbeat":
             channel.close_fds(fds)
             counts = message.get("open_fds"), message.get("max_fds")
-            if all(type(n) is int and n >= 0 for n in counts):  # older builds send none
+            # (not bool, which is an int too; older builds send none)
+            if all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
                 handle.fds = counts
         elif kind == "ready":
             channel.close_fds(fds)
