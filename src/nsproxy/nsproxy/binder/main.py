@@ -46,6 +46,7 @@ from nsproxy.binder.listeners import Listeners
 from nsproxy.binder.sockets import Missing, UpstreamSockets
 from nsproxy.binder.workers import WorkerPool
 from nsproxy.cert_store import CertificateStore
+from nsproxy.descriptors import workers as worker_count  # the count the budget is for
 from nsproxy.health_table import HealthTable
 from nsproxy.sharedcounts import SharedCounts, Slots
 from nsproxy.worker import main as worker_main
@@ -66,14 +67,6 @@ def load_config(
     the new binder, which falls back to them if it refuses the file). Raises ConfigError."""
     data = config.read_file(path)  # never waits (a FIFO), nothing but a regular file
     return config.parse(data, previous, parts, source=path), data
-
-
-def worker_count(cfg: config.Config) -> int:
-    """The config's ``workers``: a number, or "auto" (the CPUs this process may run on)."""
-    workers = getattr(cfg, "workers", "auto")
-    if workers == "auto" or workers is None:
-        return max(1, len(os.sched_getaffinity(0)))
-    return int(workers)
 
 
 class Binder:
