@@ -313,3 +313,34 @@ def test_a_tenant_filling_its_connections_under_a_tight_limit_leaves_the_others_
     for sign in ("Too many open files", "lost its descriptors", "has no descriptor left",
                  "killing it", "Traceback"):  # fmt: skip
         assert sign not in log, sign
+
+
+def test_a_scrape_of_a_worker_whose_table_is_full_is_answered_503_without_a_traceback(proxy):
+    """The metrics worker with room for the scrape's connection and nothing more: its snapshot
+    memfd and the binder's answer (which carries descriptors) both fail. The scrape gets a 503,
+    the log says why in one line each (no traceback), and once the table has room again the
+    next scrape is served by the same worker."""
+    proxy.add_netns("blue")
+    proxy.start_echo("echo", "127.0.0.1:9801")
+    proxy.write_config([http_tenant("blue", ["127.0.0.1:9801"])], workers=1,
+                       metrics={"listen": "127.0.0.1:9111"})  # fmt: skip
+    proxy.start()
+    _wait_for_metrics(proxy, 9111)
+    (worker,) = proxy.status_json()["workers"]
+    scrape = ["curl", "-sS", "--max-time", "8", "-o", "/dev/null", "-w", "%{http_code}",
+              "http://127.0.0.1:9111/metrics"]  # fmt: skip
+    assert proxy.sb.run(scrape).stdout == "200"
+    # Room for the scrape's connection alone, as if the worker's clients held the rest (set
+    # by its own user, as the earlier test does: the soft limit only, lowered then raised).
+    as_worker = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "prlimit",
+                 f"--pid={worker['pid']}"]  # fmt: skip
+    subprocess.run([*as_worker, f"--nofile={_open_fds(worker['pid']) + 1}:"], check=True)
+    assert proxy.sb.run(scrape, check=False).stdout == "503", proxy.log()[-3000:]
+    subprocess.run([*as_worker, "--nofile=256:"], check=True)
+    assert proxy.sb.run(scrape).stdout == "200"
+    log = proxy.log()
+    assert "no snapshot for the binder: Too many open files" in log
+    assert "metrics listener: the binder's answer to metrics? failed: its descriptors were cut" \
+        in log  # fmt: skip
+    assert "Traceback" not in log
+    assert [w["pid"] for w in proxy.status_json()["workers"]] == [worker["pid"]]

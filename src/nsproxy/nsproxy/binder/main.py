@@ -358,15 +358,19 @@ class Binder:
         snapshots = await self.pool.snapshots(5.0)
         fds = [fd for _, fd in snapshots][: channel.MAX_FDS - 1]
         doc = json.dumps({"listeners": self.listener_states()}, separators=(",", ":"))
-        listeners_fd = channel.sealed_memfd(doc.encode(), "nsproxy-listeners")
+        made = []  # the listeners' memfd, made here
+        try:
+            made.append(channel.sealed_memfd(doc.encode(), "nsproxy-listeners"))
+        except OSError as exc:  # EMFILE, ENOMEM: this scrape fails, the next may not
+            reply = {"error": f"the binder could not write the listeners' states: {exc.strerror}"}
+        else:
+            reply = {"binder": self.counters(), "listeners_fd": True}
         try:
             if handle.channel is not None and not handle.channel.closed:
-                handle.channel.send(
-                    "metrics", [*fds, listeners_fd], reply_to=ident, binder=self.counters(),
-                    listeners_fd=True,
-                )  # fmt: skip
+                handle.channel.send("metrics", [*fds, *made] if made else [], reply_to=ident,
+                                    **reply)  # fmt: skip
         finally:
-            channel.close_fds([*(fd for _, fd in snapshots), listeners_fd])
+            channel.close_fds([*(fd for _, fd in snapshots), *made])
 
     def answer_ready(self, handle, ident) -> None:
         """The metrics worker's ``ready?`` (GET /ready)."""

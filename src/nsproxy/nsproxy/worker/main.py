@@ -375,7 +375,12 @@ class Worker:
     def _on_snapshot_query(self, message: dict, fds: list[int]) -> None:
         channel.close_fds(fds)
         data = pickle_free_json(status.snapshot(self.served, self.index, self.state))
-        fd = channel.sealed_memfd(data, "nsproxy-snapshot")
+        try:
+            fd = channel.sealed_memfd(data, "nsproxy-snapshot")
+        except OSError as exc:  # EMFILE: its connections hold the whole table
+            log.warning("no snapshot for the binder: %s", exc.strerror)
+            self.channel.send("snapshot", reply_to=message.get("id"), error=exc.strerror)
+            return
         try:
             self.channel.send("snapshot", [fd], reply_to=message.get("id"))
         finally:
@@ -414,7 +419,9 @@ class Worker:
         binder (which relays the snapshots unread), summed and rendered."""
         import json
 
-        answer, fds = await self.channel.request("metrics?", 10)
+        answer, fds = await self._ask_binder("metrics?")
+        if answer is None:
+            return 503, b"the metrics cannot be gathered right now; see the log\n"
         documents = []
         try:
             for fd in fds:
@@ -436,10 +443,30 @@ class Worker:
         specs = {t.name: t for t in config.tenants}
         return 200, metrics.render(tenants, specs, listeners, workers, binder)
 
+    async def _ask_binder(self, kind: str) -> tuple[dict | None, list[int]]:
+        """(answer, fds) of the binder's answer to ``kind`` (within 10 s), or (None, []) with a
+        warning when it has none: it timed out, the channel closed, the answer lost its
+        descriptors (this worker's table is full), or the binder could not make them."""
+        try:
+            answer, fds = await self.channel.request(kind, 10)
+        except asyncio.TimeoutError:
+            reason = "no answer within 10 s"
+        except channel.ChannelError as exc:
+            reason = str(exc)
+        else:
+            if not answer.get("error"):
+                return answer, fds
+            channel.close_fds(fds)
+            reason = str(answer["error"])[:200]
+        log.warning("metrics listener: the binder's answer to %s failed: %s", kind, reason)
+        return None, []
+
     async def _ready(self) -> tuple[int, bytes]:
         """The binder's judgement: every worker on the current generation, no listener in
         error (503 with the reasons otherwise)."""
-        answer, fds = await self.channel.request("ready?", 10)
+        answer, fds = await self._ask_binder("ready?")
+        if answer is None:
+            return 503, b"the binder did not answer; see the log\n"
         channel.close_fds(fds)
         text = str(answer.get("text") or "")[:65536].encode("utf-8", "replace")
         return (200 if answer.get("ready") is True else 503), text
