@@ -3,6 +3,7 @@ inside a live worker (worker_probe.py), and looping clients that count failed re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -91,3 +92,44 @@ def pid_alive(pid: int) -> bool:
         return "Z" not in status_fields(pid)["State"][:1]
     except (ProcessLookupError, FileNotFoundError):
         return False
+
+
+def pids_hierarchy() -> Path | None:
+    """Where a pids cgroup can be made: the cgroup v1 pids hierarchy, or the v2 root with the
+    pids controller on offer to its children; None when this kernel or mount has neither."""
+    v1 = Path("/sys/fs/cgroup/pids")
+    if (v1 / "cgroup.procs").exists():
+        return v1
+    v2 = Path("/sys/fs/cgroup")
+    controllers = v2 / "cgroup.controllers"
+    if not controllers.exists() or "pids" not in controllers.read_text().split():
+        return None
+    (v2 / "cgroup.subtree_control").write_text("+pids")
+    return v2
+
+
+@contextlib.contextmanager
+def no_more_processes(pid: int):
+    """Process ``pid`` moved into a pids cgroup of its own whose ``pids.max`` is what it has
+    (kernel Documentation/admin-guide/cgroup-v2.rst, "PID"): its fork() and clone() fail
+    with EAGAIN. Yields a function that lifts the limit. At the end every process of the
+    cgroup (those forked since are in it too) goes back to the root, and the cgroup is
+    removed."""
+    root = pids_hierarchy()
+    assert root is not None  # the caller skips first
+    group = root / f"nsproxy-test-{os.getpid()}-{pid}"
+    group.mkdir()
+    try:
+        (group / "cgroup.procs").write_text(str(pid))
+        (group / "pids.max").write_text((group / "pids.current").read_text().strip())
+        yield lambda: (group / "pids.max").write_text("max")
+    finally:
+        for _attempt in range(50):
+            for member in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    (root / "cgroup.procs").write_text(member)
+            try:
+                group.rmdir()
+                break
+            except OSError:  # a process forked meanwhile: once more
+                time.sleep(0.05)

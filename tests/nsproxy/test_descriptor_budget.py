@@ -344,3 +344,42 @@ def test_a_scrape_of_a_worker_whose_table_is_full_is_answered_503_without_a_trac
         in log  # fmt: skip
     assert "Traceback" not in log
     assert [w["pid"] for w in proxy.status_json()["workers"]] == [worker["pid"]]
+
+
+def test_a_user_change_the_binder_has_no_descriptors_for_is_refused_whole(proxy):
+    """A change of ``user`` starts every worker anew beside the old ones: a channel and a
+    pidfd each in the binder. With fewer free than that and the reload's margin, the reload is
+    refused before anything changes (it used to apply, then fail to start the new workers)."""
+    tenant = _start_limited(proxy)
+    status = proxy.status_json()
+    pid, (worker,) = status["pid"], status["workers"]
+    holder = proxy.sb.popen(
+        [sys.executable, "-c", HOLD_ADMIN, proxy.socket, str(300 - 8 - _open_fds(pid))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proxy.write_config([tenant], workers=1, user="daemon")
+        result = proxy.reload()
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "file descriptors: the new configuration needs 2 more in the binder (listening " \
+            "sockets: one per new listener and worker; a channel and a pidfd for each of the 1 " \
+            "workers of the new user)" in result.stdout + result.stderr  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    status = proxy.status_json()
+    assert status["generation"] == 1 and [w["pid"] for w in status["workers"]] == [worker["pid"]]
+    assert proxy.curl("blue", f"http://{ADDR}:8000/", "-o", "/dev/null", "-w", "%{http_code}")\
+        .stdout == "200"  # fmt: skip
+    # With the descriptors back, the same file applies: the new user's worker serves.
+    assert proxy.reload().returncode == 0
+    proxy.wait_for(
+        lambda s: (
+            [(w["pid"] != worker["pid"], w["state"]) for w in s["workers"]] == [(True, "serving")]
+        ),
+        "the new user's worker serving",
+    )
+    log = proxy.log()
+    assert "Traceback" not in log and "cannot start worker" not in log

@@ -6,8 +6,19 @@ import os
 import pwd
 import subprocess
 
+import pytest
 from conftest import ADDR, NSPROXY, http_tenant
-from processes import VICTIM, nice_of, probe_worker, status_fields, worker_pids
+from processes import (
+    VICTIM,
+    nice_of,
+    no_more_processes,
+    pid_alive,
+    pids_hierarchy,
+    probe_worker,
+    status_fields,
+    wait_until,
+    worker_pids,
+)
 
 from nsproxy import priority
 
@@ -137,3 +148,46 @@ def test_code_running_inside_a_worker_cannot_read_secrets_memory_or_other_namesp
         assert "net" not in result["fds"], result
         # The worker is unharmed and still serves.
         assert proxy.get_json("acme", f"http://{ADDR}/")["server"] == "echo@9303"
+
+
+@pytest.mark.skipif(pids_hierarchy() is None, reason="no pids cgroup controller (cgroup v1 "
+                    "pids hierarchy or v2 pids) in this kernel or mount")  # fmt: skip
+def test_a_user_change_whose_new_workers_cannot_start_keeps_the_old_ones_serving(proxy):
+    """A reload that changes ``user`` replaces every worker. When the binder can fork none
+    (here its pids cgroup is full; in production RLIMIT_NPROC, EMFILE or memory), the old
+    worker serves on as its old user instead of draining with nothing to take its place; once
+    a new one can start (the retry's back-off), it serves as the new user and the old drains."""
+    proxy.add_netns("acme")
+    proxy.start_echo("echo", "127.0.0.1:9304")
+    tenants = [http_tenant("acme", ["127.0.0.1:9304"])]
+    proxy.write_config(tenants, workers=1)
+    proxy.start()
+    status = proxy.status_json()
+    binder, (old,) = status["pid"], worker_pids(status)
+    daemon = pwd.getpwnam("daemon")
+    proxy.write_config(tenants, workers=1, user="daemon")
+
+    def served() -> bool:
+        return proxy.curl("acme", f"http://{ADDR}/", "-o", "/dev/null", "-w", "%{http_code}",
+                          "--max-time", "5", check=False).stdout == "200"  # fmt: skip
+
+    with no_more_processes(binder) as lift:
+        result = proxy.reload()
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "cannot start worker 0: Resource temporarily unavailable" in proxy.log()
+        assert f"worker 0 (pid {old}) serves on until its replacement is ready" in proxy.log()
+        for _request in range(3):
+            assert served(), proxy.log()[-3000:]
+        assert pid_alive(old) and status_fields(old)["Uid"].split()[0] == "65534"
+        lift()
+        status = proxy.wait_for(
+            lambda s: (
+                [w["state"] for w in s["workers"]] == ["serving"] and s["workers"][0]["pid"] != old
+            ),
+            "the new user's worker serving",
+        )
+        (new,) = worker_pids(status)
+        wait_until(lambda: not pid_alive(old), "the old worker drained and gone")
+    assert status_fields(new)["Uid"].split() == [str(daemon.pw_uid)] * 4
+    assert served()
+    assert "Traceback" not in proxy.log()

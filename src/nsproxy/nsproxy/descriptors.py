@@ -10,7 +10,9 @@ What the code makes (src/nsproxy/README.md, "Processes and privileges", says why
 
 - the binder: every listener is an SO_REUSEPORT group of one socket per worker
   (binder/listeners.py), so ``listeners x workers`` listening sockets; the metrics socket; per
-  worker a channel and a pidfd (binder/workers.py); per namespace a tenant or an upstream
+  worker a channel and a pidfd (binder/workers.py), twice over, since while the workers are
+  replaced (a change of their user, an upgrade) the old ones' are held beside the new ones',
+  and the new ones inherit both; per namespace a tenant or an upstream
   names, its open file and either its address watch or the pidfd that pins a /proc/PID path
   (netns.py, binder/listeners.py, binder/sockets.py); and :data:`admission.RESERVED_FDS` for
   its own files (logs, admin socket and its clients, epoll, memfds);
@@ -62,7 +64,7 @@ def needs(config) -> dict:
     upstream_namespaces = {u.netns for t in config.tenants for u in t.upstreams.values() if u.netns}
     namespaces = upstream_namespaces | {t.netns for t in config.tenants}
     listening = listeners * width + (1 if config.metrics_listen is not None else 0)
-    binder = listening + 2 * width + 2 * len(namespaces) + admission.RESERVED_FDS
+    binder = listening + 2 * 2 * width + 2 * len(namespaces) + admission.RESERVED_FDS
     # A worker's stock of unconnected upstream sockets: per namespace and family, up to a
     # batch asked for when fewer than LOW are left (worker/stock.py).
     stocked = len(upstream_namespaces) * len(sockets.FAMILIES) * (stock.BATCH + stock.LOW)

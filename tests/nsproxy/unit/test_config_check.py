@@ -267,7 +267,7 @@ def test_check_refuses_more_listening_sockets_than_the_descriptor_limit(tmp_path
     result = check_limited(tmp_path, many_listeners(400), "300")
     assert result.returncode == 1, result.stdout
     (line,) = result.stdout.splitlines()
-    assert line.startswith("workers: this configuration needs 500 file descriptors in each worker")
+    assert line.startswith("workers: this configuration needs 502 file descriptors in each worker")
     assert "400 listeners x 1 workers = 400 listening sockets" in line
     assert "RLIMIT_NOFILE is 300" in line and "LimitNOFILE" in line
     # Each listener is one socket per worker: 10 x 1024 with 2 workers is 20480 sockets.

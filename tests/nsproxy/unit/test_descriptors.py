@@ -25,10 +25,11 @@ def parse(**top) -> config.Config:
 
 def test_the_count_follows_listeners_workers_namespaces_and_the_metrics_socket():
     need = descriptors.needs(parse(workers=4, metrics={"listen": "127.0.0.1:9108"}))
-    # 6 listeners x 4 workers, the metrics socket; a channel and a pidfd per worker; two per
-    # namespace (a, b, shared); the reserved ones.
+    # 6 listeners x 4 workers, the metrics socket; a channel and a pidfd per worker, for the
+    # old and the new ones while they are replaced; two per namespace (a, b, shared); the
+    # reserved ones.
     assert need["listening"] == 6 * 4 + 1
-    assert need["binder"] == 25 + 2 * 4 + 2 * 3 + admission.RESERVED_FDS
+    assert need["binder"] == 25 + 2 * 2 * 4 + 2 * 3 + admission.RESERVED_FDS
     # A worker: the binder's table, its stock for one upstream namespace (2 families x 10),
     # and 16 connections.
     assert need["worker"] == need["binder"] + 2 * 10 + 2 * descriptors.MIN_CONNECTIONS

@@ -60,7 +60,10 @@ async def reload(binder) -> tuple[bool, str]:
             except (config.ConfigError, privileges.PrivilegeError) as exc:
                 problems = exc.problems if isinstance(exc, config.ConfigError) else [str(exc)]
                 return _refused(binder, problems)
-            short = _descriptors_short(binder, new)
+            replacing = (credentials.uid, credentials.gid) != (
+                binder.credentials.uid, binder.credentials.gid
+            )  # fmt: skip
+            short = _descriptors_short(binder, new, replacing)
             if short is not None:  # all or nothing: nothing is bound, the old one serves
                 return _refused(binder, [short])
             try:  # before anything else changes: the store's only error refuses the file
@@ -106,10 +109,10 @@ async def reload(binder) -> tuple[bool, str]:
         names = {u.netns for t in new.tenants for u in t.upstreams.values() if u.netns}
         binder.upstream_sockets.keep_only(names)
         if getattr(new, "workers", "auto") != getattr(old, "workers", "auto"):
-            from nsproxy.binder.main import worker_count
+            from nsproxy import descriptors
 
-            binder.pool.resize(worker_count(new))
-        if (credentials.uid, credentials.gid) != (binder.credentials.uid, binder.credentials.gid):
+            binder.pool.resize(descriptors.workers(new))
+        if replacing:
             binder.credentials = credentials
             await replace_workers(binder, "the workers' user changed")
         binder.last_reload_error = None
@@ -138,11 +141,13 @@ async def reload(binder) -> tuple[bool, str]:
         return True, f"generation {generation}"
 
 
-def _descriptors_short(binder, new: config.Config) -> str | None:
+def _descriptors_short(binder, new: config.Config, replacing: bool = False) -> str | None:
     """Why the binder cannot make what ``new`` needs, or None. The new listening sockets
     (one per listener not bound yet and worker), the workers a larger ``workers`` starts (a
-    socket of every listener, a channel and a pidfd each), a moved metrics socket and the new
-    tenants' namespaces are opened here first, as /dev/null, with :data:`PROBE_MARGIN` for
+    socket of every listener, a channel and a pidfd each), a channel and a pidfd for every
+    new worker when ``replacing`` them all (their user changes: :func:`replace_workers`, the
+    old ones drain meanwhile), a moved metrics socket and the new tenants' namespaces are
+    opened here first, as /dev/null, with :data:`PROBE_MARGIN` for
     the generation's memfd and the like, then closed: a limit (EMFILE) or a full system table
     (ENFILE) refuses the reload before anything is bound, so the old generation keeps serving
     and no worker is sent a part of the new one. The binder runs one thread: what is free
@@ -150,10 +155,9 @@ def _descriptors_short(binder, new: config.Config) -> str | None:
     new listener too (else the kernel would cut the fd list of the message that carries
     them: MSG_CTRUNC): the count its last heartbeat gave (at most a second old) decides."""
     from nsproxy import descriptors
-    from nsproxy.binder.main import worker_count
 
     listeners = binder.listeners
-    width, wanted = listeners.width, worker_count(new)
+    width, wanted = listeners.width, descriptors.workers(new)
     count = added = 0
     for spec in new.tenants:
         binding = listeners.tenants.get(spec.name)
@@ -172,6 +176,10 @@ def _descriptors_short(binder, new: config.Config) -> str | None:
                 )
     if wanted > width:
         count += (new.listener_count() + 2) * (wanted - width)
+    why = "listening sockets: one per new listener and worker"
+    if replacing:
+        count += 2 * wanted
+        why += f"; a channel and a pidfd for each of the {wanted} workers of the new user"
     if new.metrics_listen is not None and new.metrics_listen != binder.metrics_address:
         count += 1
     if not count:
@@ -185,10 +193,9 @@ def _descriptors_short(binder, new: config.Config) -> str | None:
             raise
         return (
             f"file descriptors: the new configuration needs {count} more in the binder "
-            f"(listening sockets: one per new listener and worker), with {PROBE_MARGIN} to "
-            f"spare, and only {len(fds)} are free ({exc.strerror}; RLIMIT_NOFILE "
-            f"{descriptors.limit()}): use fewer listeners or workers, or raise the limit "
-            "(LimitNOFILE=)"
+            f"({why}), with {PROBE_MARGIN} to spare, and only {len(fds)} are free "
+            f"({exc.strerror}; RLIMIT_NOFILE {descriptors.limit()}): use fewer listeners or "
+            "workers, or raise the limit (LimitNOFILE=)"
         )
     finally:
         channel.close_fds(fds)
@@ -276,5 +283,4 @@ async def replace_workers(binder, reason: str) -> None:
         handle.state = "old"
     binder.pool.start(binder.pool.wanted or len(old) or 1)
     await binder.pool.wait_ready(binder.generation, APPLY_TIMEOUT)
-    for handle in old:
-        binder.pool.drain(handle, "upgrade", None)
+    binder.pool.hand_over(old, 0)

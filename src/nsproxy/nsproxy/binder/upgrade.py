@@ -406,9 +406,10 @@ async def resume(binder, state: dict) -> None:
     await binder.pool.wait_ready(binder.generation, 60.0)
     if binder.pool.fatal:
         for handle in old:  # nothing new can serve: the old workers stay
-            handle.state = "serving"
+            if handle.state == "old":
+                handle.state = "serving"
         raise SystemExit(f"nsproxy: {binder.pool.fatal}")
-    binder.pool.retire(old, defer)
+    binder.pool.hand_over(old, defer)
     binder.reload_success_time = time.time()
     binder._begin_serving()
     # As a reload does: also covers a SIGUSR1 that came just before the execve (taken by the

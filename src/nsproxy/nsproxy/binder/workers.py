@@ -282,6 +282,9 @@ class WorkerPool:
             if handle.state == "starting":
                 handle.state = "serving"
                 log.info("worker %d (pid %d) serving", handle.index, handle.pid)
+                for other in list(self.workers.values()):  # the one it replaces (hand_over)
+                    if other.state == "old" and other.index == handle.index:
+                        self.drain(other, "upgrade", None)
             for entry in list(handle.waiters):
                 if entry[0] <= handle.generation and not entry[1].done():
                     entry[1].set_result(True)
@@ -422,6 +425,24 @@ class WorkerPool:
         for handle in handles:
             self.drain(handle, "upgrade", None, window if handle.index >= self.wanted else 0)
         self._trim_when_retired()
+
+    def hand_over(self, old: list[WorkerHandle], defer: int) -> None:
+        """After a new set of workers was started beside ``old`` ones (state "old"): an old
+        worker drains once the new worker of its index serves (the ``ready`` message; at once
+        if it already does), and those of an index beyond ``wanted`` are retired
+        (:meth:`retire`, ``defer`` as there). Until then an old worker serves on: an index
+        whose new worker could not start (no descriptor or process to spare: retried with the
+        back-off, :meth:`_cannot_start`) or was killed for being late is not left empty."""
+        self.retire([h for h in old if h.index >= self.wanted], defer)
+        serving = {w.index for w in self.workers.values() if w.state == "serving"}
+        for handle in old:
+            if handle.state != "old" or handle.index >= self.wanted:
+                continue
+            if handle.index in serving:
+                self.drain(handle, "upgrade", None)
+            else:
+                log.warning("worker %d (pid %d) serves on until its replacement is ready",
+                            handle.index, handle.pid)  # fmt: skip
 
     def _trim_when_retired(self) -> None:
         """With no worker beyond ``wanted`` left, nobody serves a shrink's kept sockets."""
