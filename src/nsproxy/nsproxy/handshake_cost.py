@@ -11,7 +11,7 @@ connections and never sends a request would take the loop from every other tenan
 So the acceptor (accept.py) charges each TLS connection it accepts what a full handshake with
 the listener's key costs here, and takes back the difference when the handshake turned out to
 resume a session (RFC 8446 section 2.2: no certificate, no signature). Both are measured once
-per key kind (algorithm and size: ``tls.key_kind``) in each worker, when the first context
+per key kind (algorithm and size: ``tls.public_key``) in each worker, when the first context
 with such a key is made: an in-memory handshake (``ssl.MemoryBIO``, RFC 8446 full and then
 resumed with the ticket it gave) against a client of this module that uses the costliest key
 exchange the server accepts (:data:`COSTLIEST_GROUP`: the client chooses, tls.GROUPS bounds
@@ -44,7 +44,7 @@ _client_context: ssl.SSLContext | None = None
 
 def of(context: ssl.SSLContext, kind: bytes) -> tuple[float, float]:
     """(full, resumed) seconds of the server's CPU per handshake with ``context``'s key, whose
-    kind ``kind`` is (``tls.key_kind``); measured at the first call for each kind. A context
+    kind ``kind`` is (``tls.public_key``); measured at the first call for each kind. A context
     the measuring client cannot complete a handshake with (it never fails for the serving
     settings) counts as :data:`DEFAULT` for both."""
     cost = _measured.get(kind)

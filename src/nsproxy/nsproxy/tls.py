@@ -189,34 +189,73 @@ def _dotted(oid: bytes) -> str:
     return ".".join(head + parts)
 
 
-def unservable_key(der: bytes) -> str | None:
-    """What is wrong with a DER certificate's public key for serving TLS (as "a DSA key",
-    "an ECDSA key on curve 1.3.132.0.10"), or None if a handshake can use it. Raises
-    ValueError if the DER is not a certificate."""
+#: The largest RSA modulus served, in bits. Every full handshake signs with the key on the
+#: worker's one loop, which every tenant of the worker shares, and the cost grows with the
+#: cube of the size: a signature takes 4.3 ms at 4096 bits, 47 ms at 7680 and 200 ms at 15360
+#: (``openssl speed``, OpenSSL 3.0, a 2-vCPU AMD EPYC guest). 4096 is also the largest RSA
+#: key the public CAs issue for (Let's Encrypt: 2048, 3072 or 4096).
+MAX_RSA_BITS = 4096
+_RSA_KEYS = {b for b, name in _SERVABLE_KEYS.items() if name.startswith("RSA")}
+_BIT_STRING, _INTEGER = 0x03, 0x02
+
+
+def public_key(der: bytes) -> tuple[bytes, str | None]:
+    """(kind, problem) for a DER certificate's subjectPublicKeyInfo (RFC 5280 section 4.1).
+
+    ``kind``: what a handshake's cost depends on, its AlgorithmIdentifier (algorithm and
+    curve) and the size of the subjectPublicKeyInfo (RSA's modulus size), as bytes to key a
+    table with (handshake_cost.py). ``problem``: why no handshake can or may use the key,
+    as the end of a sentence that starts with the certificate's path ("has a DSA key, ..."),
+    or None. Raises ValueError if the DER is not a certificate."""
     spki = _tbs_fields(der)[5]
-    tag, start, end = _der_item(der, spki[1], spki[2])  # AlgorithmIdentifier
-    parts = list(_der_children(der, start, end)) if tag == _SEQUENCE else []
+    fields = list(_der_children(der, spki[1], spki[2]))
+    if len(fields) != 2 or fields[0][0] != _SEQUENCE or fields[1][0] != _BIT_STRING:
+        raise _DERError("bad subjectPublicKeyInfo")
+    (_, start, end), bits = fields
+    kind = der[start:end] + b"/%d" % (spki[2] - spki[1])
+    parts = list(_der_children(der, start, end))
     if not parts or parts[0][0] != _OID:
         raise _DERError("bad subjectPublicKeyInfo")
     algorithm = der[parts[0][1] : parts[0][2]]
+    if algorithm in _RSA_KEYS:
+        size = _rsa_modulus_bits(der, bits)
+        if size > MAX_RSA_BITS:
+            return kind, (
+                f"has an RSA key of {size} bits: at most {MAX_RSA_BITS} are served (each full "
+                "handshake signs with it on the loop every tenant of the worker shares)"
+            )
+        return kind, None
     if algorithm in _SERVABLE_KEYS:
-        return None
+        return kind, None
     if algorithm == _EC_KEY:
         if len(parts) < 2 or parts[1][0] != _OID:
-            return "an ECDSA key with explicit curve parameters"
-        curve = der[parts[1][1] : parts[1][2]]
-        return None if curve in _SERVABLE_CURVES else f"an ECDSA key on curve {_dotted(curve)}"
-    return _OTHER_KEYS.get(algorithm, f"a key of type {_dotted(algorithm)}")
+            what = "an ECDSA key with explicit curve parameters"
+        else:
+            curve = der[parts[1][1] : parts[1][2]]
+            if curve in _SERVABLE_CURVES:
+                return kind, None
+            what = f"an ECDSA key on curve {_dotted(curve)}"
+    else:
+        what = _OTHER_KEYS.get(algorithm, f"a key of type {_dotted(algorithm)}")
+    return kind, (
+        f"has {what}, which no handshake with nsproxy's TLS settings can use (allowed: "
+        f"{SERVABLE_KEYS_TEXT})"
+    )
 
 
-def key_kind(der: bytes) -> bytes:
-    """What a handshake's cost depends on in a DER certificate's public key: its
-    AlgorithmIdentifier (algorithm and curve) and the size of its subjectPublicKeyInfo (RSA's
-    modulus size), as bytes to key a table with (handshake_cost.py). Raises ValueError if the
-    DER is not a certificate."""
-    spki = _tbs_fields(der)[5]
-    tag, start, end = _der_item(der, spki[1], spki[2])  # AlgorithmIdentifier
-    return der[start:end] + b"/%d" % (spki[2] - spki[1])
+def _rsa_modulus_bits(der: bytes, bits: tuple[int, int, int]) -> int:
+    """The size of the modulus in an RSA subjectPublicKey BIT STRING (RFC 8017 A.1.1:
+    RSAPublicKey, a SEQUENCE of the modulus and the exponent INTEGERs)."""
+    _, start, end = bits
+    if start >= end or der[start] != 0:  # the count of unused bits: none in a DER key
+        raise _DERError("bad RSA public key")
+    tag, start, end = _der_item(der, start + 1, end)
+    if tag != _SEQUENCE:
+        raise _DERError("bad RSA public key")
+    tag, start, end = _der_item(der, start, end)
+    if tag != _INTEGER:
+        raise _DERError("bad RSA public key")
+    return int.from_bytes(der[start:end], "big").bit_length()
 
 
 #: A name SNI can select (RFC 6066 3: an ASCII host name, IDNs as A-labels; RFC 6125 6.4.3: a
@@ -540,7 +579,7 @@ def save_verified(store: str = VERIFIED_STORE) -> bool:
 
 
 def _load(listener: Mapping, problems: list[str], files: Mapping | None = None, serving=True):
-    """Check and load every certificate; returns [(names, context, key kind)] (``key_kind``)
+    """Check and load every certificate; returns [(names, context, key kind)] (``public_key``)
     or None on problems.
 
     ``serving``: the contexts get the serving settings (protocols, ciphers, ALPN, shared
@@ -603,8 +642,7 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str], 
         cert_bytes = _read_file(cert, files)
         der = _pem_certificate(cert_bytes)
         names = [n for n in certificate_names(der) if _SELECTABLE.fullmatch(n)]
-        unservable = unservable_key(der)
-        kind = key_kind(der)
+        kind, unservable = public_key(der)
     except OSError as exc:
         problems.append(f"{field}.cert: cannot read {cert}: {exc.strerror or exc}")
         return None
@@ -612,10 +650,7 @@ def _load_certificate(field: str, entry: Mapping, version, problems: list[str], 
         problems.append(f"{field}.cert: {cert} is not a PEM X.509 certificate ({exc})")
         return None
     if unservable:
-        problems.append(
-            f"{field}.cert: {cert} has {unservable}, which no handshake with nsproxy's TLS "
-            f"settings can use (allowed: {SERVABLE_KEYS_TEXT})"
-        )
+        problems.append(f"{field}.cert: {cert} {unservable}")
         return None
     key_path = key or cert
     key_field = f"{field}.key" if key else f"{field}.cert"

@@ -154,7 +154,7 @@ def test_the_certificate_readers_answer_any_bytes_with_a_result_or_value_error(c
     certificate cut short or with junk spliced in is such bytes too."""
     real = ssl.PEM_cert_to_DER_cert(Path(certs["a"]["cert"]).read_text())
     for der in (data, real[:cut] + data, real[: cut % (len(real) + 1)]):
-        for reader in (tls.certificate_names, tls.unservable_key):
+        for reader in (tls.certificate_names, tls.public_key):
             with contextlib.suppress(ValueError):
                 reader(der)
 
@@ -332,6 +332,31 @@ def test_check_accepts_a_key_type_exactly_when_both_tls_versions_can_serve_it(ke
         assert problem.startswith(f"tls.certificates[0].cert: {files['cert']} has ")
         assert ("a DSA key" if name.startswith("dsa") else "an ECDSA key on curve") in problem
         assert problem.endswith(f"(allowed: {tls.SERVABLE_KEYS_TEXT})")
+
+
+@pytest.mark.parametrize("algorithm", ["RSA", "RSA-PSS"])
+def test_an_rsa_key_is_served_up_to_4096_bits_and_refused_with_its_size_above(tmp_path, algorithm):
+    """Each full handshake signs with the key on the loop every tenant of the worker shares:
+    a modulus larger than MAX_RSA_BITS (200 ms a signature at 15360 bits) is refused at check
+    time, with its size as OpenSSL counts it."""
+    for bits in (4096, 4104):
+        key, cert = tmp_path / f"{bits}.key", tmp_path / f"{bits}.pem"
+        openssl("genpkey", "-algorithm", algorithm, "-pkeyopt", f"rsa_keygen_bits:{bits}",
+                "-out", str(key))  # fmt: skip
+        openssl("req", "-x509", "-key", str(key), "-out", str(cert), "-days", "2", "-sha256",
+                "-subj", "/CN=a.example", "-addext", "subjectAltName=DNS:a.example")  # fmt: skip
+        counted = re.search(r"Public-Key: \((\d+) bit\)", openssl("x509", "-in", str(cert),
+                                                                 "-noout", "-text"))  # fmt: skip
+        assert counted is not None and int(counted.group(1)) == bits
+        problems = tls.validate_listener(listener({"cert": str(cert), "key": str(key)}))
+        if bits == 4096:
+            assert problems == []
+        else:
+            assert problems == [
+                f"tls.certificates[0].cert: {cert} has an RSA key of {bits} bits: at most 4096 "
+                "are served (each full handshake signs with it on the loop every tenant of the "
+                "worker shares)"
+            ]
 
 
 @pytest.mark.parametrize(("cert", "key"), [("a", "w"), ("b", "c"), ("a", "b")])
