@@ -259,10 +259,10 @@ def _credit_resumed(transport, tenant, charged: tuple[float, float]) -> None:
         loop_share.SHARES.credit(tenant.share, full - resumed)
 
 
-class _Listener:
+class _Listener(loop_share.Pausable):
     """One listening socket the acceptor serves, and why it stops accepting for a while: a
     bit per reason in ``paused`` (:data:`OUT_OF_FILES`, ``loop_share.SHARE``), as a relaying
-    protocol's reads (loop_share.SharedReads); its fd is in the epoll set while no bit is set.
+    protocol's reads; its fd is in the epoll set while no bit is set.
     ``ssl_ctx``: an ssl.SSLContext, or an object whose get() returns one (tls.ServerContext),
     or None."""
 
@@ -289,23 +289,21 @@ class _Listener:
         self.paused = 0
         self.gone = False  # removed from the acceptor (its socket closed)
 
-    def pause_reading_for(self, reason: int) -> None:
-        if not self.paused and not self.gone:
+    def _halt(self) -> None:
+        if not self.gone:
             self.acceptor.epoll.unregister(self.sock.fileno())
-        self.paused |= reason
 
-    def resume_reading_for(self, reason: int) -> None:
-        if self.paused & reason:
-            self.paused &= ~reason
-            if not self.paused and not self.gone:
-                try:
-                    self.acceptor.epoll.register(self.sock.fileno(), select.EPOLLIN)
-                except OSError as exc:  # ENOMEM, ENOSPC (max_user_watches): later, not never
-                    log.error("accept: %s; pausing this listener briefly", exc.strerror)
-                    self.paused |= OUT_OF_FILES
-                    self.acceptor.loop.call_later(
-                        PAUSE_WHEN_OUT_OF_FILES, self.resume_reading_for, OUT_OF_FILES
-                    )
+    def _proceed(self) -> None:
+        if self.gone:
+            return
+        try:
+            self.acceptor.epoll.register(self.sock.fileno(), select.EPOLLIN)
+        except OSError as exc:  # ENOMEM, ENOSPC (max_user_watches): later, not never
+            log.error("accept: %s; pausing this listener briefly", exc.strerror)
+            self.paused |= OUT_OF_FILES
+            self.acceptor.loop.call_later(
+                PAUSE_WHEN_OUT_OF_FILES, self.resume_reading_for, OUT_OF_FILES
+            )
 
 
 class _Handshake:

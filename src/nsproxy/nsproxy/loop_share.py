@@ -163,11 +163,37 @@ class LoopShares:
 SHARES = LoopShares()
 
 
-class SharedReads(BoundedReads):
+class Pausable:
+    """What stops reading (or accepting: accept.py's listeners) for several reasons, one bit
+    each in ``paused`` (``SHARE`` is this module's; the users name theirs): it stops at the
+    first bit and goes on when no bit is left. Subclasses hold ``paused`` and define
+    ``_halt`` (stop at the first bit) and ``_proceed`` (go on)."""
+
+    __slots__ = ()
+    paused: int
+
+    def _halt(self) -> None:
+        raise NotImplementedError
+
+    def _proceed(self) -> None:
+        raise NotImplementedError
+
+    def pause_reading_for(self, reason: int) -> None:
+        if not self.paused:
+            self._halt()
+        self.paused |= reason
+
+    def resume_reading_for(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused:
+                self._proceed()
+
+
+class SharedReads(Pausable, BoundedReads):
     """A relaying protocol whose reads are charged to its tenant (:meth:`share`), and whose
-    reading pauses for several reasons, one bit each (``SHARE`` is this module's; the
-    protocols name theirs): reading resumes when no bit is left. Subclasses set
-    ``transport`` in ``connection_made``."""
+    reading pauses for several reasons (:class:`Pausable`). Subclasses set ``transport`` in
+    ``connection_made``."""
 
     __slots__ = ("paused", "transport")
 
@@ -189,17 +215,12 @@ class SharedReads(BoundedReads):
         if share is not None:
             SHARES.charge(share, self, start, clock())
 
-    def pause_reading_for(self, reason: int) -> None:
-        if not self.paused:
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                transport.pause_reading()
-        self.paused |= reason
+    def _halt(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
 
-    def resume_reading_for(self, reason: int) -> None:
-        if self.paused & reason:
-            self.paused &= ~reason
-            if not self.paused:
-                transport = self.transport
-                if transport is not None and not transport.is_closing():
-                    transport.resume_reading()
+    def _proceed(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
