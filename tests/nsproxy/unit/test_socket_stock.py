@@ -5,9 +5,13 @@ socket descriptors after a delay, as the channel does; the stock itself is the r
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
-from nsproxy.worker.stock import SocketStock
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nsproxy.worker.stock import BATCH, LOW, SocketStock
 
 
 def test_a_cancelled_taker_does_not_cancel_the_refill_others_wait_for():
@@ -38,3 +42,98 @@ def test_a_cancelled_taker_does_not_cancel_the_refill_others_wait_for():
         return identity
 
     assert asyncio.run(run()) == (1, 2)
+
+
+class Binder:
+    """The binder's side of ``need_sockets``: real sockets after a short delay, made "in" the
+    namespace ``namespace_of[upstream]`` (its identity is (namespace, 0)); each socket's inode
+    is noted with its namespace, so a test can tell where a taken socket was made."""
+
+    def __init__(self, namespace_of: dict):
+        self.namespace_of = namespace_of
+        self.made: dict[int, int] = {}  # inode -> namespace
+        self.asks = 0
+        self.in_flight = self.most_in_flight = 0
+
+    async def __call__(self, kind, timeout, **fields):
+        assert kind == "need_sockets"
+        self.asks += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.001)
+        finally:
+            self.in_flight -= 1
+        namespace = self.namespace_of[fields["upstream"]]
+        fds = [socket.socket().detach() for _ in range(fields["count"])]
+        for fd in fds:
+            self.made[os.fstat(fd).st_ino] = namespace
+        return {"identity": [namespace, 0]}, fds
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    namespace_of=st.lists(st.integers(0, 2), min_size=1, max_size=12).map(
+        lambda ns: {f"up{i}": n for i, n in enumerate(ns)}
+    ),
+    waves=st.lists(st.lists(st.integers(0, 11), min_size=1, max_size=30), min_size=1, max_size=4),
+)
+def test_every_take_gets_a_socket_of_its_upstreams_namespace_and_the_stock_stays_bounded(
+    namespace_of, waves
+):
+    """Upstreams share namespaces (several per namespace, as a tenant's services do); each wave
+    is a burst of concurrent takes. Every take gets a socket made in its upstream's namespace;
+    once a wave is done, no namespace holds more than LOW + BATCH unused sockets (what
+    descriptors.py counts), however many of its upstreams asked at once."""
+    names = sorted(namespace_of)
+
+    async def run():
+        binder = Binder(namespace_of)
+        stock = SocketStock(asyncio.get_running_loop(), binder)
+        try:
+            for wave in waves:
+                ups = [names[i % len(names)] for i in wave]
+                taken = await asyncio.gather(*(stock.take("t", up, socket.AF_INET) for up in ups))
+                for up, (sock, identity) in zip(ups, taken):
+                    assert identity == (namespace_of[up], 0)
+                    assert binder.made[os.fstat(sock.fileno()).st_ino] == namespace_of[up]
+                    sock.close()
+                while stock.asking:  # the low-water refills
+                    await asyncio.sleep(0.002)
+                for (identity, _family), left in stock.stock.items():
+                    assert len(left) <= LOW + BATCH, (identity, len(left))
+        finally:
+            stock.close()
+        return binder
+
+    asyncio.run(run())
+
+
+def test_a_namespace_is_refilled_once_at_a_time_whatever_the_number_of_its_upstreams():
+    """20 upstreams in one namespace, its identity known: takes that bring the stock under
+    LOW ask the binder for one refill, not one per upstream (which held 20 batches of unused
+    sockets for a minute)."""
+    ups = {f"up{i}": 0 for i in range(20)}
+
+    async def run():
+        binder = Binder(ups)
+        stock = SocketStock(asyncio.get_running_loop(), binder)
+        try:
+            for up in ups:  # each upstream's first take: its identity is learnt
+                (await stock.take("t", up, socket.AF_INET))[0].close()
+                while stock.asking:
+                    await asyncio.sleep(0.002)
+            binder.asks = binder.most_in_flight = 0
+            for _round in range(5):
+                socks = await asyncio.gather(*(stock.take("t", up, socket.AF_INET) for up in ups))
+                for sock, _ in socks:
+                    sock.close()
+                while stock.asking:
+                    await asyncio.sleep(0.002)
+                assert stock.count() <= LOW + BATCH, stock.count()
+        finally:
+            stock.close()
+        return binder
+
+    binder = asyncio.run(run())
+    assert binder.asks >= 1 and binder.most_in_flight == 1, (binder.asks, binder.most_in_flight)

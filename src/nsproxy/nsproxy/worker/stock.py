@@ -6,6 +6,11 @@ inside one (``netns`` set) needs a socket the binder created there. The stock ke
 binder is not on the path of a request: a request waits for the binder only when the stock is
 empty (the first connection after a start, or a burst), and keep-alive pools do the rest.
 
+A namespace's stock is bounded whatever the number of upstreams in it (descriptors.py counts
+``LOW + BATCH`` per namespace and family): a refill is asked for once per namespace at a time,
+and what is left after a take beyond ``LOW + BATCH`` (concurrent first asks by several
+upstreams of one namespace, before its identity is known, each bring a batch) is closed.
+
 Stock is keyed by the identity (st_dev, st_ino) of the namespace the sockets were made in,
 never by its name: when the binder reports that a namespace was replaced or has gone
 (``netns_changed``), its sockets are closed and the next request asks for sockets in the new
@@ -26,7 +31,9 @@ from nsproxy.channel import ChannelError, close_fds
 log = logging.getLogger("nsproxy")
 
 LOW = 2  # refill when fewer sockets than this are left
-BATCH = 8  # sockets asked for per refill (the binder caps it)
+BATCH = 8  # sockets asked for per refill, beyond one per taker waiting for it
+MOST = 64  # sockets asked for at once (binder/sockets.py MAX_COUNT)
+ASKS_PER_TAKE = 4  # refills a take waits for before it fails (others took each one's sockets)
 KEEP_FOR = 60.0  # seconds an unused stocked socket is kept
 REQUEST_TIMEOUT = 5.0  # seconds to wait for the binder's answer
 
@@ -51,6 +58,8 @@ class SocketStock:
         self.stock: dict[tuple, collections.deque] = {}  # (identity, family) -> (sock, made)
         self.identity: dict[tuple[str, str], tuple] = {}  # (tenant, upstream) -> identity
         self.asking: dict[tuple, asyncio.Future] = {}  # (tenant, upstream, family) -> answer
+        self.filling: dict[tuple, asyncio.Future] = {}  # (identity, family) -> the refill
+        self.waiting: collections.Counter = collections.Counter()  # (tenant, upstream, family)
 
     async def take(self, tenant: str, upstream: str, family: int) -> tuple[socket.socket, tuple]:
         """(socket, namespace identity) for a connection to the tenant's upstream; raises
@@ -59,24 +68,48 @@ class SocketStock:
         if identity is not None:
             sockets = self.stock.get((identity, family))
             if sockets:
-                sock = sockets.popleft()[0]
+                sock = self._pop(sockets)
                 if len(sockets) < LOW:
-                    self._refill(tenant, upstream, family)
+                    self._refill(tenant, upstream, family, identity)
                 return sock, identity
-        # Shielded: a taker cancelled meanwhile must not cancel the refill others wait for.
-        await asyncio.shield(self._refill(tenant, upstream, family))
-        identity = self.identity.get((tenant, upstream))
-        sockets = self.stock.get((identity, family)) if identity is not None else None
-        if not sockets:
-            raise StockError(f"no socket in the namespace of upstream {upstream}")
-        return sockets.popleft()[0], identity
+        key = (tenant, upstream, family)
+        for _ask in range(ASKS_PER_TAKE):  # a burst's takers share each refill: one may miss
+            self.waiting[key] += 1
+            try:
+                # Shielded: a taker cancelled meanwhile must not cancel the refill others wait for.
+                await asyncio.shield(self._refill(tenant, upstream, family, identity))
+            finally:
+                self.waiting[key] -= 1
+                if not self.waiting[key]:
+                    del self.waiting[key]
+            identity = self.identity.get((tenant, upstream))
+            sockets = self.stock.get((identity, family)) if identity is not None else None
+            if sockets:
+                return self._pop(sockets), identity
+        raise StockError(f"no socket in the namespace of upstream {upstream}")
 
-    def _refill(self, tenant: str, upstream: str, family: int) -> asyncio.Future:
+    @staticmethod
+    def _pop(sockets: collections.deque) -> socket.socket:
+        """The oldest socket; those beyond ``LOW + BATCH`` after it are closed."""
+        sock = sockets.popleft()[0]
+        while len(sockets) > LOW + BATCH:
+            sockets.popleft()[0].close()
+        return sock
+
+    def _refill(self, tenant: str, upstream: str, family: int, identity) -> asyncio.Future:
+        """The refill under way for the namespace ``identity`` (None: not known yet), else
+        the one for this upstream, else a new one."""
+        future = self.filling.get((identity, family)) if identity is not None else None
+        if future is not None and not future.done():  # (done: its callbacks are still due)
+            return future
         key = (tenant, upstream, family)
         future = self.asking.get(key)
         if future is None:
             future = self.asking[key] = self.loop.create_task(self._ask(key))
             future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        if identity is not None:
+            self.filling[identity, family] = future
+            future.add_done_callback(lambda _f: self.filling.pop((identity, family), None))
         return future
 
     async def _ask(self, key) -> None:
@@ -88,7 +121,7 @@ class SocketStock:
                 tenant=tenant,
                 upstream=upstream,
                 family=family,
-                count=BATCH,
+                count=min(MOST, BATCH + self.waiting[key]),
             )
         except (asyncio.TimeoutError, ChannelError) as exc:
             raise StockError(f"the binder did not answer: {exc or 'timeout'}") from None
