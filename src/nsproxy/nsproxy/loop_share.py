@@ -116,8 +116,9 @@ class LoopShares:
         share.refill(turn)
         share.spent += seconds
         # the costliest recent read, decaying: cheap reads queued first cannot make a batch
-        # of costly ones look affordable (a reviewer's 10 reads of 10 ms in one turn)
-        share.peak = max(seconds, share.peak * 0.9)
+        # of costly ones look affordable (a reviewer's 10 reads of 10 ms in one turn). What
+        # ``beside`` adds (a handshake) is not what resuming a read costs: left out.
+        share.peak = max(min(end - start, MAX_CHARGE), share.peak * 0.9)
         if end - self.mixed >= CONTENDED_SECONDS:
             # Alone, nobody waited: no debt is kept to be paid once another tenant comes (a
             # reviewer's 200 busy turns alone paused the tenant for 83,646 turns after).
