@@ -76,7 +76,7 @@ class Binder:
     namespace_of=st.lists(st.integers(0, 2), min_size=1, max_size=12).map(
         lambda ns: {f"up{i}": n for i, n in enumerate(ns)}
     ),
-    waves=st.lists(st.lists(st.integers(0, 11), min_size=1, max_size=30), min_size=1, max_size=4),
+    waves=st.lists(st.lists(st.integers(0, 11), min_size=1, max_size=64), min_size=1, max_size=4),
 )
 def test_every_take_gets_a_socket_of_its_upstreams_namespace_and_the_stock_stays_bounded(
     namespace_of, waves
@@ -137,3 +137,25 @@ def test_a_namespace_is_refilled_once_at_a_time_whatever_the_number_of_its_upstr
 
     binder = asyncio.run(run())
     assert binder.asks >= 1 and binder.most_in_flight == 1, (binder.asks, binder.most_in_flight)
+
+
+def test_a_burst_of_first_takes_is_served_by_one_refill_sized_to_it():
+    """56 takes at once with the stock empty: one ask, for the batch and one socket per taker
+    (a refill of a fixed batch left all but 8 without; one trimmed to LOW + BATCH by the first
+    taker left the later ones asking again, and some without after four asks)."""
+
+    async def run():
+        binder = Binder({"app": 0})
+        stock = SocketStock(asyncio.get_running_loop(), binder)
+        try:
+            taken = await asyncio.gather(
+                *(stock.take("t", "app", socket.AF_INET) for _ in range(56)),
+                return_exceptions=True,
+            )
+            for sock, _identity in taken:
+                sock.close()
+            return binder.asks, len(binder.made), stock.count()
+        finally:
+            stock.close()
+
+    assert asyncio.run(run()) == (1, 56 + BATCH, BATCH)

@@ -8,8 +8,9 @@ empty (the first connection after a start, or a burst), and keep-alive pools do 
 
 A namespace's stock is bounded whatever the number of upstreams in it (descriptors.py counts
 ``LOW + BATCH`` per namespace and family): a refill is asked for once per namespace at a time,
-and what is left after a take beyond ``LOW + BATCH`` (concurrent first asks by several
-upstreams of one namespace, before its identity is known, each bring a batch) is closed.
+sized to the takers waiting for it, and what is left beyond ``LOW + BATCH`` once they have
+taken theirs (concurrent first asks by several upstreams of one namespace, before its identity
+is known, each bring a batch) is closed.
 
 Stock is keyed by the identity (st_dev, st_ino) of the namespace the sockets were made in,
 never by its name: when the binder reports that a namespace was replaced or has gone
@@ -68,7 +69,7 @@ class SocketStock:
         if identity is not None:
             sockets = self.stock.get((identity, family))
             if sockets:
-                sock = self._pop(sockets)
+                sock = self._pop(identity, family, sockets)
                 if len(sockets) < LOW:
                     self._refill(tenant, upstream, family, identity)
                 return sock, identity
@@ -85,16 +86,30 @@ class SocketStock:
             identity = self.identity.get((tenant, upstream))
             sockets = self.stock.get((identity, family)) if identity is not None else None
             if sockets:
-                return self._pop(sockets), identity
+                return self._pop(identity, family, sockets), identity
         raise StockError(f"no socket in the namespace of upstream {upstream}")
 
-    @staticmethod
-    def _pop(sockets: collections.deque) -> socket.socket:
-        """The oldest socket; those beyond ``LOW + BATCH`` after it are closed."""
+    def _pop(self, identity: tuple, family: int, sockets: collections.deque) -> socket.socket:
+        """The oldest socket of the namespace's stock, which is then trimmed (:meth:`_trim`)."""
         sock = sockets.popleft()[0]
-        while len(sockets) > LOW + BATCH:
-            sockets.popleft()[0].close()
+        self._trim(identity, family, sockets)
         return sock
+
+    def _trim(self, identity: tuple, family: int, sockets: collections.deque) -> None:
+        """Close the oldest sockets beyond ``LOW + BATCH`` and one per taker still waiting
+        for this namespace and family (a burst's refill brings theirs)."""
+        keep = LOW + BATCH + self._waiting_for(identity, family)
+        while len(sockets) > keep:
+            sockets.popleft()[0].close()
+
+    def _waiting_for(self, identity: tuple, family: int) -> int:
+        """Takers waiting for a socket of ``family`` in namespace ``identity`` (those whose
+        upstream's namespace is known: the others' first refill brings their own)."""
+        return sum(
+            count
+            for (tenant, upstream, each), count in self.waiting.items()
+            if each == family and self.identity.get((tenant, upstream)) == identity
+        )
 
     def _refill(self, tenant: str, upstream: str, family: int, identity) -> asyncio.Future:
         """The refill under way for the namespace ``identity`` (None: not known yet), else
@@ -109,11 +124,17 @@ class SocketStock:
             future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         if identity is not None:
             self.filling[identity, family] = future
-            future.add_done_callback(lambda _f: self.filling.pop((identity, family), None))
+            future.add_done_callback(lambda done: self._filled((identity, family), done))
         return future
+
+    def _filled(self, key: tuple, done: asyncio.Future) -> None:
+        if self.filling.get(key) is done:  # (not a later refill, begun before this callback)
+            del self.filling[key]
 
     async def _ask(self, key) -> None:
         tenant, upstream, family = key
+        known = self.identity.get((tenant, upstream))
+        waiting = self._waiting_for(known, family) if known is not None else self.waiting[key]
         try:
             answer, fds = await self.request(
                 "need_sockets",
@@ -121,7 +142,7 @@ class SocketStock:
                 tenant=tenant,
                 upstream=upstream,
                 family=family,
-                count=min(MOST, BATCH + self.waiting[key]),
+                count=min(MOST, BATCH + waiting),
             )
         except (asyncio.TimeoutError, ChannelError) as exc:
             raise StockError(f"the binder did not answer: {exc or 'timeout'}") from None
@@ -160,11 +181,13 @@ class SocketStock:
             del self.identity[key]
 
     def expire(self, now: float) -> None:
-        """Close sockets that waited longer than KEEP_FOR (each holds its namespace)."""
+        """Close sockets that waited longer than KEEP_FOR (each holds its namespace), and
+        those a burst's takers left (they went away, or took others: :meth:`_trim`)."""
         for key in list(self.stock):
             sockets = self.stock[key]
             while sockets and now - sockets[0][1] > KEEP_FOR:
                 sockets.popleft()[0].close()
+            self._trim(*key, sockets)
             if not sockets:
                 del self.stock[key]
 
