@@ -174,10 +174,18 @@ _OTHER_KEYS = {  # only to name them in a refusal
 SERVABLE_KEYS_TEXT = "RSA, RSA-PSS, ECDSA on P-256, P-384 or P-521, Ed25519 or Ed448"
 
 
+#: The longest OID named in dotted decimal: real ones are under 30 bytes, and decoding one is
+#: quadratic in its length (an OID of 100 kB from a certificate file took a second).
+_MAX_OID_BYTES = 64
+
+
 def _dotted(oid: bytes) -> str:
-    """An OID's DER content as dotted decimal (X.690 section 8.19)."""
+    """An OID's DER content as dotted decimal (X.690 section 8.19); one longer than
+    :data:`_MAX_OID_BYTES` by its length only."""
     if not oid:
         return "?"
+    if len(oid) > _MAX_OID_BYTES:
+        return f"(an OID of {len(oid)} bytes)"
     parts, value = [], 0
     for byte in oid[1:]:
         value = (value << 7) | (byte & 0x7F)
