@@ -160,12 +160,17 @@ def test_a_user_change_whose_new_workers_cannot_start_keeps_the_old_ones_serving
     proxy.add_netns("acme")
     proxy.start_echo("echo", "127.0.0.1:9304")
     tenants = [http_tenant("acme", ["127.0.0.1:9304"])]
-    proxy.write_config(tenants, workers=1)
+    metrics = {"listen": "127.0.0.1:9112"}
+    proxy.write_config(tenants, workers=1, metrics=metrics)
     proxy.start()
     status = proxy.status_json()
     binder, (old,) = status["pid"], worker_pids(status)
     daemon = pwd.getpwnam("daemon")
-    proxy.write_config(tenants, workers=1, user="daemon")
+    proxy.write_config(tenants, workers=1, user="daemon", metrics=metrics)
+
+    def ready() -> str:
+        return proxy.sb.run(["curl", "-sS", "--max-time", "5", "-w", " %{http_code}",
+                             "http://127.0.0.1:9112/ready"], check=False).stdout  # fmt: skip
 
     def served() -> bool:
         return proxy.curl("acme", f"http://{ADDR}/", "-o", "/dev/null", "-w", "%{http_code}",
@@ -179,6 +184,12 @@ def test_a_user_change_whose_new_workers_cannot_start_keeps_the_old_ones_serving
         for _request in range(3):
             assert served(), proxy.log()[-3000:]
         assert pid_alive(old) and status_fields(old)["Uid"].split()[0] == "65534"
+        # Served by the previous generation's worker: not ready, and /ready says why (its
+        # listeners serve: the worker is not counted as a listener that does not).
+        answer = ready()
+        assert answer.startswith("not ready: generation 2, 1/1 listeners serving\n"), answer
+        assert answer.endswith(" 503") and "1 workers of a previous generation serve on" \
+            in answer, answer  # fmt: skip
         lift()
         status = proxy.wait_for(
             lambda s: (
@@ -190,4 +201,32 @@ def test_a_user_change_whose_new_workers_cannot_start_keeps_the_old_ones_serving
         wait_until(lambda: not pid_alive(old), "the old worker drained and gone")
     assert status_fields(new)["Uid"].split() == [str(daemon.pw_uid)] * 4
     assert served()
+    wait_until(lambda: ready().endswith(" 200"), "/ready once the old worker is gone")
     assert "Traceback" not in proxy.log()
+
+
+def test_a_user_change_with_more_workers_starts_each_new_worker_once_as_the_new_user(proxy):
+    """``user`` and ``workers`` changed by one reload: the added index starts as the new user
+    (it was started as the old one, then replaced at once), and the kept index is replaced."""
+    proxy.add_netns("acme")
+    proxy.start_echo("echo", "127.0.0.1:9305")
+    tenants = [http_tenant("acme", ["127.0.0.1:9305"])]
+    proxy.write_config(tenants, workers=1)
+    proxy.start()
+    (old,) = worker_pids(proxy.status_json())
+    proxy.write_config(tenants, workers=2, user="daemon")
+    assert proxy.reload().returncode == 0
+    status = proxy.wait_for(
+        lambda s: (
+            sorted((w["index"], w["state"]) for w in s["workers"])
+            == [(0, "serving"), (1, "serving")]
+        ),
+        "two workers serving",
+    )
+    daemon = pwd.getpwnam("daemon")
+    for pid in worker_pids(status):
+        assert status_fields(pid)["Uid"].split()[0] == str(daemon.pw_uid)
+    wait_until(lambda: not pid_alive(old), "the old worker drained and gone")
+    log = proxy.log()
+    assert log.count(" started (pid ") == 3, log  # worker 0, then worker 1 and worker 0 anew
+    assert "starting 1 new workers, then draining the old ones" in log

@@ -410,6 +410,7 @@ class Binder:
         problems, waiting = [], []
         serving = self.pool.serving()
         behind = [w for w in serving if w.generation < self.generation]
+        kept = [w for w in self.pool.workers.values() if w.state == "old"]
         if not serving:
             problems.append("no worker is serving")
         elif behind:
@@ -417,6 +418,12 @@ class Binder:
                 f"{len(behind)} of {len(serving)} workers have not applied generation "
                 f"{self.generation} yet"
             )
+        if kept:
+            problems.append(
+                f"{len(kept)} workers of a previous generation serve on until their "
+                "replacements start"
+            )
+        workers_problems = len(problems)
         for name, binding in self.listeners.tenants.items():
             for li in binding.spec.listeners:
                 state, error = binding.states.get(li.digest, ("waiting", None))
@@ -425,7 +432,8 @@ class Binder:
                 elif state != "bound":
                     waiting.append(f"tenant {name} listener {li.listen}: {state}: {error}")
         total = self.config.listener_count()
-        head = f"generation {self.generation}, {total - len(problems) - len(waiting)}/{total} "
+        unserved = len(problems) - workers_problems + len(waiting)
+        head = f"generation {self.generation}, {total - unserved}/{total} "
         head += "listeners serving"
         shown = [*problems, *waiting]
         if len(shown) > MAX_READY_LINES:

@@ -108,13 +108,15 @@ async def reload(binder) -> tuple[bool, str]:
         applied = time.monotonic()
         names = {u.netns for t in new.tenants for u in t.upstreams.values() if u.netns}
         binder.upstream_sockets.keep_only(names)
+        previous = binder.pool.serving()  # (what a change of user replaces)
+        if replacing:  # every worker started from here on runs as the new user
+            binder.credentials = credentials
         if getattr(new, "workers", "auto") != getattr(old, "workers", "auto"):
             from nsproxy import descriptors
 
             binder.pool.resize(descriptors.workers(new))
         if replacing:
-            binder.credentials = credentials
-            await replace_workers(binder, "the workers' user changed")
+            await replace_workers(binder, "the workers' user changed", previous)
         binder.last_reload_error = None
         binder.reload_success_time = time.time()
         binder.reopen_logs("reload")
@@ -275,12 +277,15 @@ def _send_metrics_socket(binder) -> None:
             handle.channel.send("metrics_socket", fds)
 
 
-async def replace_workers(binder, reason: str) -> None:
-    """Start a new set of workers, then let the old ones drain (no listener closes)."""
-    old = binder.pool.serving()
+async def replace_workers(binder, reason: str, previous: list) -> None:
+    """Start a new worker for each of ``previous`` that still serves (a resize just now may
+    have retired some, and started others already new), then let the old ones drain as their
+    replacements serve (WorkerPool.hand_over; no listener closes)."""
+    old = [h for h in previous if h.state in ("starting", "serving")]
     log.info("%s: starting %d new workers, then draining the old ones", reason, len(old))
     for handle in old:
         handle.state = "old"
-    binder.pool.start(binder.pool.wanted or len(old) or 1)
+    for handle in old:
+        binder.pool.spawn(handle.index)
     await binder.pool.wait_ready(binder.generation, APPLY_TIMEOUT)
     binder.pool.hand_over(old, 0)

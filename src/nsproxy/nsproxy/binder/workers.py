@@ -36,6 +36,7 @@ from nsproxy.worker import main as worker_main
 log = logging.getLogger("nsproxy")
 
 HUNG_AFTER = 20.0  # seconds without a message from a serving worker before it is killed
+KEEP_OLD_FOR = 60.0  # seconds an old worker serves on while its replacement cannot start
 START_WITHIN = 60.0  # seconds a starting worker has to report ready
 RETIRE_SLACK = 2.0  # seconds a retired index's worker accepts beyond TCP_DEFER_ACCEPT
 CRASH_WINDOW = 10.0  # deaths within this many seconds count as a crash loop
@@ -394,7 +395,7 @@ class WorkerPool:
         """Kill workers that stopped talking (a hung loop) or never became ready."""
         now = time.monotonic()
         for handle in list(self.workers.values()):
-            if handle.state == "serving" and now - handle.last_heard > HUNG_AFTER:
+            if handle.state in ("serving", "old") and now - handle.last_heard > HUNG_AFTER:
                 self.kill(handle, f"no heartbeat for {now - handle.last_heard:.0f} s")
             elif handle.state == "starting" and now - handle.last_heard > START_WITHIN:
                 self.kill(handle, f"not ready after {START_WITHIN:.0f} s")
@@ -409,7 +410,8 @@ class WorkerPool:
         drain. Once they have exited, the binder closes its copies (Listeners.trim)."""
         self.wanted = count
         defer = self.binder.listeners.resize(count)
-        self.retire([h for h in self.serving() if h.index >= count], defer)
+        beyond = [h for h in self.workers.values() if h.index >= count]
+        self.retire([h for h in beyond if h.state in ("starting", "serving", "old")], defer)
         have = {w.index for w in self.serving()}
         for index in range(count):
             if index not in have and index not in self.pending_spawns:
@@ -430,9 +432,11 @@ class WorkerPool:
         """After a new set of workers was started beside ``old`` ones (state "old"): an old
         worker drains once the new worker of its index serves (the ``ready`` message; at once
         if it already does), and those of an index beyond ``wanted`` are retired
-        (:meth:`retire`, ``defer`` as there). Until then an old worker serves on: an index
+        (:meth:`retire`, ``defer`` as there). Until then, for :data:`KEEP_OLD_FOR` seconds at
+        most, an old worker serves on (the previous generation: /ready says so): an index
         whose new worker could not start (no descriptor or process to spare: retried with the
-        back-off, :meth:`_cannot_start`) or was killed for being late is not left empty."""
+        back-off, :meth:`_cannot_start`) or was killed for being late is not left empty for a
+        passing shortage, nor served by the previous configuration for long."""
         self.retire([h for h in old if h.index >= self.wanted], defer)
         serving = {w.index for w in self.workers.values() if w.state == "serving"}
         for handle in old:
@@ -441,8 +445,15 @@ class WorkerPool:
             if handle.index in serving:
                 self.drain(handle, "upgrade", None)
             else:
-                log.warning("worker %d (pid %d) serves on until its replacement is ready",
-                            handle.index, handle.pid)  # fmt: skip
+                log.warning("worker %d (pid %d) serves on until its replacement is ready, "
+                            "%.0f s at most", handle.index, handle.pid, KEEP_OLD_FOR)  # fmt: skip
+                self.loop.call_later(KEEP_OLD_FOR, self._stop_keeping, handle)
+
+    def _stop_keeping(self, handle: WorkerHandle) -> None:
+        if handle.state == "old" and handle.pid in self.workers:
+            log.error("worker %d (pid %d): no replacement serves after %.0f s; draining it "
+                      "anyway", handle.index, handle.pid, KEEP_OLD_FOR)  # fmt: skip
+            self.drain(handle, "upgrade", None)
 
     def _trim_when_retired(self) -> None:
         """With no worker beyond ``wanted`` left, nobody serves a shrink's kept sockets."""
