@@ -43,6 +43,7 @@ from nsproxy import (
 )
 from nsproxy.binder import early_signals
 from nsproxy.binder.listeners import Listeners
+from nsproxy.binder.socket_budget import SocketBudget
 from nsproxy.binder.sockets import Missing, UpstreamSockets
 from nsproxy.binder.workers import WorkerPool
 from nsproxy.cert_store import CertificateStore
@@ -55,7 +56,6 @@ log = logging.getLogger("nsproxy")
 
 SWEEP = 1.0  # seconds between two looks at namespaces and workers
 START_TIMEOUT = 60.0  # seconds the first workers have to become ready
-SOCKETS_PER_SECOND = 20000  # upstream sockets one worker may ask for per second
 MAX_READY_LINES = 100  # listeners named in the answer to /ready
 CERTIFICATES_NOT_KEPT = "certificate files: cannot keep them for the workers"
 
@@ -108,7 +108,7 @@ class Binder:
         self.last_reload_error: str | None = None
         self.sweeper = None
         self.serve_batch: dict[int, list] = {}  # worker index -> [(sid, tenant, digest, sock)]
-        self.socket_budget: dict[int, tuple[float, int]] = {}  # pid -> (second, sockets)
+        self.socket_budget = SocketBudget()
         self.started_at = time.time()
         self.upgrades = 0
         self.reload_success_time = 0.0  # Unix time the running config was applied
@@ -318,22 +318,24 @@ class Binder:
         if not isinstance(ident, int):
             raise channel.ChannelError("need_sockets: id must be an integer")
         count = message.get("count")
-        second = int(time.monotonic())
-        start, used = self.socket_budget.get(handle.pid, (second, 0))
-        if start != second:
-            used = 0
-        if isinstance(count, int) and used + count > SOCKETS_PER_SECOND:
-            handle.channel.send("sockets", reply_to=ident, error="too many sockets asked for")
-            return
         spec = (
             self.tenant_specs.get(message.get("tenant"))
             if isinstance(message.get("tenant"), str)
             else None
         )
+        budget = self.socket_budget
+        if (
+            spec is not None
+            and isinstance(count, int)
+            and not budget.allows(handle.pid, spec.name, count)
+        ):
+            handle.channel.send("sockets", reply_to=ident, error="too many sockets asked for")
+            return
         socks, identity = self.upstream_sockets.make(
             spec, message.get("upstream"), message.get("family"), count
         )
-        self.socket_budget[handle.pid] = (second, used + len(socks))
+        if spec is not None:
+            budget.spend(handle.pid, spec.name, len(socks))
         try:
             if socks:
                 handle.channel.send(
@@ -520,10 +522,6 @@ class Binder:
                 log.exception("internal error in the binder's sweep")
         if time.monotonic() - self.ticket_keys_at >= self.config.timeouts["ticket_keys"]:
             self.rotate_ticket_keys()
-        if len(self.socket_budget) > 2 * len(self.pool.workers) + 8:
-            self.socket_budget = {
-                p: v for p, v in self.socket_budget.items() if p in self.pool.workers
-            }
 
     def rotate_ticket_keys(self) -> None:
         """A new set of TLS ticket keys for every current worker; the old set is dropped. A
