@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ADDR, REPO, http_tenant
-from processes import Loops, pid_alive, wait_until, worker_pids
+from processes import Loops, no_more_processes, pid_alive, pids_hierarchy, wait_until, worker_pids
 
 TENANTS = ["t1", "t2", "t3"]
 
@@ -356,3 +356,31 @@ def test_the_daemon_log_as_json_lines_in_its_file_from_the_binder_and_every_work
         mine = [line for line in lines if line["pid"] == pid]
         assert mine and all(line["process"].startswith("nsproxy[worker ") for line in mine)
         assert any("stopping: draining" in line["message"] for line in mine)
+
+
+@pytest.mark.skipif(pids_hierarchy() is None, reason="no pids cgroup controller (cgroup v1 "
+                    "pids hierarchy or v2 pids) in this kernel or mount")  # fmt: skip
+def test_ready_names_a_worker_index_nobody_accepts_for_while_its_worker_cannot_start(proxy):
+    """Two workers; worker 1 is killed and the binder can fork none (its pids cgroup is full):
+    the connections the kernel gives index 1's sockets wait for a worker, so /ready answers
+    503 and names the index (it said ready, as worker 0 served), until one serves again."""
+    tenants = _tenants(proxy, ["t1"], port=9410)
+    proxy.write_config(tenants, workers=2, metrics={"listen": "127.0.0.1:9113"})
+    proxy.start()
+    status = proxy.status_json()
+    binder = status["pid"]
+    (victim,) = [w["pid"] for w in status["workers"] if w["index"] == 1]
+
+    def ready() -> str:
+        return proxy.sb.run(["curl", "-sS", "--max-time", "5", "-w", " %{http_code}",
+                             "http://127.0.0.1:9113/ready"], check=False).stdout  # fmt: skip
+
+    assert ready().endswith(" 200")
+    with no_more_processes(binder) as lift:
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: "cannot start worker 1" in proxy.log(), "the failed start")
+        answer = ready()
+        assert answer.endswith(" 503"), answer
+        assert "no worker accepts for worker indexes [1] (being started)" in answer, answer
+        lift()
+        wait_until(lambda: ready().endswith(" 200"), "ready once worker 1 serves again")

@@ -19,7 +19,8 @@ What the code makes (src/nsproxy/README.md, "Processes and privileges", says why
 - a worker: it is forked from the binder and replaces every descriptor it was not given by
   /dev/null (worker/main.py, so that an abandoned binder object never closes a number the
   worker reuses), so it holds as many as the binder did, and on top its stock of unconnected
-  sockets for upstreams inside namespaces (worker/stock.py, made by binder/sockets.py) and the
+  sockets for upstreams inside namespaces (worker/stock.py, per tenant and namespace, made by
+  binder/sockets.py) and the
   two descriptors per connection of at least the smallest connection budget admission.py
   gives (:data:`MIN_CONNECTIONS`).
 
@@ -65,9 +66,10 @@ def needs(config) -> dict:
     namespaces = upstream_namespaces | {t.netns for t in config.tenants}
     listening = listeners * width + (1 if config.metrics_listen is not None else 0)
     binder = listening + 2 * 2 * width + 2 * len(namespaces) + admission.RESERVED_FDS
-    # A worker's stock of unconnected upstream sockets: per namespace and family, up to a
-    # batch asked for when fewer than LOW are left (worker/stock.py).
-    stocked = len(upstream_namespaces) * len(sockets.FAMILIES) * (stock.BATCH + stock.LOW)
+    # A worker's stock of unconnected upstream sockets: per tenant, namespace and family, up
+    # to a batch asked for when fewer than LOW are left (worker/stock.py).
+    stocks = {(t.name, u.netns) for t in config.tenants for u in t.upstreams.values() if u.netns}
+    stocked = len(stocks) * len(sockets.FAMILIES) * (stock.BATCH + stock.LOW)
     return {
         "listeners": listeners,
         "workers": width,

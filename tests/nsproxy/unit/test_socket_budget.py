@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nsproxy.binder import socket_budget
-from nsproxy.binder.socket_budget import PER_TENANT, PER_WORKER, SocketBudget
+from nsproxy.binder.socket_budget import FLOOR, PER_TENANT, PER_WORKER, SocketBudget
 
 
 def ask(budget: SocketBudget, pid: int, tenant: str, count: int) -> bool:
@@ -41,8 +41,23 @@ def test_no_tenant_gets_past_its_share_nor_the_worker_past_its_total(asks):
             if ask(budget, 1, tenant, count):
                 made[tenant] = made.get(tenant, 0) + count
         assert all(n <= PER_TENANT for n in made.values())
-        assert sum(made.values()) <= PER_WORKER
+        assert sum(made.values()) <= PER_WORKER + FLOOR * len(made)
         clock[0] += 1.0  # the next second: everyone may ask again
         assert ask(budget, 1, "t0", 64)
     finally:
         socket_budget.time.monotonic = saved
+
+
+def test_tenants_that_took_the_whole_worker_budget_leave_every_other_its_floor(monkeypatch):
+    """Four tenants at their share each take (nearly) all of the worker's budget: a fifth
+    still gets FLOOR sockets that second (it used to get 32)."""
+    monkeypatch.setattr(socket_budget.time, "monotonic", lambda: 7.0)
+    budget = SocketBudget()
+    for tenant in ("g1", "g2", "g3", "g4"):
+        while ask(budget, 1, tenant, 64):
+            pass
+    assert budget.used[1, None] > PER_WORKER - 64
+    granted = 0
+    while ask(budget, 1, "late", 64):
+        granted += 64
+    assert FLOOR - 64 < granted <= FLOOR

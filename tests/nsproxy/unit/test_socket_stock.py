@@ -11,7 +11,7 @@ import socket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nsproxy.worker.stock import BATCH, LOW, SocketStock
+from nsproxy.worker.stock import BATCH, LOW, SURPLUS_FOR, SocketStock, StockError
 
 
 def test_a_cancelled_taker_does_not_cancel_the_refill_others_wait_for():
@@ -49,8 +49,10 @@ class Binder:
     namespace ``namespace_of[upstream]`` (its identity is (namespace, 0)); each socket's inode
     is noted with its namespace, so a test can tell where a taken socket was made."""
 
-    def __init__(self, namespace_of: dict):
+    def __init__(self, namespace_of: dict, refused=()):
         self.namespace_of = namespace_of
+        self.refused = set(refused)  # tenants over their budget
+        self.counts: list[tuple[str, int]] = []  # (tenant, count) of each ask
         self.made: dict[int, int] = {}  # inode -> namespace
         self.asks = 0
         self.in_flight = self.most_in_flight = 0
@@ -64,6 +66,9 @@ class Binder:
             await asyncio.sleep(0.001)
         finally:
             self.in_flight -= 1
+        self.counts.append((fields["tenant"], fields["count"]))
+        if fields["tenant"] in self.refused:
+            return {"error": "too many sockets asked for"}, []
         namespace = self.namespace_of[fields["upstream"]]
         fds = [socket.socket().detach() for _ in range(fields["count"])]
         for fd in fds:
@@ -100,7 +105,8 @@ def test_every_take_gets_a_socket_of_its_upstreams_namespace_and_the_stock_stays
                     sock.close()
                 while stock.asking:  # the low-water refills
                     await asyncio.sleep(0.002)
-                for (identity, _family), left in stock.stock.items():
+                stock.expire(asyncio.get_running_loop().time() + SURPLUS_FOR + 0.01)
+                for (_tenant, identity, _family), left in stock.stock.items():
                     assert len(left) <= LOW + BATCH, (identity, len(left))
         finally:
             stock.close()
@@ -130,6 +136,7 @@ def test_a_namespace_is_refilled_once_at_a_time_whatever_the_number_of_its_upstr
                     sock.close()
                 while stock.asking:
                     await asyncio.sleep(0.002)
+                stock.expire(asyncio.get_running_loop().time() + SURPLUS_FOR + 0.01)
                 assert stock.count() <= LOW + BATCH, stock.count()
         finally:
             stock.close()
@@ -159,3 +166,32 @@ def test_a_burst_of_first_takes_is_served_by_one_refill_sized_to_it():
             stock.close()
 
     assert asyncio.run(run()) == (1, 56 + BATCH, BATCH)
+
+
+def test_a_tenant_over_its_budget_fails_no_take_of_another_in_the_same_namespace():
+    """Tenants "a" and "b" have upstreams in one namespace, and the binder refuses a's asks
+    (its budget is spent). b's takes, concurrent with a's and after them, are all served, and
+    no ask of a's is sized by b's takers: each tenant's stock is its own (b's takers used to
+    join a's refill and fail with it, and a's ask counted them)."""
+    ups = {"app": 0}
+
+    async def run():
+        binder = Binder(ups)
+        stock = SocketStock(asyncio.get_running_loop(), binder)
+        try:
+            for tenant in "ab":  # both learn the namespace's identity
+                (await stock.take(tenant, "app", socket.AF_INET))[0].close()
+            binder.refused.add("a")  # then a's budget is spent
+            takes = [stock.take(tenant, "app", socket.AF_INET) for tenant in "ab" * 40]
+            results = await asyncio.gather(*takes, return_exceptions=True)
+            for result in results:
+                if not isinstance(result, BaseException):
+                    result[0].close()
+            return results, binder.counts
+        finally:
+            stock.close()
+
+    results, counts = asyncio.run(run())
+    assert not any(isinstance(r, BaseException) for r in results[1::2]), results[1::2]
+    assert any(isinstance(r, StockError) for r in results[0::2])
+    assert all(count <= BATCH + 40 for tenant, count in counts if tenant == "a"), counts

@@ -425,6 +425,10 @@ class Binder:
                 f"{len(kept)} workers of a previous generation serve on until their "
                 "replacements start"
             )
+        indexes = {w.index for w in serving} | {w.index for w in kept}
+        empty = [i for i in range(self.pool.wanted) if i not in indexes]
+        if serving and empty:  # what the kernel gives their sockets waits for a new worker
+            problems.append(f"no worker accepts for worker indexes {empty} (being started)")
         workers_problems = len(problems)
         for name, binding in self.listeners.tenants.items():
             for li in binding.spec.listeners:

@@ -450,7 +450,7 @@ class WorkerPool:
                 self.loop.call_later(KEEP_OLD_FOR, self._stop_keeping, handle)
 
     def _stop_keeping(self, handle: WorkerHandle) -> None:
-        if handle.state == "old" and handle.pid in self.workers:
+        if handle.state == "old" and self.workers.get(handle.pid) is handle:
             log.error("worker %d (pid %d): no replacement serves after %.0f s; draining it "
                       "anyway", handle.index, handle.pid, KEEP_OLD_FOR)  # fmt: skip
             self.drain(handle, "upgrade", None)

@@ -2,15 +2,19 @@
 
 A worker cannot enter a namespace (it has no capability), so a connection to an upstream
 inside one (``netns`` set) needs a socket the binder created there. The stock keeps a few per
-(namespace identity, address family) and refills them in batches, ahead of need, so that the
-binder is not on the path of a request: a request waits for the binder only when the stock is
-empty (the first connection after a start, or a burst), and keep-alive pools do the rest.
+(tenant, namespace identity, address family) and refills them in batches, ahead of need, so
+that the binder is not on the path of a request: a request waits for the binder only when the
+stock is empty (the first connection after a start, or a burst), and keep-alive pools do the
+rest.
 
-A namespace's stock is bounded whatever the number of upstreams in it (descriptors.py counts
-``LOW + BATCH`` per namespace and family): a refill is asked for once per namespace at a time,
-sized to the takers waiting for it, and what is left beyond ``LOW + BATCH`` once they have
-taken theirs (concurrent first asks by several upstreams of one namespace, before its identity
-is known, each bring a batch) is closed.
+Each tenant has its own stock, even in a namespace another tenant's upstreams share: what the
+binder makes for a tenant counts in that tenant's budget (binder/socket_budget.py), so one
+tenant's refused refill never fails another's connections. A tenant's stock in a namespace is
+bounded whatever the number of its upstreams there (descriptors.py counts ``LOW + BATCH`` per
+tenant, namespace and family): one refill at a time, sized to the takers waiting for it
+(:data:`MOST` at most), and what is left beyond ``LOW + BATCH`` for a second (concurrent first
+asks by several upstreams, before the namespace's identity is known, each bring a batch) is
+closed by :meth:`SocketStock.expire`.
 
 Stock is keyed by the identity (st_dev, st_ino) of the namespace the sockets were made in,
 never by its name: when the binder reports that a namespace was replaced or has gone
@@ -36,6 +40,7 @@ BATCH = 8  # sockets asked for per refill, beyond one per taker waiting for it
 MOST = 64  # sockets asked for at once (binder/sockets.py MAX_COUNT)
 ASKS_PER_TAKE = 4  # refills a take waits for before it fails (others took each one's sockets)
 KEEP_FOR = 60.0  # seconds an unused stocked socket is kept
+SURPLUS_FOR = 1.0  # seconds sockets beyond LOW + BATCH are kept (a burst's takers take theirs)
 REQUEST_TIMEOUT = 5.0  # seconds to wait for the binder's answer
 
 
@@ -50,91 +55,73 @@ class StockError(Exception):
 
 
 class SocketStock:
-    """Unconnected TCP sockets inside tenant namespaces, from the binder, by identity."""
+    """Unconnected TCP sockets inside tenant namespaces, from the binder, by tenant and
+    namespace identity."""
 
     def __init__(self, loop, request):
         self.loop = loop
         # request(kind, timeout, **fields) -> (answer, fds): the channel to the binder.
         self.request = request
-        self.stock: dict[tuple, collections.deque] = {}  # (identity, family) -> (sock, made)
+        # (tenant, identity, family) -> deque of (socket, when made)
+        self.stock: dict[tuple, collections.deque] = {}
         self.identity: dict[tuple[str, str], tuple] = {}  # (tenant, upstream) -> identity
-        self.asking: dict[tuple, asyncio.Future] = {}  # (tenant, upstream, family) -> answer
-        self.filling: dict[tuple, asyncio.Future] = {}  # (identity, family) -> the refill
-        self.waiting: collections.Counter = collections.Counter()  # (tenant, upstream, family)
+        self.asking: dict[tuple, asyncio.Task] = {}  # (tenant, upstream, family) -> its refill
+        self.filling: dict[tuple, asyncio.Task] = {}  # (tenant, identity, family) -> its refill
+        self.waiters: collections.Counter = collections.Counter()  # refill -> takers waiting
 
     async def take(self, tenant: str, upstream: str, family: int) -> tuple[socket.socket, tuple]:
         """(socket, namespace identity) for a connection to the tenant's upstream; raises
         StockError."""
         identity = self.identity.get((tenant, upstream))
         if identity is not None:
-            sockets = self.stock.get((identity, family))
+            sockets = self.stock.get((tenant, identity, family))
             if sockets:
-                sock = self._pop(identity, family, sockets)
+                sock = sockets.popleft()[0]
                 if len(sockets) < LOW:
                     self._refill(tenant, upstream, family, identity)
                 return sock, identity
-        key = (tenant, upstream, family)
         for _ask in range(ASKS_PER_TAKE):  # a burst's takers share each refill: one may miss
-            self.waiting[key] += 1
+            refill = self._refill(tenant, upstream, family, identity)
+            self.waiters[refill] += 1
             try:
                 # Shielded: a taker cancelled meanwhile must not cancel the refill others wait for.
-                await asyncio.shield(self._refill(tenant, upstream, family, identity))
+                await asyncio.shield(refill)
             finally:
-                self.waiting[key] -= 1
-                if not self.waiting[key]:
-                    del self.waiting[key]
+                self.waiters[refill] -= 1
+                if not self.waiters[refill]:
+                    del self.waiters[refill]
             identity = self.identity.get((tenant, upstream))
-            sockets = self.stock.get((identity, family)) if identity is not None else None
+            sockets = self.stock.get((tenant, identity, family)) if identity is not None else None
             if sockets:
-                return self._pop(identity, family, sockets), identity
+                return sockets.popleft()[0], identity
         raise StockError(f"no socket in the namespace of upstream {upstream}")
 
-    def _pop(self, identity: tuple, family: int, sockets: collections.deque) -> socket.socket:
-        """The oldest socket of the namespace's stock, which is then trimmed (:meth:`_trim`)."""
-        sock = sockets.popleft()[0]
-        self._trim(identity, family, sockets)
-        return sock
-
-    def _trim(self, identity: tuple, family: int, sockets: collections.deque) -> None:
-        """Close the oldest sockets beyond ``LOW + BATCH`` and one per taker still waiting
-        for this namespace and family (a burst's refill brings theirs)."""
-        keep = LOW + BATCH + self._waiting_for(identity, family)
-        while len(sockets) > keep:
-            sockets.popleft()[0].close()
-
-    def _waiting_for(self, identity: tuple, family: int) -> int:
-        """Takers waiting for a socket of ``family`` in namespace ``identity`` (those whose
-        upstream's namespace is known: the others' first refill brings their own)."""
-        return sum(
-            count
-            for (tenant, upstream, each), count in self.waiting.items()
-            if each == family and self.identity.get((tenant, upstream)) == identity
-        )
-
-    def _refill(self, tenant: str, upstream: str, family: int, identity) -> asyncio.Future:
-        """The refill under way for the namespace ``identity`` (None: not known yet), else
-        the one for this upstream, else a new one."""
-        future = self.filling.get((identity, family)) if identity is not None else None
-        if future is not None and not future.done():  # (done: its callbacks are still due)
-            return future
-        key = (tenant, upstream, family)
-        future = self.asking.get(key)
-        if future is None:
-            future = self.asking[key] = self.loop.create_task(self._ask(key))
-            future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+    def _refill(self, tenant: str, upstream: str, family: int, identity) -> asyncio.Task:
+        """The refill under way for the tenant's namespace ``identity`` (None: not known yet),
+        else the one for this upstream, else a new one."""
         if identity is not None:
-            self.filling[identity, family] = future
-            future.add_done_callback(lambda done: self._filled((identity, family), done))
-        return future
+            refill = self.filling.get((tenant, identity, family))
+            if refill is not None and not refill.done():  # (done: its callbacks are still due)
+                return refill
+        key = (tenant, upstream, family)
+        refill = self.asking.get(key)
+        if refill is None:
+            refill = self.asking[key] = self.loop.create_task(self._ask(key))
+            refill.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        if identity is not None:
+            self.filling[tenant, identity, family] = refill
+            refill.add_done_callback(lambda done: self._filled((tenant, identity, family), done))
+        return refill
 
-    def _filled(self, key: tuple, done: asyncio.Future) -> None:
+    def _filled(self, key: tuple, done: asyncio.Task) -> None:
         if self.filling.get(key) is done:  # (not a later refill, begun before this callback)
             del self.filling[key]
 
     async def _ask(self, key) -> None:
         tenant, upstream, family = key
-        known = self.identity.get((tenant, upstream))
-        waiting = self._waiting_for(known, family) if known is not None else self.waiting[key]
+        # This task is the refill its takers count themselves in (take): those that came in
+        # the turn that made it are counted by now.
+        waiting = self.waiters[asyncio.current_task()]
         try:
             answer, fds = await self.request(
                 "need_sockets",
@@ -157,7 +144,7 @@ class SocketStock:
             )
         identity = tuple(identity)
         self.identity[(tenant, upstream)] = identity
-        sockets = self.stock.setdefault((identity, family), collections.deque())
+        sockets = self.stock.setdefault((tenant, identity, family), collections.deque())
         made = self.loop.time()
         for fd in fds:
             sock = socket.socket(fileno=fd)
@@ -174,7 +161,7 @@ class SocketStock:
     def namespace_changed(self, identity: tuple) -> None:
         """The namespace ``identity`` was replaced or has gone: close its sockets and forget
         which upstreams were in it (they are asked for again)."""
-        for key in [k for k in self.stock if k[0] == identity]:
+        for key in [k for k in self.stock if k[1] == identity]:
             for sock, _ in self.stock.pop(key):
                 sock.close()
         for key in [k for k, v in self.identity.items() if v == identity]:
@@ -182,12 +169,15 @@ class SocketStock:
 
     def expire(self, now: float) -> None:
         """Close sockets that waited longer than KEEP_FOR (each holds its namespace), and
-        those a burst's takers left (they went away, or took others: :meth:`_trim`)."""
+        those beyond ``LOW + BATCH`` that waited longer than SURPLUS_FOR (a burst's takers
+        have taken theirs by then, oldest first)."""
         for key in list(self.stock):
             sockets = self.stock[key]
-            while sockets and now - sockets[0][1] > KEEP_FOR:
+            while sockets and (
+                now - sockets[0][1] > KEEP_FOR
+                or (len(sockets) > LOW + BATCH and now - sockets[0][1] > SURPLUS_FOR)
+            ):
                 sockets.popleft()[0].close()
-            self._trim(*key, sockets)
             if not sockets:
                 del self.stock[key]
 
