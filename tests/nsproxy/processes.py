@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 PROBE = str(Path(__file__).with_name("worker_probe.py"))
 LOOP_CLIENT = str(Path(__file__).with_name("loop_client.py"))
 
@@ -133,3 +135,19 @@ def no_more_processes(pid: int):
                 break
             except OSError:  # a process forked meanwhile: once more
                 time.sleep(0.05)
+
+
+#: Skips a test that needs :func:`no_more_processes` where the kernel or mount has no pids
+#: cgroup (the VM and these sandboxes have one).
+needs_pids_cgroup = pytest.mark.skipif(
+    pids_hierarchy() is None,
+    reason="no pids cgroup controller (cgroup v1 pids hierarchy or v2 pids) in this kernel "
+    "or mount",
+)
+
+
+def ready_answer(proxy, port: int) -> str:
+    """The body of the metrics listener's /ready on 127.0.0.1:``port``, then a space and the
+    status code ("... 503")."""
+    return proxy.sb.run(["curl", "-sS", "--max-time", "5", "-w", " %{http_code}",
+                         f"http://127.0.0.1:{port}/ready"], check=False).stdout  # fmt: skip

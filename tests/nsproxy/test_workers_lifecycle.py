@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 from conftest import ADDR, REPO, http_tenant
-from processes import Loops, no_more_processes, pid_alive, pids_hierarchy, wait_until, worker_pids
+from processes import (
+    Loops,
+    needs_pids_cgroup,
+    no_more_processes,
+    pid_alive,
+    ready_answer,
+    wait_until,
+    worker_pids,
+)
 
 TENANTS = ["t1", "t2", "t3"]
 
@@ -358,8 +366,7 @@ def test_the_daemon_log_as_json_lines_in_its_file_from_the_binder_and_every_work
         assert any("stopping: draining" in line["message"] for line in mine)
 
 
-@pytest.mark.skipif(pids_hierarchy() is None, reason="no pids cgroup controller (cgroup v1 "
-                    "pids hierarchy or v2 pids) in this kernel or mount")  # fmt: skip
+@needs_pids_cgroup
 def test_ready_names_a_worker_index_nobody_accepts_for_while_its_worker_cannot_start(proxy):
     """Two workers; worker 1 is killed and the binder can fork none (its pids cgroup is full):
     the connections the kernel gives index 1's sockets wait for a worker, so /ready answers
@@ -371,16 +378,14 @@ def test_ready_names_a_worker_index_nobody_accepts_for_while_its_worker_cannot_s
     binder = status["pid"]
     (victim,) = [w["pid"] for w in status["workers"] if w["index"] == 1]
 
-    def ready() -> str:
-        return proxy.sb.run(["curl", "-sS", "--max-time", "5", "-w", " %{http_code}",
-                             "http://127.0.0.1:9113/ready"], check=False).stdout  # fmt: skip
-
-    assert ready().endswith(" 200")
+    assert ready_answer(proxy, 9113).endswith(" 200")
     with no_more_processes(binder) as lift:
         os.kill(victim, signal.SIGKILL)
         wait_until(lambda: "cannot start worker 1" in proxy.log(), "the failed start")
-        answer = ready()
+        answer = ready_answer(proxy, 9113)
         assert answer.endswith(" 503"), answer
         assert "no worker accepts for worker indexes [1] (being started)" in answer, answer
         lift()
-        wait_until(lambda: ready().endswith(" 200"), "ready once worker 1 serves again")
+        wait_until(
+            lambda: ready_answer(proxy, 9113).endswith(" 200"), "ready once worker 1 serves again"
+        )

@@ -6,15 +6,15 @@ import os
 import pwd
 import subprocess
 
-import pytest
 from conftest import ADDR, NSPROXY, http_tenant
 from processes import (
     VICTIM,
+    needs_pids_cgroup,
     nice_of,
     no_more_processes,
     pid_alive,
-    pids_hierarchy,
     probe_worker,
+    ready_answer,
     status_fields,
     wait_until,
     worker_pids,
@@ -150,8 +150,7 @@ def test_code_running_inside_a_worker_cannot_read_secrets_memory_or_other_namesp
         assert proxy.get_json("acme", f"http://{ADDR}/")["server"] == "echo@9303"
 
 
-@pytest.mark.skipif(pids_hierarchy() is None, reason="no pids cgroup controller (cgroup v1 "
-                    "pids hierarchy or v2 pids) in this kernel or mount")  # fmt: skip
+@needs_pids_cgroup
 def test_a_user_change_whose_new_workers_cannot_start_keeps_the_old_ones_serving(proxy):
     """A reload that changes ``user`` replaces every worker. When the binder can fork none
     (here its pids cgroup is full; in production RLIMIT_NPROC, EMFILE or memory), the old
@@ -168,10 +167,6 @@ def test_a_user_change_whose_new_workers_cannot_start_keeps_the_old_ones_serving
     daemon = pwd.getpwnam("daemon")
     proxy.write_config(tenants, workers=1, user="daemon", metrics=metrics)
 
-    def ready() -> str:
-        return proxy.sb.run(["curl", "-sS", "--max-time", "5", "-w", " %{http_code}",
-                             "http://127.0.0.1:9112/ready"], check=False).stdout  # fmt: skip
-
     def served() -> bool:
         return proxy.curl("acme", f"http://{ADDR}/", "-o", "/dev/null", "-w", "%{http_code}",
                           "--max-time", "5", check=False).stdout == "200"  # fmt: skip
@@ -186,7 +181,7 @@ def test_a_user_change_whose_new_workers_cannot_start_keeps_the_old_ones_serving
         assert pid_alive(old) and status_fields(old)["Uid"].split()[0] == "65534"
         # Served by the previous generation's worker: not ready, and /ready says why (its
         # listeners serve: the worker is not counted as a listener that does not).
-        answer = ready()
+        answer = ready_answer(proxy, 9112)
         assert answer.startswith("not ready: generation 2, 1/1 listeners serving\n"), answer
         assert answer.endswith(" 503") and "1 workers of a previous generation serve on" \
             in answer, answer  # fmt: skip
@@ -201,7 +196,9 @@ def test_a_user_change_whose_new_workers_cannot_start_keeps_the_old_ones_serving
         wait_until(lambda: not pid_alive(old), "the old worker drained and gone")
     assert status_fields(new)["Uid"].split() == [str(daemon.pw_uid)] * 4
     assert served()
-    wait_until(lambda: ready().endswith(" 200"), "/ready once the old worker is gone")
+    wait_until(
+        lambda: ready_answer(proxy, 9112).endswith(" 200"), "/ready once the old worker is gone"
+    )
     assert "Traceback" not in proxy.log()
 
 
