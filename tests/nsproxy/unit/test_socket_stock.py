@@ -11,7 +11,14 @@ import socket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nsproxy.worker.stock import BATCH, LOW, SURPLUS_FOR, SocketStock, StockError
+from nsproxy.worker.stock import (
+    BATCH,
+    LOW,
+    REQUEST_TIMEOUT,
+    SURPLUS_FOR,
+    SocketStock,
+    StockError,
+)
 
 
 def test_a_cancelled_taker_does_not_cancel_the_refill_others_wait_for():
@@ -195,3 +202,46 @@ def test_a_tenant_over_its_budget_fails_no_take_of_another_in_the_same_namespace
     assert not any(isinstance(r, BaseException) for r in results[1::2]), results[1::2]
     assert any(isinstance(r, StockError) for r in results[0::2])
     assert all(count <= BATCH + 40 for tenant, count in counts if tenant == "a"), counts
+
+
+def test_a_refill_answered_before_its_namespace_was_replaced_is_not_stocked():
+    """The channel reads the binder's answer and its ``netns_changed`` for the same namespace
+    in one go: the answer only wakes the refill, the report runs at once. The refill then
+    resumes after the report, with sockets made in the namespace that was replaced; they must
+    be closed, not stocked, and the take must get a socket from the new namespace (before, it
+    got the old namespace's, and the stock kept the rest for up to a minute)."""
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        made: dict[int, int] = {}  # inode -> namespace
+        namespaces = iter([1, 2])
+        stock = None
+
+        async def binder(kind, timeout, **fields):
+            namespace = next(namespaces)
+            fds = [socket.socket().detach() for _ in range(fields["count"])]
+            for fd in fds:
+                made[os.fstat(fd).st_ino] = namespace
+            answer = loop.create_future()
+
+            def deliver():
+                answer.set_result(({"identity": [namespace, 0]}, fds))
+                if namespace == 1:  # read in the same go as the answer
+                    stock.namespace_changed((1, 0))
+
+            loop.call_later(0.001, deliver)
+            return await answer
+
+        stock = SocketStock(loop, binder)
+        try:
+            sock, identity = await stock.take("t1", "app", socket.AF_INET)
+            where = made[os.fstat(sock.fileno()).st_ino]
+            sock.close()
+            stocked = {key[1] for key in stock.stock}
+            stock.expire(loop.time() + REQUEST_TIMEOUT + 0.1)  # nothing in flight can bring it
+            assert not stock.replaced
+        finally:
+            stock.close()
+        return identity, where, stocked
+
+    assert asyncio.run(run()) == ((2, 0), 2, {(2, 0)})

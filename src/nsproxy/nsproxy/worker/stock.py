@@ -19,8 +19,11 @@ closed by :meth:`SocketStock.expire`.
 Stock is keyed by the identity (st_dev, st_ino) of the namespace the sockets were made in,
 never by its name: when the binder reports that a namespace was replaced or has gone
 (``netns_changed``), its sockets are closed and the next request asks for sockets in the new
-one. The binder resolves the namespace from its own config for the asking tenant's upstream,
-so a worker can only get sockets where that tenant's upstreams are.
+one. A refill answered before that report but resumed after it (the channel read both at
+once) is closed too, not stocked: the stock remembers each reported identity for as long as
+an ask can last (:data:`REQUEST_TIMEOUT`). The binder resolves the namespace from its own
+config for the asking tenant's upstream, so a worker can only get sockets where that tenant's
+upstreams are.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class SocketStock:
         self.asking: dict[tuple, asyncio.Task] = {}  # (tenant, upstream, family) -> its refill
         self.filling: dict[tuple, asyncio.Task] = {}  # (tenant, identity, family) -> its refill
         self.waiters: collections.Counter = collections.Counter()  # refill -> takers waiting
+        self.replaced: dict[tuple, float] = {}  # identity -> when reported replaced or gone
 
     async def take(self, tenant: str, upstream: str, family: int) -> tuple[socket.socket, tuple]:
         """(socket, namespace identity) for a connection to the tenant's upstream; raises
@@ -122,6 +126,7 @@ class SocketStock:
         # This task is the refill its takers count themselves in (take): those that came in
         # the turn that made it are counted by now.
         waiting = self.waiters[asyncio.current_task()]
+        asked = self.loop.time()
         try:
             answer, fds = await self.request(
                 "need_sockets",
@@ -143,6 +148,10 @@ class SocketStock:
                 str(error or "bad answer from the binder"), answer.get("missing") is True
             )
         identity = tuple(identity)
+        if self.replaced.get(identity, -1.0) >= asked:
+            # Made in a namespace reported replaced since: its takers ask again (take).
+            close_fds(fds)
+            return
         self.identity[(tenant, upstream)] = identity
         sockets = self.stock.setdefault((tenant, identity, family), collections.deque())
         made = self.loop.time()
@@ -160,7 +169,9 @@ class SocketStock:
 
     def namespace_changed(self, identity: tuple) -> None:
         """The namespace ``identity`` was replaced or has gone: close its sockets and forget
-        which upstreams were in it (they are asked for again)."""
+        which upstreams were in it (they are asked for again). A refill in flight that
+        brings sockets made in it closes them (_ask)."""
+        self.replaced[identity] = self.loop.time()
         for key in [k for k in self.stock if k[1] == identity]:
             for sock, _ in self.stock.pop(key):
                 sock.close()
@@ -170,7 +181,10 @@ class SocketStock:
     def expire(self, now: float) -> None:
         """Close sockets that waited longer than KEEP_FOR (each holds its namespace), and
         those beyond ``LOW + BATCH`` that waited longer than SURPLUS_FOR (a burst's takers
-        have taken theirs by then, oldest first)."""
+        have taken theirs by then, oldest first). Forget replaced identities no ask in
+        flight can bring any more."""
+        for identity in [i for i, when in self.replaced.items() if now - when > REQUEST_TIMEOUT]:
+            del self.replaced[identity]
         for key in list(self.stock):
             sockets = self.stock[key]
             while sockets and (
