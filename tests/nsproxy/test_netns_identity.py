@@ -129,13 +129,23 @@ class PidNamespace:
 
 
 # How tenants A, C (its upstream) and T name their processes' namespaces: as /proc writes
-# them, and as a path that reaches the same file another way (a reviewer's '//proc/PID/ns/net'
-# escaped the pin: tenant A's listener followed the PID into tenant B's namespace).
+# them, as a path that reaches the same file another way (a reviewer's '//proc/PID/ns/net'
+# escaped the pin: tenant A's listener followed the PID into tenant B's namespace), and as a
+# descriptor the process holds on the namespace's file (a reviewer's '/proc/PID/fd/7' was not
+# pinned: it was followed into the next process of that PID, which held tenant B's).
 SPELLINGS = {
     "plain": ("/proc/{a}/ns/net", "/proc/{c}/ns/net", "/proc/{t}/task/{t}/ns/net"),
     "roundabout": ("//proc/{a}/ns/net", "/proc/self/root/proc/{c}/ns/net",
                    "/proc/{t}/./task//{t}/ns/net"),
+    "descriptor": ("/proc/{a}/fd/7", "/proc/self/root/proc/{c}/fd/7", "/proc/{t}/task/{t}/fd/7"),
 }  # fmt: skip
+
+
+def holder(spelling: str, name: str) -> list[str]:
+    """A process whose /proc entry names the namespace ``name`` in ``spelling``'s way."""
+    if spelling == "descriptor":
+        return ["bash", "-c", f"exec 7</run/netns/{name}; exec sleep 600"]
+    return ["ip", "netns", "exec", name, "sleep", "600"]
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
@@ -150,10 +160,9 @@ def test_a_proc_pid_path_is_pinned_to_its_process_and_never_followed_to_a_reused
     proxy.start_echo("c-own", "127.0.0.1:9502", netns="tC")
     proxy.start_echo("b-own", "127.0.0.1:9502", netns="tB")  # what C must never reach
     ns = PidNamespace(proxy)
-    sleep = ["sleep", "600"]
-    pa = ns.spawn(["ip", "netns", "exec", "tA", *sleep])
-    pc = ns.spawn(["ip", "netns", "exec", "tC", *sleep])
-    pt = ns.spawn(["ip", "netns", "exec", "tA", *sleep])
+    pa = ns.spawn(holder(spelling, "tA"))
+    pc = ns.spawn(holder(spelling, "tC"))
+    pt = ns.spawn(holder(spelling, "tA"))
     time.sleep(0.3)
     path_a, path_c, path_t = (p.format(a=pa, c=pc, t=pt) for p in SPELLINGS[spelling])
     tenant_a = http_tenant("tenantA", ["127.0.0.1:9501"], netns=path_a, port=8443)
@@ -169,7 +178,7 @@ def test_a_proc_pid_path_is_pinned_to_its_process_and_never_followed_to_a_reused
 
     for pid in (pa, pc, pt):
         ns.kill(pid)
-        assert ns.spawn(["ip", "netns", "exec", "tB", *sleep], pid=pid) == pid
+        assert ns.spawn(holder(spelling, "tB"), pid=pid) == pid
     status = wait_until(
         lambda: (
             (s := proxy.status_json())
@@ -180,7 +189,7 @@ def test_a_proc_pid_path_is_pinned_to_its_process_and_never_followed_to_a_reused
     )
     a = proxy.tenant_status("tenantA", status)
     assert a["listeners"][0]["state"] == "gone"
-    assert f"process {pa} of /proc/{pa}/ns/net exited" in a["last_error"]
+    assert f"process {pa} of {path_a.replace('//', '/')} exited" in a["last_error"]
     time.sleep(2)  # more than a sweep and a retry: nothing may follow the PID meanwhile
     for port in (8443, 8444):
         refused = proxy.curl("tB", f"http://{ADDR}:{port}/")
@@ -194,9 +203,9 @@ def test_a_proc_pid_path_is_pinned_to_its_process_and_never_followed_to_a_reused
     assert "b-own" not in seen
 
     # A reload that names a new process of tA brings tenantA back.
-    pa2 = ns.spawn(["ip", "netns", "exec", "tA", *sleep])
+    pa2 = ns.spawn(holder(spelling, "tA"))
     time.sleep(0.3)
-    tenant_a["netns"] = f"/proc/{pa2}/ns/net"
+    tenant_a["netns"] = SPELLINGS[spelling][0].format(a=pa2)
     proxy.write_config([tenant_a, tenant_c, tenant_t], workers=2)
     assert proxy.reload().returncode == 0
     proxy.wait_for(lambda s: proxy.tenant_status("tenantA", s)["state"] == "serving", "rebound")
@@ -299,3 +308,39 @@ def test_two_tenants_whose_namespaces_became_one_never_share_an_address(proxy):
     proxy.wait_for(lambda s: proxy.all_bound(s), "b bound", timeout=5)
     answers = {proxy.get_json("ta", f"http://{ADDR}/")["server"] for _ in range(10)}
     assert answers == {"b-up@9602"}, answers
+
+
+def test_a_path_into_a_process_files_is_followed_while_it_lives_and_gone_after(proxy):
+    """``/proc/PID/root/run/netns/tX`` (a namespace named inside a container's own /run): it
+    waits until the file appears, follows it when it is replaced while the process lives (the
+    listener and the upstream move to the new namespace), and is gone once the process exits:
+    pinned, never looked up through the PID's next owner."""
+    holder_proc = proxy.sb.popen(["sleep", "600"])
+    proxy.helpers.append(holder_proc)
+    path = f"/proc/{holder_proc.pid}/root/run/netns/tX"
+    proxy.write_config(
+        [http_tenant("tenantX", ["127.0.0.1:9503"], netns=path, upstream_netns=path)]
+    )
+    proxy.start(wait_bound=False)
+    proxy.wait_for(lambda s: proxy.tenant_status("tenantX", s)["state"] == "waiting", "waiting")
+
+    for generation in ("first", "second"):
+        if generation == "second":
+            proxy.sb.sh("ip netns del tX")
+        proxy.add_netns("tX")
+        proxy.start_echo(f"x-{generation}", "127.0.0.1:9503", netns="tX")
+        wait_until(
+            lambda g=generation: f"x-{g}@9503" in proxy.curl("tX", f"http://{ADDR}/").stdout,
+            f"served in the {generation} tX",
+        )
+
+    holder_proc.kill()
+    holder_proc.wait()
+    status = proxy.wait_for(
+        lambda s: proxy.tenant_status("tenantX", s)["state"] == "gone", "gone after the exit"
+    )
+    assert (
+        f"process {holder_proc.pid} of {path} exited"
+        in proxy.tenant_status("tenantX", status)["last_error"]
+    )
+    assert proxy.curl("tX", f"http://{ADDR}/").returncode == 7  # nothing listens any more

@@ -49,7 +49,16 @@ else:
 
 
 class NetnsError(Exception):
-    """A namespace could not be opened or entered; the message is a full sentence."""
+    """A namespace could not be opened or entered; the message is a full sentence. ``gone``:
+    the process a /proc/PID path goes through has exited (or its PID is another process's),
+    so the path is not followed any more. ``process``: (pid, start time) of the live process
+    such a path went through when only its file was missing (the caller keeps it, to follow
+    the path through that process alone)."""
+
+    def __init__(self, message: str, gone: bool = False):
+        super().__init__(message)
+        self.gone = gone
+        self.process: tuple[int, int] | None = None
 
 
 def ns_path(netns: str) -> str:
@@ -74,18 +83,40 @@ class Namespace:
 
 
 def pinned_pid(netns: str) -> int | None:
-    """The PID of the other process whose network namespace link the path ``netns`` names,
-    else None: ``/proc/PID/ns/net``, ``/proc/PID/task/TID/ns/net``, in any spelling
-    (``//proc/PID/ns/net``, ``/proc/PID/./ns/net``, ``/proc/self/root/proc/PID/ns/net``, a
-    symbolic link of the operator's to one of them). Such a path names another namespace once
-    PID is reused, so the caller pins it to the process (``Registry.acquire``). A path into
-    another process's files (``/proc/PID/root/run/netns/x``) names a file that may come and go
-    while the process lives: it is not pinned, it waits and is followed like any path.
+    """The PID of the other process through whose /proc/PID the path ``netns`` goes, else
+    None: ``/proc/PID/ns/net``, ``/proc/PID/task/TID/ns/net``, ``/proc/PID/fd/N``,
+    ``/proc/PID/root/run/netns/x``, in any spelling (``//proc/PID/ns/net``,
+    ``/proc/PID/./ns/net``, ``/proc/self/root/proc/PID/ns/net``, a symbolic link of the
+    operator's to one of them). Such a path names something else once PID is reused, so the
+    caller pins it to the process (``Registry.acquire``) and never follows it past that
+    process's life. Whether it is followed while the process lives: :func:`follows`.
 
     The path is followed one component at a time: symbolic links are resolved as this
     process sees them (``/var/run``, ``/proc/self``) up to the first /proc/PID of another
-    process, past which resolving is meaningless here (its ``root`` and ``cwd`` are that
-    process's view). The last component, a namespace's own magic link, is not resolved."""
+    process, past which resolving is meaningless here (its ``root``, ``cwd`` and ``fd`` are
+    that process's view). The last component, a namespace's own magic link, is not resolved."""
+    through = _through_proc(netns)
+    return through[0] if through is not None else None
+
+
+def follows(netns: str) -> bool:
+    """Whether the namespace behind the path ``netns`` is looked up again when the file
+    changes: True for a named namespace and for a path into another process's files
+    (``/proc/PID/root/run/netns/x``, ``/proc/PID/fd/N``: the file may come, go or be replaced
+    while the process lives); False for a process's own namespace link
+    (``/proc/PID/ns/net``, ``/proc/PID/task/TID/ns/net``), which is opened once and kept for
+    the life of the process."""
+    through = _through_proc(netns)
+    if through is None:
+        return True
+    rest = through[1]
+    own = rest[2:] if len(rest) == 4 and rest[0] == "task" and rest[1].isdigit() else rest
+    return own != ["ns", "net"]
+
+
+def _through_proc(netns: str) -> tuple[int, list[str]] | None:
+    """(PID, the components after /proc/PID) for a path through another process's /proc/PID
+    (see :func:`pinned_pid`), else None."""
     me = os.getpid()
     parts = [part for part in netns.split("/") if part not in ("", ".")]
     current = "/"
@@ -95,11 +126,7 @@ def pinned_pid(netns: str) -> int | None:
             current = os.path.realpath(current)
         match = _PROC_PID.match(current)
         if match and int(match.group(1)) != me:
-            rest = parts[index + 1 :]
-            if rest == ["ns", "net"] or (len(rest) == 4 and rest[0] == "task" and rest[2:] ==
-                                         ["ns", "net"] and rest[1].isdigit()):  # fmt: skip
-                return int(match.group(1))
-            return None
+            return int(match.group(1)), parts[index + 1 :]
     return None
 
 
@@ -166,23 +193,38 @@ class Registry:
         self.home_identity = (st.st_dev, st.st_ino)
         self._by_identity: dict[tuple[int, int], Namespace] = {}
 
-    def acquire(self, netns: str) -> tuple[Namespace, Pin | None]:
+    def acquire(
+        self, netns: str, process: tuple[int, int] | None = None
+    ) -> tuple[Namespace, Pin | None]:
         """Open (or share) the namespace named by ``netns``: (namespace, pin). ``pin`` is the
-        process a /proc/PID path was resolved through (the caller owns it), else None. Raises
-        NetnsError with the reason."""
+        process a /proc/PID path goes through (the caller owns it), else None. ``process``:
+        (pid, start time) of the process such a path was first pinned to; a PID that now
+        belongs to another process is refused (``gone``). Raises NetnsError with the reason."""
         path = ns_path(netns)
         pid = pinned_pid(path)
         if pid is None:
             return self._open(path, path), None
+        exited = f"process {pid} of {path} exited"
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
-            raise NetnsError(f"process {pid} of {path} does not exist") from None
+            raise NetnsError(f"process {pid} of {path} does not exist", gone=True) from None
         except OSError as exc:
             raise NetnsError(f"cannot pin process {pid} of {path}: {exc.strerror}") from None
         pin = Pin(pid, pidfd, process_start_time(pid) or 0)
+        if process is not None and (pid, pin.start_time) != tuple(process):
+            pin.close()
+            raise NetnsError(exited, gone=True)
         try:
             ns = self._open(path, path)
+        except NetnsError as exc:
+            # Whether the process lived through the lookup (the PID was still its own)
+            lived = not pin.exited() and process_start_time(pid) == pin.start_time != 0
+            pin.close()
+            if not lived:
+                raise NetnsError(exited, gone=True) from None
+            exc.process = (pid, pin.start_time)
+            raise
         except BaseException:
             pin.close()
             raise
@@ -190,7 +232,7 @@ class Registry:
         if pin.exited() or process_start_time(pid) != pin.start_time or not pin.start_time:
             self.release(ns)
             pin.close()
-            raise NetnsError(f"process {pid} of {path} exited while its namespace was opened")
+            raise NetnsError(f"{exited} while its namespace was opened", gone=True)
         return ns, pin
 
     def adopt(self, path: str, fd: int) -> Namespace:

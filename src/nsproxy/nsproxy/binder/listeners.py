@@ -9,9 +9,12 @@ is watched, not polled slowly:
 - an address that appears: while a listener waits for its address (EADDRNOTAVAIL), a
   NETLINK_ROUTE socket inside the tenant's namespace, subscribed to address events, makes the
   binder retry at once (at most every :data:`WATCH_MIN_INTERVAL`);
-- a ``/proc/PID/ns/net`` path is pinned to its process: when the process exits (its pidfd
-  becomes readable) the tenant is unbound and shown as gone, and that path is never resolved
-  again: only a reload that names another path brings the tenant back.
+- a path through another process's /proc/PID is pinned to that process: when the process
+  exits (its pidfd becomes readable) the tenant is unbound and shown as gone, and that path is
+  never resolved again: only a reload that names another path brings the tenant back. While
+  the process lives, its own ``ns/net`` is kept as opened; a path into its files
+  (``/proc/PID/root/run/netns/x``, ``/proc/PID/fd/N``) is followed like a named namespace, and
+  every new lookup checks that PID is still the process first pinned (netns.follows).
 
 Each listener is an SO_REUSEPORT group of ``width`` sockets, one per worker index: the kernel
 spreads new connections over them, so no worker is woken for another's connection (measured
@@ -50,6 +53,7 @@ class Binding:
         "name",
         "ns",
         "pin",
+        "pinned",
         "retry_delay",
         "retry_handle",
         "sockets",
@@ -63,6 +67,10 @@ class Binding:
         self.name = spec.name
         self.ns: netns.Namespace | None = None
         self.pin: netns.Pin | None = None
+        # (pid, start time) of the process a /proc/PID path was first pinned to: the path is
+        # followed again only through that process (netns.follows), never through its PID's
+        # next owner
+        self.pinned: tuple[int, int] | None = None
         # listener digest -> [(sid, socket)], one per worker index (an SO_REUSEPORT group)
         self.sockets: dict[bytes, list[tuple[int, socket.socket]]] = {}
         self.states: dict[bytes, tuple[str, str | None]] = {}  # digest -> (state, error)
@@ -125,7 +133,7 @@ class Listeners:
         binding.spec = spec
         if old.netns != spec.netns:
             self._unbind(binding, f"netns changed from {old.netns!r} to {spec.netns!r}")
-            binding.gone = None
+            binding.gone = binding.pinned = None
         else:
             keep = {li.digest for li in spec.listeners}
             gone = {d: binding.sockets.pop(d) for d in list(binding.sockets) if d not in keep}
@@ -246,14 +254,16 @@ class Listeners:
                 self._waiting(binding, f"network namespace {path} does not exist")
                 return
             try:
-                binding.ns, binding.pin = self.registry.acquire(spec.netns)
+                binding.ns, binding.pin = self.registry.acquire(spec.netns, binding.pinned)
             except netns.NetnsError as exc:
-                if netns.pinned_pid(path) is not None:
+                binding.pinned = binding.pinned or exc.process
+                if exc.gone or not netns.follows(path):
                     self._gone(binding, str(exc))
                 else:
                     self._waiting(binding, str(exc))
                 return
             if binding.pin is not None:
+                binding.pinned = (binding.pin.pid, binding.pin.start_time)
                 self.loop.add_reader(binding.pin.pidfd, self._process_exited, binding)
         # (also for a namespace adopted across an upgrade, which comes here already open)
         self.sharing.setdefault(binding.ns.identity, set()).add(binding)
@@ -437,12 +447,18 @@ class Listeners:
 
     # -- the one-second look ------------------------------------------------------------
     def sweep(self) -> None:
-        """Notice named namespaces that disappeared, were replaced or appeared."""
+        """Notice named namespaces that disappeared, were replaced or appeared, and the same
+        of paths into another process's files while it lives (netns.follows)."""
         for binding in list(self.tenants.values()):
-            if binding.closing or binding.gone or binding.pin is not None:
+            if binding.closing or binding.gone:
+                continue
+            path = netns.ns_path(binding.spec.netns)
+            if binding.pinned is not None and not netns.follows(path):
                 continue
             if binding.ns is not None:
                 identity = netns.current_identity(binding.ns.path)
+                if binding.pin is not None and binding.pin.exited():
+                    continue  # looked up past the process's life: _process_exited unbinds it
                 if identity != binding.ns.identity:
                     self._unbind(
                         binding,
@@ -452,12 +468,11 @@ class Listeners:
                     )
                     self._cancel_retry(binding)
                     self.bind(binding)
-            elif binding.retry_handle is not None:
-                path = netns.ns_path(binding.spec.netns)
-                if netns.pinned_pid(path) is None and netns.current_identity(path) is not None:
-                    # Waiting for the namespace: bind as soon as it appears.
-                    self._cancel_retry(binding)
-                    self.bind(binding)
+            elif binding.retry_handle is not None and netns.current_identity(path) is not None:
+                # Waiting for the namespace: bind as soon as it appears (a pinned path: bind
+                # checks that its PID is still the first process's).
+                self._cancel_retry(binding)
+                self.bind(binding)
 
     def close(self) -> None:
         for binding in list(self.tenants.values()):

@@ -40,6 +40,9 @@ class UpstreamSockets:
         self.on_changed = on_changed
         # netns string -> (Namespace, Pin or None); a gone pinned path -> (None, reason)
         self.opened: dict[str, tuple] = {}
+        # netns string -> (pid, start time) of the process a /proc/PID path was first pinned
+        # to (listeners.Binding.pinned): it is looked up again through that process only
+        self.pinned: dict[str, tuple[int, int]] = {}
 
     def make(self, spec, upstream, family, count) -> tuple[list, tuple | str]:
         """(sockets, identity) for upstream ``upstream`` of the tenant ``spec`` (None: no such
@@ -67,23 +70,34 @@ class UpstreamSockets:
 
     def _namespace(self, name: str) -> tuple:
         entry = self.opened.get(name)
-        if entry is not None and entry[0] is not None and entry[1] is None:
-            identity = netns.current_identity(entry[0].path)
-            if identity != entry[0].identity:
-                self._drop(name, "replaced")
-                entry = None
+        if entry is not None and self._replaced(name, *entry):
+            self._drop(name, "replaced")
+            entry = None
         if entry is None:
             path = netns.ns_path(name)
             try:
-                ns, pin = self.registry.acquire(name)
+                ns, pin = self.registry.acquire(name, self.pinned.get(name))
             except netns.NetnsError as exc:
-                if netns.pinned_pid(path) is not None:
+                if exc.process is not None:
+                    self.pinned.setdefault(name, exc.process)
+                if exc.gone or not netns.follows(path):
                     self.opened[name] = (None, str(exc))
                 return (None, str(exc))
             entry = self.opened[name] = (ns, pin)
             if pin is not None:
+                self.pinned.setdefault(name, (pin.pid, pin.start_time))
                 self.loop.add_reader(pin.pidfd, self._process_exited, name)
         return entry
+
+    @staticmethod
+    def _replaced(name: str, ns, pin) -> bool:
+        """Whether the open namespace of ``name`` is no longer the one its path names: a
+        named path, or a path into a process's files while that process lives (a process's
+        own ns/net is kept as opened; one that has exited is _process_exited's)."""
+        if ns is None or (pin is not None and not netns.follows(netns.ns_path(name))):
+            return False
+        identity = netns.current_identity(ns.path)
+        return not (pin is not None and pin.exited()) and identity != ns.identity
 
     def _process_exited(self, name: str) -> None:
         pin = self.opened[name][1]
@@ -109,13 +123,15 @@ class UpstreamSockets:
     def sweep(self) -> None:
         """Named namespaces handed out that were replaced or have gone."""
         for name, (ns, pin) in list(self.opened.items()):
-            if ns is not None and pin is None and netns.current_identity(ns.path) != ns.identity:
+            if self._replaced(name, ns, pin):
                 self._drop(name, "replaced or removed")
 
     def keep_only(self, names: set) -> None:
         """After a reload: forget namespaces no upstream names any more."""
         for name in [n for n in self.opened if n not in names]:
             self._drop(name, None)
+        for name in [n for n in self.pinned if n not in names]:
+            del self.pinned[name]
 
     def close(self) -> None:
         for name in list(self.opened):

@@ -191,6 +191,7 @@ def _state(binder, reply_sock) -> tuple[dict, list[int]]:
                 "ns_fd": keep(binding.ns.fd) if binding.ns is not None else None,
                 "ns_path": binding.ns.path if binding.ns is not None else None,
                 "pin": [pin.pid, keep(pin.pidfd), pin.start_time] if pin is not None else None,
+                "pinned": list(binding.pinned) if binding.pinned is not None else None,
                 "gone": binding.gone,
                 "sockets": [
                     [sid, index, digest.hex(), keep(sock.fileno())]
@@ -353,11 +354,15 @@ async def resume(binder, state: dict) -> None:
             continue
         binding = listeners.tenants[spec.name] = Binding(spec)
         binding.gone = entry.get("gone")
+        pinned = entry.get("pinned")
+        if isinstance(pinned, list) and len(pinned) == 2:
+            binding.pinned = (int(pinned[0]), int(pinned[1]))
         if entry.get("ns_fd") is not None:
             binding.ns = binder.registry.adopt(entry["ns_path"], entry["ns_fd"])
         if entry.get("pin"):
             pid, pidfd, start_time = entry["pin"]
             binding.pin = netns.Pin(pid, pidfd, start_time)
+            binding.pinned = binding.pinned or (pid, start_time)  # (a build before "pinned")
             binder.loop.add_reader(pidfd, listeners._process_exited, binding)
         # Every index is kept, in order (a steering program counts positions): the width may
         # be lower than the old one, and then the old workers beyond it accept what is queued
